@@ -1,0 +1,104 @@
+"""theia_frames: the theia event log in Jupyter and pandas.
+
+    >>> import theia_frames as tf
+    >>> with tf.serve(db=":memory:", port=0) as collector:          # doctest: +SKIP
+    ...     with tf.Client(collector.url) as client:
+    ...         client.send(tf.Event(source="/dev/temp", tags=["sensor"], content="21.5C"))
+    ...         df = tf.to_dataframe(client.find(tf.Filter(0)))
+
+Names are imported from their modules on first use, so ``import theia_frames``
+stays fast and optional parts are only loaded when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    # pure core
+    "Event": "event",
+    "new_event_id": "event",
+    "encode": "codec",
+    "encode_many": "codec",
+    "decode": "codec",
+    "decode_stream": "codec",
+    "iter_decode_stream": "codec",
+    "decode_columns": "codec",
+    "EventColumns": "codec",
+    "StreamReport": "codec",
+    "parse_message": "codec",
+    "EventFilter": "filter",
+    "Filter": "filter",
+    # exceptions
+    "TheiaError": "exceptions",
+    "TransportError": "exceptions",
+    "ConnectError": "exceptions",
+    "AuthenticationError": "exceptions",
+    "ConnectionClosed": "exceptions",
+    "SubscriberTooSlow": "exceptions",
+    "TheiaTimeoutError": "exceptions",
+    "ServerError": "exceptions",
+    "ProtocolError": "exceptions",
+    "DecodeError": "exceptions",
+    "UsageError": "exceptions",
+    "InvalidEventError": "exceptions",
+    "InvalidFilterError": "exceptions",
+    "UnconfirmedError": "exceptions",
+    "MissingDependencyError": "exceptions",
+    # collector
+    "serve": "collector",
+    "Collector": "collector",
+    "EventStore": "store",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'theia_frames' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .codec import (
+        EventColumns,
+        StreamReport,
+        decode,
+        decode_columns,
+        decode_stream,
+        encode,
+        encode_many,
+        iter_decode_stream,
+        parse_message,
+    )
+    from .event import Event, new_event_id
+    from .exceptions import (
+        AuthenticationError,
+        ConnectError,
+        ConnectionClosed,
+        DecodeError,
+        InvalidEventError,
+        InvalidFilterError,
+        MissingDependencyError,
+        ProtocolError,
+        ServerError,
+        SubscriberTooSlow,
+        TheiaError,
+        TheiaTimeoutError,
+        TransportError,
+        UnconfirmedError,
+        UsageError,
+    )
+    from .filter import EventFilter, Filter

@@ -1,0 +1,149 @@
+"""Batched transfer: many events per WebSocket message, as Arrow IPC streams.
+
+This is the opt-in extension spoken between theia_frames' own client and
+collector. It is negotiated with the WebSocket subprotocol :data:`SUBPROTOCOL`:
+the client offers it, our collector accepts it, and a peer that does not know
+it never sees anything but the plain protocol.
+
+On a connection that negotiated it:
+
+- the collector may send a binary message holding an Arrow IPC stream of one
+  or more record batches with :data:`EVENT_SCHEMA` wherever the plain
+  protocol sends one event (``/find`` and ``/live``);
+- the client may send such a message on ``/event`` to publish many events at once;
+- everything else (``ok``, error objects, single plain events) is unchanged.
+
+An Arrow IPC stream starts with the continuation marker ``0xFFFFFFFF``; a plain
+event starts with ``event:``, so the two are told apart by their first bytes.
+
+Pure functions: nothing here opens a socket or a file. pyarrow is imported
+when first needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .codec import EventColumns
+from .event import Event
+from .exceptions import DecodeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+
+__all__ = [
+    "SUBPROTOCOL",
+    "ARROW_MARKER",
+    "event_schema",
+    "is_arrow_message",
+    "columns_to_batch",
+    "events_to_batch",
+    "batch_to_ipc",
+    "ipc_to_batches",
+    "batch_to_columns",
+    "empty_batch",
+    "iter_batch_events",
+]
+
+SUBPROTOCOL = "theia-frames.v1"
+ARROW_MARKER = b"\xff\xff\xff\xff"
+
+_SCHEMA: Any = None
+
+
+def _pa() -> Any:
+    import pyarrow  # a core dependency; imported late because it is slow to import
+
+    return pyarrow
+
+
+def event_schema() -> pa.Schema:
+    """The Arrow schema of a batch of events.
+
+    ``tags`` holds each event's comma-joined tag text (``""`` = no tags), as on the wire.
+    """
+    global _SCHEMA
+    if _SCHEMA is None:
+        pa = _pa()
+        _SCHEMA = pa.schema(
+            [
+                ("id", pa.string()),
+                ("timestamp", pa.float64()),
+                ("source", pa.string()),
+                ("tags", pa.string()),
+                ("content", pa.string()),
+            ]
+        )
+    return _SCHEMA
+
+
+def is_arrow_message(message: bytes | bytearray | memoryview | str) -> bool:
+    """Whether a message is an Arrow IPC stream (a batch) rather than a plain event."""
+    return not isinstance(message, str) and bytes(message[:4]) == ARROW_MARKER
+
+
+def columns_to_batch(cols: EventColumns) -> pa.RecordBatch:
+    """Columns of decoded events as one Arrow record batch."""
+    pa = _pa()
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(cols.id, pa.string()),
+            pa.array(cols.timestamp, pa.float64()),
+            pa.array(cols.source, pa.string()),
+            pa.array(cols.tags, pa.string()),
+            pa.array(cols.content, pa.string()),
+        ],
+        schema=event_schema(),
+    )
+
+
+def events_to_batch(events: Iterable[Event]) -> pa.RecordBatch:
+    """Events as one Arrow record batch."""
+    cols = EventColumns()
+    for e in events:
+        cols.append_event(e)
+    return columns_to_batch(cols)
+
+
+def empty_batch() -> pa.RecordBatch:
+    """A batch with no rows and the event schema."""
+    return columns_to_batch(EventColumns())
+
+
+def batch_to_ipc(batch: pa.RecordBatch | pa.Table) -> bytes:
+    """Serialize a batch (or table) as one Arrow IPC stream message."""
+    pa = _pa()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write(batch)
+    return sink.getvalue().to_pybytes()
+
+
+def ipc_to_batches(message: bytes | bytearray | memoryview) -> list[pa.RecordBatch]:
+    """The record batches of one Arrow IPC stream message, checked against the event schema."""
+    pa = _pa()
+    try:
+        reader = pa.ipc.open_stream(pa.py_buffer(message))
+        batches = list(reader)
+        schema = reader.schema
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+        raise DecodeError(f"invalid Arrow batch ({exc})", message, 0) from None
+    if not schema.equals(event_schema()):
+        raise DecodeError(f"Arrow batch has an unexpected schema: {schema}", message, 0)
+    for b in batches:
+        for name, column in zip(b.schema.names, b.columns):
+            if column.null_count:
+                raise DecodeError(f"Arrow batch has missing values in column {name!r}", message, 0)
+    return batches
+
+
+def batch_to_columns(batch: pa.RecordBatch | pa.Table) -> EventColumns:
+    """A batch as plain Python columns (one object per value; for small batches)."""
+    d = batch.to_pydict()
+    return EventColumns(d["id"], d["timestamp"], d["source"], d["tags"], d["content"])
+
+
+def iter_batch_events(batch: pa.RecordBatch | pa.Table) -> Iterator[Event]:
+    """The events of a batch as :class:`Event` objects."""
+    return batch_to_columns(batch).events()

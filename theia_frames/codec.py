@@ -1,0 +1,414 @@
+"""The theia event wire format, and the meaning of a server message.
+
+Pure functions: nothing here opens a socket or a file.
+
+Encoding writes the upstream collector's dialect byte for byte::
+
+    >>> ev = Event(id="e1", timestamp=1509989630.6749051, source="/dev/door",
+    ...            tags=["home", "door"], content="unlocked")
+    >>> encode(ev)
+    b'event: 76 68 8\\nid:e1\\ntimestamp: 1509989630.6749051\\nsource:/dev/door\\ntags:home,door\\nunlocked\\n'
+
+Decoding reads both dialects (upstream and Go), header keys in any order::
+
+    >>> decode(b"event:44 41 3\\nid:x\\ntimestamp:12.500000\\nsource:s:1\\ntags:a,b\\nabc")
+    Event(id='x', timestamp=12.5, source='s:1', tags=['a', 'b'], content='abc')
+
+Bad input raises :class:`~theia_frames.exceptions.DecodeError` naming the
+problem, its byte offset and an excerpt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Union
+
+from .event import Event
+from .exceptions import DecodeError, InvalidEventError
+
+__all__ = [
+    "encode",
+    "encode_many",
+    "decode",
+    "decode_stream",
+    "iter_decode_stream",
+    "EventColumns",
+    "decode_columns",
+    "StreamReport",
+    "Ok",
+    "ErrorMessage",
+    "Message",
+    "parse_message",
+    "is_ok",
+    "error_text",
+    "OK",
+]
+
+OK = "ok"
+
+_KNOWN_KEYS = ("id", "timestamp", "source", "tags")
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def _check_line(name: str, value: str) -> None:
+    if "\n" in value or "\r" in value:
+        raise InvalidEventError(f"event {name} must not contain a line break: {value[:40]!r}")
+
+
+def encode(event: Event) -> bytes:
+    """Serialize one event in the upstream collector's dialect (trailing newline included).
+
+    Raises :class:`~theia_frames.exceptions.InvalidEventError` for an event the
+    format cannot carry: a line break in id or source, a comma or line break in
+    a tag, a timestamp that is not a finite number, text that is not valid Unicode.
+    """
+    id_, source, tags = event.id, event.source, event.tags
+    if not isinstance(id_, str) or not isinstance(source, str) or not isinstance(event.content, str):
+        raise InvalidEventError("event id, source and content must be strings")
+    _check_line("id", id_)
+    _check_line("source", source)
+    for tag in tags:
+        if not isinstance(tag, str):
+            raise InvalidEventError(f"event tags must be strings, got {tag!r}")
+        if "," in tag or "\n" in tag or "\r" in tag:
+            raise InvalidEventError(f"an event tag must not contain a comma or line break: {tag!r}")
+    try:
+        ts = float(event.timestamp)
+    except (TypeError, ValueError) as exc:
+        raise InvalidEventError(f"event timestamp must be a number, got {event.timestamp!r}") from exc
+    if not math.isfinite(ts):
+        raise InvalidEventError(f"event timestamp must be finite, got {ts!r}")
+    try:
+        header = f"id:{id_}\ntimestamp: {ts:.7f}\nsource:{source}\ntags:{','.join(tags)}\n".encode()
+        content = event.content.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidEventError(f"event text is not valid Unicode: {exc}") from exc
+    hsize, csize = len(header), len(content)
+    return b"event: %d %d %d\n%s%s\n" % (hsize + csize, hsize, csize, header, content)
+
+
+def encode_many(events: Iterable[Event]) -> bytes:
+    """Serialize events into one byte stream in the upstream file-store layout.
+
+    Each event is followed by one extra newline, so :func:`decode_stream` reads
+    it back.
+
+    >>> decode_stream(encode_many([Event(id="a", timestamp=1.0), Event(id="b", timestamp=2.0)]))
+    [Event(id='a', timestamp=1.0, source='', tags=[], content=''), Event(id='b', timestamp=2.0, source='', tags=[], content='')]
+    """
+    return b"".join(encode(e) + b"\n" for e in events)
+
+
+# --------------------------------------------------------------------------- decode
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+
+def _parse_at(buf: bytes, pos: int, end: int) -> tuple[str, float, str, str, str, int]:
+    """Parse one event starting at ``pos``; return its fields and the offset after its content.
+
+    Tags are returned as the raw comma-joined text; callers split.
+    """
+    nl = buf.find(b"\n", pos, end)
+    if nl < 0:
+        if buf.startswith(b"event:", pos):
+            raise DecodeError("truncated preamble (no end of line)", buf, pos)
+        raise DecodeError("no preamble: expected 'event:'", buf, pos)
+    if not buf.startswith(b"event:", pos):
+        raise DecodeError("no preamble: expected 'event:'", buf, pos)
+    parts = buf[pos + 6 : nl].split()
+    if len(parts) != 3 or not (parts[0].isdigit() and parts[1].isdigit() and parts[2].isdigit()):
+        raise DecodeError("bad preamble: expected 'event: <total> <header> <content>' sizes", buf, pos)
+    total, hsize, csize = int(parts[0]), int(parts[1]), int(parts[2])
+    if total != hsize + csize:
+        raise DecodeError(
+            f"sizes do not match: total {total} != header {hsize} + content {csize}", buf, pos
+        )
+    hstart = nl + 1
+    cstart = hstart + hsize
+    cend = cstart + csize
+    if cend > end:
+        raise DecodeError(
+            f"truncated event: declares {total} bytes after the preamble, {max(end - hstart, 0)} available",
+            buf,
+            pos,
+        )
+    try:
+        header = buf[hstart:cstart].decode()
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"header is not valid UTF-8 ({exc.reason})", buf, hstart + exc.start) from None
+    if not header.endswith("\n"):
+        raise DecodeError("header does not end with a newline (header size wrong?)", buf, hstart)
+    id_ = ts_text = None
+    source = tags = ""
+    seen: set[str] = set()
+    lines = header.split("\n")
+    lines.pop()
+    for line in lines:
+        key, sep, value = line.partition(":")
+        key = key.strip().lower()
+        if not sep or key not in _KNOWN_KEYS:
+            what = f"unknown header key {key!r}" if sep else f"header line without a colon: {line[:40]!r}"
+            raise DecodeError(what, buf, hstart)
+        if key in seen:
+            raise DecodeError(f"duplicate header key {key!r}", buf, hstart)
+        seen.add(key)
+        if key == "id":
+            id_ = value
+        elif key == "timestamp":
+            ts_text = value
+        elif key == "source":
+            source = value
+        else:
+            tags = value
+    if id_ is None:
+        raise DecodeError("header has no id", buf, hstart)
+    if ts_text is None:
+        raise DecodeError("header has no timestamp", buf, hstart)
+    try:
+        ts = float(ts_text)
+    except ValueError:
+        raise DecodeError(f"timestamp is not a number: {ts_text.strip()[:40]!r}", buf, hstart) from None
+    if not math.isfinite(ts):
+        raise DecodeError(f"timestamp is not a finite number: {ts_text.strip()[:40]!r}", buf, hstart)
+    try:
+        content = buf[cstart:cend].decode()
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"content is not valid UTF-8 ({exc.reason})", buf, cstart + exc.start) from None
+    return id_, ts, source, tags, content, cend
+
+
+def split_tags(raw: str) -> list[str]:
+    """Tags from their wire text: ``""`` (an empty ``tags:`` line) is no tags."""
+    return raw.split(",") if raw else []
+
+
+def _as_bytes(data: Buffer | str) -> bytes:
+    if isinstance(data, str):
+        return data.encode()
+    return bytes(data) if not isinstance(data, bytes) else data
+
+
+def decode(data: Buffer | str) -> Event:
+    """Decode one serialized event (either dialect; a trailing newline is optional).
+
+    >>> decode(encode(Event(id="a", timestamp=1.0, content="x\\nevent: 1 2 3"))).content
+    'x\\nevent: 1 2 3'
+    """
+    buf = _as_bytes(data)
+    id_, ts, source, tags, content, cend = _parse_at(buf, 0, len(buf))
+    rest = buf[cend:]
+    if rest.strip(b"\r\n"):
+        raise DecodeError("unexpected data after the event content", buf, cend)
+    return Event(id=id_, timestamp=ts, source=source, tags=split_tags(tags), content=content)
+
+
+@dataclass
+class StreamReport:
+    """What a lenient stream decode skipped: ``(offset, reason)`` per damaged region."""
+
+    events: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    skipped_bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.skipped
+
+
+def _skip_separators(buf: bytes, pos: int, end: int) -> int:
+    while pos < end and buf[pos] in (10, 13):
+        pos += 1
+    return pos
+
+
+def iter_decode_stream(
+    data: Buffer | str, *, strict: bool = True, report: StreamReport | None = None
+) -> Iterator[Event]:
+    """Iterate the events of a byte stream of concatenated events.
+
+    With ``strict=True`` (the default) the first damaged event raises
+    :class:`DecodeError`. With ``strict=False`` a damaged region is skipped up
+    to the next line that starts with ``event:`` and recorded in ``report``;
+    every intact event is still yielded.
+    """
+    buf = _as_bytes(data)
+    end = len(buf)
+    pos = _skip_separators(buf, 0, end)
+    while pos < end:
+        try:
+            id_, ts, source, tags, content, cend = _parse_at(buf, pos, end)
+        except DecodeError as exc:
+            if strict:
+                raise
+            nxt = buf.find(b"\nevent:", pos + 1)
+            nxt = end if nxt < 0 else nxt + 1
+            if report is not None:
+                report.skipped.append((pos, exc.reason))
+                report.skipped_bytes += nxt - pos
+            pos = nxt
+            continue
+        if report is not None:
+            report.events += 1
+        yield Event(id=id_, timestamp=ts, source=source, tags=split_tags(tags), content=content)
+        pos = _skip_separators(buf, cend, end)
+
+
+def decode_stream(data: Buffer | str, *, strict: bool = True, report: StreamReport | None = None) -> list[Event]:
+    """All events of a byte stream of concatenated events (see :func:`iter_decode_stream`)."""
+    return list(iter_decode_stream(data, strict=strict, report=report))
+
+
+# --------------------------------------------------------------------------- columns
+
+
+@dataclass
+class EventColumns:
+    """Decoded events as parallel columns, for building frames without Event objects.
+
+    ``tags`` holds each event's raw comma-joined tag text (``""`` = no tags).
+    """
+
+    id: list[str] = field(default_factory=list)
+    timestamp: list[float] = field(default_factory=list)
+    source: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    content: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    def append_raw(self, data: Buffer | str) -> None:
+        """Decode one serialized event (or a stream of them) onto the columns."""
+        buf = _as_bytes(data)
+        end = len(buf)
+        pos = 0
+        ids, tss, srcs, tgs, cnts = self.id, self.timestamp, self.source, self.tags, self.content
+        while True:
+            id_, ts, source, tags, content, cend = _parse_at(buf, pos, end)
+            ids.append(id_)
+            tss.append(ts)
+            srcs.append(source)
+            tgs.append(tags)
+            cnts.append(content)
+            pos = _skip_separators(buf, cend, end)
+            if pos >= end:
+                return
+
+    def append_event(self, event: Event) -> None:
+        self.id.append(event.id)
+        self.timestamp.append(float(event.timestamp))
+        self.source.append(event.source)
+        self.tags.append(",".join(event.tags))
+        self.content.append(event.content)
+
+    def tag_lists(self) -> list[list[str]]:
+        return [split_tags(t) for t in self.tags]
+
+    def events(self) -> Iterator[Event]:
+        for i in range(len(self.id)):
+            yield Event(self.id[i], self.timestamp[i], self.source[i], split_tags(self.tags[i]), self.content[i])
+
+    def take(self, mask: Iterable[bool]) -> EventColumns:
+        """The rows where ``mask`` is true, as new columns."""
+        keep = [i for i, m in enumerate(mask) if m]
+        return EventColumns(
+            [self.id[i] for i in keep],
+            [self.timestamp[i] for i in keep],
+            [self.source[i] for i in keep],
+            [self.tags[i] for i in keep],
+            [self.content[i] for i in keep],
+        )
+
+    def extend(self, other: EventColumns) -> None:
+        self.id.extend(other.id)
+        self.timestamp.extend(other.timestamp)
+        self.source.extend(other.source)
+        self.tags.extend(other.tags)
+        self.content.extend(other.content)
+
+
+def decode_columns(messages: Iterable[Buffer | str]) -> EventColumns:
+    """Decode many serialized events (each message one event or a stream) into columns.
+
+    >>> cols = decode_columns([encode(Event(id="a", timestamp=1.0, tags=["x"]))])
+    >>> cols.id, cols.timestamp, cols.tags
+    (['a'], [1.0], ['x'])
+    """
+    cols = EventColumns()
+    for m in messages:
+        cols.append_raw(m)
+    return cols
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class Ok:
+    """The server accepted a filter (the text message ``ok``)."""
+
+
+@dataclass(frozen=True)
+class ErrorMessage:
+    """An error reported by the server, with its own text."""
+
+    text: str
+
+
+Message = Union[Ok, ErrorMessage, Event]
+
+
+def is_ok(message: Buffer | str) -> bool:
+    """Whether a message is the server's ``ok``."""
+    if isinstance(message, str):
+        return message.strip() == OK
+    return bytes(message).strip() == b"ok"
+
+
+def error_text(message: Buffer | str) -> str | None:
+    """The text of an error message (``{"error": "..."}`` or ``{"error": true, "message": "..."}``), else None.
+
+    >>> error_text('{"error": "Missing start timestamp"}')
+    'Missing start timestamp'
+    >>> error_text(b"event: 1 1 0") is None
+    True
+    """
+    if isinstance(message, str):
+        if not message.lstrip().startswith("{"):
+            return None
+    else:
+        if not bytes(message[:64]).lstrip().startswith(b"{"):
+            return None
+    try:
+        obj = json.loads(message)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(obj, dict) or "error" not in obj:
+        return None
+    err = obj["error"]
+    if isinstance(err, str):
+        return err
+    msg = obj.get("message")
+    return str(msg) if msg is not None else json.dumps(err)
+
+
+def parse_message(message: Buffer | str) -> Message:
+    """What a server message means: :class:`Ok`, :class:`ErrorMessage` or an :class:`Event`.
+
+    >>> parse_message("ok")
+    Ok()
+    >>> parse_message('{"error": "bad filter"}')
+    ErrorMessage(text='bad filter')
+    """
+    if is_ok(message):
+        return Ok()
+    text = error_text(message)
+    if text is not None:
+        return ErrorMessage(text)
+    return decode(message)

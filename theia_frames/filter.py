@@ -1,0 +1,265 @@
+"""Event filters: one meaning, shared by the client, the collector and the frames.
+
+A filter matches an event when
+
+- ``start <= timestamp <= end`` (either bound may be absent; a start of 0 is no bound),
+- every tag pattern **fully** matches at least one of the event's tags,
+- the content pattern is **found anywhere** in the content (a regex search),
+- the id and source patterns, when given, **fully** match the id and source.
+
+Builder methods mirror the Go client's and return a new filter::
+
+    >>> f = Filter(1550710745.1).match_tag("sensor", "temp.+").match_content(r"\\d+C").order_asc()
+    >>> f.to_json()
+    '{"start": 1550710745.1, "tags": ["sensor", "temp.+"], "content": "\\\\\\\\d+C", "order": "asc"}'
+    >>> f.matches(Event(id="x", timestamp=1550710746.0, tags=["sensor", "temp-1"], content="21C"))
+    True
+
+Bad values fail when the filter is built:
+
+    >>> Filter(10).match_end(5)
+    Traceback (most recent call last):
+    ...
+    theia_frames.exceptions.InvalidFilterError: filter end 5.0 is before start 10.0
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from .event import Event
+from .exceptions import InvalidFilterError
+
+__all__ = ["EventFilter", "Filter", "Order", "ORDERS", "set_regex_engine"]
+
+Order = Literal["asc", "desc"]
+ORDERS = ("asc", "desc")
+
+# The regex engine compiles patterns; the collector may switch to a linear-time one.
+_compile: Callable[[str], Any] = re.compile
+
+
+def set_regex_engine(compile_fn: Callable[[str], Any]) -> None:
+    """Use another regex compiler (e.g. ``re2.compile``) for filters built from now on."""
+    global _compile
+    _compile = compile_fn
+
+
+def _number(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidFilterError(f"filter {name} must be a number of seconds since the epoch, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise InvalidFilterError(f"filter {name} must be finite, got {value!r}")
+    return value
+
+
+def _pattern(name: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        raise InvalidFilterError(f"filter {name} must be a string regular expression, got {value!r}")
+    try:
+        return _compile(value)
+    except Exception as exc:  # re.error, re2.error, ...
+        raise InvalidFilterError(f"filter {name} is not a valid regular expression {value!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events to return, and in which order (immutable; builders return copies).
+
+    ``start``/``end`` are float seconds since the epoch (UTC); ``tags`` a tuple
+    of regexes; ``content``, ``id``, ``source`` regexes; ``order`` ``"asc"`` or
+    ``"desc"``.
+    """
+
+    start: float | None = None
+    end: float | None = None
+    tags: tuple[str, ...] = ()
+    content: str | None = None
+    order: Order | None = None
+    id: str | None = None
+    source: str | None = None
+    _compiled: tuple[Any, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        start = _number("start", self.start)
+        end = _number("end", self.end)
+        if start is not None and start < 0:
+            raise InvalidFilterError(f"filter start must not be negative, got {start}")
+        if start is not None and end is not None and end < start:
+            raise InvalidFilterError(f"filter end {end} is before start {start}")
+        tags = self.tags
+        if isinstance(tags, str) or not isinstance(tags, Iterable):
+            raise InvalidFilterError(f"filter tags must be a list of strings, got {tags!r}")
+        tags = tuple(tags)
+        if self.order is not None and self.order not in ORDERS:
+            raise InvalidFilterError(f"filter order must be 'asc' or 'desc', got {self.order!r}")
+        compiled = (
+            tuple(_pattern("tag", t) for t in tags),
+            None if self.content is None else _pattern("content", self.content),
+            None if self.id is None else _pattern("id", self.id),
+            None if self.source is None else _pattern("source", self.source),
+        )
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
+        object.__setattr__(self, "tags", tags)
+        object.__setattr__(self, "_compiled", compiled)
+
+    # ------------------------------------------------------------------ builders
+    def match_tag(self, *tags: str) -> EventFilter:
+        """A copy that also requires these tag patterns."""
+        return replace(self, tags=self.tags + tags)
+
+    def match_content(self, pattern: str) -> EventFilter:
+        """A copy whose content must contain a match of ``pattern``."""
+        return replace(self, content=pattern)
+
+    def match_end(self, end: float) -> EventFilter:
+        """A copy that only matches events at or before ``end``."""
+        return replace(self, end=end)
+
+    def match_start(self, start: float) -> EventFilter:
+        """A copy that only matches events at or after ``start``."""
+        return replace(self, start=start)
+
+    def match_source(self, pattern: str) -> EventFilter:
+        """A copy whose source must fully match ``pattern``."""
+        return replace(self, source=pattern)
+
+    def match_id(self, pattern: str) -> EventFilter:
+        """A copy whose id must fully match ``pattern``."""
+        return replace(self, id=pattern)
+
+    def order_asc(self) -> EventFilter:
+        """A copy that asks for ascending timestamp order."""
+        return replace(self, order="asc")
+
+    def order_desc(self) -> EventFilter:
+        """A copy that asks for descending timestamp order."""
+        return replace(self, order="desc")
+
+    # ------------------------------------------------------------------ matching
+    def matches(self, event: Event) -> bool:
+        """Whether ``event`` matches (see the module docstring for the meaning)."""
+        return self.matches_fields(event.timestamp, event.tags, event.content, event.id, event.source)
+
+    def matches_fields(
+        self, timestamp: float, tags: list[str], content: str, id: str = "", source: str = ""
+    ) -> bool:
+        """:meth:`matches` on loose fields, for callers that hold no Event."""
+        if self.start is not None and timestamp < self.start:
+            return False
+        if self.end is not None and timestamp > self.end:
+            return False
+        tag_res, content_re, id_re, source_re = self._compiled
+        for pat in tag_res:
+            if not any(pat.fullmatch(t) for t in tags):
+                return False
+        if content_re is not None and content_re.search(content) is None:
+            return False
+        if id_re is not None and id_re.fullmatch(id) is None:
+            return False
+        if source_re is not None and source_re.fullmatch(source) is None:
+            return False
+        return True
+
+    @property
+    def is_time_only(self) -> bool:
+        """True when only the time range (and order) restricts matches."""
+        return not (self.tags or self.content is not None or self.id is not None or self.source is not None)
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object both peers accept, empty fields omitted (Go's ``omitempty``)."""
+        d: dict[str, Any] = {}
+        if self.start:
+            d["start"] = self.start
+        if self.end is not None:
+            d["end"] = self.end
+        if self.tags:
+            d["tags"] = list(self.tags)
+        if self.content is not None:
+            d["content"] = self.content
+        if self.order is not None:
+            d["order"] = self.order
+        if self.id is not None:
+            d["id"] = self.id
+        if self.source is not None:
+            d["source"] = self.source
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> EventFilter:
+        """Build from a JSON object, failing with a message that names a bad key or value."""
+        if not isinstance(obj, Mapping):
+            raise InvalidFilterError(f"a filter must be a JSON object, got {type(obj).__name__}")
+        unknown = set(obj) - {"start", "end", "tags", "content", "order", "id", "source"}
+        if unknown:
+            raise InvalidFilterError(f"unknown filter key(s): {', '.join(sorted(map(str, unknown)))}")
+        tags = obj.get("tags") or ()
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            if tags != ():
+                raise InvalidFilterError(f"filter tags must be a list of strings, got {tags!r}")
+        start = obj.get("start")
+        return cls(
+            start=start if start != 0 or isinstance(start, bool) else None,
+            end=obj.get("end"),
+            tags=tuple(tags),
+            content=obj.get("content"),
+            order=obj.get("order"),
+            id=obj.get("id"),
+            source=obj.get("source"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> EventFilter:
+        try:
+            obj = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidFilterError(f"filter is not valid JSON: {exc}") from None
+        return cls.from_dict(obj)
+
+    # ------------------------------------------------------------------ peer forms
+    def for_find(self) -> dict[str, Any]:
+        """The object to send to ``/find``: a start is always present and positive.
+
+        The upstream collector rejects a missing or zero start, so an open start
+        is sent as a tiny positive number, which means the same.
+        """
+        d = self.to_dict()
+        if not self.start:
+            d = {"start": 1e-06, **d}
+        return d
+
+    def for_live(self) -> dict[str, Any]:
+        """The object to send to ``/live``: whole-second integer bounds, no order.
+
+        The upstream ``/live`` accepts only integer start/end, so the start is
+        floored and the end ceiled; the caller re-checks events against this filter.
+        """
+        d = self.to_dict()
+        d.pop("order", None)
+        if "start" in d:
+            d["start"] = math.floor(d["start"])
+        if "end" in d:
+            d["end"] = math.ceil(d["end"])
+        return d
+
+
+def Filter(start: float | None = None) -> EventFilter:  # noqa: N802 - mirrors the Go API
+    """A new filter with a start timestamp, like the Go ``comm.Filter(start)``.
+
+    >>> Filter(5).start
+    5.0
+    """
+    return EventFilter(start=start)
