@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from theia_frames.batch import (
+    batch_to_columns,
+    batch_to_ipc,
+    empty_batch,
+    event_schema,
+    events_to_batch,
+    ipc_to_batches,
+    is_arrow_message,
+    iter_batch_events,
+)
+from theia_frames.codec import encode
+from theia_frames.event import Event
+from theia_frames.exceptions import DecodeError
+
+
+def sample(n=5):
+    return [Event(id=f"id{i}", timestamp=100.0 + i, source=f"/s/{i % 2}", tags=["a", "b"][: i % 3],
+                  content=f"{i}.5C ü") for i in range(n)]
+
+
+def test_ipc_round_trip():
+    events = sample()
+    msg = batch_to_ipc(events_to_batch(events))
+    assert is_arrow_message(msg)
+    assert not is_arrow_message(encode(events[0]))
+    assert not is_arrow_message("ok")
+    (batch,) = ipc_to_batches(msg)
+    assert list(iter_batch_events(batch)) == events
+    assert batch_to_columns(batch).tags == ["", "a", "a,b", "", "a"]
+
+
+def test_empty_batch_has_the_schema():
+    b = empty_batch()
+    assert b.num_rows == 0 and b.schema.equals(event_schema())
+    assert ipc_to_batches(batch_to_ipc(b))[0].num_rows == 0
+
+
+def test_garbage_and_wrong_schema_are_decode_errors():
+    with pytest.raises(DecodeError, match="invalid Arrow batch"):
+        ipc_to_batches(b"\xff\xff\xff\xffgarbage")
+    other = pa.RecordBatch.from_pydict({"x": [1, 2]})
+    with pytest.raises(DecodeError, match="unexpected schema"):
+        ipc_to_batches(batch_to_ipc(other))
+    nulls = pa.RecordBatch.from_arrays(
+        [pa.array([None], pa.string()), pa.array([1.0]), pa.array(["s"]), pa.array([""]), pa.array(["c"])],
+        schema=event_schema(),
+    )
+    with pytest.raises(DecodeError, match="missing values in column 'id'"):
+        ipc_to_batches(batch_to_ipc(nulls))

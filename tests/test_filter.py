@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from theia_frames.event import Event
+from theia_frames.exceptions import InvalidFilterError
+from theia_frames.filter import EventFilter, Filter
+
+
+def ev(ts=10.0, tags=("sensor", "temp-1"), content="21.5C", id="e", source="/dev/t"):
+    return Event(id=id, timestamp=ts, source=source, tags=list(tags), content=content)
+
+
+def test_builders_mirror_go_and_return_copies():
+    base = Filter(5)
+    f = base.match_tag("sensor").match_tag("temp.+").match_content(r"\d+C").match_end(20).order_desc()
+    assert base.tags == () and base.order is None
+    assert f == EventFilter(start=5, end=20, tags=("sensor", "temp.+"), content=r"\d+C", order="desc")
+    assert f.order_asc().order == "asc"
+
+
+def test_json_omits_empty_fields():
+    assert Filter().to_json() == "{}"
+    assert Filter(0).to_dict() == {}
+    f = Filter(1.5).match_tag("a").match_end(2)
+    assert json.loads(f.to_json()) == {"start": 1.5, "end": 2.0, "tags": ["a"]}
+    assert EventFilter.from_json(f.to_json()) == f
+
+
+def test_time_bounds_are_inclusive():
+    f = Filter(10).match_end(20)
+    assert f.matches(ev(ts=10)) and f.matches(ev(ts=20))
+    assert not f.matches(ev(ts=9.999)) and not f.matches(ev(ts=20.001))
+
+
+def test_every_tag_pattern_fully_matches_some_tag():
+    assert Filter().match_tag("sensor", "temp.+").matches(ev())
+    assert not Filter().match_tag("temp").matches(ev())  # full match, not prefix
+    assert not Filter().match_tag("sensor", "humidity").matches(ev())
+    assert not Filter().match_tag("sensor").matches(ev(tags=()))
+
+
+def test_content_pattern_is_searched_anywhere():
+    assert Filter().match_content(r"\.5C").matches(ev())
+    assert Filter().match_content("^21").matches(ev())
+    assert not Filter().match_content("F$").matches(ev())
+
+
+def test_id_and_source_fully_match():
+    assert Filter().match_source("/dev/.*").matches(ev())
+    assert not Filter().match_source("/dev").matches(ev())
+    assert Filter().match_id("e").matches(ev())
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"start": 10, "end": 5}, "before start"),
+        ({"content": "("}, "not a valid regular expression"),
+        ({"tags": ("[",)}, "not a valid regular expression"),
+        ({"order": "sideways"}, "order must be 'asc' or 'desc'"),
+        ({"start": "yesterday"}, "start must be a number"),
+        ({"start": True}, "start must be a number"),
+        ({"end": float("inf")}, "finite"),
+        ({"tags": "sensor"}, "tags must be a list"),
+        ({"start": -1}, "negative"),
+    ],
+)
+def test_bad_values_fail_when_built(kwargs, words):
+    with pytest.raises(InvalidFilterError, match=words):
+        EventFilter(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("not json", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"start": 1, "colour": "red"}', "unknown filter key"),
+        ('{"start": "1"}', "start must be a number"),
+        ('{"tags": [1]}', "tags must be a list of strings"),
+        ('{"tags": "a"}', "tags must be a list of strings"),
+        ('{"content": 5}', "content must be a string"),
+    ],
+)
+def test_from_json_names_the_problem(text, words):
+    with pytest.raises(InvalidFilterError, match=words):
+        EventFilter.from_json(text)
+
+
+def test_peer_forms():
+    # upstream /find rejects a missing or zero start
+    assert Filter().for_find()["start"] > 0
+    assert Filter(7.5).for_find()["start"] == 7.5
+    # upstream /live wants integers and no order
+    live = Filter(7.9).match_end(8.1).order_desc().for_live()
+    assert live == {"start": 7, "end": 9}
+    assert all(isinstance(v, int) for v in live.values())
+
+
+@given(
+    st.floats(0, 100), st.one_of(st.none(), st.floats(0, 100)), st.floats(0, 100)
+)
+def test_matches_agrees_with_bounds(start, end, ts):
+    if end is not None and end < start:
+        end = start
+    f = EventFilter(start=start, end=end)
+    expected = start <= ts and (end is None or ts <= end)
+    assert f.matches(ev(ts=ts)) == expected
