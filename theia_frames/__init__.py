@@ -53,6 +53,9 @@ _EXPORTS: dict[str, str] = {
     "serve": "collector",
     "Collector": "collector",
     "EventStore": "store",
+    # live
+    "LiveFrame": "live",
+    "live_plot": "widget",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -102,3 +105,5 @@ if TYPE_CHECKING:  # pragma: no cover
         UsageError,
     )
     from .filter import EventFilter, Filter
+    from .live import LiveFrame
+    from .widget import live_plot

@@ -1,0 +1,692 @@
+"""A DataFrame that grows as events arrive: :class:`LiveFrame`.
+
+A :class:`LiveFrame` subscribes to ``/live`` with a filter and appends every
+batch the stream delivers to a columnar buffer, on a background thread.
+``.df`` is the current DataFrame, with the same dtypes as
+:func:`~theia_frames.frames.to_dataframe`::
+
+    >>> import theia_frames as tf
+    >>> with tf.serve(db=":memory:", port=0) as collector:          # doctest: +SKIP
+    ...     with tf.LiveFrame(collector.url, tf.Filter().match_tag("sensor"), window="10min") as live:
+    ...         tf.simulate(collector.url, rate=200, duration=2)
+    ...         live.df.tail()
+
+The buffer is a list of Arrow record batches, not a DataFrame: appending is
+O(batch), and small batches are merged with their neighbours as the buffer
+grows (each row is copied O(log n) times in all), so the consumer keeps up
+with tens of thousands of events per second. ``.df`` is built from the
+buffer only when something changed since the last call (a version counter);
+otherwise the cached frame is returned.
+
+Memory is bounded by ``max_rows`` and/or ``window``: older rows roll off, and
+the Arrow memory held stays below twice what the kept rows need.
+:class:`EventBuffer` is that bounded buffer on its own (no thread, no socket)::
+
+    >>> from theia_frames.batch import events_to_batch
+    >>> from theia_frames.event import Event
+    >>> buf = EventBuffer(max_rows=3)
+    >>> for i in range(5):
+    ...     buf.append(events_to_batch([Event(id=str(i), timestamp=float(i))]))
+    >>> buf.rows, buf.dropped, buf.table().column("id").to_pylist()
+    (3, 2, ['2', '3', '4'])
+    >>> buf = EventBuffer(window="2s")
+    >>> buf.append(events_to_batch([Event(id=str(i), timestamp=float(i)) for i in range(10)]))
+    >>> buf.table().column("timestamp").to_pylist()
+    [7.0, 8.0, 9.0]
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from .batch import event_schema
+from .exceptions import UsageError
+from .filter import EventFilter
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    import pyarrow as pa
+
+    from .widget import LiveView
+
+__all__ = ["LiveFrame", "LiveStatus", "EventBuffer", "State", "BatchHook", "parse_window"]
+
+State = Literal["new", "running", "paused", "stopped", "ended", "failed"]
+
+#: A hook receives each new batch as a DataFrame (on the consumer thread).
+BatchHook = Callable[["pd.DataFrame"], Any]
+
+# Arrivals older than this are not counted in the rate.
+_RATE_SPAN = 5.0
+# Errors kept for inspection; the count keeps going up beyond it.
+_KEEP_ERRORS = 100
+
+
+def _pa() -> Any:
+    import pyarrow
+
+    return pyarrow
+
+
+def parse_window(window: str | float | int | _dt.timedelta | Any | None) -> float | None:
+    """A time window as seconds: a number of seconds, a ``timedelta``, or text such as ``"10min"``.
+
+    >>> parse_window("10min"), parse_window(90), parse_window(_dt.timedelta(hours=1)), parse_window(None)
+    (600.0, 90.0, 3600.0, None)
+    >>> parse_window("-1s")
+    Traceback (most recent call last):
+    ...
+    theia_frames.exceptions.UsageError: window must be positive, got '-1s'
+    """
+    if window is None:
+        return None
+    if isinstance(window, bool):
+        raise UsageError(f"window must be a duration, got {window!r}")
+    if isinstance(window, (int, float)):
+        seconds = float(window)
+    elif isinstance(window, _dt.timedelta):  # also pandas.Timedelta
+        seconds = window.total_seconds()
+    elif isinstance(window, str):
+        import pandas as pd
+
+        try:
+            seconds = pd.Timedelta(window).total_seconds()
+        except ValueError as exc:
+            raise UsageError(f"window is not a duration: {window!r} (try '30s', '10min', '2h')") from exc
+    else:
+        raise UsageError(f"window must be a duration, got {window!r}")
+    if not seconds > 0:
+        raise UsageError(f"window must be positive, got {window!r}")
+    return seconds
+
+
+# --------------------------------------------------------------------------- the buffer
+
+
+@dataclass
+class _Chunk:
+    batch: Any  # pyarrow.RecordBatch
+    base_rows: int  # rows of the buffers it holds (more than num_rows when sliced)
+    tmin: float
+    tmax: float
+
+
+class EventBuffer:
+    """A bounded, append-only columnar buffer of events (not thread-safe by itself).
+
+    Rows are kept in arrival order as Arrow record batches of
+    :func:`~theia_frames.batch.event_schema`. At most ``max_rows`` rows are
+    kept, and with ``window`` only rows whose timestamp is within ``window`` of
+    the newest timestamp seen; the oldest roll off first.
+
+    Memory: every chunk but the oldest holds exactly its rows; the oldest is
+    copied as soon as its rows use less than half of its buffers, so
+    :attr:`retained_rows` (rows' worth of memory held) stays below
+    ``2 * rows``. New chunks are merged into older ones of at most their
+    size, which keeps the number of chunks logarithmic in the number of rows.
+    """
+
+    def __init__(self, *, max_rows: int | None = None, window: str | float | _dt.timedelta | None = None) -> None:
+        if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
+            raise UsageError(f"max_rows must be a positive integer, got {max_rows!r}")
+        self.max_rows = max_rows
+        self.window = parse_window(window)
+        self._chunks: list[_Chunk] = []
+        self.rows = 0
+        #: rows that rolled off so far
+        self.dropped = 0
+        #: rows appended so far
+        self.appended = 0
+        #: bumped by every change
+        self.version = 0
+        #: the newest event timestamp seen (seconds), or None
+        self.newest: float | None = None
+
+    # -------------------------------------------------------------- reading
+    @property
+    def batches(self) -> tuple[Any, ...]:
+        """The record batches held, oldest first (immutable; safe to keep)."""
+        return tuple(c.batch for c in self._chunks)
+
+    @property
+    def retained_rows(self) -> int:
+        """Rows' worth of Arrow buffers held (``rows`` plus the unused part of a sliced chunk)."""
+        return sum(c.base_rows for c in self._chunks)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of Arrow buffers held."""
+        return sum(c.batch.get_total_buffer_size() for c in self._chunks)
+
+    def table(self) -> pa.Table:
+        """The rows held as one Arrow table (zero-copy)."""
+        return _pa().Table.from_batches(self.batches, schema=event_schema())
+
+    def __len__(self) -> int:
+        return self.rows
+
+    # -------------------------------------------------------------- writing
+    def append(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Add a batch (or table) of events, then roll off what the bounds exclude."""
+        pa = _pa()
+        if isinstance(batch, pa.Table):
+            batches = batch.to_batches()
+        else:
+            batches = [batch]
+        for b in batches:
+            n = b.num_rows
+            if not n:
+                continue
+            if not b.schema.equals(event_schema()):
+                raise UsageError(f"a batch of events must have the event schema, got {b.schema}")
+            tmin, tmax = _min_max(b)
+            self._chunks.append(_Chunk(b, n, tmin, tmax))
+            self.rows += n
+            self.appended += n
+            if self.newest is None or tmax > self.newest:
+                self.newest = tmax
+            self._merge_tail()
+        self._roll_off()
+        self.version += 1
+
+    def clear(self) -> None:
+        """Drop every row (counted in :attr:`dropped`)."""
+        self.dropped += self.rows
+        self._chunks.clear()
+        self.rows = 0
+        self.version += 1
+
+    def _merge_tail(self) -> None:
+        # A binary-counter merge: while the newest chunk is at least as large as
+        # the one before it, merge the two. Each row takes part in O(log n) merges.
+        pa = _pa()
+        chunks = self._chunks
+        while len(chunks) >= 2 and chunks[-2].batch.num_rows <= chunks[-1].batch.num_rows:
+            b, a = chunks.pop(), chunks.pop()
+            merged = pa.concat_batches([a.batch, b.batch])  # copies: frees sliced-off rows
+            chunks.append(_Chunk(merged, merged.num_rows, min(a.tmin, b.tmin), max(a.tmax, b.tmax)))
+
+    def _roll_off(self) -> None:
+        chunks = self._chunks
+        if self.window is not None and self.newest is not None and chunks:
+            cutoff = self.newest - self.window
+            kept: list[_Chunk] = []
+            for c in chunks:
+                if c.tmax < cutoff:
+                    self._drop(c.batch.num_rows)
+                elif c.tmin < cutoff:
+                    kept.append(self._filter_chunk(c, cutoff))
+                else:
+                    kept.append(c)
+            chunks[:] = [c for c in kept if c.batch.num_rows]
+        if self.max_rows is not None and self.rows > self.max_rows:
+            excess = self.rows - self.max_rows
+            while chunks and chunks[0].batch.num_rows <= excess:
+                excess -= chunks[0].batch.num_rows
+                self._drop(chunks.pop(0).batch.num_rows)
+            if excess:
+                head = chunks[0]
+                sliced = head.batch.slice(excess)
+                self._drop(excess)
+                if 2 * sliced.num_rows < head.base_rows:
+                    sliced = _pa().concat_batches([sliced])  # copy: release the rolled-off rows
+                    base = sliced.num_rows
+                else:
+                    base = head.base_rows
+                tmin, tmax = _min_max(sliced)
+                chunks[0] = _Chunk(sliced, base, tmin, tmax)
+
+    def _filter_chunk(self, c: _Chunk, cutoff: float) -> _Chunk:
+        import pyarrow.compute as pc
+
+        before = c.batch.num_rows
+        kept = c.batch.filter(pc.greater_equal(c.batch.column(1), cutoff))  # filter copies
+        self._drop(before - kept.num_rows)
+        if not kept.num_rows:
+            return _Chunk(kept, 0, c.tmin, c.tmax)
+        tmin, tmax = _min_max(kept)
+        return _Chunk(kept, kept.num_rows, tmin, tmax)
+
+    def _drop(self, n: int) -> None:
+        self.rows -= n
+        self.dropped += n
+
+
+def _min_max(batch: Any) -> tuple[float, float]:
+    import pyarrow.compute as pc
+
+    mm = pc.min_max(batch.column(1))
+    lo, hi = mm["min"].as_py(), mm["max"].as_py()
+    return (float("inf"), float("-inf")) if lo is None else (lo, hi)
+
+
+# --------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class LiveStatus:
+    """A snapshot of a :class:`LiveFrame`'s state and counters.
+
+    >>> print(LiveStatus(state="running", received=12345, rows=10000, dropped=2345, rate=1234.4,
+    ...                  errors=0, last_error=None, newest=None, lag=None, version=7))
+    running · 12,345 events · 1,234/s · 10,000 rows · 0 errors
+    """
+
+    state: State
+    #: events received since start
+    received: int
+    #: rows held now
+    rows: int
+    #: rows rolled off by max_rows/window
+    dropped: int
+    #: events per second over the last few seconds
+    rate: float
+    #: errors seen (events the stream could not decode, failed hooks, a broken stream)
+    errors: int
+    last_error: str | None
+    #: newest event timestamp held (seconds since the epoch)
+    newest: float | None
+    #: seconds between the newest event's timestamp and now (clock skew included)
+    lag: float | None
+    version: int
+
+    def __str__(self) -> str:
+        text = (
+            f"{self.state} · {self.received:,} events · {self.rate:,.0f}/s · "
+            f"{self.rows:,} rows · {self.errors:,} error{'' if self.errors == 1 else 's'}"
+        )
+        if self.last_error and self.state == "failed":
+            text += f" · {self.last_error}"
+        return text
+
+
+# --------------------------------------------------------------------------- the live frame
+
+
+class _Receiver(Protocol):
+    def receive(self, filter: EventFilter) -> Any: ...
+
+
+class LiveFrame:
+    """A DataFrame fed by a live subscription, on a background thread.
+
+    ``client_or_url`` is a :class:`~theia_frames.client.Client` (left open
+    when the frame stops) or a URL (a client is opened with
+    ``client_options`` and closed when the frame stops). ``filter`` selects
+    the events (an :class:`~theia_frames.filter.EventFilter`, its dict form,
+    or None for everything from now on).
+
+    ``max_rows`` and/or ``window`` (seconds, ``timedelta`` or text like
+    ``"10min"``, measured back from the newest event timestamp) bound the
+    rows held. ``on_batch`` hooks are called with each new batch as a
+    DataFrame; they run on the consumer thread, so keep them short.
+
+    ``start()`` subscribes (connection errors are raised there) and starts the
+    consumer; ``stop()`` closes the subscription and ends the thread.
+    ``pause()`` freezes :attr:`df` (events keep arriving into the bounded
+    buffer and show up on ``resume()``). As a context manager it starts on
+    entry and stops on exit.
+    """
+
+    def __init__(
+        self,
+        client_or_url: str | _Receiver,
+        filter: EventFilter | Mapping[str, Any] | None = None,
+        *,
+        max_rows: int | None = None,
+        window: str | float | _dt.timedelta | None = None,
+        on_batch: BatchHook | Iterable[BatchHook] | None = None,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if filter is None:
+            filter = EventFilter()
+        elif isinstance(filter, Mapping):
+            filter = EventFilter.from_dict(filter)
+        elif not isinstance(filter, EventFilter):
+            raise UsageError(f"filter must be an EventFilter or a dict, got {type(filter).__name__}")
+        if isinstance(client_or_url, str):
+            self.url: str | None = client_or_url
+            self._client: Any = None
+            self._owns_client = True
+        elif hasattr(client_or_url, "receive"):
+            self.url = getattr(client_or_url, "url", None)
+            self._client = client_or_url
+            self._owns_client = False
+        else:
+            raise UsageError(f"LiveFrame needs a Client or a URL, got {type(client_or_url).__name__}")
+        self.filter: EventFilter = filter
+        self._client_options = dict(client_options or {})
+        self._buffer = EventBuffer(max_rows=max_rows, window=window)
+        self._hooks: list[BatchHook] = []
+        if callable(on_batch):
+            self._hooks.append(on_batch)
+        elif on_batch is not None:
+            self._hooks.extend(on_batch)
+
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._state: State = "new"
+        self._stream: Any = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._received = 0
+        self._arrivals: deque[tuple[float, int]] = deque()
+        self._errors: deque[BaseException] = deque(maxlen=_KEEP_ERRORS)
+        self._error_count = 0
+        self._stream_errors_seen = 0
+        #: the exception that ended the stream, if it failed
+        self.error: BaseException | None = None
+        # What readers see: (version, batches). Frozen while paused.
+        self._visible: tuple[int, tuple[Any, ...]] = (0, ())
+        self._appended_at_pause = 0
+        self._started = 0.0
+        self._df_cache: tuple[int, Any] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> LiveFrame:
+        """Subscribe and start the consumer thread (returns self; a no-op when running).
+
+        Raises the client's connection errors (e.g. :class:`~theia_frames.exceptions.ConnectError`).
+        A stopped frame cannot be started again: make a new one.
+        """
+        with self._lock:
+            if self._state in ("running", "paused"):
+                return self
+            if self._state != "new":
+                raise UsageError(f"this LiveFrame is {self._state}; make a new one to subscribe again")
+        try:
+            stream = self._open()
+        except BaseException:
+            self._close_client()
+            raise
+        with self._lock:
+            self._stream = stream
+            self._state = "running"
+            self._thread = threading.Thread(
+                target=self._run, args=(stream,), name=f"theia-live {self.url or ''}".strip(), daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Close the subscription and end the consumer thread (idempotent).
+
+        The rows held stay readable. Waits up to ``timeout`` seconds for the thread.
+        """
+        with self._lock:
+            if self._state == "new":
+                self._state = "stopped"
+            self._stopping = True
+            stream, thread = self._stream, self._thread
+            # a stopped frame shows everything it received
+            self._visible = (self._buffer.version, self._buffer.batches)
+            self._changed.notify_all()
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception as exc:  # closing must not fail the caller; keep it visible
+                self._record_error(exc)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._close_client()
+        with self._lock:
+            if self._state in ("running", "paused"):
+                self._state = "stopped"
+            self._changed.notify_all()
+
+    def pause(self) -> None:
+        """Freeze :attr:`df` and the hooks; events keep arriving into the bounded buffer."""
+        with self._lock:
+            if self._state == "running":
+                self._state = "paused"
+                self._appended_at_pause = self._buffer.appended
+
+    def resume(self) -> None:
+        """Show what arrived while paused and carry on."""
+        with self._lock:
+            if self._state != "paused":
+                return
+            self._state = "running"
+            held = self._publish_held_locked()
+        if held is not None:
+            self._call_hooks(held)
+
+    def __enter__(self) -> LiveFrame:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def state(self) -> State:
+        """``new``, ``running``, ``paused``, ``stopped`` (by :meth:`stop`),
+        ``ended`` (the server ended the stream) or ``failed`` (see :attr:`error`)."""
+        return self._state
+
+    @property
+    def running(self) -> bool:
+        """Whether the consumer thread is alive."""
+        t = self._thread
+        return t is not None and t.is_alive()
+
+    def wait_for(self, received: int, timeout: float | None = 10.0) -> bool:
+        """Wait until at least ``received`` events have arrived; False on timeout or when the stream ended.
+
+        While paused the events are counted but :attr:`df` shows them only after :meth:`resume`.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while self._received < received:
+                if self._state not in ("running", "paused", "new"):
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
+    # ------------------------------------------------------------------ hooks
+    def add_hook(self, hook: BatchHook) -> BatchHook:
+        """Call ``hook(df)`` with each new batch from now on (returns it: usable as a decorator)."""
+        if not callable(hook):
+            raise UsageError(f"a hook must be callable, got {hook!r}")
+        with self._lock:
+            self._hooks = [*self._hooks, hook]
+        return hook
+
+    def remove_hook(self, hook: BatchHook) -> None:
+        """Stop calling ``hook``."""
+        with self._lock:
+            self._hooks = [h for h in self._hooks if h is not hook]
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def version(self) -> int:
+        """A counter that changes whenever :attr:`df` would (not while paused)."""
+        return self._visible[0]
+
+    @property
+    def batches(self) -> tuple[pa.RecordBatch, ...]:
+        """The Arrow record batches behind :attr:`df`, oldest first (zero-copy)."""
+        return self._visible[1]
+
+    @property
+    def table(self) -> pa.Table:
+        """The rows as one Arrow table (zero-copy)."""
+        return _pa().Table.from_batches(self._visible[1], schema=event_schema())
+
+    @property
+    def df(self) -> pd.DataFrame:
+        """The rows as a DataFrame with the :data:`~theia_frames.frames.EVENT_DTYPES`.
+
+        Built only when the data changed since the last call; otherwise the
+        cached frame is returned (as a shallow copy, so changing it does not
+        change the cache).
+        """
+        version, batches = self._visible
+        cache = self._df_cache
+        if cache is None or cache[0] != version:
+            from .frames import batches_to_dataframe
+
+            # Built outside the lock: the consumer keeps appending meanwhile.
+            frame = batches_to_dataframe(list(batches))
+            cache = (version, frame)
+            with self._lock:
+                current = self._df_cache
+                if current is None or current[0] < version:
+                    self._df_cache = cache
+        return cache[1].copy(deep=False)
+
+    def __len__(self) -> int:
+        return sum(b.num_rows for b in self._visible[1])
+
+    def status(self) -> LiveStatus:
+        """The state and counters now."""
+        now = time.monotonic()
+        with self._lock:
+            self._drain_stream_errors_locked()
+            while self._arrivals and self._arrivals[0][0] < now - _RATE_SPAN:
+                self._arrivals.popleft()
+            recent = sum(n for _, n in self._arrivals)
+            span = min(_RATE_SPAN, now - self._started) if self._state != "new" else 0.0
+            rate = recent / span if span > 0.05 else 0.0
+            if self._state not in ("running", "paused"):
+                rate = 0.0
+            newest = self._buffer.newest
+            last = self._errors[-1] if self._errors else None
+            return LiveStatus(
+                state=self._state,
+                received=self._received,
+                rows=len(self),
+                dropped=self._buffer.dropped,
+                rate=rate,
+                errors=self._error_count,
+                last_error=None if last is None else f"{type(last).__name__}: {last}",
+                newest=newest,
+                lag=None if newest is None else time.time() - newest,
+                version=self.version,
+            )
+
+    @property
+    def errors(self) -> list[BaseException]:
+        """The most recent errors (at most 100): undecodable events, failed hooks, the stream's end."""
+        with self._lock:
+            self._drain_stream_errors_locked()
+            return list(self._errors)
+
+    def widget(self, plot: Callable[[Any, Any], Any] | None = None, every: float = 0.5, **options: Any) -> LiveView:
+        """A live view of this frame: a status line, pause/resume and stop buttons, and a plot.
+
+        See :class:`~theia_frames.widget.LiveView` (``plot(df, ax)`` replaces
+        the default plot; the figure is redrawn at most every ``every`` seconds,
+        only when the data changed). Outside Jupyter it is a text status.
+        """
+        from .widget import LiveView
+
+        return LiveView(self, plot=plot, every=every, **options)
+
+    def __repr__(self) -> str:
+        return f"<LiveFrame {self.url or ''} {self.status()}>"
+
+    # ------------------------------------------------------------------ consumer
+    def _open(self) -> Any:
+        if self._client is None:
+            from .client import Client
+
+            self._client = Client(self.url, **self._client_options)
+        stream = self._client.receive(self.filter)
+        self._started = time.monotonic()
+        return stream
+
+    def _close_client(self) -> None:
+        client, self._client = (self._client, None) if self._owns_client else (None, self._client)
+        if client is not None:
+            try:
+                client.close()
+            except Exception as exc:
+                self._record_error(exc)
+
+    def _run(self, stream: Any) -> None:
+        try:
+            for batch in stream.iter_batches():
+                if self._stopping:
+                    break
+                self._ingest(batch)
+        except Exception as exc:  # a broken stream is reported in the status, not raised on a thread
+            with self._lock:
+                if not self._stopping:
+                    self.error = exc
+                    self._errors.append(exc)
+                    self._error_count += 1
+                    self._state = "failed"
+                self._changed.notify_all()
+        else:
+            with self._lock:
+                if not self._stopping and self._state in ("running", "paused"):
+                    self._state = "ended"
+                self._changed.notify_all()
+        finally:
+            with self._lock:
+                self._drain_stream_errors_locked()
+
+    def _ingest(self, batch: Any) -> None:
+        n = batch.num_rows
+        if not n:
+            return
+        hooks: list[BatchHook] = []
+        with self._lock:
+            self._buffer.append(batch)
+            self._received += n
+            self._arrivals.append((time.monotonic(), n))
+            if len(self._arrivals) > 4096:
+                self._arrivals.popleft()
+            if self._state != "paused":
+                self._visible = (self._buffer.version, self._buffer.batches)
+                hooks = self._hooks
+            self._changed.notify_all()
+        if hooks:
+            self._call_hooks(batch, hooks)
+
+    def _publish_held_locked(self) -> Any:
+        """Make rows that arrived while paused visible; return those still held, as one batch."""
+        self._visible = (self._buffer.version, self._buffer.batches)
+        new = min(self._buffer.appended - self._appended_at_pause, self._buffer.rows)
+        self._appended_at_pause = self._buffer.appended
+        if new <= 0 or not self._hooks:
+            return None
+        tail = self._buffer.table().slice(self._buffer.rows - new)
+        return _pa().concat_batches(tail.to_batches()) if tail.num_batches else None
+
+    def _call_hooks(self, batch: Any, hooks: list[BatchHook] | None = None) -> None:
+        hooks = self._hooks if hooks is None else hooks
+        if not hooks:
+            return
+        from .frames import batches_to_dataframe
+
+        frame = batches_to_dataframe([batch])
+        for hook in hooks:
+            try:
+                hook(frame.copy(deep=False))
+            except Exception as exc:  # a user's hook must not end the stream
+                self._record_error(exc)
+
+    def _record_error(self, exc: BaseException) -> None:
+        with self._lock:
+            self._errors.append(exc)
+            self._error_count += 1
+
+    def _drain_stream_errors_locked(self) -> None:
+        # per-event errors the client kept in lenient mode
+        stream = self._stream
+        errs = getattr(stream, "errors", None) if stream is not None else None
+        if errs:
+            new = errs[self._stream_errors_seen :]
+            self._stream_errors_seen += len(new)
+            self._errors.extend(new)
+            self._error_count += len(new)
