@@ -1,0 +1,519 @@
+"""Events as pandas DataFrames: one layout, the same dtypes on every path.
+
+The line people write most::
+
+    >>> df = to_dataframe(client.find(Filter(0)))                    # doctest: +SKIP
+
+Any iterable of :class:`~theia_frames.event.Event` works too::
+
+    >>> df = to_dataframe([Event(id="a", timestamp=1.5, source="/dev/t",
+    ...                          tags=["sensor", "temp"], content="21.5C")])
+    >>> df.columns.tolist()
+    ['id', 'timestamp', 'source', 'tags', 'content']
+    >>> df.loc[0, "timestamp"], df.loc[0, "tags"]
+    (Timestamp('1970-01-01 00:00:01.500000+0000', tz='UTC'), ['sensor', 'temp'])
+    >>> df.dtypes.equals(pd.Series(EVENT_DTYPES))
+    True
+
+The columns (see :data:`EVENT_DTYPES`):
+
+==========  =========================================  ===========================================
+column      dtype                                      holds
+==========  =========================================  ===========================================
+id          ``string[pyarrow]``                        the event id
+timestamp   ``datetime64[ns, UTC]``                    the event time, rounded to the microsecond
+source      ``category``                               where the event came from
+tags        ``list<string>[pyarrow]``                  the tags, ready for ``explode`` (empty list:
+                                                       no tags)
+content     ``string[pyarrow]``                        the event text
+==========  =========================================  ===========================================
+
+A find result of theia_frames' own client takes a columnar path: its Arrow
+batches become the frame with vectorised kernels (the timestamp conversion,
+tag splitting and category encoding run over whole columns), without one
+Python object per event. Events given one by one are gathered into the same
+Arrow batches first, so both paths give the same frame.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .batch import columns_to_batch, event_schema
+from .codec import EventColumns
+from .event import Event
+from .exceptions import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .filter import Filter  # noqa: F401  (named in the module doctest)
+
+__all__ = [
+    "EVENT_COLUMNS",
+    "EVENT_DTYPES",
+    "to_dataframe",
+    "iter_dataframes",
+    "batches_to_dataframe",
+    "empty_frame",
+    "iter_tables",
+    "show_progress_default",
+]
+
+EVENT_COLUMNS: tuple[str, ...] = ("id", "timestamp", "source", "tags", "content")
+
+#: The dtype of every column of an event frame, on every path (empty frames included).
+EVENT_DTYPES: dict[str, Any] = {
+    "id": pd.StringDtype("pyarrow"),
+    "timestamp": pd.DatetimeTZDtype("ns", "UTC"),
+    "source": "category",
+    "tags": pd.ArrowDtype(pa.list_(pa.string())),
+    "content": pd.StringDtype("pyarrow"),
+}
+
+# Arrow types of the frame's columns before they become pandas columns.
+_TAGS_TYPE = pa.list_(pa.string())
+_TS_TYPE = pa.timestamp("ns", tz="UTC")
+
+# Events given one by one are gathered into Arrow batches of this many rows.
+_EVENT_BATCH_ROWS = 65_536
+
+
+def _types_mapper(t: pa.DataType) -> Any:
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return pd.StringDtype("pyarrow")
+    if pa.types.is_list(t):
+        return pd.ArrowDtype(t)
+    return None
+
+
+# --------------------------------------------------------------------------- the converter
+
+
+def _conform(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
+    """``batch`` with exactly the event schema's columns, in order and of its types."""
+    schema = event_schema()
+    if batch.schema.equals(schema):
+        return batch
+    names = batch.schema.names
+    missing = [f.name for f in schema if f.name not in names]
+    if missing:
+        raise UsageError(
+            f"a batch of events needs the columns {list(EVENT_COLUMNS)}; missing {missing} "
+            f"(got {names})"
+        )
+    arrays = []
+    for f in schema:
+        column = batch.column(f.name)
+        if not column.type.equals(f.type):
+            try:
+                column = column.cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise UsageError(f"column {f.name!r} of type {column.type} cannot be read as {f.type}: {exc}") from exc
+        arrays.append(column)
+    if isinstance(batch, pa.Table):
+        return pa.Table.from_arrays(arrays, schema=schema)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _timestamps(seconds: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Float seconds since the epoch as UTC nanosecond timestamps, rounded to the microsecond."""
+    try:
+        micros = pc.round(pc.multiply(seconds, 1e6)).cast(pa.int64())
+        nanos = pc.multiply_checked(micros, 1000)
+    except pa.ArrowInvalid as exc:
+        bad = pc.filter(seconds, pc.invert(pc.fill_null(pc.is_finite(seconds), True)))
+        example = bad[0].as_py() if len(bad) else "out of range"
+        raise UsageError(
+            "event timestamps must be finite seconds since the epoch between the years 1677 and 2262; "
+            f"got {example!r}"
+        ) from exc
+    return nanos.cast(_TS_TYPE)
+
+
+def _split_tags(text: pa.Array) -> pa.ListArray:
+    lists = pc.split_pattern(text, ",")
+    empty = pc.equal(text, "")
+    if not pc.any(empty).as_py():
+        return lists
+    # split_pattern reads "" as one empty tag; on the wire "" means no tags.
+    is_empty = empty.to_numpy(zero_copy_only=False)
+    lengths = np.where(is_empty, 0, pc.list_value_length(lists).to_numpy(zero_copy_only=False))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    keep = ~is_empty[pc.list_parent_indices(lists).to_numpy()]
+    values = pc.list_flatten(lists).filter(pa.array(keep))
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def _tag_lists(text: pa.Array) -> pa.Array:
+    """Comma-joined tag text as lists of tags; ``""`` (and a missing value) is no tags."""
+    if text.null_count:
+        text = pc.fill_null(text, "")
+    # Tag sets repeat from event to event: splitting the distinct texts once and
+    # taking them by index is about twice as fast then (and a little slower when
+    # every text differs, which a sample tells).
+    sample = text.slice(0, 4096)
+    if len(text) > 4096 and len(pc.unique(sample)) * 8 <= len(sample):
+        encoded = pc.dictionary_encode(text)
+        return _split_tags(encoded.dictionary).take(encoded.indices)
+    return _split_tags(text)
+
+
+def _categories(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``column`` dictionary-encoded with one sorted dictionary (as ``pd.Categorical`` sorts)."""
+    dictionary = pc.unique(column).drop_null()
+    dictionary = dictionary.take(pc.sort_indices(dictionary))
+    indices = pc.index_in(column, value_set=dictionary).cast(pa.int32())
+    typ = pa.dictionary(pa.int32(), dictionary.type)
+    return pa.chunked_array(
+        [pa.DictionaryArray.from_arrays(i, dictionary) for i in indices.chunks], type=typ
+    )
+
+
+# Batches from the network are small; pandas works better on few large chunks.
+_CHUNK_ROWS = 1 << 20
+_CHUNK_BYTES = 1 << 28
+
+
+def _coalesce(table: pa.Table) -> pa.Table:
+    """``table`` with runs of small chunks merged (each chunk stays well below Arrow's 2 GiB limit)."""
+    batches = table.to_batches()
+    if len(batches) <= 1:
+        return table
+    merged: list[pa.RecordBatch] = []
+    group: list[pa.RecordBatch] = []
+    rows = size = 0
+    for b in batches:
+        if group and (rows + b.num_rows > _CHUNK_ROWS or size + b.nbytes > _CHUNK_BYTES):
+            merged.extend(pa.Table.from_batches(group).combine_chunks().to_batches())
+            group, rows, size = [], 0, 0
+        group.append(b)
+        rows += b.num_rows
+        size += b.nbytes
+    merged.extend(pa.Table.from_batches(group).combine_chunks().to_batches())
+    return pa.Table.from_batches(merged, schema=table.schema)
+
+
+def _frame_table(table: pa.Table, columns: Sequence[str] = EVENT_COLUMNS) -> pa.Table:
+    """A table with the event schema as a table of the frame's Arrow types (``columns`` only)."""
+    table = _coalesce(table)
+    arrays: list[Any] = []
+    for name in columns:
+        column = table.column(name)
+        if name == "timestamp":
+            arrays.append(_timestamps(column))
+        elif name == "tags":
+            arrays.append(pa.chunked_array([_tag_lists(c) for c in column.chunks], type=_TAGS_TYPE))
+        elif name == "source":
+            arrays.append(_categories(column))
+        else:
+            arrays.append(column)
+    return pa.Table.from_arrays(arrays, names=list(columns))
+
+
+def _table_to_pandas(table: pa.Table) -> pd.DataFrame:
+    return table.to_pandas(types_mapper=_types_mapper)
+
+
+def batches_to_dataframe(
+    batches: Iterable[pa.RecordBatch | pa.Table] | pa.RecordBatch | pa.Table,
+    *,
+    columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Arrow batches with :func:`~theia_frames.batch.event_schema` as one event frame.
+
+    This is the converter every path goes through. It is vectorised: float
+    seconds become ``datetime64[ns, UTC]`` rounded to the microsecond in one
+    kernel, tag text is split into lists in one kernel (``""`` is an empty
+    list), sources are dictionary-encoded into a category.
+
+    >>> from theia_frames.batch import events_to_batch
+    >>> batch = events_to_batch([Event(id="a", timestamp=1.0000004, tags=["x", "y"]),
+    ...                          Event(id="b", timestamp=2.0)])
+    >>> df = batches_to_dataframe([batch])
+    >>> df["timestamp"].tolist()
+    [Timestamp('1970-01-01 00:00:01+0000', tz='UTC'), Timestamp('1970-01-01 00:00:02+0000', tz='UTC')]
+    >>> df["tags"].tolist()
+    [['x', 'y'], []]
+    >>> batches_to_dataframe([]).dtypes.equals(pd.Series(EVENT_DTYPES))
+    True
+    """
+    cols = _check_columns(columns)
+    if isinstance(batches, (pa.RecordBatch, pa.Table)):
+        batches = [batches]
+    tables = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b for b in map(_conform, batches)]
+    if tables:
+        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    else:
+        table = event_schema().empty_table()
+    return _table_to_pandas(_frame_table(table, cols))
+
+
+def empty_frame(columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """An event frame with no rows and the usual dtypes.
+
+    >>> empty_frame().dtypes.equals(pd.Series(EVENT_DTYPES))
+    True
+    """
+    return batches_to_dataframe([], columns=columns)
+
+
+def _check_columns(columns: Sequence[str] | None) -> tuple[str, ...]:
+    if columns is None:
+        return EVENT_COLUMNS
+    if isinstance(columns, str):
+        columns = [columns]
+    cols = tuple(columns)
+    unknown = [c for c in cols if c not in EVENT_COLUMNS]
+    if unknown:
+        raise UsageError(f"unknown event columns {unknown}; the columns are {list(EVENT_COLUMNS)}")
+    if len(set(cols)) != len(cols):
+        raise UsageError(f"event columns listed twice: {list(cols)}")
+    return cols
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _event_batches(first: Event, rest: Iterator[Any]) -> Iterator[pa.RecordBatch]:
+    cols = EventColumns()
+    cols.append_event(first)
+    for item in rest:
+        if not isinstance(item, Event):
+            raise UsageError(f"an iterable of events holds a {type(item).__name__}: {item!r:.80}")
+        cols.append_event(item)
+        if len(cols) >= _EVENT_BATCH_ROWS:
+            yield columns_to_batch(cols)
+            cols = EventColumns()
+    if len(cols):
+        yield columns_to_batch(cols)
+
+
+def _source_batches(source: Any) -> Iterator[pa.RecordBatch | pa.Table]:
+    """The Arrow batches of anything :func:`to_dataframe` accepts, lazily."""
+    if isinstance(source, (pa.RecordBatch, pa.Table)):
+        yield source
+        return
+    if isinstance(source, pd.DataFrame):
+        raise UsageError("to_dataframe takes events or Arrow batches, not a DataFrame")
+    if isinstance(source, (str, bytes, os.PathLike)):
+        raise UsageError(
+            f"to_dataframe takes events, not a path ({source!r}); read a store folder with read_store(path)"
+        )
+    if isinstance(source, Event):
+        source = [source]
+    iter_batches = getattr(source, "iter_batches", None)
+    if callable(iter_batches):
+        yield from iter_batches()
+        return
+    try:
+        items = iter(source)
+    except TypeError:
+        raise UsageError(
+            "to_dataframe takes a find result, a stream, Arrow batches or an iterable of events; "
+            f"got {type(source).__name__}"
+        ) from None
+    for first in items:
+        if isinstance(first, Event):
+            yield from _event_batches(first, items)
+        elif isinstance(first, (pa.RecordBatch, pa.Table)):
+            yield first
+            for item in items:
+                if not isinstance(item, (pa.RecordBatch, pa.Table)):
+                    raise UsageError(f"an iterable of Arrow batches holds a {type(item).__name__}")
+                yield item
+        else:
+            raise UsageError(
+                f"to_dataframe takes events or Arrow batches; the iterable holds a {type(first).__name__}"
+            )
+        return
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def _in_jupyter() -> bool:
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except Exception:  # an IPython too broken to ask is not a notebook to draw in
+        return False
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def _in_ci() -> bool:
+    value = os.environ.get("CI", "").strip().lower()
+    return value not in ("", "0", "false", "no")
+
+
+def show_progress_default() -> bool:
+    """Whether a progress bar is shown when ``progress=None``: only where a person watches.
+
+    That is a Jupyter kernel or a terminal on stderr, and never under CI (``$CI`` set).
+    """
+    if _in_ci():
+        return False
+    if _in_jupyter():
+        return True
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _with_progress(
+    batches: Iterator[pa.RecordBatch | pa.Table], progress: bool | None, desc: str = "events"
+) -> Iterator[pa.RecordBatch | pa.Table]:
+    if progress is None:
+        progress = show_progress_default()
+    if not progress:
+        yield from batches
+        return
+    if _in_jupyter():
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
+    # A short query finishes before the delay and never draws a bar.
+    bar = tqdm(desc=desc, unit=" events", unit_scale=True, delay=0.5, leave=True)
+    try:
+        for b in batches:
+            bar.update(b.num_rows)
+            yield b
+    finally:
+        bar.close()
+
+
+# --------------------------------------------------------------------------- public
+
+
+def _finish(df: pd.DataFrame, index: Literal["timestamp"] | None, tz: Any) -> pd.DataFrame:
+    if tz is not None and "timestamp" in df.columns:
+        df["timestamp"] = df["timestamp"].dt.tz_convert(tz)
+    if index is not None:
+        df = df.set_index("timestamp")
+    return df
+
+
+def _check_index(index: Any, columns: tuple[str, ...]) -> tuple[str, ...]:
+    if index is None:
+        return columns
+    if index != "timestamp":
+        raise UsageError(f"index must be None or 'timestamp', got {index!r}")
+    return columns if "timestamp" in columns else ("timestamp", *columns)
+
+
+def to_dataframe(
+    source: Any,
+    *,
+    index: Literal["timestamp"] | None = None,
+    tz: Any = None,
+    columns: Sequence[str] | None = None,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """Events as one DataFrame with the columns and dtypes of :data:`EVENT_DTYPES`.
+
+    ``source`` is a find result or live stream (anything with ``iter_batches()``,
+    consumed through it: the columnar path), an Arrow table, batch or iterable of
+    batches with the event schema, or any iterable of :class:`Event`.
+
+    ``index="timestamp"`` makes the timestamp the index; ``tz`` converts the
+    timestamps to a display zone (e.g. ``"Europe/Berlin"``; stored values are
+    unchanged, only the zone); ``columns`` keeps only those columns (only they
+    are converted). ``progress`` shows a bar with the count and rate of events
+    (default: only where a person watches, see :func:`show_progress_default`;
+    ``False`` never).
+
+    Always one frame; no events give an empty frame with the same dtypes.
+
+    >>> evs = [Event(id=str(i), timestamp=1700000000 + i, source=f"s{i % 2}") for i in range(3)]
+    >>> to_dataframe(evs, index="timestamp", tz="Europe/Berlin", columns=["source"])
+                              source
+    timestamp
+    2023-11-14 23:13:20+01:00     s0
+    2023-11-14 23:13:21+01:00     s1
+    2023-11-14 23:13:22+01:00     s0
+    >>> to_dataframe([]).shape
+    (0, 5)
+    """
+    cols = _check_index(index, _check_columns(columns))
+    batches = _source_batches(source)
+    try:
+        df = batches_to_dataframe(_with_progress(batches, progress), columns=cols)
+    finally:
+        batches.close()
+    return _finish(df, index, tz)
+
+
+def _rebatch(batches: Iterable[pa.RecordBatch | pa.Table], rows: int) -> Iterator[pa.Table]:
+    """Tables of exactly ``rows`` events (the last one fewer) from batches of any size."""
+    schema = event_schema()
+    pending: list[pa.RecordBatch] = []
+    have = 0
+    for item in batches:
+        item = _conform(item)
+        for batch in item.to_batches() if isinstance(item, pa.Table) else (item,):
+            while batch.num_rows:
+                take = min(rows - have, batch.num_rows)
+                pending.append(batch.slice(0, take))
+                have += take
+                batch = batch.slice(take)
+                if have == rows:
+                    yield pa.Table.from_batches(pending, schema=schema)
+                    pending, have = [], 0
+    if have:
+        yield pa.Table.from_batches(pending, schema=schema)
+
+
+def iter_tables(
+    source: Any, chunk_size: int = 100_000, *, progress: bool | None = None
+) -> Iterator[pa.Table]:
+    """The events of ``source`` as Arrow tables of at most ``chunk_size`` rows (event schema).
+
+    Only one chunk is held at a time; no events yield no tables.
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise UsageError(f"chunk_size must be a positive number of events, got {chunk_size!r}")
+    batches = _source_batches(source)
+    try:
+        yield from _rebatch(_with_progress(batches, progress), chunk_size)
+    finally:
+        batches.close()
+
+
+def iter_dataframes(
+    source: Any,
+    chunk_size: int = 100_000,
+    *,
+    index: Literal["timestamp"] | None = None,
+    tz: Any = None,
+    columns: Sequence[str] | None = None,
+    progress: bool | None = None,
+) -> Iterator[pd.DataFrame]:
+    """The events of ``source`` as frames of at most ``chunk_size`` rows, for results larger than memory.
+
+    Takes the same sources and options as :func:`to_dataframe`; every frame has
+    the same dtypes and only one chunk is held at a time. No events yield no
+    frames. Each frame is indexed from 0.
+
+    >>> evs = (Event(id=str(i), timestamp=float(i)) for i in range(5))
+    >>> [len(f) for f in iter_dataframes(evs, chunk_size=2)]
+    [2, 2, 1]
+    """
+    cols = _check_index(index, _check_columns(columns))
+    for table in iter_tables(source, chunk_size, progress=progress):
+        yield _finish(_table_to_pandas(_frame_table(table, cols)), index, tz)
+
+
+# Importing the analysis helpers registers the ``df.theia`` accessor, so it is
+# there for every frame this module makes. They import this module's names,
+# hence the import at the end.
+from . import analysis as _analysis  # noqa: E402, F401
