@@ -49,6 +49,15 @@ _EXPORTS: dict[str, str] = {
     "InvalidFilterError": "exceptions",
     "UnconfirmedError": "exceptions",
     "MissingDependencyError": "exceptions",
+    # client
+    "Client": "client",
+    "FindResult": "client",
+    "LiveStream": "client",
+    "find": "client",
+    "send": "client",
+    "connect": "client",
+    "sensor_events": "simulate",
+    "simulate": "simulate",
     # collector
     "serve": "collector",
     "Collector": "collector",
@@ -86,6 +95,7 @@ if TYPE_CHECKING:  # pragma: no cover
         iter_decode_stream,
         parse_message,
     )
+    from .client import Client, FindResult, LiveStream, connect, find, send
     from .event import Event, new_event_id
     from .exceptions import (
         AuthenticationError,
@@ -105,5 +115,6 @@ if TYPE_CHECKING:  # pragma: no cover
         UsageError,
     )
     from .filter import EventFilter, Filter
+    from .simulate import sensor_events, simulate
     from .live import LiveFrame
     from .widget import live_plot

@@ -1,0 +1,212 @@
+"""A small test server that behaves like the upstream theia collector (0.9.x).
+
+What the client must survive, as ``PROTOCOL.md`` describes it:
+
+- ``ok`` as a text message after each accepted filter, then one binary message
+  per event, and a ``/find`` connection that is **never closed**;
+- ``/find`` rejects a missing or zero ``start`` with
+  ``{"error": "Missing start timestamp"}`` (and the connection stays open);
+- ``/live`` accepts only the keys ``id``, ``source``, ``start``, ``end``,
+  ``content``, ``tags``, with integer ``start``/``end``: a float start gets
+  ``{"error": "invalid value for criteria start"}``, an unknown key an error too;
+- upstream matching, which is *looser* than the client's filter: ``/find``
+  matches tags by exact membership (skipped for events without tags) and
+  content with a regex search; ``/live`` matches tags by exact membership and
+  content with ``re.match``;
+- no subprotocol is ever selected (an offered one is ignored).
+
+Knobs for tests: ``find_prefix`` / ``find_suffix`` (extra raw messages sent
+around the results), ``drop_find_after`` (abort the TCP connection after that
+many results), ``close_find`` (close normally after the results, as this
+project's collector does).
+
+    >>> server = UpstreamLike()
+    >>> server.url.startswith("ws://")
+    False
+    >>> with UpstreamLike() as server:
+    ...     server.url.startswith("ws://127.0.0.1:")
+    True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection, serve
+
+from theia_frames.codec import decode, encode
+from theia_frames.event import Event
+from theia_frames.exceptions import DecodeError
+
+__all__ = ["UpstreamLike"]
+
+_LIVE_CRITERIA = {"id": str, "source": str, "start": int, "end": int, "content": str, "tags": list}
+
+
+def _find_match(event: Event, criteria: dict[str, Any]) -> bool:
+    start, end = criteria.get("start"), criteria.get("end")
+    if event.timestamp < start or (end is not None and event.timestamp > end):
+        return False
+    tags = criteria.get("tags")
+    if tags is not None and event.tags:
+        if not all(t in event.tags for t in tags):
+            return False
+    content = criteria.get("content")
+    if content and event.content and not re.search(content, event.content):
+        return False
+    return True
+
+
+def _live_match(event: Event, criteria: dict[str, Any]) -> bool:
+    if "id" in criteria and not re.match(criteria["id"], event.id):
+        return False
+    if "source" in criteria and not re.match(criteria["source"], event.source):
+        return False
+    if "start" in criteria and event.timestamp < criteria["start"]:
+        return False
+    if "end" in criteria and event.timestamp > criteria["end"]:
+        return False
+    if "tags" in criteria and not all(t in event.tags for t in criteria["tags"]):
+        return False
+    if "content" in criteria and not re.match(criteria["content"], event.content):
+        return False
+    return True
+
+
+class UpstreamLike:
+    """An upstream-like collector on a free loopback port, run in a background thread."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self.events: list[Event] = []
+        self.filters: list[tuple[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.find_prefix: list[bytes | str] = []
+        self.find_suffix: list[bytes | str] = []
+        self.drop_find_after: int | None = None
+        self.close_find = False
+        self._live: dict[ServerConnection, dict[str, Any]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._received = threading.Condition()
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}" if self._thread else ""
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> UpstreamLike:
+        self._thread = threading.Thread(target=self._run, name="upstream-like", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the upstream-like server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def __enter__(self) -> UpstreamLike:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with serve(self._handler, self.host, self.port) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            await self._stop.wait()
+
+    def wait_for_events(self, n: int, timeout: float = 10.0) -> bool:
+        """Block until at least ``n`` events were received (False on timeout)."""
+        with self._received:
+            return self._received.wait_for(lambda: len(self.events) >= n, timeout)
+
+    # ------------------------------------------------------------------ endpoints
+    async def _handler(self, ws: ServerConnection) -> None:
+        self.headers.append(dict(ws.request.headers.raw_items()))
+        path = ws.request.path
+        try:
+            if path == "/event":
+                await self._on_event(ws)
+            elif path == "/find":
+                await self._on_find(ws)
+            elif path == "/live":
+                await self._on_live(ws)
+        finally:
+            self._live.pop(ws, None)
+
+    async def _on_event(self, ws: ServerConnection) -> None:
+        async for message in ws:
+            data = message.encode() if isinstance(message, str) else message
+            try:
+                event = decode(data)
+            except DecodeError:
+                continue  # upstream logs the parse error and carries on
+            with self._received:
+                self.events.append(event)
+                self._received.notify_all()
+            for sub, criteria in list(self._live.items()):
+                if _live_match(event, criteria):
+                    try:
+                        await sub.send(encode(event))
+                    except Exception:
+                        self._live.pop(sub, None)
+
+    async def _on_find(self, ws: ServerConnection) -> None:
+        async for message in ws:
+            try:
+                criteria = json.loads(message)
+                if not criteria.get("start"):
+                    raise ValueError("Missing start timestamp")
+            except Exception as exc:
+                await ws.send(json.dumps({"error": str(exc)}))
+                continue
+            self.filters.append(("find", criteria))
+            await ws.send("ok")
+            for extra in self.find_prefix:
+                await ws.send(extra)
+            reverse = criteria.get("order") == "desc"
+            found = [e for e in sorted(self.events, key=lambda e: e.timestamp, reverse=reverse)
+                     if _find_match(e, criteria)]
+            for i, event in enumerate(found):
+                if self.drop_find_after is not None and i >= self.drop_find_after:
+                    ws.transport.abort()
+                    return
+                await ws.send(encode(event))
+            for extra in self.find_suffix:
+                await ws.send(extra)
+            if self.close_find:
+                await ws.close()
+                return
+
+    async def _on_live(self, ws: ServerConnection) -> None:
+        async for message in ws:
+            try:
+                criteria = json.loads(message)
+                for key, value in criteria.items():
+                    if key not in _LIVE_CRITERIA:
+                        raise KeyError(key)
+                    if not isinstance(value, _LIVE_CRITERIA[key]):
+                        raise ValueError(f"invalid value for criteria {key}")
+            except Exception as exc:
+                await ws.send(json.dumps({"error": str(exc)}))
+                continue
+            self.filters.append(("live", criteria))
+            self._live[ws] = criteria
+            await ws.send("ok")

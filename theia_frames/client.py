@@ -1,0 +1,1367 @@
+"""The client: send events to a theia collector, find past ones, receive live ones.
+
+The Python counterpart of the Go ``selene/comm`` client, on websocket-client::
+
+    >>> import theia_frames as tf
+    >>> with tf.Client("ws://127.0.0.1:6433") as client:             # doctest: +SKIP
+    ...     client.send(tf.Event(source="/dev/sensors/temp-1", tags=["sensor"], content="21.5C"))
+    ...     for event in client.find(tf.Filter(0).match_tag("sensor")):
+    ...         print(event.content)
+    ...     with client.receive(tf.Filter(0)) as live:
+    ...         for event in live:
+    ...             break
+    21.5C
+
+It works with both peers of the protocol (``PROTOCOL.md``): this project's
+collector and the upstream Python collector.
+
+Sending
+    :meth:`Client.send` and :meth:`Client.send_many` share one ``/event``
+    connection, opened on first use. A connection found closed before a send
+    is reopened transparently; one that fails *during* a send raises
+    :class:`~theia_frames.exceptions.ConnectionClosed` naming the URL (the
+    events of that call may or may not have arrived), and the next send
+    reopens it. A plain collector never acknowledges events.
+
+Finding
+    :meth:`Client.find` returns a :class:`FindResult`, read lazily. It is
+    complete when the server closes the connection normally (code 1000), as
+    this project's collector does after the last event. The upstream collector
+    never closes a ``/find``: there the result ends after ``idle_timeout``
+    seconds without a message (default :data:`DEFAULT_IDLE_TIMEOUT`). A server
+    that accepted the batched-transfer extension is this project's collector,
+    which always closes; on such a connection silence is never taken as the
+    end, and waiting longer than ``timeout`` for the next message raises
+    :class:`~theia_frames.exceptions.TheiaTimeoutError`. An abnormal close, a
+    dropped socket or an error message from the server raises; a result is
+    never silently short.
+
+Receiving
+    :meth:`Client.receive` returns a :class:`LiveStream` that yields events as
+    they are collected, until the caller stops it (``break``, ``.close()``,
+    leaving a ``with`` block); it closes its socket within about half a second
+    even when no events arrive.
+
+Every event received is checked again against the caller's filter, so a
+result means the same whichever server answered (the upstream collector's
+matching differs by endpoint and store). Plain messages are checked with
+:meth:`EventFilter.matches_fields <theia_frames.filter.EventFilter.matches_fields>`.
+Arrow batches come only from this project's collector, which applies the same
+:class:`~theia_frames.filter.EventFilter`; they are checked with a vectorised
+time-range test only (which also drops the events before a fractional start on
+``/live``, where the start is sent as whole seconds).
+
+Per-event problems (a message that is not an event among good ones) are
+handled *leniently* by default, like the Go client, which reports them and
+carries on: the message is skipped, counted in ``.skipped`` and its
+:class:`~theia_frames.exceptions.DecodeError` kept in ``.errors``. With
+``strict=True`` the first one raises.
+
+Batched transfer: the client offers the WebSocket subprotocol
+``theia-frames.v1`` (see :mod:`theia_frames.batch`). When the server accepts
+it, ``send_many`` publishes Arrow batches and ``find``/``receive`` may get
+Arrow batches back; otherwise the plain protocol is spoken byte for byte.
+``batch=False`` never offers it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import select
+import socket
+import ssl
+import struct
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Union
+from urllib.parse import urlsplit, urlunsplit
+
+import websocket
+
+from .batch import ARROW_MARKER, SUBPROTOCOL, batch_to_ipc, columns_to_batch, empty_batch, event_schema, ipc_to_batches
+from .codec import EventColumns, encode, error_text, is_ok, split_tags
+from .event import Event
+from .exceptions import (
+    AuthenticationError,
+    ConnectError,
+    ConnectionClosed,
+    DecodeError,
+    InvalidEventError,
+    ProtocolError,
+    ServerError,
+    SubscriberTooSlow,
+    TheiaTimeoutError,
+    UsageError,
+)
+from .filter import EventFilter
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+
+__all__ = [
+    "Client",
+    "FindResult",
+    "LiveStream",
+    "find",
+    "send",
+    "connect",
+    "DEFAULT_URL",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_IDLE_TIMEOUT",
+]
+
+DEFAULT_URL = "ws://127.0.0.1:6433"
+#: Seconds to connect, to send one message, and to wait for the answer to a filter.
+DEFAULT_TIMEOUT = 10.0
+#: Seconds of silence after which a ``/find`` on a server that never closes is complete.
+DEFAULT_IDLE_TIMEOUT = 3.0
+#: Events per record batch built from plain messages by :meth:`FindResult.iter_batches`.
+DEFAULT_BATCH_SIZE = 10_000
+#: At most this many events per Arrow message sent by :meth:`Client.send_many`.
+DEFAULT_SEND_BATCH = 20_000
+#: ... and at most about this many bytes of event text per Arrow message.
+SEND_BATCH_BYTES = 8 * 1024 * 1024
+
+FilterLike = Union[EventFilter, Mapping[str, Any], None]
+
+_RECV_CHUNK = 256 * 1024
+_DRAIN_LIMIT = 8 * 1024 * 1024
+_MAX_MESSAGE = 1 << 31
+_SEND_GROUP = 1 << 20
+_LIVE_SLICE = 0.25
+_CLOSE_WAIT = 2.0
+_MAX_KEPT_ERRORS = 1000
+_NORMAL_CLOSE = (1000, 1005)  # 1005: a close frame without a status code, still an orderly close
+_TOO_SLOW_CODES = (1008, 1013)
+
+_OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0, 1, 2, 8, 9, 10
+
+_UNSET: Any = object()
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def _base_url(url: str) -> str:
+    """The collector's base URL: scheme ws/wss, no trailing slash, no endpoint path."""
+    if not isinstance(url, str) or not url.strip():
+        raise UsageError(f"a collector URL must be a non-empty string like {DEFAULT_URL!r}, got {url!r}")
+    url = url.strip()
+    if "://" not in url:
+        url = "ws://" + url
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise UsageError(f"a collector URL must start with ws:// or wss://, got {url!r}")
+    if not parts.hostname:
+        raise UsageError(f"a collector URL needs a host, got {url!r}")
+    path = parts.path.rstrip("/")
+    for endpoint in ("/event", "/find", "/live"):
+        if path.endswith(endpoint):
+            path = path[: -len(endpoint)]
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def _header_lines(headers: Mapping[str, str] | Sequence[str] | None) -> list[str]:
+    if headers is None:
+        return []
+    if isinstance(headers, Mapping):
+        return [f"{k}: {v}" for k, v in headers.items()]
+    return [str(h) for h in headers]
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def _mask(payload: bytes, key: bytes) -> bytes:
+    n = len(payload)
+    if not n:
+        return b""
+    reps = key * (n // 4 + 1)
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(reps[:n], "little")).to_bytes(n, "little")
+
+
+def _client_frame(opcode: int, payload: bytes, key: bytes) -> bytes:
+    """One final, masked client-to-server frame (RFC 6455 section 5.2)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 0xFE, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0xFF, n)
+    return head + key + _mask(payload, key)
+
+
+class _Silence(Exception):
+    """No message arrived within the wait (internal; callers decide what it means)."""
+
+
+class _Connection:
+    """One WebSocket connection: handshake by websocket-client, frames read and written here.
+
+    websocket-client reads a frame with several small ``recv`` calls; reading
+    large chunks and splitting frames in one loop keeps per-message overhead
+    low enough for bulk transfers.
+    """
+
+    def __init__(self, ws: websocket.WebSocket, url: str, negotiated: bool, timeout: float | None) -> None:
+        self.ws = ws
+        self.sock: socket.socket = ws.sock
+        self.url = url
+        self.negotiated = negotiated
+        self.timeout = timeout
+        self.ended = False
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.failure: BaseException | None = None
+        self._buf = bytearray()
+        self._chunk = bytearray(_RECV_CHUNK)
+        self._frag_op = 0
+        self._frag: list[bytes] = []
+        self._frag_size = 0
+        self._sock_timeout: Any = _UNSET
+        self._send_lock = threading.Lock()
+        self._state = threading.Lock()
+        self._reading = False
+        self._closed = False
+        self._sent_close = False
+
+    # ------------------------------------------------------------------ open
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        timeout: float | None,
+        headers: list[str],
+        offer: bool,
+        sslopt: Mapping[str, Any] | None = None,
+    ) -> _Connection:
+        header = list(headers)
+        if offer:
+            # A plain header, not websocket-client's subprotocols= option, which fails
+            # the handshake against servers that do not echo the protocol (upstream).
+            header.append(f"Sec-WebSocket-Protocol: {SUBPROTOCOL}")
+        ws = websocket.WebSocket(sslopt=dict(sslopt or {}), skip_utf8_validation=True, enable_multithread=True)
+        try:
+            ws.connect(url, timeout=timeout, header=header)
+        except websocket.WebSocketBadStatusException as exc:
+            status = getattr(exc, "status_code", None)
+            kind = AuthenticationError if status in (401, 403) else ConnectError
+            raise kind(f"{url} refused the WebSocket handshake with HTTP status {status}", url=url) from exc
+        except websocket.WebSocketAddressException as exc:
+            raise ConnectError(f"cannot resolve the host of {url}: {exc}", url=url) from exc
+        except (TimeoutError, websocket.WebSocketTimeoutException) as exc:
+            raise TheiaTimeoutError(f"timed out after {timeout} s connecting to {url}") from exc
+        except ConnectionRefusedError as exc:
+            raise ConnectError(f"connection refused by {url} (is a collector running there?)", url=url) from exc
+        except ssl.SSLError as exc:
+            raise ConnectError(f"TLS handshake with {url} failed: {exc}", url=url) from exc
+        except (websocket.WebSocketException, OSError, ValueError) as exc:
+            raise ConnectError(f"cannot connect to {url}: {exc}", url=url) from exc
+        answered = (ws.getheaders() or {}).get("sec-websocket-protocol", "")
+        negotiated = offer and answered.strip().lower() == SUBPROTOCOL
+        return cls(ws, url, negotiated, timeout)
+
+    # ------------------------------------------------------------------ sending
+    def _settimeout(self, timeout: float | None) -> None:
+        if timeout != self._sock_timeout:
+            self.sock.settimeout(timeout)
+            self._sock_timeout = timeout
+
+    def _sendall(self, data: bytes) -> None:
+        with self._send_lock:
+            if self._closed:
+                raise ConnectionClosed(f"the connection to {self.url} is closed", url=self.url)
+            try:
+                self.sock.sendall(data)
+            except TimeoutError as exc:
+                raise TheiaTimeoutError(f"timed out after {self.timeout} s sending to {self.url}") from exc
+            except OSError as exc:
+                self.ended = True
+                self.failure = exc
+                raise ConnectionClosed(
+                    f"the connection to {self.url} was lost while sending: {exc}", url=self.url, code=1006
+                ) from exc
+
+    def send_text(self, text: str) -> None:
+        self._settimeout(self.timeout)
+        self._sendall(_client_frame(_OP_TEXT, text.encode(), os.urandom(4)))
+
+    def send_binary(self, payload: bytes) -> None:
+        self._settimeout(self.timeout)
+        self._sendall(_client_frame(_OP_BINARY, payload, os.urandom(4)))
+
+    def send_binaries(self, payloads: Sequence[bytes]) -> None:
+        """Send many binary messages, written in groups of about a megabyte."""
+        self._settimeout(self.timeout)
+        keys = os.urandom(4 * len(payloads))
+        group: list[bytes] = []
+        size = 0
+        for i, payload in enumerate(payloads):
+            frame = _client_frame(_OP_BINARY, payload, keys[4 * i : 4 * i + 4])
+            group.append(frame)
+            size += len(frame)
+            if size >= _SEND_GROUP:
+                self._sendall(b"".join(group))
+                group, size = [], 0
+        if group:
+            self._sendall(b"".join(group))
+
+    def _send_control(self, opcode: int, payload: bytes) -> None:
+        # Control frames also go out from the reading thread (pong) or a closing
+        # thread; never block long on them.
+        frame = _client_frame(opcode, payload, os.urandom(4))
+        with self._send_lock:
+            if self._closed and opcode != _OP_CLOSE:
+                return
+            try:
+                _, writable, _ = select.select([], [self.sock], [], 1.0)
+                if writable:
+                    self.sock.send(frame)
+            except (OSError, ValueError):
+                pass
+
+    # ------------------------------------------------------------------ receiving
+    def read(self, timeout: float | None) -> list[bytes | str]:
+        """The next complete data messages (binary as bytes, text as str).
+
+        Blocks until at least one message arrives; then also takes whatever else
+        has already arrived. Returns ``[]`` once the connection has ended (see
+        ``close_code``); raises :class:`_Silence` after ``timeout`` seconds
+        without a message.
+        """
+        with self._state:
+            if self._closed:
+                self.ended = True
+                return []
+            self._reading = True
+        try:
+            return self._read(timeout)
+        finally:
+            with self._state:
+                self._reading = False
+                close_now = self._closed
+            if close_now:
+                self._close_socket()
+
+    def _read(self, timeout: float | None) -> list[bytes | str]:
+        out: list[bytes | str] = []
+        if self._buf:
+            self._parse(out)
+        if out or self.ended:
+            return out
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not out and not self.ended:
+            wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if wait is not None and wait <= 0.0:
+                raise _Silence()
+            self._recv(wait)
+            if self._buf:
+                self._parse(out)
+        drained = 0
+        while out and not self.ended and drained < _DRAIN_LIMIT and self._readable():
+            drained += self._recv(None)
+            if self._buf:
+                self._parse(out)
+        return out
+
+    def poll(self) -> list[bytes | str]:
+        """Messages that have already arrived, without waiting (handles ping and close)."""
+        out: list[bytes | str] = []
+        while not self.ended and self._readable():
+            self._recv(None)
+            if self._buf:
+                self._parse(out)
+        return out
+
+    def _readable(self) -> bool:
+        try:
+            if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+                return True
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True  # let recv report what happened
+        return bool(readable)
+
+    def _recv(self, timeout: float | None) -> int:
+        try:
+            self._settimeout(timeout)
+            n = self.sock.recv_into(self._chunk)
+        except TimeoutError:
+            raise _Silence() from None
+        except ssl.SSLWantReadError:
+            return 0
+        except (OSError, ValueError, AttributeError) as exc:
+            self._end(1006, "", exc)
+            return 0
+        if n == 0:
+            self._end(1006, "")
+            return 0
+        self._buf += memoryview(self._chunk)[:n]
+        return n
+
+    def _end(self, code: int, reason: str, failure: BaseException | None = None) -> None:
+        if not self.ended:
+            self.ended = True
+            if self.close_code is None:
+                self.close_code = code
+                self.close_reason = reason
+            if failure is not None and self.failure is None:
+                self.failure = failure
+
+    def _parse(self, out: list[bytes | str]) -> None:
+        buf = self._buf
+        end = len(buf)
+        pos = 0
+        with memoryview(buf) as view:
+            while end - pos >= 2:
+                b0 = buf[pos]
+                b1 = buf[pos + 1]
+                n = b1 & 0x7F
+                head = 2
+                if n == 126:
+                    if end - pos < 4:
+                        break
+                    n = (buf[pos + 2] << 8) | buf[pos + 3]
+                    head = 4
+                elif n == 127:
+                    if end - pos < 10:
+                        break
+                    n = int.from_bytes(view[pos + 2 : pos + 10], "big")
+                    head = 10
+                    if n > _MAX_MESSAGE:
+                        raise ProtocolError(f"{self.url} sent a frame of {n} bytes, more than {_MAX_MESSAGE}")
+                if b1 & 0x80:
+                    raise ProtocolError(f"{self.url} sent a masked frame (servers must not mask)")
+                if b0 & 0x70:
+                    raise ProtocolError(f"{self.url} sent a frame with reserved bits set (no extension was agreed)")
+                stop = pos + head + n
+                if stop > end:
+                    break
+                payload = view[pos + head : stop].tobytes()
+                pos = stop
+                opcode = b0 & 0x0F
+                fin = b0 & 0x80
+                if opcode == _OP_BINARY or opcode == _OP_TEXT:
+                    if self._frag_op:
+                        raise ProtocolError(f"{self.url} started a new message inside a fragmented one")
+                    if fin:
+                        out.append(payload if opcode == _OP_BINARY else payload.decode("utf-8", "replace"))
+                    else:
+                        self._frag_op, self._frag, self._frag_size = opcode, [payload], n
+                elif opcode == _OP_CONT:
+                    if not self._frag_op:
+                        raise ProtocolError(f"{self.url} sent a continuation frame outside a message")
+                    self._frag.append(payload)
+                    self._frag_size += n
+                    if self._frag_size > _MAX_MESSAGE:
+                        raise ProtocolError(f"{self.url} sent a message larger than {_MAX_MESSAGE} bytes")
+                    if fin:
+                        whole = b"".join(self._frag)
+                        out.append(whole if self._frag_op == _OP_BINARY else whole.decode("utf-8", "replace"))
+                        self._frag_op, self._frag, self._frag_size = 0, [], 0
+                elif opcode == _OP_PING:
+                    self._send_control(_OP_PONG, payload)
+                elif opcode == _OP_PONG:
+                    pass
+                elif opcode == _OP_CLOSE:
+                    code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                    reason = payload[2:].decode("utf-8", "replace")
+                    if not self._sent_close:
+                        self._sent_close = True
+                        self._send_control(_OP_CLOSE, payload[:2])
+                    self._end(code, reason)
+                    pos = end
+                    break
+                else:
+                    raise ProtocolError(f"{self.url} sent a frame with unknown opcode {opcode}")
+        del buf[:pos]
+
+    # ------------------------------------------------------------------ closing
+    def close(self, *, wait: float = 0.0) -> None:
+        """Close politely (close frame, 1000), from any thread; idempotent.
+
+        With ``wait``, first wait up to that many seconds for the server's own
+        close frame, so that nothing we sent is lost to a reset connection.
+        """
+        with self._state:
+            if self._closed:
+                return
+            reading = self._reading
+            if not self.ended and not self._sent_close:
+                self._sent_close = True
+                send_close = True
+            else:
+                send_close = False
+        if send_close:
+            self._send_control(_OP_CLOSE, struct.pack("!H", 1000))
+            if wait and not reading:
+                deadline = time.monotonic() + wait
+                try:
+                    while not self.ended:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._read(remaining)
+                except (_Silence, ProtocolError):
+                    pass
+        with self._state:
+            self._closed = True
+            reading = self._reading
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, ValueError, AttributeError):
+            pass
+        if not reading:
+            self._close_socket()
+
+    def _close_socket(self) -> None:
+        self.ended = True
+        try:
+            self.sock.close()
+        except (OSError, AttributeError):
+            pass
+
+
+# --------------------------------------------------------------------------- streams
+
+
+class _Stream:
+    """What :class:`FindResult` and :class:`LiveStream` share: one read connection,
+    message meaning, decoding, the local filter re-check and error bookkeeping."""
+
+    _endpoint = ""
+
+    def __init__(
+        self,
+        client: Client,
+        filter: EventFilter,
+        *,
+        strict: bool,
+        batch_size: int,
+        owns_client: bool = False,
+    ) -> None:
+        self.url = f"{client.url}/{self._endpoint}"
+        self.filter = filter
+        self.strict = strict
+        self.batch_size = batch_size
+        self.count = 0
+        self.skipped = 0
+        self.errors: list[DecodeError] = []
+        self.complete = False
+        self._client = client
+        self._owns_client = owns_client
+        self._claimed: str | None = None
+        self._closed = False
+        self._pending: list[bytes] = []
+        self._conn = _Connection.open(
+            self.url, timeout=client.timeout, headers=client._headers, offer=client.batch, sslopt=client._sslopt
+        )
+        try:
+            self._conn.send_text(json.dumps(self._filter_message()))
+            self._await_ok()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    @property
+    def batched(self) -> bool:
+        """Whether the server accepted the batched-transfer extension on this connection."""
+        return self._conn.negotiated
+
+    def _filter_message(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _await_ok(self) -> None:
+        """Wait (up to ``timeout``) for the answer to the filter: ``ok`` or an error.
+
+        Events that arrive first are kept: ``ok`` is recognised wherever it appears.
+        """
+        conn = self._conn
+        timeout = self._client.timeout
+        try:
+            msgs = conn.read(timeout)
+        except _Silence:
+            raise TheiaTimeoutError(f"{self.url} did not answer the filter within {timeout} s") from None
+        if not msgs:
+            self._check_end()
+        # classify now, so that a rejected filter raises from find()/receive()
+        self._pending = self._classify(msgs)
+
+    def _classify(self, msgs: list[bytes | str]) -> list[bytes]:
+        """The data messages (events, Arrow batches) among ``msgs``; errors raise."""
+        data: list[bytes] = []
+        append = data.append
+        for m in msgs:
+            if type(m) is bytes and (m[:6] == b"event:" or m[:4] == ARROW_MARKER):
+                append(m)
+                continue
+            if is_ok(m):
+                continue
+            text = error_text(m)
+            if text is not None:
+                raise ServerError(text, url=self.url)
+            append(m if isinstance(m, bytes) else m.encode())
+        return data
+
+    def _check_end(self) -> None:
+        """The connection ended: return if that was a normal close, raise otherwise."""
+        conn = self._conn
+        if self._closed:
+            return
+        code = conn.close_code
+        if code in _NORMAL_CLOSE:
+            self.complete = True
+            return
+        why = f"closed with code {code}" + (f" ({conn.close_reason})" if conn.close_reason else "")
+        if code == 1006:
+            why = "dropped" + (f" ({conn.failure})" if conn.failure else " without a close frame")
+        if code in _TOO_SLOW_CODES or "slow" in conn.close_reason.lower():
+            raise SubscriberTooSlow(
+                f"{self.url} dropped this subscriber ({why}): it did not keep up", url=self.url, code=code
+            )
+        raise ConnectionClosed(f"the connection to {self.url} {why}{self._incomplete}", url=self.url, code=code)
+
+    _incomplete = ""
+
+    def _bad(self, exc: DecodeError) -> None:
+        if self.strict:
+            raise exc
+        self.skipped += 1
+        if len(self.errors) < _MAX_KEPT_ERRORS:
+            self.errors.append(exc)
+
+    def _data_chunks(self, heartbeat: float | None = None) -> Iterator[list[bytes]]:  # pragma: no cover
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ local re-check
+    def _checked_columns(self, cols: EventColumns) -> EventColumns:
+        f = self.filter
+        if f.is_time_only:
+            start, end = f.start, f.end
+            ts = cols.timestamp
+            if (start is None or min(ts) >= start) and (end is None or max(ts) <= end):
+                return cols
+            lo = -float("inf") if start is None else start
+            hi = float("inf") if end is None else end
+            return cols.take([lo <= t <= hi for t in ts])
+        match = f.matches_fields
+        mask = [
+            match(t, split_tags(g), c, i, s)
+            for t, g, c, i, s in zip(cols.timestamp, cols.tags, cols.content, cols.id, cols.source)
+        ]
+        return cols if all(mask) else cols.take(mask)
+
+    def _checked_batch(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        f = self.filter
+        if batch.num_rows == 0 or (f.start is None and f.end is None):
+            return batch
+        import pyarrow.compute as pc
+
+        ts = batch.column(1)
+        bounds = pc.min_max(ts)
+        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        if (f.start is None or lo >= f.start) and (f.end is None or hi <= f.end):
+            return batch
+        keep = None
+        if f.start is not None:
+            keep = pc.greater_equal(ts, f.start)
+        if f.end is not None:
+            below = pc.less_equal(ts, f.end)
+            keep = below if keep is None else pc.and_(keep, below)
+        return batch.filter(keep)
+
+    def _arrow(self, message: bytes) -> list[pa.RecordBatch]:
+        try:
+            batches = ipc_to_batches(message)
+        except DecodeError as exc:
+            self._bad(exc)
+            return []
+        return [b for b in (self._checked_batch(b) for b in batches) if b.num_rows]
+
+    def _decoded(self, accumulate: int, heartbeat: float | None = None) -> Iterator[Any]:
+        """Checked chunks in server order: EventColumns (from plain messages) or
+        RecordBatches (passed through); ``None`` for a heartbeat."""
+        cols = EventColumns()
+        for msgs in self._data_chunks(heartbeat):
+            if not msgs:
+                yield None
+                continue
+            for m in msgs:
+                if m[:4] == ARROW_MARKER:
+                    if len(cols):
+                        checked = self._checked_columns(cols)
+                        cols = EventColumns()
+                        if len(checked):
+                            yield checked
+                    yield from self._arrow(m)
+                    continue
+                try:
+                    cols.append_raw(m)
+                except DecodeError as exc:
+                    self._bad(exc)
+            if len(cols) >= accumulate:
+                checked = self._checked_columns(cols)
+                cols = EventColumns()
+                if len(checked):
+                    yield checked
+        if len(cols):
+            checked = self._checked_columns(cols)
+            if len(checked):
+                yield checked
+
+    # ------------------------------------------------------------------ public iteration
+    def _claim(self, how: str) -> None:
+        if self._claimed is not None:
+            raise UsageError(
+                f"this {type(self).__name__} was already read with {self._claimed}; "
+                "a result can be read once, one way"
+            )
+        if self._closed:
+            raise UsageError(f"this {type(self).__name__} is closed")
+        self._claimed = how
+
+    def __iter__(self) -> Iterator[Event]:
+        """The events, one :class:`~theia_frames.event.Event` at a time."""
+        self._claim("iteration over events")
+        return self._events()
+
+    def _events(self) -> Iterator[Event]:
+        try:
+            for chunk in self._decoded(1):
+                if chunk is None:
+                    continue
+                if isinstance(chunk, EventColumns):
+                    events: Iterable[Event] = chunk.events()
+                else:
+                    events = _batch_events(chunk)
+                for event in events:
+                    self.count += 1
+                    yield event
+        finally:
+            self.close()
+
+    def iter_batches(self) -> Iterator[pa.RecordBatch]:
+        """The events as :func:`~theia_frames.batch.event_schema` record batches,
+        already checked against the filter; no Python object per event."""
+        self._claim("iter_batches()")
+        return self._batches(self.batch_size, None)
+
+    def _batches(self, accumulate: int, heartbeat: float | None) -> Iterator[pa.RecordBatch]:
+        try:
+            for chunk in self._decoded(accumulate, heartbeat):
+                if chunk is None:
+                    yield empty_batch()
+                    continue
+                batch = columns_to_batch(chunk) if isinstance(chunk, EventColumns) else chunk
+                self.count += batch.num_rows
+                yield batch
+        finally:
+            self.close()
+
+    def iter_messages(self) -> Iterator[bytes]:
+        """The raw data messages as received (plain events and Arrow IPC streams),
+        after ``ok`` and error messages are handled; neither decoded nor re-checked."""
+        self._claim("iter_messages()")
+        return self._messages()
+
+    def _messages(self) -> Iterator[bytes]:
+        try:
+            for msgs in self._data_chunks():
+                yield from msgs
+        finally:
+            self.close()
+
+    # ------------------------------------------------------------------ closing
+    def close(self) -> None:
+        """Close the connection (from any thread); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._conn.close()
+        self._client._forget(self)
+        if self._owns_client:
+            self._client.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if not self._closed:
+                self._conn.close()
+        except Exception:
+            pass
+
+
+def _batch_events(batch: pa.RecordBatch) -> Iterator[Event]:
+    d = batch.to_pydict()
+    for i, t, s, g, c in zip(d["id"], d["timestamp"], d["source"], d["tags"], d["content"]):
+        yield Event(i, t, s, split_tags(g), c)
+
+
+class FindResult(_Stream):
+    """The events of a ``/find``, in the server's order, read lazily.
+
+    Read it one way, once: iterate for :class:`~theia_frames.event.Event`
+    objects, :meth:`iter_batches` for Arrow record batches (what
+    :func:`theia_frames.to_dataframe` uses), or :meth:`iter_messages` for the
+    raw messages. Attributes: ``url``, ``filter``, ``count`` (events yielded
+    so far), ``skipped`` and ``errors`` (undecodable messages, lenient mode),
+    ``complete`` (the stream ended normally), ``ended_by`` (``"close"`` or
+    ``"idle"``), ``batched``.
+    """
+
+    _endpoint = "find"
+    _incomplete = " before the end of the results (the result would be incomplete)"
+
+    def __init__(
+        self,
+        client: Client,
+        filter: EventFilter,
+        *,
+        strict: bool,
+        batch_size: int,
+        idle_timeout: float | None,
+        owns_client: bool = False,
+    ) -> None:
+        self.idle_timeout = idle_timeout
+        self.ended_by: str | None = None
+        super().__init__(client, filter, strict=strict, batch_size=batch_size, owns_client=owns_client)
+
+    def _filter_message(self) -> dict[str, Any]:
+        return self.filter.for_find()
+
+    def _check_end(self) -> None:
+        super()._check_end()
+        if self.complete:
+            self.ended_by = "close"
+
+    def _data_chunks(self, heartbeat: float | None = None) -> Iterator[list[bytes]]:
+        conn = self._conn
+        # A server that accepted the extension is ours and always closes a /find.
+        wait = self._client.timeout if conn.negotiated else self.idle_timeout
+        pending, self._pending = self._pending, []
+        if pending:
+            yield pending
+        while True:
+            try:
+                msgs = conn.read(wait)
+            except _Silence:
+                if self._closed:
+                    return
+                if conn.negotiated:
+                    raise TheiaTimeoutError(
+                        f"{self.url} sent nothing for {wait} s before closing the /find (timeout={wait})"
+                    ) from None
+                self.complete = True
+                self.ended_by = "idle"
+                return
+            if not msgs:
+                self._check_end()
+                return
+            data = self._classify(msgs)
+            if data:
+                yield data
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else ("closed" if self._closed else "open")
+        return f"<FindResult {self.url} {self.filter.to_json()} count={self.count} {state}>"
+
+
+class LiveStream(_Stream):
+    """Events collected from now on, matching a filter, until the caller stops.
+
+    Iterate for :class:`~theia_frames.event.Event` objects, or use
+    :meth:`iter_batches`. Stop with ``break``, :meth:`close` (from any thread)
+    or by leaving a ``with`` block; the socket is closed within about half a
+    second even when nothing arrives. A normal close by the server ends the
+    iteration; an abnormal one raises
+    :class:`~theia_frames.exceptions.ConnectionClosed` (or
+    :class:`~theia_frames.exceptions.SubscriberTooSlow`).
+    """
+
+    _endpoint = "live"
+
+    def _filter_message(self) -> dict[str, Any]:
+        return self.filter.for_live()
+
+    def iter_batches(self, *, heartbeat: float | None = None) -> Iterator[pa.RecordBatch]:
+        """A record batch as soon as at least one event is available, holding
+        every event already received (it never waits to fill a batch).
+
+        With ``heartbeat`` seconds, an empty batch is also yielded after that
+        long without events, so a consumer can refresh a display.
+        """
+        self._claim("iter_batches()")
+        return self._batches(1, heartbeat)
+
+    def _data_chunks(self, heartbeat: float | None = None) -> Iterator[list[bytes]]:
+        conn = self._conn
+        pending, self._pending = self._pending, []
+        if pending:
+            yield pending
+        last = time.monotonic()
+        wait = _LIVE_SLICE if heartbeat is None else min(_LIVE_SLICE, heartbeat)
+        while not self._closed:
+            try:
+                msgs = conn.read(wait)
+            except _Silence:
+                if heartbeat is not None and time.monotonic() - last >= heartbeat:
+                    last = time.monotonic()
+                    yield []
+                continue
+            if not msgs:
+                self._check_end()
+                return
+            data = self._classify(msgs)
+            if data:
+                last = time.monotonic()
+                yield data
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<LiveStream {self.url} {self.filter.to_json()} count={self.count} {state}>"
+
+
+# --------------------------------------------------------------------------- client
+
+
+def _as_filter(filter: FilterLike) -> EventFilter:
+    if filter is None:
+        return EventFilter()
+    if isinstance(filter, EventFilter):
+        return filter
+    if isinstance(filter, Mapping):
+        return EventFilter.from_dict(filter)
+    raise UsageError(f"expected an EventFilter (or a dict, or None), got {type(filter).__name__}")
+
+
+class Client:
+    """A client of one theia collector; a context manager, safe to share between threads.
+
+    ``url`` is the collector's base URL (``ws://host:6433``); ``timeout``
+    (seconds, ``None`` = wait forever) bounds connecting, sending one message
+    and waiting for the answer to a filter; ``idle_timeout`` is the silence
+    after which a ``/find`` on a server that never closes (upstream) is
+    complete; ``headers`` are extra HTTP headers for the handshake (e.g.
+    authentication); ``batch=False`` never offers the batched-transfer
+    extension; ``strict=True`` raises on the first undecodable message instead
+    of skipping it; ``sslopt`` passes TLS options to websocket-client for
+    ``wss://``.
+
+    >>> Client("ws://127.0.0.1:6433")
+    <Client ws://127.0.0.1:6433>
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        headers: Mapping[str, str] | Sequence[str] | None = None,
+        batch: bool = True,
+        strict: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        send_batch_size: int = DEFAULT_SEND_BATCH,
+        sslopt: Mapping[str, Any] | None = None,
+    ) -> None:
+        for name, value in (("timeout", timeout), ("idle_timeout", idle_timeout)):
+            if value is not None and (isinstance(value, bool) or not value > 0):
+                raise UsageError(f"{name} must be a positive number of seconds or None, got {value!r}")
+        if batch_size < 1 or send_batch_size < 1:
+            raise UsageError("batch_size and send_batch_size must be at least 1")
+        self.url = _base_url(url)
+        self.timeout = timeout
+        self.idle_timeout = idle_timeout
+        self.batch = bool(batch)
+        self.strict = bool(strict)
+        self.batch_size = int(batch_size)
+        self.send_batch_size = int(send_batch_size)
+        self._headers = _header_lines(headers)
+        self._sslopt = sslopt
+        self._lock = threading.RLock()
+        self._event: _Connection | None = None
+        self._streams: weakref.WeakSet[_Stream] = weakref.WeakSet()
+        self._streams_lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Client {self.url}{' closed' if self._closed else ''}>"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError(f"this client of {self.url} is closed")
+
+    # ------------------------------------------------------------------ /event
+    def _event_connection(self) -> _Connection:
+        """The shared /event connection, (re)opened when needed; call with the lock held."""
+        conn = self._event
+        if conn is not None:
+            try:
+                msgs = conn.poll()
+            except ProtocolError:
+                msgs = []
+                conn.ended = True
+            if conn.ended:
+                conn.close()
+                self._event = conn = None
+            else:
+                for m in msgs:
+                    text = error_text(m)
+                    if text is not None:
+                        raise ServerError(f"an event sent earlier was rejected: {text}", url=conn.url)
+        if conn is None:
+            conn = _Connection.open(
+                f"{self.url}/event",
+                timeout=self.timeout,
+                headers=self._headers,
+                offer=self.batch,
+                sslopt=self._sslopt,
+            )
+            self._event = conn
+        return conn
+
+    @property
+    def batched(self) -> bool | None:
+        """Whether the /event connection negotiated batched transfer (None before it is open)."""
+        conn = self._event
+        return None if conn is None else conn.negotiated
+
+    def _dropped(self, conn: _Connection) -> None:
+        conn.close()
+        if self._event is conn:
+            self._event = None
+
+    def send(self, event: Event) -> None:
+        """Publish one event (a plain message; the upstream format)."""
+        if not isinstance(event, Event):
+            raise InvalidEventError(f"send() expects an Event, got {type(event).__name__}")
+        payload = encode(event)
+        with self._lock:
+            self._check_open()
+            conn = self._event_connection()
+            try:
+                conn.send_binary(payload)
+            except ConnectionClosed:
+                self._dropped(conn)
+                raise
+
+    def send_many(self, events: Iterable[Event] | pa.RecordBatch | pa.Table) -> int:
+        """Publish many events; returns how many were sent.
+
+        ``events`` is any iterable of :class:`~theia_frames.event.Event` (read
+        lazily, in chunks) or an Arrow batch/table with the event schema. With
+        batched transfer, events go out as Arrow batches of up to
+        ``send_batch_size`` events; otherwise one plain message per event.
+        Events the format cannot carry raise
+        :class:`~theia_frames.exceptions.InvalidEventError` before their chunk
+        is sent.
+        """
+        if isinstance(events, Event):
+            events = [events]
+        with self._lock:
+            self._check_open()
+            conn = self._event_connection()
+            sent = 0
+            try:
+                if hasattr(events, "schema") and hasattr(events, "num_rows"):
+                    for batch in _arrow_chunks(events, self.send_batch_size):
+                        conn = self._event_connection()
+                        if conn.negotiated:
+                            conn.send_binary(batch_to_ipc(batch))
+                        else:
+                            conn.send_binaries([encode(e) for e in _batch_events(batch)])
+                        sent += batch.num_rows
+                    return sent
+                it = iter(events)
+                while True:
+                    chunk = list(itertools.islice(it, self.send_batch_size))
+                    if not chunk:
+                        return sent
+                    conn = self._event_connection()
+                    if conn.negotiated:
+                        for batch in _event_batches(chunk, SEND_BATCH_BYTES):
+                            conn.send_binary(batch_to_ipc(batch))
+                            sent += batch.num_rows
+                    else:
+                        payloads = []
+                        for e in chunk:
+                            if not isinstance(e, Event):
+                                raise InvalidEventError(f"send_many() expects Events, got {type(e).__name__}")
+                            payloads.append(encode(e))
+                        conn.send_binaries(payloads)
+                        sent += len(chunk)
+            except ConnectionClosed as exc:
+                self._dropped(conn)
+                raise ConnectionClosed(
+                    f"{exc} (after {sent} event(s) of this call were sent; "
+                    "the events of the failed chunk may or may not have arrived)",
+                    url=exc.url,
+                    code=exc.code,
+                ) from exc
+
+    # ------------------------------------------------------------------ /find, /live
+    def _track(self, stream: _Stream) -> None:
+        with self._streams_lock:
+            self._streams.add(stream)
+
+    def _forget(self, stream: _Stream) -> None:
+        with self._streams_lock:
+            self._streams.discard(stream)
+
+    def find(
+        self,
+        filter: FilterLike = None,
+        *,
+        strict: bool | None = None,
+        idle_timeout: float | None = _UNSET,
+        batch_size: int | None = None,
+    ) -> FindResult:
+        """Past events matching ``filter`` (None: all), as a lazily read :class:`FindResult`.
+
+        The connection is opened and the filter answered before this returns:
+        a refused connection or a rejected filter raises here.
+        """
+        self._check_open()
+        result = FindResult(
+            self,
+            _as_filter(filter),
+            strict=self.strict if strict is None else strict,
+            batch_size=batch_size or self.batch_size,
+            idle_timeout=self.idle_timeout if idle_timeout is _UNSET else idle_timeout,
+        )
+        self._track(result)
+        return result
+
+    def receive(self, filter: FilterLike = None, *, strict: bool | None = None) -> LiveStream:
+        """Events collected from now on that match ``filter``, as a :class:`LiveStream`.
+
+        The filter's start is sent as whole seconds (the upstream collector
+        accepts only integers there); events before the real start are dropped
+        here.
+        """
+        self._check_open()
+        stream = LiveStream(
+            self,
+            _as_filter(filter),
+            strict=self.strict if strict is None else strict,
+            batch_size=self.batch_size,
+        )
+        self._track(stream)
+        return stream
+
+    # ------------------------------------------------------------------ closing
+    def close(self) -> None:
+        """Close the /event connection and every open result or stream; idempotent."""
+        with self._streams_lock:
+            streams = list(self._streams)
+            self._streams = weakref.WeakSet()
+        for stream in streams:
+            if not stream._owns_client:
+                stream.close()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            conn, self._event = self._event, None
+        if conn is not None:
+            conn.close(wait=_CLOSE_WAIT if self.timeout is None else min(self.timeout, _CLOSE_WAIT))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+# --------------------------------------------------------------------------- batches to send
+
+
+def _event_batches(events: list[Event], max_bytes: int) -> Iterator[pa.RecordBatch]:
+    """Events as checked record batches of at most about ``max_bytes`` of text each."""
+    start = 0
+    size = 0
+    for i, e in enumerate(events):
+        try:
+            size += len(e.content)
+        except (AttributeError, TypeError):
+            pass
+        if size >= max_bytes and i + 1 > start:
+            yield _checked_event_batch(events[start : i + 1])
+            start, size = i + 1, 0
+    if start < len(events):
+        yield _checked_event_batch(events[start:])
+
+
+def _first_invalid(events: Sequence[Any]) -> InvalidEventError:
+    for e in events:
+        if not isinstance(e, Event):
+            return InvalidEventError(f"send_many() expects Events, got {type(e).__name__}")
+        try:
+            encode(e)
+        except InvalidEventError as exc:
+            return exc
+    return InvalidEventError("an event the wire format cannot carry")
+
+
+def _checked_event_batch(events: Sequence[Event]) -> pa.RecordBatch:
+    """Events as one batch, refusing what :func:`~theia_frames.codec.encode` would refuse."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids: list[Any] = []
+    tss: list[Any] = []
+    srcs: list[Any] = []
+    tags: list[str] = []
+    cnts: list[Any] = []
+    try:
+        for e in events:
+            t = e.tags
+            joined = ",".join(t)
+            if t and joined.count(",") != len(t) - 1:
+                raise _first_invalid(events)
+            ids.append(e.id)
+            tss.append(e.timestamp)
+            srcs.append(e.source)
+            tags.append(joined)
+            cnts.append(e.content)
+        arrays = [
+            pa.array(ids, pa.string()),
+            pa.array(tss, pa.float64()),
+            pa.array(srcs, pa.string()),
+            pa.array(tags, pa.string()),
+            pa.array(cnts, pa.string()),
+        ]
+    except InvalidEventError:
+        raise
+    except (AttributeError, TypeError, ValueError, UnicodeError, pa.ArrowException):
+        raise _first_invalid(events) from None
+    batch = pa.RecordBatch.from_arrays(arrays, schema=event_schema())
+    if _invalid_row(batch) is not None:
+        raise _first_invalid(events)
+    return batch
+
+
+def _invalid_row(batch: pa.RecordBatch) -> int | None:
+    """The first row the wire format cannot carry (line break in id, source or
+    tags; a missing value; a timestamp that is not finite), or None."""
+    import pyarrow.compute as pc
+
+    if batch.num_rows == 0:
+        return None
+    bad = pc.invert(pc.is_finite(batch.column(1)))
+    for k in (0, 2, 3):
+        bad = pc.or_(bad, pc.match_substring_regex(batch.column(k), "[\r\n]"))
+    for column in batch.columns:
+        if column.null_count:
+            bad = pc.or_(bad, pc.is_null(column))
+    bad = pc.fill_null(bad, True)
+    if not pc.any(bad).as_py():
+        return None
+    return int(pc.index(bad, True).as_py())
+
+
+def _arrow_chunks(data: Any, size: int) -> Iterator[pa.RecordBatch]:
+    schema = event_schema()
+    if not data.schema.equals(schema):
+        try:
+            data = data.select(schema.names).cast(schema)
+        except Exception as exc:
+            raise InvalidEventError(f"an Arrow batch to send needs the event schema {schema}: {exc}") from None
+    batches = data.to_batches(max_chunksize=size) if hasattr(data, "to_batches") else [data]
+    for batch in batches:
+        for offset in range(0, batch.num_rows, size):
+            chunk = batch.slice(offset, size)
+            row = _invalid_row(chunk)
+            if row is not None:
+                values = {k: v[0] for k, v in chunk.slice(row, 1).to_pydict().items()}
+                raise InvalidEventError(
+                    f"row {offset + row} of the Arrow data cannot be sent: "
+                    "a line break in id, source or tags, a missing value, or a timestamp that is not finite: "
+                    f"{ {k: (v[:40] if isinstance(v, str) else v) for k, v in values.items()} }"
+                )
+            yield chunk
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _client_kwargs(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    client_keys = {"timeout", "idle_timeout", "headers", "batch", "strict", "batch_size", "send_batch_size", "sslopt"}
+    return {k: v for k, v in kw.items() if k in client_keys}, {k: v for k, v in kw.items() if k not in client_keys}
+
+
+def find(url: str, filter: FilterLike = None, **kw: Any) -> FindResult:
+    """Past events from the collector at ``url``; the one-liner for :meth:`Client.find`.
+
+    Keyword arguments go to :class:`Client`. Closing (or fully reading) the
+    result closes its client.
+
+    >>> import theia_frames as tf
+    >>> df = tf.to_dataframe(tf.find("ws://127.0.0.1:6433", tf.Filter(0)))   # doctest: +SKIP
+    """
+    client_kw, rest = _client_kwargs(kw)
+    if rest:
+        raise UsageError(f"unexpected keyword argument(s) for find(): {', '.join(sorted(rest))}")
+    client = Client(url, **client_kw)
+    try:
+        result = FindResult(
+            client,
+            _as_filter(filter),
+            strict=client.strict,
+            batch_size=client.batch_size,
+            idle_timeout=client.idle_timeout,
+            owns_client=True,
+        )
+    except BaseException:
+        client.close()
+        raise
+    return result
+
+
+def send(url: str, events: Event | Iterable[Event], **kw: Any) -> int:
+    """Publish one event or many to the collector at ``url``; returns how many were sent.
+
+    >>> import theia_frames as tf
+    >>> tf.send("ws://127.0.0.1:6433", tf.Event(source="/dev/door", content="open"))   # doctest: +SKIP
+    1
+    """
+    with Client(url, **kw) as client:
+        if isinstance(events, Event):
+            client.send(events)
+            return 1
+        return client.send_many(events)
+
+
+def connect(url: str = DEFAULT_URL, **kw: Any) -> Client:
+    """A :class:`Client` whose /event connection is already open (fails fast if it cannot be).
+
+    >>> import theia_frames as tf
+    >>> client = tf.connect("ws://127.0.0.1:6433")      # doctest: +SKIP
+    """
+    client = Client(url, **kw)
+    try:
+        with client._lock:
+            client._event_connection()
+    except BaseException:
+        client.close()
+        raise
+    return client
