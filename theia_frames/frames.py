@@ -373,8 +373,11 @@ def show_progress_default() -> bool:
 def _with_progress(
     batches: Iterator[pa.RecordBatch | pa.Table], progress: bool | None, desc: str = "events"
 ) -> Iterator[pa.RecordBatch | pa.Table]:
+    delay = 0.0
     if progress is None:
         progress = show_progress_default()
+        # Unasked, a bar is drawn only for a query that takes a while.
+        delay = 0.5
     if not progress:
         yield from batches
         return
@@ -382,8 +385,7 @@ def _with_progress(
         from tqdm.auto import tqdm
     else:
         from tqdm import tqdm
-    # A short query finishes before the delay and never draws a bar.
-    bar = tqdm(desc=desc, unit=" events", unit_scale=True, delay=0.5, leave=True)
+    bar = tqdm(desc=desc, unit=" events", unit_scale=True, delay=delay, leave=True)
     try:
         for b in batches:
             bar.update(b.num_rows)

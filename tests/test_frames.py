@@ -1,0 +1,391 @@
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from theia_frames import frames
+from theia_frames.batch import batch_to_ipc, event_schema, events_to_batch, ipc_to_batches
+from theia_frames.codec import decode_columns, encode
+from theia_frames.event import Event
+from theia_frames.exceptions import UsageError
+from theia_frames.frames import (
+    EVENT_COLUMNS,
+    EVENT_DTYPES,
+    batches_to_dataframe,
+    empty_frame,
+    iter_dataframes,
+    show_progress_default,
+    to_dataframe,
+)
+
+
+def sample(n=6):
+    return [
+        Event(
+            id=f"id{i}",
+            timestamp=1_700_000_000.0 + i * 0.25,
+            source=f"/dev/sensors/{'temp' if i % 2 else 'hum'}-{i % 3}",
+            tags=[["sensor", "temp"], [], ["x"]][i % 3],
+            content=f"{20 + i}.5C",
+        )
+        for i in range(n)
+    ]
+
+
+def assert_event_dtypes(df, columns=EVENT_COLUMNS):
+    assert list(df.columns) == list(columns)
+    for c in columns:
+        assert df[c].dtype == EVENT_DTYPES[c], (c, df[c].dtype)
+
+
+def reference_frame(events):
+    """The slow, obvious way: one Python object per value, plain pandas."""
+    return pd.DataFrame(
+        {
+            "id": pd.array([e.id for e in events], dtype=pd.StringDtype("pyarrow")),
+            "timestamp": pd.Series(
+                [pd.Timestamp(round(e.timestamp * 1e6), unit="us", tz="UTC") for e in events],
+                dtype="datetime64[ns, UTC]",
+            ),
+            "source": pd.Categorical([e.source for e in events]),
+            "tags": pd.array([list(e.tags) for e in events], dtype=pd.ArrowDtype(pa.list_(pa.string()))),
+            "content": pd.array([e.content for e in events], dtype=pd.StringDtype("pyarrow")),
+        }
+    )
+
+
+class FakeResult:
+    """The part of a client's FindResult that frames use: ``iter_batches()``."""
+
+    def __init__(self, batches):
+        self.batches = batches
+        self.iterated = False
+
+    def iter_batches(self):
+        self.iterated = True
+        yield from self.batches
+
+    def __iter__(self):  # a frame must not take the per-event path
+        raise AssertionError("iterated event by event")
+
+
+# --------------------------------------------------------------------------- dtypes on every path
+
+
+def test_event_dtypes_are_the_documented_ones():
+    assert EVENT_DTYPES["id"] == pd.StringDtype("pyarrow")
+    assert EVENT_DTYPES["content"] == pd.StringDtype("pyarrow")
+    assert EVENT_DTYPES["timestamp"] == "datetime64[ns, UTC]"
+    assert EVENT_DTYPES["source"] == "category"
+    assert EVENT_DTYPES["tags"] == pd.ArrowDtype(pa.list_(pa.string()))
+    assert tuple(EVENT_DTYPES) == EVENT_COLUMNS
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda evs: evs,
+        lambda evs: iter(evs),
+        lambda evs: (e for e in evs),
+        lambda evs: events_to_batch(evs),
+        lambda evs: pa.Table.from_batches([events_to_batch(evs)]),
+        lambda evs: [events_to_batch(evs[:2]), events_to_batch(evs[2:])],
+        lambda evs: FakeResult([events_to_batch(evs[:1]), events_to_batch(evs[1:])]),
+        lambda evs: ipc_to_batches(batch_to_ipc(events_to_batch(evs))),
+    ],
+    ids=["list", "iterator", "generator", "batch", "table", "batches", "find-result", "ipc"],
+)
+@pytest.mark.parametrize("n", [0, 1, 6])
+def test_every_path_gives_the_same_frame_and_dtypes(make, n):
+    events = sample(n)
+    df = to_dataframe(make(events), progress=False)
+    assert_event_dtypes(df)
+    assert len(df) == n
+    pd.testing.assert_frame_equal(df, reference_frame(events))
+
+
+def test_a_find_result_is_read_through_its_batches():
+    result = FakeResult([events_to_batch(sample(3))])
+    df = to_dataframe(result, progress=False)
+    assert result.iterated and len(df) == 3
+
+
+def test_empty_frame_has_the_dtypes():
+    assert_event_dtypes(empty_frame())
+    assert_event_dtypes(to_dataframe([]))
+    assert_event_dtypes(batches_to_dataframe([]))
+    assert_event_dtypes(to_dataframe(FakeResult([])))
+    assert_event_dtypes(to_dataframe(events_to_batch([])))
+    df = to_dataframe([], index="timestamp")
+    assert isinstance(df.index, pd.DatetimeIndex) and str(df.index.tz) == "UTC" and df.index.dtype == "datetime64[ns, UTC]"
+
+
+def test_decoded_wire_events_take_the_same_path():
+    events = sample(4)
+    cols = decode_columns([encode(e) for e in events])
+    from theia_frames.batch import columns_to_batch
+
+    pd.testing.assert_frame_equal(to_dataframe(columns_to_batch(cols)), reference_frame(events))
+
+
+# --------------------------------------------------------------------------- values
+
+
+def test_timestamps_are_rounded_to_the_microsecond_without_a_per_row_step():
+    events = [Event(id="a", timestamp=1509989630.6749051), Event(id="b", timestamp=0.0000005),
+              Event(id="c", timestamp=0.0000015), Event(id="d", timestamp=-1.25)]
+    ts = to_dataframe(events)["timestamp"]
+    assert ts[0] == pd.Timestamp("2017-11-06 17:33:50.674905", tz="UTC")
+    assert ts[1].value == 0 and ts[2].value == 2000  # half to even, like round()
+    assert ts[3] == pd.Timestamp("1969-12-31 23:59:58.75", tz="UTC")
+
+
+def test_tags_follow_the_wire_meaning():
+    # "" is no tags; other empty pieces are kept, as the codec reads them
+    batch = pa.RecordBatch.from_pydict(
+        {"id": ["a", "b", "c", "d"], "timestamp": [1.0] * 4, "source": ["s"] * 4,
+         "tags": ["", "x,y", "x,,y", ","], "content": [""] * 4},
+        schema=event_schema(),
+    )
+    assert to_dataframe(batch)["tags"].tolist() == [[], ["x", "y"], ["x", "", "y"], ["", ""]]
+
+
+def test_tags_path_for_repeated_tag_sets_matches_the_direct_split():
+    n = 10_000
+    tags = ["sensor,temp", "", "sensor,humidity,site-a", "x"] * (n // 4)
+    batch = pa.RecordBatch.from_pydict(
+        {"id": [str(i) for i in range(n)], "timestamp": np.arange(n, dtype=float), "source": ["s"] * n,
+         "tags": tags, "content": [""] * n},
+        schema=event_schema(),
+    )
+    got = to_dataframe(batch)["tags"].tolist()
+    assert got == [t.split(",") if t else [] for t in tags]
+
+
+def test_sources_are_sorted_categories():
+    df = to_dataframe([Event(id="1", timestamp=1, source="b"), Event(id="2", timestamp=2, source="a"),
+                       Event(id="3", timestamp=3, source="b")])
+    assert list(df["source"].cat.categories) == ["a", "b"]
+    assert df["source"].tolist() == ["b", "a", "b"]
+
+
+def test_missing_values_in_a_hand_made_table_do_not_crash():
+    table = pa.table({"id": ["a", None], "timestamp": [1.0, None], "source": [None, "s"],
+                      "tags": [None, "t"], "content": ["x", None]})
+    df = to_dataframe(table)
+    assert_event_dtypes(df)
+    assert df["tags"].tolist() == [[], ["t"]]
+    assert df["timestamp"].isna().tolist() == [False, True]
+    assert df["source"].isna().tolist() == [True, False]
+
+
+def test_a_table_with_other_column_order_and_types_is_conformed():
+    table = pa.table({"content": pa.array(["c"], pa.large_string()), "timestamp": pa.array([2], pa.int64()),
+                      "id": ["i"], "extra": [1], "source": ["s"], "tags": ["a"]})
+    df = to_dataframe(table)
+    assert_event_dtypes(df)
+    assert df.loc[0, "timestamp"] == pd.Timestamp(2, unit="s", tz="UTC")
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, 1e300])
+def test_impossible_timestamps_are_a_usage_error(bad):
+    table = pa.table({"id": ["a"], "timestamp": [bad], "source": ["s"], "tags": [""], "content": [""]})
+    with pytest.raises(UsageError, match="timestamps must be finite"):
+        to_dataframe(table)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_index_tz_and_columns():
+    events = sample(3)
+    df = to_dataframe(events, index="timestamp", tz="Europe/Berlin", columns=["source", "content"])
+    assert list(df.columns) == ["source", "content"]
+    assert df.index.name == "timestamp" and str(df.index.tz) == "Europe/Berlin"
+    assert df.index[0] == pd.Timestamp(events[0].timestamp, unit="s", tz="UTC")
+    df2 = to_dataframe(events, tz="America/New_York")
+    assert str(df2["timestamp"].dt.tz) == "America/New_York"
+    assert df2["timestamp"].dt.tz_convert("UTC").equals(to_dataframe(events)["timestamp"])
+    only = to_dataframe(events, columns=["tags"])
+    assert list(only.columns) == ["tags"] and only["tags"].dtype == EVENT_DTYPES["tags"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"columns": ["nope"]}, "unknown event columns"),
+        ({"columns": ["id", "id"]}, "listed twice"),
+        ({"index": "source"}, "index must be None or 'timestamp'"),
+    ],
+)
+def test_bad_options(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        to_dataframe(sample(2), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("/var/lib/theia", "read_store"),
+        (42, "got int"),
+        ([1, 2], "holds a int"),
+        ([Event(id="a"), "b"], "holds a str"),
+        (pd.DataFrame(), "not a DataFrame"),
+        (pa.table({"x": [1]}), "missing"),
+    ],
+)
+def test_bad_sources(source, message):
+    with pytest.raises(UsageError, match=message):
+        to_dataframe(source, progress=False)
+
+
+def test_a_single_event_is_a_frame_of_one():
+    assert len(to_dataframe(Event(id="a", timestamp=1.0))) == 1
+
+
+# --------------------------------------------------------------------------- chunks
+
+
+def test_iter_dataframes_chunks_with_the_same_dtypes():
+    events = sample(10)
+    chunks = list(iter_dataframes(events, chunk_size=4))
+    assert [len(c) for c in chunks] == [4, 4, 2]
+    for c in chunks:
+        assert_event_dtypes(c)
+    whole = pd.concat(chunks, ignore_index=True)
+    whole["source"] = whole["source"].astype("category")
+    pd.testing.assert_frame_equal(whole, to_dataframe(events), check_categorical=False)
+    assert list(iter_dataframes([], chunk_size=4)) == []
+
+
+def test_iter_dataframes_splits_and_joins_batches():
+    batches = [events_to_batch(sample(7)), events_to_batch(sample(1)), events_to_batch(sample(3))]
+    sizes = [len(c) for c in iter_dataframes(FakeResult(batches), chunk_size=5, progress=False)]
+    assert sizes == [5, 5, 1]
+
+
+def test_iter_dataframes_holds_one_chunk_at_a_time():
+    consumed = []
+
+    def source():
+        for i in range(100):
+            consumed.append(i)
+            yield events_to_batch([Event(id=str(i), timestamp=float(i))])
+
+    chunks = iter_dataframes(FakeResult(source()), chunk_size=10, progress=False)
+    first = next(chunks)
+    assert len(first) == 10 and len(consumed) == 10
+    next(chunks)
+    assert len(consumed) == 20
+    chunks.close()
+
+
+def test_iter_dataframes_options():
+    (df,) = iter_dataframes(sample(3), index="timestamp", tz="UTC", columns=["id"])
+    assert list(df.columns) == ["id"] and df.index.name == "timestamp"
+    with pytest.raises(UsageError, match="chunk_size"):
+        list(iter_dataframes(sample(3), chunk_size=0))
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_progress_is_off_where_nobody_watches(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    assert show_progress_default() is False
+    monkeypatch.delenv("CI")
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert show_progress_default() is False
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stderr", Tty())
+    assert show_progress_default() is True
+    monkeypatch.setenv("CI", "1")
+    assert show_progress_default() is False
+    monkeypatch.setenv("CI", "false")
+    assert show_progress_default() is True
+
+
+def test_progress_bar_shows_count_and_rate(capsys):
+    to_dataframe(FakeResult([events_to_batch(sample(3)), events_to_batch(sample(2))]), progress=True)
+    err = capsys.readouterr().err
+    assert "events" in err and "5" in err and "/s" in err
+
+
+def test_progress_false_prints_nothing(capsys):
+    to_dataframe(sample(3), progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_default_progress_prints_nothing_in_a_non_interactive_run(capsys, monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    to_dataframe(sample(3))
+    assert capsys.readouterr().err == ""
+
+
+# --------------------------------------------------------------------------- the columnar path equals the reference
+
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
+_line = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=12)
+_tag = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters=",\r\n"), min_size=1, max_size=6)
+_events = st.lists(
+    st.builds(
+        Event,
+        id=_line,
+        timestamp=st.floats(min_value=-2e9, max_value=4e9, allow_nan=False, allow_infinity=False),
+        source=st.sampled_from(["/dev/a", "/dev/b", "ü:1", ""]) | _line,
+        tags=st.lists(_tag, max_size=4),
+        content=_text,
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_events, st.integers(min_value=1, max_value=7))
+def test_columnar_path_equals_the_reference_path(events, split):
+    batches = [events_to_batch(events[i : i + split]) for i in range(0, len(events), split)]
+    via_batches = to_dataframe(FakeResult(batches), progress=False)
+    via_events = to_dataframe(iter(events), progress=False)
+    expected = reference_frame(events)
+    pd.testing.assert_frame_equal(via_batches, expected)
+    pd.testing.assert_frame_equal(via_events, expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(_events, st.integers(min_value=1, max_value=9))
+def test_chunks_concatenate_to_the_whole(events, size):
+    chunks = list(iter_dataframes(events, chunk_size=size, progress=False))
+    assert all(len(c) <= size for c in chunks)
+    assert sum(len(c) for c in chunks) == len(events)
+    if events:
+        whole = pd.concat(chunks, ignore_index=True)
+        expected = reference_frame(events)
+        for c in ("id", "timestamp", "content"):
+            pd.testing.assert_series_equal(whole[c], expected[c])
+        assert whole["source"].astype(str).tolist() == [e.source for e in events]
+        assert whole["tags"].tolist() == [list(e.tags) for e in events]
+
+
+def test_many_small_batches_are_merged_into_few_chunks():
+    batches = [events_to_batch([Event(id=str(i), timestamp=float(i), source="s")]) for i in range(50)]
+    df = to_dataframe(FakeResult(batches), progress=False)
+    assert len(df) == 50
+    merged = frames._coalesce(pa.Table.from_batches(batches))
+    assert merged.num_rows == 50 and merged.column("content").num_chunks == 1
+
+
+def test_frames_module_registers_the_accessor():
+    df = to_dataframe(sample(2))
+    assert hasattr(df, "theia")
+    assert frames.__all__
