@@ -189,7 +189,8 @@ def bucket(
         if values is None:
             out = pd.DataFrame({name: np.bincount(slot, minlength=n).astype(np.int64)}, index=edges)
             return out
-        out = _aggregate(values, [slot], agg).reindex(range(n))
+        out = _aggregate(values, [slot], agg)
+        out = out.reindex(range(n), fill_value=0) if agg == "count" else out.reindex(range(n))
         return pd.DataFrame({name: out.to_numpy()}, index=edges)
 
     if by == "tag" and "tag" not in df.columns:
@@ -214,8 +215,12 @@ def bucket(
         wide = wide.reindex(index=range(n), fill_value=0).astype(np.int64)
     else:
         table = _aggregate(values, [slot, keys], agg)
-        wide = table.unstack().reindex(index=range(n))
-    wide = _with_all_groups(wide, keys, fill=0 if values is None else np.nan)
+        if agg == "count":
+            wide = table.unstack(fill_value=0).reindex(index=range(n), fill_value=0).astype(np.int64)
+        else:
+            wide = table.unstack().reindex(index=range(n))
+    counts = values is None or agg == "count"
+    wide = _with_all_groups(wide, keys, fill=0 if counts else np.nan)
     wide.index = edges
     wide.columns.name = key_name
     return wide
