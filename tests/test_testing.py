@@ -17,7 +17,14 @@ from hypothesis import strategies as st
 from theia_frames import Event, Filter, TheiaTimeoutError, UsageError, encode
 from theia_frames.batch import SUBPROTOCOL, batch_to_ipc, events_to_batch, ipc_to_batches, iter_batch_events
 from theia_frames.codec import ErrorMessage, decode
-from theia_frames.exceptions import TransportError
+from theia_frames.client import Client
+from theia_frames.exceptions import (
+    AuthenticationError,
+    ConnectError,
+    ConnectionClosed,
+    ServerError,
+    TransportError,
+)
 from theia_frames.testing import MockExpectationError, MockServer, Received, event_like
 
 pytest_plugins = ["pytester"]
@@ -271,9 +278,11 @@ def test_expect_rejects_what_it_cannot_compare(mock):
         Event,
         id=st.uuids().map(str),
         timestamp=st.floats(0, 4e9, allow_nan=False),
-        source=st.text(st.characters(exclude_characters="\r\n"), max_size=20),
-        tags=st.lists(st.text(st.characters(exclude_characters=",\r\n"), min_size=1, max_size=8), max_size=4),
-        content=st.text(max_size=60),
+        source=st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=20),
+        tags=st.lists(
+            st.text(st.characters(codec="utf-8", exclude_characters=",\r\n"), min_size=1, max_size=8), max_size=4
+        ),
+        content=st.text(st.characters(codec="utf-8"), max_size=60),
     )
 )
 def test_event_like_matches_an_events_own_fields(event):
@@ -639,3 +648,121 @@ def test_plugin_imports_nothing_heavy_for_tests_that_do_not_use_it(pytester):
     )
     result = pytester.runpytest_subprocess(*plugin_args())
     result.assert_outcomes(passed=1)
+
+
+# --------------------------------------------------------------------------- our Client against the mock
+
+
+def test_client_find_reads_a_scripted_answer(mock):
+    mock.expect(Filter(10).match_tag("temp"), path="/find").on_find([EV1, EV2])
+    with Client(mock.url) as client:
+        result = client.find(Filter(10).match_tag("temp"))
+        assert [e.id for e in result] == ["e1"]  # EV2 lacks the tag: the client re-checks
+        assert result.complete
+    mock.verify()
+
+
+def test_client_find_raises_connection_closed_when_the_answer_is_dropped(mock):
+    mock.respond("ok", EV1, path="/find").close_abruptly(path="/find")
+    with Client(mock.url) as client:
+        result = client.find(Filter(1))
+        with pytest.raises(ConnectionClosed, match=re.escape(mock.url + "/find")) as info:
+            list(result)
+    assert info.value.code == 1006
+    assert info.value.url == mock.url + "/find"
+
+
+def test_client_find_raises_connection_closed_on_an_abnormal_close_code(mock):
+    mock.respond("ok", path="/find").close_with(1011, "store on fire", path="/find")
+    with Client(mock.url) as client, pytest.raises(ConnectionClosed, match="store on fire") as info:
+        list(client.find(Filter(1)))
+    assert info.value.code == 1011
+
+
+def test_client_find_raises_server_error_with_the_servers_words(mock):
+    mock.respond({"error": "Missing start timestamp"}, path="/find")
+    with Client(mock.url) as client, pytest.raises(ServerError) as info:
+        list(client.find(Filter(1)))
+    assert info.value.text == "Missing start timestamp"
+
+
+def test_client_times_out_on_a_stalled_server(mock):
+    mock.stall(path="/find")
+    with Client(mock.url, timeout=0.2) as client, pytest.raises(TheiaTimeoutError, match="did not answer"):
+        client.find(Filter(1))
+
+
+def test_client_ends_a_find_by_silence_like_on_the_upstream_collector(mock):
+    # The upstream collector never closes a /find: the client ends it after idle_timeout.
+    mock.respond("ok", EV1, path="/find").stall(path="/find")
+    with Client(mock.url, idle_timeout=0.1) as client:
+        result = client.find(Filter(1))
+        assert [e.id for e in result] == ["e1"]
+        assert result.complete and result.ended_by == "idle"
+
+
+def test_client_handshake_refusals_map_to_our_errors(mock):
+    mock.reject(401, path="/event").reject(503, path="/event")
+    with Client(mock.url) as client:
+        with pytest.raises(AuthenticationError, match="401"):
+            client.send(EV1)
+        with pytest.raises(ConnectError, match="503"):
+            client.send(EV1)
+
+
+def test_client_send_is_checked_by_expectations(mock):
+    mock.expect(EV1, event_like(source="/dev/sensors/temp-2"), path="/event")
+    with Client(mock.url) as client:
+        client.send(EV1)
+        client.send_many([EV2])
+    mock.verify()
+    assert mock.events("/event") == [EV1, EV2]
+
+
+def test_client_receive_gets_pushed_events(mock):
+    mock.expect(Filter(1550710745.5), path="/live").on_live([EV1])
+    with Client(mock.url) as client, client.receive(Filter(1550710745.5)) as live:
+        events = iter(live)
+        assert next(events).id == "e1"
+        mock.wait_requests(1)
+        assert mock.push(EV2) == 1
+        assert next(events).id == "e2"
+    mock.verify()
+
+
+def test_client_speaks_arrow_batches_to_a_batch_mock():
+    with MockServer(batch=True) as mock, Client(mock.url) as client:
+        mock.expect(EV1, EV2, path="/event")
+        mock.respond("ok", events_to_batch([EV1, EV2]), path="/find").close_with(1000, path="/find")
+        assert client.send_many([EV1, EV2]) == 2
+        assert client.batched is True
+        assert [b.num_rows for b in client.find(Filter(1)).iter_batches()] == [2]
+        mock.verify()
+        assert len(mock.received) == 2  # one Arrow batch on /event, one filter on /find
+
+
+def test_plugin_fails_a_users_client_test_with_an_unmet_expectation(pytester):
+    pytester.makepyfile(
+        """
+        from theia_frames import Client, Event
+        from theia_frames.testing import event_like
+
+        def publish_reading(url, value):
+            with Client(url) as client:
+                client.send(Event(source="/dev/sensors/temp-1", tags=["sensor"], content=value))
+
+        def test_publishes_the_reading(theia_mock):
+            theia_mock.timeout = 0.1
+            theia_mock.expect(event_like(content="21.5C"), path="/event")
+            publish_reading(theia_mock.url, "19.0C")
+        """
+    )
+    result = pytester.runpytest(*plugin_args())
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*MockServer received an unexpected message on /event:",
+            "*expected: event_like(content='21.5C')",
+            "*received: Event(*content='19.0C') (encoded)",
+        ]
+    )

@@ -5,18 +5,14 @@ the code under test runs its real client path: handshake, frames, closes,
 dropped connections. It is scripted before that code connects, and checks
 afterwards that what it was told to expect did arrive.
 
-    >>> from theia_frames import Event, Filter
-    >>> import websocket
+    >>> from theia_frames import Client, Event, Filter
     >>> mock = MockServer().expect(Filter(10), path="/find").on_find(
     ...     [Event(id="e1", timestamp=12.0, content="21.5C")])
-    >>> with mock:
-    ...     ws = websocket.create_connection(mock.url + "/find")
-    ...     n = ws.send('{"start": 10}')
-    ...     print(ws.recv(), ws.recv()[:16])
-    ...     ws.close()
-    ok b'event: 47 42 5\\ni'
+    >>> with mock, Client(mock.url) as client:
+    ...     [e.content for e in client.find(Filter(10))]
+    ['21.5C']
     >>> mock.received
-    [Received(path='/find', message='{"start": 10}')]
+    [Received(path='/find', message='{"start": 10.0}')]
 
 Leaving the ``with`` block checks the expectations (:meth:`MockServer.verify`)
 and stops the server. The pytest plugin (:mod:`theia_frames.pytest_plugin`)
