@@ -380,6 +380,7 @@ class LiveFrame:
         self._errors: deque[BaseException] = deque(maxlen=_KEEP_ERRORS)
         self._error_count = 0
         self._stream_errors_seen = 0
+        self._stream_skipped = 0
         #: the exception that ended the stream, if it failed
         self.error: BaseException | None = None
         # What readers see: (version, batches). Frozen while paused.
@@ -566,7 +567,7 @@ class LiveFrame:
                 rows=len(self),
                 dropped=self._buffer.dropped,
                 rate=rate,
-                errors=self._error_count,
+                errors=self._error_count + self._stream_skipped,
                 last_error=None if last is None else f"{type(last).__name__}: {last}",
                 newest=newest,
                 lag=None if newest is None else time.time() - newest,
@@ -682,11 +683,13 @@ class LiveFrame:
             self._error_count += 1
 
     def _drain_stream_errors_locked(self) -> None:
-        # per-event errors the client kept in lenient mode
+        # undecodable events the client skipped in lenient mode: it keeps the
+        # first few and counts all of them
         stream = self._stream
-        errs = getattr(stream, "errors", None) if stream is not None else None
-        if errs:
-            new = errs[self._stream_errors_seen :]
-            self._stream_errors_seen += len(new)
-            self._errors.extend(new)
-            self._error_count += len(new)
+        if stream is None:
+            return
+        errs = getattr(stream, "errors", None) or []
+        if len(errs) > self._stream_errors_seen:
+            self._errors.extend(errs[self._stream_errors_seen :])
+            self._stream_errors_seen = len(errs)
+        self._stream_skipped = int(getattr(stream, "skipped", 0) or 0)

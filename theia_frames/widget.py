@@ -1,0 +1,573 @@
+"""A live plot of a :class:`~theia_frames.live.LiveFrame` in Jupyter.
+
+:class:`LiveView` is an ipywidgets box: a status line (events, rate, state),
+pause/resume and stop buttons, and a matplotlib figure. A timer thread redraws
+the figure at most every ``every`` seconds, and only when the frame changed, so
+events arriving in between are drawn together, whatever their rate, and the
+kernel is never blocked. The figure is rendered with Agg to a PNG shown in an
+``ipywidgets.Image``: it needs no frontend extension beyond ipywidgets, so it
+shows up in JupyterLab, Notebook 7 and VS Code alike.
+
+    >>> import theia_frames as tf
+    >>> view = tf.live_plot("ws://127.0.0.1:6433", tf.Filter().match_tag("sensor"))  # doctest: +SKIP
+    >>> view                                                                  # doctest: +SKIP
+
+Outside Jupyter (no kernel) the view is a text status line. The default plot
+draws numeric readings (``"21.5C"``, ``"45.2%"``) per source over time, one
+panel per unit, or, when the content is not numeric, event counts per time
+bucket per source. ``plot=f`` replaces it: ``f(df, ax)`` draws the current
+DataFrame on a fresh matplotlib ``Axes``.
+
+ipywidgets and matplotlib are imported only when a widget is made; without them
+:class:`~theia_frames.exceptions.MissingDependencyError` names the extra to install.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+from .exceptions import MissingDependencyError, UsageError
+from .filter import EventFilter
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from .live import LiveFrame
+
+__all__ = ["LiveView", "live_plot", "default_plot", "in_kernel", "choose_freq"]
+
+PlotFunction = Callable[["pd.DataFrame", Any], Any]
+Mode = Literal["auto", "widget", "text"]
+
+# Time buckets the count plot chooses from, shortest first.
+_FREQS = (
+    ("100ms", 0.1), ("200ms", 0.2), ("500ms", 0.5), ("1s", 1), ("2s", 2), ("5s", 5), ("10s", 10),
+    ("15s", 15), ("30s", 30), ("1min", 60), ("2min", 120), ("5min", 300), ("10min", 600),
+    ("15min", 900), ("30min", 1800), ("1h", 3600), ("2h", 7200), ("6h", 21600), ("12h", 43200),
+    ("1D", 86400), ("7D", 604800),
+)
+# Sources drawn at most (the busiest); more would make an unreadable legend.
+_MAX_SOURCES = 10
+
+
+def in_kernel() -> bool:
+    """Whether this code runs in a Jupyter kernel (where widgets can be shown).
+
+    >>> in_kernel()
+    False
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def choose_freq(span_seconds: float, buckets: int = 60) -> str:
+    """A round bucket width that cuts ``span_seconds`` into at most about ``buckets`` buckets.
+
+    >>> choose_freq(30), choose_freq(3600), choose_freq(0)
+    ('500ms', '1min', '100ms')
+    """
+    for name, seconds in _FREQS:
+        if seconds * buckets >= span_seconds:
+            return name
+    return _FREQS[-1][0]
+
+
+def _require(package: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(package)
+    except ImportError as exc:
+        raise MissingDependencyError(package, "widget", "the live widget") from exc
+
+
+# --------------------------------------------------------------------------- the default plot
+
+
+def _thin(df: pd.DataFrame, max_points: int) -> pd.DataFrame:
+    """At most ``max_points`` rows per source, evenly spread over each source's rows (last row kept)."""
+    import numpy as np
+
+    if len(df) <= max_points:
+        return df
+    codes = df["source"].cat.codes.to_numpy() if hasattr(df["source"], "cat") else df["source"].factorize()[0]
+    picks = []
+    for code in np.unique(codes):
+        idx = np.flatnonzero(codes == code)
+        if len(idx) > max_points:
+            step = math.ceil(len(idx) / max_points)
+            idx = np.unique(np.append(idx[::-step][::-1], idx[-1]))
+        picks.append(idx)
+    return df.iloc[np.sort(np.concatenate(picks))]
+
+
+def _busiest_sources(df: pd.DataFrame) -> list[str]:
+    counts = df["source"].astype(str).value_counts()
+    return list(counts.index[:_MAX_SOURCES])
+
+
+def _readings(df: pd.DataFrame) -> pd.DataFrame | None:
+    """timestamp, source, value (float) and unit of the rows whose content is a reading, or None."""
+    import numpy as np
+    import pandas as pd
+
+    from .analysis import SENSOR_PATTERN, extract
+
+    # Readings repeat ("21.5C"): match each distinct text once, then spread by code.
+    codes, uniques = pd.factorize(df["content"], use_na_sentinel=True)
+    found = extract(pd.DataFrame({"content": pd.array(uniques, dtype=pd.StringDtype("pyarrow"))}), SENSOR_PATTERN)
+    if "value" not in found.columns or not len(found):
+        return None
+    value = pd.to_numeric(found["value"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    unit = (
+        found["unit"].astype("string").fillna("").to_numpy(dtype=object)
+        if "unit" in found.columns
+        else np.full(len(found), "", dtype=object)
+    )
+    value = np.where(codes >= 0, value[codes], np.nan)
+    ok = ~np.isnan(value)
+    if ok.sum() * 2 < len(df):  # mostly not readings: count events instead
+        return None
+    return pd.DataFrame(
+        {
+            "timestamp": df["timestamp"].to_numpy()[ok],
+            "source": df["source"].astype(str).to_numpy()[ok],
+            "value": value[ok],
+            "unit": unit[codes[ok]],
+        }
+    )
+
+
+def default_plot(df: pd.DataFrame, ax: Any, *, max_points: int = 1000) -> None:
+    """Draw numeric readings per source over time, or event counts per time bucket per source.
+
+    Readings with several units get one panel each (the figure of ``ax`` is
+    split). At most ``max_points`` points per source are drawn, evenly spread.
+
+    >>> from matplotlib.figure import Figure
+    >>> from theia_frames.frames import to_dataframe
+    >>> from theia_frames.simulate import sensor_events
+    >>> fig = Figure()
+    >>> default_plot(to_dataframe(sensor_events(40, sources=2, seed=1), progress=False), fig.add_subplot())
+    >>> [a.get_ylabel() for a in fig.axes]
+    ['C', '%']
+    """
+    _DefaultPlotter(ax.figure, max_points).draw(df, ax)
+
+
+class _DefaultPlotter:
+    """The default plot, kept between redraws.
+
+    While the panels (units, sources, bucket width) stay the same, only the
+    lines' data change: rebuilding axes and their ticks is most of the cost of
+    a redraw.
+    """
+
+    def __init__(self, figure: Any, max_points: int) -> None:
+        self.figure = figure
+        self.max_points = max_points
+        self._layout: tuple[Any, ...] | None = None
+        self._lines: dict[tuple[str, str], Any] = {}
+        self._axes: list[Any] = []
+
+    def draw(self, df: pd.DataFrame, ax: Any = None) -> None:
+        if df.empty:
+            self._reset(ax)
+            ax = self._axes[0]
+            ax.text(0.5, 0.5, "waiting for events…", ha="center", va="center", transform=ax.transAxes, color="0.4")
+            ax.set_axis_off()
+            self._layout = ("empty",)
+            return
+        readings = _readings(_thin(df, self.max_points))
+        if readings is not None:
+            self._draw_readings(readings, ax)
+        else:
+            self._draw_counts(df, ax)
+
+    def _reset(self, ax: Any, panels: int = 1) -> None:
+        fig = self.figure
+        if ax is not None and panels == 1:
+            for other in list(fig.axes):
+                if other is not ax:
+                    fig.delaxes(other)
+            ax.clear()
+            self._axes = [ax]
+        else:
+            fig.clear()
+            self._axes = list(fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0])
+        self._lines = {}
+
+    def _draw_readings(self, readings: pd.DataFrame, ax: Any) -> None:
+        units = [str(u) for u in readings["unit"].value_counts().index[:4]]
+        sources = sorted(_busiest_sources(readings))
+        series = {
+            (str(unit), str(source)): rows
+            for (unit, source), rows in readings.groupby(["unit", "source"], sort=True)
+            if unit in units and source in sources
+        }
+        layout = ("readings", tuple(units), tuple(series))
+        if layout != self._layout:
+            self._reset(ax, len(units))
+            for unit, axis in zip(units, self._axes):
+                for (u, source), rows in series.items():
+                    if u == unit:
+                        (self._lines[u, source],) = axis.plot(
+                            rows["timestamp"], rows["value"], label=source, linewidth=1.2
+                        )
+                axis.set_ylabel(unit or "value")
+                axis.grid(True, alpha=0.3)
+                axis.legend(loc="upper left", fontsize="x-small", ncol=2, frameon=False)
+                _format_time_axis(axis)
+            self._axes[-1].set_xlabel("time (UTC)")
+            self._layout = layout
+        else:
+            for key, rows in series.items():
+                self._lines[key].set_data(rows["timestamp"].to_numpy(), rows["value"].to_numpy())
+            self._rescale()
+
+    def _draw_counts(self, df: pd.DataFrame, ax: Any) -> None:
+        from .analysis import bucket
+
+        ts = df["timestamp"]
+        freq = choose_freq((ts.max() - ts.min()).total_seconds())
+        counts = _as_wide_counts(bucket(df, freq, by="source"))
+        sources = [s for s in _busiest_sources(df) if s in counts.columns]
+        layout = ("counts", freq, tuple(sources))
+        if layout != self._layout:
+            self._reset(ax)
+            axis = self._axes[0]
+            for source in sources:
+                (self._lines["", source],) = axis.step(
+                    counts.index, counts[source], where="post", label=source, linewidth=1.2
+                )
+            axis.set_ylabel(f"events per {freq}")
+            axis.set_xlabel("time (UTC)")
+            axis.grid(True, alpha=0.3)
+            if sources:
+                axis.legend(loc="upper left", fontsize="x-small", ncol=2, frameon=False)
+            _format_time_axis(axis)
+            axis.set_ylim(bottom=0)
+            self._layout = layout
+        else:
+            for source in sources:
+                self._lines["", source].set_data(counts.index, counts[source].to_numpy())
+            self._rescale()
+            self._axes[0].set_ylim(bottom=0)
+
+    def _rescale(self) -> None:
+        for axis in self._axes:
+            axis.relim()
+            axis.autoscale_view()
+
+
+def _as_wide_counts(counted: pd.DataFrame) -> pd.DataFrame:
+    """Counts from ``bucket(..., by="source")`` with plain string column names."""
+    frame = counted.copy()
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
+def _format_time_axis(ax: Any) -> None:
+    import matplotlib.dates as mdates
+
+    locator = mdates.AutoDateLocator(maxticks=6)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+
+
+# --------------------------------------------------------------------------- the view
+
+
+class LiveView:
+    """A live view of a :class:`~theia_frames.live.LiveFrame` (see the module docs).
+
+    ``mode``: ``"widget"`` builds the ipywidgets box (works without a kernel,
+    e.g. headless with ``MPLBACKEND=Agg``), ``"text"`` only a status line,
+    ``"auto"`` (default) the widget inside a Jupyter kernel and text elsewhere.
+    ``stop_frame``: the Stop button (and :meth:`stop`) also stops the frame.
+
+    Attributes kept for inspection: :attr:`redraws` (figures drawn),
+    :attr:`png` (the last image), :attr:`ticks` (timer rounds), :attr:`last_error`
+    (the last exception of a plot function; shown in the status line).
+    """
+
+    def __init__(
+        self,
+        live: LiveFrame,
+        plot: PlotFunction | None = None,
+        every: float = 0.5,
+        *,
+        mode: Mode = "auto",
+        figsize: tuple[float, float] = (8.0, 3.6),
+        dpi: int = 96,
+        layout: str | None = None,
+        max_points: int = 1000,
+        stop_frame: bool = True,
+        title: str | None = None,
+    ) -> None:
+        if not every or every <= 0:
+            raise UsageError(f"every must be a positive number of seconds, got {every!r}")
+        if plot is not None and not callable(plot):
+            raise UsageError(f"plot must be a function plot(df, ax), got {plot!r}")
+        if mode not in ("auto", "widget", "text"):
+            raise UsageError(f"mode must be 'auto', 'widget' or 'text', got {mode!r}")
+        self.live = live
+        self.plot = plot
+        self.every = float(every)
+        self.max_points = max_points
+        self.stop_frame = stop_frame
+        self.title = title
+        self._layout = layout
+        self.mode: Literal["widget", "text"] = ("widget" if in_kernel() else "text") if mode == "auto" else mode
+        self.redraws = 0
+        self.ticks = 0
+        self.png: bytes = b""
+        self.last_error: BaseException | None = None
+        self._drawn_version: int | None = None
+        self._last_draw = -math.inf
+        self._paused = False
+        self._stopped = False
+        self._draw_lock = threading.RLock()
+        self._halt = threading.Event()
+        self._timer: threading.Thread | None = None
+        self.box: Any = None
+        self.image: Any = None
+        self.status_line: Any = None
+        self.pause_button: Any = None
+        self.stop_button: Any = None
+        self._figure: Any = None
+        self._plotter: _DefaultPlotter | None = None
+        #: seconds the last redraw took (plot and PNG)
+        self.draw_seconds = 0.0
+        if self.mode == "widget":
+            self._build(figsize, dpi)
+            self._timer = threading.Thread(target=self._loop, name="theia-live-view", daemon=True)
+            self._timer.start()
+
+    # ------------------------------------------------------------------ building
+    def _build(self, figsize: tuple[float, float], dpi: int) -> None:
+        widgets = _require("ipywidgets")
+        _require("matplotlib")
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        # A Figure of its own with an Agg canvas: no pyplot, so the notebook's
+        # backend is left alone and nothing needs a GUI or the kernel's thread.
+        self._figure = Figure(figsize=figsize, dpi=dpi, layout=self._layout)
+        FigureCanvasAgg(self._figure)
+        self.image = widgets.Image(format="png", layout=widgets.Layout(width="100%", max_width=f"{int(figsize[0] * dpi)}px"))
+        self.status_line = widgets.HTML(value=self._status_html())
+        self.pause_button = widgets.Button(description="Pause", icon="pause", tooltip="freeze the plot and the frame")
+        self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="warning", tooltip="end the live stream")
+        self.pause_button.on_click(lambda _: self.resume() if self._paused else self.pause())
+        self.stop_button.on_click(lambda _: self.stop())
+        controls = widgets.HBox(
+            [self.pause_button, self.stop_button, self.status_line],
+            layout=widgets.Layout(align_items="center"),
+        )
+        self.box = widgets.VBox([controls, self.image])
+        self._draw()
+
+    # ------------------------------------------------------------------ control
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def pause(self) -> None:
+        """Stop redrawing and freeze the frame (events keep arriving into its buffer)."""
+        self._paused = True
+        self.live.pause()
+        if self.pause_button is not None:
+            self.pause_button.description, self.pause_button.icon = "Resume", "play"
+        self._update_status()
+
+    def resume(self) -> None:
+        """Redraw again, starting with what arrived while paused."""
+        self._paused = False
+        self.live.resume()
+        if self.pause_button is not None:
+            self.pause_button.description, self.pause_button.icon = "Pause", "pause"
+        self._update_status()
+
+    def stop(self) -> None:
+        """Stop the timer (and the frame, with ``stop_frame``), after one last redraw."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._halt.set()
+        if self.stop_frame:
+            self.live.stop()
+        timer = self._timer
+        if timer is not None and timer is not threading.current_thread():
+            timer.join(10.0)
+        if self.mode == "widget":
+            self._paused = False
+            self.update(force=True)
+            self.pause_button.disabled = True
+            self.stop_button.disabled = True
+
+    def close(self) -> None:
+        """Stop, and close the widgets (they disappear from the notebook)."""
+        self.stop()
+        if self.box is not None:
+            self.box.close()
+            for w in (self.image, self.status_line, self.pause_button, self.stop_button):
+                w.close()
+
+    # ------------------------------------------------------------------ drawing
+    def update(self, force: bool = False) -> bool:
+        """Refresh the status line and redraw if the frame changed; True if the figure was redrawn.
+
+        Without ``force`` it does not redraw while paused, nor sooner than
+        ``every`` seconds after the previous redraw.
+        """
+        with self._draw_lock:
+            drew = False
+            if self.mode == "widget":
+                changed = self.live.version != self._drawn_version
+                # never more often than `every`, nor busier than a third of the time
+                gap = max(self.every, 2.0 * self.draw_seconds)
+                due = time.monotonic() - self._last_draw >= gap * 0.95
+                if force or (changed and due and not self._paused):
+                    self._draw()
+                    drew = True
+            self._update_status()
+            return drew
+
+    def _draw(self) -> None:
+        fig = self._figure
+        version = self.live.version
+        df = self.live.df
+        started = time.perf_counter()
+        try:
+            if self.plot is None:
+                if self._plotter is None:
+                    self._plotter = _DefaultPlotter(fig, self.max_points)
+                self._plotter.draw(df)
+            else:
+                fig.clear()
+                self.plot(df, fig.add_subplot())
+            if self.title:
+                fig.suptitle(self.title)
+            if self._layout is None:
+                # fixed margins: a layout engine would double the cost of every redraw
+                fig.subplots_adjust(left=0.1, right=0.98, bottom=0.14, top=0.92 if self.title else 0.96, hspace=0.15)
+        except Exception as exc:  # a broken plot function must not stop the view
+            self.last_error = exc
+            self._plotter = None
+            fig.clear()
+            ax = fig.add_subplot()
+            ax.text(0.5, 0.5, f"plot failed: {type(exc).__name__}: {exc}", ha="center", va="center",
+                    transform=ax.transAxes, color="firebrick", wrap=True)
+            ax.set_axis_off()
+        buf = io.BytesIO()
+        # light compression: the image changes every redraw, so encoding speed matters more than size
+        fig.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
+        self.png = buf.getvalue()
+        self.image.value = self.png
+        self._drawn_version = version
+        self._last_draw = time.monotonic()
+        self.draw_seconds = time.perf_counter() - started
+        self.redraws += 1
+
+    def _loop(self) -> None:
+        while not self._halt.wait(self.every):
+            self.ticks += 1
+            try:
+                self.update()
+            except Exception as exc:  # keep the timer alive; the status line shows it
+                self.last_error = exc
+            if self.live.state in ("stopped", "ended", "failed") and self.live.version == self._drawn_version:
+                self._update_status()
+                break
+
+    # ------------------------------------------------------------------ status
+    def status_text(self) -> str:
+        """The status line as plain text."""
+        status = self.live.status()
+        text = str(status)
+        if self.mode == "widget":
+            text += f" · {self.redraws:,} redraws"
+        if self._paused and status.state == "running":
+            text = "paused (view) · " + text
+        if self.last_error is not None:
+            text += f" · plot error: {type(self.last_error).__name__}: {self.last_error}"
+        return text
+
+    def _status_html(self) -> str:
+        state = self.live.state
+        colour = {"running": "#2e7d32", "paused": "#f9a825", "failed": "#c62828"}.get(state, "#616161")
+        return (
+            f'<span style="color:{colour}">&#9679;</span> '
+            f'<span style="font-family:monospace">{html.escape(self.status_text())}</span>'
+        )
+
+    def _update_status(self) -> None:
+        if self.status_line is not None:
+            value = self._status_html()
+            if value != self.status_line.value:
+                self.status_line.value = value
+
+    # ------------------------------------------------------------------ display
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        if self.box is not None:
+            return self.box._repr_mimebundle_(include=include, exclude=exclude)
+        return {"text/plain": self.status_text()}
+
+    def __repr__(self) -> str:
+        return f"<LiveView {self.status_text()}>"
+
+    def __str__(self) -> str:
+        return self.status_text()
+
+
+def live_plot(
+    client_or_url: Any,
+    filter: EventFilter | Mapping[str, Any] | None = None,
+    *,
+    plot: PlotFunction | None = None,
+    every: float = 0.5,
+    max_rows: int | None = None,
+    window: Any = None,
+    mode: Mode = "auto",
+    client_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> LiveView:
+    """Subscribe to ``filter`` and return a live view of it (the one-liner).
+
+    Starts a :class:`~theia_frames.live.LiveFrame` (``max_rows=100_000`` unless
+    ``max_rows`` or ``window`` is given, so memory stays bounded) and wraps it in
+    a :class:`LiveView`; the view's Stop button stops the frame. The frame is
+    ``view.live``. Show the view by making it the cell's result, or ``display(view)``.
+
+    >>> view = live_plot("ws://127.0.0.1:6433", {"tags": ["sensor"]}, window="10min")  # doctest: +SKIP
+    """
+    from .live import LiveFrame
+
+    if max_rows is None and window is None:
+        max_rows = 100_000
+    live = LiveFrame(client_or_url, filter, max_rows=max_rows, window=window, client_options=client_options)
+    # a missing widget dependency should fail before anything is subscribed
+    if mode == "widget" or (mode == "auto" and in_kernel()):
+        _require("ipywidgets")
+        _require("matplotlib")
+    live.start()
+    try:
+        return LiveView(live, plot=plot, every=every, mode=mode, stop_frame=True, **options)
+    except BaseException:
+        live.stop()
+        raise
