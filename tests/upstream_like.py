@@ -20,9 +20,6 @@ around the results), ``drop_find_after`` (abort the TCP connection after that
 many results), ``close_find`` (close normally after the results, as this
 project's collector does).
 
-    >>> server = UpstreamLike()
-    >>> server.url.startswith("ws://")
-    False
     >>> with UpstreamLike() as server:
     ...     server.url.startswith("ws://127.0.0.1:")
     True
@@ -91,6 +88,7 @@ class UpstreamLike:
         self.drop_find_after: int | None = None
         self.close_find = False
         self._live: dict[ServerConnection, dict[str, Any]] = {}
+        self._open: set[ServerConnection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
@@ -127,7 +125,7 @@ class UpstreamLike:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with serve(self._handler, self.host, self.port) as server:
+        async with serve(self._handler, self.host, self.port, close_timeout=1) as server:
             self.port = server.sockets[0].getsockname()[1]
             self._ready.set()
             await self._stop.wait()
@@ -137,10 +135,25 @@ class UpstreamLike:
         with self._received:
             return self._received.wait_for(lambda: len(self.events) >= n, timeout)
 
+    def kick(self) -> None:
+        """Close every open connection normally (code 1000), as a restarting server would."""
+        async def close_all() -> None:
+            # not awaited: a client that is not reading answers the close later
+            for ws in list(self._open):
+                asyncio.ensure_future(ws.close())
+
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(close_all(), self._loop).result(10)
+
+    @property
+    def live_subscribers(self) -> int:
+        return len(self._live)
+
     # ------------------------------------------------------------------ endpoints
     async def _handler(self, ws: ServerConnection) -> None:
         self.headers.append(dict(ws.request.headers.raw_items()))
         path = ws.request.path
+        self._open.add(ws)
         try:
             if path == "/event":
                 await self._on_event(ws)
@@ -150,6 +163,7 @@ class UpstreamLike:
                 await self._on_live(ws)
         finally:
             self._live.pop(ws, None)
+            self._open.discard(ws)
 
     async def _on_event(self, ws: ServerConnection) -> None:
         async for message in ws:

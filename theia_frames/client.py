@@ -741,6 +741,8 @@ class _Stream:
                 else:
                     events = _batch_events(chunk)
                 for event in events:
+                    if self._closed:
+                        return
                     self.count += 1
                     yield event
         finally:
@@ -755,6 +757,8 @@ class _Stream:
     def _batches(self, accumulate: int, heartbeat: float | None) -> Iterator[pa.RecordBatch]:
         try:
             for chunk in self._decoded(accumulate, heartbeat):
+                if self._closed:
+                    return
                 if chunk is None:
                     yield empty_batch()
                     continue
