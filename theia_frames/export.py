@@ -1,0 +1,343 @@
+"""Write events to Parquet, CSV or JSON Lines, streaming, and read such files back.
+
+:func:`write_events` takes whatever :func:`~theia_frames.frames.to_dataframe`
+takes (a find result, Arrow batches, events) or an event DataFrame, and writes
+it chunk by chunk, so memory stays flat however long the result; the format
+comes from the file's extension::
+
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "events.parquet"
+    >>> evs = [Event(id="a", timestamp=1.5, source="/dev/t", tags=["sensor"], content="21.5C"),
+    ...        Event(id="b", timestamp=2.0, source="/dev/t", content="22C")]
+    >>> write_events(evs, path)
+    2
+    >>> read_events(path).equals(to_dataframe(evs))
+    True
+
+The layouts:
+
+- Parquet: ``id`` string, ``timestamp`` timestamp[us, UTC], ``source`` string,
+  ``tags`` list<string>, ``content`` string (one row group per chunk).
+- CSV: a header line, timestamps in ISO-8601 UTC with microseconds
+  (``2023-11-14T22:13:20.000000Z``), tags joined with commas as on the wire
+  (empty: no tags), text quoted where needed (content may span lines).
+- JSON Lines: one object per line, ``{"id": ..., "timestamp": "...Z",
+  "source": ..., "tags": [...], "content": ...}``.
+
+A file is written under a temporary name and renamed when complete, so a
+failed write (a dropped connection mid-query) never leaves a short file that
+looks whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .batch import event_schema
+from .event import Event  # noqa: F401  (used by the doctests)
+from .exceptions import UsageError
+from .frames import EVENT_COLUMNS, _categories, _frame_table, _table_to_pandas, _tag_lists, iter_tables, to_dataframe  # noqa: F401
+
+__all__ = ["write_events", "read_events", "FORMATS", "format_for"]
+
+#: Formats by file extension.
+FORMATS: dict[str, str] = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+
+
+def format_for(path: str | os.PathLike[str], format: str | None = None) -> str:
+    """The format to write ``path`` in: ``format`` if given, else from the extension.
+
+    >>> format_for("out/events.parquet"), format_for("x.ndjson"), format_for("x.txt", "csv")
+    ('parquet', 'jsonl', 'csv')
+    """
+    known = sorted(set(FORMATS.values()))
+    if format is not None:
+        fmt = format.lower().lstrip(".")
+        if fmt not in known:
+            raise UsageError(f"unknown export format {format!r}; choose one of {known}")
+        return fmt
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise UsageError(
+            f"cannot tell the format of {str(path)!r} from its extension; "
+            f"use one of {sorted(FORMATS)} or pass format= ({known})"
+        )
+    return FORMATS[suffix]
+
+
+# --------------------------------------------------------------------------- chunks to write
+
+
+def _dataframe_chunks(df: pd.DataFrame, rows: int) -> Iterator[pa.Table]:
+    if df.index.name == "timestamp" and "timestamp" not in df.columns:
+        df = df.reset_index()
+        # the event columns first, in their usual order, as from to_dataframe
+        first = [c for c in EVENT_COLUMNS if c in df.columns]
+        df = df[first + [c for c in df.columns if c not in first]]
+    for start in range(0, max(len(df), 1), rows):
+        part = df.iloc[start : start + rows]
+        try:
+            table = pa.Table.from_pandas(part, preserve_index=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
+            raise UsageError(f"cannot export this DataFrame: {exc}") from exc
+        yield table
+        if not len(df):
+            return
+
+
+def _event_chunks(source: Any, rows: int, progress: bool | None) -> Iterator[pa.Table]:
+    got_any = False
+    for table in iter_tables(source, rows, progress=progress):
+        got_any = True
+        yield _frame_table(table)
+    if not got_any:
+        yield _frame_table(event_schema().empty_table())
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    """The frame's Arrow table as it is written: timestamps in microseconds, categories as text."""
+    arrays, names = [], []
+    for name, column in zip(table.column_names, table.columns):
+        t = column.type
+        if pa.types.is_timestamp(t):
+            column = column.cast(pa.timestamp("us", tz=t.tz or "UTC"), safe=False)
+        elif pa.types.is_dictionary(t):
+            column = column.cast(t.value_type)
+        if pa.types.is_large_string(column.type):
+            column = column.cast(pa.string())
+        arrays.append(column)
+        names.append(name)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def _iso(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Timestamps as ISO-8601 text in UTC: ``2023-11-14T22:13:20.000000Z``."""
+    text = column.cast(pa.timestamp("us", tz="UTC")).cast(pa.string())
+    return pc.replace_substring(text, " ", "T", max_replacements=1)
+
+
+def _texts(table: pa.Table, *, join_lists: bool) -> pa.Table:
+    arrays = []
+    for column in table.columns:
+        t = column.type
+        if pa.types.is_timestamp(t):
+            column = _iso(column)
+        elif join_lists and (pa.types.is_list(t) or pa.types.is_large_list(t)):
+            column = pc.binary_join(pc.fill_null(column, pa.scalar([], t)), ",")
+        arrays.append(column)
+    return pa.Table.from_arrays(arrays, names=table.column_names)
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def _like(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` in the schema of the file's first chunk (a chunk of a DataFrame may infer other types)."""
+    if table.schema.equals(schema):
+        return table
+    try:
+        return table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+        raise UsageError(f"a chunk of events does not fit the file's columns {schema.names}: {exc}") from exc
+
+
+class _ParquetSink:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.writer: Any = None
+        self.schema: Any = None
+
+    def write(self, table: pa.Table) -> None:
+        import pyarrow.parquet as pq
+
+        table = _plain(table)
+        if self.writer is None:
+            self.schema = table.schema
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        self.writer.write_table(_like(table, self.schema))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _CsvSink:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.writer: Any = None
+        self.schema: Any = None
+
+    def write(self, table: pa.Table) -> None:
+        import pyarrow.csv as pcsv
+
+        table = _texts(_plain(table), join_lists=True)
+        if self.writer is None:
+            self.schema = table.schema
+            self.writer = pcsv.CSVWriter(self.path, table.schema)
+        self.writer.write_table(_like(table, self.schema))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _JsonlSink:
+    def __init__(self, path: str) -> None:
+        self.file = open(path, "w", encoding="utf-8", newline="\n")
+
+    def write(self, table: pa.Table) -> None:
+        table = _texts(_plain(table), join_lists=False)
+        names = table.column_names
+        columns = [c.to_pylist() for c in table.columns]
+        dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=str).encode
+        lines = []
+        for row in zip(*columns):
+            record = {n: (None if isinstance(v, float) and v != v else v) for n, v in zip(names, row)}
+            lines.append(dumps(record))
+        if lines:
+            self.file.write("\n".join(lines) + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+_SINKS = {"parquet": _ParquetSink, "csv": _CsvSink, "jsonl": _JsonlSink}
+
+
+def write_events(
+    source: Any,
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    chunk_size: int = 100_000,
+    progress: bool | None = None,
+) -> int:
+    """Write events to ``path`` as Parquet, CSV or JSON Lines; returns how many were written.
+
+    ``source`` is anything :func:`~theia_frames.frames.to_dataframe` takes, or an
+    event DataFrame (its other columns, such as those :func:`~theia_frames.analysis.extract`
+    adds, are written too). It is read and written ``chunk_size`` events at a
+    time. ``format`` (``"parquet"``, ``"csv"``, ``"jsonl"``) defaults to the one
+    the extension names (see :data:`FORMATS`). No events still write a valid
+    file (a Parquet schema, a CSV header).
+    """
+    fmt = format_for(path, format)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise UsageError(f"chunk_size must be a positive number of events, got {chunk_size!r}")
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"cannot write events to {str(target)!r}: it is a folder")
+    if isinstance(source, pd.DataFrame):
+        chunks = _dataframe_chunks(source, chunk_size)
+    else:
+        chunks = _event_chunks(source, chunk_size, progress)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"cannot write events to {str(target)!r}: no folder {str(folder)!r}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=folder)
+    os.close(fd)
+    written = 0
+    try:
+        sink = _SINKS[fmt](tmp)
+        try:
+            for table in chunks:
+                sink.write(table)
+                written += table.num_rows
+        finally:
+            sink.close()
+        os.replace(tmp, target)
+    except BaseException:
+        chunks.close()
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return written
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+def _to_frame_types(table: pa.Table) -> pa.Table:
+    """A table read from an export, with the event columns in the frame's Arrow types."""
+    arrays, names = [], []
+    for name, column in zip(table.column_names, table.columns):
+        t = column.type
+        if name == "timestamp":
+            if pa.types.is_string(t) or pa.types.is_large_string(t):
+                column = column.cast(pa.timestamp("us", tz="UTC"))
+            if pa.types.is_timestamp(column.type):
+                column = column.cast(pa.timestamp("ns", tz="UTC"))
+        elif name == "source":
+            column = _categories(column.cast(pa.string()))
+        elif name == "tags":
+            if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t):
+                column = pa.chunked_array(
+                    [_tag_lists(c.cast(pa.string())) for c in column.chunks], type=pa.list_(pa.string())
+                )
+            else:
+                column = column.cast(pa.list_(pa.string()))
+        elif name in ("id", "content") and (pa.types.is_null(t) or pa.types.is_large_string(t)):
+            column = column.cast(pa.string())
+        if name in ("id", "content"):
+            column = pc.fill_null(column, "") if column.null_count else column
+        arrays.append(column)
+        names.append(name)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def read_events(path: str | os.PathLike[str], *, format: str | None = None) -> pd.DataFrame:
+    """Read a file :func:`write_events` wrote back into an event frame with the usual dtypes.
+
+    Columns other than the event columns are kept as read.
+    """
+    fmt = format_for(path, format)
+    target = Path(path)
+    if not target.is_file():
+        raise UsageError(f"no such file: {str(target)!r}")
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(target)
+        elif fmt == "csv":
+            import pyarrow.csv as pcsv
+
+            table = pcsv.read_csv(
+                target,
+                parse_options=pcsv.ParseOptions(newlines_in_values=True),
+                convert_options=pcsv.ConvertOptions(
+                    column_types={c: pa.string() for c in EVENT_COLUMNS}, strings_can_be_null=False
+                ),
+            )
+        else:
+            import pyarrow.json as pjson
+
+            if target.stat().st_size == 0:
+                from .frames import empty_frame
+
+                return empty_frame()
+            schema = pa.schema(
+                [("id", pa.string()), ("timestamp", pa.string()), ("source", pa.string()),
+                 ("tags", pa.list_(pa.string())), ("content", pa.string())]
+            )
+            table = pjson.read_json(target, parse_options=pjson.ParseOptions(explicit_schema=schema))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UsageError(f"cannot read {str(target)!r} as {fmt}: {exc}") from exc
+    return _table_to_pandas(_to_frame_types(table))
