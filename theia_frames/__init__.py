@@ -62,6 +62,24 @@ _EXPORTS: dict[str, str] = {
     "serve": "collector",
     "Collector": "collector",
     "EventStore": "store",
+    # frames
+    "EVENT_DTYPES": "frames",
+    "to_dataframe": "frames",
+    "iter_dataframes": "frames",
+    "batches_to_dataframe": "frames",
+    "bucket": "analysis",
+    "explode_tags": "analysis",
+    "tag_matrix": "analysis",
+    "tag_counts": "analysis",
+    "extract": "analysis",
+    "SENSOR_PATTERN": "analysis",
+    "grep": "analysis",
+    "timeline": "analysis",
+    "read_store": "storefiles",
+    "StoreReport": "storefiles",
+    "DamagedStoreWarning": "storefiles",
+    "write_events": "export",
+    "read_events": "export",
     # live
     "LiveFrame": "live",
     "live_plot": "widget",
@@ -84,6 +102,16 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .analysis import (
+        SENSOR_PATTERN,
+        bucket,
+        explode_tags,
+        extract,
+        grep,
+        tag_counts,
+        tag_matrix,
+        timeline,
+    )
     from .codec import (
         EventColumns,
         StreamReport,
@@ -114,7 +142,10 @@ if TYPE_CHECKING:  # pragma: no cover
         UnconfirmedError,
         UsageError,
     )
+    from .export import read_events, write_events
     from .filter import EventFilter, Filter
+    from .frames import EVENT_DTYPES, batches_to_dataframe, iter_dataframes, to_dataframe
     from .simulate import sensor_events, simulate
+    from .storefiles import DamagedStoreWarning, StoreReport, read_store
     from .live import LiveFrame
     from .widget import live_plot
