@@ -84,6 +84,11 @@ def plot_readings(readings: pd.DataFrame, path: str | os.PathLike[str], *, title
         ax.set_ylabel(unit)
         ax.set_title(source, fontsize=9, loc="left")
         ax.grid(True, alpha=0.3)
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+    locator = AutoDateLocator()
+    axes[-1].xaxis.set_major_locator(locator)
+    axes[-1].xaxis.set_major_formatter(ConciseDateFormatter(locator))
     axes[-1].set_xlabel("time (UTC)")
     fig.suptitle(title or "theia sensor readings")
     target = Path(path)
