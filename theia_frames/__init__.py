@@ -48,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     "InvalidEventError": "exceptions",
     "InvalidFilterError": "exceptions",
     "UnconfirmedError": "exceptions",
+    "StoreError": "exceptions",
     "MissingDependencyError": "exceptions",
     # client
     "Client": "client",
@@ -135,6 +136,7 @@ if TYPE_CHECKING:  # pragma: no cover
         MissingDependencyError,
         ProtocolError,
         ServerError,
+        StoreError,
         SubscriberTooSlow,
         TheiaError,
         TheiaTimeoutError,

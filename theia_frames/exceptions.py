@@ -21,6 +21,7 @@ The tree::
     │   ├── InvalidEventError       an event the format cannot carry
     │   └── InvalidFilterError      a filter that cannot be built
     ├── UnconfirmedError            delivery cannot be confirmed by this peer
+    ├── StoreError                  the collector's event store failed (names the file)
     └── MissingDependencyError      an optional extra is not installed
                                     (also an ``ImportError``; names the extra)
 
@@ -45,6 +46,7 @@ __all__ = [
     "InvalidEventError",
     "InvalidFilterError",
     "UnconfirmedError",
+    "StoreError",
     "MissingDependencyError",
     "excerpt",
 ]
@@ -141,6 +143,10 @@ class InvalidFilterError(UsageError):
 
 class UnconfirmedError(TheiaError):
     """The peer cannot confirm delivery (a plain collector has no acknowledgements)."""
+
+
+class StoreError(TheiaError):
+    """The event store failed: a file that is not a store, a full disk, a closed store."""
 
 
 class MissingDependencyError(TheiaError, ImportError):
