@@ -640,22 +640,17 @@ class _Stream:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ local re-check
-    def _checked_columns(self, cols: EventColumns) -> EventColumns:
+    def _checked_plain(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         f = self.filter
-        if f.is_time_only:
-            start, end = f.start, f.end
-            ts = cols.timestamp
-            if (start is None or min(ts) >= start) and (end is None or max(ts) <= end):
-                return cols
-            lo = -float("inf") if start is None else start
-            hi = float("inf") if end is None else end
-            return cols.take([lo <= t <= hi for t in ts])
+        if f.is_time_only or batch.num_rows == 0:
+            return self._checked_batch(batch)
         match = f.matches_fields
+        d = batch.to_pydict()
         mask = [
             match(t, split_tags(g), c, i, s)
-            for t, g, c, i, s in zip(cols.timestamp, cols.tags, cols.content, cols.id, cols.source)
+            for t, g, c, i, s in zip(d["timestamp"], d["tags"], d["content"], d["id"], d["source"])
         ]
-        return cols if all(mask) else cols.take(mask)
+        return batch if all(mask) else batch.filter(_pa().array(mask, _pa().bool_()))
 
     def _checked_batch(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         f = self.filter
@@ -684,36 +679,32 @@ class _Stream:
             return []
         return [b for b in (self._checked_batch(b) for b in batches) if b.num_rows]
 
-    def _decoded(self, accumulate: int, heartbeat: float | None = None) -> Iterator[Any]:
-        """Checked chunks in server order: EventColumns (from plain messages) or
-        RecordBatches (passed through); ``None`` for a heartbeat."""
-        cols = EventColumns()
+    def _plain(self, messages: list[bytes]) -> Iterator[pa.RecordBatch]:
+        batch = self._checked_plain(_decode_plain(messages, self._bad))
+        if batch.num_rows:
+            yield batch
+
+    def _decoded(self, accumulate: int, heartbeat: float | None = None) -> Iterator[pa.RecordBatch | None]:
+        """Checked record batches in server order, plain messages decoded many at
+        a time and Arrow batches passed through; ``None`` for a heartbeat."""
+        plain: list[bytes] = []
         for msgs in self._data_chunks(heartbeat):
             if not msgs:
                 yield None
                 continue
             for m in msgs:
                 if m[:4] == ARROW_MARKER:
-                    if len(cols):
-                        checked = self._checked_columns(cols)
-                        cols = EventColumns()
-                        if len(checked):
-                            yield checked
+                    if plain:
+                        yield from self._plain(plain)
+                        plain = []
                     yield from self._arrow(m)
-                    continue
-                try:
-                    cols.append_raw(m)
-                except DecodeError as exc:
-                    self._bad(exc)
-            if len(cols) >= accumulate:
-                checked = self._checked_columns(cols)
-                cols = EventColumns()
-                if len(checked):
-                    yield checked
-        if len(cols):
-            checked = self._checked_columns(cols)
-            if len(checked):
-                yield checked
+                else:
+                    plain.append(m)
+            if len(plain) >= accumulate:
+                yield from self._plain(plain)
+                plain = []
+        if plain:
+            yield from self._plain(plain)
 
     # ------------------------------------------------------------------ public iteration
     def _claim(self, how: str) -> None:
@@ -736,11 +727,7 @@ class _Stream:
             for chunk in self._decoded(1):
                 if chunk is None:
                     continue
-                if isinstance(chunk, EventColumns):
-                    events: Iterable[Event] = chunk.events()
-                else:
-                    events = _batch_events(chunk)
-                for event in events:
+                for event in _batch_events(chunk):
                     if self._closed:
                         return
                     self.count += 1
@@ -762,9 +749,8 @@ class _Stream:
                 if chunk is None:
                     yield empty_batch()
                     continue
-                batch = columns_to_batch(chunk) if isinstance(chunk, EventColumns) else chunk
-                self.count += batch.num_rows
-                yield batch
+                self.count += chunk.num_rows
+                yield chunk
         finally:
             self.close()
 
@@ -808,6 +794,125 @@ class _Stream:
                 self._conn.close()
         except Exception:
             pass
+
+
+def _pa() -> Any:
+    # imported late: slow to import, and not needed to send single events
+    import pyarrow
+    import pyarrow.compute  # noqa: F401 - makes pyarrow.compute available as an attribute
+
+    return pyarrow
+
+
+# Fewer plain messages than this are decoded one by one: the bulk decoder's
+# fixed cost (a few dozen Arrow kernel calls) only pays off from here on.
+_BULK_MIN = 64
+_SIZES = r"^event: ?(?P<total>[0-9]{1,15}) (?P<header>[0-9]{1,15}) (?P<content>[0-9]{1,15})$"
+_DECIMAL = r"^ ?[0-9]{1,17}(\.[0-9]{1,17})?$"
+
+
+def _decode_plain(messages: list[bytes], bad: Any) -> pa.RecordBatch:
+    """Plain event messages (either dialect) as one record batch, in order.
+
+    Messages that cannot be decoded are passed to ``bad`` (a DecodeError each)
+    and left out. Many messages are decoded at once with Arrow kernels when
+    they have the usual layout (upstream dialect, or Go dialect with tags);
+    any other message goes through :mod:`theia_frames.codec` one by one.
+    """
+    if len(messages) >= _BULK_MIN:
+        try:
+            batch, ok = _bulk_decode(messages)
+        except (UnicodeError, ValueError, _pa().ArrowException):
+            pass  # e.g. a message that is not UTF-8: decode each, to report it precisely
+        else:
+            pc = _pa().compute
+            if pc.all(ok).as_py():
+                return batch
+            good = batch.filter(ok)
+            good_positions = pc.indices_nonzero(ok).to_pylist()
+            rest = pc.indices_nonzero(pc.invert(ok)).to_pylist()
+            slow, slow_positions = _slow_decode([messages[i] for i in rest], bad)
+            positions = good_positions + [rest[i] for i in slow_positions]
+            order = sorted(range(len(positions)), key=positions.__getitem__)
+            table = _pa().Table.from_batches([good, slow]).take(order)
+            return table.combine_chunks().to_batches()[0] if table.num_rows else empty_batch()
+    return _slow_decode(messages, bad)[0]
+
+
+def _slow_decode(messages: list[bytes], bad: Any) -> tuple[pa.RecordBatch, list[int]]:
+    """Decode one message at a time; returns the batch and each row's message index."""
+    cols = EventColumns()
+    positions: list[int] = []
+    for i, m in enumerate(messages):
+        before = len(cols)
+        try:
+            cols.append_raw(m)
+        except DecodeError as exc:
+            # a message holding several events may have added some before failing
+            for column in (cols.id, cols.timestamp, cols.source, cols.tags, cols.content):
+                del column[before:]
+            bad(exc)
+            continue
+        positions.extend([i] * (len(cols) - before))
+    return columns_to_batch(cols), positions
+
+
+def _bulk_decode(messages: list[bytes]) -> tuple[pa.RecordBatch, pa.Array]:
+    """Decode messages of the usual layout with Arrow kernels.
+
+    Returns a batch with a row per message and a mask of the rows that were
+    decoded and verified (sizes, keys, timestamp); other rows hold junk.
+    Raises if the messages are not all UTF-8.
+    """
+    pa = _pa()
+    pc = pa.compute
+    text = pa.array(messages, pa.binary()).cast(pa.string())
+    parts = pc.split_pattern(text, "\n", max_splits=5)
+    six = pc.equal(pc.list_value_length(parts), 6)
+    if not pc.all(six).as_py():
+        parts = pc.if_else(six, parts, pa.scalar(["", "", "", "", "", ""], pa.list_(pa.string())))
+    pre, id_line, ts_line, source_line, tags_line, rest = (pc.list_element(parts, i) for i in range(6))
+    sizes = pc.extract_regex(pre, _SIZES)
+    ok = pc.and_(
+        pc.and_(six, pc.is_valid(sizes)),
+        pc.and_(
+            pc.and_(pc.starts_with(id_line, "id:"), pc.starts_with(ts_line, "timestamp:")),
+            pc.and_(pc.starts_with(source_line, "source:"), pc.starts_with(tags_line, "tags:")),
+        ),
+    )
+    ts_text = pc.utf8_slice_codeunits(ts_line, 10)
+    ok = pc.and_(ok, pc.match_substring_regex(ts_text, _DECIMAL))
+    ts = pc.cast(pc.utf8_ltrim(pc.if_else(ok, ts_text, "0"), " "), pa.float64())
+    # rows whose preamble did not match hold "" in the fields: read them as 0
+    matched = pc.is_valid(sizes)
+    total, hsize, csize = (
+        pc.cast(pc.if_else(matched, sizes.field(name), "0"), pa.int64()) for name in ("total", "header", "content")
+    )
+    header_bytes = pc.add(
+        pc.add(pc.binary_length(id_line), pc.binary_length(ts_line)),
+        pc.add(pc.binary_length(source_line), pc.binary_length(tags_line)),
+    )
+    rest_bytes = pc.binary_length(rest)
+    trailing_newline = pc.and_(pc.equal(rest_bytes, pc.add(csize, 1)), pc.ends_with(rest, "\n"))
+    ok = pc.and_(
+        ok,
+        pc.and_(
+            pc.and_(pc.equal(pc.add(header_bytes, 4), hsize), pc.equal(total, pc.add(hsize, csize))),
+            pc.or_(trailing_newline, pc.equal(rest_bytes, csize)),
+        ),
+    )
+    content = pc.if_else(trailing_newline, pc.utf8_slice_codeunits(rest, 0, -1), rest)
+    batch = pa.RecordBatch.from_arrays(
+        [
+            pc.utf8_slice_codeunits(id_line, 3),
+            ts,
+            pc.utf8_slice_codeunits(source_line, 7),
+            pc.utf8_slice_codeunits(tags_line, 5),
+            content,
+        ],
+        schema=event_schema(),
+    )
+    return batch, ok
 
 
 def _batch_events(batch: pa.RecordBatch) -> Iterator[Event]:
