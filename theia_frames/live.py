@@ -661,8 +661,8 @@ class LiveFrame:
         self._appended_at_pause = self._buffer.appended
         if new <= 0 or not self._hooks:
             return None
-        tail = self._buffer.table().slice(self._buffer.rows - new)
-        return _pa().concat_batches(tail.to_batches()) if tail.num_batches else None
+        batches = self._buffer.table().slice(self._buffer.rows - new).to_batches()
+        return _pa().concat_batches(batches) if batches else None
 
     def _call_hooks(self, batch: Any, hooks: list[BatchHook] | None = None) -> None:
         hooks = self._hooks if hooks is None else hooks
