@@ -701,8 +701,15 @@ class _Stream:
                 else:
                     plain.append(m)
             if len(plain) >= accumulate:
-                yield from self._plain(plain)
-                plain = []
+                if accumulate > 1:
+                    # whole batches of `accumulate` messages; the rest waits for more
+                    cut = len(plain) - len(plain) % accumulate
+                    for i in range(0, cut, accumulate):
+                        yield from self._plain(plain[i : i + accumulate])
+                    plain = plain[cut:]
+                else:
+                    yield from self._plain(plain)
+                    plain = []
         if plain:
             yield from self._plain(plain)
 
