@@ -1,0 +1,306 @@
+"""Client commands of the command line (send, find, live, simulate) and time parsing."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import importlib.util
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from theia_frames.cli import client as cli_client
+from theia_frames.event import Event
+from theia_frames.exceptions import UsageError
+from theia_frames.timeparse import duration_arg, parse_duration, parse_time, time_arg, to_epoch
+from upstream_like import UpstreamLike
+
+BASE = 1_700_000_000.0
+IDLE = ["--idle-timeout", "0.3"]
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="theia-frames")
+    cli_client.register(p.add_subparsers(dest="command"))
+    return p
+
+
+def run(argv):
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+def make_events(n):
+    return [
+        Event(id=f"e{i}", timestamp=BASE + i, source=f"/dev/s{i % 2}", tags=["sensor", f"k{i % 2}"], content=f"{i}C")
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def upstream():
+    with UpstreamLike() as server:
+        yield server
+
+
+# --------------------------------------------------------------------------- time parsing
+
+
+def test_parse_time_forms():
+    assert parse_time("1700000000") == 1700000000.0
+    assert parse_time(" 1700000000.25 ") == 1700000000.25
+    assert parse_time("2024-05-01T12:30:00Z") == dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.timezone.utc).timestamp()
+    assert parse_time("2024-05-01T12:30:00+02:00") == dt.datetime(2024, 5, 1, 10, 30, tzinfo=dt.timezone.utc).timestamp()
+    assert parse_time("2024-05-01 12:30") == parse_time("2024-05-01T12:30:00Z")
+    assert parse_time("2024-05-01T12:30:00.5z") == parse_time("2024-05-01T12:30:00Z") + 0.5
+    assert parse_time("now", now=7.0) == 7.0
+    assert parse_time("-15m", now=1000.0) == 100.0
+    assert parse_time("-1h30m", now=10_000.0) == 10_000.0 - 5400
+    assert parse_time("+2d", now=0.0) == 172800.0
+    assert parse_time("-250ms", now=1.0) == 0.75
+    assert parse_time("-1w", now=604800.0) == 0.0
+
+
+@pytest.mark.parametrize("bad", ["", "yesterday", "-15x", "2024-13-01", "nan", "inf", "--5m", "15 minutes"])
+def test_parse_time_rejects(bad):
+    with pytest.raises(UsageError, match="invalid time"):
+        parse_time(bad)
+
+
+def test_relative_times_default_to_now():
+    before = time.time()
+    value = parse_time("-1m")
+    assert before - 60 <= value <= time.time() - 60
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_epoch_seconds_round_trip(seconds):
+    assert parse_time(repr(seconds)) == seconds
+
+
+@given(st.datetimes(min_value=dt.datetime(1971, 1, 1), max_value=dt.datetime(2100, 1, 1)))
+def test_iso_round_trip(moment):
+    aware = moment.replace(tzinfo=dt.timezone.utc)
+    assert parse_time(aware.isoformat()) == aware.timestamp()
+    assert parse_time(moment.isoformat()) == aware.timestamp()  # no offset: UTC
+
+
+def test_durations():
+    assert parse_duration("90") == 90.0
+    assert parse_duration("1.5m") == 90.0
+    assert parse_duration("1h 30m") == 5400.0
+    for bad in ("-5", "5x", "", "m"):
+        with pytest.raises(UsageError, match="invalid duration"):
+            parse_duration(bad)
+
+
+def test_to_epoch_accepts_common_types():
+    import numpy as np
+    import pandas as pd
+
+    ts = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc).timestamp()
+    assert to_epoch(pd.Timestamp("2024-05-01", tz="UTC")) == ts
+    assert to_epoch(np.datetime64("2024-05-01T00:00:00")) == ts
+    assert to_epoch("2024-05-01") == ts
+    with pytest.raises(UsageError):
+        to_epoch(True)
+    with pytest.raises(UsageError):
+        to_epoch(object())
+
+
+def test_argparse_types():
+    assert time_arg("5") == 5.0 and duration_arg("1m") == 60.0
+    with pytest.raises(argparse.ArgumentTypeError):
+        time_arg("soon")
+    with pytest.raises(argparse.ArgumentTypeError):
+        duration_arg("long")
+
+
+def test_negative_relative_times_are_values_not_options():
+    args = parser().parse_args(["find", "--start", "-15m", "--end", "-1h30m"])
+    assert args.start < args.end + 5400 and args.start < time.time()
+    args = parser().parse_args(["live", "--start", "-10s"])
+    assert args.start < time.time()
+
+
+def test_filter_options_build_the_filter():
+    args = parser().parse_args(
+        ["find", "--start", "10", "--end", "20", "--tag", "a", "--tag", "b.+", "--content", r"\d", "--order", "desc"]
+    )
+    f = cli_client._filter_from(args)
+    assert (f.start, f.end, f.tags, f.content, f.order) == (10.0, 20.0, ("a", "b.+"), r"\d", "desc")
+
+
+# --------------------------------------------------------------------------- commands against an upstream-like collector
+
+
+def test_send_from_arguments(upstream, capsys):
+    assert run(["send", "--url", upstream.url, "--source", "/dev/door", "--tag", "home,door", "--tag", "x", "unlocked"]) == 0
+    assert upstream.wait_for_events(1)
+    event = upstream.events[0]
+    assert (event.source, event.tags, event.content) == ("/dev/door", ["home", "door", "x"], "unlocked")
+    assert capsys.readouterr().out.strip() == event.id
+    run(["send", "--url", upstream.url, "--content", "ü 🌡", "--timestamp", "1700000000.5", "--id", "my-id"])
+    assert upstream.wait_for_events(2)
+    assert upstream.events[1] == Event(id="my-id", timestamp=1700000000.5, source="", tags=[], content="ü 🌡")
+
+
+def test_send_from_stdin(upstream, capsys, monkeypatch):
+    stdin = io.TextIOWrapper(io.BytesIO("first line\nsecond ü\n\nthird".encode()))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert run(["send", "--url", upstream.url, "--stdin", "--source", "app.log", "--tag", "app"]) == 0
+    assert upstream.wait_for_events(3)
+    assert [e.content for e in upstream.events] == ["first line", "second ü", "third"]
+    assert all(e.source == "app.log" and e.tags == ["app"] for e in upstream.events)
+    assert "sent 3 event(s)" in capsys.readouterr().err
+
+
+def test_stdin_chunks_follow_arrivals():
+    assert list(cli_client._stdin_chunks(io.BytesIO(b"a\nb\nc"))) == [[b"a", b"b"], [b"c"]]
+    assert list(cli_client._stdin_chunks(io.BytesIO(b""))) == []
+
+
+def test_find_table(upstream, capsys):
+    for e in make_events(3):
+        upstream.events.append(e)
+    assert run(["find", "--url", upstream.url, *IDLE]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].split() == ["TIME", "(UTC)", "SOURCE", "TAGS", "CONTENT"]
+    assert lines[1].split() == ["2023-11-14T22:13:20.000000Z", "/dev/s0", "sensor,k0", "0C"]
+    assert len(lines) == 4 and "3 event(s)" in err
+
+
+def test_find_csv_and_jsonl_keep_every_field(upstream, capsys):
+    odd = Event(id="ü", timestamp=BASE + 0.125, source="/a:b", tags=["x", "y"], content='multi\nline, "quoted"')
+    upstream.events.extend([*make_events(2), odd])
+    run(["find", "--url", upstream.url, *IDLE, "--format", "csv"])
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["id", "timestamp", "source", "tags", "content"]
+    assert rows[2] == ["ü", repr(BASE + 0.125), "/a:b", "x,y", 'multi\nline, "quoted"']
+    run(["find", "--url", upstream.url, *IDLE, "--format", "jsonl", "--start", str(BASE + 0.1)])
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert records[0] == {"id": "ü", "timestamp": BASE + 0.125, "source": "/a:b", "tags": ["x", "y"],
+                           "content": 'multi\nline, "quoted"'}
+    assert [r["id"] for r in records] == ["ü", "e1"]
+
+
+def test_find_filters_and_limits(upstream, capsys):
+    upstream.events.extend(make_events(10))
+    run(["find", "--url", upstream.url, *IDLE, "--format", "jsonl", "--tag", "k1", "--content", "^[13579]C", "--limit", "3"])
+    assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == ["e1", "e3", "e5"]
+    run(["find", "--url", upstream.url, *IDLE, "--format", "jsonl", "--start", str(BASE + 8)])
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_find_out_delegates_to_export(upstream, tmp_path, capsys):
+    if importlib.util.find_spec("theia_frames.export") is None:
+        pytest.skip("theia_frames.export is not available")
+    upstream.events.extend(make_events(5))
+    path = tmp_path / "events.jsonl"
+    assert run(["find", "--url", upstream.url, *IDLE, "--out", str(path)]) == 0
+    assert "wrote 5 event(s)" in capsys.readouterr().err
+    assert len(path.read_text().splitlines()) == 5
+
+
+def test_find_bad_filter_is_reported():
+    from theia_frames.cli import main
+
+    with pytest.raises(SystemExit):
+        parser().parse_args(["find", "--start", "soon"])
+    if importlib.util.find_spec("theia_frames.cli.serve") is not None:
+        assert main(["find", "--url", "ws://127.0.0.1:1", "--start", "10", "--end", "5"]) == 1
+
+
+def test_live_prints_events_as_they_come(upstream, capsys):
+    def sender():
+        assert upstream.wait_for_events(0)
+        deadline = time.monotonic() + 10
+        while upstream.live_subscribers == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        from theia_frames.client import send
+
+        send(upstream.url, [Event(id="x", timestamp=BASE, tags=["k"], content="skip me"),
+                            Event(id="y", timestamp=time.time(), tags=["k"], content="21.5C")])
+
+    t = threading.Thread(target=sender)
+    t.start()
+    assert run(["live", "--url", upstream.url, "--format", "jsonl", "--start", "-1m", "--limit", "1"]) == 0
+    t.join(10)
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["id"] for line in out.splitlines()] == ["y"]
+    assert "received 1 event(s)" in err
+
+
+def test_simulate_command(upstream, capsys):
+    assert run(["simulate", "--url", upstream.url, "--rate", "2000", "--n", "20", "--sources", "2", "--seed", "4"]) == 0
+    assert "sent 20 event(s)" in capsys.readouterr().err
+    assert upstream.wait_for_events(20)
+    assert {e.source for e in upstream.events} == {"/dev/sensors/temp-1", "/dev/sensors/humidity-2"}
+    assert run(["simulate", "--url", upstream.url, "--rate", "1000", "--duration", "10ms", "--fast"]) == 0
+    assert "sent 10 event(s)" in capsys.readouterr().err
+
+
+def test_connection_problem_is_a_clean_error():
+    from theia_frames.exceptions import ConnectError
+
+    with pytest.raises(ConnectError, match="127.0.0.1:1"):
+        run(["find", "--url", "ws://127.0.0.1:1"])
+
+
+# --------------------------------------------------------------------------- the real command, in a subprocess
+
+needs_full_cli = pytest.mark.skipif(
+    importlib.util.find_spec("theia_frames.cli.serve") is None, reason="the serve command is not available"
+)
+
+
+@needs_full_cli
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+def test_live_ctrl_c_exits_cleanly_with_a_count(upstream):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "theia_frames", "live", "--url", upstream.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while upstream.live_subscribers == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert upstream.live_subscribers == 1
+        from theia_frames.client import send
+
+        send(upstream.url, Event(content="hello from the test"))
+        line = proc.stdout.readline()  # the header
+        line = proc.stdout.readline()
+        assert "hello from the test" in line
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert "received 1 event(s)" in err
+    assert "Traceback" not in err
+
+
+@needs_full_cli
+def test_commands_are_registered():
+    from theia_frames.cli import build_parser
+
+    text = build_parser().format_help()
+    for command in ("send", "find", "live", "simulate"):
+        assert command in text
