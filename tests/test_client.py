@@ -885,3 +885,73 @@ def test_bulk_decoding_is_used_for_many_messages(monkeypatch):
     batch = client_module._decode_plain([encode(e) for e in events] + [b"bad"], lambda exc: None)
     assert batch.num_rows == 1000 and calls == [1]
     assert list(client_module._batch_events(batch)) == events
+
+
+# --------------------------------------------------------------------------- edge cases, scripted (MockServer)
+
+
+def test_arrow_batches_pass_through_and_are_time_checked():
+    from theia_frames.testing import MockServer
+
+    events = make_events(10)
+    with MockServer(batch=True) as mock:
+        mock.on_find([events_to_batch(events[:6]), encode(events[6]), events_to_batch(events[7:])])
+        with Client(mock.url) as client:
+            result = client.find(Filter(BASE + 0.0015).match_end(BASE + 0.0085))
+            assert result.batched
+            batches = list(result.iter_batches())
+    ids = [i for b in batches for i in b.column("id").to_pylist()]
+    assert ids == [f"e{i}" for i in range(2, 9)]
+    assert result.complete and result.ended_by == "close"
+
+
+def test_a_broken_arrow_batch_is_a_per_message_error():
+    from theia_frames.testing import MockServer
+
+    with MockServer(batch=True) as mock:
+        mock.on_find([b"\xff\xff\xff\xff broken", encode(Event(id="ok", timestamp=BASE))])
+        with Client(mock.url) as client:
+            result = client.find(Filter(1))
+            assert [e.id for e in result] == ["ok"]
+            assert result.skipped == 1 and "Arrow" in str(result.errors[0])
+
+
+def test_silence_on_a_negotiated_find_is_a_timeout_not_the_end():
+    from theia_frames.testing import MockServer
+
+    with MockServer(batch=True) as mock:
+        mock.respond("ok", encode(Event(timestamp=BASE)), path="/find").stall(path="/find")
+        with Client(mock.url, timeout=0.3, idle_timeout=0.1) as client:
+            result = client.find(Filter(1))
+            with pytest.raises(TheiaTimeoutError, match="/find"):
+                list(result)
+
+
+def test_going_away_mid_find_raises():
+    from theia_frames.testing import MockServer
+
+    with MockServer() as mock:
+        mock.respond("ok", *make_events(3), path="/find").close_with(1001, "server stop", path="/find")
+        with pytest.raises(ConnectionClosed, match="1001") as info:
+            list(tf.find(mock.url, Filter(1)))
+        assert info.value.code == 1001
+
+
+def test_subscriber_too_slow():
+    from theia_frames.exceptions import SubscriberTooSlow
+    from theia_frames.testing import MockServer
+
+    with MockServer() as mock:
+        mock.respond("ok", path="/live").close_with(1008, "subscriber too slow", path="/live")
+        with Client(mock.url) as client:
+            with pytest.raises(SubscriberTooSlow):
+                list(client.receive(Filter(1)))
+
+
+def test_no_answer_to_the_filter_is_a_timeout():
+    from theia_frames.testing import MockServer
+
+    with MockServer() as mock:
+        mock.stall(path="/find")
+        with pytest.raises(TheiaTimeoutError, match="did not answer"):
+            tf.find(mock.url, Filter(1), timeout=0.2)
