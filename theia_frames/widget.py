@@ -138,21 +138,39 @@ def _readings(df: pd.DataFrame) -> pd.DataFrame | None:
     ok = ~np.isnan(value)
     if ok.sum() * 2 < len(df):  # mostly not readings: count events instead
         return None
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
-            "timestamp": df["timestamp"].to_numpy()[ok],
+            "timestamp": _naive_utc(df["timestamp"])[ok],
             "source": df["source"].astype(str).to_numpy()[ok],
             "value": value[ok],
             "unit": unit[codes[ok]],
         }
     )
+    # late events arrive out of order; lines are drawn in time order
+    if not out["timestamp"].is_monotonic_increasing:
+        out = out.sort_values("timestamp", kind="stable", ignore_index=True)
+    return out
+
+
+def _naive_utc(times: Any) -> Any:
+    """Timestamps as naive UTC ``datetime64[ns]`` values: matplotlib converts those
+    in one go, but tz-aware ones one Timestamp object at a time."""
+    import numpy as np
+    import pandas as pd
+
+    index = pd.DatetimeIndex(times)
+    if index.tz is not None:
+        index = index.tz_convert("UTC").tz_localize(None)
+    return np.asarray(index, dtype="datetime64[ns]")
 
 
 def default_plot(df: pd.DataFrame, ax: Any, *, max_points: int = 1000) -> None:
     """Draw numeric readings per source over time, or event counts per time bucket per source.
 
     Readings with several units get one panel each (the figure of ``ax`` is
-    split). At most ``max_points`` points per source are drawn, evenly spread.
+    split; at most four units, the most frequent, in name order). At most
+    ``max_points`` points per source are drawn, evenly spread, and at most ten
+    sources (the busiest).
 
     >>> from matplotlib.figure import Figure
     >>> from theia_frames.frames import to_dataframe
@@ -160,7 +178,7 @@ def default_plot(df: pd.DataFrame, ax: Any, *, max_points: int = 1000) -> None:
     >>> fig = Figure()
     >>> default_plot(to_dataframe(sensor_events(40, sources=2, seed=1), progress=False), fig.add_subplot())
     >>> [a.get_ylabel() for a in fig.axes]
-    ['C', '%']
+    ['%', 'C']
     """
     _DefaultPlotter(ax.figure, max_points).draw(df, ax)
 
@@ -208,7 +226,10 @@ class _DefaultPlotter:
         self._lines = {}
 
     def _draw_readings(self, readings: pd.DataFrame, ax: Any) -> None:
-        units = [str(u) for u in readings["unit"].value_counts().index[:4]]
+        # the four most frequent units (ties by name), shown in name order so panels stay put
+        counts = readings["unit"].value_counts()
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
+        units = sorted(str(u) for u, _ in ranked[:4])
         sources = sorted(_busiest_sources(readings))
         series = {
             (str(unit), str(source)): rows
@@ -222,7 +243,7 @@ class _DefaultPlotter:
                 for (u, source), rows in series.items():
                     if u == unit:
                         (self._lines[u, source],) = axis.plot(
-                            rows["timestamp"], rows["value"], label=source, linewidth=1.2
+                            rows["timestamp"].to_numpy(), rows["value"].to_numpy(), label=source, linewidth=1.2
                         )
                 axis.set_ylabel(unit or "value")
                 axis.grid(True, alpha=0.3)
@@ -248,7 +269,7 @@ class _DefaultPlotter:
             axis = self._axes[0]
             for source in sources:
                 (self._lines["", source],) = axis.step(
-                    counts.index, counts[source], where="post", label=source, linewidth=1.2
+                    _naive_utc(counts.index), counts[source].to_numpy(), where="post", label=source, linewidth=1.2
                 )
             axis.set_ylabel(f"events per {freq}")
             axis.set_xlabel("time (UTC)")
@@ -260,7 +281,7 @@ class _DefaultPlotter:
             self._layout = layout
         else:
             for source in sources:
-                self._lines["", source].set_data(counts.index, counts[source].to_numpy())
+                self._lines["", source].set_data(_naive_utc(counts.index), counts[source].to_numpy())
             self._rescale()
             self._axes[0].set_ylim(bottom=0)
 
