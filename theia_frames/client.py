@@ -180,6 +180,15 @@ def _mask(payload: bytes, key: bytes) -> bytes:
     n = len(payload)
     if not n:
         return b""
+    if n >= 16384:
+        import numpy as np
+
+        out = np.frombuffer(payload, np.uint8).copy()
+        words = n // 4
+        # the same four key bytes over every aligned word: endianness does not matter
+        out[: words * 4].view(np.uint32).__ixor__(np.frombuffer(key, np.uint32)[0])
+        out[words * 4 :] ^= np.frombuffer(key[: n - words * 4], np.uint8)
+        return out.tobytes()
     reps = key * (n // 4 + 1)
     return (int.from_bytes(payload, "little") ^ int.from_bytes(reps[:n], "little")).to_bytes(n, "little")
 
@@ -1341,30 +1350,19 @@ def _first_invalid(events: Sequence[Any]) -> InvalidEventError:
 def _checked_event_batch(events: Sequence[Event]) -> pa.RecordBatch:
     """Events as one batch, refusing what :func:`~theia_frames.codec.encode` would refuse."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    ids: list[Any] = []
-    tss: list[Any] = []
-    srcs: list[Any] = []
-    tags: list[str] = []
-    cnts: list[Any] = []
     try:
-        for e in events:
-            t = e.tags
-            joined = ",".join(t)
-            if t and joined.count(",") != len(t) - 1:
-                raise _first_invalid(events)
-            ids.append(e.id)
-            tss.append(e.timestamp)
-            srcs.append(e.source)
-            tags.append(joined)
-            cnts.append(e.content)
+        tag_lists = [e.tags for e in events]
+        tags = [",".join(t) for t in tag_lists]
+        # a tag holding a comma would come back as two tags
+        if sum(t.count(",") for t in tags) != sum(len(t) - 1 for t in tag_lists if t):
+            raise _first_invalid(events)
         arrays = [
-            pa.array(ids, pa.string()),
-            pa.array(tss, pa.float64()),
-            pa.array(srcs, pa.string()),
+            pa.array([e.id for e in events], pa.string()),
+            pa.array([float(e.timestamp) for e in events], pa.float64()),
+            pa.array([e.source for e in events], pa.string()),
             pa.array(tags, pa.string()),
-            pa.array(cnts, pa.string()),
+            pa.array([e.content for e in events], pa.string()),
         ]
     except InvalidEventError:
         raise
