@@ -123,7 +123,8 @@ DEFAULT_IDLE_TIMEOUT = 3.0
 DEFAULT_BATCH_SIZE = 10_000
 #: At most this many events per Arrow message sent by :meth:`Client.send_many`.
 DEFAULT_SEND_BATCH = 20_000
-#: ... and at most about this many bytes of event text per Arrow message.
+#: ... and at most about this many bytes of content per Arrow message (our
+#: collector accepts messages of up to 16 MiB by default).
 SEND_BATCH_BYTES = 8 * 1024 * 1024
 
 FilterLike = Union[EventFilter, Mapping[str, Any], None]
@@ -137,6 +138,8 @@ _CLOSE_WAIT = 2.0
 _MAX_KEPT_ERRORS = 1000
 _NORMAL_CLOSE = (1000, 1005)  # 1005: a close frame without a status code, still an orderly close
 _TOO_SLOW_CODES = (1008, 1013)
+# /event closes that are about the data sent (invalid, policy, too big, server error)
+_DATA_CLOSE_CODES = (1007, 1008, 1009, 1011)
 
 _OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0, 1, 2, 8, 9, 10
 
@@ -614,6 +617,8 @@ class _Stream:
                 continue
             text = error_text(m)
             if text is not None:
+                if text.lower().startswith("subscriber too slow"):
+                    raise SubscriberTooSlow(f"{self.url} dropped this subscriber: {text}", url=self.url, code=1013)
                 raise ServerError(text, url=self.url)
             append(m if isinstance(m, bytes) else m.encode())
         return data
@@ -1147,14 +1152,25 @@ class Client:
             except ProtocolError:
                 msgs = []
                 conn.ended = True
+            for m in msgs:
+                text = error_text(m)
+                if text is not None:
+                    if conn.ended:
+                        self._dropped(conn)
+                    raise ServerError(f"an event sent earlier was rejected: {text}", url=conn.url)
             if conn.ended:
-                conn.close()
-                self._event = conn = None
-            else:
-                for m in msgs:
-                    text = error_text(m)
-                    if text is not None:
-                        raise ServerError(f"an event sent earlier was rejected: {text}", url=conn.url)
+                self._dropped(conn)
+                code = conn.close_code
+                if code in _DATA_CLOSE_CODES:
+                    # the server closed because of what we sent: events may be lost, say so
+                    reason = f" ({conn.close_reason})" if conn.close_reason else ""
+                    raise ConnectionClosed(
+                        f"{conn.url} closed the connection with code {code}{reason}; "
+                        "events sent before may not have been stored",
+                        url=conn.url,
+                        code=code,
+                    )
+                conn = None
         if conn is None:
             conn = _Connection.open(
                 f"{self.url}/event",
@@ -1326,7 +1342,8 @@ def _event_batches(events: list[Event], max_bytes: int) -> Iterator[pa.RecordBat
     size = 0
     for i, e in enumerate(events):
         try:
-            size += len(e.content)
+            c = e.content
+            size += len(c) if c.isascii() else len(c.encode("utf-8", "replace"))
         except (AttributeError, TypeError):
             pass
         if size >= max_bytes and i + 1 > start:
