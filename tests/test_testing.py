@@ -766,3 +766,43 @@ def test_plugin_fails_a_users_client_test_with_an_unmet_expectation(pytester):
             "*received: Event(*content='19.0C') (encoded)",
         ]
     )
+
+
+def test_plugin_collector_and_client_fixtures(pytester):
+    pytester.makepyfile(
+        """
+        import socket
+        import time
+
+        import pytest
+        from theia_frames import Event, Filter
+
+        URLS = []
+
+        def found_ids(client, deadline=10.0):
+            # sending is asynchronous: poll until the collector has stored the event
+            end = time.monotonic() + deadline
+            while True:
+                ids = [e.id for e in client.find(Filter(1))]
+                if ids or time.monotonic() > end:
+                    return ids
+                time.sleep(0.02)
+
+        def test_round_trip(theia_collector, theia_client):
+            URLS.append(theia_collector.url)
+            assert theia_client.url == theia_collector.url
+            theia_client.send(Event(id="a", timestamp=5.0, content="21.5C"))
+            assert found_ids(theia_client) == ["a"]
+
+        def test_each_test_gets_a_fresh_collector(theia_collector, theia_client):
+            assert theia_collector.url != URLS[0]
+            assert [e.id for e in theia_client.find(Filter(1))] == []
+
+        def test_the_collector_is_stopped_after_its_test():
+            port = int(URLS[0].rsplit(":", 1)[1])
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=2)
+        """
+    )
+    result = pytester.runpytest(*plugin_args())
+    result.assert_outcomes(passed=3)
