@@ -389,3 +389,37 @@ def test_frames_module_registers_the_accessor():
     df = to_dataframe(sample(2))
     assert hasattr(df, "theia")
     assert frames.__all__
+
+
+# --------------------------------------------------------------------------- against the real collector
+
+
+def _stored(collector, n, timeout=10.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while collector.store.count() < n:
+        assert time.monotonic() < deadline, f"the collector stored {collector.store.count()} of {n} events"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batched", "plain"])
+def test_a_find_result_of_the_real_collector(collector, batch):
+    from theia_frames.client import Client
+    from theia_frames.filter import Filter
+    from theia_frames.simulate import sensor_events
+
+    events = list(sensor_events(700, sources=3, rate=1000, start=1_700_000_000, seed=2))
+    with Client(collector.url, batch=batch) as client:
+        client.send_many(events)
+        _stored(collector, len(events))
+        df = to_dataframe(client.find(Filter(1_700_000_000)), progress=False)
+        pd.testing.assert_frame_equal(df, reference_frame(events))
+        temps = to_dataframe(client.find(Filter(1_700_000_000).match_tag("temp")), progress=False)
+        assert len(temps) > 0 and set(temps["source"].astype(str)) == {"/dev/sensors/temp-1"}
+        empty = to_dataframe(client.find(Filter(1_800_000_000)), progress=False)
+        assert len(empty) == 0
+        for c in EVENT_COLUMNS:
+            assert empty[c].dtype == EVENT_DTYPES[c]
+        chunks = list(iter_dataframes(client.find(Filter(1_700_000_000)), chunk_size=300, progress=False))
+        assert [len(c) for c in chunks] == [300, 300, 100]

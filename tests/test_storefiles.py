@@ -284,3 +284,45 @@ def test_garbage_between_events_is_reported_and_skipped(tmp_path, evs, data):
     assert ids(df) == [e.id for e in evs]
     report = df.attrs["theia_report"]
     assert len(report.damage) == 1
+
+
+# --------------------------------------------------------------------------- theia-frames import
+
+
+def test_import_command_loads_a_damaged_store_into_a_database(damaged, tmp_path, capsys):
+    from theia_frames.cli import main
+    from theia_frames.client import Client
+    from theia_frames.collector import serve
+    from theia_frames.filter import Filter
+
+    folder, intact, garbage_at, _ = damaged
+    db = tmp_path / "events.db"
+    assert main(["import", str(folder), "--db", str(db)]) == 1  # something was skipped
+    out, err = capsys.readouterr()
+    assert f"imported {len(intact)} events into {db}" in out
+    assert f"{T0 + 60}-{T0 + 120}: byte {garbage_at}: no preamble" in err
+    # importing again adds nothing twice
+    assert main(["import", str(folder), "--db", str(db), "--quiet"]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DamagedStoreWarning)
+        expected = read_store(folder)
+    with serve(db=str(db), port=0) as collector:
+        assert collector.store.count() == len(intact)
+        with Client(collector.url) as client:
+            df = to_dataframe(client.find(Filter(T0)), progress=False)
+    expected.attrs.clear()
+    pd.testing.assert_frame_equal(df, expected)
+
+
+def test_import_command_with_a_time_range_and_errors(store, tmp_path, capsys):
+    from theia_frames.cli import main
+    from theia_frames.store import EventStore
+
+    db = tmp_path / "part.db"
+    assert main(["import", str(store), "--db", str(db), "--start", str(T0 + 60), "--end", str(T0 + 119)]) == 0
+    assert "imported 4 events" in capsys.readouterr().out
+    with EventStore(str(db)) as s:
+        assert s.count() == 4
+    assert main(["import", str(tmp_path / "nope"), "--db", str(tmp_path / "x.db")]) == 1
+    assert "no such store" in capsys.readouterr().err
+    assert not (tmp_path / "x.db").exists()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from typing import Any
 
 from ..timeparse import time_arg
@@ -76,23 +75,27 @@ def register(subparsers: Any) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from ..batch import iter_batch_events
     from ..storefiles import StoreReport, iter_store_batches
     from ..store import EventStore
 
     report = StoreReport()
+    added = 0
+    # The path is checked (and a bad one reported) before the database is made.
+    batches = iter_store_batches(args.path, start=args.start, end=args.end, strict=args.strict, report=report)
+    first = next(batches, None)
     store = EventStore(args.db)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for batch in iter_store_batches(args.path, start=args.start, end=args.end, strict=args.strict, report=report):
-                store.add_many(iter_batch_events(batch))
+        if first is not None:
+            added += store.add_many(first)
+        for batch in batches:
+            added += store.add_many(batch)
     finally:
         store.close()
     if not args.quiet or not report.ok:
         print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
     if not args.quiet:
-        print(f"imported {report.events} events into {args.db}")
+        again = report.events - added
+        print(f"imported {added} events into {args.db}" + (f" ({again} were already there)" if again else ""))
     return 0 if report.ok else 1
 
 
