@@ -6,15 +6,21 @@ import datetime as dt
 import threading
 import time
 
+import pandas as pd
+import psutil
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from theia_frames.batch import events_to_batch
+from theia_frames.client import Client
 from theia_frames.event import Event
-from theia_frames.exceptions import UsageError
+from theia_frames.exceptions import ConnectError, UsageError
+from theia_frames.filter import Filter
+from theia_frames.frames import EVENT_DTYPES
 from theia_frames.live import EventBuffer, LiveFrame, LiveStatus, parse_window
+from theia_frames.simulate import sensor_events
 
 
 def make_batch(start: int, n: int, *, t0: float = 1_700_000_000.0, step: float = 0.001) -> pa.RecordBatch:
@@ -173,3 +179,238 @@ def test_bad_arguments_are_usage_errors():
         LiveFrame("ws://127.0.0.1:1", "sensor")
     with pytest.raises(UsageError, match="max_rows"):
         LiveFrame("ws://127.0.0.1:1", max_rows=-1)
+
+
+# --------------------------------------------------------------------------- against the real collector
+
+SENSORS = Filter().match_tag("sensor")
+
+
+def wait_until(condition, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def sender(collector):
+    with Client(collector.url) as client:
+        yield client
+
+
+def readings(n: int, *, seed: int = 1, sources: int = 3) -> list[Event]:
+    return list(sensor_events(n, sources=sources, seed=seed))
+
+
+def connections_to(port: int) -> int:
+    """This process's open TCP connections to ``port`` on the loopback."""
+    return sum(
+        1
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    )
+
+
+def test_events_arrive_into_the_frame(collector, sender):
+    with LiveFrame(collector.url, SENSORS) as live:
+        assert live.state == "running" and live.running
+        assert len(live.df) == 0 and live.df.dtypes.equals(pd.Series(EVENT_DTYPES))
+        sent = sender.send_many(readings(500))
+        assert live.wait_for(sent)
+        df = live.df
+        assert len(df) == 500 and len(live) == 500
+        assert df.dtypes.equals(pd.Series(EVENT_DTYPES))
+        assert sorted(df["id"]) == sorted(e.id for e in readings(500))
+        status = live.status()
+        assert (status.state, status.received, status.rows, status.errors) == ("running", 500, 500, 0)
+        assert status.newest is not None and status.version == live.version > 0
+        assert "500 events" in str(status) and "running" in repr(live)
+    assert live.state == "stopped" and not live.running
+
+
+def test_only_matching_events_arrive(collector, sender):
+    with LiveFrame(collector.url, Filter().match_tag("temp")) as live:
+        events = readings(90, sources=3)  # temp, humidity, pressure in turn
+        sender.send_many(events)
+        sender.send(Event(id="marker", tags=["temp"], content="last"))
+        wait_until(lambda: "marker" in set(live.df["id"]), what="the marker")
+        assert len(live.df) == 31
+        assert set(live.df["source"].astype(str)) == {"/dev/sensors/temp-1", ""}
+
+
+def test_df_is_cached_until_something_changes(collector, sender, monkeypatch):
+    import theia_frames.frames as frames
+
+    builds = []
+    real = frames.batches_to_dataframe
+    monkeypatch.setattr(frames, "batches_to_dataframe", lambda b, **kw: builds.append(1) or real(b, **kw))
+    with LiveFrame(collector.url, SENSORS) as live:
+        assert live.wait_for(sender.send_many(readings(50)))
+        first = live.df
+        n = len(builds)
+        for _ in range(10):
+            assert live.df.equals(first)
+        assert len(builds) == n  # no rebuild: nothing changed
+        first["extra"] = 1  # changing a returned frame does not change the cache
+        assert "extra" not in live.df.columns
+        assert live.wait_for(50 + sender.send_many(readings(5, seed=2)))
+        assert len(live.df) == 55 and len(builds) == n + 1
+
+
+def test_stop_ends_the_thread_and_closes_the_socket(collector, sender):
+    sender.send(Event(tags=["warm-up"]))  # the sender's own connection, opened now
+    baseline = connections_to(collector.port)
+    live = LiveFrame(collector.url, SENSORS).start()
+    assert connections_to(collector.port) == baseline + 1
+    assert live.wait_for(sender.send_many(readings(20)))
+    thread = live._thread
+    live.stop()
+    assert not thread.is_alive() and not live.running
+    assert live.state == "stopped"
+    wait_until(lambda: connections_to(collector.port) == baseline, what="the socket to close")
+    assert len(live.df) == 20  # what arrived stays readable
+    live.stop()  # idempotent
+    with pytest.raises(UsageError, match="stopped"):
+        live.start()
+
+
+def test_stop_is_prompt_without_traffic(collector):
+    live = LiveFrame(collector.url, SENSORS).start()
+    thread = live._thread
+    live.stop(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_a_client_given_is_left_open(collector, sender):
+    with Client(collector.url) as client:
+        with LiveFrame(client, SENSORS) as live:
+            assert live.url == collector.url
+            assert live.wait_for(sender.send_many(readings(10)))
+        assert not client.closed
+        assert client.find(SENSORS).iter_batches() is not None
+
+
+def test_pause_freezes_the_frame_and_resume_catches_up(collector, sender):
+    seen = []
+    with LiveFrame(collector.url, SENSORS, on_batch=lambda df: seen.append(len(df))) as live:
+        assert live.wait_for(sender.send_many(readings(30)))
+        wait_until(lambda: sum(seen) == 30, what="the hook")
+        live.pause()
+        assert live.state == "paused"
+        version = live.version
+        assert live.wait_for(30 + sender.send_many(readings(40, seed=2)))
+        assert live.version == version and len(live.df) == 30
+        assert sum(seen) == 30  # hooks wait too
+        status = live.status()
+        assert status.state == "paused" and status.received == 70 and status.rows == 30
+        live.resume()
+        assert live.state == "running" and len(live.df) == 70 and live.version != version
+        assert sum(seen) == 70 and seen[-1] == 40  # what arrived while paused, in one batch
+
+
+def test_hooks_get_each_batch_as_a_dataframe(collector, sender):
+    frames_seen = []
+    with LiveFrame(collector.url, SENSORS) as live:
+        hook = live.add_hook(frames_seen.append)
+
+        @live.add_hook
+        def broken(df):
+            raise RuntimeError("hook failed")
+
+        assert live.wait_for(sender.send_many(readings(200)))
+        wait_until(lambda: sum(map(len, frames_seen)) == 200, what="the hook")
+        assert all(f.dtypes.equals(pd.Series(EVENT_DTYPES)) for f in frames_seen)
+        assert live.status().errors >= 1 and "hook failed" in live.status().last_error
+        assert live.state == "running"  # a failing hook does not end the stream
+        live.remove_hook(hook)
+        live.remove_hook(broken)
+        count = len(frames_seen)
+        assert live.wait_for(200 + sender.send_many(readings(10, seed=3)))
+        assert len(frames_seen) == count
+
+
+def test_memory_bound_holds_under_100k_events(collector, sender):
+    max_rows = 10_000
+    events = list(sensor_events(100_000, sources=4, seed=9))
+    with LiveFrame(collector.url, SENSORS, max_rows=max_rows) as live:
+        peak = [0]
+
+        def watch(_df):
+            buf = live._buffer
+            peak[0] = max(peak[0], buf.retained_rows)
+            assert buf.rows <= max_rows
+
+        live.add_hook(watch)
+        for start in range(0, len(events), 10_000):
+            sender.send_many(events[start : start + 10_000])
+        assert live.wait_for(100_000, timeout=120)
+        status = live.status()
+        assert status.received == 100_000
+        assert status.rows == max_rows == len(live.df)
+        assert status.dropped == 90_000
+        assert peak[0] <= 2 * max_rows
+        assert live._buffer.retained_rows <= 2 * max_rows
+        assert list(live.df["id"]) == [e.id for e in events[-max_rows:]]
+
+
+def test_window_rolls_off_old_rows(collector, sender):
+    with LiveFrame(collector.url, SENSORS, window="1s") as live:
+        events = list(sensor_events(3000, sources=2, rate=1000, start=time.time(), seed=4))
+        assert live.wait_for(sender.send_many(events))
+        df = live.df
+        span = (df["timestamp"].max() - df["timestamp"].min()).total_seconds()
+        assert span <= 1.0 and len(df) == 1001
+
+
+def test_reads_are_safe_while_the_consumer_writes(collector, sender):
+    problems = []
+    done = threading.Event()
+
+    with LiveFrame(collector.url, SENSORS) as live:
+
+        def reader():
+            last = 0
+            try:
+                while not done.is_set():
+                    n = len(live.df)
+                    assert n >= last
+                    last = n
+                    live.status()
+                    live.table.num_rows
+            except Exception as exc:  # reported to the test below
+                problems.append(exc)
+
+        threads = [threading.Thread(target=reader) for _ in range(3)]
+        for t in threads:
+            t.start()
+        events = readings(20_000, seed=5)
+        for start in range(0, len(events), 500):
+            sender.send_many(events[start : start + 500])
+        assert live.wait_for(20_000, timeout=60)
+        done.set()
+        for t in threads:
+            t.join()
+        assert not problems
+        assert len(live.df) == 20_000
+
+
+def test_connection_refused_is_raised_by_start(collector):
+    url = collector.url
+    collector.stop()
+    live = LiveFrame(url, SENSORS)
+    with pytest.raises(ConnectError):
+        live.start()
+    assert live.state == "new"
+
+
+def test_collector_going_away_ends_the_frame(collector, sender):
+    live = LiveFrame(collector.url, SENSORS).start()
+    assert live.wait_for(sender.send_many(readings(10)))
+    collector.stop()
+    wait_until(lambda: not live.running, what="the consumer to end")
+    assert live.state in ("ended", "failed")
+    assert live.wait_for(11, timeout=1) is False
+    assert len(live.df) == 10
+    live.stop()
