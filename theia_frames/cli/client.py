@@ -195,6 +195,8 @@ class _Printer:
             self._csv.writerow(["id", "timestamp", "source", "tags", "content"])
 
     def write(self, event: Event) -> None:
+        # counted first: Ctrl-C may interrupt right after the line is out
+        self.count += 1
         if not self._header:
             self._write_header()
         if self.fmt == "table":
@@ -216,7 +218,6 @@ class _Printer:
                 "content": event.content,
             }
             self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.count += 1
 
     def flush(self) -> None:
         self.out.flush()
