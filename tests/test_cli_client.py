@@ -292,8 +292,8 @@ def test_live_ctrl_c_exits_cleanly_with_a_count(upstream):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0
-    assert "received 1 event(s)" in err
+    assert proc.returncode == 0, err
+    assert "received 1 event(s)" in err, (out, err)
     assert "Traceback" not in err
 
 
@@ -304,3 +304,50 @@ def test_commands_are_registered():
     text = build_parser().format_help()
     for command in ("send", "find", "live", "simulate"):
         assert command in text
+
+
+# --------------------------------------------------------------------------- against the embedded collector
+
+
+def _count(url):
+    from theia_frames.client import find
+
+    return sum(b.num_rows for b in find(url, None).iter_batches())
+
+
+def _wait_for(url, n, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while _count(url) < n:
+        assert time.monotonic() < deadline, f"the collector did not store {n} events"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("batch", [[], ["--no-batch"]], ids=["batched", "plain"])
+def test_simulate_then_find_with_the_collector(collector, capsys, batch):
+    assert run(["simulate", "--url", collector.url, "--rate", "5000", "--n", "200", "--seed", "1", "--fast", *batch]) == 0
+    _wait_for(collector.url, 200)
+    capsys.readouterr()
+    assert run(["find", "--url", collector.url, "--tag", "temp", "--format", "jsonl", *batch]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(records) == 50 and all(r["tags"][1] == "temp" for r in records)
+    assert run(["find", "--url", collector.url, "--order", "desc", "--limit", "2", *batch]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[1] > lines[2]
+
+
+def test_send_then_live_with_the_collector(collector, capsys):
+    result = {}
+
+    def live():
+        result["code"] = run(["live", "--url", collector.url, "--tag", "door", "--format", "jsonl", "--limit", "1"])
+
+    t = threading.Thread(target=live)
+    t.start()
+    deadline = time.monotonic() + 30
+    while t.is_alive() and time.monotonic() < deadline:
+        run(["send", "--url", collector.url, "--tag", "door", "--source", "/dev/door", "opened"])
+        t.join(0.2)
+    assert result["code"] == 0
+    out = capsys.readouterr().out
+    record = json.loads([line for line in out.splitlines() if line.startswith("{")][0])
+    assert (record["source"], record["tags"], record["content"]) == ("/dev/door", ["door"], "opened")

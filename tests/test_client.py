@@ -955,3 +955,207 @@ def test_no_answer_to_the_filter_is_a_timeout():
         mock.stall(path="/find")
         with pytest.raises(TheiaTimeoutError, match="did not answer"):
             tf.find(mock.url, Filter(1), timeout=0.2)
+
+
+# --------------------------------------------------------------------------- against the embedded collector
+
+
+def wait_for_count(url, n, *, batch=True, timeout=30.0):
+    """Poll with /find until the collector holds ``n`` events (sending is not acknowledged)."""
+
+    def count():
+        with Client(url, batch=batch) as client:
+            return sum(b.num_rows for b in client.find(Filter(1)).iter_batches())
+
+    assert wait_until(lambda: count() >= n, timeout=timeout, interval=0.05), f"the collector did not store {n} events"
+
+
+@pytest.fixture(params=[True, False], ids=["batched", "plain"])
+def batch(request):
+    return request.param
+
+
+def test_round_trip_of_10000_events_exactly(collector, batch):
+    events = make_events(10_000)
+    events[7] = Event(id="ü-7", timestamp=BASE + 0.007, source="/dev/ß:1", tags=[], content="")
+    with Client(collector.url, batch=batch) as client:
+        assert client.send_many(events) == 10_000
+        assert client.batched is batch
+        wait_for_count(collector.url, 10_000, batch=batch)
+        result = client.find(Filter(BASE))
+        got = list(result)
+        assert result.batched is batch and result.complete and result.ended_by == "close"
+        assert got == events
+        table = __import__("pyarrow").Table.from_batches(list(client.find(Filter(BASE)).iter_batches()))
+    assert table.num_rows == 10_000
+    assert table.column("id").to_pylist() == [e.id for e in events]
+    assert table.column("timestamp").to_pylist() == [e.timestamp for e in events]
+    assert table.column("tags").to_pylist() == [",".join(e.tags) for e in events]
+
+
+def test_round_trip_through_the_other_mode(collector):
+    # sent batched, found plain, and the other way round: the same events
+    a, b = make_events(300, prefix="a"), make_events(300, start=BASE + 10, prefix="b")
+    with Client(collector.url, batch=True) as client:
+        client.send_many(a)
+    with Client(collector.url, batch=False) as client:
+        client.send_many(b)
+    wait_for_count(collector.url, 600)
+    assert list(tf.find(collector.url, Filter(1), batch=False)) == a + b
+    assert list(tf.find(collector.url, Filter(1), batch=True)) == a + b
+
+
+def test_filters_order_and_local_recheck_with_the_collector(collector, batch):
+    events = make_events(200)
+    tf.send(collector.url, events, batch=batch)
+    wait_for_count(collector.url, 200)
+    f = Filter(BASE + 0.0505).match_end(BASE + 0.150).match_tag("k1").match_content(r"^\d*[37]\.5C$").order_desc()
+    expected = [e for e in reversed(events) if f.matches(e)]
+    assert expected
+    assert list(tf.find(collector.url, f, batch=batch)) == expected
+    batches = list(tf.find(collector.url, f, batch=batch).iter_batches())
+    assert [i for b in batches for i in b.column("id").to_pylist()] == [e.id for e in expected]
+    assert list(tf.find(collector.url, Filter(BASE + 1000), batch=batch)) == []
+
+
+def test_large_content_and_non_ascii_everywhere(collector, batch):
+    megabyte = Event(id="mb", timestamp=BASE, source="/dev/big", tags=["big"], content="x" * 1_000_000)
+    wide = Event(id="wide", timestamp=BASE + 1, source="/dev/wide", tags=["ü"], content="ü🌡" * 150_000)
+    odd = Event(
+        id="ид-日本-🙂",
+        timestamp=BASE + 2,
+        source="/датчик/温度:ß",
+        tags=["тег", "🌡", "café"],
+        content="21,5 °C\nzweite Zeile 🙂\u2028event: 1 2 3",
+    )
+    with Client(collector.url, batch=batch) as client:
+        client.send(megabyte)
+        client.send_many([wide, odd])
+        wait_for_count(collector.url, 3)
+        assert list(client.find(Filter(1))) == [megabyte, wide, odd]
+        assert list(client.find(Filter(1).match_tag("🌡").match_content("Zeile 🙂"))) == [odd]
+        assert list(client.find(Filter(1).match_tag("ü"))) == [wide]
+
+
+def test_live_with_a_concurrent_sender(collector, batch):
+    events = make_events(2000, start=time.time())
+    got = []
+    with Client(collector.url, batch=batch) as client:
+        with client.receive(Filter(BASE).match_tag("sensor")) as stream:
+            sender = threading.Thread(target=lambda: [client.send_many(events[i : i + 100]) for i in range(0, 2000, 100)])
+            sender.start()
+            for event in stream:
+                got.append(event)
+                if len(got) == len(events):
+                    break
+            sender.join(10)
+    assert got == events
+
+
+def test_live_batches_with_a_concurrent_sender(collector, batch):
+    events = make_events(1000, start=time.time())
+    rows = 0
+    with Client(collector.url, batch=batch) as client, client.receive(Filter(1)) as stream:
+        sender = threading.Thread(target=client.send_many, args=(events,))
+        sender.start()
+        ids = []
+        for b in stream.iter_batches():
+            assert b.schema.equals(event_schema())
+            ids += b.column("id").to_pylist()
+            rows += b.num_rows
+            if rows >= len(events):
+                break
+        sender.join(10)
+    assert ids == [e.id for e in events]
+
+
+def test_live_drops_events_before_a_fractional_start(collector, batch):
+    now = time.time()
+    start = int(now) + 0.5
+    with Client(collector.url, batch=batch) as client:
+        with client.receive(Filter(start)) as stream:
+            client.send_many(
+                [
+                    Event(id="before", timestamp=int(now) + 0.2),
+                    Event(id="after", timestamp=int(now) + 0.7),
+                ]
+            )
+            assert next(iter(stream)).id == "after"
+
+
+def test_live_close_from_another_thread_with_the_collector(collector):
+    with Client(collector.url) as client:
+        stream = client.receive(Filter(1))
+        t = threading.Thread(target=lambda: list(stream))
+        t.start()
+        stream.close()
+        t.join(5)
+        assert not t.is_alive()
+
+
+def test_collector_stopped_in_the_middle_of_a_find_raises(batch):
+    from theia_frames.collector import serve
+
+    n = 60_000
+    collector = serve(db=":memory:", port=0)
+    try:
+        with Client(collector.url) as client:
+            client.send_many(make_events(n))
+        wait_for_count(collector.url, n)
+        result = tf.find(collector.url, Filter(1), batch=batch)
+        batches = result.iter_batches()
+        got = next(batches).num_rows
+        assert got < n
+        stopper = threading.Thread(target=collector.stop)
+        stopper.start()
+        with pytest.raises(ConnectionClosed) as info:
+            for b in batches:
+                got += b.num_rows
+        assert got < n and not result.complete
+        assert info.value.code != 1000 and collector.url in str(info.value)
+        stopper.join(30)
+    finally:
+        collector.stop()
+
+
+def test_bad_event_reported_on_the_next_send(collector):
+    with Client(collector.url, batch=False) as client:
+        client.send(Event(id="fine", timestamp=BASE))
+        client._event.send_binary(b"this is not an event")
+        with pytest.raises(ServerError, match="rejected"):
+            assert wait_until(lambda: client._event._readable())
+            client.send(Event(id="after", timestamp=BASE))
+        client.send(Event(id="later", timestamp=BASE + 1))
+    wait_for_count(collector.url, 2)
+    assert [e.id for e in tf.find(collector.url, Filter(1))] == ["fine", "later"]
+
+
+def test_event_connection_reopened_after_the_collector_restarts():
+    from theia_frames.collector import serve
+
+    first = serve(db=":memory:", port=0)
+    port = first.port
+    with Client(first.url) as client:
+        client.send(Event(id="one", timestamp=BASE))
+        wait_for_count(first.url, 1)
+        first.stop()
+        assert wait_until(lambda: client._event is None or client._event._readable())
+        try:
+            second = serve(db=":memory:", port=port)
+        except TheiaError:
+            pytest.skip("the port was taken in between")
+        with second:
+            client.send(Event(id="two", timestamp=BASE))
+            wait_for_count(second.url, 1)
+            assert [e.id for e in tf.find(second.url, Filter(1))] == ["two"]
+
+
+def test_module_helpers_with_the_collector(collector):
+    assert tf.send(collector.url, make_events(5)) == 5
+    client = tf.connect(collector.url)
+    assert client.batched is True
+    client.send(Event(id="last", timestamp=BASE + 1))
+    client.close()
+    wait_for_count(collector.url, 6)
+    result = tf.find(collector.url, Filter(BASE))
+    assert [e.id for e in result][-1] == "last" and result.complete
