@@ -343,9 +343,11 @@ def test_memory_bound_holds_under_100k_events(collector, sender):
             assert buf.rows <= max_rows
 
         live.add_hook(watch)
-        for start in range(0, len(events), 10_000):
-            sender.send_many(events[start : start + 10_000])
-        assert live.wait_for(100_000, timeout=120)
+        # in steps the collector's live queue always holds (it drops a subscriber
+        # with more than 10,000 events waiting); the frame sees batches of all sizes
+        for start in range(0, len(events), 5_000):
+            sender.send_many(events[start : start + 5_000])
+            assert live.wait_for(start + 5_000, timeout=60)
         status = live.status()
         assert status.received == 100_000
         assert status.rows == max_rows == len(live.df)
@@ -388,6 +390,8 @@ def test_reads_are_safe_while_the_consumer_writes(collector, sender):
         events = readings(20_000, seed=5)
         for start in range(0, len(events), 500):
             sender.send_many(events[start : start + 500])
+            if start % 5_000 == 0:
+                assert live.wait_for(start + 500, timeout=60)
         assert live.wait_for(20_000, timeout=60)
         done.set()
         for t in threads:
