@@ -32,6 +32,7 @@ looks whole.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -207,7 +208,7 @@ class _JsonlSink:
         dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=str).encode
         lines = []
         for row in zip(*columns):
-            record = {n: (None if isinstance(v, float) and v != v else v) for n, v in zip(names, row)}
+            record = {n: (None if isinstance(v, float) and math.isnan(v) else v) for n, v in zip(names, row)}
             lines.append(dumps(record))
         if lines:
             self.file.write("\n".join(lines) + "\n")

@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -51,9 +51,6 @@ from .batch import columns_to_batch, event_schema
 from .codec import EventColumns
 from .event import Event
 from .exceptions import UsageError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .filter import Filter  # noqa: F401  (named in the module doctest)
 
 __all__ = [
     "EVENT_COLUMNS",

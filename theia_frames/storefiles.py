@@ -56,7 +56,8 @@ from .batch import columns_to_batch, event_schema
 from .codec import EventColumns, StreamReport, iter_decode_stream
 from .event import Event  # noqa: F401  (used by the doctests)
 from .exceptions import DecodeError, UsageError
-from .frames import _with_progress, batches_to_dataframe, _check_columns, _check_index, _finish
+from .frames import _check_columns, _check_index, _finish, _with_progress, batches_to_dataframe
+from .timeparse import to_epoch
 
 __all__ = [
     "read_store",
@@ -148,8 +149,6 @@ class StoreFile:
 def _seconds(value: Any, name: str) -> float | None:
     if value is None:
         return None
-    from .timeparse import to_epoch
-
     try:
         return to_epoch(value)
     except UsageError as exc:

@@ -75,8 +75,8 @@ def register(subparsers: Any) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from ..storefiles import StoreReport, iter_store_batches
     from ..store import EventStore
+    from ..storefiles import StoreReport, iter_store_batches
 
     report = StoreReport()
     added = 0
