@@ -131,6 +131,8 @@ FilterLike = Union[EventFilter, Mapping[str, Any], None]
 
 _RECV_CHUNK = 256 * 1024
 _DRAIN_LIMIT = 8 * 1024 * 1024
+_LINGER_BYTES = 256 * 1024
+_FIND_LINGER = 0.002
 _MAX_MESSAGE = 1 << 31
 _SEND_GROUP = 1 << 20
 _LIVE_SLICE = 0.25
@@ -241,6 +243,8 @@ class _Connection:
         self._reading = False
         self._closed = False
         self._sent_close = False
+        #: seconds a read may wait for more data once it has a message (see _read)
+        self.linger = 0.0
 
     # ------------------------------------------------------------------ open
     @classmethod
@@ -376,7 +380,11 @@ class _Connection:
             if self._buf:
                 self._parse(out)
         drained = 0
-        while out and not self.ended and drained < _DRAIN_LIMIT and self._readable():
+        while out and not self.ended and drained < _DRAIN_LIMIT:
+            # With `linger`, wait a moment for more while little has arrived:
+            # fewer, larger reads when a server sends one small message at a time.
+            if not self._readable(self.linger if drained < _LINGER_BYTES else 0.0):
+                break
             drained += self._recv(None)
             if self._buf:
                 self._parse(out)
@@ -391,11 +399,11 @@ class _Connection:
                 self._parse(out)
         return out
 
-    def _readable(self) -> bool:
+    def _readable(self, wait: float = 0.0) -> bool:
         try:
             if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
                 return True
-            readable, _, _ = select.select([self.sock], [], [], 0)
+            readable, _, _ = select.select([self.sock], [], [], wait)
         except (OSError, ValueError):
             return True  # let recv report what happened
         return bool(readable)
@@ -983,6 +991,8 @@ class FindResult(_Stream):
         conn = self._conn
         # A server that accepted the extension is ours and always closes a /find.
         wait = self._client.timeout if conn.negotiated else self.idle_timeout
+        if not conn.negotiated:
+            conn.linger = _FIND_LINGER
         pending, self._pending = self._pending, []
         if pending:
             yield pending
