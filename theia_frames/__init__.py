@@ -125,6 +125,7 @@ if TYPE_CHECKING:  # pragma: no cover
         parse_message,
     )
     from .client import Client, FindResult, LiveStream, connect, find, send
+    from .collector import Collector, serve
     from .event import Event, new_event_id
     from .exceptions import (
         AuthenticationError,
@@ -148,6 +149,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .filter import EventFilter, Filter
     from .frames import EVENT_DTYPES, batches_to_dataframe, iter_dataframes, to_dataframe
     from .simulate import sensor_events, simulate
+    from .store import EventStore
     from .storefiles import DamagedStoreWarning, StoreReport, read_store
     from .live import LiveFrame
     from .widget import live_plot

@@ -115,6 +115,8 @@ _MAX_WAITING_ERRORS = 1_000
 # Seconds allowed to send the "too slow" error to a subscriber that is not reading.
 _SLOW_NOTICE_TIMEOUT = 1.0
 _FIND_WORKERS = 4
+# Seconds stop() waits for clients to answer the closing handshake before cutting them off.
+_STOP_GRACE = 0.5
 
 _running: weakref.WeakSet[Collector] = weakref.WeakSet()
 
@@ -235,7 +237,11 @@ class Collector:
             if self._started:
                 raise UsageError("a collector can be started only once")
             self._started = True
-        self.store = EventStore(self.db)
+        try:
+            self.store = EventStore(self.db)
+        except BaseException:
+            self._stopped = True
+            raise
         self._writer = _Writer(self.store, self._committed_from_writer)
         self._writer.start()
         self._pool = ThreadPoolExecutor(max_workers=_FIND_WORKERS, thread_name_prefix="theia-frames-find")
@@ -352,8 +358,14 @@ class Collector:
         self._port = server.sockets[0].getsockname()[1]
         self._ready.set()
         await self._stop_requested.wait()
-        server.close()
-        await server.wait_closed()
+        server.close()  # closes every connection with 1001 (going away)
+        try:
+            await asyncio.wait_for(server.wait_closed(), _STOP_GRACE)
+        except asyncio.TimeoutError:
+            # Clients that do not read never answer the close: cut them off.
+            for connection in list(server.all_connections):
+                connection.transport.abort()
+            await server.wait_closed()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -384,8 +396,14 @@ class Collector:
                 await self._on_find(ws, batched)
             elif path == "/live":
                 await self._on_live(ws, batched)
-        except ConnectionClosed:
-            pass
+        except ConnectionClosed as exc:
+            if exc.sent is not None and exc.sent.code == 1009:
+                logger.warning(
+                    "%s sent a message larger than %d bytes on %s: connection closed",
+                    _peer(ws),
+                    self.max_message_size,
+                    path,
+                )
         except StoreError as exc:
             logger.error("%s on %s: %s", _peer(ws), path, exc)
             await _send_quietly(ws, _error(str(exc)))
@@ -671,7 +689,7 @@ class _EventSink:
 
     def report(self, text: str) -> None:
         """Queue an error message for the client (loop thread)."""
-        if self.closed and not self.sending:
+        if self.closed:
             return
         if len(self.errors) >= _MAX_WAITING_ERRORS:
             # A client that never reads must not make us hold its errors forever.

@@ -1,0 +1,619 @@
+"""The embedded collector against plain WebSocket clients (websocket-client), real sockets.
+
+Nothing here uses the project's Client: the collector is checked against the
+wire protocol itself, as the Go client and the upstream Python client speak it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+import pytest
+import websocket
+
+from theia_frames import Event, EventFilter, Filter, decode, encode
+from theia_frames.batch import ARROW_MARKER, SUBPROTOCOL, batch_to_ipc, events_to_batch, ipc_to_batches, iter_batch_events
+from theia_frames.collector import Collector, serve
+from theia_frames.exceptions import TransportError, UsageError
+from theia_frames.store import EventStore
+
+OFFER = [f"Sec-WebSocket-Protocol: {SUBPROTOCOL}"]
+T0 = 1_700_000_000.0
+CLOSE = websocket.ABNF.OPCODE_CLOSE
+
+
+# --------------------------------------------------------------------------- helpers
+
+_request: Any = None
+
+
+@pytest.fixture(autouse=True)
+def _close_clients(request: pytest.FixtureRequest) -> Any:
+    # connect() closes its sockets when the test ends, before the collector stops.
+    global _request
+    _request = request
+    yield
+    _request = None
+
+
+def connect(collector: Collector, path: str, *, batched: bool = False, header: list[str] | None = None) -> websocket.WebSocket:
+    ws = websocket.create_connection(
+        collector.url + path, timeout=10, header=(OFFER if batched else []) + (header or [])
+    )
+    if _request is not None:
+        _request.node.addfinalizer(lambda: (ws.close(), ws.shutdown()))
+    return ws
+
+
+def negotiated(ws: websocket.WebSocket) -> str | None:
+    return (ws.getheaders() or {}).get("sec-websocket-protocol")
+
+
+def read_to_close(ws: websocket.WebSocket, into: list[bytes | str] | None = None) -> tuple[list[bytes | str], int | None]:
+    """Every message until the server closes (appended to ``into`` as they come), and the close code."""
+    messages: list[bytes | str] = [] if into is None else into
+    while True:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == CLOSE:
+            code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
+            ws.shutdown()  # websocket-client answered the close; it leaves the socket open
+            return messages, code
+        if opcode == websocket.ABNF.OPCODE_TEXT:
+            messages.append(data.decode())
+        elif opcode == websocket.ABNF.OPCODE_BINARY:
+            messages.append(data)
+
+
+def find(collector: Collector, flt: dict[str, Any] | str, *, batched: bool = False) -> tuple[list[bytes | str], int | None]:
+    """``ok`` checked, then the messages of a /find and its close code."""
+    ws = connect(collector, "/find", batched=batched)
+    ws.send(flt if isinstance(flt, str) else json.dumps(flt))
+    assert ws.recv() == "ok"
+    return read_to_close(ws)
+
+
+def find_events(collector: Collector, flt: dict[str, Any], *, batched: bool = False) -> list[Event]:
+    messages, code = find(collector, flt, batched=batched)
+    assert code == 1000
+    events: list[Event] = []
+    for m in messages:
+        assert isinstance(m, bytes)
+        if m[:4] == ARROW_MARKER:
+            for b in ipc_to_batches(m):
+                events.extend(iter_batch_events(b))
+        else:
+            events.append(decode(m))
+    return events
+
+
+def subscribe(collector: Collector, flt: dict[str, Any], *, batched: bool = False) -> websocket.WebSocket:
+    ws = connect(collector, "/live", batched=batched)
+    ws.send(json.dumps(flt))
+    assert ws.recv() == "ok"
+    return ws
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def wait_stored(collector: Collector, n: int) -> None:
+    wait_until(lambda: collector.store is not None and collector.store.count() >= n, what=f"{n} events stored")
+
+
+def sample(n: int, *, start: float = T0, tags: tuple[str, ...] = ("sensor", "temp"), prefix: str = "e") -> list[Event]:
+    return [
+        Event(id=f"{prefix}{i}", timestamp=start + i, source=f"/dev/sensors/temp-{i % 3}", tags=list(tags), content=f"{20 + i % 10}.5C")
+        for i in range(n)
+    ]
+
+
+def server_sockets(port: int) -> list[Any]:
+    proc = psutil.Process()
+    conns = proc.net_connections(kind="tcp") if hasattr(proc, "net_connections") else proc.connections(kind="tcp")
+    return [c for c in conns if c.laddr and c.laddr.port == port]
+
+
+# --------------------------------------------------------------------------- the issue's scenario
+
+
+def test_done_when_scenario(tmp_path):
+    """Sent by a plain client: returned by /find as the upstream bytes then a normal close,
+    pushed to a subscriber connected before, and found again after a restart."""
+    path = tmp_path / "events.db"
+    event = Event(source="/dev/door", tags=["home", "door"], content="unlocked")
+    with serve(db=path, port=0) as collector:
+        live = subscribe(collector, {"start": 1})
+        sender = connect(collector, "/event")
+        sender.send_binary(encode(event))
+        assert live.recv() == encode(event)
+        wait_stored(collector, 1)
+        messages, code = find(collector, {"start": 1})
+        assert messages == [encode(event)]
+        assert code == 1000
+        sender.close()
+    assert live.recv_data(control_frame=True)[0] == CLOSE  # stop closed the subscriber
+    with serve(db=path, port=0) as collector:
+        messages, code = find(collector, {"start": 1})
+        assert messages == [encode(event)]
+        assert code == 1000
+
+
+def test_the_fixtures(collector, collector_db):
+    assert collector.store.in_memory and not collector_db.store.in_memory
+    for c in (collector, collector_db):
+        assert c.running and c.url == f"ws://127.0.0.1:{c.port}"
+
+
+# --------------------------------------------------------------------------- /event
+
+
+def test_bad_event_between_good_ones(collector, caplog):
+    caplog.set_level(logging.WARNING, logger="theia_frames.collector")
+    good = sample(3)
+    ws = connect(collector, "/event")
+    ws.send_binary(encode(good[0]))
+    ws.send_binary(b"event: 99 1 2\nnot really")
+    ws.send_binary(encode(good[1]))
+    error = json.loads(ws.recv())
+    assert error["error"].startswith("invalid event: sizes do not match")
+    wait_stored(collector, 2)
+    ws.send(encode(good[2]).decode())  # a text frame is an event too; the connection is still open
+    wait_stored(collector, 3)
+    assert find_events(collector, {"start": 1}) == good
+    assert any("bad event" in r.getMessage() and "sizes do not match" in r.getMessage() for r in caplog.records)
+
+
+def test_the_go_dialect_is_stored_and_sent_back_in_the_upstream_one(collector):
+    header = b"id:go-1\ntimestamp:1700000000.250000\nsource:/dev/x:y\ntags:a,b\n"
+    go = b"event:%d %d 3\n%sabc" % (len(header) + 3, len(header), header)
+    ws = connect(collector, "/event")
+    ws.send_binary(go)
+    wait_stored(collector, 1)
+    event = Event(id="go-1", timestamp=1700000000.25, source="/dev/x:y", tags=["a", "b"], content="abc")
+    assert find(collector, {"start": 1})[0] == [encode(event)]
+
+
+def test_a_resent_event_is_stored_once_and_pushed_once(collector):
+    live = subscribe(collector, {"start": 1})
+    event, other = sample(2)
+    ws = connect(collector, "/event")
+    ws.send_binary(encode(event))
+    ws.close()
+    ws = connect(collector, "/event")  # a client reconnects and resends
+    ws.send_binary(encode(event))
+    ws.send_binary(encode(other))
+    assert live.recv() == encode(event)
+    assert live.recv() == encode(other)
+    collector.flush()
+    assert collector.store.count() == 2
+    assert find_events(collector, {"start": 1}) == [event, other]
+
+
+def test_several_senders_at_once(collector):
+    def send(k: int) -> None:
+        ws = connect(collector, "/event")
+        for e in sample(200, prefix=f"s{k}-"):
+            ws.send_binary(encode(e))
+        ws.close()
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wait_stored(collector, 800)
+    assert len(find_events(collector, {"start": 1}, batched=True)) == 800
+
+
+def test_an_oversized_message_closes_that_connection_only(caplog):
+    with serve(port=0, max_message_size=1000) as collector:
+        ws = connect(collector, "/event")
+        ws.send_binary(encode(Event(content="x" * 2000)))
+        opcode, data = ws.recv_data(control_frame=True)
+        assert opcode == CLOSE and int.from_bytes(data[:2], "big") == 1009
+        small = sample(1)[0]
+        ws = connect(collector, "/event")
+        ws.send_binary(encode(small))
+        wait_stored(collector, 1)
+        assert find_events(collector, {"start": 1}) == [small]
+
+
+def test_flush_waits_for_what_was_received(collector):
+    ws = connect(collector, "/event", batched=True)
+    ws.send_binary(batch_to_ipc(events_to_batch(sample(5000))))
+    wait_until(lambda: collector._writer.received >= 1, what="the message to arrive")
+    collector.flush()
+    assert collector.store.count() == 5000
+
+
+# --------------------------------------------------------------------------- /find
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["plain", "batched"])
+def test_find_order_asc_and_desc(collector, batched):
+    events = sample(10)
+    tie = Event(id="tie", timestamp=events[4].timestamp, tags=["sensor"], content="same second")
+    collector.store.add_many(events + [tie])
+    asc = events[:5] + [tie] + events[5:]
+    assert find_events(collector, {"start": 1}, batched=batched) == asc
+    assert find_events(collector, {"start": 1, "order": "asc"}, batched=batched) == asc
+    assert find_events(collector, {"start": 1, "order": "desc"}, batched=batched) == asc[::-1]
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["plain", "batched"])
+def test_find_filters_mean_what_eventfilter_means(collector, batched):
+    events = sample(30) + sample(10, start=T0 + 0.5, tags=("door",), prefix="d")
+    collector.store.add_many(events)
+    filters = [
+        {"start": T0 + 3, "end": T0 + 7},
+        {"start": 1, "tags": ["temp"]},
+        {"start": 1, "tags": ["te.*"], "content": "^2[34]"},
+        {"start": 1, "content": "5C"},
+        {"start": 1.0e-06, "tags": ["door"], "order": "desc"},
+    ]
+    for f in filters:
+        flt = EventFilter.from_dict(f)
+        expected = sorted((e for e in events if flt.matches(e)), key=lambda e: e.timestamp)
+        if f.get("order") == "desc":
+            expected.reverse()
+        assert find_events(collector, f, batched=batched) == expected, f
+
+
+def test_find_without_matches_is_ok_then_a_normal_close(collector):
+    assert find(collector, {"start": T0}) == ([], 1000)
+    assert find(collector, {"start": T0}, batched=True) == ([], 1000)
+
+
+def test_find_accepts_filters_as_both_peers_send_them(collector):
+    events = sample(5)
+    collector.store.add_many(events)
+    # the upstream Python client: an int start, every key present
+    upstream = {"start": int(T0), "end": None, "tags": None, "content": None, "order": "asc"}
+    assert find_events(collector, upstream) == events
+    # the Go client: floats, empty fields left out
+    assert find_events(collector, {"start": T0 + 1.5}) == events[2:]
+    # binary frame holding the filter
+    ws = connect(collector, "/find")
+    ws.send_binary(json.dumps({"start": T0 + 4}).encode())
+    assert ws.recv() == "ok"
+    messages, code = read_to_close(ws)
+    assert messages == [encode(events[4])] and code == 1000
+
+
+def test_a_big_batched_find_comes_in_a_few_arrow_messages():
+    with serve(port=0, find_batch_rows=1000) as collector:
+        events = sample(4500)
+        collector.store.add_many(events)
+        messages, code = find(collector, {"start": 1}, batched=True)
+        assert code == 1000
+        assert [sum(b.num_rows for b in ipc_to_batches(m)) for m in messages] == [1000] * 4 + [500]
+        assert [e for m in messages for b in ipc_to_batches(m) for e in iter_batch_events(b)] == events
+        # a sparse filter still fills its messages
+        messages, _ = find(collector, {"start": 1, "source": "/dev/sensors/temp-1"}, batched=True)
+        assert [sum(b.num_rows for b in ipc_to_batches(m)) for m in messages] == [1000, 500]
+
+
+def test_a_client_leaving_in_the_middle_of_a_find(collector):
+    collector.store.add_many(sample(20_000))
+    ws = connect(collector, "/find")
+    ws.send(json.dumps({"start": 1}))
+    assert ws.recv() == "ok"
+    ws.recv()
+    ws.close()
+    assert len(find_events(collector, {"start": 1}, batched=True)) == 20_000
+
+
+# --------------------------------------------------------------------------- bad filters
+
+
+BAD_FILTERS = [
+    ("{not json", "not valid JSON"),
+    ('["a"]', "must be a JSON object"),
+    ('{"start": 1, "limit": 5}', "unknown filter key(s): limit"),
+    ('{"start": "yesterday"}', "start must be a number"),
+    ('{"start": 1, "tags": "sensor"}', "tags must be a list of strings"),
+    ('{"start": 1, "tags": ["("]}', "not a valid regular expression"),
+    ('{"start": 1, "content": "[a-"}', "content is not a valid regular expression"),
+    ('{"start": 10, "end": 5}', "end 5.0 is before start 10.0"),
+    ('{"start": 1, "order": "random"}', "order must be 'asc' or 'desc'"),
+]
+
+
+@pytest.mark.parametrize("path", ["/find", "/live"])
+@pytest.mark.parametrize("text, problem", BAD_FILTERS, ids=[p for _, p in BAD_FILTERS])
+def test_a_bad_filter_gets_an_error_naming_the_problem(collector, path, text, problem):
+    ws = connect(collector, path)
+    ws.send(text)
+    messages, code = read_to_close(ws)
+    assert len(messages) == 1
+    assert problem in json.loads(messages[0])["error"]
+    assert code == 1008
+
+
+# --------------------------------------------------------------------------- /live
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["plain", "batched"])
+def test_live_pushes_only_matching_events_stored_after_subscribing(collector, batched):
+    before = Event(id="before", timestamp=T0, tags=["temp"])
+    collector.store.add(before)
+    temps = subscribe(collector, {"start": int(T0), "tags": ["temp"]}, batched=batched)
+    doors = subscribe(collector, {"start": int(T0), "tags": ["door"]}, batched=batched)
+    ws = connect(collector, "/event")
+    temp, door = Event(id="t", timestamp=T0 + 1, tags=["temp"]), Event(id="d", timestamp=T0 + 2, tags=["door"])
+    ws.send_binary(encode(temp))
+    ws.send_binary(encode(door))
+    # one event pending at a time: a single plain message even when batched
+    assert temps.recv() == encode(temp)
+    assert doors.recv() == encode(door)
+
+
+def test_live_accepts_the_upstream_keys(collector):
+    live = subscribe(collector, {"id": "keep-.*", "source": "/dev/a", "start": int(T0), "end": int(T0) + 100})
+    ws = connect(collector, "/event")
+    skipped = Event(id="skip-1", timestamp=T0 + 1, source="/dev/a")
+    wrong_source = Event(id="keep-2", timestamp=T0 + 1, source="/dev/b")
+    kept = Event(id="keep-3", timestamp=T0 + 1, source="/dev/a")
+    for e in (skipped, wrong_source, kept):
+        ws.send_binary(encode(e))
+    assert live.recv() == encode(kept)
+
+
+def test_live_sends_a_burst_as_one_batch_when_negotiated_and_singles_otherwise(collector):
+    burst = sample(100)
+    batched = subscribe(collector, {"start": 1}, batched=True)
+    plain = subscribe(collector, {"start": 1})
+    ws = connect(collector, "/event", batched=True)
+    ws.send_binary(batch_to_ipc(events_to_batch(burst)))  # one message: one commit
+    message = batched.recv()
+    assert message[:4] == ARROW_MARKER
+    assert [e for b in ipc_to_batches(message) for e in iter_batch_events(b)] == burst
+    assert [plain.recv() for _ in burst] == [encode(e) for e in burst]
+
+
+def test_a_later_filter_replaces_the_first(collector):
+    live = subscribe(collector, {"start": 1, "tags": ["a"]})
+    live.send(json.dumps({"start": 1, "tags": ["b"]}))
+    assert live.recv() == "ok"
+    ws = connect(collector, "/event")
+    a, b = Event(id="a", timestamp=T0, tags=["a"]), Event(id="b", timestamp=T0, tags=["b"])
+    ws.send_binary(encode(a))
+    ws.send_binary(encode(b))
+    assert live.recv() == encode(b)
+
+
+def test_a_subscriber_that_leaves_is_forgotten(collector):
+    live = subscribe(collector, {"start": 1})
+    wait_until(lambda: len(collector._subscribers) == 1, what="the subscriber")
+    live.close()
+    wait_until(lambda: not collector._subscribers, what="the subscriber to be forgotten")
+    ws = connect(collector, "/event")
+    ws.send_binary(encode(sample(1)[0]))
+    wait_stored(collector, 1)
+
+
+def test_a_slow_subscriber_is_dropped_without_slowing_anyone(caplog):
+    caplog.set_level(logging.WARNING, logger="theia_frames.collector")
+    content = "x" * (256 * 1024)
+    with serve(port=0, live_queue=20, close_timeout=20) as collector:
+        slow = subscribe(collector, {"start": 1})  # never reads until dropped
+        fast = subscribe(collector, {"start": 1})
+        fast_got: list[bytes | str] = []
+        fast_end: list[Any] = []
+
+        def read_fast() -> None:
+            fast_end.append(read_to_close(fast, fast_got)[1])
+
+        reader = threading.Thread(target=read_fast)
+        reader.start()
+        sender = connect(collector, "/event")
+
+        def dropped() -> bool:
+            return any("dropping live subscriber" in r.getMessage() for r in caplog.records)
+
+        sent = 0
+        while not dropped():
+            assert sent < 1000, "the slow subscriber was never dropped"
+            sender.send_binary(encode(Event(id=f"big-{sent}", timestamp=T0 + sent, content=content)))
+            sent += 1
+            wait_until(lambda: collector.store.count() >= sent, what="the event to be stored")
+        # the slow one gets what was already on its way, then the error and 1013
+        messages, code = read_to_close(slow)
+        assert code == 1013
+        assert "subscriber too slow" in json.loads(messages[-1])["error"]
+        assert all(m[:6] == b"event:" for m in messages[:-1])
+        # ingest and the other subscriber went on
+        for k in range(sent, sent + 5):
+            sender.send_binary(encode(Event(id=f"big-{k}", timestamp=T0 + k, content=content)))
+        wait_until(lambda: collector.store.count() >= sent + 5, what="more events stored")
+        wait_until(lambda: len(fast_got) >= sent + 5, what="the fast subscriber to get every event")
+    reader.join(10)
+    assert [decode(m).id for m in fast_got] == [f"big-{k}" for k in range(sent + 5)]  # type: ignore[arg-type]
+    assert fast_end == [1001]  # going away: the collector stopped
+
+
+# --------------------------------------------------------------------------- handshake and extension
+
+
+def test_an_unknown_path_is_refused_at_the_handshake(collector):
+    for path in ("/", "/events", "/find/x"):
+        with pytest.raises(websocket.WebSocketBadStatusException) as info:
+            websocket.create_connection(collector.url + path, timeout=5)
+        assert info.value.status_code == 404
+    # a query string does not change the endpoint
+    ws = connect(collector, "/find?from=test")
+    ws.send(json.dumps({"start": 1}))
+    assert ws.recv() == "ok"
+    assert read_to_close(ws) == ([], 1000)
+
+
+def test_the_extension_is_accepted_when_offered_and_only_then(collector):
+    collector.store.add_many(sample(3))
+    for path in ("/event", "/find", "/live"):
+        assert negotiated(connect(collector, path, batched=True)) == SUBPROTOCOL
+        assert negotiated(connect(collector, path)) is None
+        other = connect(collector, path, header=["Sec-WebSocket-Protocol: chat, superchat"])
+        assert negotiated(other) is None
+        both = connect(collector, path, header=[f"Sec-WebSocket-Protocol: chat, {SUBPROTOCOL}"])
+        assert negotiated(both) == SUBPROTOCOL
+
+
+def test_a_plain_client_never_sees_arrow(collector):
+    live = subscribe(collector, {"start": 1})
+    ws = connect(collector, "/event", batched=True)
+    burst = sample(50)
+    ws.send_binary(batch_to_ipc(events_to_batch(burst)))
+    pushed = [live.recv() for _ in burst]
+    found, code = find(collector, {"start": 1})
+    for messages in (pushed, found):
+        assert messages == [encode(e) for e in burst]
+
+
+def test_batched_event_connections_take_batches_and_single_events(collector):
+    ws = connect(collector, "/event", batched=True)
+    ws.send_binary(batch_to_ipc(events_to_batch(sample(1000))))
+    ws.send_binary(encode(Event(id="single", timestamp=T0 + 5000)))
+    wait_stored(collector, 1001)
+    assert len(find_events(collector, {"start": 1}, batched=True)) == 1001
+
+
+def test_a_batch_on_a_plain_connection_is_not_an_event(collector):
+    ws = connect(collector, "/event")
+    ws.send_binary(batch_to_ipc(events_to_batch(sample(3))))
+    assert "no preamble" in json.loads(ws.recv())["error"]
+    assert collector.store.count() == 0
+
+
+def test_rows_of_a_batch_the_plain_format_cannot_carry_are_left_out(collector):
+    events = sample(4)
+    events[1].source = "/dev/a\nb"
+    events[2].timestamp = float("nan")
+    ws = connect(collector, "/event", batched=True)
+    ws.send_binary(batch_to_ipc(events_to_batch(events)))
+    error = json.loads(ws.recv())["error"]
+    assert "2 event(s) of a batch not stored" in error and "'e1'" in error
+    collector.flush()
+    assert find_events(collector, {"start": 1}) == [events[0], events[3]]
+
+
+def test_a_damaged_batch_is_reported(collector):
+    ws = connect(collector, "/event", batched=True)
+    ws.send_binary(ARROW_MARKER + b"\x00" * 20)
+    assert "invalid Arrow batch" in json.loads(ws.recv())["error"]
+    ws.send_binary(encode(sample(1)[0]))
+    wait_stored(collector, 1)
+
+
+# --------------------------------------------------------------------------- lifetime
+
+
+def test_stop_leaves_no_thread_and_no_socket():
+    threads_before = set(threading.enumerate())
+    collector = serve(port=0)
+    port = collector.port
+    collector.store.add_many(sample(10_000))
+    live = subscribe(collector, {"start": 1}, batched=True)
+    sender = connect(collector, "/event")
+    sender.send_binary(encode(Event(id="last")))
+    slow_find = connect(collector, "/find")
+    slow_find.send(json.dumps({"start": 1}))
+    assert slow_find.recv() == "ok"
+    assert server_sockets(port)
+    collector.stop()
+    collector.stop()  # idempotent
+    assert not collector.running
+    assert set(threading.enumerate()) <= threads_before
+    assert server_sockets(port) == []
+    assert collector.store.closed
+    pushed, code = read_to_close(live)
+    assert code == 1001  # going away
+    assert [decode(m).id for m in pushed] in ([], ["last"])  # type: ignore[arg-type]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+    with pytest.raises(UsageError):
+        collector.flush()
+
+
+def test_stop_stores_what_was_received(tmp_path):
+    path = tmp_path / "events.db"
+    collector = serve(db=path, port=0)
+    ws = connect(collector, "/event", batched=True)
+    ws.send_binary(batch_to_ipc(events_to_batch(sample(20_000))))
+    wait_until(lambda: collector._writer.received >= 1, what="the batch to arrive")
+    collector.stop()
+    with EventStore(path) as store:
+        assert store.count() == 20_000
+
+
+def test_binds_loopback_by_default_and_reports_a_busy_port(collector):
+    assert collector.host == "127.0.0.1"
+    assert [s.laddr.ip for s in server_sockets(collector.port) if s.status == psutil.CONN_LISTEN] == ["127.0.0.1"]
+    with pytest.raises(TransportError, match=f"cannot listen on 127.0.0.1:{collector.port}"):
+        serve(port=collector.port)
+    with pytest.raises(UsageError):
+        collector.start()
+
+
+def test_the_context_manager_and_repr():
+    collector = Collector(port=0)
+    assert "stopped" in repr(collector)
+    with collector as running:
+        assert running is collector and collector.url in repr(collector)
+    assert not collector.running
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_the_serve_command(tmp_path):
+    path = tmp_path / "cli.db"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "theia_frames", "serve", "--db", str(path), "--port", "0", "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "listening on ws://127.0.0.1:" in line, line + proc.stderr.read()
+        url = line.split("listening on ", 1)[1].split()[0]
+        event = Event(id="cli", timestamp=T0, content="via the command line")
+        ws = websocket.create_connection(url + "/event", timeout=10)
+        ws.send_binary(encode(event))
+        ws.close()
+
+        def found() -> bool:
+            f = websocket.create_connection(url + "/find", timeout=10)
+            f.send(json.dumps({"start": 1}))
+            assert f.recv() == "ok"
+            return read_to_close(f)[0] == [encode(event)]
+
+        wait_until(found, what="the event to be found")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    with EventStore(path) as store:
+        assert store.count() == 1

@@ -1,0 +1,321 @@
+"""EventStore: SQLite storage, idempotent ids, queries that mean what EventFilter means."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from theia_frames import Event, EventFilter, Filter
+from theia_frames.batch import events_to_batch
+from theia_frames.codec import EventColumns
+from theia_frames.exceptions import StoreError, UsageError
+from theia_frames.store import EventStore
+
+
+def ev(i: int, ts: float, *, tags=("sensor",), source="/dev/s", content="") -> Event:
+    return Event(id=f"e{i}", timestamp=ts, source=source, tags=list(tags), content=content or f"c{i}")
+
+
+def ids(store: EventStore, flt: EventFilter | None = None, **kw) -> list[str]:
+    return [i for cols in store.query(flt, **kw) for i in cols.id]
+
+
+@pytest.fixture(params=["memory", "file"])
+def store(request, tmp_path):
+    path = ":memory:" if request.param == "memory" else tmp_path / "events.db"
+    with EventStore(path) as s:
+        yield s
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def test_add_many_counts_new_events_and_ignores_known_ids(store):
+    assert store.add_many([ev(1, 1.0), ev(2, 2.0)]) == 2
+    assert store.add_many([ev(2, 2.0), ev(3, 3.0)]) == 1
+    assert store.add_many([ev(4, 4.0), ev(4, 4.0)]) == 1  # twice in one call
+    assert store.add(ev(5, 5.0)) is True
+    assert store.add(ev(5, 5.0)) is False
+    assert store.count() == 5
+    assert ids(store) == ["e1", "e2", "e3", "e4", "e5"]
+
+
+def test_add_new_returns_exactly_the_new_rows_in_stored_order(store):
+    store.add_many([ev(1, 1.0), ev(3, 3.0)])
+    cols = EventColumns()
+    for e in [ev(2, 2.0), ev(1, 1.0), ev(4, 0.5), ev(3, 3.0), ev(2, 2.0)]:
+        cols.append_event(e)
+    new = store.add_new(cols)
+    assert new.id == ["e2", "e4"]
+    assert new.timestamp == [2.0, 0.5]
+    every_new = EventColumns()
+    every_new.append_event(ev(9, 9.0))
+    assert store.add_new(every_new) is every_new
+    assert len(store.add_new(EventColumns())) == 0
+
+
+def test_fields_round_trip_exactly(store):
+    odd = Event(
+        id="x:y",
+        timestamp=1509989630.6749051,
+        source="/var/log/a:b",
+        tags=["ä", "", "b c"],
+        content="multi\nline\nevent: 1 2 3 ✓",
+    )
+    store.add(odd)
+    store.add(Event(id="none", timestamp=0.1, tags=[]))
+    (cols,) = store.query(Filter().order_desc())
+    assert list(cols.events()) == [odd, Event(id="none", timestamp=0.1, tags=[])]
+    assert cols.tags == ["ä,,b c", ""]  # the comma-joined wire text
+
+
+def test_add_many_accepts_columns_arrow_and_lazy_iterables(store):
+    assert store.add_many(events_to_batch([ev(1, 1.0), ev(2, 2.0)])) == 2
+    assert store.add_many(pa.Table.from_batches([events_to_batch([ev(3, 3.0)])])) == 1
+    assert store.add_many(ev(i, float(i)) for i in range(4, 60_004)) == 60_000
+    assert store.count() == 60_003
+
+
+def test_arrow_input_is_checked():
+    with EventStore() as store:
+        with pytest.raises(UsageError, match="columns"):
+            store.add_many(pa.table({"id": ["a"]}))
+        bad = events_to_batch([ev(1, 1.0)]).set_column(
+            2, "source", pa.array([None], pa.string())
+        )
+        with pytest.raises(UsageError, match="missing values in column 'source'"):
+            store.add_many(bad)
+
+
+def test_events_survive_a_restart(tmp_path):
+    path = tmp_path / "events.db"
+    with EventStore(path) as store:
+        store.add_many([ev(1, 1.0), ev(2, 2.0)])
+    with EventStore(str(path)) as store:
+        assert store.count() == 2
+        assert ids(store) == ["e1", "e2"]
+        assert store.add_many([ev(2, 2.0), ev(3, 3.0)]) == 1
+
+
+def test_a_file_store_is_in_wal_mode(tmp_path):
+    path = tmp_path / "events.db"
+    EventStore(path).close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()
+        assert "timestamp REAL" in sql and "tags TEXT" in sql
+    finally:
+        db.close()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def test_order_asc_and_desc_with_ties_in_stored_order(store):
+    store.add_many([ev(1, 2.0), ev(2, 1.0), ev(3, 2.0), ev(4, 3.0), ev(5, 2.0)])
+    assert ids(store) == ["e2", "e1", "e3", "e5", "e4"]
+    assert ids(store, Filter().order_asc()) == ["e2", "e1", "e3", "e5", "e4"]
+    assert ids(store, Filter().order_desc()) == ["e4", "e5", "e3", "e1", "e2"]
+
+
+def test_time_bounds_are_inclusive(store):
+    store.add_many([ev(i, float(i)) for i in range(10)])
+    assert ids(store, Filter(3).match_end(5)) == ["e3", "e4", "e5"]
+    assert ids(store, Filter(3).match_end(5).order_desc()) == ["e5", "e4", "e3"]
+    assert ids(store, Filter(8.5)) == ["e9"]
+    assert ids(store, EventFilter(end=0.0)) == ["e0"]
+    assert ids(store, Filter(100)) == []
+
+
+def test_chunks_hold_at_most_chunk_size_and_never_zero(store):
+    store.add_many([ev(i, float(i % 7), tags=["a" if i % 3 else "b"]) for i in range(1000)])
+    chunks = list(store.query(Filter(), chunk_size=64))
+    assert [len(c) for c in chunks] == [64] * 15 + [40]
+    sparse = list(store.query(Filter().match_tag("b"), chunk_size=64))
+    assert all(0 < len(c) <= 64 for c in sparse)
+    assert sum(len(c) for c in sparse) == 334
+    with pytest.raises(UsageError):
+        store.query(Filter(), chunk_size=0)
+
+
+def test_a_query_sees_the_events_stored_before_it_was_made(store):
+    store.add_many([ev(i, float(i)) for i in range(100)])
+    chunks = store.query(Filter(), chunk_size=10)
+    first = next(chunks)
+    store.add_many([ev(i, float(i)) for i in range(100, 200)])
+    rest = [i for c in chunks for i in c.id]
+    assert first.id + rest == [f"e{i}" for i in range(100)]
+    assert len(ids(store)) == 200
+
+
+def test_an_empty_store_answers_nothing(store):
+    assert ids(store) == []
+    assert ids(store, Filter(5).order_desc()) == []
+    assert store.count() == 0
+
+
+def test_criteria_mean_what_eventfilter_means(store):
+    events = [
+        Event(id="a", timestamp=1.0, source="/dev/temp-1", tags=["sensor", "temp-1"], content="21.5C"),
+        Event(id="b", timestamp=2.0, source="/dev/hum", tags=["sensor", "humidity"], content="45%"),
+        Event(id="c", timestamp=3.0, source="/dev/temp-2", tags=["temp-2"], content="x 22C y"),
+    ]
+    store.add_many(events)
+    filters = [
+        Filter().match_tag("temp.+"),
+        Filter().match_tag("temp"),  # full match: no tag is exactly "temp"
+        Filter().match_tag("sensor", "temp-\\d"),
+        Filter().match_content(r"\d+C"),  # found anywhere
+        Filter().match_content("^22"),
+        EventFilter(source="/dev/temp-.*"),
+        EventFilter(id="[ab]"),
+    ]
+    for f in filters:
+        assert ids(store, f) == [e.id for e in events if f.matches(e)], f
+
+
+# The timestamp index, as SQLite reports its plan.
+
+
+@pytest.mark.parametrize(
+    "flt, seek",
+    [
+        (Filter(), None),
+        (Filter(5), "timestamp>?"),
+        (Filter(5).match_end(10), "timestamp>? AND timestamp<?"),
+        (Filter(5).match_end(10).order_desc(), "timestamp>? AND timestamp<?"),
+        (EventFilter(end=10.0), "timestamp<?"),
+        (Filter(5).match_tag("x").match_content("y"), "timestamp>?"),
+    ],
+)
+def test_queries_use_the_timestamp_index(store, flt, seek):
+    store.add_many([ev(i, float(i)) for i in range(100)])
+    plan = store.query_plan(flt)
+    assert "USING INDEX events_timestamp" in plan
+    assert "TEMP B-TREE" not in plan  # the index gives the order: no sort
+    if seek is not None:
+        assert seek in plan
+
+
+def test_many_equal_timestamps_are_read_once_each(store):
+    store.add_many([ev(i, 5.0) for i in range(5000)])
+    assert ids(store, Filter(1), chunk_size=100) == [f"e{i}" for i in range(5000)]
+    assert ids(store, Filter(1).order_desc(), chunk_size=99) == [f"e{i}" for i in reversed(range(5000))]
+
+
+# Property: the store returns exactly the matching events, in order.
+
+_TAGS = st.lists(st.sampled_from(["a", "b", "ab", "temp-1"]), max_size=3)
+_EVENTS = st.lists(
+    st.tuples(st.integers(0, 6), _TAGS, st.sampled_from(["", "21C", "x1y", "hello"]), st.sampled_from(["/s/1", "/s/2"])),
+    max_size=40,
+)
+_FILTERS = st.builds(
+    lambda start, span, tags, content, source, order: EventFilter(
+        start=start,
+        end=None if span is None or start is None else start + span,
+        tags=tuple(tags),
+        content=content,
+        source=source,
+        order=order,
+    ),
+    st.one_of(st.none(), st.integers(0, 6).map(float)),
+    st.one_of(st.none(), st.integers(0, 4)),
+    st.lists(st.sampled_from(["a", "a.*", "temp-\\d", "b"]), max_size=2),
+    st.sampled_from([None, "\\d", "^x", "C$", "l+"]),
+    st.sampled_from([None, "/s/1", "/s/.*"]),
+    st.sampled_from([None, "asc", "desc"]),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=_EVENTS, flt=_FILTERS, chunk=st.integers(1, 7))
+def test_query_equals_filtering_the_sorted_events(rows, flt, chunk):
+    events = [
+        Event(id=f"e{n}", timestamp=float(ts), source=src, tags=tags, content=content)
+        for n, (ts, tags, content, src) in enumerate(rows)
+    ]
+    with EventStore() as store:
+        store.add_many(events)
+        # sorted() is stable: ties stay in stored order; desc is the exact reverse
+        expected = [e.id for e in sorted(events, key=lambda e: e.timestamp) if flt.matches(e)]
+        if flt.order == "desc":
+            expected.reverse()
+        assert ids(store, flt, chunk_size=chunk) == expected
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def test_readers_and_a_writer_at_the_same_time(store):
+    store.add_many([ev(i, float(i)) for i in range(2000)])
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            for _ in range(20):
+                got = ids(store, Filter(0).match_end(1999), chunk_size=300)
+                assert got == [f"e{i}" for i in range(2000)]
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for t in readers:
+        t.start()
+    for k in range(20):
+        store.add_many([ev(i, 5000.0 + i) for i in range(2000 + k * 100, 2100 + k * 100)])
+    for t in readers:
+        t.join()
+    assert not errors
+    assert store.count() == 4000
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_a_file_that_is_not_a_database(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="notes.txt"):
+        EventStore(path)
+
+
+def test_a_missing_directory(tmp_path):
+    with pytest.raises(StoreError, match="cannot open"):
+        EventStore(tmp_path / "no" / "such" / "dir" / "events.db")
+
+
+def test_a_database_with_another_events_table(tmp_path):
+    path = tmp_path / "upstream.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE events (id TEXT PRIMARY KEY, timestamp FLOAT, tags TEXT, source TEXT, content TEXT)")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="not a theia_frames event store"):
+        EventStore(path)
+
+
+def test_a_closed_store_raises_ours(store):
+    store.add(ev(1, 1.0))
+    chunks = store.query(Filter())
+    store.close()
+    store.close()  # idempotent
+    assert store.closed
+    with pytest.raises(StoreError, match="closed"):
+        store.add(ev(2, 2.0))
+    with pytest.raises(StoreError, match="closed"):
+        store.count()
+    with pytest.raises(StoreError, match="closed"):
+        list(chunks)
+    assert "closed" in repr(store)
+
+
+def test_query_needs_an_eventfilter(store):
+    with pytest.raises(UsageError, match="EventFilter"):
+        store.query({"start": 1})  # type: ignore[arg-type]
