@@ -1159,3 +1159,19 @@ def test_module_helpers_with_the_collector(collector):
     wait_for_count(collector.url, 6)
     result = tf.find(collector.url, Filter(BASE))
     assert [e.id for e in result][-1] == "last" and result.complete
+
+
+def test_batched_send_uses_arrow_for_many_and_plain_for_a_few():
+    from theia_frames.batch import is_arrow_message
+    from theia_frames.testing import MockServer
+
+    few, many = make_events(5, prefix="f"), make_events(500, prefix="m")
+    with MockServer(batch=True) as mock:
+        with Client(mock.url) as client:
+            client.send_many(few)
+            client.send_many(many)
+            assert client.batched
+        mock.wait_requests(6)
+        kinds = [is_arrow_message(r.message) for r in mock.received]
+        assert kinds == [False] * 5 + [True]
+        assert mock.events("/event") == few + many

@@ -132,6 +132,9 @@ FilterLike = Union[EventFilter, Mapping[str, Any], None]
 _RECV_CHUNK = 256 * 1024
 _DRAIN_LIMIT = 8 * 1024 * 1024
 _LINGER_BYTES = 256 * 1024
+# Fewer events than this go out as plain messages even with batched transfer:
+# cheaper than an Arrow stream for a handful.
+_ARROW_MIN = 32
 _FIND_LINGER = 0.002
 _MAX_MESSAGE = 1 << 31
 _SEND_GROUP = 1 << 20
@@ -1223,7 +1226,8 @@ class Client:
         ``events`` is any iterable of :class:`~theia_frames.event.Event` (read
         lazily, in chunks) or an Arrow batch/table with the event schema. With
         batched transfer, events go out as Arrow batches of up to
-        ``send_batch_size`` events; otherwise one plain message per event.
+        ``send_batch_size`` events (a handful as plain messages); otherwise one
+        plain message per event.
         Events the format cannot carry raise
         :class:`~theia_frames.exceptions.InvalidEventError` before their chunk
         is sent.
@@ -1250,7 +1254,7 @@ class Client:
                     if not chunk:
                         return sent
                     conn = self._event_connection()
-                    if conn.negotiated:
+                    if conn.negotiated and len(chunk) >= _ARROW_MIN:
                         for batch in _event_batches(chunk, SEND_BATCH_BYTES):
                             conn.send_binary(batch_to_ipc(batch))
                             sent += batch.num_rows
