@@ -370,6 +370,7 @@ class LiveFrame:
             self._hooks.extend(on_batch)
 
         self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._state: State = "new"
         self._stream: Any = None
@@ -396,24 +397,30 @@ class LiveFrame:
         Raises the client's connection errors (e.g. :class:`~theia_frames.exceptions.ConnectError`).
         A stopped frame cannot be started again: make a new one.
         """
-        with self._lock:
-            if self._state in ("running", "paused"):
-                return self
-            if self._state != "new":
-                raise UsageError(f"this LiveFrame is {self._state}; make a new one to subscribe again")
-        try:
-            stream = self._open()
-        except BaseException:
-            self._close_client()
-            raise
-        with self._lock:
-            self._stream = stream
-            self._state = "running"
-            self._thread = threading.Thread(
-                target=self._run, args=(stream,), name=f"theia-live {self.url or ''}".strip(), daemon=True
-            )
-            self._thread.start()
-        return self
+        with self._start_lock:  # one subscription, however many threads call start()
+            with self._lock:
+                if self._state in ("running", "paused"):
+                    return self
+                if self._state != "new":
+                    raise UsageError(f"this LiveFrame is {self._state}; make a new one to subscribe again")
+            try:
+                stream = self._open()
+            except BaseException:
+                self._close_client()
+                raise
+            with self._lock:
+                stopped = self._state != "new"  # stop() was called while subscribing
+                if not stopped:
+                    self._stream = stream
+                    self._state = "running"
+                    self._thread = threading.Thread(
+                        target=self._run, args=(stream,), name=f"theia-live {self.url or ''}".strip(), daemon=True
+                    )
+                    self._thread.start()
+            if stopped:
+                stream.close()
+                self._close_client()
+            return self
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """Close the subscription and end the consumer thread (idempotent).
