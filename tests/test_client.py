@@ -28,7 +28,6 @@ from theia_frames.client import (
     LiveStream,
     _base_url,
     _checked_event_batch,
-    _client_frame,
     _Connection,
     _mask,
 )
@@ -942,7 +941,7 @@ def test_subscriber_too_slow():
     from theia_frames.testing import MockServer
 
     with MockServer() as mock:
-        mock.respond("ok", path="/live").close_with(1008, "subscriber too slow", path="/live")
+        mock.respond("ok", path="/live").close_with(1013, "subscriber too slow", path="/live")
         with Client(mock.url) as client:
             with pytest.raises(SubscriberTooSlow):
                 list(client.receive(Filter(1)))
@@ -1175,3 +1174,31 @@ def test_batched_send_uses_arrow_for_many_and_plain_for_a_few():
         kinds = [is_arrow_message(r.message) for r in mock.received]
         assert kinds == [False] * 5 + [True]
         assert mock.events("/event") == few + many
+
+
+def test_subscriber_too_slow_error_message():
+    from theia_frames.exceptions import SubscriberTooSlow
+    from theia_frames.testing import MockServer
+
+    with MockServer() as mock:
+        mock.respond("ok", {"error": "subscriber too slow: 10000 events waiting"}, path="/live")
+        with Client(mock.url) as client:
+            with pytest.raises(SubscriberTooSlow, match="10000 events waiting") as info:
+                list(client.receive(Filter(1)))
+    assert isinstance(info.value, ConnectionClosed) and info.value.code == 1013
+
+
+def test_too_slow_with_the_collector():
+    from theia_frames.collector import serve
+    from theia_frames.exceptions import SubscriberTooSlow
+
+    with serve(db=":memory:", port=0, live_queue=10) as collector:
+        with Client(collector.url, batch=False) as client:
+            stream = client.receive(Filter(1))
+            # the subscriber does not read while far more than fits in the socket
+            # buffers is published: the collector's queue for it overflows
+            for i in range(20):
+                client.send_many([Event(id=f"b{i}-{k}", content="x" * 1000) for k in range(1000)])
+            with pytest.raises(SubscriberTooSlow):
+                for _ in stream:
+                    pass

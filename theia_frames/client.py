@@ -28,7 +28,8 @@ Finding
     complete when the server closes the connection normally (code 1000), as
     this project's collector does after the last event. The upstream collector
     never closes a ``/find``: there the result ends after ``idle_timeout``
-    seconds without a message (default :data:`DEFAULT_IDLE_TIMEOUT`). A server
+    seconds without a message (default 3 s, :data:`DEFAULT_IDLE_TIMEOUT`;
+    raise it for a slow upstream store, whose first event may take a while). A server
     that accepted the batched-transfer extension is this project's collector,
     which always closes; on such a connection silence is never taken as the
     end, and waiting longer than ``timeout`` for the next message raises
@@ -142,7 +143,7 @@ _LIVE_SLICE = 0.25
 _CLOSE_WAIT = 2.0
 _MAX_KEPT_ERRORS = 1000
 _NORMAL_CLOSE = (1000, 1005)  # 1005: a close frame without a status code, still an orderly close
-_TOO_SLOW_CODES = (1008, 1013)
+_TOO_SLOW_CODES = (1013,)  # "try again later", as our collector closes a subscriber that fell behind
 # /event closes that are about the data sent (invalid, policy, too big, server error)
 _DATA_CLOSE_CODES = (1007, 1008, 1009, 1011)
 
@@ -1096,14 +1097,17 @@ class Client:
     """A client of one theia collector; a context manager, safe to share between threads.
 
     ``url`` is the collector's base URL (``ws://host:6433``); ``timeout``
-    (seconds, ``None`` = wait forever) bounds connecting, sending one message
-    and waiting for the answer to a filter; ``idle_timeout`` is the silence
-    after which a ``/find`` on a server that never closes (upstream) is
-    complete; ``headers`` are extra HTTP headers for the handshake (e.g.
-    authentication); ``batch=False`` never offers the batched-transfer
-    extension; ``strict=True`` raises on the first undecodable message instead
-    of skipping it; ``sslopt`` passes TLS options to websocket-client for
-    ``wss://``.
+    (seconds, default 10, ``None`` = wait forever) bounds connecting, sending
+    one message and waiting for the answer to a filter; ``idle_timeout``
+    (default 3 s, ``None`` = wait for the close) is the silence after which a
+    ``/find`` on a server that never closes (upstream) is complete;
+    ``headers`` are extra HTTP headers for the handshake (e.g. authentication);
+    ``batch=False`` never offers the batched-transfer extension;
+    ``strict=True`` raises on the first undecodable message instead of
+    skipping it (default: lenient, see the module documentation);
+    ``batch_size`` is the number of events per record batch built from plain
+    messages, ``send_batch_size`` the most events per Arrow message sent;
+    ``sslopt`` passes TLS options to websocket-client for ``wss://``.
 
     >>> Client("ws://127.0.0.1:6433")
     <Client ws://127.0.0.1:6433>
