@@ -13,7 +13,7 @@ from theia_frames.demo import PLOT_NAME, plot_readings, run_demo, summary_table
 from theia_frames.exceptions import MissingDependencyError, UsageError
 from theia_frames.export import read_events
 from theia_frames.frames import EVENT_DTYPES, to_dataframe
-from theia_frames.simulate import sensor_events
+from theia_frames.simulation import sensor_events
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

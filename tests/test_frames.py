@@ -407,7 +407,7 @@ def _stored(collector, n, timeout=10.0):
 def test_a_find_result_of_the_real_collector(collector, batch):
     from theia_frames.client import Client
     from theia_frames.filter import Filter
-    from theia_frames.simulate import sensor_events
+    from theia_frames.simulation import sensor_events
 
     events = list(sensor_events(700, sources=3, rate=1000, start=1_700_000_000, seed=2))
     with Client(collector.url, batch=batch) as client:

@@ -20,7 +20,7 @@ from theia_frames.exceptions import ConnectError, UsageError
 from theia_frames.filter import Filter
 from theia_frames.frames import EVENT_DTYPES
 from theia_frames.live import EventBuffer, LiveFrame, LiveStatus, parse_window
-from theia_frames.simulate import sensor_events
+from theia_frames.simulation import sensor_events
 
 
 def make_batch(start: int, n: int, *, t0: float = 1_700_000_000.0, step: float = 0.001) -> pa.RecordBatch:

@@ -16,7 +16,7 @@ from theia_frames.client import Client
 from theia_frames.exceptions import MissingDependencyError, UsageError
 from theia_frames.frames import EVENT_DTYPES, to_dataframe
 from theia_frames.live import LiveFrame
-from theia_frames.simulate import sensor_events
+from theia_frames.simulation import sensor_events
 from theia_frames.widget import LiveView, choose_freq, default_plot, in_kernel, live_plot
 
 pytest.importorskip("ipywidgets")

@@ -57,8 +57,8 @@ _EXPORTS: dict[str, str] = {
     "find": "client",
     "send": "client",
     "connect": "client",
-    "sensor_events": "simulate",
-    "simulate": "simulate",
+    "sensor_events": "simulation",
+    "simulate": "simulation",
     # collector
     "serve": "collector",
     "Collector": "collector",
@@ -148,7 +148,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .export import read_events, write_events
     from .filter import EventFilter, Filter
     from .frames import EVENT_DTYPES, batches_to_dataframe, iter_dataframes, to_dataframe
-    from .simulate import sensor_events, simulate
+    from .simulation import sensor_events, simulate
     from .store import EventStore
     from .storefiles import DamagedStoreWarning, StoreReport, read_store
     from .live import LiveFrame

@@ -135,7 +135,7 @@ def run_demo(
     from .client import Client
     from .collector import serve
     from .filter import Filter
-    from .simulate import simulate
+    from .simulation import simulate
 
     say = stream if stream is not None else sys.stdout
     folder = Path(out)

@@ -174,7 +174,7 @@ def default_plot(df: pd.DataFrame, ax: Any, *, max_points: int = 1000) -> None:
 
     >>> from matplotlib.figure import Figure
     >>> from theia_frames.frames import to_dataframe
-    >>> from theia_frames.simulate import sensor_events
+    >>> from theia_frames.simulation import sensor_events
     >>> fig = Figure()
     >>> default_plot(to_dataframe(sensor_events(40, sources=2, seed=1), progress=False), fig.add_subplot())
     >>> [a.get_ylabel() for a in fig.axes]

@@ -337,7 +337,7 @@ def cmd_live(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from ..simulate import simulate
+    from ..simulation import simulate
 
     stop = threading.Event()
     restore = None

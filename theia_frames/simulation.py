@@ -23,10 +23,8 @@ sends them to a collector in real time.
 from __future__ import annotations
 
 import random
-import sys
 import threading
 import time
-import types
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -185,18 +183,3 @@ def _paced(client: Client, events: Iterator[Event], rate: float, stop: threading
             else:
                 time.sleep(wait)
     return sent
-
-
-class _SimulateModule(types.ModuleType):
-    """This module, callable as :func:`simulate`.
-
-    ``theia_frames.simulate`` is both this module and its main function: once
-    the module is imported, the package attribute is the module, so calling it
-    must still run the simulation.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> int:
-        return simulate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _SimulateModule

@@ -14,7 +14,7 @@ import theia_frames as tf
 from theia_frames.client import Client
 from theia_frames.codec import encode
 from theia_frames.exceptions import UsageError
-from theia_frames.simulate import SENSOR_KINDS, sensor_events, simulate
+from theia_frames.simulation import SENSOR_KINDS, sensor_events, simulate
 from upstream_like import UpstreamLike
 
 READING = re.compile(r"-?\d+\.\d(C|%|hPa|ppm|lx)")
@@ -139,10 +139,3 @@ def test_simulate_stops_when_asked(upstream):
 def test_simulate_bad_arguments(kw):
     with pytest.raises(UsageError):
         simulate("ws://127.0.0.1:1", **kw)
-
-
-def test_module_is_callable_as_the_function(upstream):
-    import theia_frames.simulate as module
-
-    assert callable(tf.simulate) and callable(module)
-    assert module(upstream.url, rate=1000, n=3, realtime=False) == 3
