@@ -1,0 +1,425 @@
+"""The theia_frames benchmark suite: every case side by side, in one process tree.
+
+    python bench/run.py                 # 1,000,000 events (the recorded figures)
+    python bench/run.py --n 20000       # a quick smoke run
+
+A collector (``theia-frames serve``) runs in its own process on a temporary
+database; each case runs in a fresh child process so that its peak RSS is its
+own. Each timed case is repeated ``--repeat`` times, interleaved, and the
+median is reported. Ratios compare cases measured in this same run.
+
+Cases:
+  load   the workload loaded into the collector (setup, also case e)
+  a      to_dataframe(client.find(f)) end to end, batched transfer
+  b      the same over the plain protocol (batching off)
+  c      a hand-written baseline: websocket-client loop, per-event parse,
+         DataFrame from a list of dicts (plain protocol)
+  d      pandas.read_json(lines=True, engine="pyarrow") over the same events in a local file
+  e      send_many of all events until all are stored
+  f      live: sustained events/s into a LiveFrame with its widget redrawing,
+         and send->visible latency p50/p99
+  g      bucket and explode_tags on the frame of all events
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+START = 1_700_000_000.0
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def rss_now() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def workload(n: int) -> Any:
+    from theia_frames.simulate import sensor_events
+
+    # a few sources, three tags, numeric content like "21.5C"; 1 ms apart
+    return sensor_events(n, sources=4, rate=1000.0, start=START, seed=7)
+
+
+def emit(result: dict[str, Any]) -> None:
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ----------------------------------------------------------------------------- child cases
+
+
+def case_load(url: str, n: int) -> dict[str, Any]:
+    """(e) send_many of n events until all are stored."""
+    from theia_frames import Client, Filter
+    from theia_frames.frames import to_dataframe
+
+    events = list(workload(n))
+    with Client(url) as client:
+        t0 = time.perf_counter()
+        client.send_many(events)
+        flush = getattr(client, "flush", None)
+        if flush is not None:
+            flush()
+            stored = n
+        else:  # no acknowledgements: poll until every event is visible to a find
+            stored = 0
+            deadline = time.monotonic() + 600
+            while stored < n and time.monotonic() < deadline:
+                stored = len(to_dataframe(client.find(Filter(START - 1)), columns=["id"], progress=False))
+        seconds = time.perf_counter() - t0
+    return {"case": "e", "events": stored, "seconds": seconds}
+
+
+def case_find(url: str, n: int, batch: bool) -> dict[str, Any]:
+    """(a)/(b) to_dataframe(client.find(f)) end to end."""
+    from theia_frames import Client, Filter
+    from theia_frames.frames import to_dataframe
+
+    base = rss_now()
+    with Client(url, batch=batch) as client:
+        t0 = time.perf_counter()
+        df = to_dataframe(client.find(Filter(START - 1)), progress=False)
+        seconds = time.perf_counter() - t0
+    return {
+        "case": "a" if batch else "b",
+        "events": len(df),
+        "seconds": seconds,
+        "rss_peak": rss_peak(),
+        "rss_base": base,
+        "df_bytes": int(df.memory_usage(deep=True).sum()),
+    }
+
+
+def case_baseline(url: str, n: int) -> dict[str, Any]:
+    """(c) what a user writes by hand with websocket-client and pandas."""
+    import pandas as pd
+    import websocket
+
+    base = rss_now()
+    t0 = time.perf_counter()
+    ws = websocket.create_connection(url + "/find")
+    ws.send(json.dumps({"start": START - 1}))
+    rows = []
+    while True:
+        opcode, msg = ws.recv_data()
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            break
+        if msg == b"ok":
+            continue
+        preamble, _, rest = msg.partition(b"\n")
+        _, _, hsize, csize = preamble.decode().replace(":", ": ").split()
+        hsize, csize = int(hsize), int(csize)
+        header = dict(line.split(":", 1) for line in rest[:hsize].decode().splitlines())
+        rows.append(
+            {
+                "id": header["id"],
+                "timestamp": float(header["timestamp"]),
+                "source": header["source"],
+                "tags": header["tags"].split(",") if header.get("tags") else [],
+                "content": rest[hsize : hsize + csize].decode(),
+            }
+        )
+    ws.close()
+    df = pd.DataFrame(rows)
+    df["timestamp"] = pd.to_datetime(df["timestamp"], unit="s", utc=True)
+    seconds = time.perf_counter() - t0
+    return {"case": "c", "events": len(df), "seconds": seconds, "rss_peak": rss_peak(), "rss_base": base,
+            "df_bytes": int(df.memory_usage(deep=True).sum())}
+
+
+def case_read_json(path: str) -> dict[str, Any]:
+    """(d) pandas.read_json(lines=True, engine="pyarrow") over a local JSON-lines file."""
+    import pandas as pd
+
+    base = rss_now()
+    t0 = time.perf_counter()
+    df = pd.read_json(path, lines=True, engine="pyarrow")
+    seconds = time.perf_counter() - t0
+    return {"case": "d", "events": len(df), "seconds": seconds, "rss_peak": rss_peak(), "rss_base": base,
+            "df_bytes": int(df.memory_usage(deep=True).sum())}
+
+
+def case_helpers(url: str) -> dict[str, Any]:
+    """(g) bucket and explode_tags on the frame of all events."""
+    from theia_frames import Client, Filter
+    from theia_frames.analysis import bucket, explode_tags
+    from theia_frames.frames import to_dataframe
+
+    with Client(url) as client:
+        df = to_dataframe(client.find(Filter(START - 1)), progress=False)
+    t0 = time.perf_counter()
+    b = bucket(df, "1min", by="source")
+    t_bucket = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    x = explode_tags(df)
+    t_explode = time.perf_counter() - t0
+    return {"case": "g", "events": len(df), "bucket_seconds": t_bucket, "bucket_rows": len(b),
+            "explode_seconds": t_explode, "explode_rows": len(x)}
+
+
+def case_live(url: str, rate: float, seconds: float) -> dict[str, Any]:
+    """(f) a LiveFrame with its widget redrawing, fed by a sender process at ``rate`` events/s."""
+    import numpy as np
+
+    from theia_frames import Filter
+    from theia_frames.live import LiveFrame
+
+    latencies: list[np.ndarray] = []
+
+    def on_batch(df: Any) -> None:
+        now = time.time()
+        ts = df["timestamp"].to_numpy(dtype="datetime64[ns]").astype("int64") / 1e9
+        latencies.append(now - ts)
+
+    lf = LiveFrame(url, Filter(time.time()), max_rows=200_000, on_batch=on_batch)
+    with lf:
+        view = lf.widget(every=0.5, mode="widget")
+        sender = subprocess.Popen(
+            [sys.executable, __file__, "--child", "sender", "--url", url, "--rate", str(rate), "--seconds", str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        out, _ = sender.communicate(timeout=seconds + 120)
+        sent = json.loads(out.strip().splitlines()[-1].split(" ", 1)[1])["sent"]
+        deadline = time.monotonic() + 30
+        while lf.status.received < sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        received = lf.status.received
+        redraws = getattr(view, "redraws", None)
+        view.close()
+    lat = np.concatenate(latencies) if latencies else np.array([np.nan])
+    return {
+        "case": "f",
+        "target_rate": rate,
+        "sent": sent,
+        "received": received,
+        "events_per_s": received / seconds,
+        "latency_p50_ms": float(np.percentile(lat, 50) * 1000),
+        "latency_p99_ms": float(np.percentile(lat, 99) * 1000),
+        "redraws": redraws,
+    }
+
+
+def sender(url: str, rate: float, seconds: float) -> dict[str, Any]:
+    """Send fresh events (timestamp = send time) at ``rate`` for ``seconds``, in 10 ms slices."""
+    from theia_frames import Client, Event
+
+    sent = 0
+    slice_s = 0.01
+    with Client(url) as client:
+        t0 = time.monotonic()
+        while (elapsed := time.monotonic() - t0) < seconds:
+            due = int(rate * elapsed) - sent
+            if due > 0:
+                now = time.time()
+                client.send_many(
+                    [Event(timestamp=now, source="/dev/sensors/bench", tags=["sensor", "temp", "site-a"],
+                           content="21.5C") for _ in range(due)]
+                )
+                sent += due
+            else:
+                time.sleep(slice_s)
+        flush = getattr(client, "flush", None)
+        if flush is not None:
+            flush()
+    return {"sent": sent}
+
+
+def run_child(args: argparse.Namespace) -> None:
+    kind = args.child
+    if kind == "load":
+        emit(case_load(args.url, args.n))
+    elif kind == "a":
+        emit(case_find(args.url, args.n, batch=True))
+    elif kind == "b":
+        emit(case_find(args.url, args.n, batch=False))
+    elif kind == "c":
+        emit(case_baseline(args.url, args.n))
+    elif kind == "d":
+        emit(case_read_json(args.path))
+    elif kind == "g":
+        emit(case_helpers(args.url))
+    elif kind == "f":
+        emit(case_live(args.url, args.rate, args.seconds))
+    elif kind == "sender":
+        emit(sender(args.url, args.rate, args.seconds))
+    else:  # pragma: no cover
+        raise SystemExit(f"unknown case {kind}")
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def child(kind: str, **kw: Any) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", kind]
+    for key, value in kw.items():
+        cmd += [f"--{key}", str(value)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"case {kind} failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def start_collector(db: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "theia_frames", "serve", "--db", db, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"ws://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("the collector did not start")
+
+
+def write_jsonl(n: int, path: str) -> None:
+    with open(path, "w") as f:
+        for e in workload(n):
+            f.write(json.dumps({"id": e.id, "timestamp": e.timestamp, "source": e.source,
+                                "tags": e.tags, "content": e.content}) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=1_000_000, help="events in the workload")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each timed case (median reported)")
+    p.add_argument("--live-rate", type=float, default=20_000, help="events/s sent in case f")
+    p.add_argument("--live-seconds", type=float, default=10.0)
+    p.add_argument("--cases", default="abcdefg")
+    p.add_argument("--json", default=str(HERE / "results" / "latest.json"), help="result file")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument("--path", help=argparse.SUPPRESS)
+    p.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        run_child(args)
+        return 0
+
+    results: dict[str, Any] = {
+        "n": args.n,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "cases": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="theia-bench-") as tmp:
+        collector, url = start_collector(os.path.join(tmp, "bench.db"))
+        try:
+            print(f"loading {args.n:,} events into {url} ...", flush=True)
+            results["cases"]["e"] = child("load", url=url, n=args.n)
+            runs: dict[str, list[dict[str, Any]]] = {k: [] for k in "abcd"}
+            if "d" in args.cases:
+                write_jsonl(args.n, os.path.join(tmp, "events.jsonl"))
+            for _ in range(args.repeat):
+                for k in "abcd":
+                    if k not in args.cases:
+                        continue
+                    if k == "d":
+                        runs[k].append(child("d", path=os.path.join(tmp, "events.jsonl")))
+                    else:
+                        runs[k].append(child(k, url=url, n=args.n))
+            for k, rs in runs.items():
+                if rs:
+                    med = sorted(rs, key=lambda r: r["seconds"])[len(rs) // 2]
+                    med = dict(med, all_seconds=[r["seconds"] for r in rs])
+                    results["cases"][k] = med
+            if "g" in args.cases:
+                results["cases"]["g"] = child("g", url=url)
+            if "f" in args.cases:
+                results["cases"]["f"] = child("f", url=url, rate=args.live_rate, seconds=args.live_seconds)
+        finally:
+            collector.terminate()
+            collector.wait(timeout=30)
+
+    print(report(results))
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+def report(results: dict[str, Any]) -> str:
+    c = results["cases"]
+    lines = [f"theia_frames benchmarks: {results['n']:,} events, {results['machine']['cpus']} cores, {results['date']}", ""]
+    lines.append(f"{'case':<62} {'events/s':>12} {'seconds':>8} {'peak RSS':>10} {'frame':>9}")
+
+    def row(key: str, label: str) -> None:
+        r = c.get(key)
+        if not r:
+            return
+        rate = r["events"] / r["seconds"] if r["seconds"] else float("nan")
+        rss = f"{r['rss_peak'] / 2**20:,.0f} MiB" if "rss_peak" in r else ""
+        frame = f"{r['df_bytes'] / 2**20:,.0f} MiB" if "df_bytes" in r else ""
+        lines.append(f"{label:<62} {rate:>12,.0f} {r['seconds']:>8.2f} {rss:>10} {frame:>9}")
+
+    row("a", "(a) to_dataframe(client.find(f)), batched")
+    row("b", "(b) to_dataframe(client.find(f)), plain protocol")
+    row("c", "(c) hand-written websocket-client loop + dicts (plain)")
+    row("d", "(d) pandas.read_json(lines=True, engine='pyarrow'), local file")
+    row("e", "(e) send_many until stored")
+    lines.append("")
+    if "a" in c and "d" in c:
+        lines.append(f"(a) / (d) = {c['d']['seconds'] / c['a']['seconds']:.2f}x")
+    if "b" in c and "c" in c:
+        lines.append(f"(b) / (c) = {c['c']['seconds'] / c['b']['seconds']:.2f}x")
+    if "a" in c:
+        a = c["a"]
+        lines.append(
+            f"(a) peak RSS {a['rss_peak'] / 2**20:,.0f} MiB (of which {a['rss_base'] / 2**20:,.0f} MiB interpreter and"
+            f" libraries before the query; growth {(a['rss_peak'] - a['rss_base']) / 2**20:,.0f} MiB)"
+            f" vs final frame {a['df_bytes'] / 2**20:,.0f} MiB:"
+            f" peak/frame {a['rss_peak'] / a['df_bytes']:.2f}x, growth/frame {(a['rss_peak'] - a['rss_base']) / a['df_bytes']:.2f}x"
+        )
+    if "f" in c:
+        f = c["f"]
+        lines.append(
+            f"(f) live at {f['target_rate']:,.0f}/s offered: {f['events_per_s']:,.0f} events/s received"
+            f" ({f['received']:,}/{f['sent']:,}), latency p50 {f['latency_p50_ms']:.0f} ms,"
+            f" p99 {f['latency_p99_ms']:.0f} ms, {f['redraws']} redraws"
+        )
+    if "g" in c:
+        g = c["g"]
+        lines.append(
+            f"(g) on {g['events']:,} rows: bucket(1min, by=source) {g['bucket_seconds']:.3f} s,"
+            f" explode_tags {g['explode_seconds']:.3f} s"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
