@@ -117,11 +117,16 @@ def test_a_file_store_is_in_wal_mode(tmp_path):
 # --------------------------------------------------------------------------- reading
 
 
-def test_order_asc_and_desc_with_ties_in_stored_order(store):
-    store.add_many([ev(1, 2.0), ev(2, 1.0), ev(3, 2.0), ev(4, 3.0), ev(5, 2.0)])
+def test_order_asc_and_desc_with_ties_by_id(store):
+    store.add_many([ev(5, 2.0), ev(2, 1.0), ev(3, 2.0), ev(4, 3.0), ev(1, 2.0)])
     assert ids(store) == ["e2", "e1", "e3", "e5", "e4"]
     assert ids(store, Filter().order_asc()) == ["e2", "e1", "e3", "e5", "e4"]
     assert ids(store, Filter().order_desc()) == ["e4", "e5", "e3", "e1", "e2"]
+
+
+def test_the_same_id_at_another_time_is_another_event(store):
+    assert store.add_many([ev(1, 1.0), ev(1, 2.0), ev(1, 1.0)]) == 2
+    assert [c.timestamp for c in store.query()] == [[1.0, 2.0]]
 
 
 def test_time_bounds_are_inclusive(store):
@@ -197,7 +202,7 @@ def test_criteria_mean_what_eventfilter_means(store):
 def test_queries_use_the_timestamp_index(store, flt, seek):
     store.add_many([ev(i, float(i)) for i in range(100)])
     plan = store.query_plan(flt)
-    assert "USING INDEX events_timestamp" in plan
+    assert "USING INDEX events_time_id" in plan
     assert "TEMP B-TREE" not in plan  # the index gives the order: no sort
     if seek is not None:
         assert seek in plan
@@ -205,8 +210,9 @@ def test_queries_use_the_timestamp_index(store, flt, seek):
 
 def test_many_equal_timestamps_are_read_once_each(store):
     store.add_many([ev(i, 5.0) for i in range(5000)])
-    assert ids(store, Filter(1), chunk_size=100) == [f"e{i}" for i in range(5000)]
-    assert ids(store, Filter(1).order_desc(), chunk_size=99) == [f"e{i}" for i in reversed(range(5000))]
+    by_id = sorted(f"e{i}" for i in range(5000))
+    assert ids(store, Filter(1), chunk_size=100) == by_id
+    assert ids(store, Filter(1).order_desc(), chunk_size=99) == by_id[::-1]
 
 
 # Property: the store returns exactly the matching events, in order.
@@ -243,8 +249,8 @@ def test_query_equals_filtering_the_sorted_events(rows, flt, chunk):
     ]
     with EventStore() as store:
         store.add_many(events)
-        # sorted() is stable: ties stay in stored order; desc is the exact reverse
-        expected = [e.id for e in sorted(events, key=lambda e: e.timestamp) if flt.matches(e)]
+        # ties by id; desc is the exact reverse
+        expected = [e.id for e in sorted(events, key=lambda e: (e.timestamp, e.id)) if flt.matches(e)]
         if flt.order == "desc":
             expected.reverse()
         assert ids(store, flt, chunk_size=chunk) == expected

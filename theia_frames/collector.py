@@ -363,7 +363,7 @@ class Collector:
             await asyncio.wait_for(server.wait_closed(), _STOP_GRACE)
         except asyncio.TimeoutError:
             # Clients that do not read never answer the close: cut them off.
-            for connection in list(server.all_connections):
+            for connection in list(getattr(server, "all_connections", server.connections)):
                 connection.transport.abort()
             await server.wait_closed()
         for task in list(self._tasks):
@@ -464,10 +464,11 @@ class Collector:
         assert store is not None and pool is not None
         rows = self.find_batch_rows if batched else _PLAIN_CHUNK
         chunks = await loop.run_in_executor(pool, functools.partial(store.query, flt, chunk_size=rows))
-        await ws.send(OK)
         produce = functools.partial(_next_messages, chunks, batched, rows)
-        job: asyncio.Future[list[bytes | str] | None] | None = loop.run_in_executor(pool, produce)
+        job: asyncio.Future[list[bytes | str] | None] | None = None
         try:
+            await ws.send(OK)
+            job = loop.run_in_executor(pool, produce)
             while job is not None:
                 messages = await job
                 job = None
@@ -641,6 +642,15 @@ def _next_messages(chunks: Iterator[EventColumns], batched: bool, rows: int) -> 
     return [batch_to_ipc(columns_to_batch(acc))]
 
 
+def _may_hold_line_break(column: Any) -> bool:
+    """Whether a string column's bytes hold a line break anywhere (a fast scan of its data buffer)."""
+    data = column.buffers()[2]
+    if data is None:
+        return False
+    raw = data.to_pybytes()
+    return b"\n" in raw or b"\r" in raw
+
+
 def _append_arrow(cols: EventColumns, message: bytes) -> str | None:
     """Append the events of an Arrow batch message; returns a note on rows left out, if any."""
     import pyarrow.compute as pc
@@ -651,10 +661,17 @@ def _append_arrow(cols: EventColumns, message: bytes) -> str | None:
         if not batch.num_rows:
             continue
         # Rows the plain format cannot carry would break plain /find and /live peers.
-        bad = pc.invert(pc.is_finite(batch.column(1)))
+        # Row by row only when a quick look at the whole column finds something.
+        bad = None
+        finite = pc.is_finite(batch.column(1))
+        if not pc.all(finite).as_py():
+            bad = pc.invert(finite)
         for index in (0, 2, 3):
-            bad = pc.or_(bad, pc.match_substring_regex(batch.column(index), "[\r\n]"))
-        if pc.any(bad).as_py():
+            column = batch.column(index)
+            if _may_hold_line_break(column):
+                breaks = pc.match_substring_regex(column, "[\r\n]")
+                bad = breaks if bad is None else pc.or_(bad, breaks)
+        if bad is not None and pc.any(bad).as_py():
             n_bad = pc.sum(bad).as_py()
             if not left_out:
                 first_bad = batch.filter(bad).column(0)[0].as_py()
