@@ -21,11 +21,14 @@ from typing import Any
 import psutil
 import pytest
 import websocket
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from theia_frames import Event, EventFilter, Filter, decode, encode
+from theia_frames import Event, EventFilter, decode, encode
 from theia_frames.batch import ARROW_MARKER, SUBPROTOCOL, batch_to_ipc, events_to_batch, ipc_to_batches, iter_batch_events
+from theia_frames.codec import EventColumns
 from theia_frames.collector import Collector, serve
-from theia_frames.exceptions import TransportError, UsageError
+from theia_frames.exceptions import DecodeError, TransportError, UsageError
 from theia_frames.store import EventStore
 
 OFFER = [f"Sec-WebSocket-Protocol: {SUBPROTOCOL}"]
@@ -177,6 +180,52 @@ def test_bad_event_between_good_ones(collector, caplog):
     wait_stored(collector, 3)
     assert find_events(collector, {"start": 1}) == good
     assert any("bad event" in r.getMessage() and "sizes do not match" in r.getMessage() for r in caplog.records)
+
+
+@st.composite
+def damaged_events(draw: Any) -> bytes:
+    """Serialized events, some of them cut, stretched or with bytes changed."""
+    event = Event(
+        id=draw(st.text(st.characters(blacklist_characters="\r\n"), max_size=8)),
+        timestamp=draw(st.floats(0, 2e9)),
+        source=draw(st.text(st.characters(blacklist_characters="\r\n"), max_size=8)),
+        tags=draw(st.lists(st.text(st.characters(blacklist_characters=",\r\n"), min_size=1, max_size=4), max_size=3)),
+        content=draw(st.text(max_size=20)),
+    )
+    data = bytearray(encode(event))
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, len(data) - 1))
+        how = draw(st.sampled_from(["flip", "cut", "insert"]))
+        if how == "flip":
+            data[at] = draw(st.integers(0, 255))
+        elif how == "cut":
+            del data[at:]
+        else:
+            data[at:at] = draw(st.binary(min_size=1, max_size=4))
+        if not data:
+            break
+    return bytes(data)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=100), damaged_events()))
+def test_any_bytes_on_event_are_stored_or_answered_with_an_error(collector, data):
+    expected = EventColumns()
+    try:
+        expected.append_raw(data)
+        bad = False
+    except DecodeError:
+        bad = True
+    ws = connect(collector, "/event")
+    ws.send_binary(data)
+    if bad:
+        assert "invalid event" in json.loads(ws.recv())["error"]
+    sentinel = Event()
+    ws.send_binary(encode(sentinel))
+    ws.close()
+    wait_until(lambda: list(collector.store.query(EventFilter(id=sentinel.id))), what="the sentinel")
+    stored = {(i, t) for cols in collector.store.query() for i, t in zip(cols.id, cols.timestamp)}
+    assert set(zip(expected.id, expected.timestamp)) <= stored
 
 
 def test_the_go_dialect_is_stored_and_sent_back_in_the_upstream_one(collector):
