@@ -111,3 +111,19 @@ def test_matches_agrees_with_bounds(start, end, ts):
     f = EventFilter(start=start, end=end)
     expected = start <= ts and (end is None or ts <= end)
     assert f.matches(ev(ts=ts)) == expected
+
+
+def test_re2_engine_means_the_same_and_cannot_hang():
+    evil = "a" * 100_000 + "!"
+    f = EventFilter(content="(a+)+$", tags=("temp.+",), engine="re2")
+    assert not f.matches(ev(content=evil, tags=("temp-1",)))
+    assert f.matches(ev(content="aaa", tags=("temp-1",)))
+    assert not f.matches(ev(content="aaa", tags=("temp",)))  # still a full match on tags
+    assert EventFilter.from_json('{"content": "C$"}', engine="re2").matches(ev())
+
+
+def test_re2_refuses_what_it_cannot_run():
+    with pytest.raises(InvalidFilterError, match="RE2"):
+        EventFilter(content=r"(a)\1", engine="re2")
+    with pytest.raises(InvalidFilterError, match="engine must be"):
+        EventFilter(engine="pcre")

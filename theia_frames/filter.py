@@ -33,21 +33,32 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from .event import Event
-from .exceptions import InvalidFilterError
+from .exceptions import InvalidFilterError, MissingDependencyError
 
-__all__ = ["EventFilter", "Filter", "Order", "ORDERS", "set_regex_engine"]
+__all__ = ["EventFilter", "Filter", "Order", "ORDERS", "Engine", "ENGINES"]
 
 Order = Literal["asc", "desc"]
 ORDERS = ("asc", "desc")
 
-# The regex engine compiles patterns; the collector may switch to a linear-time one.
-_compile: Callable[[str], Any] = re.compile
+Engine = Literal["re", "re2"]
+ENGINES = ("re", "re2")
 
 
-def set_regex_engine(compile_fn: Callable[[str], Any]) -> None:
-    """Use another regex compiler (e.g. ``re2.compile``) for filters built from now on."""
-    global _compile
-    _compile = compile_fn
+def _compile_re2(pattern: str) -> Any:
+    try:
+        import re2
+    except ImportError as exc:  # pragma: no cover - google-re2 is a dependency
+        raise MissingDependencyError("google-re2", "re2", "linear-time filter patterns") from exc
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        return re2.compile(pattern, options=options)
+    except re2.error as exc:
+        detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(f"{detail} (unsupported by the linear-time RE2 engine, or invalid)") from None
+
+
+_COMPILERS: dict[str, Callable[[str], Any]] = {"re": re.compile, "re2": _compile_re2}
 
 
 def _number(name: str, value: Any) -> float | None:
@@ -61,12 +72,12 @@ def _number(name: str, value: Any) -> float | None:
     return value
 
 
-def _pattern(name: str, value: Any) -> Any:
+def _pattern(name: str, value: Any, engine: str) -> Any:
     if not isinstance(value, str):
         raise InvalidFilterError(f"filter {name} must be a string regular expression, got {value!r}")
     try:
-        return _compile(value)
-    except Exception as exc:  # re.error, re2.error, ...
+        return _COMPILERS[engine](value)
+    except (re.error, ValueError, OverflowError, RecursionError) as exc:
         raise InvalidFilterError(f"filter {name} is not a valid regular expression {value!r}: {exc}") from None
 
 
@@ -76,7 +87,13 @@ class EventFilter:
 
     ``start``/``end`` are float seconds since the epoch (UTC); ``tags`` a tuple
     of regexes; ``content``, ``id``, ``source`` regexes; ``order`` ``"asc"`` or
-    ``"desc"``.
+    ``"desc"``. ``engine`` compiles the patterns: Python's ``re`` (the
+    default) or ``"re2"``, a linear-time engine that cannot be made to hang by
+    a pathological pattern (the collector uses it for filters from the
+    network); RE2 refuses backreferences and lookaround.
+
+    >>> EventFilter(content="(a+)+$", engine="re2").matches(Event(content="a" * 10_000 + "b"))
+    False
     """
 
     start: float | None = None
@@ -86,6 +103,7 @@ class EventFilter:
     order: Order | None = None
     id: str | None = None
     source: str | None = None
+    engine: Engine = field(default="re", compare=False, repr=False)
     _compiled: tuple[Any, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -99,13 +117,15 @@ class EventFilter:
         if isinstance(tags, str) or not isinstance(tags, Iterable):
             raise InvalidFilterError(f"filter tags must be a list of strings, got {tags!r}")
         tags = tuple(tags)
+        if self.engine not in ENGINES:
+            raise InvalidFilterError(f"filter engine must be 're' or 're2', got {self.engine!r}")
         if self.order is not None and self.order not in ORDERS:
             raise InvalidFilterError(f"filter order must be 'asc' or 'desc', got {self.order!r}")
         compiled = (
-            tuple(_pattern("tag", t) for t in tags),
-            None if self.content is None else _pattern("content", self.content),
-            None if self.id is None else _pattern("id", self.id),
-            None if self.source is None else _pattern("source", self.source),
+            tuple(_pattern("tag", t, self.engine) for t in tags),
+            None if self.content is None else _pattern("content", self.content, self.engine),
+            None if self.id is None else _pattern("id", self.id, self.engine),
+            None if self.source is None else _pattern("source", self.source, self.engine),
         )
         object.__setattr__(self, "start", start)
         object.__setattr__(self, "end", end)
@@ -199,7 +219,7 @@ class EventFilter:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any]) -> EventFilter:
+    def from_dict(cls, obj: Mapping[str, Any], *, engine: Engine = "re") -> EventFilter:
         """Build from a JSON object, failing with a message that names a bad key or value."""
         if not isinstance(obj, Mapping):
             raise InvalidFilterError(f"a filter must be a JSON object, got {type(obj).__name__}")
@@ -219,15 +239,16 @@ class EventFilter:
             order=obj.get("order"),
             id=obj.get("id"),
             source=obj.get("source"),
+            engine=engine,
         )
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> EventFilter:
+    def from_json(cls, text: str | bytes, *, engine: Engine = "re") -> EventFilter:
         try:
             obj = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidFilterError(f"filter is not valid JSON: {exc}") from None
-        return cls.from_dict(obj)
+        return cls.from_dict(obj, engine=engine)
 
     # ------------------------------------------------------------------ peer forms
     def for_find(self) -> dict[str, Any]:
