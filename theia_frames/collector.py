@@ -50,9 +50,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import hmac
 import json
 import logging
 import os
+import ssl
 import threading
 import weakref
 from collections import deque
@@ -166,6 +168,15 @@ class Collector:
         default) for none: plain ``/event`` clients never read, so they could
         not answer them.
         ``close_timeout``: seconds to wait for a client's close handshake.
+        ``token``: a shared secret; when set, every connection must present
+        ``Authorization: Bearer <token>`` at the handshake (401 without it,
+        403 with a wrong one).
+        ``certfile``/``keyfile``: serve ``wss://`` (TLS) with this certificate
+        chain and private key (PEM files).
+
+    Patterns in filters that arrive over the network are compiled with RE2,
+    a linear-time engine, so no pattern can make the collector hang; a pattern
+    RE2 cannot run (backreferences, lookaround) is refused with an error message.
     """
 
     def __init__(
@@ -179,6 +190,9 @@ class Collector:
         find_batch_rows: int = DEFAULT_FIND_BATCH,
         ping_interval: float | None = None,
         close_timeout: float = 2.0,
+        token: str | None = None,
+        certfile: str | os.PathLike[str] | None = None,
+        keyfile: str | os.PathLike[str] | None = None,
     ) -> None:
         if max_message_size < 1 or live_queue < 1 or find_batch_rows < 1:
             raise UsageError("max_message_size, live_queue and find_batch_rows must be positive")
@@ -189,6 +203,10 @@ class Collector:
         self.find_batch_rows = int(find_batch_rows)
         self.ping_interval = ping_interval
         self.close_timeout = close_timeout
+        if token is not None and (not isinstance(token, str) or not token):
+            raise UsageError("token must be a non-empty string")
+        self._token = token
+        self._ssl = _server_ssl_context(certfile, keyfile)
         self._requested_port = int(port)
         self._port: int | None = None
         self.store: EventStore | None = None
@@ -204,6 +222,7 @@ class Collector:
         self._stopped = False
         # loop-thread state
         self._subscribers: set[_Subscriber] = set()
+        self._flushes: list[tuple[int, _EventSink, Any]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._room: asyncio.Event | None = None
 
@@ -225,7 +244,8 @@ class Collector:
             host = "::1"
         if ":" in host:
             host = f"[{host}]"
-        return f"ws://{host}:{self.port}"
+        scheme = "wss" if self._ssl is not None else "ws"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -350,6 +370,7 @@ class Collector:
                 ping_interval=self.ping_interval,
                 close_timeout=self.close_timeout,
                 write_limit=2**20,
+                ssl=self._ssl,
             )
         except OSError as exc:
             self._startup_error = exc
@@ -379,12 +400,24 @@ class Collector:
 
     def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
-        if path in ENDPOINTS:
-            return None
-        logger.info("refused %s: unknown path %r", _peer(connection), path)
-        return connection.respond(
-            HTTPStatus.NOT_FOUND, f"unknown path {path!r}: this collector serves {', '.join(ENDPOINTS)}\n"
-        )
+        if path not in ENDPOINTS:
+            logger.info("refused %s: unknown path %r", _peer(connection), path)
+            return connection.respond(
+                HTTPStatus.NOT_FOUND, f"unknown path {path!r}: this collector serves {', '.join(ENDPOINTS)}\n"
+            )
+        if self._token is not None:
+            presented = request.headers.get("Authorization")
+            if presented is None:
+                logger.info("refused %s on %s: no credentials", _peer(connection), path)
+                response = connection.respond(HTTPStatus.UNAUTHORIZED, "this collector needs a bearer token\n")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="theia"'
+                return response
+            scheme, _, value = presented.partition(" ")
+            expected = self._token.encode()
+            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
+                logger.info("refused %s on %s: wrong credentials", _peer(connection), path)
+                return connection.respond(HTTPStatus.FORBIDDEN, "wrong bearer token\n")
+        return None
 
     async def _handle(self, ws: ServerConnection) -> None:
         path = urlsplit(ws.request.path if ws.request is not None else "").path
@@ -414,7 +447,7 @@ class Collector:
         if message is None:
             message = await ws.recv()
         try:
-            return EventFilter.from_json(message)
+            return EventFilter.from_json(message, engine="re2")
         except InvalidFilterError as exc:
             logger.info("%s sent a bad filter: %s", _peer(ws), exc)
             await ws.send(_error(str(exc)))
@@ -429,6 +462,9 @@ class Collector:
         sink = _EventSink(self, ws)
         try:
             async for message in ws:
+                if batched and isinstance(message, str) and message.startswith('{"flush"'):
+                    self._flush_request(sink, message, writer.received)
+                    continue
                 writer.put(sink, message, batched)
                 while writer.pending_bytes > _PENDING_LIMIT:
                     # Stop reading until the writer catches up: TCP pushes back on the client.
@@ -446,11 +482,31 @@ class Collector:
         except RuntimeError:  # the loop has ended: nobody is left to tell
             pass
 
+    def _flush_request(self, sink: _EventSink, message: str, seq: int) -> None:
+        """Answer ``{"flush": token}`` once everything received before it is committed."""
+        try:
+            token = json.loads(message)["flush"]
+        except (ValueError, KeyError, TypeError):
+            sink.report(f"invalid flush request: {message[:80]!r}")
+            return
+        if self._writer is not None and self._writer.committed >= seq:
+            sink.acknowledge(token)
+        else:
+            self._flushes.append((seq, sink, token))
+
     def _committed(self, upto: int, new: EventColumns, errors: list[tuple[_EventSink, str]]) -> None:
         if self._room is not None:
             self._room.set()
         for sink, text in errors:
             sink.report(text)
+        if self._flushes:
+            waiting = []
+            for seq, sink, token in self._flushes:
+                if seq <= upto:
+                    sink.acknowledge(token)
+                else:
+                    waiting.append((seq, sink, token))
+            self._flushes = waiting
         if len(new) and self._subscribers:
             self._publish(new)
 
@@ -578,6 +634,21 @@ class Collector:
 # --------------------------------------------------------------------------- helpers
 
 
+def _server_ssl_context(
+    certfile: str | os.PathLike[str] | None, keyfile: str | os.PathLike[str] | None
+) -> ssl.SSLContext | None:
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None:
+        raise UsageError("keyfile was given without certfile: TLS needs both")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(os.fspath(certfile), None if keyfile is None else os.fspath(keyfile))
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load the TLS certificate {os.fspath(certfile)!r}: {exc}") from exc
+    return context
+
+
 def _select_subprotocol(connection: ServerConnection, offered: Any) -> Any:
     # websockets refuses clients that offer nothing when the server has
     # subprotocols; plain peers must be served, so "none" is a valid answer.
@@ -693,7 +764,9 @@ def _append_arrow(cols: EventColumns, message: bytes) -> str | None:
 class _EventSink:
     """An /event connection as the writer sees it: where its error messages go."""
 
-    __slots__ = ("collector", "ws", "peer", "errors", "sending", "closed", "dropped")
+    __slots__ = (
+        "collector", "ws", "peer", "errors", "sending", "closed", "dropped", "accepted", "rejected", "failure",
+    )
 
     def __init__(self, collector: Collector, ws: ServerConnection) -> None:
         self.collector = collector
@@ -703,16 +776,30 @@ class _EventSink:
         self.sending = False
         self.closed = False
         self.dropped = 0
+        # counted by the writer thread: events decoded, messages refused, the last store failure
+        self.accepted = 0
+        self.rejected = 0
+        self.failure: str | None = None
+
+    def acknowledge(self, token: Any) -> None:
+        """Answer a flush request: everything before it is committed (loop thread)."""
+        if self.failure is not None:
+            self._queue(_error(f"flush {token}: {self.failure}"))
+        else:
+            self._queue(json.dumps({"flushed": token, "stored": self.accepted, "rejected": self.rejected}))
 
     def report(self, text: str) -> None:
         """Queue an error message for the client (loop thread)."""
+        self._queue(_error(text))
+
+    def _queue(self, message: str) -> None:
         if self.closed:
             return
         if len(self.errors) >= _MAX_WAITING_ERRORS:
             # A client that never reads must not make us hold its errors forever.
             self.dropped += 1
             return
-        self.errors.append(text)
+        self.errors.append(message)
         if not self.sending:
             self.sending = True
             self.collector._spawn(self._send())
@@ -720,7 +807,7 @@ class _EventSink:
     async def _send(self) -> None:
         try:
             while self.errors:
-                await self.ws.send(_error(self.errors.popleft()))
+                await self.ws.send(self.errors.popleft())
         except ConnectionClosed:
             self.errors.clear()
         finally:
@@ -808,8 +895,11 @@ class _Writer(threading.Thread):
             errors: list[tuple[_EventSink, str]] = []
             for sink, message, batched in items:
                 nbytes += len(message)
+                before = len(cols)
                 problem = self._decode(cols, message, batched)
+                sink.accepted += len(cols) - before
                 if problem is not None:
+                    sink.rejected += 1
                     logger.warning("bad event from %s on /event: %s", sink.peer, problem)
                     errors.append((sink, problem))
             new = EventColumns()
@@ -818,7 +908,8 @@ class _Writer(threading.Thread):
             except Exception as exc:
                 logger.error("%d event(s) not stored: %s", len(cols), exc)
                 for sink in {id(s): s for s, _, _ in items}.values():
-                    errors.append((sink, f"events not stored: {exc}"))
+                    sink.failure = f"events not stored: {exc}"
+                    errors.append((sink, sink.failure))
             with self._stored:
                 self.committed = upto
                 self.pending_bytes -= nbytes

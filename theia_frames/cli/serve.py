@@ -9,6 +9,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import signal
 import sys
@@ -69,6 +70,13 @@ def register(subparsers: Any) -> None:
         metavar="EVENTS",
         help=f"events a live subscriber may have waiting before it is dropped as too slow (default {DEFAULT_LIVE_QUEUE})",
     )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("THEIA_TOKEN"),
+        help="require 'Authorization: Bearer TOKEN' from every client (default: $THEIA_TOKEN; none when unset)",
+    )
+    p.add_argument("--certfile", metavar="PEM", help="serve wss:// (TLS) with this certificate chain")
+    p.add_argument("--keyfile", metavar="PEM", help="the private key of --certfile (if not in the same file)")
     p.add_argument("--log-level", choices=_LEVELS, default="info", help="logging level (default info)")
     p.set_defaults(func=_serve)
 
@@ -96,6 +104,9 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             max_message_size=args.max_message_size,
             live_queue=args.live_queue,
+            token=args.token or None,
+            certfile=args.certfile,
+            keyfile=args.keyfile,
         )
         try:
             print(f"theia-frames collector listening on {collector.url} (store: {args.db}); Ctrl-C to stop", flush=True)
