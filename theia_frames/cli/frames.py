@@ -15,28 +15,9 @@ import sys
 from typing import Any
 
 from ..timeparse import time_arg
+from . import argtypes
 
 __all__ = ["register"]
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {text!r}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -68,9 +49,9 @@ def register(subparsers: Any) -> None:
         ),
     )
     d.add_argument("--out", default="out", metavar="DIR", help="folder for the plot and the events (default: out)")
-    d.add_argument("--seconds", type=_positive, default=3.0, metavar="N", help="how long to simulate (default 3)")
-    d.add_argument("--rate", type=_positive, default=100.0, metavar="N", help="events per second (default 100)")
-    d.add_argument("--sources", type=_count, default=4, metavar="N", help="simulated sensors (default 4)")
+    d.add_argument("--seconds", type=argtypes.positive_number, default=3.0, metavar="N", help="how long to simulate (default 3)")
+    d.add_argument("--rate", type=argtypes.positive_number, default=100.0, metavar="N", help="events per second (default 100)")
+    d.add_argument("--sources", type=argtypes.count, default=4, metavar="N", help="simulated sensors (default 4)")
     d.set_defaults(func=_demo)
 
 

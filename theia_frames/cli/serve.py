@@ -9,38 +9,19 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import os
 import logging
+import os
 import signal
 import sys
 import threading
 from typing import Any
 
 from ..collector import DEFAULT_LIVE_QUEUE, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PORT
+from . import argtypes
 
 __all__ = ["register"]
 
 _LEVELS = ("debug", "info", "warning", "error")
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is between 0 and 65535, got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {text!r}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -55,17 +36,17 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--db", required=True, metavar="PATH", help="the SQLite file of the store (made if missing), or :memory:")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1, loopback only)")
-    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"the port (default {DEFAULT_PORT}; 0 picks a free one)")
+    p.add_argument("--port", type=argtypes.port, default=DEFAULT_PORT, help=f"the port (default {DEFAULT_PORT}; 0 picks a free one)")
     p.add_argument(
         "--max-message-size",
-        type=_positive,
+        type=argtypes.count,
         default=DEFAULT_MAX_MESSAGE_SIZE,
         metavar="BYTES",
         help=f"largest message accepted (default {DEFAULT_MAX_MESSAGE_SIZE})",
     )
     p.add_argument(
         "--live-queue",
-        type=_positive,
+        type=argtypes.count,
         default=DEFAULT_LIVE_QUEUE,
         metavar="EVENTS",
         help=f"events a live subscriber may have waiting before it is dropped as too slow (default {DEFAULT_LIVE_QUEUE})",

@@ -1,0 +1,38 @@
+"""Argument types shared by the commands: each names what it expected."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["port", "count", "positive_number"]
+
+
+def _number(text: str, kind: type, what: str) -> int | float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def port(text: str) -> int:
+    """A TCP port, 0 (pick a free one) to 65535."""
+    value = int(_number(text, int, "a port number"))
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is between 0 and 65535, got {text!r}")
+    return value
+
+
+def count(text: str) -> int:
+    """A whole number, at least 1."""
+    value = int(_number(text, int, "a whole number"))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {text!r}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """A number greater than 0."""
+    value = float(_number(text, float, "a number"))
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
