@@ -1,0 +1,243 @@
+"""Hostile input, scaled down: the codec fuzzer and the collector fuzzer of ``scripts/``.
+
+The full-size runs (a million codec inputs, 20,000 hostile rounds against a
+collector) are ``scripts/fuzz_codec.py`` and ``scripts/fuzz_collector.py``;
+their figures are in RELIABILITY.md. Here the same generators and checks run
+on fewer inputs, with fixed seeds.
+
+Each defect the fuzzers found has a test of its own below that reproduces it
+in a few bytes. While a defect is there, the fuzz tests set aside exactly the
+failures it explains (recognised by their message, and only while the small
+reproduction still fails), so any other failure still fails them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import struct
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from theia_frames import Event, batch, codec
+from theia_frames.collector import serve
+from theia_frames.exceptions import DecodeError, InvalidFilterError
+from theia_frames.filter import EventFilter
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def _load(name: str) -> ModuleType:
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+fuzz_codec = _load("fuzz_codec")
+fuzz_collector = _load("fuzz_collector")
+
+
+# --------------------------------------------------------------------------- small reproductions
+
+HUGE_SIZE = b"event: " + b"9" * 5_000 + b" 1 1\nid:x\ntimestamp: 1\n"
+NEXT_EVENT = codec.encode(Event(id="next", timestamp=2.0, content="intact"))
+
+
+def _bad_offsets_message() -> bytes:
+    """A batch message whose content offsets run past their data (a crafted, 1 KB message)."""
+    events = [Event(id=f"i{i}", timestamp=1.0 + i, content=c) for i, c in enumerate(["A" * 11, "B" * 13, "C" * 17])]
+    message = bytearray(batch.batch_to_ipc(batch.events_to_batch(events)))
+    offsets = struct.pack("<4i", 0, 11, 24, 41)
+    at = message.find(offsets)
+    assert at > 0
+    message[at + 4 : at + 8] = struct.pack("<i", 0x7F000000)
+    return bytes(message)
+
+
+def _not_utf8_message() -> bytes:
+    """A batch message whose content column holds bytes that are not UTF-8."""
+    events = [Event(id="u1", timestamp=1.0, content="\u00e9t\u00e9"), Event(id="u2", timestamp=2.0, content="ok")]
+    message = bytearray(batch.batch_to_ipc(batch.events_to_batch(events)))
+    at = message.find("\u00e9t\u00e9".encode())
+    assert at > 0
+    message[at] = 0xFF
+    return bytes(message)
+
+
+BAD_OFFSETS = _bad_offsets_message()
+NOT_UTF8 = _not_utf8_message()
+
+
+def _still_fails(check: Any) -> bool:
+    try:
+        check()
+    except (Exception, pytest.fail.Exception):
+        return True
+    return False
+
+
+def _check_huge_size() -> None:
+    with pytest.raises(DecodeError):
+        codec.decode(HUGE_SIZE)
+
+
+def _check_surrogates() -> None:
+    with pytest.raises(DecodeError):
+        codec.decode("event: 1 1 0\n\udcff")
+
+
+def _check_full_validation() -> None:
+    for message in (BAD_OFFSETS, NOT_UTF8):
+        with pytest.raises(DecodeError):
+            batch.ipc_to_batches(message)
+
+
+def _check_absurd_filters() -> None:
+    for text in ('{"start": 1' + "0" * 400 + "}", "[" * 100_000 + "]" * 100_000):
+        with pytest.raises(InvalidFilterError):
+            EventFilter.from_json(text, engine="re2")
+
+
+SIZE_DIGITS_DEFECT = _still_fails(_check_huge_size)
+SURROGATES_DEFECT = _still_fails(_check_surrogates)
+VALIDATION_DEFECT = _still_fails(_check_full_validation)
+FILTER_DEFECT = _still_fails(_check_absurd_filters)
+
+
+@pytest.mark.xfail(SIZE_DIGITS_DEFECT, strict=True,
+                   reason="codec: int() of a size field with more than 4300 digits raises ValueError, not DecodeError")
+def test_a_size_field_of_thousands_of_digits_is_a_decode_error():
+    _check_huge_size()
+    with pytest.raises(DecodeError):
+        codec.EventColumns().append_raw(HUGE_SIZE)
+    report = codec.StreamReport()
+    assert codec.decode_stream(HUGE_SIZE + b"\n" + NEXT_EVENT, strict=False, report=report) == [codec.decode(NEXT_EVENT)]
+    assert len(report.skipped) == 1
+
+
+@pytest.mark.xfail(SURROGATES_DEFECT, strict=True,
+                   reason="codec: text holding lone surrogates raises UnicodeEncodeError, not DecodeError")
+def test_text_that_cannot_be_utf8_is_a_decode_error():
+    _check_surrogates()
+    assert codec.decode_stream("\udcff\n" + NEXT_EVENT.decode(), strict=False) == [codec.decode(NEXT_EVENT)]
+
+
+@pytest.mark.xfail(VALIDATION_DEFECT, strict=True,
+                   reason="batch.ipc_to_batches does not run Arrow's full validation: offsets past the data and "
+                   "strings that are not UTF-8 pass, and reading them crashes the process or raises later")
+def test_ipc_to_batches_refuses_batches_that_fail_full_validation():
+    _check_full_validation()
+
+
+@pytest.mark.xfail(FILTER_DEFECT, strict=True,
+                   reason="filter: a number too large for a float (OverflowError) or JSON nested too deep "
+                   "(RecursionError) escapes from_json instead of InvalidFilterError")
+def test_absurd_filters_are_invalid_filters():
+    _check_absurd_filters()
+
+
+@pytest.mark.xfail(FILTER_DEFECT, strict=True,
+                   reason="collector: a filter too large for a float or nested too deep ends the connection with "
+                   "1011 and a traceback in the log, not an error message naming the problem")
+@pytest.mark.parametrize("path", ["/find", "/live"])
+def test_the_collector_names_the_problem_with_absurd_filters(path):
+    with serve(db=":memory:", port=0) as collector:
+        for text in ('{"start": 1' + "0" * 400 + "}", "[" * 100_000 + "]" * 100_000):
+            with fuzz_collector.RawSocket(collector.port, path) as conn:
+                conn.send(text)
+                messages, code = conn.recv_until_close(30)
+            assert code == 1008
+            assert "error" in json.loads(messages[0])
+
+
+# --------------------------------------------------------------------------- the codec fuzzer
+
+KNOWN_CODEC_DEFECTS = [
+    (SIZE_DIGITS_DEFECT, "raised ValueError"),
+    (SURROGATES_DEFECT, "raised UnicodeEncodeError"),
+    (VALIDATION_DEFECT, "ipc_to_batches accepted a batch that fails Arrow's full validation"),
+]
+
+
+def _unexplained(stats: Any) -> dict[str, int]:
+    return {
+        sig: n
+        for sig, n in stats.failure_counts.items()
+        if not any(present and text in sig for present, text in KNOWN_CODEC_DEFECTS)
+    }
+
+
+def test_the_codec_fuzzer_finds_nothing_else():
+    stats = fuzz_codec.run(20_000, seed=20_240_601, workers=1)
+    assert stats.total == 20_000
+    assert _unexplained(stats) == {}
+    assert not stats.crashed_chunks
+    # every kind of input and of mutation was exercised, and valid inputs were all valid
+    assert all(stats.inputs[kind] > 0 for kind in fuzz_codec._KINDS)
+    assert set(stats.mutations) == {"bytes", "header", "size", "splice", "truncate"}
+    for kind in ("event", "stream"):
+        assert stats.valid[kind] == stats.inputs[kind]
+    # intact events of damaged streams: every one yielded, or hidden inside a damaged event's declared size
+    assert stats.intact > 10_000
+    assert stats.intact_yielded + stats.hidden == stats.intact
+    assert stats.hidden < stats.intact // 20
+
+
+def test_the_reference_reading_recovers_after_damage():
+    good = [Event(id=f"e{i}", timestamp=float(i), content=f"c{i}\nevent: 1 2 3") for i in range(3)]
+    stream = codec.encode_many(good)
+    damaged = stream.replace(b"id:e1", b"id:e1\nbogus")
+    found, was_damaged = fuzz_codec.reference_walk(damaged)
+    assert was_damaged
+    assert [e for _, _, e in found] == [good[0], good[2]]
+    assert codec.decode_stream(damaged, strict=False) == [good[0], good[2]]
+
+
+def test_intact_pieces_follow_the_edits():
+    data, pieces = fuzz_codec.build_stream(__import__("random").Random(3), 3)
+    second = pieces[1]
+    # a byte changed inside the second event touches it alone; an insertion before it shifts the third
+    edits = [(second.start + 8, 1, b"X"), (pieces[0].start + 3, 0, b"abc")]
+    intact = fuzz_codec.intact_pieces(pieces, edits)
+    assert [event for _, event in intact] == [pieces[2].event]
+    assert intact[0][0] == pieces[2].start + 3
+
+
+# --------------------------------------------------------------------------- the collector fuzzer
+
+KNOWN_COLLECTOR_TRACEBACKS = [
+    (SIZE_DIGITS_DEFECT, "ValueError: Exceeds the limit (4300 digits)"),
+    (FILTER_DEFECT, "OverflowError: int too large to convert to float"),
+    (FILTER_DEFECT, "RecursionError: maximum recursion depth exceeded"),
+]
+
+
+def test_the_collector_fuzzer_finds_nothing_else(tmp_path):
+    # Damaged Arrow batches crash or poison a collector whose batch reader does not
+    # validate them fully; test_reliability shows that on its own.
+    report = fuzz_collector.run(1_000, seed=20_240_601, max_message_size=64 * 1024, workdir=str(tmp_path),
+                                include_damaged_arrow=not VALIDATION_DEFECT)
+    explained = {k for k in report.tracebacks if any(present and text in k for present, text in KNOWN_COLLECTOR_TRACEBACKS)}
+    problems = [p for p in report.problems if not (p.endswith("traceback(s) in the collector's log") and
+                                                   set(report.tracebacks) == explained)]
+    assert problems == [], report.format()
+    assert report.valid_sent > 800
+    assert report.valid_found == report.valid_sent
+    assert report.valid_live == report.valid_sent
+    assert report.health_checks >= 20
+    assert report.exit_status == 0
+    assert report.integrity == "ok"
+    assert report.error_answers > 0
+    # the limit was enforced and hostile frames were refused with the codes the protocol names
+    assert any(k.startswith("oversized") and k.endswith(": 1009") for k in report.close_codes)
+    assert any(k.startswith("text not UTF-8") and k.endswith(": 1007") for k in report.close_codes)
+    assert any(k.startswith("unmasked") and k.endswith(": 1002") for k in report.close_codes)
