@@ -28,7 +28,7 @@ from theia_frames import Event, EventFilter, decode, encode
 from theia_frames.batch import ARROW_MARKER, SUBPROTOCOL, batch_to_ipc, events_to_batch, ipc_to_batches, iter_batch_events
 from theia_frames.codec import EventColumns
 from theia_frames.collector import Collector, serve
-from theia_frames.exceptions import DecodeError, TransportError, UsageError
+from theia_frames.exceptions import DecodeError, InvalidEventError, TransportError, UsageError
 from theia_frames.store import EventStore
 
 OFFER = [f"Sec-WebSocket-Protocol: {SUBPROTOCOL}"]
@@ -366,6 +366,97 @@ def test_a_client_leaving_in_the_middle_of_a_find(collector):
     ws.recv()
     ws.close()
     assert len(find_events(collector, {"start": 1}, batched=True)) == 20_000
+
+
+# The plain /find writes many ready-made frames at once; a peer must see exactly
+# what one `send` per message wrote: one unmasked frame per event, nothing else.
+
+ODD_EVENTS = [
+    Event(id="plain", timestamp=T0 + 0.25, source="/dev/a", tags=["a", "b"], content="21.5C"),
+    Event(id="no-tags", timestamp=T0 + 1.0000001, source="/var/log/a:b", tags=[], content=""),
+    Event(id="ünï", timestamp=T0 + 2.123456789, source="/dev/ß", tags=["ä", "", "b c"], content="line\nbreak ✓"),
+    Event(id="medium", timestamp=T0 + 3, content="m" * 300),  # 16-bit frame length
+    Event(id="large", timestamp=T0 + 4, content="l" * 70_000),  # 64-bit frame length
+    Event(id="old", timestamp=0.5, content="before 1970 + 1 s"),
+]
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """A server frame as websockets writes it for one message (unmasked, no extension)."""
+    from websockets.frames import Frame, Opcode
+
+    return Frame(Opcode(opcode), payload).serialize(mask=False, extensions=[])
+
+
+def raw_find(collector: Collector, flt: dict[str, Any]) -> bytes:
+    """Every byte the collector writes after the handshake of a plain /find, to the end."""
+    sock = socket.create_connection(("127.0.0.1", collector.port), timeout=10)
+    try:
+        sock.sendall(
+            b"GET /find HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, data = data.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101")
+        filter_frame = websocket.ABNF.create_frame(json.dumps(flt), websocket.ABNF.OPCODE_TEXT).format()
+        sock.sendall(filter_frame)
+        close = ws_frame(8, (1000).to_bytes(2, "big"))
+        while not data.endswith(close):
+            chunk = sock.recv(1 << 20)
+            assert chunk, "the connection ended without a normal close"
+            data += chunk
+        return data
+    finally:
+        sock.close()
+
+
+def test_a_plain_find_writes_exactly_one_frame_per_event(collector):
+    unsendable = Event(id="bad\nid", timestamp=T0 + 5, content="stored directly, not via /event")
+    many = sample(3000, start=T0 + 10)
+    collector.store.add_many(ODD_EVENTS + [unsendable] + many)
+    expected = ws_frame(1, b"ok")
+    for e in sorted(ODD_EVENTS + [unsendable] + many, key=lambda e: (e.timestamp, e.id)):
+        try:
+            expected += ws_frame(2, encode(e))
+        except InvalidEventError as exc:
+            assert e is unsendable
+            text = json.dumps({"error": f"stored event {e.id!r} cannot be sent in the plain format: {exc}"})
+            expected += ws_frame(1, text.encode())
+    expected += ws_frame(8, (1000).to_bytes(2, "big"))
+    assert raw_find(collector, {"start": 0.1}) == expected
+    # and websocket-client reads the same messages, desc too
+    messages, code = find(collector, {"start": 1, "order": "desc"})
+    assert code == 1000
+    assert [m for m in messages if isinstance(m, bytes)] == [encode(e) for e in (many[::-1] + ODD_EVENTS[4::-1])]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    events=st.lists(
+        st.builds(
+            Event,
+            id=st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=10),
+            timestamp=st.one_of(
+                st.floats(-1e12, 1e19, allow_nan=False),
+                st.integers(0, 2**40).map(lambda k: k / 1024),
+                st.sampled_from([0.0, -0.0, 0.00390625, 0.99999995, 1e-8, 2**62 + 0.0, -(2.0**70)]),
+            ),
+            source=st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=10),
+            tags=st.lists(st.text(st.characters(blacklist_characters=",\r\n", blacklist_categories=("Cs",)), max_size=5), max_size=3),
+            content=st.text(st.characters(blacklist_categories=("Cs",)), max_size=30),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_plain_frames_are_the_bytes_send_writes(events):
+    from theia_frames.collector import _joined_frames, _plain_frames
+
+    frames = bytes(_joined_frames([_plain_frames(events_to_batch(events))]))
+    assert frames == b"".join(ws_frame(2, encode(e)) for e in events)
 
 
 # --------------------------------------------------------------------------- bad filters

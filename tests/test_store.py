@@ -1,7 +1,9 @@
-"""EventStore: SQLite storage, idempotent ids, queries that mean what EventFilter means."""
+"""EventStore: chunks of Arrow events in SQLite, idempotent (timestamp, id), tiers merged,
+queries that stream in order and mean what EventFilter means."""
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 
@@ -11,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from theia_frames import Event, EventFilter, Filter
-from theia_frames.batch import events_to_batch
+from theia_frames.batch import events_to_batch, ipc_to_batches, iter_batch_events
 from theia_frames.codec import EventColumns
 from theia_frames.exceptions import StoreError, UsageError
-from theia_frames.store import EventStore
+from theia_frames.store import CHUNK_ROWS, FORMAT_VERSION, MERGE_FANOUT, EventStore
 
 
 def ev(i: int, ts: float, *, tags=("sensor",), source="/dev/s", content="") -> Event:
@@ -102,16 +104,138 @@ def test_events_survive_a_restart(tmp_path):
         assert store.add_many([ev(2, 2.0), ev(3, 3.0)]) == 1
 
 
-def test_a_file_store_is_in_wal_mode(tmp_path):
+def test_a_file_store_is_marked_as_ours_and_in_wal_mode(tmp_path):
     path = tmp_path / "events.db"
     EventStore(path).close()
     db = sqlite3.connect(path)
     try:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()
-        assert "timestamp REAL" in sql and "tags TEXT" in sql
+        assert db.execute("PRAGMA application_id").fetchone()[0] == int.from_bytes(b"thfr", "big")
+        assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION
+        (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'chunks'").fetchone()
+        assert "min_ts REAL" in sql and "data BLOB" in sql
     finally:
         db.close()
+
+
+def test_non_finite_timestamps_are_refused(store):
+    with pytest.raises(UsageError, match="finite"):
+        store.add_many([ev(1, 1.0), ev(2, math.nan)])
+    with pytest.raises(UsageError, match="finite"):
+        store.add_many(events_to_batch([ev(3, math.inf)]))
+    assert store.count() == 0
+
+
+def test_add_batch_returns_the_new_events_in_the_order_given(store):
+    store.add_many([ev(1, 1.0), ev(3, 3.0)])
+    batch = events_to_batch([ev(2, 2.0), ev(1, 1.0), ev(4, 0.5), ev(3, 3.0), ev(2, 2.0, content="again")])
+    new = store.add_batch(batch)
+    assert new.column("id").to_pylist() == ["e2", "e4"]
+    assert new.column("content").to_pylist() == ["c2", "c4"]  # the first of equal events is kept
+    assert store.add_batch(batch).num_rows == 0
+    fresh = events_to_batch([ev(9, 9.0), ev(8, 8.0)])
+    assert store.add_batch(fresh).equals(fresh)
+
+
+# --------------------------------------------------------------------------- chunks and tiers
+
+
+def test_a_batch_is_one_chunk_and_a_big_one_several(store):
+    store.add_many(events_to_batch([ev(i, float(i)) for i in range(1000)]))
+    assert [c.rows for c in store.chunks()] == [1000]
+    store.add_many(ev(i, float(i)) for i in range(1000, 1000 + 2 * CHUNK_ROWS + 5))
+    chunks = store.chunks()
+    assert all(c.rows <= CHUNK_ROWS for c in chunks)
+    assert sum(c.rows for c in chunks) == store.count() == 1000 + 2 * CHUNK_ROWS + 5
+    # stored sorted: each chunk's time range follows the one before
+    assert all(a.max_ts < b.min_ts for a, b in zip(chunks, chunks[1:]))
+
+
+def test_small_writes_are_merged_tier_by_tier(store):
+    n = 700
+    for i in range(n):
+        assert store.add(ev(i, float(i)))
+    chunks = store.chunks()
+    assert sum(c.rows for c in chunks) == n == store.count()
+    tiers: dict[int, int] = {}
+    for c in chunks:
+        tiers[c.tier] = tiers.get(c.tier, 0) + 1
+    # fewer than MERGE_FANOUT chunks of each tier are left: 700 = 1*512 + 2*64 + 7*8 + 4
+    assert all(count < MERGE_FANOUT for count in tiers.values()), tiers
+    assert sorted(c.rows for c in chunks) == [1] * 4 + [8] * 7 + [64] * 2 + [512]
+    assert ids(store) == [f"e{i}" for i in range(n)]
+    assert ids(store, Filter(100.5).match_end(110).order_desc()) == [f"e{i}" for i in range(110, 100, -1)]
+
+
+def test_a_resend_is_recognised_in_merged_chunks(store):
+    for i in range(100):
+        store.add(ev(i, float(i)))
+    assert store.add_many([ev(i, float(i)) for i in range(-5, 105)]) == 10
+    assert store.count() == 110
+    assert ids(store) == [f"e{i}" for i in range(-5, 105)]
+
+
+def test_overlapping_chunks_come_out_merged_in_order(store):
+    # Writes whose time ranges overlap (senders with unsynchronised clocks, late
+    # events): each write is one chunk, and the chunks' ranges interleave.
+    events = []
+    for k in range(12):
+        batch = [ev(k * 100 + j, k * 10.0 + j * 1.5 - 15.0) for j in range(20)]
+        events += batch
+        store.add_many(events_to_batch(batch))
+    late = [ev(5000 + j, j * 12.5) for j in range(10)]  # one chunk across everything
+    events += late
+    store.add_many(events_to_batch(late))
+    ordered = sorted(events, key=lambda e: (e.timestamp, e.id))
+    assert ids(store, chunk_size=7) == [e.id for e in ordered]
+    assert ids(store, Filter().order_desc(), chunk_size=5) == [e.id for e in reversed(ordered)]
+    window = [e.id for e in ordered if 20.0 <= e.timestamp <= 60.0]
+    assert ids(store, Filter(20).match_end(60)) == window
+    assert ids(store, Filter(20).match_end(60).order_desc()) == window[::-1]
+
+
+def test_whole_chunks_go_out_as_stored(tmp_path):
+    path = tmp_path / "events.db"
+    with EventStore(path) as store:
+        first = [ev(i, float(i)) for i in range(1000)]
+        second = [ev(i, float(i)) for i in range(1000, 1500)]
+        store.add_many(events_to_batch(first))
+        store.add_many(events_to_batch(second))
+        db = sqlite3.connect(path)
+        try:
+            stored = [row[0] for row in db.execute("SELECT data FROM chunks ORDER BY min_ts")]
+        finally:
+            db.close()
+        assert list(store.query_ipc(Filter(), rows=1000)) == stored
+
+        def events_of(messages: list[bytes]) -> list[Event]:
+            return [e for m in messages for b in ipc_to_batches(m) for e in iter_batch_events(b)]
+
+        # larger than the query's messages: cut into messages of at most `rows`
+        messages = list(store.query_ipc(Filter(), rows=300))
+        assert [sum(b.num_rows for b in ipc_to_batches(m)) for m in messages] == [300, 300, 300, 300, 300]
+        assert events_of(messages) == first + second
+        # part of a chunk, or another order: the events, not the stored bytes
+        messages = list(store.query_ipc(Filter(900), rows=1000))
+        assert messages[0] not in stored and messages[1] == stored[1]
+        assert events_of(messages) == first[900:] + second
+        assert events_of(list(store.query_ipc(Filter(1490).order_desc()))) == second[::-1][:10]
+
+
+def test_a_query_keeps_its_snapshot_while_chunks_are_merged(store):
+    for i in range(MERGE_FANOUT - 1):
+        store.add(ev(i, float(i)))
+    before = [c.seq for c in store.chunks()]
+    reading = store.query(Filter(), chunk_size=1)
+    first = next(reading)
+    store.add(ev(100, 100.0))  # the eighth small chunk: the tier is merged
+    assert [c.seq for c in store.chunks()] != before
+    rest = [i for cols in reading for i in cols.id]
+    assert first.id + rest == [f"e{i}" for i in range(MERGE_FANOUT - 1)]
+    assert ids(store) == [f"e{i}" for i in range(MERGE_FANOUT - 1)] + ["e100"]
+    # once no query needs them, the merged-away chunks are gone
+    db = store._db
+    assert db.execute("SELECT count(*) FROM chunks").fetchone()[0] == len(store.chunks())
 
 
 # --------------------------------------------------------------------------- reading
@@ -185,27 +309,29 @@ def test_criteria_mean_what_eventfilter_means(store):
         assert ids(store, f) == [e.id for e in events if f.matches(e)], f
 
 
-# The timestamp index, as SQLite reports its plan.
+# The time indexes of the chunks, as SQLite reports its plan.
 
 
 @pytest.mark.parametrize(
     "flt, seek",
     [
-        (Filter(), None),
-        (Filter(5), "timestamp>?"),
-        (Filter(5).match_end(10), "timestamp>? AND timestamp<?"),
-        (Filter(5).match_end(10).order_desc(), "timestamp>? AND timestamp<?"),
-        (EventFilter(end=10.0), "timestamp<?"),
-        (Filter(5).match_tag("x").match_content("y"), "timestamp>?"),
+        (Filter(5), "USING INDEX chunks_max_ts (max_ts>?)"),
+        (Filter(5).match_end(10), "USING INDEX chunks_max_ts (max_ts>?)"),
+        (Filter(5).match_end(10).order_desc(), "USING INDEX chunks_max_ts (max_ts>?)"),
+        (EventFilter(end=10.0), "USING INDEX chunks_min_ts (min_ts<?)"),
+        (Filter(5).match_tag("x").match_content("y"), "USING INDEX chunks_max_ts (max_ts>?)"),
     ],
 )
-def test_queries_use_the_timestamp_index(store, flt, seek):
-    store.add_many([ev(i, float(i)) for i in range(100)])
+def test_time_ranges_use_the_chunk_indexes(store, flt, seek):
+    for i in range(20):
+        store.add_many(events_to_batch([ev(i * 10 + j, float(i * 10 + j)) for j in range(10)]))
     plan = store.query_plan(flt)
-    assert "USING INDEX events_time_id" in plan
-    assert "TEMP B-TREE" not in plan  # the index gives the order: no sort
-    if seek is not None:
-        assert seek in plan
+    assert seek in plan, plan
+    assert "TEMP B-TREE" not in plan
+
+
+def test_a_query_without_a_time_range_reads_every_chunk(store):
+    assert "USING INDEX" not in store.query_plan(Filter())
 
 
 def test_many_equal_timestamps_are_read_once_each(store):
@@ -256,6 +382,42 @@ def test_query_equals_filtering_the_sorted_events(rows, flt, chunk):
         assert ids(store, flt, chunk_size=chunk) == expected
 
 
+# Property: however the events were written (many small writes, overlapping,
+# repeated), the store holds the first of each (timestamp, id) and returns them in order.
+
+_WRITES = st.lists(
+    st.lists(
+        st.tuples(st.integers(0, 12), st.sampled_from("abcdef"), st.sampled_from(["x", "y"])),
+        min_size=1,
+        max_size=12,
+    ),
+    min_size=1,
+    max_size=24,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(writes=_WRITES, start=st.one_of(st.none(), st.integers(0, 12)), desc=st.booleans(), chunk=st.integers(1, 9))
+def test_any_sequence_of_writes_is_stored_once_and_read_in_order(writes, start, desc, chunk):
+    first: dict[tuple[float, str], Event] = {}
+    with EventStore() as store:
+        for write in writes:
+            events = [Event(id=i, timestamp=ts / 2, content=c) for ts, i, c in write]
+            expected_new = []
+            for e in events:
+                if (e.timestamp, e.id) not in first:
+                    first[(e.timestamp, e.id)] = e
+                    expected_new.append(e)
+            assert store.add_many(events) == len(expected_new)
+        flt = EventFilter(start=None if start is None else start / 2, order="desc" if desc else None)
+        expected = [first[k] for k in sorted(first) if flt.matches(first[k])]
+        if desc:
+            expected.reverse()
+        got = [e for cols in store.query(flt, chunk_size=chunk) for e in cols.events()]
+        assert [(e.timestamp, e.id, e.content) for e in got] == [(e.timestamp, e.id, e.content) for e in expected]
+        assert store.count() == len(first)
+
+
 # --------------------------------------------------------------------------- threads
 
 
@@ -304,6 +466,41 @@ def test_a_database_with_another_events_table(tmp_path):
     db.commit()
     db.close()
     with pytest.raises(StoreError, match="not a theia_frames event store"):
+        EventStore(path)
+
+
+def test_a_store_of_the_earlier_per_event_layout(tmp_path):
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, timestamp REAL NOT NULL, "
+        "source TEXT NOT NULL, tags TEXT NOT NULL, content TEXT NOT NULL)"
+    )
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="earlier layout"):
+        EventStore(path)
+
+
+def test_another_programs_database(tmp_path):
+    path = tmp_path / "other.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE chunks (id INTEGER)")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="not a theia_frames event store.*chunks"):
+        EventStore(path)
+
+
+def test_a_store_of_another_format_version(tmp_path):
+    path = tmp_path / "future.db"
+    EventStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {FORMAT_VERSION + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match=f"format {FORMAT_VERSION + 1}"):
         EventStore(path)
 
 

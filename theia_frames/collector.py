@@ -67,7 +67,7 @@ from urllib.parse import urlsplit
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 
-from .batch import SUBPROTOCOL, batch_to_ipc, columns_to_batch, ipc_to_batches, is_arrow_message
+from .batch import SUBPROTOCOL, batch_to_ipc, columns_to_batch, empty_batch, ipc_to_batches, is_arrow_message
 from .codec import OK, EventColumns, encode, split_tags
 from .event import Event
 from .exceptions import (
@@ -83,6 +83,7 @@ from .filter import EventFilter
 from .store import MEMORY, EventStore
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
     from websockets.asyncio.server import Server, ServerConnection
     from websockets.http11 import Request, Response
 
@@ -518,26 +519,33 @@ class Collector:
         loop = asyncio.get_running_loop()
         store, pool = self.store, self._pool
         assert store is not None and pool is not None
-        rows = self.find_batch_rows if batched else _PLAIN_CHUNK
-        chunks = await loop.run_in_executor(pool, functools.partial(store.query, flt, chunk_size=rows))
-        produce = functools.partial(_next_messages, chunks, batched, rows)
-        job: asyncio.Future[list[bytes | str] | None] | None = None
+        # Batched: Arrow messages, stored chunks sent as stored. Plain: many events
+        # encoded at once into ready WebSocket frames, written together.
+        results: Any
+        if batched:
+            results = await loop.run_in_executor(pool, functools.partial(store.query_ipc, flt, rows=self.find_batch_rows))
+        else:
+            results = await loop.run_in_executor(pool, functools.partial(store.query_batches, flt, rows=_PLAIN_CHUNK))
+        produce = functools.partial(_next_find_output, results, batched)
+        job: asyncio.Future[bytes | memoryview | None] | None = None
         try:
             await ws.send(OK)
             job = loop.run_in_executor(pool, produce)
             while job is not None:
-                messages = await job
+                output = await job
                 job = None
-                if messages is None:
+                if output is None:
                     break
-                # Read and encode the next chunk while this one is sent.
+                # Read and encode the next part while this one is sent.
                 job = loop.run_in_executor(pool, produce)
-                for message in messages:
-                    await ws.send(message)
+                if batched:
+                    await ws.send(output)
+                else:
+                    await _write_frames(ws, output)
         finally:
             if job is not None:
                 await asyncio.gather(job, return_exceptions=True)
-            await loop.run_in_executor(pool, chunks.close)
+            await loop.run_in_executor(pool, results.close)
         await ws.close(1000)
 
     # ------------------------------------------------------------------ /live
@@ -562,28 +570,25 @@ class Collector:
             if sub.sender is not None:
                 sub.sender.cancel()
 
-    def _publish(self, new: EventColumns) -> None:
-        """Hand newly stored events to every subscriber whose filter matches them."""
-        tag_lists: list[list[str]] | None = None
+    def _publish(self, new: pa.RecordBatch) -> None:
+        """Hand newly stored events to every subscriber whose filter matches them.
+
+        Each filter is applied once to the whole commit (time-only filters with
+        a vectorised comparison); the plain frames are encoded once per commit
+        and shared by every plain subscriber.
+        """
+        commit = _Commit(new)
         for sub in list(self._subscribers):
             if sub.dropped:
                 continue
-            flt = sub.filter
-            if flt.tags and tag_lists is None:
-                tag_lists = [split_tags(t) for t in new.tags]
-            match = flt.matches_fields
-            mask = [
-                match(ts, tags, content, id_, source)
-                for ts, tags, content, id_, source in zip(
-                    new.timestamp, tag_lists if flt.tags else _no_tags(len(new)), new.content, new.id, new.source
-                )
-            ]
-            if not any(mask):
+            mask = commit.mask(sub.filter)
+            if mask is False:
                 continue
             if sub.waiting >= self.live_queue:
                 self._drop_slow(sub)
                 continue
-            part = new if all(mask) else new.take(mask)
+            whole = commit.frames() if not sub.batched else new
+            part = whole if mask is True else whole.filter(mask)
             sub.pending.append(part)
             sub.waiting += len(part)
             sub.wake.set()
@@ -597,15 +602,14 @@ class Collector:
                 pending, sub.pending, sub.waiting = sub.pending, [], 0
                 if not pending:
                     continue
-                if sub.batched and (len(pending) > 1 or len(pending[0]) > 1):
-                    cols = EventColumns()
-                    for part in pending:
-                        cols.extend(part)
-                    await ws.send(batch_to_ipc(columns_to_batch(cols)))
-                    continue
-                for part in pending:
-                    for message in _plain_messages(part):
-                        await ws.send(message)
+                if not sub.batched:
+                    await _write_frames(ws, _joined_frames(pending))
+                elif len(pending) > 1 or len(pending[0]) > 1:
+                    batch = pending[0] if len(pending) == 1 else _pa().concat_batches(pending)
+                    await ws.send(batch_to_ipc(batch))
+                else:
+                    # One event waiting: a plain message, as a plain peer would get it.
+                    await _write_frames(ws, _joined_frames([_plain_frames(pending[0])]))
         except ConnectionClosed:
             pass
 
@@ -676,6 +680,14 @@ async def _send_quietly(ws: ServerConnection, message: str | bytes) -> None:
         pass
 
 
+def _pa() -> Any:
+    # imported late, as everywhere in the package: slow to import
+    import pyarrow
+    import pyarrow.compute  # noqa: F401 - makes pyarrow.compute an attribute
+
+    return pyarrow
+
+
 def _no_tags(n: int) -> Iterator[list[str]]:
     empty: list[str] = []
     for _ in range(n):
@@ -694,23 +706,173 @@ def _plain_messages(cols: EventColumns) -> list[bytes | str]:
     return out
 
 
-def _next_messages(chunks: Iterator[EventColumns], batched: bool, rows: int) -> list[bytes | str] | None:
-    """The next messages of a /find (None when done); runs on a worker thread."""
-    if not batched:
-        cols = next(chunks, None)
-        return None if cols is None else _plain_messages(cols)
-    acc: EventColumns | None = None
-    while acc is None or len(acc) < rows:
-        cols = next(chunks, None)
-        if cols is None:
-            break
-        if acc is None:
-            acc = cols
-        else:
-            acc.extend(cols)
-    if acc is None:
-        return None
-    return [batch_to_ipc(columns_to_batch(acc))]
+# WebSocket opcodes with the FIN bit: a whole binary or text message in one frame.
+_BINARY_FRAME = 0x82
+_TEXT_FRAME = 0x81
+
+
+def _timestamp_texts(ts: Any) -> Any:
+    """``f"{t:.7f}"`` for every float of a numpy array, as an Arrow string array.
+
+    Integer and fraction parts are computed apart (both exactly), the fraction
+    rounded to 7 digits; the rare values too close to a rounding tie for the
+    float product to decide, and values beyond 2**62, are formatted by Python.
+    """
+    import numpy as np
+
+    pa = _pa()
+    pc = pa.compute
+    magnitude = np.abs(ts)
+    huge = ~(magnitude < 2.0**62)
+    magnitude = np.where(huge, 0.0, magnitude)
+    whole = np.floor(magnitude)
+    scaled = (magnitude - whole) * 1e7  # the subtraction is exact; the product within 2e-9
+    digits = np.rint(scaled)
+    near_tie = np.abs(scaled - np.floor(scaled) - 0.5) < 1e-6
+    carry = digits >= 1e7
+    whole = whole + carry
+    digits = np.where(carry, 0.0, digits)
+    text = pc.binary_join_element_wise(
+        pc.if_else(pa.array(np.signbit(ts)), "-", ""),
+        pc.cast(pa.array(whole.astype(np.int64)), pa.string()),
+        ".",
+        pc.utf8_lpad(pc.cast(pa.array(digits.astype(np.int64)), pa.string()), 7, "0"),
+        "",
+    )
+    exact = huge | near_tie
+    if exact.any():
+        values = pa.array([f"{t:.7f}" for t in ts[exact]], pa.string())
+        text = pc.replace_with_mask(text, pa.array(exact), values)
+    return text
+
+
+def _encoded(batch: pa.RecordBatch) -> Any:
+    """Every event of ``batch`` in the upstream encoding (as :func:`~theia_frames.codec.encode`
+    writes it, byte for byte), computed with Arrow kernels over whole columns."""
+    pa = _pa()
+    pc = pa.compute
+    ids, ts, sources, tags, content = (batch.column(i).cast(pa.large_string()) if i != 1 else batch.column(1) for i in range(5))
+    stamps = _timestamp_texts(ts.to_numpy()).cast(pa.large_string())
+    # "id:" "\ntimestamp: " "\nsource:" "\ntags:" "\n": 30 bytes around the four values
+    header = pc.add(
+        pc.add(pc.binary_length(ids), pc.binary_length(stamps)),
+        pc.add(pc.add(pc.binary_length(sources), pc.binary_length(tags)), 30),
+    )
+    size = pc.binary_length(content)
+
+    def text(n: Any) -> Any:
+        return pc.cast(n, pa.large_string())
+
+    def literal(value: str) -> Any:
+        return pa.scalar(value, pa.large_string())
+
+    return pc.binary_join_element_wise(
+        literal("event: "), text(pc.add(header, size)), literal(" "), text(header), literal(" "), text(size),
+        literal("\nid:"), ids, literal("\ntimestamp: "), stamps, literal("\nsource:"), sources,
+        literal("\ntags:"), tags, literal("\n"), content, literal("\n"),
+        literal(""),
+    )
+
+
+def _frames(payloads: Any, opcodes: Any) -> Any:
+    """Each payload as one complete, unmasked WebSocket frame (a large_binary array).
+
+    ``opcodes`` is one first byte for all, or a numpy array of one per payload.
+    """
+    import numpy as np
+
+    pa = _pa()
+    pc = pa.compute
+    payloads = payloads.cast(pa.large_binary())
+    n = len(payloads)
+    size = pc.binary_length(payloads).to_numpy(zero_copy_only=False).astype(np.int64)
+    head = np.where(size < 126, 2, np.where(size < 65536, 4, 10))
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(head, out=offsets[1:])
+    out = np.zeros(int(offsets[-1]), dtype=np.uint8)
+    at = offsets[:-1]
+    out[at] = opcodes
+    small = size < 126
+    out[at[small] + 1] = size[small]
+    medium = ~small & (size < 65536)
+    out[at[medium] + 1] = 126
+    out[at[medium] + 2] = size[medium] >> 8
+    out[at[medium] + 3] = size[medium] & 0xFF
+    large = size >= 65536
+    if large.any():
+        out[at[large] + 1] = 127
+        for k in range(8):
+            out[at[large] + 2 + k] = (size[large] >> (8 * (7 - k))) & 0xFF
+    heads = pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(out)])
+    return pc.binary_join_element_wise(heads, payloads, pa.scalar(b"", pa.large_binary()))
+
+
+def _has_line_break(column: Any) -> bool:
+    pc = _pa().compute
+    return bool(pc.any(pc.match_substring(column, "\n")).as_py() or pc.any(pc.match_substring(column, "\r")).as_py())
+
+
+def _plain_frames(batch: pa.RecordBatch) -> Any:
+    """One frame per event of ``batch``, exactly what a plain peer gets for it.
+
+    A binary frame holding the upstream encoding; for an event the plain
+    format cannot carry (a line break in id, source or tags) a text frame
+    with an error, as :func:`_plain_messages` says.
+    """
+    pa = _pa()
+    if not batch.num_rows:
+        return pa.array([], pa.large_binary())
+    if any(_has_line_break(batch.column(i)) for i in (0, 2, 3)):
+        import numpy as np
+
+        from .batch import batch_to_columns
+
+        messages = _plain_messages(batch_to_columns(batch))
+        opcodes = np.array([_TEXT_FRAME if isinstance(m, str) else _BINARY_FRAME for m in messages], dtype=np.uint8)
+        payloads = pa.array([m.encode() if isinstance(m, str) else m for m in messages], pa.large_binary())
+        return _frames(payloads, opcodes)
+    return _frames(_encoded(batch), _BINARY_FRAME)
+
+
+def _joined_frames(parts: list[Any]) -> memoryview:
+    """The bytes of frame arrays, one after the other (no copy for a single array)."""
+    import numpy as np
+
+    views = []
+    for frames in parts:
+        if not len(frames):
+            continue
+        offsets = np.frombuffer(frames.buffers()[1], dtype=np.int64)
+        first, last = int(offsets[frames.offset]), int(offsets[frames.offset + len(frames)])
+        views.append(memoryview(frames.buffers()[2])[first:last])
+    if len(views) == 1:
+        return views[0]
+    return memoryview(b"".join(views))
+
+
+async def _write_frames(ws: ServerConnection, frames: bytes | memoryview) -> None:
+    """Write complete, ready-made data frames at once, with the connection's flow control.
+
+    The frames are what :meth:`send` would write for each message (the
+    collector negotiates no compression), so peers see the same bytes; one
+    write instead of one per message is what makes plain transfers fast.
+    """
+    if not len(frames):
+        return
+    async with ws.send_context():
+        ws.send_data()  # anything the protocol has queued goes first
+        ws.transport.write(frames)
+
+
+def _next_find_output(results: Iterator[Any], batched: bool) -> bytes | memoryview | None:
+    """The next output of a /find (None when done); runs on a worker thread.
+
+    Batched: one Arrow IPC message. Plain: the frames of the next events.
+    """
+    item = next(results, None)
+    if item is None or batched:
+        return item
+    return _joined_frames([_plain_frames(item)])
 
 
 def _may_hold_line_break(column: Any) -> bool:
@@ -722,10 +884,42 @@ def _may_hold_line_break(column: Any) -> bool:
     return b"\n" in raw or b"\r" in raw
 
 
-def _append_arrow(cols: EventColumns, message: bytes) -> str | None:
-    """Append the events of an Arrow batch message; returns a note on rows left out, if any."""
-    import pyarrow.compute as pc
+class _Arrivals:
+    """The events received for one commit, in arrival order: plain events decoded
+    into columns, Arrow batches kept as they are."""
 
+    def __init__(self) -> None:
+        self.batches: list[pa.RecordBatch] = []
+        self.cols = EventColumns()
+        self.rows = 0
+
+    def __len__(self) -> int:
+        return self.rows + len(self.cols)
+
+    def append_raw(self, message: bytes | str) -> None:
+        self.cols.append_raw(message)
+
+    def append_batch(self, batch: pa.RecordBatch) -> None:
+        self._gather()
+        self.batches.append(batch)
+        self.rows += batch.num_rows
+
+    def _gather(self) -> None:
+        if len(self.cols):
+            self.batches.append(columns_to_batch(self.cols))
+            self.rows += len(self.cols)
+            self.cols = EventColumns()
+
+    def batch(self) -> pa.RecordBatch:
+        self._gather()
+        if not self.batches:
+            return empty_batch()
+        return self.batches[0] if len(self.batches) == 1 else _pa().concat_batches(self.batches)
+
+
+def _append_arrow(arrivals: _Arrivals, message: bytes) -> str | None:
+    """Take the events of an Arrow batch message; returns a note on rows left out, if any."""
+    pc = _pa().compute
     left_out = 0
     first_bad = ""
     for batch in ipc_to_batches(message):
@@ -748,17 +942,64 @@ def _append_arrow(cols: EventColumns, message: bytes) -> str | None:
                 first_bad = batch.filter(bad).column(0)[0].as_py()
             left_out += n_bad
             batch = batch.filter(pc.invert(bad))
-        cols.id.extend(batch.column(0).to_pylist())
-        cols.timestamp.extend(batch.column(1).to_pylist())
-        cols.source.extend(batch.column(2).to_pylist())
-        cols.tags.extend(batch.column(3).to_pylist())
-        cols.content.extend(batch.column(4).to_pylist())
+        if batch.num_rows:
+            arrivals.append_batch(batch)
     if left_out:
         return (
             f"{left_out} event(s) of a batch not stored: a line break in id, source or tags, "
             f"or a timestamp that is not finite (first: id {first_bad!r})"
         )
     return None
+
+
+class _Commit:
+    """Newly stored events as the live fan-out sees them: each filter's matches,
+    and the plain frames, made once for every subscriber."""
+
+    def __init__(self, new: pa.RecordBatch) -> None:
+        self.new = new
+        self._fields: tuple[list[Any], ...] | None = None
+        self._tag_lists: list[list[str]] | None = None
+        self._frames: Any = None
+
+    def mask(self, flt: EventFilter) -> Any:
+        """True (every event matches), False (none does), or a boolean mask."""
+        import numpy as np
+
+        new = self.new
+        if flt.is_time_only:
+            if flt.start is None and flt.end is None:
+                return True
+            ts = new.column(1).to_numpy()
+            keep = np.ones(len(ts), dtype=bool)
+            if flt.start is not None:
+                keep &= ts >= flt.start
+            if flt.end is not None:
+                keep &= ts <= flt.end
+        else:
+            if self._fields is None:
+                d = new.to_pydict()
+                self._fields = (d["timestamp"], d["content"], d["id"], d["source"], d["tags"])
+            ts, content, ids, sources, tag_text = self._fields
+            if flt.tags and self._tag_lists is None:
+                self._tag_lists = [split_tags(t) for t in tag_text]
+            tags = self._tag_lists if flt.tags else _no_tags(len(ts))
+            match = flt.matches_fields
+            keep = np.fromiter(
+                (match(t, g, c, i, s) for t, g, c, i, s in zip(ts, tags, content, ids, sources)),
+                dtype=bool,
+                count=len(ts),
+            )
+        if keep.all():
+            return True
+        if not keep.any():
+            return False
+        return _pa().array(keep)
+
+    def frames(self) -> Any:
+        if self._frames is None:
+            self._frames = _plain_frames(self.new)
+        return self._frames
 
 
 class _EventSink:
@@ -823,7 +1064,8 @@ class _Subscriber:
         self.ws = ws
         self.filter = flt
         self.batched = batched
-        self.pending: list[EventColumns] = []
+        # Arrow batches for a batched subscriber, arrays of ready frames for a plain one
+        self.pending: list[Any] = []
         self.waiting = 0
         self.wake = asyncio.Event()
         self.sender: asyncio.Task[None] | None = None
@@ -891,22 +1133,24 @@ class _Writer(threading.Thread):
                 items, self._queue = self._queue, []
                 upto = self.received
             nbytes = 0
-            cols = EventColumns()
+            arrivals = _Arrivals()
             errors: list[tuple[_EventSink, str]] = []
             for sink, message, batched in items:
                 nbytes += len(message)
-                before = len(cols)
-                problem = self._decode(cols, message, batched)
-                sink.accepted += len(cols) - before
+                before = len(arrivals)
+                problem = self._decode(arrivals, message, batched)
+                sink.accepted += len(arrivals) - before
                 if problem is not None:
                     sink.rejected += 1
                     logger.warning("bad event from %s on /event: %s", sink.peer, problem)
                     errors.append((sink, problem))
-            new = EventColumns()
+            new = empty_batch()
             try:
-                new = self.store.add_new(cols)
+                # One transaction, one chunk: no SQL per event. Merging small
+                # chunks waits until the commit is published.
+                new = self.store.add_batch(arrivals.batch(), compact=False)
             except Exception as exc:
-                logger.error("%d event(s) not stored: %s", len(cols), exc)
+                logger.error("%d event(s) not stored: %s", len(arrivals), exc)
                 for sink in {id(s): s for s, _, _ in items}.values():
                     sink.failure = f"events not stored: {exc}"
                     errors.append((sink, sink.failure))
@@ -915,13 +1159,18 @@ class _Writer(threading.Thread):
                 self.pending_bytes -= nbytes
                 self._stored.notify_all()
             self.on_commit(upto, new, errors)
+            if new.num_rows:
+                try:
+                    self.store.compact()
+                except Exception as exc:  # the events are stored; merging is retried after the next commit
+                    logger.error("merging stored chunks failed: %s", exc)
 
     @staticmethod
-    def _decode(cols: EventColumns, message: bytes | str, batched: bool) -> str | None:
+    def _decode(arrivals: _Arrivals, message: bytes | str, batched: bool) -> str | None:
         try:
             if batched and is_arrow_message(message):
-                return _append_arrow(cols, message)  # type: ignore[arg-type]
-            cols.append_raw(message)
+                return _append_arrow(arrivals, message)  # type: ignore[arg-type]
+            arrivals.append_raw(message)
             return None
         except DecodeError as exc:
             return f"invalid event: {exc}"

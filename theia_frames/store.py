@@ -1,8 +1,10 @@
 """The embedded collector's event store: SQLite (standard library), a file or ``:memory:``.
 
-One table of events and one unique index on (timestamp, id): time-range
-queries use it, and storing an event again (a client resending after a
-reconnect sends the same id and timestamp) never duplicates it::
+Events are kept in *chunks*: each chunk is one row of an SQLite table holding
+an Arrow IPC stream of events (:func:`~theia_frames.batch.event_schema`,
+sorted by timestamp, ties by id) with its first and last timestamp and its
+row count. Storing a batch is one chunk insert, reading is whole chunks, and
+no SQL runs per event::
 
     >>> from theia_frames import Event, Filter
     >>> store = EventStore(":memory:")
@@ -18,72 +20,142 @@ reconnect sends the same id and timestamp) never duplicates it::
     2
     >>> store.close()
 
-Queries push the time range to SQL and apply the other criteria with
+Identity: an event is its (timestamp, id). Storing it again (a client resending
+after a reconnect sends the same id and timestamp) never duplicates it; the
+same id at another time is another event. A new batch is checked against the
+stored chunks whose time range overlaps its own, with vectorised Arrow
+kernels; for events arriving in time order that is the newest chunk at most.
+
+Small writes (a few events per commit) make small chunks; chunks are merged
+by size tiers, as in a log-structured merge tree: when :data:`MERGE_FANOUT`
+chunks of one tier exist they become one chunk of a higher tier, up to
+:data:`CHUNK_ROWS` rows. An event is rewritten once per tier, so the cost of
+keeping the chunks few stays logarithmic. A batch of many events is stored as
+a chunk that is never merged again.
+
+Queries select the chunks overlapping the time range with an index (see
+:meth:`EventStore.query_plan`) and stream them in order with bounded memory:
+chunks whose time ranges overlap are merged as they are read, everything else
+is passed on as stored (zero-copy slices). The time range is applied with
+binary search on the sorted timestamps; the other criteria with
 :meth:`EventFilter.matches_fields <theia_frames.filter.EventFilter.matches_fields>`,
 so a filter means exactly what it means everywhere else. A query sees the
 events stored before it was made, in timestamp order (ties by id; ``desc``
-is the exact reverse of ``asc``), read in chunks of :class:`~theia_frames.codec.EventColumns`
-without building an :class:`~theia_frames.event.Event` per row.
-
-Why (timestamp, id) and not the id alone: the timestamps of arriving events
-mostly grow, so this index is appended to, while an index of random UUIDs is
-written all over; at a million events the id index made storing four times
-slower. A resend carries the same timestamp, so it is still recognised.
+is the exact reverse of ``asc``).
 
 Threads: writes are serialized by a lock (the embedded collector writes from
-one thread only); a file store reads through connections of its own, so
-readers never wait for the writer (WAL). A ``:memory:`` store has a single
-connection, shared under the lock. Timestamps are stored as REAL, tags as
-their comma-joined wire text. SQLite errors surface as
+one thread only). A file store reads through connections of its own, each
+query in a read transaction of its own, so readers see a snapshot and never
+wait for the writer (WAL). A ``:memory:`` store has a single connection,
+shared under the lock; chunks merged away while a query may still read them
+are kept until it ends. SQLite and Arrow errors surface as
 :class:`~theia_frames.exceptions.StoreError`.
+
+The file is marked as ours (SQLite ``application_id``) with a format version;
+opening a database that is not a theia_frames event store (or one of another
+format) raises :class:`~theia_frames.exceptions.StoreError` saying so.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
+from .batch import batch_to_columns, batch_to_ipc, columns_to_batch, event_schema
 from .codec import EventColumns, split_tags
 from .event import Event
 from .exceptions import StoreError, UsageError
 from .filter import EventFilter
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import pyarrow as pa
 
-__all__ = ["EventStore", "DEFAULT_CHUNK_SIZE", "MEMORY"]
+__all__ = [
+    "EventStore",
+    "ChunkInfo",
+    "DEFAULT_CHUNK_SIZE",
+    "CHUNK_ROWS",
+    "MERGE_FANOUT",
+    "MEMORY",
+    "FORMAT_VERSION",
+]
 
 MEMORY = ":memory:"
-#: Rows read from SQLite per chunk of a query.
+#: Rows per batch of a query, unless asked otherwise.
 DEFAULT_CHUNK_SIZE = 10_000
-# Events from an iterable of Event objects are stored in transactions of this many.
+#: Most events in one stored chunk.
+CHUNK_ROWS = 65_536
+#: Chunks of one tier that are merged into one chunk of a higher tier.
+MERGE_FANOUT = 8
+#: The layout of the database, kept in its ``user_version``.
+FORMAT_VERSION = 2
+
+# Most bytes of Arrow data in one chunk (a chunk holds one event at least).
+_CHUNK_BYTES = 32 * 1024 * 1024
+# A chunk this large (rows or bytes) is never merged again.
+_FINAL_ROWS = 16_384
+_FINAL_BYTES = 4 * 1024 * 1024
+_FINAL_TIER = 15
+# Events from an iterable of Event objects are stored in batches of this many.
 _ADD_CHUNK = 50_000
-_SCHEMA_VERSION = 1
+# "thfr": marks a database as a theia_frames event store.
+_APPLICATION_ID = 0x74686672
+# A generation newer than any: a file store's queries see their transaction's snapshot.
+_EVERY_GENERATION = 1 << 62
 _FIELDS = ("id", "timestamp", "source", "tags", "content")
+_PREVIOUS_LAYOUT = ["seq", *_FIELDS]
 
 _SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS events (
-        seq INTEGER PRIMARY KEY,
-        id TEXT NOT NULL,
-        timestamp REAL NOT NULL,
-        source TEXT NOT NULL,
-        tags TEXT NOT NULL,
-        content TEXT NOT NULL
+    # seq never reuses a number (AUTOINCREMENT): a query's generation is the
+    # last seq it may see. died is the generation that merged the chunk away
+    # (only while a query of a :memory: store may still read it).
+    """CREATE TABLE chunks (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        tier INTEGER NOT NULL,
+        min_ts REAL NOT NULL,
+        max_ts REAL NOT NULL,
+        rows INTEGER NOT NULL,
+        died INTEGER,
+        data BLOB NOT NULL
     )""",
-    "CREATE UNIQUE INDEX IF NOT EXISTS events_time_id ON events (timestamp, id)",
+    "CREATE INDEX chunks_max_ts ON chunks (max_ts)",
+    "CREATE INDEX chunks_min_ts ON chunks (min_ts)",
+    f"CREATE INDEX chunks_open ON chunks (tier) WHERE died IS NULL AND tier < {_FINAL_TIER}",
 )
-_INSERT = "INSERT OR IGNORE INTO events (id, timestamp, source, tags, content) VALUES (?, ?, ?, ?, ?)"
-_SELECT = "SELECT id, timestamp, source, tags, content FROM events"
 
 EventsLike = Union[EventColumns, Event, Iterable[Event], "pa.RecordBatch", "pa.Table"]
 
 
-def _translate(action: str, path: str, exc: sqlite3.Error) -> StoreError:
+class ChunkInfo(NamedTuple):
+    """One stored chunk, as :meth:`EventStore.chunks` describes it."""
+
+    seq: int
+    tier: int
+    rows: int
+    min_ts: float
+    max_ts: float
+
+
+def _translate(action: str, path: str, exc: Exception) -> StoreError:
     return StoreError(f"cannot {action} the event store {path!r}: {exc}")
+
+
+def _np() -> Any:
+    import numpy
+
+    return numpy
+
+
+def _pa() -> Any:
+    import pyarrow
+    import pyarrow.compute  # noqa: F401 - makes pyarrow.compute an attribute
+
+    return pyarrow
 
 
 class EventStore:
@@ -100,6 +172,9 @@ class EventStore:
         self._pool_lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
+        # :memory: only: the newest generation, and the generation of every open query
+        self._generation = 0
+        self._snapshots: dict[int, int] = {}
         try:
             self._db = self._connect()
             self._setup(self._db)
@@ -118,73 +193,107 @@ class EventStore:
         return db
 
     def _setup(self, db: sqlite3.Connection) -> None:
-        if not self.in_memory:
-            db.execute("PRAGMA journal_mode = WAL")
-            # In WAL mode NORMAL loses no committed data when the process dies,
-            # only (possibly) the last transactions when the machine does.
-            db.execute("PRAGMA synchronous = NORMAL")
-        columns = [row[1] for row in db.execute("PRAGMA table_info(events)")]
-        if columns and columns != ["seq", *_FIELDS]:
+        try:
+            self._check_format(db)
+            if not self.in_memory:
+                db.execute("PRAGMA journal_mode = WAL")
+                # In WAL mode NORMAL loses no committed data when the process dies,
+                # only (possibly) the last transactions when the machine does.
+                db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                # Checked again under the write lock: another process may have created it.
+                if not self._check_format(db):
+                    for statement in _SCHEMA:
+                        db.execute(statement)
+                    db.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
+                    db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            self._generation = self._newest(db)
+        except BaseException:
             db.close()
+            raise
+
+    def _check_format(self, db: sqlite3.Connection) -> bool:
+        """True for one of our stores, False for an empty database; raises for anything else."""
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        if not tables:
+            return False
+        app = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if app != _APPLICATION_ID:
+            if "events" in tables:
+                columns = [row[1] for row in db.execute("PRAGMA table_info(events)")]
+                if columns == _PREVIOUS_LAYOUT:
+                    raise StoreError(
+                        f"{self.path!r} holds events in an earlier layout of the theia_frames store "
+                        f"(one row per event), which this version does not read; "
+                        f"start a new store file"
+                    )
+                raise StoreError(
+                    f"{self.path!r} holds an 'events' table that is not a theia_frames event store "
+                    f"(columns: {', '.join(columns)})"
+                )
             raise StoreError(
-                f"{self.path!r} holds an 'events' table that is not a theia_frames event store "
-                f"(columns: {', '.join(columns)})"
+                f"{self.path!r} is an SQLite database but not a theia_frames event store "
+                f"(tables: {', '.join(sorted(tables))})"
             )
-        for statement in _SCHEMA:
-            db.execute(statement)
-        if not columns:
-            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        if version != FORMAT_VERSION:
+            raise StoreError(
+                f"{self.path!r} is a theia_frames event store of format {version}; "
+                f"this version reads format {FORMAT_VERSION}"
+            )
+        return True
+
+    @staticmethod
+    def _newest(db: sqlite3.Connection) -> int:
+        return int(db.execute("SELECT coalesce(max(seq), 0) FROM chunks").fetchone()[0])
 
     def _writer(self) -> sqlite3.Connection:
         if self._closed:
             raise StoreError(f"the event store {self.path!r} is closed")
         return self._db
 
-    @contextmanager
-    def _reader(self) -> Iterator[sqlite3.Connection]:
-        """A connection to read with; use it under :meth:`_guard`."""
+    def _borrow(self) -> sqlite3.Connection:
+        """A connection of its own for one query of a file store."""
         if self._closed:
             raise StoreError(f"the event store {self.path!r} is closed")
-        if self.in_memory:
-            yield self._db
-            return
         with self._pool_lock:
             db = self._idle.pop() if self._idle else None
         if db is None:
             db = self._connect()
             db.execute("PRAGMA query_only = ON")
-        try:
-            yield db
-        finally:
-            with self._pool_lock:
-                if self._closed:
-                    db.close()
-                else:
-                    self._idle.append(db)
+        return db
 
-    def _guard(self) -> AbstractContextManager[Any]:
-        """The lock a read must hold: the shared connection's for ``:memory:``, none for a file."""
-        return self._lock if self.in_memory else nullcontext()
+    def _give_back(self, db: sqlite3.Connection) -> None:
+        with self._pool_lock:
+            if self._closed:
+                db.close()
+            else:
+                self._idle.append(db)
 
     # ------------------------------------------------------------------ writing
     def add(self, event: Event) -> bool:
-        """Store one event; False when an event with its id is already stored."""
+        """Store one event; False when it is already stored."""
         return self.add_many([event]) == 1
 
     def add_many(self, events: EventsLike) -> int:
-        """Store events; returns how many were new (ids already stored are ignored).
+        """Store events; returns how many were new (events already stored are ignored).
 
         ``events`` is :class:`~theia_frames.codec.EventColumns`, a pyarrow
         RecordBatch or Table with the event schema, one :class:`Event`, or any
-        iterable of events (consumed lazily, stored in transactions of
-        50,000).
+        iterable of events (consumed lazily, stored in batches of 50,000).
         """
         if isinstance(events, EventColumns):
             return len(self.add_new(events))
         if isinstance(events, Event):
             events = [events]
         if hasattr(events, "schema") and hasattr(events, "column"):
-            return len(self.add_new(_arrow_columns(events)))
+            return self.add_batch(events).num_rows  # type: ignore[arg-type]
         total = 0
         cols = EventColumns()
         for event in events:
@@ -199,95 +308,250 @@ class EventStore:
 
         When every event was new the result is ``columns`` itself.
         """
-        n = len(columns)
-        if not n:
+        if not len(columns):
             return EventColumns()
-        rows = zip(columns.id, columns.timestamp, columns.source, columns.tags, columns.content)
+        new = self.add_batch(columns_to_batch(columns))
+        if new.num_rows == len(columns):
+            return columns
+        return batch_to_columns(new)
+
+    def add_batch(self, data: pa.RecordBatch | pa.Table, *, compact: bool = True) -> pa.RecordBatch:
+        """Store a batch of events in one transaction; returns the new ones, in the order given.
+
+        ``data`` has the event schema's columns (other string and float types
+        are cast). Events already stored, and repeats within ``data``, are left
+        out (the first of equal events is kept). When every event was new the
+        result holds all of ``data``. With ``compact`` (the default) small
+        chunks are merged afterwards (:meth:`compact`); a caller that wants its
+        commit published first passes False and compacts later.
+        """
+        np = _np()
+        batch = _event_batch(data)
+        n = batch.num_rows
+        if not n:
+            return batch
+        ts = batch.column(1).to_numpy()
+        if not np.isfinite(ts).all():
+            bad = ts[~np.isfinite(ts)][0]
+            raise UsageError(f"event timestamps to store must be finite numbers, got {bad!r}")
+        order = _sort_order(batch, ts)
+        srt = batch if order is None else batch.take(order)
+        sts = ts if order is None else ts[order]
+        keep = _first_of_equal(srt, sts)
         with self._lock:
             db = self._writer()
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    before = db.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
-                    stored = db.executemany(_INSERT, rows).rowcount
-                    if stored == n:
-                        new = columns
-                    else:
-                        # Some ids were stored already: read back exactly the rows this
-                        # transaction added (it holds the write lock, so they are ours).
-                        new = _to_columns(db.execute(f"{_SELECT} WHERE seq > ? ORDER BY seq", (before,)).fetchall())
+                    keep = self._unseen(db, srt, sts, keep)
+                    new = srt if keep is None else srt.filter(keep)
+                    if new.num_rows:
+                        self._insert(db, new)
+                    generation = self._newest(db)
                     db.execute("COMMIT")
                 except BaseException:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
                     raise
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, _pa().ArrowException) as exc:
                 raise _translate("write to", self.path, exc) from exc
-        return new
+            self._generation = generation
+        if compact and new.num_rows:
+            self.compact()
+        if keep is None:
+            return batch
+        if order is None:
+            return batch.filter(keep)
+        given = np.zeros(n, dtype=bool)
+        given[order] = keep
+        return batch.filter(given)
+
+    def _unseen(
+        self, db: sqlite3.Connection, srt: pa.RecordBatch, sts: np.ndarray, keep: np.ndarray | None
+    ) -> np.ndarray | None:
+        """``keep`` with the rows already stored turned off (None: keep all)."""
+        np = _np()
+        pc = _pa().compute
+        lo, hi = float(sts[0]), float(sts[-1])
+        candidates = db.execute(
+            "SELECT seq, min_ts, max_ts FROM chunks WHERE max_ts >= ? AND min_ts <= ? AND died IS NULL", (lo, hi)
+        ).fetchall()
+        for seq, cmin, cmax in candidates:
+            b_lo = int(np.searchsorted(sts, cmin, side="left"))
+            b_hi = int(np.searchsorted(sts, cmax, side="right"))
+            if b_lo >= b_hi:
+                continue
+            chunk = _from_ipc(self._blob(db, seq))
+            cts = chunk.column(1).to_numpy()
+            c_lo, c_hi = np.searchsorted(cts, lo, side="left"), np.searchsorted(cts, hi, side="right")
+            if c_lo >= c_hi:
+                continue
+            # Equal timestamps first (cheap), then the (timestamp, id) keys of those rows only.
+            part = np.isin(sts[b_lo:b_hi], cts[c_lo:c_hi])
+            if not part.any():
+                continue
+            rows = np.nonzero(part)[0] + b_lo
+            ours = _keys(sts[rows], srt.column(0).take(rows))
+            theirs = _keys(cts[c_lo:c_hi], chunk.column(0).slice(c_lo, c_hi - c_lo))
+            seen = pc.is_in(ours, value_set=theirs).to_numpy(zero_copy_only=False)
+            if seen.any():
+                if keep is None:
+                    keep = np.ones(len(sts), dtype=bool)
+                keep[rows[seen]] = False
+        return keep
+
+    def _insert(self, db: sqlite3.Connection, batch: pa.RecordBatch) -> None:
+        """Insert sorted events as one chunk, or several when they are too many for one."""
+        ts = batch.column(1).to_numpy()
+        for start, stop in _pieces(batch.num_rows, batch.nbytes):
+            piece = batch.slice(start, stop - start)
+            db.execute(
+                "INSERT INTO chunks (tier, min_ts, max_ts, rows, data) VALUES (?, ?, ?, ?, ?)",
+                (_tier(piece.num_rows, piece.nbytes), float(ts[start]), float(ts[stop - 1]), piece.num_rows,
+                 batch_to_ipc(piece)),
+            )
+
+    @staticmethod
+    def _blob(db: sqlite3.Connection, seq: int) -> bytes:
+        row = db.execute("SELECT data FROM chunks WHERE seq = ?", (seq,)).fetchone()
+        if row is None:
+            raise StoreError(f"chunk {seq} is missing from the event store")
+        return row[0]
+
+    def compact(self) -> int:
+        """Merge small chunks, tier by tier, while some tier holds :data:`MERGE_FANOUT` of them.
+
+        Returns the number of merges. Each merge is a transaction of its own.
+        """
+        merges = 0
+        while self._merge_one():
+            merges += 1
+        return merges
+
+    def _merge_one(self) -> bool:
+        pa = _pa()
+        with self._lock:
+            db = self._writer()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    row = db.execute(
+                        f"SELECT tier FROM chunks WHERE died IS NULL AND tier < {_FINAL_TIER} "
+                        "GROUP BY tier HAVING count(*) >= ? ORDER BY tier LIMIT 1",
+                        (MERGE_FANOUT,),
+                    ).fetchone()
+                    if row is None:
+                        db.execute("COMMIT")
+                        return False
+                    chunks = db.execute(
+                        "SELECT seq, min_ts, max_ts FROM chunks WHERE died IS NULL AND tier = ? "
+                        f"AND tier < {_FINAL_TIER} ORDER BY min_ts, seq",
+                        (row[0],),
+                    ).fetchall()
+                    merged = pa.concat_batches([_from_ipc(self._blob(db, seq)) for seq, _, _ in chunks])
+                    disjoint = all(a[2] < b[1] for a, b in zip(chunks, chunks[1:]))
+                    if not disjoint:
+                        merged = merged.take(_sort_indices(merged))
+                    # The merged chunks cannot share an event: no de-duplication here.
+                    self._insert(db, merged)
+                    seqs = [seq for seq, _, _ in chunks]
+                    marks = ",".join("?" * len(seqs))
+                    generation = self._newest(db)
+                    if self.in_memory and self._snapshots:
+                        # Open queries may still read them: kept until they end.
+                        db.execute(f"UPDATE chunks SET died = ? WHERE seq IN ({marks})", (generation, *seqs))
+                    else:
+                        db.execute(f"DELETE FROM chunks WHERE seq IN ({marks})", seqs)
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except (sqlite3.Error, pa.ArrowException) as exc:
+                raise _translate("write to", self.path, exc) from exc
+            self._generation = generation
+        return True
+
+    def _purge(self) -> None:
+        """Delete merged-away chunks no open query can read any more (``:memory:``, under the lock)."""
+        if self._closed:
+            return
+        oldest = min(self._snapshots.values(), default=None)
+        try:
+            if oldest is None:
+                self._db.execute("DELETE FROM chunks WHERE died IS NOT NULL")
+            else:
+                self._db.execute("DELETE FROM chunks WHERE died <= ?", (oldest,))
+        except sqlite3.Error:  # pragma: no cover - retried at the next query's end
+            pass
 
     # ------------------------------------------------------------------ reading
     def query(self, filter: EventFilter | None = None, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[EventColumns]:
         """The stored events matching ``filter``, in its order, as chunks of columns.
 
         Sees the events stored before the call (a snapshot), never more. Each
-        chunk holds at most ``chunk_size`` events and at least one.
+        chunk holds at most ``chunk_size`` events and at least one; every chunk
+        but the last holds exactly ``chunk_size``.
         """
+        batches = self.query_batches(filter, rows=chunk_size)
+        return _Results(batches, (batch_to_columns(b) for b in batches))
+
+    def query_batches(self, filter: EventFilter | None = None, *, rows: int = DEFAULT_CHUNK_SIZE) -> Iterator[pa.RecordBatch]:
+        """The stored events matching ``filter``, in its order, as Arrow record batches.
+
+        Like :meth:`query`: a snapshot taken by the call; every batch but the
+        last holds exactly ``rows`` events. The result has a ``close()``
+        method; closing it (or reading it to the end) ends the snapshot.
+        """
+        snapshot = self._snapshot(filter, rows)
+        return _Results(snapshot, _rebatch(self._matching(snapshot), rows))
+
+    def query_ipc(self, filter: EventFilter | None = None, *, rows: int = CHUNK_ROWS) -> Iterator[bytes]:
+        """The stored events matching ``filter``, in its order, as Arrow IPC stream messages.
+
+        Each message holds at most ``rows`` events. A stored chunk that
+        matches whole goes out exactly as it is stored (no decoding, no
+        copying); other events are gathered into messages of ``rows`` events.
+        """
+        snapshot = self._snapshot(filter, rows)
+        return _Results(snapshot, _ipc_messages(self._matching(snapshot), rows))
+
+    def _snapshot(self, filter: EventFilter | None, rows: int) -> _Snapshot:
         flt = filter if filter is not None else EventFilter()
         if not isinstance(flt, EventFilter):
             raise UsageError(f"a store query needs an EventFilter, got {type(flt).__name__}")
-        if chunk_size < 1:
-            raise UsageError(f"chunk_size must be at least 1, got {chunk_size}")
-        try:
-            with self._reader() as db, self._guard():
-                last = db.execute("SELECT max(seq) FROM events").fetchone()[0]
-        except sqlite3.Error as exc:
-            raise _translate("read", self.path, exc) from exc
-        return self._chunks(flt, last, chunk_size)
+        if rows < 1:
+            raise UsageError(f"chunk_size must be at least 1, got {rows}")
+        return _Snapshot(self, flt)
 
-    def _chunks(self, flt: EventFilter, last: int | None, chunk_size: int) -> Iterator[EventColumns]:
-        if last is None:
+    def _matching(self, snapshot: _Snapshot) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:
+        """The snapshot's events in order, the criteria other than time applied."""
+        flt = snapshot.filter
+        pieces = _sweep(snapshot)
+        if flt.is_time_only:
+            yield from pieces
             return
-        sql, params = _query_sql(flt, last)
-        time_only = flt.is_time_only
+        pa = _pa()
         matches = flt.matches_fields
-        guard = self._guard()
-        try:
-            with self._reader() as db:
-                with guard:
-                    cursor = db.execute(sql, params)
-                try:
-                    while True:
-                        with guard:
-                            if self._closed:
-                                raise StoreError(f"the event store {self.path!r} was closed during a query")
-                            rows = cursor.fetchmany(chunk_size)
-                        if not rows:
-                            return
-                        cols = _to_columns(rows)
-                        if not time_only:
-                            cols = cols.take(
-                                [
-                                    matches(ts, split_tags(tags), content, id_, source)
-                                    for id_, ts, source, tags, content in zip(
-                                        cols.id, cols.timestamp, cols.source, cols.tags, cols.content
-                                    )
-                                ]
-                            )
-                        if len(cols):
-                            yield cols
-                finally:
-                    with guard:
-                        cursor.close()
-        except sqlite3.Error as exc:
-            raise _translate("read", self.path, exc) from exc
+        for piece, blob in pieces:
+            d = piece.to_pydict()
+            tags = [split_tags(t) for t in d["tags"]] if flt.tags else _no_tags(piece.num_rows)
+            mask = [
+                matches(ts, tg, c, i, s)
+                for ts, tg, c, i, s in zip(d["timestamp"], tags, d["content"], d["id"], d["source"])
+            ]
+            if all(mask):
+                yield piece, blob
+            elif any(mask):
+                yield piece.filter(pa.array(mask, pa.bool_())), None
 
     def query_plan(self, filter: EventFilter | None = None) -> str:
-        """SQLite's plan for the first chunk of :meth:`query` (shows which index is used)."""
+        """SQLite's plan for selecting the chunks of :meth:`query` (shows which index is used)."""
         flt = filter if filter is not None else EventFilter()
-        sql, params = _query_sql(flt, 0)
+        sql, params = _chunks_sql(flt, 0)
         try:
-            with self._reader() as db, self._guard():
-                rows = db.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+            with self._lock:
+                rows = self._writer().execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
         except sqlite3.Error as exc:
             raise _translate("read", self.path, exc) from exc
         return "\n".join(str(row[-1]) for row in rows)
@@ -295,10 +559,22 @@ class EventStore:
     def count(self) -> int:
         """How many events are stored."""
         try:
-            with self._reader() as db, self._guard():
-                return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+            with self._lock:
+                db = self._writer()
+                return int(db.execute("SELECT coalesce(sum(rows), 0) FROM chunks WHERE died IS NULL").fetchone()[0])
         except sqlite3.Error as exc:
             raise _translate("read", self.path, exc) from exc
+
+    def chunks(self) -> list[ChunkInfo]:
+        """The stored chunks, oldest first (how the events are laid out, for tests and tuning)."""
+        try:
+            with self._lock:
+                rows = self._writer().execute(
+                    "SELECT seq, tier, rows, min_ts, max_ts FROM chunks WHERE died IS NULL ORDER BY seq"
+                ).fetchall()
+        except sqlite3.Error as exc:
+            raise _translate("read", self.path, exc) from exc
+        return [ChunkInfo(*row) for row in rows]
 
     # ------------------------------------------------------------------ lifetime
     @property
@@ -331,36 +607,392 @@ class EventStore:
         return f"EventStore({self.path!r}, {state})"
 
 
-def _query_sql(flt: EventFilter, last: int) -> tuple[str, list[Any]]:
-    """The SQL of a query: the time range goes to the (timestamp, id) index.
+# --------------------------------------------------------------------------- queries
 
-    ``+seq`` keeps the snapshot bound from steering the planner to the rowid;
-    the index gives the order, so nothing is sorted.
+
+class _Meta(NamedTuple):
+    seq: int
+    min_ts: float
+    max_ts: float
+    rows: int
+
+
+class _Snapshot:
+    """What one query may read: the chunk list taken when it was made, and how to read them.
+
+    A file store's query holds a connection in a read transaction (SQLite's
+    snapshot); a ``:memory:`` store's query holds a generation, which keeps
+    chunks merged away after it from being deleted.
     """
-    where = ["+seq <= ?"]
-    params: list[Any] = [last]
+
+    def __init__(self, store: EventStore, flt: EventFilter) -> None:
+        self.store = store
+        self.filter = flt
+        self.desc = flt.order == "desc"
+        self._db: sqlite3.Connection | None = None
+        self._registered = False
+        self._done = False
+        try:
+            if store.in_memory:
+                with store._lock:
+                    db = store._writer()
+                    generation = store._generation
+                    metas = self._select(db, generation)
+                    store._snapshots[id(self)] = generation
+                    self._registered = True
+            else:
+                db = store._borrow()
+                self._db = db
+                db.execute("BEGIN")
+                metas = self._select(db, _EVERY_GENERATION)
+        except sqlite3.Error as exc:
+            self.close()
+            raise _translate("read", store.path, exc) from exc
+        except BaseException:
+            self.close()
+            raise
+        if self.desc:
+            metas.sort(key=lambda m: (-m.max_ts, -m.seq))
+        else:
+            metas.sort(key=lambda m: (m.min_ts, m.seq))
+        self.metas = metas
+
+    def _select(self, db: sqlite3.Connection, generation: int) -> list[_Meta]:
+        sql, params = _chunks_sql(self.filter, generation)
+        return [_Meta(*row) for row in db.execute(sql, params)]
+
+    def blob(self, seq: int) -> bytes:
+        store = self.store
+        if self._done or store._closed:
+            raise StoreError(f"the event store {store.path!r} was closed during a query")
+        try:
+            if self._db is not None:
+                return store._blob(self._db, seq)
+            with store._lock:
+                if store._closed:
+                    raise StoreError(f"the event store {store.path!r} was closed during a query")
+                return store._blob(store._db, seq)
+        except sqlite3.Error as exc:
+            raise _translate("read", store.path, exc) from exc
+
+    def close(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        store = self.store
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                if db.in_transaction:
+                    db.execute("COMMIT")
+            except sqlite3.Error:
+                db.close()
+            else:
+                store._give_back(db)
+        if self._registered:
+            with store._lock:
+                store._snapshots.pop(id(self), None)
+                store._purge()
+
+
+class _Results(Iterator[Any]):
+    """An iterator that ends its snapshot when read to the end, closed or dropped."""
+
+    def __init__(self, owner: Any, items: Iterator[Any]) -> None:
+        self._owner = owner
+        self._items = items
+
+    def __iter__(self) -> _Results:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._items)
+        except StopIteration:
+            self.close()
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """End the query (idempotent); what it holds is released."""
+        close = getattr(self._items, "close", None)
+        if close is not None:
+            close()
+        self._owner.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - at interpreter exit
+            pass
+
+
+def _chunks_sql(flt: EventFilter, generation: int) -> tuple[str, list[Any]]:
+    """The SQL selecting the chunks that may hold events of ``flt``'s time range.
+
+    A start bound seeks the index on ``max_ts`` (the chunks ending at or
+    after it), an end bound alone the index on ``min_ts``.
+    """
+    where = ["seq <= ?", "(died IS NULL OR died > ?)"]
+    params: list[Any] = [generation, generation]
     if flt.start is not None:
-        where.append("timestamp >= ?")
+        index = "INDEXED BY chunks_max_ts"
+        where.append("max_ts >= ?")
         params.append(flt.start)
+    elif flt.end is not None:
+        index = "INDEXED BY chunks_min_ts"
+    else:
+        index = ""
     if flt.end is not None:
-        where.append("timestamp <= ?")
+        where.append("min_ts <= ?")
         params.append(flt.end)
-    direction = "DESC" if flt.order == "desc" else "ASC"
-    return f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY timestamp {direction}, id {direction}", params
+    return f"SELECT seq, min_ts, max_ts, rows FROM chunks {index} WHERE {' AND '.join(where)}", params
 
 
-def _to_columns(rows: list[tuple[Any, ...]]) -> EventColumns:
-    if not rows:
-        return EventColumns()
-    ids, tss, sources, tags, contents = map(list, zip(*rows))
-    return EventColumns(ids, tss, sources, tags, contents)
+class _Open:
+    """A chunk being read: its remaining rows in output order, their sort keys ascending."""
+
+    __slots__ = ("batch", "keys", "blob")
+
+    def __init__(self, batch: pa.RecordBatch, keys: np.ndarray, blob: bytes | None) -> None:
+        self.batch = batch
+        self.keys = keys
+        self.blob = blob
+
+    def cut(self, count: int) -> tuple[pa.RecordBatch, bytes | None]:
+        """Take the first ``count`` rows off (with the stored blob when that is all of them)."""
+        if count >= self.batch.num_rows:
+            head, blob = self.batch, self.blob
+            self.batch = self.batch.slice(0, 0)
+            self.keys = self.keys[:0]
+        else:
+            head, blob = self.batch.slice(0, count), None
+            self.batch = self.batch.slice(count)
+            self.keys = self.keys[count:]
+            self.blob = None
+        return head, blob
 
 
-def _arrow_columns(data: Any) -> EventColumns:
+def _sweep(snapshot: _Snapshot) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:
+    """The snapshot's events in the time range, in order, as pieces (batch, stored blob or None).
+
+    Chunks are opened in the order of their first event (last, for ``desc``);
+    before the next one is opened, every open row that comes before its first
+    event is emitted. A chunk that overlaps no other comes out as stored; rows
+    of overlapping chunks are merged, so memory holds only the chunks that
+    overlap the current position.
+    """
+    np = _np()
+    flt, desc, metas = snapshot.filter, snapshot.desc, snapshot.metas
+    start = -math.inf if flt.start is None else flt.start
+    end = math.inf if flt.end is None else flt.end
+    opened: list[_Open] = []
+    i = 0
+    while i < len(metas) or opened:
+        if i < len(metas):
+            meta = metas[i]
+            i += 1
+            blob = snapshot.blob(meta.seq)
+            chunk = _from_ipc(blob)
+            ts = chunk.column(1).to_numpy()
+            lo = 0 if meta.min_ts >= start else int(np.searchsorted(ts, start, side="left"))
+            hi = len(ts) if meta.max_ts <= end else int(np.searchsorted(ts, end, side="right"))
+            if lo < hi:
+                whole = lo == 0 and hi == len(ts) and not desc
+                part = chunk.slice(lo, hi - lo)
+                if desc:
+                    part = part.take(np.arange(hi - lo - 1, -1, -1))
+                    keys = -ts[lo:hi][::-1]
+                else:
+                    keys = ts[lo:hi]
+                opened.append(_Open(part, keys, blob if whole else None))
+            if i < len(metas):
+                nxt = metas[i]
+                boundary = -nxt.max_ts if desc else nxt.min_ts
+            else:
+                boundary = None
+        else:
+            boundary = None
+        heads = []
+        for item in opened:
+            count = item.batch.num_rows if boundary is None else int(np.searchsorted(item.keys, boundary, side="left"))
+            if count:
+                heads.append(item.cut(count))
+        opened = [item for item in opened if item.batch.num_rows]
+        if len(heads) == 1:
+            yield heads[0]
+        elif heads:
+            merged = _pa().concat_batches([h for h, _ in heads])
+            yield merged.take(_sort_indices(merged, desc)), None
+
+
+class _Gather:
+    """Pieces gathered into batches of exactly ``rows`` events."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.waiting: list[pa.RecordBatch] = []
+        self.count = 0
+
+    def add(self, piece: pa.RecordBatch) -> list[pa.RecordBatch]:
+        """Take a piece; returns the batches of ``rows`` events now complete."""
+        self.waiting.append(piece)
+        self.count += piece.num_rows
+        rows = self.rows
+        if self.count < rows:
+            return []
+        whole = self._joined()
+        full = self.count - self.count % rows
+        self.waiting = [whole.slice(full)] if full < self.count else []
+        self.count -= full
+        return [whole.slice(at, rows) for at in range(0, full, rows)]
+
+    def rest(self) -> pa.RecordBatch | None:
+        """What is left (fewer than ``rows`` events), or None; empties the gathering."""
+        if not self.count:
+            return None
+        whole = self._joined()
+        self.waiting, self.count = [], 0
+        return whole
+
+    def _joined(self) -> pa.RecordBatch:
+        return self.waiting[0] if len(self.waiting) == 1 else _pa().concat_batches(self.waiting)
+
+
+def _rebatch(pieces: Iterator[tuple[pa.RecordBatch, bytes | None]], rows: int) -> Iterator[pa.RecordBatch]:
+    """Pieces as batches of exactly ``rows`` events (the last one: what is left)."""
+    gather = _Gather(rows)
+    for piece, _ in pieces:
+        yield from gather.add(piece)
+    rest = gather.rest()
+    if rest is not None:
+        yield rest
+
+
+def _ipc_messages(pieces: Iterator[tuple[pa.RecordBatch, bytes | None]], rows: int) -> Iterator[bytes]:
+    """Pieces as IPC messages of at most ``rows`` events; a whole stored chunk as stored."""
+    gather = _Gather(rows)
+    for piece, blob in pieces:
+        if blob is not None and piece.num_rows <= rows:
+            rest = gather.rest()
+            if rest is not None:
+                yield batch_to_ipc(rest)
+            yield blob
+            continue
+        for batch in gather.add(piece):
+            yield batch_to_ipc(batch)
+    rest = gather.rest()
+    if rest is not None:
+        yield batch_to_ipc(rest)
+
+
+# --------------------------------------------------------------------------- Arrow helpers
+
+
+def _event_batch(data: Any) -> pa.RecordBatch:
+    """``data`` (RecordBatch or Table) as one RecordBatch of the event schema; UsageError if it is not one."""
+    pa = _pa()
     names = list(data.schema.names)
     if names != list(_FIELDS):
         raise UsageError(f"Arrow data to store needs the columns {', '.join(_FIELDS)}; got {', '.join(names)}")
     for name in _FIELDS:
         if data.column(name).null_count:
             raise UsageError(f"Arrow data to store has missing values in column {name!r}")
-    return EventColumns(*(data.column(name).to_pylist() for name in _FIELDS))
+    schema = event_schema()
+    if not data.schema.equals(schema):
+        try:
+            data = data.cast(schema)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise UsageError(f"Arrow data to store cannot be read with the event schema: {exc}") from exc
+    if isinstance(data, pa.Table):
+        batches = data.to_batches()
+        if not batches:
+            return pa.RecordBatch.from_pylist([], schema=schema)
+        return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
+    return data
+
+
+def _from_ipc(blob: bytes) -> pa.RecordBatch:
+    pa = _pa()
+    reader = pa.ipc.open_stream(pa.py_buffer(blob))
+    batches = list(reader)
+    if len(batches) == 1:
+        return batches[0]
+    if not batches:
+        return pa.RecordBatch.from_pylist([], schema=event_schema())
+    return pa.concat_batches(batches)
+
+
+def _sort_indices(batch: pa.RecordBatch, desc: bool = False) -> pa.Array:
+    order = "descending" if desc else "ascending"
+    return _pa().compute.sort_indices(batch, sort_keys=[("timestamp", order), ("id", order)])
+
+
+def _sort_order(batch: pa.RecordBatch, ts: np.ndarray) -> np.ndarray | None:
+    """The permutation sorting ``batch`` by (timestamp, id), stably; None when it is sorted already."""
+    np = _np()
+    if len(ts) < 2:
+        return None
+    step = ts[1:] >= ts[:-1]
+    if step.all():
+        ties = np.nonzero(ts[1:] == ts[:-1])[0]
+        if not len(ties):
+            return None
+        ids = batch.column(0)
+        pc = _pa().compute
+        before = ids.take(ties)
+        after = ids.take(ties + 1)
+        if pc.all(pc.less_equal(before, after)).as_py():
+            return None
+    return _sort_indices(batch).to_numpy()
+
+
+def _first_of_equal(srt: pa.RecordBatch, sts: np.ndarray) -> np.ndarray | None:
+    """In sorted events, all but the first of equal (timestamp, id) turned off; None if none repeat."""
+    np = _np()
+    ties = np.nonzero(sts[1:] == sts[:-1])[0]
+    if not len(ties):
+        return None
+    pc = _pa().compute
+    ids = srt.column(0)
+    same = pc.equal(ids.take(ties), ids.take(ties + 1)).to_numpy(zero_copy_only=False)
+    if not same.any():
+        return None
+    keep = np.ones(len(sts), dtype=bool)
+    keep[ties[same] + 1] = False
+    return keep
+
+
+def _keys(ts: np.ndarray, ids: pa.Array) -> pa.Array:
+    """One binary key per event: its timestamp's 8 bytes (-0.0 read as 0.0), then its id."""
+    np = _np()
+    pa = _pa()
+    raw = np.ascontiguousarray((ts + 0.0).astype(">f8")).view(np.uint8)
+    stamps = pa.FixedSizeBinaryArray.from_buffers(pa.binary(8), len(ts), [None, pa.py_buffer(raw)])
+    return pa.compute.binary_join_element_wise(stamps.cast(pa.binary()), ids.cast(pa.binary()), b"")
+
+
+def _pieces(rows: int, nbytes: int) -> list[tuple[int, int]]:
+    """Row ranges splitting ``rows`` events (``nbytes`` of data) into chunks of about equal size."""
+    count = max(1, -(-rows // CHUNK_ROWS), -(-nbytes // _CHUNK_BYTES))
+    count = min(count, rows)
+    size = -(-rows // count)
+    return [(at, min(at + size, rows)) for at in range(0, rows, size)]
+
+
+def _tier(rows: int, nbytes: int) -> int:
+    """The merge tier of a chunk: 0 for fewer than 8 events, +1 per factor 8; final when large."""
+    if rows >= _FINAL_ROWS or nbytes >= _FINAL_BYTES:
+        return _FINAL_TIER
+    tier = 0
+    while rows >= MERGE_FANOUT ** (tier + 1):
+        tier += 1
+    return tier
+
+
+def _no_tags(n: int) -> Iterator[list[str]]:
+    empty: list[str] = []
+    for _ in range(n):
+        yield empty
