@@ -107,8 +107,14 @@ def parse_time(text: str, *, now: float | None = None) -> float:
     return _parse_iso(text, s)
 
 
+# The fraction of a second, which datetime.fromisoformat reads only as 3 or 6
+# digits before Python 3.11: padded to 6 digits (or cut) first.
+_FRACTION = re.compile(r"(T\d\d:\d\d:\d\d)[.,](\d+)")
+
+
 def _parse_iso(text: str, s: str) -> float:
     iso = s[:-1] + "+00:00" if s[-1:] in "zZ" else s
+    iso = _FRACTION.sub(lambda m: f"{m.group(1)}.{m.group(2)[:6]:0<6}", iso)
     try:
         moment = _dt.datetime.fromisoformat(iso)
     except ValueError:
