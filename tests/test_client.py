@@ -1096,7 +1096,8 @@ def test_collector_stopped_in_the_middle_of_a_find_raises(batch):
     from theia_frames.collector import serve
 
     n = 60_000
-    collector = serve(db=":memory:", port=0)
+    # small batches: the find is still being sent when the collector stops
+    collector = serve(db=":memory:", port=0, find_batch_rows=1_000)
     try:
         with Client(collector.url) as client:
             client.send_many(make_events(n))

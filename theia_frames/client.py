@@ -20,8 +20,27 @@ Sending
     connection, opened on first use. A connection found closed before a send
     is reopened transparently; one that fails *during* a send raises
     :class:`~theia_frames.exceptions.ConnectionClosed` naming the URL (the
-    events of that call may or may not have arrived), and the next send
-    reopens it. A plain collector never acknowledges events.
+    events of that call, and those sent before it and not yet confirmed, may
+    or may not have arrived), and the next send reopens it. An error message
+    the collector sends about a refused event is kept in
+    :attr:`Client.errors`, counted in :attr:`Client.rejected` and raised once
+    as :class:`~theia_frames.exceptions.ServerError` from the next send or flush.
+
+Acknowledged sends
+    The plain protocol has no acknowledgement. This project's collector
+    confirms storage when the ``/event`` connection negotiated batched
+    transfer: :meth:`Client.flush` returns only once every event sent so far
+    is committed to its store, and returns how many events of this client it
+    has confirmed; ``send(event, wait=True)`` and ``send_many(events,
+    wait=True)`` send, then flush. Against a peer that cannot confirm (the
+    upstream collector, or ``batch=False``) ``flush()`` raises
+    :class:`~theia_frames.exceptions.UnconfirmedError`; it never pretends.
+    When the connection is lost before a confirmation, the next flush raises
+    :class:`~theia_frames.exceptions.ConnectionClosed`: send the events since
+    the last successful flush again (the collector stores an event once per
+    ``(timestamp, id)``, so a repeat does no harm). :meth:`Client.find`
+    flushes first when this client has unconfirmed sends, so a client reads
+    its own writes.
 
 Finding
     :meth:`Client.find` returns a :class:`FindResult`, read lazily. It is
@@ -41,7 +60,20 @@ Receiving
     :meth:`Client.receive` returns a :class:`LiveStream` that yields events as
     they are collected, until the caller stops it (``break``, ``.close()``,
     leaving a ``with`` block); it closes its socket within about half a second
-    even when no events arrive.
+    even when no events arrive. With ``reconnect=True`` it survives the
+    server going away: it reconnects with exponential backoff and jitter,
+    subscribes again, fetches what was stored meanwhile with a ``/find`` from
+    the last timestamp it saw (less ``resume_margin`` seconds), and drops
+    the events it already delivered; ``.reconnects``, ``.gap`` and
+    ``.recovered`` tell what happened.
+
+Access
+    ``Client(url, token=...)`` sends ``Authorization: Bearer <token>`` at the
+    handshake; ``wss://`` URLs use TLS, verified with ``ssl_context`` (an
+    :class:`ssl.SSLContext`) or ``cafile`` (a PEM file of trusted
+    certificates) or the system's trusted certificates. A server that refuses
+    the credentials (HTTP 401 or 403) raises
+    :class:`~theia_frames.exceptions.AuthenticationError` naming the URL.
 
 Every event received is checked again against the caller's filter, so a
 result means the same whichever server answered (the upstream collector's
@@ -70,6 +102,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
+import re
 import select
 import socket
 import ssl
@@ -77,8 +111,9 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 from urllib.parse import urlsplit, urlunsplit
 
 import websocket
@@ -95,7 +130,10 @@ from .exceptions import (
     ProtocolError,
     ServerError,
     SubscriberTooSlow,
+    TheiaError,
     TheiaTimeoutError,
+    TransportError,
+    UnconfirmedError,
     UsageError,
 )
 from .filter import EventFilter
@@ -107,12 +145,16 @@ __all__ = [
     "Client",
     "FindResult",
     "LiveStream",
+    "Gap",
     "find",
     "send",
     "connect",
     "DEFAULT_URL",
     "DEFAULT_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_BACKOFF",
+    "DEFAULT_MAX_BACKOFF",
+    "DEFAULT_RESUME_MARGIN",
 ]
 
 DEFAULT_URL = "ws://127.0.0.1:6433"
@@ -127,6 +169,12 @@ DEFAULT_SEND_BATCH = 20_000
 #: ... and at most about this many bytes of content per Arrow message (our
 #: collector accepts messages of up to 16 MiB by default).
 SEND_BATCH_BYTES = 8 * 1024 * 1024
+#: Seconds a reconnecting live stream waits before its first attempt; doubled after each failure.
+DEFAULT_BACKOFF = 0.05
+#: The longest wait between two reconnection attempts, in seconds.
+DEFAULT_MAX_BACKOFF = 2.0
+#: Seconds before the last timestamp seen from which a reconnected stream fetches what it missed.
+DEFAULT_RESUME_MARGIN = 5.0
 
 FilterLike = Union[EventFilter, Mapping[str, Any], None]
 
@@ -260,19 +308,34 @@ class _Connection:
         headers: list[str],
         offer: bool,
         sslopt: Mapping[str, Any] | None = None,
+        on_handshake: Callable[[websocket.WebSocket | None], None] | None = None,
     ) -> _Connection:
+        """Connect and shake hands; ``on_handshake`` is told the socket object
+        while the handshake runs (and ``None`` after), so another thread can abort it."""
         header = list(headers)
         if offer:
             # A plain header, not websocket-client's subprotocols= option, which fails
             # the handshake against servers that do not echo the protocol (upstream).
             header.append(f"Sec-WebSocket-Protocol: {SUBPROTOCOL}")
         ws = websocket.WebSocket(sslopt=dict(sslopt or {}), skip_utf8_validation=True, enable_multithread=True)
+        if on_handshake is not None:
+            on_handshake(ws)
         try:
             ws.connect(url, timeout=timeout, header=header)
         except websocket.WebSocketBadStatusException as exc:
             status = getattr(exc, "status_code", None)
-            kind = AuthenticationError if status in (401, 403) else ConnectError
-            raise kind(f"{url} refused the WebSocket handshake with HTTP status {status}", url=url) from exc
+            if status == 401:
+                raise AuthenticationError(
+                    f"{url} refused the WebSocket handshake with HTTP status 401: "
+                    "it needs credentials (Client(..., token=...))",
+                    url=url,
+                ) from exc
+            if status == 403:
+                raise AuthenticationError(
+                    f"{url} refused the WebSocket handshake with HTTP status 403: it refused the credentials",
+                    url=url,
+                ) from exc
+            raise ConnectError(f"{url} refused the WebSocket handshake with HTTP status {status}", url=url) from exc
         except websocket.WebSocketAddressException as exc:
             raise ConnectError(f"cannot resolve the host of {url}: {exc}", url=url) from exc
         except (TimeoutError, websocket.WebSocketTimeoutException) as exc:
@@ -283,6 +346,9 @@ class _Connection:
             raise ConnectError(f"TLS handshake with {url} failed: {exc}", url=url) from exc
         except (websocket.WebSocketException, OSError, ValueError) as exc:
             raise ConnectError(f"cannot connect to {url}: {exc}", url=url) from exc
+        finally:
+            if on_handshake is not None:
+                on_handshake(None)
         answered = (ws.getheaders() or {}).get("sec-websocket-protocol", "")
         negotiated = offer and answered.strip().lower() == SUBPROTOCOL
         return cls(ws, url, negotiated, timeout)
@@ -576,22 +642,13 @@ class _Stream:
         self.batch_size = batch_size
         self.count = 0
         self.skipped = 0
-        self.errors: list[DecodeError] = []
+        self.errors: list[TheiaError] = []
         self.complete = False
         self._client = client
         self._owns_client = owns_client
         self._claimed: str | None = None
         self._closed = False
-        self._pending: list[bytes] = []
-        self._conn = _Connection.open(
-            self.url, timeout=client.timeout, headers=client._headers, offer=client.batch, sslopt=client._sslopt
-        )
-        try:
-            self._conn.send_text(json.dumps(self._filter_message()))
-            self._await_ok()
-        except BaseException:
-            self._conn.close()
-            raise
+        self._conn, self._pending = self._subscribe()
 
     @property
     def batched(self) -> bool:
@@ -601,21 +658,36 @@ class _Stream:
     def _filter_message(self) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _await_ok(self) -> None:
-        """Wait (up to ``timeout``) for the answer to the filter: ``ok`` or an error.
+    def _subscribe(
+        self, on_handshake: Callable[[websocket.WebSocket | None], None] | None = None
+    ) -> tuple[_Connection, list[bytes]]:
+        """Open a connection, send the filter and wait (up to ``timeout``) for
+        ``ok`` or an error; returns the connection and the data that came with ``ok``.
 
         Events that arrive first are kept: ``ok`` is recognised wherever it appears.
         """
-        conn = self._conn
-        timeout = self._client.timeout
+        client = self._client
+        conn = _Connection.open(
+            self.url,
+            timeout=client.timeout,
+            headers=client._headers,
+            offer=client.batch,
+            sslopt=client._sslopt,
+            on_handshake=on_handshake,
+        )
         try:
-            msgs = conn.read(timeout)
-        except _Silence:
-            raise TheiaTimeoutError(f"{self.url} did not answer the filter within {timeout} s") from None
-        if not msgs:
-            self._check_end()
-        # classify now, so that a rejected filter raises from find()/receive()
-        self._pending = self._classify(msgs)
+            conn.send_text(json.dumps(self._filter_message()))
+            try:
+                msgs = conn.read(client.timeout)
+            except _Silence:
+                raise TheiaTimeoutError(f"{self.url} did not answer the filter within {client.timeout} s") from None
+            if not msgs:
+                self._check_end(conn)
+            # classify now, so that a rejected filter raises from find()/receive()
+            return conn, self._classify(msgs)
+        except BaseException:
+            conn.close()
+            raise
 
     def _classify(self, msgs: list[bytes | str]) -> list[bytes]:
         """The data messages (events, Arrow batches) among ``msgs``; errors raise."""
@@ -635,9 +707,9 @@ class _Stream:
             append(m if isinstance(m, bytes) else m.encode())
         return data
 
-    def _check_end(self) -> None:
+    def _check_end(self, conn: _Connection | None = None) -> None:
         """The connection ended: return if that was a normal close, raise otherwise."""
-        conn = self._conn
+        conn = self._conn if conn is None else conn
         if self._closed:
             return
         code = conn.close_code
@@ -806,7 +878,10 @@ class _Stream:
         if self._closed:
             return
         self._closed = True
-        self._conn.close()
+        self._release(self._conn)
+
+    def _release(self, conn: _Connection) -> None:
+        conn.close()
         self._client._forget(self)
         if self._owns_client:
             self._client.close()
@@ -986,8 +1061,8 @@ class FindResult(_Stream):
     def _filter_message(self) -> dict[str, Any]:
         return self.filter.for_find()
 
-    def _check_end(self) -> None:
-        super()._check_end()
+    def _check_end(self, conn: _Connection | None = None) -> None:
+        super()._check_end(conn)
         if self.complete:
             self.ended_by = "close"
 
@@ -1025,6 +1100,16 @@ class FindResult(_Stream):
         return f"<FindResult {self.url} {self.filter.to_json()} count={self.count} {state}>"
 
 
+class Gap(NamedTuple):
+    """Seconds a reconnecting :class:`LiveStream` was away: the last time and in total.
+
+    While it is away, ``last`` is the time since the drop, and ``total`` counts it too.
+    """
+
+    last: float
+    total: float
+
+
 class LiveStream(_Stream):
     """Events collected from now on, matching a filter, until the caller stops.
 
@@ -1035,22 +1120,101 @@ class LiveStream(_Stream):
     iteration; an abnormal one raises
     :class:`~theia_frames.exceptions.ConnectionClosed` (or
     :class:`~theia_frames.exceptions.SubscriberTooSlow`).
+
+    With ``reconnect=True`` (see :meth:`Client.receive`) the stream goes on
+    until the caller stops it, whatever happens to the connection: any end it
+    did not ask for (an abnormal or normal close, a dropped socket, a
+    :class:`~theia_frames.exceptions.SubscriberTooSlow`, which is also kept in
+    ``errors``) is followed by attempts to reconnect. Status attributes:
+    ``reconnects`` (completed reconnections), ``gap`` (a :class:`Gap`),
+    ``recovered`` (events fetched by resume finds), ``connected``,
+    ``last_error`` (what ended the last connection or failed the last attempt).
     """
 
     _endpoint = "live"
 
+    def __init__(
+        self,
+        client: Client,
+        filter: EventFilter,
+        *,
+        strict: bool,
+        batch_size: int,
+        reconnect: bool = False,
+        backoff: float = DEFAULT_BACKOFF,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
+        resume_margin: float = DEFAULT_RESUME_MARGIN,
+        max_retries: int | None = None,
+        owns_client: bool = False,
+    ) -> None:
+        for name, value in (("backoff", backoff), ("max_backoff", max_backoff)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise UsageError(f"{name} must be a positive number of seconds, got {value!r}")
+        if max_backoff < backoff:
+            raise UsageError(f"max_backoff ({max_backoff}) must not be below backoff ({backoff})")
+        if isinstance(resume_margin, bool) or not isinstance(resume_margin, (int, float)) or not resume_margin >= 0:
+            raise UsageError(f"resume_margin must be a number of seconds >= 0, got {resume_margin!r}")
+        if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0):
+            raise UsageError(f"max_retries must be None or a whole number >= 0, got {max_retries!r}")
+        self.reconnect = bool(reconnect)
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.resume_margin = float(resume_margin)
+        self.max_retries = max_retries
+        self.reconnects = 0
+        self.recovered = 0
+        self.last_error: TheiaError | None = None
+        self._gap_last = 0.0
+        self._gap_total = 0.0
+        self._down_since: float | None = None
+        # close() may run on another thread while the reader swaps connections or waits
+        self._swap = threading.Lock()
+        self._wake = threading.Event()
+        self._handshake: websocket.WebSocket | None = None
+        self._resume_find: FindResult | None = None
+        # what was delivered, for dropping repeats after a reconnect (reconnect=True only):
+        # the largest timestamp, and (largest timestamp, ids, timestamps) per recent batch
+        self._seen_max: float | None = None
+        self._recent: deque[tuple[float, pa.Array, pa.Array]] = deque()
+        self._resumed: tuple[pa.Array, pa.Array] | None = None
+        self._resumed_until = 0.0
+        self._subscribed_at = time.time()
+        super().__init__(client, filter, strict=strict, batch_size=batch_size, owns_client=owns_client)
+
     def _filter_message(self) -> dict[str, Any]:
         return self.filter.for_live()
 
+    # ------------------------------------------------------------------ status
+    @property
+    def gap(self) -> Gap:
+        """Seconds without a connection: the last gap and the total (see :class:`Gap`)."""
+        down = self._down_since
+        current = 0.0 if down is None else time.monotonic() - down
+        return Gap(current if down is not None else self._gap_last, self._gap_total + current)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the stream is open and not waiting to reconnect."""
+        return not self._closed and self._down_since is None
+
+    # ------------------------------------------------------------------ reading
     def iter_batches(self, *, heartbeat: float | None = None) -> Iterator[pa.RecordBatch]:
         """A record batch as soon as at least one event is available, holding
         every event already received (it never waits to fill a batch).
 
         With ``heartbeat`` seconds, an empty batch is also yielded after that
-        long without events, so a consumer can refresh a display.
+        long without events (also while waiting to reconnect), so a consumer
+        can refresh a display.
         """
         self._claim("iter_batches()")
         return self._batches(1, heartbeat)
+
+    def iter_messages(self) -> Iterator[bytes]:
+        """The raw data messages as received; not available with ``reconnect=True``,
+        which must decode events to drop the repeats of a resume."""
+        if self.reconnect:
+            raise UsageError("iter_messages() cannot be used with reconnect=True: iterate or use iter_batches()")
+        return super().iter_messages()
 
     def _data_chunks(self, heartbeat: float | None = None) -> Iterator[list[bytes]]:
         conn = self._conn
@@ -1068,16 +1232,233 @@ class LiveStream(_Stream):
                     yield []
                 continue
             if not msgs:
-                self._check_end()
+                self._check_end(conn)
                 return
             data = self._classify(msgs)
             if data:
                 last = time.monotonic()
                 yield data
 
+    def _decoded(self, accumulate: int, heartbeat: float | None = None) -> Iterator[pa.RecordBatch | None]:
+        if not self.reconnect:
+            yield from super()._decoded(accumulate, heartbeat)
+            return
+        while not self._closed:
+            cause: TheiaError | None = None
+            try:
+                for chunk in super()._decoded(accumulate, heartbeat):
+                    if chunk is None:
+                        yield None
+                        continue
+                    chunk = self._fresh(chunk)
+                    if chunk.num_rows:
+                        yield chunk
+            except ConnectionClosed as exc:  # SubscriberTooSlow included
+                cause = exc
+            if self._closed:
+                return
+            if cause is None:
+                cause = ConnectionClosed(f"{self.url} closed the live stream", url=self.url, code=self._conn.close_code)
+            yield from self._resume(cause, heartbeat)
+
+    # ------------------------------------------------------------------ reconnecting
+    def _note_failure(self, exc: TheiaError) -> None:
+        self.last_error = exc
+        if isinstance(exc, SubscriberTooSlow) and len(self.errors) < _MAX_KEPT_ERRORS:
+            self.errors.append(exc)
+
+    def _set_handshake(self, ws: websocket.WebSocket | None) -> None:
+        self._handshake = ws
+        if ws is not None and self._closed:
+            raise ConnectionClosed(f"the live stream from {self.url} was closed", url=self.url)
+
+    def _resume(self, cause: TheiaError, heartbeat: float | None) -> Iterator[pa.RecordBatch | None]:
+        """Reconnect with backoff until it works (or the caller closes), then
+        yield what was stored meanwhile; the buffered live data is left in ``_pending``."""
+        dropped = time.monotonic()
+        self._down_since = dropped
+        self._note_failure(cause)
+        self._conn.close()
+        self.complete = False
+        delay = self.backoff
+        failures = 0
+        beat = time.monotonic()
+        while True:
+            # equal jitter: between half the delay and the whole of it
+            deadline = time.monotonic() + delay * (0.5 + 0.5 * random.random())
+            while not self._closed:
+                now = time.monotonic()
+                if heartbeat is not None and now - beat >= heartbeat:
+                    beat = now
+                    yield None
+                    continue
+                remaining = deadline - now
+                if remaining <= 0:
+                    break
+                self._wake.wait(remaining if heartbeat is None else min(remaining, heartbeat - (now - beat)))
+            if self._closed:
+                return
+            try:
+                yield from self._catch_up()
+            except (TransportError, TheiaTimeoutError) as exc:
+                if self._closed:
+                    return
+                if isinstance(exc, AuthenticationError):
+                    raise
+                failures += 1
+                self._note_failure(exc)
+                if self.max_retries is not None and failures > self.max_retries:
+                    raise ConnectionClosed(
+                        f"the live stream from {self.url} gave up reconnecting after {failures} attempt(s) "
+                        f"(max_retries={self.max_retries}): {exc}",
+                        url=self.url,
+                        code=getattr(exc, "code", None),
+                    ) from exc
+                delay = min(delay * 2, self.max_backoff)
+                continue
+            if self._closed:
+                return
+            gap = time.monotonic() - dropped
+            self._gap_last = gap
+            self._gap_total += gap
+            self._down_since = None
+            self.reconnects += 1
+            return
+
+    def _catch_up(self) -> Iterator[pa.RecordBatch]:
+        """One attempt: subscribe again (buffering what is pushed), then find and
+        yield what was stored while away; leaves the buffer in ``_pending``."""
+        conn, buffered = self._subscribe(self._set_handshake)
+        with self._swap:
+            if self._closed:
+                conn.close()
+                return
+            self._conn = conn
+        self._pending = []
+        start = (self._subscribed_at if self._seen_max is None else self._seen_max) - self.resume_margin
+        flt = self.filter
+        if flt.start is not None:
+            start = max(start, flt.start)
+        ids: list[pa.Array] = []
+        stamps: list[pa.Array] = []
+        if flt.end is None or start <= flt.end:
+            result = FindResult(
+                self._client,
+                flt.match_start(max(start, 0.0)).order_asc(),
+                strict=self.strict,
+                batch_size=self.batch_size,
+                idle_timeout=self._client.idle_timeout,
+            )
+            with self._swap:
+                self._resume_find = result
+            if self._closed:
+                result.close()
+            try:
+                for batch in result.iter_batches():
+                    # keep reading the new subscription, so the collector's queue for it never fills
+                    buffered += self._classify(conn.poll())
+                    fresh = self._fresh(batch, check=True)
+                    if fresh.num_rows:
+                        ids.append(_pa().concat_arrays([fresh.column(0)]))
+                        stamps.append(_pa().concat_arrays([fresh.column(1)]))
+                        self.recovered += fresh.num_rows
+                        yield fresh
+            finally:
+                with self._swap:
+                    self._resume_find = None
+                result.close()
+            if self._closed:
+                return
+        buffered += self._classify(conn.poll())
+        pa_ = _pa()
+        self._resumed = (
+            pa_.concat_arrays(ids) if ids else pa_.array([], pa_.string()),
+            pa_.concat_arrays(stamps) if stamps else pa_.array([], pa_.float64()),
+        )
+        # live events committed before the find's snapshot may still be on their way
+        self._resumed_until = time.monotonic() + max(self.resume_margin, 1.0)
+        self._pending = buffered
+
+    # ------------------------------------------------------------------ repeats
+    def _fresh(self, batch: pa.RecordBatch, *, check: bool = False) -> pa.RecordBatch:
+        """``batch`` without the events already delivered; remembers what it returns.
+
+        Outside a resume a subscription never repeats an event, so the check
+        runs only on resume finds and for a while after a resume.
+        """
+        pc = _pa().compute
+        if batch.num_rows == 0:
+            return batch
+        if check or (self._resumed is not None and time.monotonic() < self._resumed_until):
+            batch = self._drop_seen(batch)
+            if batch.num_rows == 0:
+                return batch
+        else:
+            self._resumed = None
+        hi = pc.max(batch.column(1)).as_py()
+        # copies: a column of a received batch would keep its whole message alive
+        self._recent.append((hi, _pa().concat_arrays([batch.column(0)]), _pa().concat_arrays([batch.column(1)])))
+        if self._seen_max is None or hi > self._seen_max:
+            self._seen_max = hi
+        cutoff = self._seen_max - self.resume_margin
+        recent = self._recent
+        while recent and recent[0][0] < cutoff:
+            recent.popleft()
+        return batch
+
+    def _drop_seen(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """``batch`` without events whose id and timestamp (to the microsecond)
+        were delivered within the resume margin or by the last resume."""
+        pa_ = _pa()
+        pc = pa_.compute
+        known_ids = [entry[1] for entry in self._recent]
+        known_ts = [entry[2] for entry in self._recent]
+        if self._resumed is not None:
+            known_ids.append(self._resumed[0])
+            known_ts.append(self._resumed[1])
+        if not known_ids:
+            return batch
+        all_ids = pa_.concat_arrays(known_ids)
+        if len(all_ids) == 0:
+            return batch
+        hit = pc.is_in(batch.column(0), value_set=all_ids)
+        if not pc.any(hit).as_py():
+            return batch
+        # rare: an id seen before; it is the same event only with the same timestamp
+        hit_ids = batch.column(0).filter(hit)
+        near = pc.is_in(all_ids, value_set=hit_ids)
+        seen: dict[str, list[float]] = {}
+        for i, t in zip(all_ids.filter(near).to_pylist(), pa_.concat_arrays(known_ts).filter(near).to_pylist()):
+            seen.setdefault(i, []).append(t)
+        ids = batch.column(0).to_pylist()
+        stamps = batch.column(1).to_pylist()
+        keep = [not any(abs(t - k) <= 1e-6 for k in seen.get(i, ())) for i, t in zip(ids, stamps)]
+        return batch.filter(pa_.array(keep, pa_.bool_()))
+
+    # ------------------------------------------------------------------ closing
+    def close(self) -> None:
+        """Close the stream (from any thread), also while it waits to reconnect; idempotent."""
+        with self._swap:
+            if self._closed:
+                return
+            self._closed = True
+            conn = self._conn
+            find = self._resume_find
+        self._wake.set()
+        handshake = self._handshake
+        if handshake is not None:
+            try:
+                handshake.abort()
+            except Exception:
+                pass
+        if find is not None:
+            find.close()
+        self._release(conn)
+
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<LiveStream {self.url} {self.filter.to_json()} count={self.count} {state}>"
+        state = "closed" if self._closed else ("open" if self._down_since is None else "reconnecting")
+        extra = f" reconnects={self.reconnects}" if self.reconnect else ""
+        return f"<LiveStream {self.url} {self.filter.to_json()} count={self.count}{extra} {state}>"
 
 
 # --------------------------------------------------------------------------- client
@@ -1096,21 +1477,34 @@ def _as_filter(filter: FilterLike) -> EventFilter:
 class Client:
     """A client of one theia collector; a context manager, safe to share between threads.
 
-    ``url`` is the collector's base URL (``ws://host:6433``); ``timeout``
-    (seconds, default 10, ``None`` = wait forever) bounds connecting, sending
-    one message and waiting for the answer to a filter; ``idle_timeout``
-    (default 3 s, ``None`` = wait for the close) is the silence after which a
-    ``/find`` on a server that never closes (upstream) is complete;
-    ``headers`` are extra HTTP headers for the handshake (e.g. authentication);
-    ``batch=False`` never offers the batched-transfer extension;
-    ``strict=True`` raises on the first undecodable message instead of
-    skipping it (default: lenient, see the module documentation);
-    ``batch_size`` is the number of events per record batch built from plain
-    messages, ``send_batch_size`` the most events per Arrow message sent;
-    ``sslopt`` passes TLS options to websocket-client for ``wss://``.
+    ``url`` is the collector's base URL (``ws://host:6433``, or ``wss://`` for
+    TLS); ``timeout`` (seconds, default 10, ``None`` = wait forever) bounds
+    connecting, sending one message, waiting for the answer to a filter and
+    the flush made by ``send(..., wait=True)``; ``idle_timeout`` (default 3 s,
+    ``None`` = wait for the close) is the silence after which a ``/find`` on a
+    server that never closes (upstream) is complete; ``headers`` are extra
+    HTTP headers for the handshake; ``token`` is sent as ``Authorization:
+    Bearer <token>`` (a server refusing it raises
+    :class:`~theia_frames.exceptions.AuthenticationError`); ``ssl_context``
+    (an :class:`ssl.SSLContext`) or ``cafile`` (a PEM file of the
+    certificates to trust, e.g. a self-signed collector's own) verify a
+    ``wss://`` server, which is otherwise checked against the system's
+    trusted certificates; ``sslopt`` passes other TLS options to
+    websocket-client; ``batch=False`` never offers the batched-transfer
+    extension (and so cannot have sends confirmed); ``strict=True`` raises
+    on the first undecodable message instead of skipping it (default:
+    lenient, see the module documentation); ``batch_size`` is the number of
+    events per record batch built from plain messages, ``send_batch_size``
+    the most events per Arrow message sent.
+
+    Attributes about sending: ``stored`` (events confirmed stored by the
+    last flush), ``rejected`` (error messages received about refused
+    events), ``errors`` (those errors, :class:`~theia_frames.exceptions.ServerError`).
 
     >>> Client("ws://127.0.0.1:6433")
     <Client ws://127.0.0.1:6433>
+    >>> Client("wss://127.0.0.1:6433", token="s3cret").flush()   # nothing sent yet
+    0
     """
 
     def __init__(
@@ -1120,6 +1514,9 @@ class Client:
         timeout: float | None = DEFAULT_TIMEOUT,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         headers: Mapping[str, str] | Sequence[str] | None = None,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        cafile: str | os.PathLike[str] | None = None,
         batch: bool = True,
         strict: bool = False,
         batch_size: int = DEFAULT_BATCH_SIZE,
@@ -1138,13 +1535,29 @@ class Client:
         self.strict = bool(strict)
         self.batch_size = int(batch_size)
         self.send_batch_size = int(send_batch_size)
-        self._headers = _header_lines(headers)
-        self._sslopt = sslopt
+        self._headers = _header_lines(headers) + _token_header(token, headers)
+        self._sslopt = _tls_options(self.url, ssl_context, cafile, sslopt)
         self._lock = threading.RLock()
         self._event: _Connection | None = None
         self._streams: weakref.WeakSet[_Stream] = weakref.WeakSet()
         self._streams_lock = threading.Lock()
         self._closed = False
+        #: error messages received on /event (the first ``1000`` kept)
+        self.errors: list[ServerError] = []
+        #: how many error messages about refused events were received on /event
+        self.rejected = 0
+        self._unreported: list[str] = []
+        # Acknowledged sends. Events confirmed stored on connections already closed;
+        # on the open one: the last count confirmed, the events sent, how many of those
+        # a flush answer covers, and the events sent before each flush still unanswered.
+        # Events sent on lost connections that no flush confirmed are in doubt.
+        self._confirmed = 0
+        self._conn_stored = 0
+        self._conn_sent = 0
+        self._conn_acked = 0
+        self._marks: dict[int, int] = {}
+        self._in_doubt = 0
+        self._tokens = itertools.count(1)
 
     def __repr__(self) -> str:
         return f"<Client {self.url}{' closed' if self._closed else ''}>"
@@ -1170,13 +1583,11 @@ class Client:
                 msgs = []
                 conn.ended = True
             for m in msgs:
-                text = error_text(m)
-                if text is not None:
-                    if conn.ended:
-                        self._dropped(conn)
-                    raise ServerError(f"an event sent earlier was rejected: {text}", url=conn.url)
+                self._absorb(m)
             if conn.ended:
                 self._dropped(conn)
+            self._raise_refusals()
+            if conn.ended:
                 code = conn.close_code
                 if code in _DATA_CLOSE_CODES:
                     # the server closed because of what we sent: events may be lost, say so
@@ -1205,13 +1616,102 @@ class Client:
         conn = self._event
         return None if conn is None else conn.negotiated
 
-    def _dropped(self, conn: _Connection) -> None:
+    @property
+    def stored(self) -> int:
+        """Events of this client the collector confirmed stored, as of the last flush."""
+        return self._confirmed + self._conn_stored
+
+    @property
+    def _unconfirmed(self) -> int:
+        """Events sent on the open /event connection that no flush answer covers yet."""
+        return self._conn_sent - self._conn_acked
+
+    def _dropped(self, conn: _Connection, *, reported: bool = False) -> None:
+        """Forget a closed /event connection; what it did not confirm is in doubt
+        unless the caller was told already (``reported``)."""
         conn.close()
         if self._event is conn:
             self._event = None
+            if not reported:
+                self._in_doubt += self._unconfirmed
+            self._confirmed += self._conn_stored
+            self._conn_stored = self._conn_sent = self._conn_acked = 0
+            self._marks.clear()
 
-    def send(self, event: Event) -> None:
-        """Publish one event (a plain message; the upstream format)."""
+    def _absorb(self, message: bytes | str) -> tuple[int, bool] | None:
+        """Take in one message received on /event: an error is kept, a flush
+        answer counted. Returns ``(token, confirmed)`` for the answer to a flush."""
+        text = error_text(message)
+        if text is not None:
+            if len(self.errors) < _MAX_KEPT_ERRORS:
+                self.errors.append(ServerError(text, url=f"{self.url}/event"))
+            self._unreported.append(text)
+            failed = _FLUSH_FAILED.match(text)
+            if failed is not None:
+                # the collector could not commit: this flush is answered, and confirms nothing
+                return int(failed.group(1)), False
+            self.rejected += 1
+            return None
+        if not isinstance(message, str) or not message.startswith("{"):
+            return None
+        try:
+            answer = json.loads(message)
+        except ValueError:
+            return None
+        token = answer.get("flushed") if isinstance(answer, dict) else None
+        if not isinstance(token, int) or isinstance(token, bool):
+            return None
+        stored = answer.get("stored")
+        if isinstance(stored, int) and not isinstance(stored, bool):
+            self._conn_stored = max(self._conn_stored, stored)
+        # an answer covers everything sent before its flush, and so before every earlier one
+        covered = [t for t in self._marks if t <= token]
+        for t in covered:
+            self._conn_acked = max(self._conn_acked, self._marks.pop(t))
+        return token, True
+
+    def _raise_refusals(self) -> None:
+        """Raise the error messages not yet reported, once."""
+        texts, self._unreported = self._unreported, []
+        if not texts:
+            return
+        failed = [t for t in texts if _FLUSH_FAILED.match(t)]
+        if failed:
+            raise ServerError(
+                f"the collector could not store the events sent since the last flush: {failed[-1]}",
+                url=f"{self.url}/event",
+            )
+        if len(texts) == 1:
+            raise ServerError(f"an event sent earlier was rejected: {texts[0]}", url=f"{self.url}/event")
+        raise ServerError(
+            f"{len(texts)} messages sent earlier were rejected; the first: {texts[0]}", url=f"{self.url}/event"
+        )
+
+    def _sent(self, conn: _Connection, n: int) -> None:
+        if conn.negotiated:
+            self._conn_sent += n
+
+    def _send_failed(self, conn: _Connection, exc: ConnectionClosed, sent: int) -> ConnectionClosed:
+        earlier = self._unconfirmed - (sent if conn.negotiated else 0)
+        self._dropped(conn, reported=True)
+        note = (
+            f"; {earlier} event(s) sent before this call were not confirmed either"
+            if conn.negotiated and earlier > 0
+            else ""
+        )
+        return ConnectionClosed(
+            f"{exc} (after {sent} event(s) of this call were sent; "
+            f"the events of the failed chunk may or may not have arrived{note})",
+            url=exc.url,
+            code=exc.code,
+        )
+
+    def send(self, event: Event, *, wait: bool = False) -> None:
+        """Publish one event (a plain message; the upstream format).
+
+        With ``wait=True``, then :meth:`flush` (within ``timeout``): it returns
+        once the collector has stored it, and raises what :meth:`flush` raises.
+        """
         if not isinstance(event, Event):
             raise InvalidEventError(f"send() expects an Event, got {type(event).__name__}")
         payload = encode(event)
@@ -1220,11 +1720,13 @@ class Client:
             conn = self._event_connection()
             try:
                 conn.send_binary(payload)
-            except ConnectionClosed:
-                self._dropped(conn)
-                raise
+            except ConnectionClosed as exc:
+                raise self._send_failed(conn, exc, 0) from exc
+            self._sent(conn, 1)
+            if wait:
+                self.flush(self.timeout)
 
-    def send_many(self, events: Iterable[Event] | pa.RecordBatch | pa.Table) -> int:
+    def send_many(self, events: Iterable[Event] | pa.RecordBatch | pa.Table, *, wait: bool = False) -> int:
         """Publish many events; returns how many were sent.
 
         ``events`` is any iterable of :class:`~theia_frames.event.Event` (read
@@ -1234,50 +1736,155 @@ class Client:
         plain message per event.
         Events the format cannot carry raise
         :class:`~theia_frames.exceptions.InvalidEventError` before their chunk
-        is sent.
+        is sent. With ``wait=True``, then :meth:`flush` (within ``timeout``).
         """
         if isinstance(events, Event):
             events = [events]
         with self._lock:
             self._check_open()
-            conn = self._event_connection()
-            sent = 0
-            try:
-                if hasattr(events, "schema") and hasattr(events, "num_rows"):
-                    for batch in _arrow_chunks(events, self.send_batch_size):
-                        conn = self._event_connection()
-                        if conn.negotiated:
-                            conn.send_binary(batch_to_ipc(batch))
-                        else:
-                            conn.send_binaries([encode(e) for e in _batch_events(batch)])
-                        sent += batch.num_rows
-                    return sent
-                it = iter(events)
-                while True:
-                    chunk = list(itertools.islice(it, self.send_batch_size))
-                    if not chunk:
-                        return sent
+            sent = self._send_all(events)
+            if wait:
+                self.flush(self.timeout)
+            return sent
+
+    def _send_all(self, events: Iterable[Event] | pa.RecordBatch | pa.Table) -> int:
+        conn = self._event_connection()
+        sent = 0
+        try:
+            if hasattr(events, "schema") and hasattr(events, "num_rows"):
+                for batch in _arrow_chunks(events, self.send_batch_size):
                     conn = self._event_connection()
-                    if conn.negotiated and len(chunk) >= _ARROW_MIN:
-                        for batch in _event_batches(chunk, SEND_BATCH_BYTES):
-                            conn.send_binary(batch_to_ipc(batch))
-                            sent += batch.num_rows
+                    if conn.negotiated:
+                        conn.send_binary(batch_to_ipc(batch))
                     else:
-                        payloads = []
-                        for e in chunk:
-                            if not isinstance(e, Event):
-                                raise InvalidEventError(f"send_many() expects Events, got {type(e).__name__}")
-                            payloads.append(encode(e))
-                        conn.send_binaries(payloads)
-                        sent += len(chunk)
-            except ConnectionClosed as exc:
+                        conn.send_binaries([encode(e) for e in _batch_events(batch)])
+                    sent += batch.num_rows
+                    self._sent(conn, batch.num_rows)
+                return sent
+            it = iter(events)
+            while True:
+                chunk = list(itertools.islice(it, self.send_batch_size))
+                if not chunk:
+                    return sent
+                conn = self._event_connection()
+                if conn.negotiated and len(chunk) >= _ARROW_MIN:
+                    for batch in _event_batches(chunk, SEND_BATCH_BYTES):
+                        conn.send_binary(batch_to_ipc(batch))
+                        sent += batch.num_rows
+                        self._sent(conn, batch.num_rows)
+                else:
+                    payloads = []
+                    for e in chunk:
+                        if not isinstance(e, Event):
+                            raise InvalidEventError(f"send_many() expects Events, got {type(e).__name__}")
+                        payloads.append(encode(e))
+                    conn.send_binaries(payloads)
+                    sent += len(chunk)
+                    self._sent(conn, len(chunk))
+        except ConnectionClosed as exc:
+            raise self._send_failed(conn, exc, sent) from exc
+
+    # ------------------------------------------------------------------ acknowledgements
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait until every event sent so far is committed to the collector's store.
+
+        Returns how many events of this client the collector has confirmed
+        stored (0, at once, when nothing was sent). ``timeout``: seconds to
+        wait for the confirmation, ``None`` (the default) as long as the
+        connection lives.
+
+        Raises :class:`~theia_frames.exceptions.UnconfirmedError` when the
+        ``/event`` connection did not negotiate ``theia-frames.v1`` (the
+        upstream collector, ``batch=False``): such a peer cannot confirm;
+        :class:`~theia_frames.exceptions.ConnectionClosed` when the
+        connection was lost before the events sent since the last successful
+        flush were confirmed (send them again: the collector stores an event
+        once per ``(timestamp, id)``);
+        :class:`~theia_frames.exceptions.ServerError` when the collector
+        refused messages sent since (``.rejected``, ``.errors``) or could not
+        commit; :class:`~theia_frames.exceptions.TheiaTimeoutError` after
+        ``timeout`` seconds (nothing is lost: flush again).
+
+        >>> Client("ws://127.0.0.1:6433").flush()
+        0
+        """
+        if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
+            raise UsageError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        with self._lock:
+            self._check_open()
+            stored = self._flush(timeout, report=True)
+            self._raise_refusals()
+            return stored
+
+    def _flush(self, timeout: float | None, *, report: bool) -> int:
+        """Flush the open /event connection; with ``report``, raise about events
+        in doubt on lost connections (once). Call with the lock held."""
+        conn = self._event
+        if conn is not None and not conn.negotiated:
+            raise UnconfirmedError(
+                f"{self.url} cannot confirm that events were stored: the /event connection did not "
+                f"negotiate {SUBPROTOCOL} (a plain or upstream collector{', or batch=False' if not self.batch else ''}), "
+                "and the plain protocol has no acknowledgement"
+            )
+        if report and self._in_doubt:
+            lost, self._in_doubt = self._in_doubt, 0
+            raise ConnectionClosed(
+                f"the connection to {self.url}/event was lost before {lost} event(s) sent since the last "
+                "flush were confirmed: they may or may not have been stored; send them again "
+                "(the collector stores an event once per (timestamp, id))",
+                url=f"{self.url}/event",
+            )
+        if conn is None:
+            return self.stored
+        try:
+            for m in conn.poll():
+                self._absorb(m)
+        except ProtocolError:
+            conn.ended = True
+        if not self._unconfirmed:
+            if conn.ended:
                 self._dropped(conn)
-                raise ConnectionClosed(
-                    f"{exc} (after {sent} event(s) of this call were sent; "
-                    "the events of the failed chunk may or may not have arrived)",
-                    url=exc.url,
-                    code=exc.code,
-                ) from exc
+            return self.stored
+        token = next(self._tokens)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            if conn.ended:
+                raise ConnectionClosed(f"the connection to {conn.url} has ended", url=conn.url)
+            self._marks[token] = self._conn_sent
+            conn.send_text(json.dumps({"flush": token}))
+            while True:
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    raise _Silence()
+                msgs = conn.read(wait)
+                if not msgs:
+                    break
+                for answer in map(self._absorb, msgs):
+                    if answer is not None and answer[0] >= token:
+                        # confirmed, or refused with the collector's reason (raised by the caller)
+                        return self.stored
+        except _Silence:
+            raise TheiaTimeoutError(
+                f"{self.url}/event did not confirm the flush within {timeout} s "
+                f"({self._unconfirmed} event(s) not confirmed yet; flush again to keep waiting)"
+            ) from None
+        except ConnectionClosed:
+            pass
+        except ProtocolError:
+            conn.ended = True
+        # the connection ended before the answer
+        why = f"code {conn.close_code}" + (f", {conn.close_reason}" if conn.close_reason else "")
+        lost = self._unconfirmed
+        self._dropped(conn, reported=report)
+        if not report:
+            return self.stored
+        raise ConnectionClosed(
+            f"the connection to {self.url}/event ended ({why}) before the flush was confirmed: "
+            f"{lost} event(s) sent since the last flush may or may not have been stored; send them again "
+            "(the collector stores an event once per (timestamp, id))",
+            url=f"{self.url}/event",
+            code=conn.close_code,
+        )
 
     # ------------------------------------------------------------------ /find, /live
     def _track(self, stream: _Stream) -> None:
@@ -1299,9 +1906,17 @@ class Client:
         """Past events matching ``filter`` (None: all), as a lazily read :class:`FindResult`.
 
         The connection is opened and the filter answered before this returns:
-        a refused connection or a rejected filter raises here.
+        a refused connection or a rejected filter raises here. When this
+        client sent events not yet confirmed on a connection that can confirm
+        them, it flushes first (within ``timeout``), so the result holds them;
+        what that flush has to report is raised by the next send or flush.
         """
         self._check_open()
+        if self._unconfirmed:
+            with self._lock:
+                conn = self._event
+                if self._unconfirmed and conn is not None and conn.negotiated:
+                    self._flush(self.timeout, report=False)
         result = FindResult(
             self,
             _as_filter(filter),
@@ -1312,12 +1927,44 @@ class Client:
         self._track(result)
         return result
 
-    def receive(self, filter: FilterLike = None, *, strict: bool | None = None) -> LiveStream:
+    def receive(
+        self,
+        filter: FilterLike = None,
+        *,
+        strict: bool | None = None,
+        reconnect: bool = False,
+        backoff: float = DEFAULT_BACKOFF,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
+        resume_margin: float = DEFAULT_RESUME_MARGIN,
+        max_retries: int | None = None,
+    ) -> LiveStream:
         """Events collected from now on that match ``filter``, as a :class:`LiveStream`.
 
         The filter's start is sent as whole seconds (the upstream collector
         accepts only integers there); events before the real start are dropped
-        here.
+        here. The first connection is made before this returns (a refused one
+        raises here).
+
+        ``reconnect=True`` keeps the stream going when the connection drops
+        (the server stops or restarts, the network fails, the collector drops
+        a subscriber too slow): it waits ``backoff`` seconds (default 0.05),
+        doubling after each failed attempt up to ``max_backoff`` (default
+        2 s), each wait shortened by a random jitter of up to half, and tries
+        again, without limit, or up to ``max_retries`` failed attempts in a
+        row (then raises :class:`~theia_frames.exceptions.ConnectionClosed`).
+        Once back it subscribes again first (buffering what is pushed), then
+        fetches with a ``/find`` the events stored from the largest timestamp
+        it delivered less ``resume_margin`` seconds (default 5; it covers
+        events whose timestamps arrive out of order), yields those, then the
+        buffered ones, then goes on live. An event already delivered (same id
+        and timestamp) is not yielded again. A refused token
+        (:class:`~theia_frames.exceptions.AuthenticationError`), a rejected
+        filter or a protocol violation are not retried.
+
+        >>> client = Client("ws://127.0.0.1:6433")
+        >>> with client.receive(reconnect=True, max_backoff=5) as stream:   # doctest: +SKIP
+        ...     for event in stream:
+        ...         print(event.content, stream.reconnects, stream.gap.total)
         """
         self._check_open()
         stream = LiveStream(
@@ -1325,13 +1972,21 @@ class Client:
             _as_filter(filter),
             strict=self.strict if strict is None else strict,
             batch_size=self.batch_size,
+            reconnect=reconnect,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            resume_margin=resume_margin,
+            max_retries=max_retries,
         )
         self._track(stream)
         return stream
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:
-        """Close the /event connection and every open result or stream; idempotent."""
+        """Close the /event connection and every open result or stream; idempotent.
+
+        It does not flush: call :meth:`flush` first to know that what was sent is stored.
+        """
         with self._streams_lock:
             streams = list(self._streams)
             self._streams = weakref.WeakSet()
@@ -1349,6 +2004,45 @@ class Client:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+_FLUSH_FAILED = re.compile(r"^flush (-?[0-9]+): ", re.ASCII)
+
+
+def _token_header(token: str | None, headers: Mapping[str, str] | Sequence[str] | None) -> list[str]:
+    if token is None:
+        return []
+    if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
+        raise UsageError("token must be a non-empty string on one line")
+    if any(line.split(":", 1)[0].strip().lower() == "authorization" for line in _header_lines(headers)):
+        raise UsageError("give either token= or an Authorization header, not both")
+    return [f"Authorization: Bearer {token}"]
+
+
+def _tls_options(
+    url: str,
+    ssl_context: ssl.SSLContext | None,
+    cafile: str | os.PathLike[str] | None,
+    sslopt: Mapping[str, Any] | None,
+) -> dict[str, Any] | None:
+    """websocket-client's ``sslopt`` for ``ssl_context``/``cafile``/``sslopt``."""
+    if ssl_context is None and cafile is None:
+        return None if sslopt is None else dict(sslopt)
+    if not url.startswith("wss://"):
+        raise UsageError(f"ssl_context and cafile are for wss:// URLs; {url!r} is not encrypted")
+    if ssl_context is not None and cafile is not None:
+        raise UsageError("give either ssl_context or cafile, not both (load the file into the context)")
+    if ssl_context is not None:
+        if not isinstance(ssl_context, ssl.SSLContext):
+            raise UsageError(f"ssl_context must be an ssl.SSLContext, got {type(ssl_context).__name__}")
+        context = ssl_context
+    else:
+        path = os.fspath(cafile)  # type: ignore[arg-type]
+        try:
+            context = ssl.create_default_context(cafile=path)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise UsageError(f"cannot load the CA file {path!r}: {exc}") from exc
+    return {**dict(sslopt or {}), "context": context}
 
 
 # --------------------------------------------------------------------------- batches to send
@@ -1454,7 +2148,19 @@ def _arrow_chunks(data: Any, size: int) -> Iterator[pa.RecordBatch]:
 
 
 def _client_kwargs(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    client_keys = {"timeout", "idle_timeout", "headers", "batch", "strict", "batch_size", "send_batch_size", "sslopt"}
+    client_keys = {
+        "timeout",
+        "idle_timeout",
+        "headers",
+        "token",
+        "ssl_context",
+        "cafile",
+        "batch",
+        "strict",
+        "batch_size",
+        "send_batch_size",
+        "sslopt",
+    }
     return {k: v for k, v in kw.items() if k in client_keys}, {k: v for k, v in kw.items() if k not in client_keys}
 
 
@@ -1486,8 +2192,11 @@ def find(url: str, filter: FilterLike = None, **kw: Any) -> FindResult:
     return result
 
 
-def send(url: str, events: Event | Iterable[Event], **kw: Any) -> int:
+def send(url: str, events: Event | Iterable[Event], *, wait: bool = False, **kw: Any) -> int:
     """Publish one event or many to the collector at ``url``; returns how many were sent.
+
+    With ``wait=True`` it returns once the collector confirmed them stored
+    (see :meth:`Client.flush`). Other keyword arguments go to :class:`Client`.
 
     >>> import theia_frames as tf
     >>> tf.send("ws://127.0.0.1:6433", tf.Event(source="/dev/door", content="open"))   # doctest: +SKIP
@@ -1495,9 +2204,9 @@ def send(url: str, events: Event | Iterable[Event], **kw: Any) -> int:
     """
     with Client(url, **kw) as client:
         if isinstance(events, Event):
-            client.send(events)
+            client.send(events, wait=wait)
             return 1
-        return client.send_many(events)
+        return client.send_many(events, wait=wait)
 
 
 def connect(url: str = DEFAULT_URL, **kw: Any) -> Client:
