@@ -31,12 +31,16 @@ Any other path is refused at the handshake (HTTP 404). Messages larger than
 
 Batched transfer (:mod:`theia_frames.batch`): a client that offers the
 subprotocol ``theia-frames.v1`` gets it; then ``/find`` sends Arrow batches
-of many events per message, ``/live`` sends one batch when several events are
-waiting, and ``/event`` also accepts batches. Clients that do not offer it
-see the plain protocol byte for byte.
+of many events per message (the store's chunks as they are stored, when they
+match whole), ``/live`` sends one batch when several events are waiting, and
+``/event`` also accepts batches. Clients that do not offer it see the plain
+protocol byte for byte; the collector encodes many events at once and writes
+their frames together, but a peer sees exactly one frame per event, as if
+each had been sent on its own.
 
 Writes go through one writer thread that commits whatever has arrived in one
-transaction (group commit); only committed events are pushed to ``/live``.
+transaction (group commit) as one chunk of the store (:mod:`theia_frames.store`);
+only committed events are pushed to ``/live``.
 Every received message gets a sequence number and the writer publishes the
 number it has committed through, so :meth:`Collector.flush` can wait for
 "everything received so far is stored". A live subscriber holds at most
@@ -106,11 +110,11 @@ DEFAULT_PORT = 6433
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 #: Events a live subscriber may have waiting before it is dropped as too slow.
 DEFAULT_LIVE_QUEUE = 10_000
-#: Events per Arrow message on a batched ``/find``.
-DEFAULT_FIND_BATCH = 32_768
+#: Most events per Arrow message on a batched ``/find`` (the most a stored chunk holds).
+DEFAULT_FIND_BATCH = 65_536
 
-# Events read and encoded per step of a plain /find (sent one message each).
-_PLAIN_CHUNK = 1_000
+# Events read and encoded per step of a plain /find (one frame each, written together).
+_PLAIN_CHUNK = 8_192
 # Received and not yet committed bytes above which /event connections stop reading.
 _PENDING_LIMIT = 64 * 1024 * 1024
 # Error messages kept waiting for an /event client that does not read them.
@@ -164,7 +168,9 @@ class Collector:
         ``max_message_size``: the largest message accepted, in bytes.
         ``live_queue``: events a live subscriber may have waiting before it is
         dropped as too slow.
-        ``find_batch_rows``: events per Arrow message on a batched ``/find``.
+        ``find_batch_rows``: most events per Arrow message on a batched
+        ``/find``; a stored chunk that matches whole and fits goes out as
+        stored, other events are gathered into messages of this many.
         ``ping_interval``: seconds between keepalive pings, ``None`` (the
         default) for none: plain ``/event`` clients never read, so they could
         not answer them.

@@ -97,9 +97,11 @@ FORMAT_VERSION = 2
 
 # Most bytes of Arrow data in one chunk (a chunk holds one event at least).
 _CHUNK_BYTES = 32 * 1024 * 1024
-# A chunk this large (rows or bytes) is never merged again.
-_FINAL_ROWS = 16_384
-_FINAL_BYTES = 4 * 1024 * 1024
+# A chunk this large (rows or bytes) is never merged again. Small enough that
+# the largest merge (8 chunks just below it) takes tens of milliseconds: the
+# collector's writer merges between commits, so a merge delays the next commit.
+_FINAL_ROWS = 4_096
+_FINAL_BYTES = 1024 * 1024
 _FINAL_TIER = 15
 # Events from an iterable of Event objects are stored in batches of this many.
 _ADD_CHUNK = 50_000
@@ -172,9 +174,11 @@ class EventStore:
         self._pool_lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
-        # :memory: only: the newest generation, and the generation of every open query
+        # :memory: only: the newest generation, the generation of every open query,
+        # and whether merged-away chunks are waiting for those queries to end
         self._generation = 0
         self._snapshots: dict[int, int] = {}
+        self._dead = False
         try:
             self._db = self._connect()
             self._setup(self._db)
@@ -432,6 +436,7 @@ class EventStore:
         pa = _pa()
         with self._lock:
             db = self._writer()
+            self._purge()
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
@@ -460,6 +465,7 @@ class EventStore:
                     if self.in_memory and self._snapshots:
                         # Open queries may still read them: kept until they end.
                         db.execute(f"UPDATE chunks SET died = ? WHERE seq IN ({marks})", (generation, *seqs))
+                        self._dead = True
                     else:
                         db.execute(f"DELETE FROM chunks WHERE seq IN ({marks})", seqs)
                     db.execute("COMMIT")
@@ -474,15 +480,16 @@ class EventStore:
 
     def _purge(self) -> None:
         """Delete merged-away chunks no open query can read any more (``:memory:``, under the lock)."""
-        if self._closed:
+        if self._closed or not self._dead:
             return
         oldest = min(self._snapshots.values(), default=None)
         try:
             if oldest is None:
                 self._db.execute("DELETE FROM chunks WHERE died IS NOT NULL")
+                self._dead = False
             else:
                 self._db.execute("DELETE FROM chunks WHERE died <= ?", (oldest,))
-        except sqlite3.Error:  # pragma: no cover - retried at the next query's end
+        except sqlite3.Error:  # pragma: no cover - retried at the next merge
             pass
 
     # ------------------------------------------------------------------ reading
@@ -690,9 +697,14 @@ class _Snapshot:
             else:
                 store._give_back(db)
         if self._registered:
-            with store._lock:
-                store._snapshots.pop(id(self), None)
-                store._purge()
+            store._snapshots.pop(id(self), None)
+            # Not waiting for the lock: this may run from a finalizer. When the
+            # writer holds it, the next merge deletes what is no longer needed.
+            if store._lock.acquire(blocking=False):
+                try:
+                    store._purge()
+                finally:
+                    store._lock.release()
 
 
 class _Results(Iterator[Any]):
