@@ -61,6 +61,8 @@ __all__ = [
     "encode_go",
     "expected_event",
     "reference_walk",
+    "bad_offsets_message",
+    "not_utf8_message",
     "run",
     "run_chunk",
     "main",
@@ -719,6 +721,28 @@ def check_arrow(data: bytes, rows: list[dict[str, Any]] | None, mutated: bool) -
         raise ContractBroken("a valid batch message did not read back as the rows written")
     out.valid += 1
     return out
+
+
+def bad_offsets_message() -> bytes:
+    """A batch message whose content offsets run past their data (crafted; reading its values crashes)."""
+    import struct
+
+    events = [Event(id=f"i{i}", timestamp=1.0 + i, content=c) for i, c in enumerate(["A" * 11, "B" * 13, "C" * 17])]
+    message = bytearray(tf_batch.batch_to_ipc(tf_batch.events_to_batch(events)))
+    at = message.find(struct.pack("<4i", 0, 11, 24, 41))
+    assert at > 0
+    message[at + 4 : at + 8] = struct.pack("<i", 0x7F000000)
+    return bytes(message)
+
+
+def not_utf8_message() -> bytes:
+    """A batch message whose content column holds bytes that are not UTF-8 (crafted)."""
+    events = [Event(id="u1", timestamp=1.0, content="\u00e9t\u00e9"), Event(id="u2", timestamp=2.0, content="ok")]
+    message = bytearray(tf_batch.batch_to_ipc(tf_batch.events_to_batch(events)))
+    at = message.find("\u00e9t\u00e9".encode())
+    assert at > 0
+    message[at] = 0xFF
+    return bytes(message)
 
 
 # --------------------------------------------------------------------------- running

@@ -152,11 +152,20 @@ class RawSocket:
     """A WebSocket client that sends whatever it is told, frame by frame, valid or not."""
 
     def __init__(self, port: int, path: str = "/event", *, offer: bool = False, timeout: float = 10.0,
-                 handshake: bool = True, headers: list[str] | None = None) -> None:
+                 handshake: bool = True, headers: list[str] | None = None, rcvbuf: int | None = None) -> None:
         self.port = port
         self.path = path
         self.timeout = timeout
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        if rcvbuf is not None:
+            # before connecting, so the window the peer may fill stays this small
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        try:
+            self.sock.connect(("127.0.0.1", port))
+        except OSError:
+            self.sock.close()
+            raise
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = b""
         self.subprotocol: str | None = None
@@ -407,8 +416,9 @@ class CollectorProcess:
     def __enter__(self) -> CollectorProcess:
         return self.start() if self.proc is None else self
 
-    def __exit__(self, *exc: object) -> None:
-        if self.alive:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # after a failure the process may be stuck: no reason to wait for a clean stop
+        if self.alive and exc_type is None:
             self.stop()
         else:
             self.kill()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import struct
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -52,29 +51,8 @@ HUGE_SIZE = b"event: " + b"9" * 5_000 + b" 1 1\nid:x\ntimestamp: 1\n"
 NEXT_EVENT = codec.encode(Event(id="next", timestamp=2.0, content="intact"))
 
 
-def _bad_offsets_message() -> bytes:
-    """A batch message whose content offsets run past their data (a crafted, 1 KB message)."""
-    events = [Event(id=f"i{i}", timestamp=1.0 + i, content=c) for i, c in enumerate(["A" * 11, "B" * 13, "C" * 17])]
-    message = bytearray(batch.batch_to_ipc(batch.events_to_batch(events)))
-    offsets = struct.pack("<4i", 0, 11, 24, 41)
-    at = message.find(offsets)
-    assert at > 0
-    message[at + 4 : at + 8] = struct.pack("<i", 0x7F000000)
-    return bytes(message)
-
-
-def _not_utf8_message() -> bytes:
-    """A batch message whose content column holds bytes that are not UTF-8."""
-    events = [Event(id="u1", timestamp=1.0, content="\u00e9t\u00e9"), Event(id="u2", timestamp=2.0, content="ok")]
-    message = bytearray(batch.batch_to_ipc(batch.events_to_batch(events)))
-    at = message.find("\u00e9t\u00e9".encode())
-    assert at > 0
-    message[at] = 0xFF
-    return bytes(message)
-
-
-BAD_OFFSETS = _bad_offsets_message()
-NOT_UTF8 = _not_utf8_message()
+BAD_OFFSETS = fuzz_codec.bad_offsets_message()
+NOT_UTF8 = fuzz_codec.not_utf8_message()
 
 
 def _still_fails(check: Any) -> bool:
