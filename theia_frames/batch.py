@@ -127,6 +127,9 @@ def ipc_to_batches(message: bytes | bytearray | memoryview) -> list[pa.RecordBat
         reader = pa.ipc.open_stream(pa.py_buffer(message))
         batches = list(reader)
         schema = reader.schema
+        # Full validation: offsets inside the data, strings valid UTF-8; a peer's bytes are not trusted.
+        for b in batches:
+            b.validate(full=True)
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
         raise DecodeError(f"invalid Arrow batch ({exc})", message, 0) from None
     if not schema.equals(event_schema()):

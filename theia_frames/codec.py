@@ -11,7 +11,7 @@ Encoding writes the upstream collector's dialect byte for byte::
 
 Decoding reads both dialects (upstream and Go), header keys in any order::
 
-    >>> decode(b"event:44 41 3\\nid:x\\ntimestamp:12.500000\\nsource:s:1\\ntags:a,b\\nabc")
+    >>> decode(b"event:48 45 3\\nid:x\\ntimestamp:12.500000\\nsource:s:1\\ntags:a,b\\nabc")
     Event(id='x', timestamp=12.5, source='s:1', tags=['a', 'b'], content='abc')
 
 Bad input raises :class:`~theia_frames.exceptions.DecodeError` naming the
@@ -122,7 +122,8 @@ def _parse_at(buf: bytes, pos: int, end: int) -> tuple[str, float, str, str, str
     if not buf.startswith(b"event:", pos):
         raise DecodeError("no preamble: expected 'event:'", buf, pos)
     parts = buf[pos + 6 : nl].split()
-    if len(parts) != 3 or not (parts[0].isdigit() and parts[1].isdigit() and parts[2].isdigit()):
+    # 19 digits: any size that fits in memory (and int() of very long digit strings is refused anyway).
+    if len(parts) != 3 or not all(p.isdigit() and len(p) <= 19 for p in parts):
         raise DecodeError("bad preamble: expected 'event: <total> <header> <content>' sizes", buf, pos)
     total, hsize, csize = int(parts[0]), int(parts[1]), int(parts[2])
     if total != hsize + csize:
@@ -190,7 +191,9 @@ def split_tags(raw: str) -> list[str]:
 
 def _as_bytes(data: Buffer | str) -> bytes:
     if isinstance(data, str):
-        return data.encode()
+        # Lone surrogates become bytes that are not UTF-8, so the parser reports them
+        # where they are (and a lenient stream decode skips just that region).
+        return data.encode("utf-8", "surrogatepass")
     return bytes(data) if not isinstance(data, bytes) else data
 
 

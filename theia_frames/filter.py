@@ -66,7 +66,10 @@ def _number(name: str, value: Any) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidFilterError(f"filter {name} must be a number of seconds since the epoch, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise InvalidFilterError(f"filter {name} is too large for a timestamp") from None
     if not math.isfinite(value):
         raise InvalidFilterError(f"filter {name} must be finite, got {value!r}")
     return value
@@ -248,6 +251,8 @@ class EventFilter:
             obj = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidFilterError(f"filter is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidFilterError("filter is not valid JSON: nested too deep") from None
         return cls.from_dict(obj, engine=engine)
 
     # ------------------------------------------------------------------ peer forms
