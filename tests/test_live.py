@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from theia_frames.batch import events_to_batch
 from theia_frames.client import Client
+from theia_frames.collector import serve
 from theia_frames.event import Event
 from theia_frames.exceptions import ConnectError, UsageError
 from theia_frames.filter import Filter
@@ -409,8 +410,8 @@ def test_connection_refused_is_raised_by_start(collector):
     assert live.state == "new"
 
 
-def test_collector_going_away_ends_the_frame(collector, sender):
-    live = LiveFrame(collector.url, SENSORS).start()
+def test_collector_going_away_ends_the_frame_without_reconnect(collector, sender):
+    live = LiveFrame(collector.url, SENSORS, reconnect=False).start()
     assert live.wait_for(sender.send_many(readings(10)))
     collector.stop()
     wait_until(lambda: not live.running, what="the consumer to end")
@@ -418,3 +419,34 @@ def test_collector_going_away_ends_the_frame(collector, sender):
     assert live.wait_for(11, timeout=1) is False
     assert len(live.df) == 10
     live.stop()
+
+
+def test_frame_survives_collector_restarts_with_nothing_missing_or_repeated(tmp_path):
+    db = tmp_path / "events.db"
+    collector = serve(db=db, port=0)
+    port = collector.port
+    events = readings(1_200, seed=9)
+    sent = 0
+    try:
+        with LiveFrame(collector.url, SENSORS, receive_options={"max_backoff": 0.2}) as live:
+            for restart in range(3):
+                with Client(collector.url) as client:
+                    chunk = events[sent : sent + 300]
+                    client.send_many(chunk, wait=True)
+                    sent += len(chunk)
+                collector.stop()
+                with Client(f"ws://127.0.0.1:{port}", timeout=1) as client:
+                    with pytest.raises(ConnectError):
+                        client.send_many(events[:1])
+                collector = serve(db=db, port=port)
+                wait_until(lambda: live.status().reconnects == restart + 1, what="the frame to reconnect")
+            with Client(collector.url) as client:
+                client.send_many(events[sent:], wait=True)
+            wait_until(lambda: live.status().received >= len(events), what="every event")
+            status = live.status()
+            df = live.df
+    finally:
+        collector.stop()
+    assert sorted(df["id"]) == sorted(e.id for e in events)  # nothing missing, nothing twice
+    assert status.reconnects == 3 and status.gap_total > 0
+    assert "reconnect" in str(status)

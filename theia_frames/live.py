@@ -295,12 +295,24 @@ class LiveStatus:
     #: seconds between the newest event's timestamp and now (clock skew included)
     lag: float | None
     version: int
+    #: times the subscription came back after the connection dropped
+    reconnects: int = 0
+    #: seconds away: during the last drop, and in total
+    gap_last: float = 0.0
+    gap_total: float = 0.0
+    #: events fetched after a reconnect that were stored while away
+    recovered: int = 0
 
     def __str__(self) -> str:
         text = (
             f"{self.state} · {self.received:,} events · {self.rate:,.0f}/s · "
             f"{self.rows:,} rows · {self.errors:,} error{'' if self.errors == 1 else 's'}"
         )
+        if self.reconnects:
+            text += (
+                f" · {self.reconnects:,} reconnect{'' if self.reconnects == 1 else 's'}"
+                f" ({self.gap_total:,.1f} s away, {self.recovered:,} recovered)"
+            )
         if self.last_error and self.state == "failed":
             text += f" · {self.last_error}"
         return text
@@ -327,6 +339,12 @@ class LiveFrame:
     rows held. ``on_batch`` hooks are called with each new batch as a
     DataFrame; they run on the consumer thread, so keep them short.
 
+    ``reconnect=True`` (the default) keeps the subscription alive when the
+    collector goes away: it comes back with backoff, fetches what was stored
+    meanwhile and drops repeats by id (see ``Client.receive``, which takes
+    ``receive_options`` such as ``max_backoff``); :meth:`status` shows the
+    reconnects, the time away and the events recovered.
+
     ``start()`` subscribes (connection errors are raised there) and starts the
     consumer; ``stop()`` closes the subscription and ends the thread.
     ``pause()`` freezes :attr:`df` (events keep arriving into the bounded
@@ -343,6 +361,8 @@ class LiveFrame:
         window: str | float | _dt.timedelta | None = None,
         on_batch: BatchHook | Iterable[BatchHook] | None = None,
         client_options: Mapping[str, Any] | None = None,
+        reconnect: bool = True,
+        receive_options: Mapping[str, Any] | None = None,
     ) -> None:
         if filter is None:
             filter = EventFilter()
@@ -362,6 +382,7 @@ class LiveFrame:
             raise UsageError(f"LiveFrame needs a Client or a URL, got {type(client_or_url).__name__}")
         self.filter: EventFilter = filter
         self._client_options = dict(client_options or {})
+        self._receive_options = {"reconnect": bool(reconnect), **dict(receive_options or {})}
         self._buffer = EventBuffer(max_rows=max_rows, window=window)
         self._hooks: list[BatchHook] = []
         if callable(on_batch):
@@ -568,6 +589,8 @@ class LiveFrame:
                 rate = 0.0
             newest = self._buffer.newest
             last = self._errors[-1] if self._errors else None
+            stream = self._stream
+            gap = getattr(stream, "gap", None)
             return LiveStatus(
                 state=self._state,
                 received=self._received,
@@ -579,6 +602,10 @@ class LiveFrame:
                 newest=newest,
                 lag=None if newest is None else time.time() - newest,
                 version=self.version,
+                reconnects=getattr(stream, "reconnects", 0),
+                gap_last=getattr(gap, "last", 0.0),
+                gap_total=getattr(gap, "total", 0.0),
+                recovered=getattr(stream, "recovered", 0),
             )
 
     @property
@@ -608,7 +635,7 @@ class LiveFrame:
             from .client import Client
 
             self._client = Client(self.url, **self._client_options)
-        stream = self._client.receive(self.filter)
+        stream = self._client.receive(self.filter, **self._receive_options)
         self._started = time.monotonic()
         return stream
 
