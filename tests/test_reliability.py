@@ -19,8 +19,7 @@ import psutil
 import pytest
 
 from theia_frames import Client, Event, EventFilter, codec, serve
-from theia_frames.batch import ipc_to_batches
-from theia_frames.exceptions import DecodeError, UnconfirmedError
+from theia_frames.exceptions import UnconfirmedError
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 T0 = 1_700_000_000.0
@@ -45,18 +44,6 @@ proof_flush_kill = _load("proof_flush_kill")
 CollectorProcess = fuzz_collector.CollectorProcess
 RawSocket = fuzz_collector.RawSocket
 wait_until = fuzz_collector.wait_until
-
-
-def _refuses(message: bytes) -> bool:
-    try:
-        ipc_to_batches(message)
-    except DecodeError:
-        return True
-    return False
-
-
-# Batches that fail Arrow's full validation are taken as valid (see test_fuzz.py).
-VALIDATION_DEFECT = not (_refuses(fuzz_codec.bad_offsets_message()) and _refuses(fuzz_codec.not_utf8_message()))
 
 
 def _flush(conn: RawSocket, token: int = 1) -> list[str | bytes]:
@@ -231,9 +218,6 @@ def test_a_pattern_the_linear_engine_cannot_run_is_refused_by_name(tmp_path):
             assert "(a)" in error and "engine" in error
 
 
-@pytest.mark.xfail(VALIDATION_DEFECT, strict=True, reason="batch.ipc_to_batches does not fully validate: a 1 KB "
-                   "batch whose offsets run past its data is stored; a plain /find then kills the collector (SIGSEGV), "
-                   "a batched one the client's process")
 def test_a_batch_with_offsets_past_its_data_is_refused(tmp_path):
     with CollectorProcess(tmp_path / "offsets.db", options=["--log-level", "warning"]) as proc:
         with RawSocket(proc.port, "/event", offer=True) as conn:
@@ -248,9 +232,6 @@ def test_a_batch_with_offsets_past_its_data_is_refused(tmp_path):
         assert json.loads(answers[-1]) == {"flushed": 1, "stored": 1, "rejected": 1}
 
 
-@pytest.mark.xfail(VALIDATION_DEFECT, strict=True, reason="batch.ipc_to_batches does not fully validate: a batch "
-                   "holding bytes that are not UTF-8 is stored (its valid rows with it); a batched /find then raises "
-                   "UnicodeDecodeError in the client")
 @pytest.mark.parametrize("batched_find", [True, False])
 def test_a_batch_that_is_not_utf8_does_not_poison_the_store(tmp_path, batched_find):
     with CollectorProcess(tmp_path / "utf8.db", options=["--log-level", "warning"]) as proc:
