@@ -25,8 +25,9 @@ Checked: the collector process never dies and answers a ``/find`` after
 every 50 rounds; every valid event (those sent before any frame that closes
 their connection) is stored, exactly, and found with a find at the end; a
 well-behaved live subscriber receives every one of them; after a normal stop
-``PRAGMA integrity_check`` on the database file says ``ok``; the collector's
-log holds no traceback (an exception no handler expected).
+``PRAGMA integrity_check`` on the database file says ``ok`` and a collector
+restarted on it finds as many events as before; the collector's log holds no
+traceback (an exception no handler expected).
 
 This module is also the kit of the reliability proofs: :class:`RawSocket` (a
 WebSocket client that sends any frame, valid or not) and
@@ -538,6 +539,7 @@ class FuzzReport:
     http_answers: Counter[str] = field(default_factory=Counter)
     health_checks: int = 0
     stored_total: int = 0
+    stored_after_restart: int = 0
     integrity: str = ""
     exit_status: int | None = None
     tracebacks: Counter[str] = field(default_factory=Counter)
@@ -560,7 +562,8 @@ class FuzzReport:
             "answers to bad filters: " + ", ".join(f"{k} x{v:,}" for k, v in sorted(self.filter_answers.items())),
             "answers to non-WebSocket requests: " + ", ".join(f"{k} x{v:,}" for k, v in sorted(self.http_answers.items())),
             f"health checks passed: {self.health_checks:,}; events in the store at the end: {self.stored_total:,}",
-            f"exit status after SIGTERM: {self.exit_status}; PRAGMA integrity_check: {self.integrity}",
+            f"exit status after SIGTERM: {self.exit_status}; PRAGMA integrity_check: {self.integrity}; "
+            f"events found after a restart on the same file: {self.stored_after_restart:,}",
             "tracebacks in the collector's log: "
             + (", ".join(f"{k} x{v}" for k, v in self.tracebacks.most_common()) or "none"),
             f"problems: {len(self.problems)}",
@@ -1165,6 +1168,16 @@ def run(rounds: int, *, seed: int = 1, max_message_size: int = 64 * 1024, workdi
         report.integrity = integrity_check(db)
         if report.integrity != "ok":
             report.problems.append(f"PRAGMA integrity_check: {report.integrity}")
+        # The store opens again and holds what it held.
+        with CollectorProcess(db, log=where / "restart.log", options=["--log-level", "warning"]) as again:
+            from theia_frames.client import Client
+            from theia_frames.filter import EventFilter
+
+            with Client(again.url) as client:
+                report.stored_after_restart = sum(1 for _ in client.find(EventFilter()))
+        if report.stored_after_restart != report.stored_total:
+            report.problems.append(f"after a restart the store holds {report.stored_after_restart:,} events, "
+                                   f"not {report.stored_total:,}")
         report.tracebacks = _traceback_kinds(collector.log_text())
         if report.tracebacks:
             report.problems.append(f"{sum(report.tracebacks.values())} traceback(s) in the collector's log")

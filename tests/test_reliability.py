@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from theia_frames import Client, Event, EventFilter, codec, serve
+from theia_frames.batch import batch_to_ipc, events_to_batch
 from theia_frames.exceptions import UnconfirmedError
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
@@ -98,11 +99,12 @@ def _drop_line(conn: RawSocket) -> str:
 def test_a_stalled_subscriber_is_dropped_when_one_bulk_send_exceeds_its_bound(tmp_path):
     with CollectorProcess(tmp_path / "bulk.db", options=["--live-queue", "500", "--log-level", "warning"]) as proc:
         stalled = _stalled_subscriber(proc.port)
-        with Client(proc.url) as client:
-            # one Arrow message (under the client's 8 MiB per message), so one commit
-            bulk = [Event(id=f"b{i}", timestamp=T0 + i / 1000, content="x" * 1000) for i in range(7_000)]
-            client.send_many(bulk, wait=True)
-            client.send(Event(id="after", timestamp=T0 + 10, content="y"), wait=True)
+        bulk = [Event(id=f"b{i}", timestamp=T0 + i / 1000, content="x" * 1000) for i in range(7_000)]
+        with RawSocket(proc.port, "/event", offer=True) as conn:
+            conn.send(batch_to_ipc(events_to_batch(bulk)))  # one message, so one commit
+            _flush(conn, 1)
+            conn.send(codec.encode(Event(id="after", timestamp=T0 + 10, content="y")))
+            _flush(conn, 2)
         try:
             wait_until(lambda: _drop_line(stalled) in proc.log_text(), 10, "the stalled subscriber to be dropped")
         finally:
