@@ -1275,8 +1275,7 @@ class LiveStream(_Stream):
     def _resume(self, cause: TheiaError, heartbeat: float | None) -> Iterator[pa.RecordBatch | None]:
         """Reconnect with backoff until it works (or the caller closes), then
         yield what was stored meanwhile; the buffered live data is left in ``_pending``."""
-        dropped = time.monotonic()
-        self._down_since = dropped
+        self._down_since = time.monotonic()
         self._note_failure(cause)
         self._conn.close()
         self.complete = False
@@ -1303,6 +1302,9 @@ class LiveStream(_Stream):
             except (TransportError, TheiaTimeoutError) as exc:
                 if self._closed:
                     return
+                if self._down_since is None:
+                    # subscribed again, then lost during the resume find: away again from now
+                    self._down_since = time.monotonic()
                 if isinstance(exc, AuthenticationError):
                     raise
                 failures += 1
@@ -1316,13 +1318,6 @@ class LiveStream(_Stream):
                     ) from exc
                 delay = min(delay * 2, self.max_backoff)
                 continue
-            if self._closed:
-                return
-            gap = time.monotonic() - dropped
-            self._gap_last = gap
-            self._gap_total += gap
-            self._down_since = None
-            self.reconnects += 1
             return
 
     def _catch_up(self) -> Iterator[pa.RecordBatch]:
@@ -1335,6 +1330,12 @@ class LiveStream(_Stream):
                 return
             self._conn = conn
         self._pending = []
+        if self._down_since is not None:
+            gap = time.monotonic() - self._down_since
+            self._gap_last = gap
+            self._gap_total += gap
+            self._down_since = None
+        self.reconnects += 1
         start = (self._subscribed_at if self._seen_max is None else self._seen_max) - self.resume_margin
         flt = self.filter
         if flt.start is not None:
