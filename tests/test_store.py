@@ -94,6 +94,17 @@ def test_arrow_input_is_checked():
             store.add_many(bad)
 
 
+def test_arrow_data_that_is_not_valid_is_refused(store):
+    from theia_frames.batch import event_schema
+
+    not_utf8 = pa.Array.from_buffers(pa.string(), 1, [None, pa.py_buffer(b"\0\0\0\0\2\0\0\0"), pa.py_buffer(b"\xff\xfe")])
+    text = pa.array(["a"])
+    batch = pa.RecordBatch.from_arrays([not_utf8, pa.array([1.0]), text, text, text], schema=event_schema())
+    with pytest.raises(UsageError, match="not valid.*UTF8"):
+        store.add_many(batch)
+    assert store.count() == 0
+
+
 def test_events_survive_a_restart(tmp_path):
     path = tmp_path / "events.db"
     with EventStore(path) as store:

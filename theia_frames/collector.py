@@ -121,6 +121,9 @@ _PENDING_LIMIT = 64 * 1024 * 1024
 _MAX_WAITING_ERRORS = 1_000
 # Seconds allowed to send the "too slow" error to a subscriber that is not reading.
 _SLOW_NOTICE_TIMEOUT = 1.0
+# Seconds a dropped subscriber has to take what was on its way, the notice and
+# the close frame; one that reads nothing for that long is cut off.
+_SLOW_CLOSE_GRACE = 10.0
 _FIND_WORKERS = 4
 # Seconds stop() waits for clients to answer the closing handshake before cutting them off.
 _STOP_GRACE = 0.5
@@ -638,7 +641,12 @@ class Collector:
             await asyncio.wait_for(sub.ws.send(text), _SLOW_NOTICE_TIMEOUT)
         except Exception:  # timed out or already closed: the close below still ends it
             pass
-        await sub.ws.close(1013, "subscriber too slow")
+        try:
+            # Writing the close frame waits for the subscriber to read (flow control).
+            await asyncio.wait_for(sub.ws.close(1013, "subscriber too slow"), _SLOW_CLOSE_GRACE)
+        except asyncio.TimeoutError:
+            logger.warning("cutting off live subscriber %s: it read nothing for %s s", _peer(sub.ws), _SLOW_CLOSE_GRACE)
+            sub.ws.transport.abort()
 
 
 # --------------------------------------------------------------------------- helpers

@@ -922,7 +922,13 @@ def _event_batch(data: Any) -> pa.RecordBatch:
         batches = data.to_batches()
         if not batches:
             return pa.RecordBatch.from_pylist([], schema=schema)
-        return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
+        data = batches[0] if len(batches) == 1 else pa.concat_batches(batches)
+    try:
+        # Cheap (a pass over the bytes), and what is stored is read by every kernel
+        # that serves it: offsets past the data or text that is not UTF-8 stay out.
+        data.validate(full=True)
+    except pa.ArrowInvalid as exc:
+        raise UsageError(f"Arrow data to store is not valid: {exc}") from exc
     return data
 
 
