@@ -772,3 +772,37 @@ def test_tls_token_still_checked(tls_collector):
 def test_bad_tls_options_are_usage_errors(url, kw, match):
     with pytest.raises(UsageError, match=match):
         Client(url, **kw)
+
+
+def test_the_window_of_delivered_events_stays_bounded():
+    import pyarrow as pa
+
+    from theia_frames.batch import event_schema
+
+    def batch(ids, ts):
+        return pa.RecordBatch.from_arrays(
+            [pa.array(ids), pa.array(ts, pa.float64()), pa.array(["s"] * len(ids)), pa.array([""] * len(ids)),
+             pa.array(["c"] * len(ids))],
+            schema=event_schema(),
+        )
+
+    with MockServer() as mock:
+        mock.on_live([])
+        with Client(mock.url) as client, client.receive(Filter(1), reconnect=True, resume_margin=1.0) as stream:
+            # one event far in the future, then many ordinary ones: none of those is kept
+            stream._fresh(batch(["future"], [BASE + 10_000]))
+            for i in range(5_000):
+                stream._fresh(batch([f"x{i}"], [BASE + i / 1000]))
+            assert len(stream._recent) <= 1
+            # out of order within the window: kept, then compacted once they age out
+            for i in range(5_000):
+                stream._fresh(batch([f"y{i}"], [BASE + 10_000 - 0.5]))
+            stream._fresh(batch(["later"], [BASE + 20_000]))
+            for i in range(3_000):
+                stream._fresh(batch([f"z{i}"], [BASE + 20_000 + i / 1000]))
+            assert len(stream._recent) <= 2_100
+            # repeats within the window are recognised by id and timestamp
+            stream._resumed, stream._resumed_until = None, 0.0
+            again = stream._fresh(batch(["z2999", "z2999", "new"], [BASE + 20_002.999, BASE + 20_000.5, BASE + 20_003]),
+                                  check=True)
+            assert again.column("id").to_pylist() == ["z2999", "new"]

@@ -190,6 +190,8 @@ _SEND_GROUP = 1 << 20
 _LIVE_SLICE = 0.25
 _CLOSE_WAIT = 2.0
 _MAX_KEPT_ERRORS = 1000
+# A reconnecting stream's window of delivered batches is compacted beyond this many entries.
+_RECENT_COMPACT = 1024
 _NORMAL_CLOSE = (1000, 1005)  # 1005: a close frame without a status code, still an orderly close
 _TOO_SLOW_CODES = (1013,)  # "try again later", as our collector closes a subscriber that fell behind
 # /event closes that are about the data sent (invalid, policy, too big, server error)
@@ -1176,6 +1178,7 @@ class LiveStream(_Stream):
         # the largest timestamp, and (largest timestamp, ids, timestamps) per recent batch
         self._seen_max: float | None = None
         self._recent: deque[tuple[float, pa.Array, pa.Array]] = deque()
+        self._recent_kept = 0
         self._resumed: tuple[pa.Array, pa.Array] | None = None
         self._resumed_until = 0.0
         self._subscribed_at = time.time()
@@ -1397,14 +1400,20 @@ class LiveStream(_Stream):
         else:
             self._resumed = None
         hi = pc.max(batch.column(1)).as_py()
-        # copies: a column of a received batch would keep its whole message alive
-        self._recent.append((hi, _pa().concat_arrays([batch.column(0)]), _pa().concat_arrays([batch.column(1)])))
         if self._seen_max is None or hi > self._seen_max:
             self._seen_max = hi
         cutoff = self._seen_max - self.resume_margin
         recent = self._recent
+        if hi >= cutoff:
+            # copies: a column of a received batch would keep its whole message alive
+            recent.append((hi, _pa().concat_arrays([batch.column(0)]), _pa().concat_arrays([batch.column(1)])))
         while recent and recent[0][0] < cutoff:
             recent.popleft()
+        if len(recent) > _RECENT_COMPACT and len(recent) > 2 * self._recent_kept:
+            # entries out of order (an early batch with a late timestamp) can hold up
+            # the pruning above: drop every entry outside the window now and then
+            self._recent = recent = deque(entry for entry in recent if entry[0] >= cutoff)
+            self._recent_kept = len(recent)
         return batch
 
     def _drop_seen(self, batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -1790,9 +1799,10 @@ class Client:
         """Wait until every event sent so far is committed to the collector's store.
 
         Returns how many events of this client the collector has confirmed
-        stored (0, at once, when nothing was sent). ``timeout``: seconds to
-        wait for the confirmation, ``None`` (the default) as long as the
-        connection lives.
+        stored (0, at once, when nothing was sent), counting an event sent
+        again as often as it was sent (the store keeps it once).
+        ``timeout``: seconds to wait for the confirmation, ``None`` (the
+        default) as long as the connection lives.
 
         Raises :class:`~theia_frames.exceptions.UnconfirmedError` when the
         ``/event`` connection did not negotiate ``theia-frames.v1`` (the
@@ -1958,7 +1968,9 @@ class Client:
         it delivered less ``resume_margin`` seconds (default 5; it covers
         events whose timestamps arrive out of order), yields those, then the
         buffered ones, then goes on live. An event already delivered (same id
-        and timestamp) is not yielded again. A refused token
+        and timestamp) is not yielded again. (Against the upstream collector,
+        which never closes a ``/find``, each resume waits ``idle_timeout``
+        for the end of the find.) A refused token
         (:class:`~theia_frames.exceptions.AuthenticationError`), a rejected
         filter or a protocol violation are not retried.
 
