@@ -557,7 +557,9 @@ def check_bytes(data: bytes, pieces: list[Piece], edits: list[Edit] | None, sing
         _check_event("reading a stream", event)
 
     report = StreamReport()
-    status, lenient = _call("decode_stream(strict=False)", lambda: codec.decode_stream(data, strict=False, report=report))
+    status, lenient = _call(
+        "decode_stream(strict=False)", lambda: codec.decode_stream(data, strict=False, report=report)
+    )
     if status != "ok":
         raise ContractBroken(f"decode_stream(strict=False) raised {lenient!r}")
     if lenient != walked:
@@ -578,7 +580,9 @@ def check_bytes(data: bytes, pieces: list[Piece], edits: list[Edit] | None, sing
         raise ContractBroken(f"EventColumns.append_raw left columns of different lengths: {sorted(lengths)}")
     rows = list(cols.events())
     if status == "ok" and (damaged or rows != walked):
-        raise ContractBroken("EventColumns.append_raw accepted what a strict stream decode refuses, or read it otherwise")
+        raise ContractBroken(
+            "EventColumns.append_raw accepted what a strict stream decode refuses, or read it otherwise"
+        )
     if status != "ok" and rows != walked[: len(rows)]:
         raise ContractBroken("EventColumns.append_raw kept rows that are not the events before the damage")
 
@@ -889,28 +893,31 @@ def run(n: int, *, seed: int = 1, workers: int = 1, progress: Callable[[Stats], 
                 progress(stats)
     else:
         pending = list(_chunks(n))
-        while pending:
-            chunk0 = pending[0][0]
-            try:
-                with ProcessPoolExecutor(max_workers=workers) as pool:
-                    futures = [(c, pool.submit(run_chunk, seed, c, k)) for c, k in pending]
-                    for c, future in futures:
-                        stats.merge(future.result())
-                        pending = [p for p in pending if p[0] != c]
-                        if progress is not None:
-                            progress(stats)
-            except BrokenProcessPool:
-                # A worker died in native code; record its chunk and go on with the rest.
-                crashed = pending[0][0] if pending else chunk0
-                stats.crashed_chunks.append(crashed)
-                pending = [p for p in pending if p[0] != crashed]
+        try:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = [(c, pool.submit(run_chunk, seed, c, k)) for c, k in pending]
+                for c, future in futures:
+                    stats.merge(future.result())
+                    pending = [p for p in pending if p[0] != c]
+                    if progress is not None:
+                        progress(stats)
+        except BrokenProcessPool:
+            # A worker died in native code. The chunks left run one per process,
+            # so that each crash is pinned to its chunk.
+            for c, k in pending:
+                try:
+                    with ProcessPoolExecutor(max_workers=1) as single:
+                        stats.merge(single.submit(run_chunk, seed, c, k).result())
+                except BrokenProcessPool:
+                    stats.crashed_chunks.append(c)
     stats.seconds = time.perf_counter() - t0
     return stats
 
 
 def format_report(stats: Stats, *, seed: int) -> str:
     lines = [
-        f"inputs: {stats.total:,} in {stats.seconds:.1f} s ({stats.total / max(stats.seconds, 1e-9):,.0f}/s), seed {seed}",
+        f"inputs: {stats.total:,} in {stats.seconds:.1f} s "
+        f"({stats.total / max(stats.seconds, 1e-9):,.0f}/s), seed {seed}",
         f"{'kind':<16}{'inputs':>11}{'valid':>11}{'DecodeError':>13}",
     ]
     for kind in _KINDS:

@@ -53,7 +53,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -558,9 +558,11 @@ class FuzzReport:
             f"valid events interleaved: {self.valid_sent:,}; found stored (exactly): {self.valid_found:,}; "
             f"received by a live subscriber: {self.valid_live:,}",
             f"error messages received on /event: {self.error_answers:,}",
-            "closes seen by hostile connections: " + ", ".join(f"{k} x{v:,}" for k, v in sorted(self.close_codes.items())),
+            "closes seen by hostile connections: "
+            + ", ".join(f"{k} x{v:,}" for k, v in sorted(self.close_codes.items())),
             "answers to bad filters: " + ", ".join(f"{k} x{v:,}" for k, v in sorted(self.filter_answers.items())),
-            "answers to non-WebSocket requests: " + ", ".join(f"{k} x{v:,}" for k, v in sorted(self.http_answers.items())),
+            "answers to non-WebSocket requests: "
+            + ", ".join(f"{k} x{v:,}" for k, v in sorted(self.http_answers.items())),
             f"health checks passed: {self.health_checks:,}; events in the store at the end: {self.stored_total:,}",
             f"exit status after SIGTERM: {self.exit_status}; PRAGMA integrity_check: {self.integrity}; "
             f"events found after a restart on the same file: {self.stored_after_restart:,}",
@@ -753,8 +755,10 @@ class Fuzzer:
 
         conn = self.garbage_conn(True)
         good = [self.new_valid() for _ in range(self.rng.randrange(1, 5))]
-        rows = [{"id": e.id, "timestamp": e.timestamp, "source": e.source, "tags": ",".join(e.tags), "content": e.content}
-                for e in good]
+        rows = [
+            {"id": e.id, "timestamp": e.timestamp, "source": e.source, "tags": ",".join(e.tags), "content": e.content}
+            for e in good
+        ]
         for k in range(self.rng.randrange(1, 4)):
             bad = {"id": f"bad-{self.counter}-{k}", "timestamp": T0, "source": "s", "tags": VALID_TAG, "content": "c"}
             field_name = self.rng.choice(["id", "source", "tags", "timestamp"])
@@ -796,11 +800,13 @@ class Fuzzer:
             from theia_frames.batch import batch_to_ipc, events_to_batch
             from theia_frames.event import Event
 
-            conn.send(batch_to_ipc(events_to_batch([Event(id=f"big{i}", content="z" * 1000) for i in range(big // 1000 + 1)])))
+            many = [Event(id=f"big{i}", content="z" * 1000) for i in range(big // 1000 + 1)]
+            conn.send(batch_to_ipc(events_to_batch(many)))
         self.expect_close(conn, f"oversized {kind}")
 
     def act_invalid_utf8_text(self) -> None:
-        conn = RawSocket(self.port, self.rng.choice(["/event", "/event", "/find", "/live"]), offer=self.rng.random() < 0.5)
+        path = self.rng.choice(["/event", "/event", "/find", "/live"])
+        conn = RawSocket(self.port, path, offer=self.rng.random() < 0.5)
         if conn.path == "/event":
             self.send_valid(conn, self.rng.randrange(0, 4))
         payload = _invalid_utf8(self.rng)
@@ -840,7 +846,8 @@ class Fuzzer:
             conn.reset()
             self.report.kinds[f"reset {kind}"] += 1
             return
-        conn = RawSocket(self.port, self.rng.choice(["/event", "/event", "/live", "/find"]), offer=self.rng.random() < 0.5)
+        path = self.rng.choice(["/event", "/event", "/live", "/find"])
+        conn = RawSocket(self.port, path, offer=self.rng.random() < 0.5)
         if conn.path == "/event":
             self.send_valid(conn, self.rng.randrange(0, 4))
         if kind != "after handshake":
@@ -868,7 +875,8 @@ class Fuzzer:
                 conn.send_raw(req[: self.rng.randrange(1, len(req) - 1)])
                 self.idle.append(conn)
             else:
-                conn = RawSocket(self.port, self.rng.choice(["/event", "/find", "/live"]), offer=self.rng.random() < 0.5)
+                path = self.rng.choice(["/event", "/find", "/live"])
+                conn = RawSocket(self.port, path, offer=self.rng.random() < 0.5)
                 self.idle.append(conn)
         except (OSError, Closed, HandshakeRefused) as exc:
             self.problem(f"a {kind} connection could not be opened: {exc}")
@@ -896,7 +904,8 @@ class Fuzzer:
             elif kind == "huge header":
                 sock.sendall(RawSocket.request_for(self.port, "/event", [f"X-Junk: {'j' * 9000}"]))
             else:
-                sock.sendall(RawSocket.request_for(self.port, "/find").replace(b"Sec-WebSocket-Key", b"Sec-WebSocket-Kee"))
+                request = RawSocket.request_for(self.port, "/find")
+                sock.sendall(request.replace(b"Sec-WebSocket-Key", b"Sec-WebSocket-Kee"))
             answer = b""
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline:
@@ -1191,7 +1200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20_000, help="hostile rounds (default 20,000)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--max-message-size", type=int, default=64 * 1024, help="the collector's limit (default 64 KiB)")
+    parser.add_argument("--max-message-size", type=int, default=64 * 1024,
+                        help="the collector's limit (default 64 KiB)")
     parser.add_argument("--no-damaged-arrow", action="store_true",
                         help="leave out damaged Arrow batches (they crash a collector that does not validate them)")
     parser.add_argument("--workdir", default=None, help="keep the database and the log here")

@@ -90,7 +90,8 @@ class SlowResult:
             f"flush() confirmed: {self.flush_confirmed}",
             f"reading subscribers that received every event exactly once: {self.readers_complete} of {self.readers}",
             f"stalled subscribers dropped: {self.drops_logged} of {self.stalled} "
-            f"(the first logged {self.dropped_after_s if self.dropped_after_s is not None else '-'} s after sending began)",
+            f"(the first logged {'-' if self.dropped_after_s is None else self.dropped_after_s} s "
+            "after sending began)",
             *(f"stalled subscriber {i}, reading again, found: {n:,} events, then "
               f"{'the error ' + repr(err) if err else 'no error message'}, {end}"
               for i, (n, err, end) in enumerate(self.stalled_found, 1)),
@@ -171,8 +172,9 @@ def _event_batches(total: int, chunk: int, base: float, step: float, content_siz
         )
 
 
-def run(*, subscribers: int = 50, stalled: int = 1, rate: int = 10_000, seconds: float = 30.0, events: int | None = None,
-        live_queue: int | None = None, plain_readers: int = 0, content_size: int = 64, rss_bound_mb: int = 400,
+def run(*, subscribers: int = 50, stalled: int = 1, rate: int = 10_000, seconds: float = 30.0,
+        events: int | None = None, live_queue: int | None = None, plain_readers: int = 0, content_size: int = 64,
+        rss_bound_mb: int = 400,
         stall_rcvbuf: int = 4096, send_chunk: int = 200, confirm_each: bool = False, wake: str = "end",
         workdir: str | None = None, log: Any = None) -> SlowResult:
     """Run the proof; ``rate=0`` sends ``events`` as fast as possible, ``send_chunk`` per message.
@@ -364,9 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}")
-    result = run(subscribers=args.subscribers, stalled=args.stalled, rate=args.rate, seconds=args.seconds, events=args.events,
-                 live_queue=args.live_queue, plain_readers=args.plain_readers, content_size=args.content_size,
-                 rss_bound_mb=args.rss_bound_mb, send_chunk=args.send_chunk, wake=args.wake, log=lambda m: print(m, file=sys.stderr, flush=True))
+    result = run(subscribers=args.subscribers, stalled=args.stalled, rate=args.rate, seconds=args.seconds,
+                 events=args.events, live_queue=args.live_queue, plain_readers=args.plain_readers,
+                 content_size=args.content_size,
+                 rss_bound_mb=args.rss_bound_mb, send_chunk=args.send_chunk, wake=args.wake,
+                 log=lambda m: print(m, file=sys.stderr, flush=True))
     print(result.format())
     return 0 if result.ok else 1
 

@@ -56,7 +56,8 @@ def test_a_size_field_of_thousands_of_digits_is_a_decode_error():
     with pytest.raises(DecodeError):
         codec.EventColumns().append_raw(HUGE_SIZE)
     report = codec.StreamReport()
-    assert codec.decode_stream(HUGE_SIZE + b"\n" + NEXT_EVENT, strict=False, report=report) == [codec.decode(NEXT_EVENT)]
+    stream = HUGE_SIZE + b"\n" + NEXT_EVENT
+    assert codec.decode_stream(stream, strict=False, report=report) == [codec.decode(NEXT_EVENT)]
     assert len(report.skipped) == 1
 
 
