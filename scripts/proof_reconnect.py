@@ -6,8 +6,11 @@
 An embedded collector (``theia_frames.serve``) runs on a database file and a
 fixed loopback port. Three parties:
 
-1. a subscriber: ``Client.receive(filter, reconnect=True)``, read with
-   ``iter_batches()`` on its own thread, subscribed before anything is sent;
+1. a subscriber, subscribed before anything is sent: with ``--consumer
+   stream`` (the default) ``Client.receive(filter, reconnect=True)`` read
+   with ``iter_batches()`` on its own thread; with ``--consumer liveframe`` a
+   :class:`~theia_frames.live.LiveFrame` (``reconnect=True`` is its default),
+   whose rows are read at the end;
 2. a sender on its own thread writes ``--events`` events at a steady
    ``--rate`` (timestamps spaced by 1/rate). It survives the restarts by
    itself: it calls ``flush()`` every ``--flush-every`` seconds, and when a
@@ -20,9 +23,9 @@ fixed loopback port. Three parties:
    same file and port.
 
 At the end a ``/find`` reads every event the collector stored; the stream
-must hold each of them exactly once and nothing else: 0 missing, 0
-duplicated, 0 extra; and the collector must hold every event sent. The exit
-status is 1 when anything is off.
+(or the frame) must hold each of them exactly once and nothing else: 0
+missing, 0 duplicated, 0 extra; and the collector must hold every event
+sent. The exit status is 1 when anything is off.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import theia_frames
-from theia_frames import Client, Event, Filter, serve
+from theia_frames import Client, Event, EventFilter, Filter, serve
 from theia_frames.collector import Collector
 from theia_frames.exceptions import TheiaError, TheiaTimeoutError, TransportError
 
@@ -54,6 +57,7 @@ TAG = "proof-reconnect"
 class ReconnectResult:
     """The figures of one run."""
 
+    consumer: str = "stream"
     events: int = 0
     rate: float = 0.0
     restarts: int = 0
@@ -89,15 +93,77 @@ class ReconnectResult:
             f"sender: flush() confirmed {self.confirmed:,}; {self.send_retries} failed send/flush calls, "
             f"{self.resent:,} events sent again",
             f"collector stored: {self.stored:,}",
-            f"live stream: {self.received:,} events received, {self.distinct:,} distinct; "
+            f"{'live stream' if self.consumer == 'stream' else 'LiveFrame'}: "
+            f"{self.received:,} events received, {self.distinct:,} distinct; "
             f"missing {self.missing}, duplicated {self.duplicated}, extra {self.extra}",
             f"reconnects: {self.reconnects}; time away: {self.gap_total:.2f} s in total, "
             f"longest {self.gap_longest:.2f} s; recovered by resume finds: {self.recovered:,}; "
-            f"drops recorded in .errors: {self.stream_errors}",
+            f"errors recorded: {self.stream_errors}",
             f"run time: {self.seconds:.1f} s",
             "result: " + ("OK" if self.ok else "FAILED: " + "; ".join(self.problems)),
         ]
         return "\n".join(lines)
+
+
+class _StreamConsumer:
+    """``Client.receive(..., reconnect=True)`` read with ``iter_batches()`` on a thread."""
+
+    def __init__(self, url: str, flt: EventFilter, options: dict[str, Any]) -> None:
+        self.client = Client(url)
+        self.stream = self.client.receive(flt, reconnect=True, **options)
+        self.received: list[str] = []
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._read, name="proof-reader", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for batch in self.stream.iter_batches(heartbeat=0.25):
+                self.received.extend(batch.column("id").to_pylist())
+        except BaseException as exc:  # reported by run()
+            self.failure = exc
+
+    def ids(self) -> list[str]:
+        return list(self.received)
+
+    def status(self) -> tuple[int, float, float, int, int]:
+        """reconnects, last gap, total gap, recovered, errors"""
+        s = self.stream
+        gap = s.gap
+        return s.reconnects, gap.last, gap.total, s.recovered, len(s.errors)
+
+    def close(self) -> None:
+        self.stream.close()
+        self.thread.join(5)
+        self.client.close()
+
+
+class _FrameConsumer:
+    """A :class:`~theia_frames.live.LiveFrame`, reconnecting by default."""
+
+    def __init__(self, url: str, flt: EventFilter, options: dict[str, Any]) -> None:
+        from theia_frames.live import LiveFrame
+
+        self.client = Client(url)
+        self.frame = LiveFrame(self.client, flt, receive_options=options).start()
+
+    @property
+    def failure(self) -> BaseException | None:
+        if self.frame.state == "failed":
+            errors = self.frame.errors
+            return errors[-1] if errors else RuntimeError("the LiveFrame failed")
+        return None
+
+    def ids(self) -> list[str]:
+        return self.frame.table.column("id").to_pylist()
+
+    def status(self) -> tuple[int, float, float, int, int]:
+        s = self.frame.status()
+        return s.reconnects, s.gap_last, s.gap_total, s.recovered, s.errors
+
+    def close(self) -> None:
+        self.frame.stop()
+        self.client.close()
 
 
 def _start(db: str, port: int, deadline: float) -> Collector:
@@ -192,11 +258,14 @@ def run(
     rate: float = 1_000.0,
     down: float = 0.3,
     flush_every: float = 0.1,
+    consumer: str = "stream",
     workdir: str | None = None,
     log: Callable[[str], Any] = lambda message: None,
 ) -> ReconnectResult:
     """Run the proof; returns its figures (``result.ok`` tells whether it held)."""
-    result = ReconnectResult(events=events, rate=rate, restarts=restarts, down=down)
+    if consumer not in ("stream", "liveframe"):
+        raise ValueError(f"consumer must be 'stream' or 'liveframe', got {consumer!r}")
+    result = ReconnectResult(consumer=consumer, events=events, rate=rate, restarts=restarts, down=down)
     began = time.monotonic()
     deadline = began + 120 + 3 * events / rate + restarts * (down + 5)
     tmp = tempfile.TemporaryDirectory(prefix="proof-reconnect-") if workdir is None else None
@@ -205,25 +274,22 @@ def run(
     port = collector.port
     url = collector.url
     t0 = time.time()
-    received: list[str] = []
-    reader_failure: list[BaseException] = []
     wanted: set[str] = set()
-    longest = [0.0]
-    client = Client(url)
-    stream = client.receive(
-        Filter(t0 - 1).match_tag(TAG), reconnect=True, backoff=0.02, max_backoff=0.5, resume_margin=5.0
-    )
+    received: list[str] = []
+    longest = 0.0
+    options = {"backoff": 0.02, "max_backoff": 0.5, "resume_margin": 5.0}
+    kind = _StreamConsumer if consumer == "stream" else _FrameConsumer
+    reader = kind(url, Filter(t0 - 1).match_tag(TAG), options)
 
-    def read() -> None:
-        try:
-            for batch in stream.iter_batches(heartbeat=0.25):
-                received.extend(batch.column("id").to_pylist())
-                longest[0] = max(longest[0], stream.gap.last)
-        except BaseException as exc:  # reported below
-            reader_failure.append(exc)
+    def watch() -> int:
+        """Note the longest gap; returns the reconnects so far (raises if the reader failed)."""
+        nonlocal longest
+        if reader.failure is not None:
+            raise RuntimeError(f"the {consumer} failed: {reader.failure!r}")
+        reconnects, last, _, _, _ = reader.status()
+        longest = max(longest, last)
+        return reconnects
 
-    reader = threading.Thread(target=read, name="proof-reader", daemon=True)
-    reader.start()
     sender = _Sender(url, events, rate, t0, flush_every, deadline)
     try:
         sender.start()
@@ -232,16 +298,14 @@ def run(
             # evenly spread over the sending time, and only once the stream is back
             # from the previous restart: each restart is one the stream must survive
             at = began + sending * (k + 1) / (restarts + 1)
-            while time.monotonic() < deadline and (time.monotonic() < at or stream.reconnects < k):
-                if reader_failure:
-                    raise RuntimeError(f"the live stream failed: {reader_failure[0]!r}")
+            while time.monotonic() < deadline and (watch() < k or time.monotonic() < at):
                 time.sleep(0.01)
             if sender.is_alive():
                 result.restarts_while_sending += 1
             collector.stop()
             time.sleep(down)
             collector = _start(db, port, deadline)
-            log(f"restart {k + 1}/{restarts} done; {len(received):,} events received so far")
+            log(f"restart {k + 1}/{restarts} done; {len(reader.ids()):,} events received so far")
         sender.join(max(deadline - time.monotonic(), 0))
         if sender.is_alive() or sender.failure is not None:
             result.problems.append(f"the sender did not finish: {sender.failure or 'still running'}")
@@ -256,31 +320,35 @@ def run(
         result.stored = len(stored)
         wanted = set(stored)
         # the stream may still be catching up with the last events
-        while time.monotonic() < deadline and not reader_failure:
-            if wanted <= set(received):
+        while time.monotonic() < deadline and reader.failure is None:
+            watch()
+            if wanted <= set(reader.ids()):
                 break
             time.sleep(0.05)
         time.sleep(0.2)  # anything repeated late would show now
+        received = reader.ids()
+        watch()
+    except RuntimeError as exc:
+        result.problems.append(str(exc))
     finally:
-        stream.close()
-        reader.join(5)
-        client.close()
+        reader.close()
         collector.stop()
         if tmp is not None:
             tmp.cleanup()
-    if reader_failure:
-        result.problems.append(f"the live stream failed: {reader_failure[0]!r}")
+    if reader.failure is not None:
+        result.problems.append(f"the {consumer} failed: {reader.failure!r}")
     counts = Counter(received)
     result.received = len(received)
     result.distinct = len(counts)
     result.duplicated = sum(c - 1 for c in counts.values())
     result.missing = len(wanted - counts.keys())
     result.extra = len(counts.keys() - wanted)
-    result.reconnects = stream.reconnects
-    result.gap_total = stream.gap.total
-    result.gap_longest = max(longest[0], stream.gap.last)
-    result.recovered = stream.recovered
-    result.stream_errors = len(stream.errors)
+    reconnects, last, total, recovered, errors = reader.status()
+    result.reconnects = reconnects
+    result.gap_total = total
+    result.gap_longest = max(longest, last)
+    result.recovered = recovered
+    result.stream_errors = errors
     result.seconds = time.monotonic() - began
     if result.stored != events:
         result.problems.append(f"the collector stored {result.stored:,} of {events:,} events")
@@ -303,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1_000.0, help="events per second (default 1,000)")
     parser.add_argument("--down", type=float, default=0.3, help="seconds the collector stays down (default 0.3)")
     parser.add_argument("--flush-every", type=float, default=0.1, help="seconds between flushes (default 0.1)")
+    parser.add_argument(
+        "--consumer",
+        choices=("stream", "liveframe"),
+        default="stream",
+        help="what subscribes: a LiveStream read with iter_batches() (default) or a LiveFrame",
+    )
     args = parser.parse_args(argv)
     command = "python scripts/proof_reconnect.py" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
     print(f"$ {command}")
@@ -317,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             rate=args.rate,
             down=args.down,
             flush_every=args.flush_every,
+            consumer=args.consumer,
             log=lambda m: print(m, file=sys.stderr, flush=True),
         )
     except TheiaError as exc:

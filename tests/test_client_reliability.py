@@ -620,10 +620,11 @@ def _load(name: str) -> ModuleType:
     return module
 
 
-def test_reconnect_proof_scaled_nothing_missing_nothing_twice(tmp_path):
+@pytest.mark.parametrize("consumer", ["stream", "liveframe"])
+def test_reconnect_proof_scaled_nothing_missing_nothing_twice(tmp_path, consumer):
     """scripts/proof_reconnect.py at CI size: 2,000 events, 3 restarts while a sender writes."""
     proof = _load("proof_reconnect")
-    result = proof.run(events=2_000, restarts=3, rate=500.0, workdir=str(tmp_path))
+    result = proof.run(events=2_000, restarts=3, rate=500.0, consumer=consumer, workdir=str(tmp_path))
     assert result.ok, result.format()
     assert result.stored == result.confirmed == result.distinct == result.received == 2_000
     assert result.missing == result.duplicated == result.extra == 0
