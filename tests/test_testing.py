@@ -738,7 +738,9 @@ def test_client_speaks_arrow_batches_to_a_batch_mock():
         assert client.batched is True
         assert [b.num_rows for b in client.find(Filter(1)).iter_batches()] == [2]
         mock.verify()
-        assert len(mock.received) == 2  # one Arrow batch on /event, one filter on /find
+        # the events (a handful go as plain messages), the flush find() sends first, then the filter
+        assert [r.path for r in mock.received] == ["/event", "/event", "/event", "/find"]
+        assert json.loads(mock.received[2].message) == {"flush": 1}
 
 
 def test_plugin_fails_a_users_client_test_with_an_unmet_expectation(pytester):
@@ -806,3 +808,10 @@ def test_plugin_collector_and_client_fixtures(pytester):
     )
     result = pytester.runpytest(*plugin_args())
     result.assert_outcomes(passed=3)
+
+
+def test_a_batch_mock_confirms_flushes_like_the_collector():
+    with MockServer(batch=True) as mock, Client(mock.url) as client:
+        client.send_many([EV1, EV2], wait=True)
+        assert client.flush() == 2
+        assert [r.message for r in mock.received if isinstance(r.message, str)] == ['{"flush": 1}']

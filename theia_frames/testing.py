@@ -235,6 +235,15 @@ def _units(message: Data) -> list[Data | Event]:
     return [message]
 
 
+def _flush_reply(message: str, events_seen: int) -> str:
+    """The collector's answer to ``{"flush": token}``: every event received on the connection is confirmed."""
+    try:
+        token = json.loads(message)["flush"]
+    except (ValueError, KeyError, TypeError):
+        return json.dumps({"error": f"invalid flush request: {message[:80]!r}"})
+    return json.dumps({"flushed": token, "stored": events_seen, "rejected": 0})
+
+
 # --------------------------------------------------------------------------- responses
 
 
@@ -320,8 +329,11 @@ class MockServer:
     by default, in seconds.
 
     ``batch=True`` accepts the ``theia-frames.v1`` subprotocol when a client
-    offers it, so responses may carry Arrow batches (``pyarrow.RecordBatch``).
-    By default the mock speaks the plain protocol, like the upstream collector.
+    offers it, so responses may carry Arrow batches (``pyarrow.RecordBatch``),
+    and answers ``{"flush": n}`` on ``/event`` as the collector does,
+    confirming every event received on that connection (so ``Client.flush()``
+    and ``send(..., wait=True)`` work against it). By default the mock speaks
+    the plain protocol, like the upstream collector.
 
     Handlers and predicates run in the server's thread; keep them quick and
     do not call :meth:`terminate`, :meth:`verify` or :meth:`wait_requests`
@@ -711,8 +723,19 @@ class MockServer:
             self._open[ws] = path
             self._connections += 1
         first = True
+        negotiated = path == "/event" and ws.subprotocol == SUBPROTOCOL
+        events_seen = 0
         try:
             async for message in ws:
+                if negotiated and isinstance(message, str) and message.startswith('{"flush"'):
+                    # answered as the collector does, and not matched against expectations
+                    with self._cond:
+                        self._received.append(Received(path, message))
+                    await ws.send(_flush_reply(message, events_seen))
+                    self._mark_handled()
+                    continue
+                if path == "/event":
+                    events_seen += len(_units(message))
                 terminal = None
                 try:
                     for data in self._on_message(path, message):
