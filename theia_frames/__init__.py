@@ -54,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     "Client": "client",
     "FindResult": "client",
     "LiveStream": "client",
+    "Gap": "client",
     "find": "client",
     "send": "client",
     "connect": "client",
@@ -124,7 +125,7 @@ if TYPE_CHECKING:  # pragma: no cover
         iter_decode_stream,
         parse_message,
     )
-    from .client import Client, FindResult, LiveStream, connect, find, send
+    from .client import Client, FindResult, Gap, LiveStream, connect, find, send
     from .collector import Collector, serve
     from .event import Event, new_event_id
     from .exceptions import (
