@@ -97,8 +97,8 @@ def test_the_collector_names_the_problem_with_absurd_filters(path):
 # --------------------------------------------------------------------------- the codec fuzzer
 
 def test_the_codec_fuzzer():
-    stats = fuzz_codec.run(20_000, seed=20_240_601, workers=1)
-    assert stats.total == 20_000
+    stats = fuzz_codec.run(12_000, seed=20_240_601, workers=1)
+    assert stats.total == 12_000
     assert dict(stats.failure_counts) == {}, fuzz_codec.format_report(stats, seed=20_240_601)
     assert not stats.crashed_chunks
     # every kind of input and of mutation was exercised, and valid inputs were all valid
@@ -107,7 +107,7 @@ def test_the_codec_fuzzer():
     for kind in ("event", "stream"):
         assert stats.valid[kind] == stats.inputs[kind]
     # intact events of damaged streams: every one yielded, or hidden inside a damaged event's declared size
-    assert stats.intact > 10_000
+    assert stats.intact > 8_000
     assert stats.intact_yielded + stats.hidden == stats.intact
     assert stats.hidden < stats.intact // 20
 
