@@ -702,6 +702,15 @@ def _pa() -> Any:
     return pyarrow
 
 
+def _warm_up() -> None:
+    """Import what storing and sending events needs (Arrow, and what it loads on
+    first use: about a second) before the first event arrives, not when it does."""
+    try:
+        _plain_frames(empty_batch())
+    except Exception:  # pragma: no cover - the first real use reports any problem
+        logger.exception("preparing the encoders failed")
+
+
 def _no_tags(n: int) -> Iterator[list[str]]:
     empty: list[str] = []
     for _ in range(n):
@@ -1131,6 +1140,7 @@ class _Writer(threading.Thread):
 
     def run(self) -> None:
         try:
+            _warm_up()
             self._loop()
         finally:
             with self._stored:
