@@ -528,7 +528,7 @@ class EventStore:
         if not isinstance(flt, EventFilter):
             raise UsageError(f"a store query needs an EventFilter, got {type(flt).__name__}")
         if rows < 1:
-            raise UsageError(f"chunk_size must be at least 1, got {rows}")
+            raise UsageError(f"a query's batch size (chunk_size, rows) must be at least 1, got {rows}")
         return _Snapshot(self, flt)
 
     def _matching(self, snapshot: _Snapshot) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:
