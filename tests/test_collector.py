@@ -185,12 +185,14 @@ def test_bad_event_between_good_ones(collector, caplog):
 @st.composite
 def damaged_events(draw: Any) -> bytes:
     """Serialized events, some of them cut, stretched or with bytes changed."""
+    # text the format can carry: no lone surrogates (not Unicode), no line breaks in header fields
     event = Event(
-        id=draw(st.text(st.characters(blacklist_characters="\r\n"), max_size=8)),
+        id=draw(st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=8)),
         timestamp=draw(st.floats(0, 2e9)),
-        source=draw(st.text(st.characters(blacklist_characters="\r\n"), max_size=8)),
-        tags=draw(st.lists(st.text(st.characters(blacklist_characters=",\r\n"), min_size=1, max_size=4), max_size=3)),
-        content=draw(st.text(max_size=20)),
+        source=draw(st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=8)),
+        tags=draw(st.lists(st.text(st.characters(blacklist_characters=",\r\n", blacklist_categories=("Cs",)),
+                                   min_size=1, max_size=4), max_size=3)),
+        content=draw(st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)),
     )
     data = bytearray(encode(event))
     for _ in range(draw(st.integers(0, 3))):
