@@ -60,7 +60,7 @@ def free_port() -> int:
 
 
 def workload(n: int) -> Any:
-    from theia_frames.simulate import sensor_events
+    from theia_frames.simulation import sensor_events
 
     # a few sources, three tags, numeric content like "21.5C"; 1 ms apart
     return sensor_events(n, sources=4, rate=1000.0, start=START, seed=7)
@@ -207,9 +207,9 @@ def case_live(url: str, rate: float, seconds: float) -> dict[str, Any]:
         out, _ = sender.communicate(timeout=seconds + 120)
         sent = json.loads(out.strip().splitlines()[-1].split(" ", 1)[1])["sent"]
         deadline = time.monotonic() + 30
-        while lf.status.received < sent and time.monotonic() < deadline:
+        while lf.status().received < sent and time.monotonic() < deadline:
             time.sleep(0.05)
-        received = lf.status.received
+        received = lf.status().received
         redraws = getattr(view, "redraws", None)
         view.close()
     lat = np.concatenate(latencies) if latencies else np.array([np.nan])
