@@ -71,7 +71,15 @@ from urllib.parse import urlsplit
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 
-from .batch import SUBPROTOCOL, batch_to_ipc, columns_to_batch, empty_batch, ipc_to_batches, is_arrow_message
+from .batch import (
+    SUBPROTOCOL,
+    batch_to_ipc,
+    columns_to_batch,
+    empty_batch,
+    encode_batch,
+    ipc_to_batches,
+    is_arrow_message,
+)
 from .codec import OK, EventColumns, encode, split_tags
 from .event import Event
 from .exceptions import (
@@ -734,69 +742,6 @@ _BINARY_FRAME = 0x82
 _TEXT_FRAME = 0x81
 
 
-def _timestamp_texts(ts: Any) -> Any:
-    """``f"{t:.7f}"`` for every float of a numpy array, as an Arrow string array.
-
-    Integer and fraction parts are computed apart (both exactly), the fraction
-    rounded to 7 digits; the rare values too close to a rounding tie for the
-    float product to decide, and values beyond 2**62, are formatted by Python.
-    """
-    import numpy as np
-
-    pa = _pa()
-    pc = pa.compute
-    magnitude = np.abs(ts)
-    huge = ~(magnitude < 2.0**62)
-    magnitude = np.where(huge, 0.0, magnitude)
-    whole = np.floor(magnitude)
-    scaled = (magnitude - whole) * 1e7  # the subtraction is exact; the product within 2e-9
-    digits = np.rint(scaled)
-    near_tie = np.abs(scaled - np.floor(scaled) - 0.5) < 1e-6
-    carry = digits >= 1e7
-    whole = whole + carry
-    digits = np.where(carry, 0.0, digits)
-    text = pc.binary_join_element_wise(
-        pc.if_else(pa.array(np.signbit(ts)), "-", ""),
-        pc.cast(pa.array(whole.astype(np.int64)), pa.string()),
-        ".",
-        pc.utf8_lpad(pc.cast(pa.array(digits.astype(np.int64)), pa.string()), 7, "0"),
-        "",
-    )
-    exact = huge | near_tie
-    if exact.any():
-        values = pa.array([f"{t:.7f}" for t in ts[exact]], pa.string())
-        text = pc.replace_with_mask(text, pa.array(exact), values)
-    return text
-
-
-def _encoded(batch: pa.RecordBatch) -> Any:
-    """Every event of ``batch`` in the upstream encoding (as :func:`~theia_frames.codec.encode`
-    writes it, byte for byte), computed with Arrow kernels over whole columns."""
-    pa = _pa()
-    pc = pa.compute
-    ids, ts, sources, tags, content = (batch.column(i).cast(pa.large_string()) if i != 1 else batch.column(1) for i in range(5))
-    stamps = _timestamp_texts(ts.to_numpy()).cast(pa.large_string())
-    # "id:" "\ntimestamp: " "\nsource:" "\ntags:" "\n": 30 bytes around the four values
-    header = pc.add(
-        pc.add(pc.binary_length(ids), pc.binary_length(stamps)),
-        pc.add(pc.add(pc.binary_length(sources), pc.binary_length(tags)), 30),
-    )
-    size = pc.binary_length(content)
-
-    def text(n: Any) -> Any:
-        return pc.cast(n, pa.large_string())
-
-    def literal(value: str) -> Any:
-        return pa.scalar(value, pa.large_string())
-
-    return pc.binary_join_element_wise(
-        literal("event: "), text(pc.add(header, size)), literal(" "), text(header), literal(" "), text(size),
-        literal("\nid:"), ids, literal("\ntimestamp: "), stamps, literal("\nsource:"), sources,
-        literal("\ntags:"), tags, literal("\n"), content, literal("\n"),
-        literal(""),
-    )
-
-
 def _frames(payloads: Any, opcodes: Any) -> Any:
     """Each payload as one complete, unmasked WebSocket frame (a large_binary array).
 
@@ -854,7 +799,7 @@ def _plain_frames(batch: pa.RecordBatch) -> Any:
         opcodes = np.array([_TEXT_FRAME if isinstance(m, str) else _BINARY_FRAME for m in messages], dtype=np.uint8)
         payloads = pa.array([m.encode() if isinstance(m, str) else m for m in messages], pa.large_binary())
         return _frames(payloads, opcodes)
-    return _frames(_encoded(batch), _BINARY_FRAME)
+    return _frames(encode_batch(batch), _BINARY_FRAME)
 
 
 def _joined_frames(parts: list[Any]) -> memoryview:
