@@ -175,7 +175,9 @@ def _categories(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 # Batches from the network are small; pandas works better on few large chunks.
-_CHUNK_ROWS = 1 << 20
+# Small batches (plain messages, live increments) are merged up to this size; batches
+# of this size are kept as they arrive, without a copy (they are the received data itself).
+_CHUNK_ROWS = 1 << 16
 _CHUNK_BYTES = 1 << 28
 
 
@@ -187,14 +189,21 @@ def _coalesce(table: pa.Table) -> pa.Table:
     merged: list[pa.RecordBatch] = []
     group: list[pa.RecordBatch] = []
     rows = size = 0
+
+    def flush(group: list[pa.RecordBatch]) -> None:
+        if len(group) == 1:
+            merged.append(group[0])
+        else:
+            merged.extend(pa.Table.from_batches(group).combine_chunks().to_batches())
+
     for b in batches:
         if group and (rows + b.num_rows > _CHUNK_ROWS or size + b.nbytes > _CHUNK_BYTES):
-            merged.extend(pa.Table.from_batches(group).combine_chunks().to_batches())
+            flush(group)
             group, rows, size = [], 0, 0
         group.append(b)
         rows += b.num_rows
         size += b.nbytes
-    merged.extend(pa.Table.from_batches(group).combine_chunks().to_batches())
+    flush(group)
     return pa.Table.from_batches(merged, schema=table.schema)
 
 
