@@ -9,15 +9,12 @@ the reconnect tests. Deadlines only detect a hang; nothing is timed.
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import ipaddress
 import json
 import ssl
-import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -40,9 +37,9 @@ from theia_frames.exceptions import (
 from theia_frames.filter import Filter
 from theia_frames.testing import MockServer
 from upstream_like import UpstreamLike
+from scripts_loader import load_script
 
 BASE = 1_700_000_000.0
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
 def wait_until(predicate, timeout=10.0, interval=0.01):
@@ -609,21 +606,10 @@ def test_live_stream_survives_restarts_with_the_collector(tmp_path):
         collector.stop()
 
 
-def _load(name: str) -> ModuleType:
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("consumer", ["stream", "liveframe"])
 def test_reconnect_proof_scaled_nothing_missing_nothing_twice(tmp_path, consumer):
     """scripts/proof_reconnect.py at CI size: 2,000 events, 3 restarts while a sender writes."""
-    proof = _load("proof_reconnect")
+    proof = load_script("proof_reconnect")
     result = proof.run(events=2_000, restarts=3, rate=500.0, consumer=consumer, workdir=str(tmp_path))
     assert result.ok, result.format()
     assert result.stored == result.confirmed == result.distinct == result.received == 2_000

@@ -11,11 +11,7 @@ in a few bytes, so it stays fixed.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -23,23 +19,12 @@ from theia_frames import Event, batch, codec
 from theia_frames.collector import serve
 from theia_frames.exceptions import DecodeError, InvalidFilterError
 from theia_frames.filter import EventFilter
-
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-
-
-def _load(name: str) -> ModuleType:
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from scripts_loader import load_script
 
 
-fuzz_codec = _load("fuzz_codec")
-fuzz_collector = _load("fuzz_collector")
+
+fuzz_codec = load_script("fuzz_codec")
+fuzz_collector = load_script("fuzz_collector")
 
 
 # --------------------------------------------------------------------------- small reproductions

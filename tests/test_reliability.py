@@ -9,11 +9,7 @@ hang, they measure nothing.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import psutil
 import pytest
@@ -21,26 +17,15 @@ import pytest
 from theia_frames import Client, Event, EventFilter, codec, serve
 from theia_frames.batch import batch_to_ipc, events_to_batch
 from theia_frames.exceptions import UnconfirmedError
+from scripts_loader import load_script
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 T0 = 1_700_000_000.0
 
 
-def _load(name: str) -> ModuleType:
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz_codec = _load("fuzz_codec")
-fuzz_collector = _load("fuzz_collector")
-proof_slow_subscriber = _load("proof_slow_subscriber")
-proof_flush_kill = _load("proof_flush_kill")
+fuzz_codec = load_script("fuzz_codec")
+fuzz_collector = load_script("fuzz_collector")
+proof_slow_subscriber = load_script("proof_slow_subscriber")
+proof_flush_kill = load_script("proof_flush_kill")
 
 CollectorProcess = fuzz_collector.CollectorProcess
 RawSocket = fuzz_collector.RawSocket

@@ -332,7 +332,8 @@ class MockServer:
     offers it, so responses may carry Arrow batches (``pyarrow.RecordBatch``),
     and answers ``{"flush": n}`` on ``/event`` as the collector does,
     confirming every event received on that connection (so ``Client.flush()``
-    and ``send(..., wait=True)`` work against it). By default the mock speaks
+    and ``send(..., wait=True)`` work against it), unless a :meth:`handle`
+    function for ``/event`` is there to script the answer. By default the mock speaks
     the plain protocol, like the upstream collector.
 
     Handlers and predicates run in the server's thread; keep them quick and
@@ -727,7 +728,12 @@ class MockServer:
         events_seen = 0
         try:
             async for message in ws:
-                if negotiated and isinstance(message, str) and message.startswith('{"flush"'):
+                if (
+                    negotiated
+                    and isinstance(message, str)
+                    and message.startswith('{"flush"')
+                    and not any(p is None or p == path for p, _ in self._handlers)
+                ):
                     # answered as the collector does, and not matched against expectations
                     with self._cond:
                         self._received.append(Received(path, message))
