@@ -78,9 +78,6 @@ def _drop_line(conn: RawSocket) -> str:
     return f"dropping live subscriber 127.0.0.1:{conn.sock.getsockname()[1]}"
 
 
-@pytest.mark.xfail(strict=True, reason="collector: the live queue bound counts only events not yet handed to the "
-                   "socket writer; one commit larger than the bound is handed over whole, so a stalled subscriber "
-                   "holds it (7 MB here, bound 500 events) and is not dropped until more commits arrive")
 def test_a_stalled_subscriber_is_dropped_when_one_bulk_send_exceeds_its_bound(tmp_path):
     with CollectorProcess(tmp_path / "bulk.db", options=["--live-queue", "500", "--log-level", "warning"]) as proc:
         stalled = _stalled_subscriber(proc.port)

@@ -611,22 +611,35 @@ class Collector:
             sub.wake.set()
 
     async def _live_sender(self, sub: _Subscriber) -> None:
+        # Events are written in slices of at most live_queue and count as waiting until
+        # their slice is written out (flow control included): a subscriber that stops
+        # reading holds one slice in its socket buffer, however large a commit was,
+        # and the next commit finds it over its bound and drops it.
         ws = sub.ws
+        step = self.live_queue
         try:
             while True:
                 await sub.wake.wait()
                 sub.wake.clear()
-                pending, sub.pending, sub.waiting = sub.pending, [], 0
+                pending, sub.pending = sub.pending, []
                 if not pending:
                     continue
                 if not sub.batched:
-                    await _write_frames(ws, _joined_frames(pending))
+                    for part in pending:
+                        for i in range(0, len(part), step):
+                            piece = part.slice(i, step)
+                            await _write_frames(ws, _joined_frames([piece]))
+                            sub.waiting -= len(piece)
                 elif len(pending) > 1 or len(pending[0]) > 1:
                     batch = pending[0] if len(pending) == 1 else _pa().concat_batches(pending)
-                    await ws.send(batch_to_ipc(batch))
+                    for i in range(0, batch.num_rows, step):
+                        piece = batch.slice(i, step)
+                        await ws.send(batch_to_ipc(piece))
+                        sub.waiting -= piece.num_rows
                 else:
                     # One event waiting: a plain message, as a plain peer would get it.
                     await _write_frames(ws, _joined_frames([_plain_frames(pending[0])]))
+                    sub.waiting -= 1
         except ConnectionClosed:
             pass
 
