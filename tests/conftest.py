@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from theia_frames.client import Client
 from theia_frames.collector import Collector, serve
 
 
@@ -22,3 +23,10 @@ def collector_db(tmp_path: Path) -> Iterator[Collector]:
     """A running collector whose store is the file ``tmp_path / "events.db"``."""
     with serve(db=tmp_path / "events.db", port=0) as running:
         yield running
+
+
+@pytest.fixture
+def sender(collector: Collector) -> Iterator[Client]:
+    """A client of the ``collector`` fixture, for tests that publish events."""
+    with Client(collector.url) as client:
+        yield client

@@ -47,18 +47,10 @@ from theia_frames.exceptions import (
 )
 from theia_frames.filter import EventFilter, Filter
 from upstream_like import UpstreamLike
+from waiting import poll_until as wait_until
 
 BASE = 1_700_000_000.0
 IDLE = 0.3  # idle timeout for servers that never close a /find; keeps tests quick
-
-
-def wait_until(predicate, timeout=10.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def make_events(n, *, start=BASE, step=0.001, prefix="e"):

@@ -38,17 +38,9 @@ from theia_frames.filter import Filter
 from theia_frames.testing import MockServer
 from upstream_like import UpstreamLike
 from scripts_loader import load_script
+from waiting import poll_until as wait_until
 
 BASE = 1_700_000_000.0
-
-
-def wait_until(predicate, timeout=10.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def make_events(n, *, start=BASE, step=0.001, prefix="e"):

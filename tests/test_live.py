@@ -22,6 +22,7 @@ from theia_frames.filter import Filter
 from theia_frames.frames import EVENT_DTYPES
 from theia_frames.live import EventBuffer, LiveFrame, LiveStatus, parse_window
 from theia_frames.simulation import sensor_events
+from waiting import wait_until
 
 
 def make_batch(start: int, n: int, *, t0: float = 1_700_000_000.0, step: float = 0.001) -> pa.RecordBatch:
@@ -185,20 +186,6 @@ def test_bad_arguments_are_usage_errors():
 # --------------------------------------------------------------------------- against the real collector
 
 SENSORS = Filter().match_tag("sensor")
-
-
-def wait_until(condition, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-@pytest.fixture
-def sender(collector):
-    with Client(collector.url) as client:
-        yield client
 
 
 def readings(n: int, *, seed: int = 1, sources: int = 3) -> list[Event]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -18,25 +17,12 @@ from theia_frames.frames import EVENT_DTYPES, to_dataframe
 from theia_frames.live import LiveFrame
 from theia_frames.simulation import sensor_events
 from theia_frames.widget import LiveView, choose_freq, default_plot, in_kernel, live_plot
+from waiting import wait_until
 
 pytest.importorskip("ipywidgets")
 pytest.importorskip("matplotlib")
 
 SENSORS = tf.Filter().match_tag("sensor")
-
-
-def wait_until(condition, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-@pytest.fixture
-def sender(collector):
-    with Client(collector.url) as client:
-        yield client
 
 
 def send_readings(client: Client, n: int, *, seed: int = 1) -> int:
