@@ -377,12 +377,72 @@ def test_chunks_concatenate_to_the_whole(events, size):
         assert whole["tags"].tolist() == [list(e.tags) for e in events]
 
 
+def _chunks(series):
+    return series.array._pa_array.num_chunks
+
+
 def test_many_small_batches_are_merged_into_few_chunks():
     batches = [events_to_batch([Event(id=str(i), timestamp=float(i), source="s")]) for i in range(50)]
     df = to_dataframe(FakeResult(batches), progress=False)
-    assert len(df) == 50
-    merged = frames._coalesce(pa.Table.from_batches(batches))
-    assert merged.num_rows == 50 and merged.column("content").num_chunks == 1
+    assert len(df) == 50 and df["id"].tolist() == [str(i) for i in range(50)]
+    assert _chunks(df["content"]) == 1 and _chunks(df["tags"]) == 1
+
+
+def _big_batch(n, source_of, start=0):
+    return pa.record_batch(
+        {"id": [f"e{start + i}" for i in range(n)], "timestamp": np.arange(start, start + n, dtype=float),
+         "source": [source_of(i) for i in range(n)], "tags": ["a,b"] * n, "content": ["21.5C"] * n},
+        schema=event_schema(),
+    )
+
+
+def test_chunks_with_different_sources_share_one_sorted_category():
+    rows = frames._CHUNK_ROWS + 10
+    batches = [
+        _big_batch(rows, lambda i: f"z{i % 3}", 0),
+        _big_batch(rows, lambda i: None if i % 7 == 0 else f"m{i % 2}", rows),
+        _big_batch(rows, lambda i: "a", 2 * rows),
+    ]
+    df = to_dataframe(FakeResult(batches), progress=False)
+    assert list(df["source"].cat.categories) == ["a", "m0", "m1", "z0", "z1", "z2"]
+    expected = [s for b in batches for s in b.column("source").to_pylist()]
+    assert df["source"].astype(object).where(df["source"].notna(), None).tolist() == expected
+    assert df["id"].tolist() == [f"e{i}" for i in range(3 * rows)]
+
+
+def test_a_large_table_is_converted_without_copying_its_text():
+    batch = _big_batch(frames._CHUNK_ROWS * 2, lambda i: "s")
+    df = to_dataframe(batch)
+    data = df["id"].array._pa_array.chunk(0).buffers()[2]
+    assert _chunks(df["id"]) == 1
+    assert data.address == batch.column(0).buffers()[2].address
+
+
+def test_received_batches_are_released_as_they_are_converted():
+    """A stream's messages are not all held until the end: the peak stays near the frame."""
+    import gc
+    import weakref
+
+    held = []
+
+    def received():
+        for k in range(4):
+            ipc = batch_to_ipc(_big_batch(frames._CHUNK_ROWS, lambda i: "s", k * frames._CHUNK_ROWS))
+            message = np.frombuffer(ipc, dtype=np.uint8).copy()  # a message buffer we can watch
+            held.append(weakref.ref(message))
+            (batch,) = ipc_to_batches(message)
+            del message, ipc
+            if k:
+                gc.collect()
+                assert held[k - 1]() is None, f"message {k - 1} is still alive after it was converted"
+            yield batch
+            del batch
+
+    df = to_dataframe(FakeResult(received()), progress=False)
+    assert len(df) == 4 * frames._CHUNK_ROWS
+    assert df["id"].iloc[-1] == f"e{4 * frames._CHUNK_ROWS - 1}"
+    gc.collect()
+    assert all(ref() is None for ref in held)
 
 
 def test_frames_module_registers_the_accessor():

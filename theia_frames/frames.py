@@ -174,58 +174,120 @@ def _categories(column: pa.ChunkedArray) -> pa.ChunkedArray:
     )
 
 
+def _unified_categories(chunks: list[pa.DictionaryArray]) -> pa.ChunkedArray:
+    """Dictionary chunks (each with its own dictionary) re-indexed into one sorted dictionary."""
+    values = pa.concat_arrays([c.dictionary for c in chunks]) if chunks else pa.array([], pa.string())
+    dictionary = pc.unique(values).drop_null()
+    dictionary = dictionary.take(pc.sort_indices(dictionary))
+    typ = pa.dictionary(pa.int32(), dictionary.type)
+    out = []
+    for c in chunks:
+        mapping = pc.index_in(c.dictionary, value_set=dictionary).cast(pa.int32())
+        out.append(pa.DictionaryArray.from_arrays(mapping.take(c.indices), dictionary))
+    return pa.chunked_array(out, type=typ)
+
+
 # Batches from the network are small; pandas works better on few large chunks.
-# Small batches (plain messages, live increments) are merged up to this size; batches
-# of this size are kept as they arrive, without a copy (they are the received data itself).
+# Small batches (plain messages, live increments) are gathered up to this size
+# and converted as one chunk; a batch of this size or more is one chunk itself.
 _CHUNK_ROWS = 1 << 16
 _CHUNK_BYTES = 1 << 28
 
 
-def _coalesce(table: pa.Table) -> pa.Table:
-    """``table`` with runs of small chunks merged (each chunk stays well below Arrow's 2 GiB limit)."""
-    batches = table.to_batches()
-    if len(batches) <= 1:
-        return table
-    merged: list[pa.RecordBatch] = []
-    group: list[pa.RecordBatch] = []
-    rows = size = 0
+class _Converter:
+    """Event-schema batches into the frame's Arrow columns, a chunk at a time.
 
-    def flush(group: list[pa.RecordBatch]) -> None:
-        if len(group) == 1:
-            merged.append(group[0])
+    Batches are converted while they arrive, so a stream's received messages can
+    be released as it goes: the peak is the frame plus about one chunk, not the
+    frame plus the whole transfer. With ``own=True`` every column gets buffers
+    of its own (nothing keeps a received message alive); with ``own=False`` a
+    large input batch's text columns are shared, not copied. ``large_strings``
+    makes the text columns ``large_string``, the layout pandas keeps them in.
+    """
+
+    def __init__(self, columns: Sequence[str], *, own: bool, large_strings: bool) -> None:
+        self.columns = tuple(columns)
+        self.own = own
+        self.string_type = pa.large_string() if large_strings else pa.string()
+        self.chunks: dict[str, list[Any]] = {name: [] for name in self.columns}
+        self.group: list[pa.RecordBatch] = []
+        self.rows = 0
+        self.size = 0
+
+    def add(self, item: pa.RecordBatch | pa.Table) -> None:
+        item = _conform(item)
+        for batch in item.to_batches() if isinstance(item, pa.Table) else (item,):
+            if not batch.num_rows:
+                continue
+            if self.group and (self.rows + batch.num_rows > _CHUNK_ROWS or self.size + batch.nbytes > _CHUNK_BYTES):
+                self._convert()
+            self.group.append(batch)
+            self.rows += batch.num_rows
+            self.size += batch.nbytes
+            if self.rows >= _CHUNK_ROWS:
+                self._convert()
+
+    def _convert(self) -> None:
+        group, self.group, self.rows, self.size = self.group, [], 0, 0
+        if not group:
+            return
+        table = pa.Table.from_batches(group).select(list(self.columns))
+        del group
+        if table.column(0).num_chunks > 1:
+            table = table.combine_chunks()  # new buffers: the received batches can go
+            copied = True
         else:
-            merged.extend(pa.Table.from_batches(group).combine_chunks().to_batches())
+            copied = False
+        for name in self.columns:
+            column = table.column(name).chunk(0)
+            if name == "timestamp":
+                out = _timestamps(column)
+            elif name == "tags":
+                out = _tag_lists(column)
+            elif name == "source":
+                out = pc.dictionary_encode(column)
+            else:
+                if self.own and not copied:
+                    column = pa.concat_arrays([column])
+                out = column.cast(self.string_type)
+            self.chunks[name].append(out)
 
-    for b in batches:
-        if group and (rows + b.num_rows > _CHUNK_ROWS or size + b.nbytes > _CHUNK_BYTES):
-            flush(group)
-            group, rows, size = [], 0, 0
-        group.append(b)
-        rows += b.num_rows
-        size += b.nbytes
-    flush(group)
-    return pa.Table.from_batches(merged, schema=table.schema)
+    def table(self) -> pa.Table:
+        self._convert()
+        arrays: list[Any] = []
+        for name in self.columns:
+            chunks = self.chunks[name]
+            if name == "source":
+                arrays.append(_unified_categories(chunks))
+            elif name == "timestamp":
+                arrays.append(pa.chunked_array(chunks, type=_TS_TYPE))
+            elif name == "tags":
+                arrays.append(pa.chunked_array(chunks, type=_TAGS_TYPE))
+            else:
+                arrays.append(pa.chunked_array(chunks, type=self.string_type))
+        self.chunks = {name: [] for name in self.columns}
+        return pa.Table.from_arrays(arrays, names=list(self.columns))
 
 
 def _frame_table(table: pa.Table, columns: Sequence[str] = EVENT_COLUMNS) -> pa.Table:
     """A table with the event schema as a table of the frame's Arrow types (``columns`` only)."""
-    table = _coalesce(table)
-    arrays: list[Any] = []
-    for name in columns:
-        column = table.column(name)
-        if name == "timestamp":
-            arrays.append(_timestamps(column))
-        elif name == "tags":
-            arrays.append(pa.chunked_array([_tag_lists(c) for c in column.chunks], type=_TAGS_TYPE))
-        elif name == "source":
-            arrays.append(_categories(column))
-        else:
-            arrays.append(column)
-    return pa.Table.from_arrays(arrays, names=list(columns))
+    converter = _Converter(columns, own=False, large_strings=False)
+    converter.add(table)
+    return converter.table()
 
 
 def _table_to_pandas(table: pa.Table) -> pd.DataFrame:
     return table.to_pandas(types_mapper=_types_mapper)
+
+
+def _convert_batches(
+    batches: Iterable[pa.RecordBatch | pa.Table], columns: Sequence[str], *, own: bool
+) -> pd.DataFrame:
+    converter = _Converter(columns, own=own, large_strings=True)
+    for item in batches:
+        converter.add(item)
+        del item  # converted: a received message is released as the next one arrives
+    return _table_to_pandas(converter.table())
 
 
 def batches_to_dataframe(
@@ -238,7 +300,9 @@ def batches_to_dataframe(
     This is the converter every path goes through. It is vectorised: float
     seconds become ``datetime64[ns, UTC]`` rounded to the microsecond in one
     kernel, tag text is split into lists in one kernel (``""`` is an empty
-    list), sources are dictionary-encoded into a category.
+    list), sources are dictionary-encoded into a category. Batches are
+    converted as they come, a chunk of about 65,536 rows at a time, so an
+    iterator of batches is never held whole.
 
     >>> from theia_frames.batch import events_to_batch
     >>> batch = events_to_batch([Event(id="a", timestamp=1.0000004, tags=["x", "y"]),
@@ -254,12 +318,7 @@ def batches_to_dataframe(
     cols = _check_columns(columns)
     if isinstance(batches, (pa.RecordBatch, pa.Table)):
         batches = [batches]
-    tables = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b for b in map(_conform, batches)]
-    if tables:
-        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-    else:
-        table = event_schema().empty_table()
-    return _table_to_pandas(_frame_table(table, cols))
+    return _convert_batches(batches, cols, own=False)
 
 
 def empty_frame(columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -455,7 +514,10 @@ def to_dataframe(
     cols = _check_index(index, _check_columns(columns))
     batches = _source_batches(source)
     try:
-        df = batches_to_dataframe(_with_progress(batches, progress), columns=cols)
+        # A stream's batches are received messages: the frame takes copies, so each
+        # message is released once converted.
+        own = callable(getattr(source, "iter_batches", None))
+        df = _convert_batches(_with_progress(batches, progress), cols, own=own)
     finally:
         batches.close()
     return _finish(df, index, tz)
