@@ -500,6 +500,9 @@ def to_dataframe(
     ``False`` never).
 
     Always one frame; no events give an empty frame with the same dtypes.
+    A find result or stream is converted while it arrives, about 65,536 events
+    at a time, and each received message is released once converted: memory
+    peaks near the size of the frame itself, not the frame plus the transfer.
 
     >>> evs = [Event(id=str(i), timestamp=1700000000 + i, source=f"s{i % 2}") for i in range(3)]
     >>> to_dataframe(evs, index="timestamp", tz="Europe/Berlin", columns=["source"])
