@@ -165,13 +165,7 @@ def _tag_lists(text: pa.Array) -> pa.Array:
 
 def _categories(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """``column`` dictionary-encoded with one sorted dictionary (as ``pd.Categorical`` sorts)."""
-    dictionary = pc.unique(column).drop_null()
-    dictionary = dictionary.take(pc.sort_indices(dictionary))
-    indices = pc.index_in(column, value_set=dictionary).cast(pa.int32())
-    typ = pa.dictionary(pa.int32(), dictionary.type)
-    return pa.chunked_array(
-        [pa.DictionaryArray.from_arrays(i, dictionary) for i in indices.chunks], type=typ
-    )
+    return _unified_categories([pc.dictionary_encode(c) for c in column.chunks])
 
 
 def _unified_categories(chunks: list[pa.DictionaryArray]) -> pa.ChunkedArray:
@@ -233,11 +227,9 @@ class _Converter:
             return
         table = pa.Table.from_batches(group).select(list(self.columns))
         del group
-        if table.column(0).num_chunks > 1:
+        copied = table.column(0).num_chunks > 1
+        if copied:
             table = table.combine_chunks()  # new buffers: the received batches can go
-            copied = True
-        else:
-            copied = False
         for name in self.columns:
             column = table.column(name).chunk(0)
             if name == "timestamp":
