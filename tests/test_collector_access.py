@@ -88,10 +88,12 @@ def test_token_is_checked_at_the_handshake():
         with pytest.raises(websocket.WebSocketBadStatusException) as info:
             connect(c.url, "/find", ["Authorization: Bearer wrong"])
         assert info.value.status_code == 403
-        ok = connect(c.url, "/event", ["Authorization: Bearer s3cret"])
+        ok = connect(c.url, "/event", ["Authorization: Bearer s3cret", *EXT])
         ok.send_binary(encode(Event(id="a", timestamp=5.0)))
+        # acknowledged once stored (c.flush() alone could run before the event is read)
+        ok.send(json.dumps({"flush": 1}))
+        assert json.loads(ok.recv()) == {"flushed": 1, "stored": 1, "rejected": 0}
         ok.shutdown()
-        c.flush()
         assert len(find_all(c.url, header=["Authorization: Bearer s3cret"])) == 1
 
 
