@@ -74,7 +74,7 @@ def test_read_store_reads_every_file_into_the_event_frame(store):
     assert report.ignored == ["tmpab12cd"]
 
 
-def test_files_outside_the_time_range_are_skipped_by_name(store, monkeypatch):
+def test_files_that_end_before_the_start_are_skipped_by_name(store, monkeypatch):
     opened = []
     real = Path.read_bytes
 
@@ -85,10 +85,24 @@ def test_files_outside_the_time_range_are_skipped_by_name(store, monkeypatch):
 
     monkeypatch.setattr(Path, "read_bytes", spy)
     df = read_store(store, start=T0 + 70, end=T0 + 100)
-    assert opened == [f"{T0 + 60}-{T0 + 120}"]
+    # the last file starts after the end, but may hold a late event: it is read
+    assert opened == [f"{T0 + 60}-{T0 + 120}", f"{T0 + 120}-{T0 + 180}"]
     assert ids(df) == [f"e{T0 + 75:.3f}", f"e{T0 + 90:.3f}"]
     report = df.attrs["theia_report"]
-    assert report.outside == [f"{T0}-{T0 + 60}", f"{T0 + 120}-{T0 + 180}"]
+    assert report.outside == [f"{T0}-{T0 + 60}"]
+
+
+def test_an_event_appended_late_to_a_newer_file_is_found_in_its_time_range(tmp_path):
+    # The upstream collector appends an event older than its newest file to that
+    # file, so "<a>-<b>" can hold an event before a (never after b).
+    late = Event(id="late", timestamp=T0 + 30.5, source="/dev/x", content="late")
+    folder = write_store(tmp_path / "s", {
+        f"{T0}-{T0 + 60}": events(T0, 2, 10),
+        f"{T0 + 120}-{T0 + 180}": events(T0 + 120, 2, 10) + [late],
+    })
+    df = read_store(folder, start=T0 + 30, end=T0 + 31)
+    assert ids(df) == ["late"]
+    assert ids(read_store(folder))[:3] == [f"e{T0:.3f}", f"e{T0 + 10:.3f}", "late"]
 
 
 def test_time_range_bounds_are_inclusive_and_accept_datetimes_and_text(store):

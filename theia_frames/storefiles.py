@@ -5,7 +5,7 @@ about a minute of events concatenated in the upstream serialization (each
 event followed by one extra newline), and named for its time span
 ``<first-second>-<last-second>``. :func:`read_store` reads such a folder (or
 one such file) into the same DataFrame as :func:`~theia_frames.frames.to_dataframe`,
-and skips by name the files outside a time range::
+and skips by name the files that end before the start of a time range::
 
     >>> import pathlib, tempfile
     >>> from theia_frames.codec import encode_many
@@ -135,15 +135,19 @@ class StoreFile:
     last: int | None
     path: Path
 
-    def outside(self, start: float | None, end: float | None) -> bool:
-        """Whether the name proves the file holds no event in ``[start, end]``."""
-        if self.first is None or self.last is None:
+    def outside(self, start: float | None) -> bool:
+        """Whether the name proves the file holds no event at or after ``start``.
+
+        Names are whole seconds (the first and last event's, or first + 60): a
+        file may hold events up to the end of its last second. The upstream
+        collector appends an event older than its newest file to that file, so
+        a file named ``<a>-<b>`` may hold events older than ``a``: a file after
+        the end of a time range can still hold events inside it, and only the
+        last second says anything.
+        """
+        if self.first is None or self.last is None or start is None:
             return False
-        # Names are whole seconds (the first and last event's, or first + 60):
-        # a file may hold events up to the end of its last second.
-        if start is not None and self.last + 1 <= start:
-            return True
-        return end is not None and self.first > end
+        return self.last + 1 <= start
 
 
 def _seconds(value: Any, name: str) -> float | None:
@@ -158,7 +162,8 @@ def _seconds(value: Any, name: str) -> float | None:
 def store_files(
     path: str | os.PathLike[str], *, start: Any = None, end: Any = None, report: StoreReport | None = None
 ) -> list[StoreFile]:
-    """The data files of a store folder (or the one file ``path``) that may hold events in ``[start, end]``.
+    """The data files of a store folder (or the one file ``path``) that may hold events in ``[start, end]``
+    (every file whose last second is not before ``start``, see :meth:`StoreFile.outside`).
 
     In time order. Files skipped by name and entries that are not data files
     are listed in ``report``.
@@ -187,7 +192,7 @@ def store_files(
         raise UsageError(f"no such store folder or file: {root}")
     chosen = []
     for f in candidates:
-        if f.outside(lo, hi):
+        if f.outside(lo):
             report.outside.append(f.path.name)
         else:
             chosen.append(f)
@@ -279,7 +284,8 @@ def read_store(
 
     ``start``/``end`` (seconds since the epoch, a datetime, or a time text such
     as ``"2024-05-01T12:00Z"``) keep the events in ``[start, end]``; files whose
-    names lie outside are not opened. ``sort`` orders the events by timestamp
+    names end before ``start`` are not opened (a later file may hold an older
+    event: the upstream collector appends late events to its newest file). ``sort`` orders the events by timestamp
     (stable; the store keeps them in arrival order). ``index``, ``tz``,
     ``columns`` and ``progress`` are those of :func:`~theia_frames.frames.to_dataframe`.
 
