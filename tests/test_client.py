@@ -670,7 +670,7 @@ def test_live_error_from_the_server_raises_from_receive(upstream):
     # the upstream /live refuses unknown keys; our for_live() never sends any,
     # so provoke the error by subclassing the filter message
     class BadLive(LiveStream):
-        def _filter_message(self):
+        def _filter_message(self, negotiated):
             return {"start": 1.5}
 
     client = Client(upstream.url)

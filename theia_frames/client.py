@@ -108,6 +108,7 @@ import select
 import socket
 import ssl
 import struct
+import tempfile
 import threading
 import time
 import weakref
@@ -657,7 +658,7 @@ class _Stream:
         """Whether the server accepted the batched-transfer extension on this connection."""
         return self._conn.negotiated
 
-    def _filter_message(self) -> dict[str, Any]:  # pragma: no cover - abstract
+    def _filter_message(self, negotiated: bool) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _subscribe(
@@ -678,7 +679,7 @@ class _Stream:
             on_handshake=on_handshake,
         )
         try:
-            conn.send_text(json.dumps(self._filter_message()))
+            conn.send_text(json.dumps(self._filter_message(conn.negotiated)))
             try:
                 msgs = conn.read(client.timeout)
             except _Silence:
@@ -1025,6 +1026,33 @@ def _bulk_decode(messages: list[bytes]) -> tuple[pa.RecordBatch, pa.Array]:
     return batch, ok
 
 
+def _newest_first(batches: Iterator[pa.RecordBatch | None], size: int) -> Iterator[pa.RecordBatch]:
+    """The events of ``batches``, newest first, in batches of at most ``size`` rows.
+
+    The batches are spilled to a temporary Arrow file as they arrive, so memory
+    holds one batch, not the result; the file is then sorted by (timestamp,
+    id), descending, and read back through a memory map: the exact reverse of
+    the collector's ascending order, whatever order the peer sent.
+    """
+    pa = _pa()
+    fd, path = tempfile.mkstemp(prefix="theia-frames-desc-", suffix=".arrow")
+    os.close(fd)
+    try:
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, event_schema()) as writer:
+            for batch in batches:
+                if batch is not None and batch.num_rows:
+                    writer.write_batch(batch)
+        with pa.memory_map(path) as source:
+            table = pa.ipc.open_file(source).read_all()
+            if not table.num_rows:
+                return
+            order = pa.compute.sort_indices(table, sort_keys=[("timestamp", "descending"), ("id", "descending")])
+            for i in range(0, len(order), size):
+                yield pa.record_batch(table.take(order[i : i + size]).combine_chunks().to_batches()[0])
+    finally:
+        os.unlink(path)
+
+
 def _batch_events(batch: pa.RecordBatch) -> Iterator[Event]:
     d = batch.to_pydict()
     for i, t, s, g, c in zip(d["id"], d["timestamp"], d["source"], d["tags"], d["content"]):
@@ -1060,13 +1088,31 @@ class FindResult(_Stream):
         self.ended_by: str | None = None
         super().__init__(client, filter, strict=strict, batch_size=batch_size, owns_client=owns_client)
 
-    def _filter_message(self) -> dict[str, Any]:
-        return self.filter.for_find()
+    def _filter_message(self, negotiated: bool) -> dict[str, Any]:
+        return self.filter.for_find(plain=not negotiated)
 
     def _check_end(self, conn: _Connection | None = None) -> None:
         super()._check_end(conn)
         if self.complete:
             self.ended_by = "close"
+
+    @property
+    def _reversing(self) -> bool:
+        # A plain peer is asked in ascending order (upstream cannot answer desc).
+        return self.filter.order == "desc" and not self._conn.negotiated
+
+    def _decoded(self, accumulate: int, heartbeat: float | None = None) -> Iterator[pa.RecordBatch | None]:
+        if not self._reversing:
+            return super()._decoded(accumulate, heartbeat)
+        return _newest_first(super()._decoded(max(accumulate, self.batch_size), heartbeat), self.batch_size)
+
+    def iter_messages(self) -> Iterator[bytes]:
+        if self._reversing:
+            raise UsageError(
+                f"{self.url} did not accept the extension, so a descending find is read in ascending "
+                "order and reversed: iterate or use iter_batches(), not iter_messages()"
+            )
+        return super().iter_messages()
 
     def _data_chunks(self, heartbeat: float | None = None) -> Iterator[list[bytes]]:
         conn = self._conn
@@ -1184,8 +1230,8 @@ class LiveStream(_Stream):
         self._subscribed_at = time.time()
         super().__init__(client, filter, strict=strict, batch_size=batch_size, owns_client=owns_client)
 
-    def _filter_message(self) -> dict[str, Any]:
-        return self.filter.for_live()
+    def _filter_message(self, negotiated: bool) -> dict[str, Any]:
+        return self.filter.for_live(plain=not negotiated)
 
     # ------------------------------------------------------------------ status
     @property

@@ -256,30 +256,101 @@ class EventFilter:
         return cls.from_dict(obj, engine=engine)
 
     # ------------------------------------------------------------------ peer forms
-    def for_find(self) -> dict[str, Any]:
+    def for_find(self, *, plain: bool = False) -> dict[str, Any]:
         """The object to send to ``/find``: a start is always present and positive.
 
         The upstream collector rejects a missing or zero start, so an open start
-        is sent as a tiny positive number, which means the same.
+        is sent as a tiny positive number, which means the same. ``plain=True``
+        (a peer that did not accept the extension) sends what every such peer
+        matches at least as widely as this filter (:meth:`_widened`), in
+        ascending order: the caller re-checks each event and orders the result.
         """
-        d = self.to_dict()
+        d = self._widened() if plain else self.to_dict()
         if not self.start:
             d = {"start": 1e-06, **d}
         return d
 
-    def for_live(self) -> dict[str, Any]:
+    def for_live(self, *, plain: bool = False) -> dict[str, Any]:
         """The object to send to ``/live``: whole-second integer bounds, no order.
 
         The upstream ``/live`` accepts only integer start/end, so the start is
-        floored and the end ceiled; the caller re-checks events against this filter.
+        floored and the end ceiled; the caller re-checks events against this
+        filter. ``plain=True`` sends the widened patterns of :meth:`_widened`.
         """
-        d = self.to_dict()
+        d = self._widened() if plain else self.to_dict()
         d.pop("order", None)
         if "start" in d:
             d["start"] = math.floor(d["start"])
         if "end" in d:
             d["end"] = math.ceil(d["end"])
         return d
+
+    def _widened(self) -> dict[str, Any]:
+        """The filter as a peer without the extension can take it, matching at least
+        every event this filter matches (docs/protocol.md, "Matching on plain peers").
+
+        Upstream matches tags by exact membership (its file store and ``/live``)
+        or by full regex match (its SQL store): only literal tag patterns mean the
+        same to all of them, so only those are sent. It matches content with a
+        search (file store), a full match (SQL store) or a match anchored at the
+        start (``/live``): :func:`_as_search` turns the pattern into one that all
+        three read as a search. Ids and sources are sent as they are (upstream's
+        ``/find`` ignores them, its ``/live`` matches them anchored at the start). A pattern Python's ``re`` cannot compile is
+        never sent: one such ``/live`` subscriber breaks upstream's ``/live`` for
+        everyone. ``desc`` is asked as ``asc``: upstream cannot return it.
+        """
+        d: dict[str, Any] = {}
+        if self.start:
+            d["start"] = self.start
+        if self.end is not None:
+            d["end"] = self.end
+        literal = [t for t in self.tags if _is_literal(t)]
+        if literal:
+            d["tags"] = literal
+        if self.engine == "re":
+            # an RE2 pattern can compile in ``re`` with another meaning: check those here only
+            if self.content is not None and (content := _as_search(self.content)) is not None:
+                d["content"] = content
+            for key in ("id", "source"):
+                value = getattr(self, key)
+                if value is not None and _compiles(value):
+                    d[key] = value
+        if self.order is not None:
+            d["order"] = "asc"
+        return d
+
+
+_REGEX_SYNTAX = frozenset(".^$*+?{}[]\\|()")
+_LEADING_FLAGS = re.compile(r"\(\?[aiLmsu]+\)")
+
+
+def _is_literal(pattern: str) -> bool:
+    """Whether ``pattern`` fully matches exactly the text it is (no regex syntax in it)."""
+    return not _REGEX_SYNTAX.intersection(pattern)
+
+
+def _compiles(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except (re.error, RecursionError, OverflowError, ValueError):
+        return False
+    return True
+
+
+def _as_search(pattern: str) -> str | None:
+    """A pattern whose search, full match and start-anchored match all mean a
+    search for ``pattern`` (None when ``pattern`` cannot be written so).
+
+    >>> p = _as_search("5C")
+    >>> bool(re.fullmatch(p, "21.5C\\nnext")), bool(re.match(p, "21.5C")), bool(re.search(p, "21.4C"))
+    (True, True, False)
+    """
+    if not _compiles(pattern):
+        return None
+    flags = _LEADING_FLAGS.match(pattern)
+    lead, body = (flags.group(), pattern[flags.end() :]) if flags else ("", pattern)
+    wrapped = f"{lead}\\A(?s:.*?)(?:{body})(?s:.*)"
+    return wrapped if _compiles(wrapped) else None
 
 
 def Filter(start: float | None = None) -> EventFilter:  # noqa: N802 - mirrors the Go API

@@ -166,12 +166,14 @@ def _same_event(a: Event, b: Event) -> bool:
 
 
 def _filter_forms(f: EventFilter, path: str | None) -> list[dict[str, Any]]:
-    """The JSON objects a client may send for ``f`` on ``path``."""
+    """The JSON objects a client may send for ``f`` on ``path`` (with and without the extension)."""
+    find = [f.for_find(), f.for_find(plain=True)]
+    live = [f.for_live(), f.for_live(plain=True)]
     if path == "/find":
-        return [f.for_find()]
+        return find
     if path == "/live":
-        return [f.for_live()]
-    return [f.to_dict(), f.for_find(), f.for_live()]
+        return live
+    return [f.to_dict(), *find, *live]
 
 
 def _check_expectable(expected: Any) -> None:
