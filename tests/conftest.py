@@ -1,7 +1,9 @@
-"""Shared fixtures: the real embedded collector on a free loopback port."""
+"""Shared fixtures: the real embedded collector on a free loopback port, and the
+real upstream collector (theia 0.9.2, ``tests/upstream.py``) with each of its stores."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 
 from theia_frames.client import Client
 from theia_frames.collector import Collector, serve
+from upstream import UpstreamCollector
 
 
 @pytest.fixture
@@ -30,3 +33,22 @@ def sender(collector: Collector) -> Iterator[Client]:
     """A client of the ``collector`` fixture, for tests that publish events."""
     with Client(collector.url) as client:
         yield client
+
+
+def _upstream(tmp_path_factory: pytest.TempPathFactory, store: str) -> Iterator[UpstreamCollector]:
+    if os.environ.get("THEIA_SKIP_UPSTREAM") == "1":
+        pytest.skip("THEIA_SKIP_UPSTREAM=1: the tests against the real upstream collector are off")
+    with UpstreamCollector(tmp_path_factory.mktemp(f"upstream-{store}") / "data", store=store) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def upstream_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamCollector]:
+    """The real upstream collector with its file store (one per test session)."""
+    yield from _upstream(tmp_path_factory, "file")
+
+
+@pytest.fixture(scope="session")
+def upstream_sql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamCollector]:
+    """The real upstream collector with its SQL store on SQLite (one per test session)."""
+    yield from _upstream(tmp_path_factory, "sql")

@@ -183,7 +183,8 @@ def test_find_table(upstream, capsys):
 
 def test_find_csv_and_jsonl_keep_every_field(upstream, capsys):
     odd = Event(id="ü", timestamp=BASE + 0.125, source="/a:b", tags=["x", "y"], content='multi\nline, "quoted"')
-    upstream.events.extend([*make_events(2), odd])
+    # in time order, as the real upstream store returns them in arrival order
+    upstream.events.extend(sorted([*make_events(2), odd], key=lambda e: e.timestamp))
     run(["find", "--url", upstream.url, *IDLE, "--format", "csv"])
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert rows[0] == ["id", "timestamp", "source", "tags", "content"]

@@ -1,6 +1,10 @@
-"""A small test server that behaves like the upstream theia collector (0.9.x).
+"""A small test server that behaves like the upstream theia collector (0.9.x), for
+the faults the real one (``tests/upstream.py``) cannot be made to show on cue:
+an abrupt drop in the middle of a find, extra messages around the results, a
+normal close.
 
-What the client must survive, as ``PROTOCOL.md`` describes it:
+What it shares with the real one (``docs/protocol.md``; the differential tests
+in ``tests/test_upstream.py`` hold the real one to it):
 
 - ``ok`` as a text message after each accepted filter, then one binary message
   per event, and a ``/find`` connection that is **never closed**;
@@ -13,6 +17,9 @@ What the client must survive, as ``PROTOCOL.md`` describes it:
   matches tags by exact membership (skipped for events without tags) and
   content with a regex search; ``/live`` matches tags by exact membership and
   content with ``re.match``;
+- the file store's order: minute files in time order, each in arrival order
+  (``desc`` reverses each file, not the result), a late event kept in a later
+  file that a ``/find`` with an earlier ``end`` does not read;
 - no subprotocol is ever selected (an offered one is ignored).
 
 Knobs for tests: ``find_prefix`` / ``find_suffix`` (extra raw messages sent
@@ -149,6 +156,29 @@ class UpstreamLike:
     def live_subscribers(self) -> int:
         return len(self._live)
 
+    def _search(self, criteria: dict[str, Any]) -> list[Event]:
+        """What upstream's file store returns: its minute files in time order,
+        each in arrival order (each reversed for ``desc``); a file that starts
+        after ``end`` is not read, even when it holds an older, late event."""
+        files: list[tuple[float, float, list[Event]]] = []  # (start, end, events), sorted by start
+        for event in self.events:
+            ts = event.timestamp
+            if not files or files[0][0] > ts or files[-1][1] < ts:
+                files.append((ts, ts + 60, [event]))
+                files.sort(key=lambda f: f[0])
+            else:
+                next(f for f in files if f[1] >= ts)[2].append(event)
+        end = criteria.get("end")
+        found: list[Event] = []
+        for first, last, held in files:
+            if last < criteria["start"]:
+                continue
+            if end and first > end:
+                break
+            matched = [e for e in held if _find_match(e, criteria)]
+            found.extend(reversed(matched) if criteria.get("order") == "desc" else matched)
+        return found
+
     # ------------------------------------------------------------------ endpoints
     async def _handler(self, ws: ServerConnection) -> None:
         self.headers.append(dict(ws.request.headers.raw_items()))
@@ -195,9 +225,7 @@ class UpstreamLike:
             await ws.send("ok")
             for extra in self.find_prefix:
                 await ws.send(extra)
-            reverse = criteria.get("order") == "desc"
-            found = [e for e in sorted(self.events, key=lambda e: e.timestamp, reverse=reverse)
-                     if _find_match(e, criteria)]
+            found = self._search(criteria)
             for i, event in enumerate(found):
                 if self.drop_find_after is not None and i >= self.drop_find_after:
                     ws.transport.abort()
