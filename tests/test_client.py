@@ -486,6 +486,43 @@ def test_raw_messages_are_available(upstream):
     assert messages == [encode(e) for e in events]
 
 
+def test_a_descending_find_on_a_plain_peer_is_the_exact_reverse_of_ascending(upstream):
+    # Upstream cannot answer desc: the client asks ascending, spills and sorts.
+    # The peer's order here is arrival order, with a late event and a tie.
+    arrivals = [Event(id=f"e{i}", timestamp=BASE + t, content="x") for i, t in enumerate([1, 2, 5, 3, 5, 4, 0.5])]
+    upstream.events.extend(arrivals)
+    f = Filter(BASE).match_end(BASE + 4.5).order_desc()
+    with Client(upstream.url, idle_timeout=IDLE, batch_size=2) as client:
+        got = [e.id for e in client.find(f)]
+        batches = list(client.find(Filter(BASE).order_desc()).iter_batches())
+    assert got == ["e5", "e3", "e1", "e0", "e6"]
+    assert all(b.num_rows <= 2 for b in batches)
+    ids = [i for b in batches for i in b.column("id").to_pylist()]
+    assert ids == ["e4", "e2", "e5", "e3", "e1", "e0", "e6"]  # the tie at +5 by id, descending
+    assert all("desc" not in json.dumps(sent) for _, sent in upstream.filters)
+
+
+def test_raw_messages_of_a_descending_find_on_a_plain_peer_are_refused(upstream):
+    with Client(upstream.url, idle_timeout=IDLE) as client:
+        with pytest.raises(UsageError, match="iter_batches"):
+            client.find(Filter(BASE).order_desc()).iter_messages()
+
+
+def test_a_plain_peer_is_sent_only_patterns_every_upstream_store_reads_at_least_as_widely(upstream):
+    f = Filter(BASE).match_tag("sensor", "k[12]").match_content("5C").match_source("/dev/.*")
+    with Client(upstream.url, idle_timeout=IDLE) as client:
+        list(client.find(f))
+        with client.receive(f):
+            pass
+    (_, find), (_, live) = upstream.filters
+    assert find == {"start": BASE, "tags": ["sensor"], "content": "\\A(?s:.*?)(?:5C)(?s:.*)", "source": "/dev/.*"}
+    assert live == {"start": int(BASE), "tags": ["sensor"], "content": "\\A(?s:.*?)(?:5C)(?s:.*)", "source": "/dev/.*"}
+    # an RE2 filter's patterns may mean something else to Python's re: only literal tags go
+    with Client(upstream.url, idle_timeout=IDLE) as client:
+        list(client.find(EventFilter(start=BASE, tags=("sensor", "x+"), content="\\pL", engine="re2")))
+    assert upstream.filters[-1] == ("find", {"start": BASE, "tags": ["sensor"]})
+
+
 @pytest.mark.parametrize("error", ['{"error": "store is down"}', '{"error": true, "message": "store is down"}'])
 @pytest.mark.parametrize("where", ["find_prefix", "find_suffix"])
 def test_error_messages_anywhere_raise_server_error(upstream, error, where):

@@ -345,3 +345,35 @@ def test_upstream_file_store_find_with_an_end_misses_a_late_event_that_read_stor
         up.stop()
         df = tf.read_store(tmp_path / "files", start=T0 + 100, end=T0 + 101)
         assert df["id"].tolist() == ["late"]
+
+
+def test_a_pattern_pythons_re_cannot_compile_never_reaches_upstream_live(upstream_file):
+    """One upstream /live subscriber whose pattern its ``re`` cannot compile breaks
+    /live for every later subscriber; an RE2 filter's patterns are checked on
+    the client instead, and the next subscriber still gets its events."""
+    start = time.time()
+    live = dataset(10, t0=start + 1, step=0.1, prefix="re2-")
+    first = EventFilter(start=start, content="\\pL+ offen", source="\\p{Lu}?/.*", engine="re2")
+    with Client(upstream_file.url) as client:
+        with client.receive(first) as odd:
+            time.sleep(0.3)
+            with client.receive(Filter(start).match_tag("k2")) as later:
+                time.sleep(0.3)
+                with Client(upstream_file.url) as sender:
+                    sender.send_many(live)
+                want = keys(expected(Filter(start).match_tag("k2"), live))
+                assert take(later, len(want)) == want
+            want = keys(expected(first, live))
+            assert len(want) == 2 and take(odd, len(want)) == want
+
+
+def take(stream: Any, n: int, timeout: float = 15.0) -> list[tuple[Any, ...]]:
+    """The first ``n`` events of a live stream, or fewer if ``timeout`` passes first."""
+    got: list[tuple[Any, ...]] = []
+    deadline = time.monotonic() + timeout
+    for batch in stream.iter_batches(heartbeat=0.2):
+        if batch.num_rows:
+            got.extend(frame_keys(tf.to_dataframe(batch, progress=False)))
+        if len(got) >= n or time.monotonic() > deadline:
+            break
+    return got
