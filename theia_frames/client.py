@@ -12,7 +12,7 @@ The Python counterpart of the Go ``selene/comm`` client, on websocket-client::
     ...             break
     21.5C
 
-It works with both peers of the protocol (``PROTOCOL.md``): this project's
+It works with both peers of the protocol (``docs/protocol.md``): this project's
 collector and the upstream Python collector.
 
 Sending

@@ -5,7 +5,7 @@
     ...     print(collector.url)
     ws://127.0.0.1:40121
 
-It speaks the protocol of ``PROTOCOL.md`` to any peer (the Go client, the
+It speaks the protocol of ``docs/protocol.md`` to any peer (the Go client, the
 upstream Python client, a plain WebSocket client):
 
 ``/event``
