@@ -47,6 +47,8 @@ from theia_frames.exceptions import (
 )
 from theia_frames.filter import EventFilter, Filter
 from upstream_like import UpstreamLike
+from upstream import UpstreamCollector
+from waiting import poll_until
 from waiting import poll_until as wait_until
 
 BASE = 1_700_000_000.0
@@ -68,8 +70,31 @@ def make_events(n, *, start=BASE, step=0.001, prefix="e"):
 
 @pytest.fixture
 def upstream():
+    """The upstream-like server: for what the real one cannot show (the filters
+    and headers it received, injected messages, drops, normal closes)."""
     with UpstreamLike() as server:
         yield server
+
+
+class RealUpstream:
+    """The real upstream collector (file store) of one test, with a way to wait for what it stored."""
+
+    def __init__(self, running):
+        self.running = running
+        self.url = running.url
+
+    def wait_for_events(self, n, timeout=20.0):
+        # it acknowledges nothing and flushes its files about once a second
+        return poll_until(lambda: len(list(tf.find(self.url, Filter(1), idle_timeout=IDLE))) >= n, timeout, 0.2)
+
+
+@pytest.fixture
+def real_upstream(tmp_path):
+    """A fresh real upstream collector (theia 0.9.2, file store) for one test."""
+    if os.environ.get("THEIA_SKIP_UPSTREAM") == "1" and not os.environ.get("CI"):
+        pytest.skip("THEIA_SKIP_UPSTREAM=1")
+    with UpstreamCollector(tmp_path / "upstream") as running:
+        yield RealUpstream(running)
 
 
 @pytest.fixture
@@ -396,12 +421,12 @@ def test_users_never_see_websocket_errors(refused_url):
 # --------------------------------------------------------------------------- against an upstream-like collector
 
 
-def test_send_find_round_trip_with_a_server_that_never_closes(upstream):
+def test_send_find_round_trip_with_a_server_that_never_closes(real_upstream):
     events = make_events(500)
-    with Client(upstream.url, idle_timeout=IDLE) as client:
+    with Client(real_upstream.url, idle_timeout=IDLE) as client:
         assert client.send_many(events) == 500
         assert client.batched is False
-        assert upstream.wait_for_events(500)
+        assert real_upstream.wait_for_events(500)
         result = client.find(Filter(BASE))
         assert isinstance(result, FindResult)
         assert list(result) == events
@@ -429,35 +454,40 @@ def test_extra_headers_are_sent(upstream):
     assert upstream.headers[1]["X-Team"] == "sensors"
 
 
-def test_find_without_start_still_works_upstream(upstream):
+def test_find_without_start_still_works_upstream(real_upstream):
     events = make_events(3)
-    tf.send(upstream.url, events)
-    assert upstream.wait_for_events(3)
-    assert list(tf.find(upstream.url, None, idle_timeout=IDLE)) == events
-    assert list(tf.find(upstream.url, EventFilter(start=0), idle_timeout=IDLE)) == events
-    assert all(criteria["start"] > 0 for _, criteria in upstream.filters)
+    tf.send(real_upstream.url, events)
+    assert real_upstream.wait_for_events(3)
+    assert list(tf.find(real_upstream.url, None, idle_timeout=IDLE)) == events
+    assert list(tf.find(real_upstream.url, EventFilter(start=0), idle_timeout=IDLE)) == events
 
 
-def test_every_event_is_rechecked_locally(upstream):
-    # the upstream /find skips the tag test for events without tags and
+def test_find_without_start_sends_a_positive_start(upstream):
+    list(tf.find(upstream.url, None, idle_timeout=IDLE))
+    list(tf.find(upstream.url, EventFilter(start=0), idle_timeout=IDLE))
+    assert len(upstream.filters) == 2 and all(criteria["start"] > 0 for _, criteria in upstream.filters)
+
+
+def test_every_event_is_rechecked_locally(real_upstream):
+    # the real_upstream /find skips the tag test for events without tags and
     # matches content with a search: the client applies the one meaning
     tagged = Event(id="t", timestamp=BASE + 1, tags=["sensor"], content="21C")
     untagged = Event(id="u", timestamp=BASE + 2, tags=[], content="21C")
     late = Event(id="l", timestamp=BASE + 9, tags=["sensor"], content="21C")
-    tf.send(upstream.url, [tagged, untagged, late])
-    assert upstream.wait_for_events(3)
+    tf.send(real_upstream.url, [tagged, untagged, late])
+    assert real_upstream.wait_for_events(3)
     f = Filter(BASE).match_tag("sensor").match_end(BASE + 5)
-    assert [e.id for e in tf.find(upstream.url, f, idle_timeout=IDLE)] == ["t"]
-    batches = list(tf.find(upstream.url, f, idle_timeout=IDLE).iter_batches())
+    assert [e.id for e in tf.find(real_upstream.url, f, idle_timeout=IDLE)] == ["t"]
+    batches = list(tf.find(real_upstream.url, f, idle_timeout=IDLE).iter_batches())
     assert sum(b.num_rows for b in batches) == 1
-    assert [e.id for e in tf.find(upstream.url, Filter(BASE + 1.5).match_end(BASE + 5), idle_timeout=IDLE)] == ["u"]
+    assert [e.id for e in tf.find(real_upstream.url, Filter(BASE + 1.5).match_end(BASE + 5), idle_timeout=IDLE)] == ["u"]
 
 
-def test_iter_batches_yields_event_schema_batches(upstream):
+def test_iter_batches_yields_event_schema_batches(real_upstream):
     events = make_events(2500)
-    tf.send(upstream.url, events)
-    assert upstream.wait_for_events(2500)
-    with Client(upstream.url, idle_timeout=IDLE, batch_size=1000) as client:
+    tf.send(real_upstream.url, events)
+    assert real_upstream.wait_for_events(2500)
+    with Client(real_upstream.url, idle_timeout=IDLE, batch_size=1000) as client:
         result = client.find(Filter(BASE))
         batches = list(result.iter_batches())
     assert all(b.schema.equals(event_schema()) for b in batches)
@@ -478,11 +508,11 @@ def test_result_is_read_once_one_way(upstream):
             list(result)
 
 
-def test_raw_messages_are_available(upstream):
+def test_raw_messages_are_available(real_upstream):
     events = make_events(3)
-    tf.send(upstream.url, events)
-    assert upstream.wait_for_events(3)
-    messages = list(tf.find(upstream.url, Filter(1), idle_timeout=IDLE).iter_messages())
+    tf.send(real_upstream.url, events)
+    assert real_upstream.wait_for_events(3)
+    messages = list(tf.find(real_upstream.url, Filter(1), idle_timeout=IDLE).iter_messages())
     assert messages == [encode(e) for e in events]
 
 
@@ -637,10 +667,10 @@ def test_live_floors_the_start_and_drops_earlier_events(upstream):
     assert wait_until(lambda: upstream.live_subscribers == 0)
 
 
-def test_live_with_a_concurrent_sender_upstream(upstream):
+def test_live_with_a_concurrent_sender_upstream(real_upstream):
     events = make_events(300, start=time.time())
     got = []
-    with Client(upstream.url) as client:
+    with Client(real_upstream.url) as client:
         with client.receive(Filter(BASE)) as stream:
             sender = threading.Thread(target=client.send_many, args=(events,))
             sender.start()
@@ -773,12 +803,12 @@ def test_send_rejects_what_cannot_be_sent(upstream):
             client.send_many([Event(), "not an event"])
 
 
-def test_large_and_non_ascii_events_upstream(upstream):
+def test_large_and_non_ascii_events_upstream(real_upstream):
     big = Event(id="big-ü", timestamp=BASE, source="/dev/ß:1", tags=["ü", "日本"], content="é" * 500_000)
     odd = Event(id="ид-1", timestamp=BASE + 1, source="/датчик/温度", tags=["тег", "🌡"], content="21,5 °C\nzweite Zeile 🙂")
-    tf.send(upstream.url, [big, odd])
-    assert upstream.wait_for_events(2)
-    got = list(tf.find(upstream.url, Filter(1).match_content("é+|Zeile"), idle_timeout=IDLE))
+    tf.send(real_upstream.url, [big, odd])
+    assert real_upstream.wait_for_events(2)
+    got = list(tf.find(real_upstream.url, Filter(1).match_content("é+|Zeile"), idle_timeout=IDLE))
     assert got == [big, odd]
 
 
@@ -795,27 +825,27 @@ def test_client_close_closes_open_streams(upstream):
     client.close()
 
 
-def test_module_helpers(upstream):
-    assert tf.send(upstream.url, Event(id="one", timestamp=BASE)) == 1
-    assert tf.send(upstream.url, make_events(3)) == 3
-    assert upstream.wait_for_events(4)
-    result = tf.find(upstream.url, Filter(BASE), idle_timeout=IDLE)
+def test_module_helpers(real_upstream):
+    assert tf.send(real_upstream.url, Event(id="one", timestamp=BASE)) == 1
+    assert tf.send(real_upstream.url, make_events(3)) == 3
+    assert real_upstream.wait_for_events(4)
+    result = tf.find(real_upstream.url, Filter(BASE), idle_timeout=IDLE)
     assert [e.id for e in result][:2] == ["one", "e0"]
     assert result.closed and result._client.closed
-    client = tf.connect(upstream.url)
+    client = tf.connect(real_upstream.url)
     assert isinstance(client, Client) and client._event is not None
     client.close()
     with pytest.raises(UsageError, match="unexpected"):
-        tf.find(upstream.url, Filter(1), nonsense=1)
+        tf.find(real_upstream.url, Filter(1), nonsense=1)
 
 
-def test_find_accepts_a_dict_filter(upstream):
-    tf.send(upstream.url, make_events(4))
-    assert upstream.wait_for_events(4)
-    got = list(tf.find(upstream.url, {"start": BASE, "tags": ["k1"]}, idle_timeout=IDLE))
+def test_find_accepts_a_dict_filter(real_upstream):
+    tf.send(real_upstream.url, make_events(4))
+    assert real_upstream.wait_for_events(4)
+    got = list(tf.find(real_upstream.url, {"start": BASE, "tags": ["k1"]}, idle_timeout=IDLE))
     assert [e.id for e in got] == ["e1", "e3"]
     with pytest.raises(UsageError):
-        tf.find(upstream.url, "start=1")
+        tf.find(real_upstream.url, "start=1")
 
 
 def test_send_many_arrow_data_without_the_extension(upstream):
