@@ -1029,10 +1029,11 @@ def _bulk_decode(messages: list[bytes]) -> tuple[pa.RecordBatch, pa.Array]:
 def _newest_first(batches: Iterator[pa.RecordBatch | None], size: int) -> Iterator[pa.RecordBatch]:
     """The events of ``batches``, newest first, in batches of at most ``size`` rows.
 
-    The batches are spilled to a temporary Arrow file as they arrive, so memory
-    holds one batch, not the result; the file is then sorted by (timestamp,
-    id), descending, and read back through a memory map: the exact reverse of
-    the collector's ascending order, whatever order the peer sent.
+    The batches are spilled to a temporary Arrow file as they arrive (in the
+    default temporary folder; about the size of the result's Arrow data), so
+    memory holds one batch, not the result; the file is then sorted by
+    (timestamp, id), descending, and read back through a memory map: the exact
+    reverse of the collector's ascending order, whatever order the peer sent.
     """
     pa = _pa()
     fd, path = tempfile.mkstemp(prefix="theia-frames-desc-", suffix=".arrow")
@@ -1048,7 +1049,7 @@ def _newest_first(batches: Iterator[pa.RecordBatch | None], size: int) -> Iterat
                 return
             order = pa.compute.sort_indices(table, sort_keys=[("timestamp", "descending"), ("id", "descending")])
             for i in range(0, len(order), size):
-                yield pa.record_batch(table.take(order[i : i + size]).combine_chunks().to_batches()[0])
+                yield table.take(order[i : i + size]).combine_chunks().to_batches()[0]
     finally:
         os.unlink(path)
 
