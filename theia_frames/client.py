@@ -1968,6 +1968,12 @@ class Client:
         client sent events not yet confirmed on a connection that can confirm
         them, it flushes first (within ``timeout``), so the result holds them;
         what that flush has to report is raised by the next send or flush.
+
+        On a peer that did not accept the extension (the upstream collector)
+        the filter is sent in the form every upstream store matches at least
+        as widely and each event is re-checked here, so it means the same as
+        on this project's collector; ``order_desc()`` is asked ascending and
+        reversed here (docs/protocol.md).
         """
         self._check_open()
         if self._unconfirmed:
