@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pyarrow as pa
@@ -165,3 +166,55 @@ def test_round_trip_property(tmp_path, evs, fmt, chunk):
     path = tmp_path / f"p.{fmt}"
     assert write_events(evs, path, chunk_size=chunk) == len(evs)
     pd.testing.assert_frame_equal(read_events(path), to_dataframe(evs))
+
+
+# --------------------------------------------------------------------------- one writer, the user's umask
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_stream_writer_writes_what_the_file_export_writes(tmp_path, fmt):
+    import io
+
+    events = sample(9)
+    out = io.BytesIO()
+    with export.EventWriter(out, fmt) as writer:
+        batch = events_to_batch(events)
+        writer.write(batch.slice(0, 4))
+        writer.write(pa.Table.from_batches([batch.slice(4)]))
+    assert writer.count == 9
+    write_events(events, tmp_path / f"e.{fmt}")
+    if fmt == "parquet":
+        assert pq.read_table(io.BytesIO(out.getvalue())).equals(pq.read_table(tmp_path / f"e.{fmt}"))
+    else:
+        assert out.getvalue() == (tmp_path / f"e.{fmt}").read_bytes()
+
+
+def test_the_stream_writer_of_no_events_still_writes_a_valid_output():
+    import io
+
+    out = io.BytesIO()
+    export.EventWriter(out, "csv").close()
+    assert out.getvalue() == b'"id","timestamp","source","tags","content"\n'
+    with pytest.raises(UsageError, match="unknown export format"):
+        export.EventWriter(io.BytesIO(), "xlsx")
+
+
+def test_format_errors_name_the_callers_option():
+    with pytest.raises(UsageError, match=r"or give format= \(csv, jsonl, parquet\)"):
+        format_for("events.xlsx")
+    with pytest.raises(UsageError, match=r"or give --format \(csv, jsonl, parquet\)"):
+        format_for("events.xlsx", option="--format")
+
+
+@pytest.mark.skipif(not hasattr(os, "umask") or os.name == "nt", reason="POSIX file modes")
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_written_files_follow_the_umask(tmp_path, fmt):
+    old = os.umask(0o022)
+    try:
+        write_events(sample(2), tmp_path / f"e.{fmt}")
+        write_events(to_dataframe(sample(2)), tmp_path / f"f.{fmt}")
+    finally:
+        os.umask(old)
+    for name in (f"e.{fmt}", f"f.{fmt}"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"e.{fmt}", f"f.{fmt}"]  # no part file left

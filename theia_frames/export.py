@@ -26,7 +26,9 @@ The layouts:
 
 A file is written under a temporary name and renamed when complete, so a
 failed write (a dropped connection mid-query) never leaves a short file that
-looks whole.
+looks whole; it is created with the user's umask, like any other tool's output.
+:class:`EventWriter` writes the same layouts to a stream as events arrive (the
+command line's ``--format`` output).
 """
 
 from __future__ import annotations
@@ -34,10 +36,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pandas as pd
 import pyarrow as pa
@@ -48,7 +50,7 @@ from .event import Event  # noqa: F401  (used by the doctests)
 from .exceptions import UsageError
 from .frames import EVENT_COLUMNS, _categories, _frame_table, _table_to_pandas, _tag_lists, iter_tables, to_dataframe  # noqa: F401
 
-__all__ = ["write_events", "read_events", "FORMATS", "format_for"]
+__all__ = ["write_events", "read_events", "EventWriter", "FORMATS", "format_for"]
 
 #: Formats by file extension.
 FORMATS: dict[str, str] = {
@@ -60,8 +62,11 @@ FORMATS: dict[str, str] = {
 }
 
 
-def format_for(path: str | os.PathLike[str], format: str | None = None) -> str:
+def format_for(path: str | os.PathLike[str], format: str | None = None, *, option: str = "format=") -> str:
     """The format to write ``path`` in: ``format`` if given, else from the extension.
+
+    ``option`` is how the caller's user names the format in an error message
+    (``"format="`` for this module's functions, ``"--format"`` on the command line).
 
     >>> format_for("out/events.parquet"), format_for("x.ndjson"), format_for("x.txt", "csv")
     ('parquet', 'jsonl', 'csv')
@@ -76,7 +81,7 @@ def format_for(path: str | os.PathLike[str], format: str | None = None) -> str:
     if suffix not in FORMATS:
         raise UsageError(
             f"cannot tell the format of {str(path)!r} from its extension; "
-            f"use one of {sorted(FORMATS)} or pass format= ({known})"
+            f"use one of {', '.join(sorted(FORMATS))} or give {option} ({', '.join(known)})"
         )
     return FORMATS[suffix]
 
@@ -158,8 +163,9 @@ def _like(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 class _ParquetSink:
-    def __init__(self, path: str) -> None:
-        self.path = path
+    # ``target`` is a path or a binary stream (left open)
+    def __init__(self, target: Any) -> None:
+        self.target = target
         self.writer: Any = None
         self.schema: Any = None
 
@@ -169,7 +175,7 @@ class _ParquetSink:
         table = _plain(table)
         if self.writer is None:
             self.schema = table.schema
-            self.writer = pq.ParquetWriter(self.path, table.schema)
+            self.writer = pq.ParquetWriter(self.target, table.schema)
         self.writer.write_table(_like(table, self.schema))
 
     def close(self) -> None:
@@ -178,8 +184,8 @@ class _ParquetSink:
 
 
 class _CsvSink:
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, target: Any) -> None:
+        self.target = target
         self.writer: Any = None
         self.schema: Any = None
 
@@ -189,7 +195,7 @@ class _CsvSink:
         table = _texts(_plain(table), join_lists=True)
         if self.writer is None:
             self.schema = table.schema
-            self.writer = pcsv.CSVWriter(self.path, table.schema)
+            self.writer = pcsv.CSVWriter(self.target, table.schema)
         self.writer.write_table(_like(table, self.schema))
 
     def close(self) -> None:
@@ -198,8 +204,9 @@ class _CsvSink:
 
 
 class _JsonlSink:
-    def __init__(self, path: str) -> None:
-        self.file = open(path, "w", encoding="utf-8", newline="\n")
+    def __init__(self, target: Any) -> None:
+        self.own = isinstance(target, (str, os.PathLike))
+        self.file = open(target, "wb") if self.own else target
 
     def write(self, table: pa.Table) -> None:
         table = _texts(_plain(table), join_lists=False)
@@ -211,13 +218,88 @@ class _JsonlSink:
             record = {n: (None if isinstance(v, float) and math.isnan(v) else v) for n, v in zip(names, row)}
             lines.append(dumps(record))
         if lines:
-            self.file.write("\n".join(lines) + "\n")
+            self.file.write(("\n".join(lines) + "\n").encode("utf-8"))
 
     def close(self) -> None:
-        self.file.close()
+        if self.own:
+            self.file.close()
+
+
+def _part_file(folder: Path, name: str) -> str:
+    """Create an empty file to write ``name`` under, in ``folder``, with the user's umask
+    (a temporary file would be private, mode 0600, and keep that mode when renamed)."""
+    for _ in range(100):
+        path = folder / f".{name}.{secrets.token_hex(4)}.part"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return str(path)
+    raise UsageError(f"cannot make a temporary file for {name!r} in {str(folder)!r}")  # pragma: no cover
 
 
 _SINKS = {"parquet": _ParquetSink, "csv": _CsvSink, "jsonl": _JsonlSink}
+
+
+class EventWriter:
+    """Writes events to a binary stream (or a file) in one format, batch by batch, as they come.
+
+    The writer behind :func:`write_events` and the command line's ``--format``
+    output: the same layouts (see the module documentation) wherever the
+    events go. ``target`` is a path or a binary stream (such as
+    ``sys.stdout.buffer``; it is flushed after each write and left open);
+    ``format`` is ``"parquet"``, ``"csv"`` or ``"jsonl"``. :meth:`write`
+    takes record batches or tables with :func:`~theia_frames.batch.event_schema`
+    (what :meth:`FindResult.iter_batches <theia_frames.client.FindResult.iter_batches>`
+    yields). A context manager; ``count`` is the number of events written.
+
+    >>> import io
+    >>> from theia_frames.batch import events_to_batch
+    >>> out = io.BytesIO()
+    >>> with EventWriter(out, "csv") as writer:
+    ...     writer.write(events_to_batch([Event(id="a", timestamp=1.5, tags=["x", "y"], content="21.5C")]))
+    1
+    >>> print(out.getvalue().decode())
+    "id","timestamp","source","tags","content"
+    "a","1970-01-01T00:00:01.500000Z","","x,y","21.5C"
+    <BLANKLINE>
+    """
+
+    def __init__(self, target: str | os.PathLike[str] | BinaryIO, format: str) -> None:
+        self.format = format_for("", format)
+        self.count = 0
+        self._stream = None if isinstance(target, (str, os.PathLike)) else target
+        self._sink = _SINKS[self.format](target)
+        self._written = False
+
+    def write(self, events: pa.RecordBatch | pa.Table) -> int:
+        """Write a batch (or table) of events; returns how many."""
+        table = events if isinstance(events, pa.Table) else pa.Table.from_batches([events])
+        return self._write_frame_table(_frame_table(table))
+
+    def _write_frame_table(self, table: pa.Table) -> int:
+        self._sink.write(table)
+        self._written = True
+        self.count += table.num_rows
+        if self._stream is not None:
+            self._stream.flush()
+        return table.num_rows
+
+    def close(self) -> None:
+        """Finish the output (a Parquet footer, a CSV header when nothing was written)."""
+        if not self._written:
+            self._sink.write(_frame_table(event_schema().empty_table()))
+            self._written = True
+        self._sink.close()
+        if self._stream is not None:
+            self._stream.flush()
+
+    def __enter__(self) -> EventWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def write_events(
@@ -250,17 +332,11 @@ def write_events(
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise UsageError(f"cannot write events to {str(target)!r}: no folder {str(folder)!r}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=folder)
-    os.close(fd)
-    written = 0
+    tmp = _part_file(folder, target.name)
     try:
-        sink = _SINKS[fmt](tmp)
-        try:
+        with EventWriter(tmp, fmt) as writer:
             for table in chunks:
-                sink.write(table)
-                written += table.num_rows
-        finally:
-            sink.close()
+                writer._write_frame_table(table)
         os.replace(tmp, target)
     except BaseException:
         chunks.close()
@@ -269,7 +345,7 @@ def write_events(
         except OSError:
             pass
         raise
-    return written
+    return writer.count
 
 
 # --------------------------------------------------------------------------- reading back
