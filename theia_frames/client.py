@@ -726,7 +726,7 @@ class _Stream:
             raise SubscriberTooSlow(
                 f"{self.url} dropped this subscriber ({why}): it did not keep up", url=self.url, code=code
             )
-        raise ConnectionClosed(f"the connection to {self.url} {why}{self._incomplete}", url=self.url, code=code)
+        raise ConnectionClosed(f"the connection to {self.url} {why} after {self.count} event(s){self._incomplete}", url=self.url, code=code)
 
     _incomplete = ""
 
