@@ -52,3 +52,15 @@ def upstream_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream
 def upstream_sql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamCollector]:
     """The real upstream collector with its SQL store on SQLite (one per test session)."""
     yield from _upstream(tmp_path_factory, "sql")
+
+
+@pytest.fixture
+def full_collector(tmp_path: Path) -> Iterator[Collector]:
+    """A running collector whose store refuses writes, as on a full disk: its database
+    may not grow beyond the pages it has (SQLite's ``max_page_count``)."""
+    with serve(db=tmp_path / "full.db", port=0) as running:
+        assert running.store is not None
+        db = running.store._db
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages}")
+        yield running

@@ -9,8 +9,8 @@ import pytest
 
 from theia_frames.analysis import extract
 from theia_frames.cli import main
-from theia_frames.demo import PLOT_NAME, plot_readings, run_demo, summary_table
-from theia_frames.exceptions import MissingDependencyError, UsageError
+from theia_frames.demo import EVENTS_NAME, PLOT_NAME, plot_readings, run_demo, summary_table
+from theia_frames.exceptions import MissingDependencyError, TheiaError, UsageError
 from theia_frames.export import read_events
 from theia_frames.frames import EVENT_DTYPES, to_dataframe
 from theia_frames.simulation import sensor_events
@@ -48,14 +48,31 @@ def test_demo_command(tmp_path, capsys):
 
 
 def test_demo_runs_as_a_fresh_process(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    env["PYTHONPATH"] = root
     proc = subprocess.run(
         [sys.executable, "-m", "theia_frames", "demo", "--seconds", "0.5", "--rate", "40", "--out", "pics"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        preexec_fn=None if sys.platform == "win32" else (lambda: os.umask(0o002)),
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "pics" / PLOT_NAME).is_file()
     assert "wrote the plot to pics" in proc.stdout
+    assert "sent 20 events (confirmed stored)" in proc.stdout and "queried 20 events" in proc.stdout
+    if sys.platform != "win32":
+        # the user's umask, like any other tool's output (not a private temporary file's 0600)
+        for name in (PLOT_NAME, EVENTS_NAME):
+            assert (tmp_path / "pics" / name).stat().st_mode & 0o777 == 0o664, name
+
+
+def test_the_demo_never_reports_fewer_queried_than_sent(tmp_path, monkeypatch):
+    import theia_frames.simulation as simulation
+
+    real = simulation.simulate
+    monkeypatch.setattr(simulation, "simulate", lambda *a, **kw: real(*a, **kw) + 1)  # one event "lost"
+    with pytest.raises(TheiaError, match="confirmed 21 events stored, but a query found 20"):
+        run_demo(tmp_path, seconds=0.5, rate=40, stream=io.StringIO())
 
 
 def test_a_missing_matplotlib_names_the_extra_before_starting_anything(tmp_path, monkeypatch):

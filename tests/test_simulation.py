@@ -100,7 +100,7 @@ def test_events_do_not_share_tag_lists():
 
 
 def test_simulate_sends_n_events_in_real_time(upstream):
-    sent = simulate(upstream.url, rate=500, n=40, sources=3, seed=1)
+    sent = simulate(upstream.url, rate=500, n=40, sources=3, seed=1, confirm=False)
     assert sent == 40
     assert upstream.wait_for_events(40)
     stamps = [e.timestamp for e in upstream.events]
@@ -110,14 +110,14 @@ def test_simulate_sends_n_events_in_real_time(upstream):
 
 
 def test_simulate_duration_and_n_take_the_smaller(upstream):
-    assert simulate(upstream.url, rate=1000, duration=0.02, n=100) == 20
-    assert simulate(upstream.url, rate=1000, duration=1.0, n=7, realtime=False) == 7
+    assert simulate(upstream.url, rate=1000, duration=0.02, n=100, confirm=False) == 20
+    assert simulate(upstream.url, rate=1000, duration=1.0, n=7, realtime=False, confirm=False) == 7
     assert upstream.wait_for_events(27)
 
 
 def test_simulate_with_a_client_leaves_it_open(upstream):
     with Client(upstream.url) as client:
-        assert simulate(client, rate=10_000, n=500, realtime=False, seed=2) == 500
+        assert simulate(client, rate=10_000, n=500, realtime=False, seed=2, confirm=False) == 500
         assert not client.closed
         client.send(tf.Event(content="still open"))
     assert upstream.wait_for_events(501)
@@ -126,7 +126,7 @@ def test_simulate_with_a_client_leaves_it_open(upstream):
 def test_simulate_stops_when_asked(upstream):
     stop = threading.Event()
     result = []
-    t = threading.Thread(target=lambda: result.append(simulate(upstream.url, rate=200, stop=stop)))
+    t = threading.Thread(target=lambda: result.append(simulate(upstream.url, rate=200, stop=stop, confirm=False)))
     t.start()
     assert upstream.wait_for_events(5)
     stop.set()
@@ -139,3 +139,39 @@ def test_simulate_stops_when_asked(upstream):
 def test_simulate_bad_arguments(kw):
     with pytest.raises(UsageError):
         simulate("ws://127.0.0.1:1", **kw)
+
+
+# --------------------------------------------------------------------------- confirmed sends
+
+
+def test_simulate_returns_once_the_collector_confirmed(collector):
+    with Client(collector.url) as client:
+        calls = []
+        assert simulate(client, rate=10_000, n=300, realtime=False, seed=1, progress=calls.append) == 300
+        assert client.stored == 300  # confirmed by a flush answer, not just sent
+        assert calls == [300]
+    # its own client: what it returns is stored, so another client finds it all at once
+    assert simulate(collector.url, rate=2000, n=40, sources=2) == 40
+    with Client(collector.url) as other:
+        assert sum(1 for _ in other.find(tf.Filter().match_tag("sensor"))) == 340
+
+
+def test_simulate_progress_counts_every_burst(collector):
+    calls = []
+    assert simulate(collector.url, rate=1000, n=30, progress=calls.append) == 30
+    assert calls == sorted(calls) and calls[-1] == 30
+
+
+def test_simulate_raises_when_the_collector_did_not_store(full_collector):
+    from theia_frames.exceptions import ServerError
+
+    with pytest.raises(ServerError, match="disk is full"):
+        simulate(full_collector.url, rate=1000, n=5000, realtime=False)
+
+
+def test_simulate_to_a_plain_peer_cannot_confirm(upstream):
+    from theia_frames.exceptions import UnconfirmedError
+
+    with pytest.raises(UnconfirmedError, match="30 event.s. were sent.*confirm=False"):
+        simulate(upstream.url, rate=1000, n=30, realtime=False)
+    assert upstream.wait_for_events(30)

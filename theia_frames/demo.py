@@ -27,7 +27,7 @@ from typing import Any, TextIO
 import pandas as pd
 
 from .analysis import bucket, extract
-from .exceptions import MissingDependencyError, UsageError
+from .exceptions import MissingDependencyError, TheiaError, UsageError
 from .export import write_events
 from .frames import to_dataframe
 
@@ -147,11 +147,15 @@ def run_demo(
             print(f"collector listening on {collector.url} (temporary database {db})", file=say)
             print(f"simulating {sources} sensors at {rate:g} events/s for {seconds:g} s ...", file=say, flush=True)
             start = time.time()
+            # simulate() returns once the collector confirmed every event stored, so the
+            # query below, from another client, finds them all
             sent = simulate(collector.url, rate=rate, duration=seconds, sources=sources)
-            print(f"sent {sent} events", file=say)
+            print(f"sent {sent} events (confirmed stored)", file=say)
             with Client(collector.url) as client:
                 df = to_dataframe(client.find(Filter(start).match_tag("sensor")), progress=False)
             url = collector.url
+    if len(df) != sent:
+        raise TheiaError(f"the demo's collector confirmed {sent} events stored, but a query found {len(df)}")
     print(f"queried {len(df)} events into a DataFrame ({df.memory_usage(deep=True).sum() / 1024:.0f} KiB)", file=say)
     readings = extract(df)
     summary = summary_table(readings, freq)

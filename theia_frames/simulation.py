@@ -17,7 +17,8 @@ number with a unit that drifts like a real reading::
     True
 
 The same ``seed`` gives the same events (ids included). :func:`simulate`
-sends them to a collector in real time.
+sends them to a collector in real time and, by default, returns once the
+collector has confirmed it stored them.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .event import Event
-from .exceptions import UsageError
+from .exceptions import UnconfirmedError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import Client
@@ -117,6 +118,8 @@ def simulate(
     seed: int | None = None,
     realtime: bool = True,
     stop: threading.Event | None = None,
+    confirm: bool = True,
+    progress: Callable[[int], Any] | None = None,
     **client_kw: Any,
 ) -> int:
     """Send sensor-like events at ``rate`` events per second; returns how many were sent.
@@ -128,6 +131,17 @@ def simulate(
     grow. With ``realtime=False`` the same events are sent as fast as possible.
     Extra keyword arguments go to :class:`~theia_frames.client.Client` when a
     URL is given.
+
+    With ``confirm=True`` (the default) it returns only once the collector has
+    confirmed that every event sent is stored (:meth:`Client.flush
+    <theia_frames.client.Client.flush>`, within the client's ``timeout``), so
+    a query made next, from any client, finds them all; it raises what the
+    flush raises: :class:`~theia_frames.exceptions.ServerError` when the
+    collector did not store them, and
+    :class:`~theia_frames.exceptions.UnconfirmedError` from a peer that cannot
+    confirm (the upstream collector, ``batch=False``), after sending. Pass
+    ``confirm=False`` to send to such a peer. ``progress`` is called with the
+    number of events sent so far after each burst.
 
     >>> simulate("ws://127.0.0.1:6433", rate=100, duration=5)     # doctest: +SKIP
     500
@@ -150,15 +164,32 @@ def simulate(
     try:
         t0 = time.time()
         events = sensor_events(limit, sources=sources, rate=rate, start=t0, seed=seed)
-        if not realtime:
-            return client.send_many(events)
-        return _paced(client, events, rate, stop)
+        if realtime:
+            sent = _paced(client, events, rate, stop, progress)
+        else:
+            sent = client.send_many(events)
+            if progress is not None:
+                progress(sent)
+        if confirm:
+            try:
+                client.flush(client.timeout)
+            except UnconfirmedError as exc:
+                raise UnconfirmedError(
+                    f"{sent} event(s) were sent, but {exc}; pass confirm=False to send without a confirmation"
+                ) from exc
+        return sent
     finally:
         if own:
             client.close()
 
 
-def _paced(client: Client, events: Iterator[Event], rate: float, stop: threading.Event | None) -> int:
+def _paced(
+    client: Client,
+    events: Iterator[Event],
+    rate: float,
+    stop: threading.Event | None,
+    progress: Callable[[int], Any] | None,
+) -> int:
     max_burst = max(1, min(50_000, int(rate)))
     sent = 0
     burst: list[Event] = []
@@ -173,6 +204,8 @@ def _paced(client: Client, events: Iterator[Event], rate: float, stop: threading
         if burst:
             sent += client.send_many(burst)
             burst = []
+            if progress is not None:
+                progress(sent)
             continue
         if pending is None:
             break
