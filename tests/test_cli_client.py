@@ -27,6 +27,20 @@ from upstream_like import UpstreamLike
 
 BASE = 1_700_000_000.0
 IDLE = ["--idle-timeout", "0.3"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIG = "x" * 65536  # more than a store limited to its current pages can take
+
+
+def cli(*argv, input=None, umask=None, cwd=None, timeout=120):
+    """The real command line in a subprocess, importing this checkout's theia_frames."""
+    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    env.pop("THEIA_URL", None)
+    preexec = None if umask is None else (lambda: os.umask(umask))
+    return subprocess.run(
+        [sys.executable, "-m", "theia_frames", *argv],
+        input=input, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd or ROOT,
+        preexec_fn=preexec,
+    )
 
 
 def parser():
@@ -188,11 +202,11 @@ def test_find_csv_and_jsonl_keep_every_field(upstream, capsys):
     run(["find", "--url", upstream.url, *IDLE, "--format", "csv"])
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert rows[0] == ["id", "timestamp", "source", "tags", "content"]
-    assert rows[2] == ["ü", repr(BASE + 0.125), "/a:b", "x,y", 'multi\nline, "quoted"']
+    assert rows[2] == ["ü", "2023-11-14T22:13:20.125000Z", "/a:b", "x,y", 'multi\nline, "quoted"']
     run(["find", "--url", upstream.url, *IDLE, "--format", "jsonl", "--start", str(BASE + 0.1)])
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert records[0] == {"id": "ü", "timestamp": BASE + 0.125, "source": "/a:b", "tags": ["x", "y"],
-                           "content": 'multi\nline, "quoted"'}
+    assert records[0] == {"id": "ü", "timestamp": "2023-11-14T22:13:20.125000Z", "source": "/a:b",
+                          "tags": ["x", "y"], "content": 'multi\nline, "quoted"'}
     assert [r["id"] for r in records] == ["ü", "e1"]
 
 
@@ -269,9 +283,9 @@ needs_full_cli = pytest.mark.skipif(
 @needs_full_cli
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
 def test_live_ctrl_c_exits_cleanly_with_a_count(upstream):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=ROOT)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "theia_frames", "live", "--url", upstream.url],
+        [sys.executable, "-m", "theia_frames", "live", "--url", upstream.url, "--tag", "sensor", "--content", "^2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -282,9 +296,11 @@ def test_live_ctrl_c_exits_cleanly_with_a_count(upstream):
         while upstream.live_subscribers == 0 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert upstream.live_subscribers == 1
+        # said before the first event, on stderr
+        assert proc.stderr.readline() == f"listening on {upstream.url} for tags sensor, content /^2/; Ctrl-C to stop\n"
         from theia_frames.client import send
 
-        send(upstream.url, Event(content="hello from the test"))
+        send(upstream.url, Event(tags=["sensor"], content="2 hello from the test"))
         line = proc.stdout.readline()  # the header
         line = proc.stdout.readline()
         assert "hello from the test" in line
@@ -352,3 +368,131 @@ def test_send_then_live_with_the_collector(collector, capsys):
     out = capsys.readouterr().out
     record = json.loads([line for line in out.splitlines() if line.startswith("{")][0])
     assert (record["source"], record["tags"], record["content"]) == ("/dev/door", ["door"], "opened")
+
+
+# --------------------------------------------------------------------------- the real command: what it reports
+
+@pytest.mark.parametrize(
+    "argv, stdin",
+    [
+        (["send", "--tag", "a", BIG], None),
+        (["send", "--stdin", "--tag", "a"], f"{BIG}\n{BIG}\n"),
+        (["simulate", "--n", "5000", "--rate", "1000", "--fast"], None),
+    ],
+    ids=["send", "send-stdin", "simulate"],
+)
+def test_a_send_the_collector_did_not_store_exits_1_with_its_reason(full_collector, argv, stdin):
+    proc = cli(*argv, "--url", full_collector.url, input=stdin)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "disk is full" in proc.stderr and "0 confirmed stored" in proc.stderr
+    assert "stored" not in proc.stderr.replace("0 confirmed stored", "").replace("not stored", "")
+    assert proc.stdout == ""  # no event id for an event that was not stored
+    assert "Traceback" not in proc.stderr
+
+
+def test_import_into_a_collector_that_did_not_store_exits_1(full_collector, tmp_path):
+    from theia_frames.codec import encode
+
+    store = tmp_path / "upstream"
+    store.mkdir()
+    events = [Event(id=f"i{i}", timestamp=BASE + i, content=BIG) for i in range(3)]
+    (store / f"{int(BASE)}-{int(BASE) + 2}").write_bytes(b"".join(encode(e) + b"\n\n" for e in events))
+    proc = cli("import", str(store), "--url", full_collector.url)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "3 event(s) sent, 0 confirmed stored" in proc.stderr and "disk is full" in proc.stderr
+
+
+def test_sends_to_our_collector_are_confirmed(collector, tmp_path):
+    from theia_frames.codec import encode
+
+    proc = cli("send", "--stdin", "--tag", "log", "--url", collector.url, input="one\ntwo\n")
+    assert proc.returncode == 0, proc.stderr
+    assert f"stored 2 event(s) in {collector.url} (confirmed by the collector)" in proc.stderr
+    proc = cli("send", "--tag", "one", "--url", collector.url, "hello")
+    assert proc.returncode == 0 and len(proc.stdout.strip()) == 36 and proc.stderr == ""
+    store = tmp_path / "upstream"
+    store.mkdir()
+    (store / f"{int(BASE)}-{int(BASE)}").write_bytes(encode(Event(id="u1", timestamp=BASE, content="old")) + b"\n\n")
+    proc = cli("import", str(store), "--url", collector.url)
+    assert proc.returncode == 0, proc.stderr
+    assert "stored 1 event(s)" in proc.stderr
+    # confirmed means stored: a find from another client, at once, has them all
+    assert _count(collector.url) == 4
+
+
+def test_sends_to_a_plain_peer_say_they_could_not_confirm(upstream):
+    for argv, stdin in (
+        (["send", "--tag", "a", "hello"], None),
+        (["send", "--stdin"], "one\ntwo\n"),
+        (["simulate", "--n", "20", "--rate", "1000", "--fast"], None),
+    ):
+        proc = cli(*argv, "--url", upstream.url, input=stdin)
+        assert proc.returncode == 0, proc.stderr
+        assert "not confirmed" in proc.stderr, (argv, proc.stderr)
+        assert "stored" not in proc.stderr.replace("that they were stored", "")
+    assert upstream.wait_for_events(23)
+
+
+def test_simulate_shows_progress_and_confirms(collector):
+    proc = cli("simulate", "--rate", "100", "--duration", "0.5", "--url", collector.url)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith(f"simulating 4 sensor(s) at 100 events/s to {collector.url}, 50 events")
+    progress = [line for line in lines if line.startswith("simulate: ")]
+    assert progress and progress[-1].endswith("50/50 (100%) event(s) sent, 50 confirmed stored")
+    assert lines[-1] == f"stored 50 event(s) in {collector.url} (confirmed by the collector)"
+
+
+def test_a_find_that_dies_mid_query_says_so_after_its_rows(upstream):
+    upstream.events.extend(make_events(5))
+    upstream.drop_find_after = 3
+    proc = cli("find", "--url", upstream.url, *IDLE)
+    assert proc.returncode == 1
+    assert len(proc.stdout.splitlines()) == 1 + 3  # the header and the rows that arrived
+    assert "the query ended early, 3 event(s) printed above are only part of the result" in proc.stderr
+    assert "after 3 event(s) before the end of the results" in proc.stderr
+    proc = cli("find", "--url", upstream.url, *IDLE, "--format", "csv")
+    assert proc.returncode == 1 and len(proc.stdout.splitlines()) == 1 + 3
+    assert "3 event(s) written above" in proc.stderr
+
+
+def test_a_find_that_dies_writes_no_file(upstream, tmp_path):
+    upstream.events.extend(make_events(5))
+    upstream.drop_find_after = 2
+    proc = cli("find", "--url", upstream.url, *IDLE, "--out", "x.parquet", cwd=tmp_path)
+    assert proc.returncode == 1 and "nothing was written to x.parquet" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_find_output_options(upstream, tmp_path):
+    upstream.events.extend(make_events(3))
+    proc = cli("find", "--url", upstream.url, *IDLE, "--out", "events.xlsx", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "--format (csv, jsonl, parquet)" in proc.stderr and "format=" not in proc.stderr
+    proc = cli("find", "--url", upstream.url, *IDLE, "--limit", "-1")
+    assert proc.returncode == 2 and "--limit" in proc.stderr and "expected at least 1" in proc.stderr
+
+
+def test_find_csv_on_stdout_is_the_file_export(upstream, tmp_path):
+    from theia_frames.export import read_events
+
+    upstream.events.extend([*make_events(3), Event(id="n", timestamp=1796111185.4533012, content="a,\nb")])
+    stdout = cli("find", "--url", upstream.url, *IDLE, "--format", "csv")
+    assert stdout.returncode == 0, stdout.stderr
+    assert cli("find", "--url", upstream.url, *IDLE, "--out", "x.csv", cwd=tmp_path).returncode == 0
+    assert stdout.stdout == (tmp_path / "x.csv").read_text()
+    assert "2026-12-01T07:46:25.453301Z" in stdout.stdout and "1796111185" not in stdout.stdout
+    with open(tmp_path / "y.parquet", "wb") as out:
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        subprocess.run([sys.executable, "-m", "theia_frames", "find", "--url", upstream.url, *IDLE, "--format",
+                        "parquet"], stdout=out, check=True, env=env, cwd=ROOT, timeout=120)
+    assert read_events(tmp_path / "y.parquet").equals(read_events(tmp_path / "x.csv"))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
+def test_find_out_files_follow_the_umask(upstream, tmp_path):
+    upstream.events.extend(make_events(2))
+    for name in ("a.csv", "a.parquet", "a.jsonl"):
+        proc = cli("find", "--url", upstream.url, *IDLE, "--out", name, umask=0o027, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name

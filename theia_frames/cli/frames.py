@@ -4,6 +4,7 @@ Examples::
 
     theia-frames import /var/lib/theia/data --db events.db
     theia-frames import /var/lib/theia/data --db events.db --start 2024-05-01 --end 2024-05-02
+    theia-frames import /var/lib/theia/data --url ws://127.0.0.1:6433
     theia-frames demo
     theia-frames demo --out /tmp/demo --seconds 10
 """
@@ -12,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from typing import Any
 
+from ..exceptions import TheiaError, UsageError
 from ..timeparse import time_arg
 from . import argtypes
+from .remote import Confirmation, add_connection_options, client_from
 
 __all__ = ["register"]
 
@@ -26,13 +30,23 @@ def register(subparsers: Any) -> None:
         help="load an upstream collector's file store into a database",
         description=(
             "Read the upstream theia collector's file store (a folder of files named <first>-<last>, "
-            "or one such file) and add its events to the database of the embedded collector. "
+            "or one such file) and add its events to the database of the embedded collector "
+            "(--db), or send them to a running collector (--url). "
             "Damaged regions are skipped and reported (file, byte offset, reason); every intact "
-            "event is imported. Exits with 1 when something was skipped."
+            "event is imported. Exits with 1 when something was skipped, or when the collector "
+            "did not store the events (with its reason); a collector that cannot confirm "
+            "(upstream, --no-batch) is said so on stderr, exit 0."
         ),
     )
     p.add_argument("path", help="the store folder, or one of its files")
-    p.add_argument("--db", required=True, help="the database file to add the events to (made if missing)")
+    into = p.add_mutually_exclusive_group(required=True)
+    into.add_argument("--db", help="the database file to add the events to (made if missing)")
+    into.add_argument(
+        "--url",
+        help="a running collector to send the events to instead, e.g. ws://127.0.0.1:6433; "
+        "the import waits for it to confirm that they were stored",
+    )
+    add_connection_options(p, url=False)
     p.add_argument("--start", type=time_arg, metavar="TIME", help="only events at or after TIME")
     p.add_argument("--end", type=time_arg, metavar="TIME", help="only events at or before TIME")
     p.add_argument("--strict", action="store_true", help="stop at the first damaged region instead")
@@ -64,6 +78,8 @@ def _import(args: argparse.Namespace) -> int:
     # The path is checked (and a bad one reported) before the database is made.
     batches = iter_store_batches(args.path, start=args.start, end=args.end, strict=args.strict, report=report)
     first = next(batches, None)
+    if args.url:
+        return _import_remote(args, first, batches, report)
     store = EventStore(args.db)
     try:
         if first is not None:
@@ -78,6 +94,24 @@ def _import(args: argparse.Namespace) -> int:
         again = report.events - added
         print(f"imported {added} events into {args.db}" + (f" ({again} were already there)" if again else ""))
     return 0 if report.ok else 1
+
+
+def _import_remote(args: argparse.Namespace, first: Any, batches: Iterator[Any], report: Any) -> int:
+    with client_from(args) as client:
+        confirmation = Confirmation(client)
+        try:
+            if first is not None:
+                confirmation.sent(client.send_many(first))
+            for batch in batches:
+                confirmation.sent(client.send_many(batch))
+        except TheiaError as exc:
+            if isinstance(exc, UsageError):
+                raise
+            return confirmation.failed(exc)
+        if not args.quiet or not report.ok:
+            print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
+        code = confirmation.finish(quiet=args.quiet)
+    return code or (0 if report.ok else 1)
 
 
 def _demo(args: argparse.Namespace) -> int:
