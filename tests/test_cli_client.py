@@ -496,3 +496,24 @@ def test_find_out_files_follow_the_umask(upstream, tmp_path):
         proc = cli("find", "--url", upstream.url, *IDLE, "--out", name, umask=0o027, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+def test_send_stdin_stopped_with_ctrl_c_says_what_was_stored(collector):
+    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "theia_frames", "send", "--stdin", "--url", collector.url],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )
+    try:
+        proc.stdin.write("one\ntwo\n")
+        proc.stdin.flush()
+        _wait_for(collector.url, 2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert f"stored 2 event(s) in {collector.url} (confirmed by the collector)" in err
+    assert "Traceback" not in err

@@ -298,6 +298,9 @@ def cmd_send(args: argparse.Namespace) -> int:
                             confirmation.confirm()
             except TheiaError as exc:
                 return confirmation.failed(exc)
+            except KeyboardInterrupt:
+                # Ctrl-C ends `tail -f log | theia-frames send --stdin`: still say what was stored
+                return confirmation.finish() or 130
             return confirmation.finish()
         kw: dict[str, Any] = {"source": args.source, "tags": tags, "content": content or ""}
         if args.timestamp is not None:
