@@ -517,3 +517,9 @@ def test_send_stdin_stopped_with_ctrl_c_says_what_was_stored(collector):
     assert proc.returncode == 130, err
     assert f"stored 2 event(s) in {collector.url} (confirmed by the collector)" in err
     assert "Traceback" not in err
+
+
+def test_a_send_to_the_real_upstream_collector_is_not_confirmed(upstream_file):
+    proc = cli("send", "--stdin", "--tag", "cli-unconfirmed", "--url", upstream_file.url, input="one\ntwo\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith(f"sent 2 event(s) to {upstream_file.url}; not confirmed")
