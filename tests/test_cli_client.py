@@ -471,6 +471,32 @@ def test_find_output_options(upstream, tmp_path):
     assert "--format (csv, jsonl, parquet)" in proc.stderr and "format=" not in proc.stderr
     proc = cli("find", "--url", upstream.url, *IDLE, "--limit", "-1")
     assert proc.returncode == 2 and "--limit" in proc.stderr and "expected at least 1" in proc.stderr
+    proc = cli("find", "--url", upstream.url, *IDLE, "--format", "table", "--out", "x.csv", cwd=tmp_path)
+    assert proc.returncode == 1 and "--format table is for the terminal" in proc.stderr
+    proc = cli("find", "--url", upstream.url, *IDLE, "--format", "parquet", "--out", "x.data", "--limit", "2",
+               cwd=tmp_path)
+    assert proc.returncode == 0 and "wrote 2 event(s) to x.data" in proc.stderr  # --format over the extension
+    from theia_frames.export import read_events
+
+    assert list(read_events(tmp_path / "x.data", format="parquet")["id"]) == ["e0", "e1"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal")
+def test_find_parquet_is_not_written_to_a_terminal(upstream):
+    import pty
+
+    upstream.events.extend(make_events(2))
+    leader, follower = pty.openpty()
+    try:
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        proc = subprocess.run(
+            [sys.executable, "-m", "theia_frames", "find", "--url", upstream.url, *IDLE, "--format", "parquet"],
+            stdout=follower, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, timeout=120,
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 1 and "--format parquet is binary: give --out PATH" in proc.stderr
 
 
 def test_find_csv_on_stdout_is_the_file_export(upstream, tmp_path):

@@ -2,7 +2,9 @@
 
 Each command lives in its own module of this package, which defines
 ``register(subparsers)``: it adds its parser and sets ``func`` (taking the
-parsed arguments, returning an exit code).
+parsed arguments, returning an exit code). :mod:`.remote` holds what the
+commands that talk to a collector share: the connection options and the
+confirmation of what they sent, with its messages and exit codes.
 """
 
 from __future__ import annotations
