@@ -107,7 +107,7 @@ def summary_table(readings: pd.DataFrame, freq: str) -> pd.DataFrame:
     means.columns = [f"{_short(str(s))} [{units.get(s, '')}]" for s in means.columns]
     means = means.round(1)
     means["events"] = bucket(readings, freq)["count"]
-    means.index = means.index.strftime("%H:%M:%S.%f").str[:-5]
+    means.index = pd.DatetimeIndex(means.index).strftime("%H:%M:%S.%f").str[:-5]
     means.index.name = "bucket (UTC)"
     return means
 

@@ -37,7 +37,7 @@ import json
 import math
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -89,7 +89,7 @@ def format_for(path: str | os.PathLike[str], format: str | None = None, *, optio
 # --------------------------------------------------------------------------- chunks to write
 
 
-def _dataframe_chunks(df: pd.DataFrame, rows: int) -> Iterator[pa.Table]:
+def _dataframe_chunks(df: pd.DataFrame, rows: int) -> Generator[pa.Table, None, None]:
     if df.index.name == "timestamp" and "timestamp" not in df.columns:
         df = df.reset_index()
         # the event columns first, in their usual order, as from to_dataframe
@@ -106,7 +106,7 @@ def _dataframe_chunks(df: pd.DataFrame, rows: int) -> Iterator[pa.Table]:
             return
 
 
-def _event_chunks(source: Any, rows: int, progress: bool | None) -> Iterator[pa.Table]:
+def _event_chunks(source: Any, rows: int, progress: bool | None) -> Generator[pa.Table, None, None]:
     got_any = False
     for table in iter_tables(source, rows, progress=progress):
         got_any = True
@@ -270,7 +270,7 @@ class EventWriter:
         self.format = format_for("", format)
         self.count = 0
         self._stream = None if isinstance(target, (str, os.PathLike)) else target
-        self._sink = _SINKS[self.format](target)
+        self._sink: Any = _SINKS[self.format](target)
         self._written = False
 
     def write(self, events: pa.RecordBatch | pa.Table) -> int:

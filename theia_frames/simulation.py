@@ -51,7 +51,7 @@ _VARIANT = "89ab"
 
 def _sources(n: int) -> list[tuple[str, tuple[str, ...], str, float, float, float, float]]:
     kinds = list(SENSOR_KINDS)
-    out = []
+    out: list[tuple[str, tuple[str, ...], str, float, float, float, float]] = []
     for i in range(n):
         kind = kinds[i % len(kinds)]
         unit, value, drift, lo, hi = SENSOR_KINDS[kind]
@@ -160,7 +160,7 @@ def simulate(
         raise UsageError("simulate() without duration or n needs realtime=True or a stop event")
 
     own = not isinstance(url_or_client, Client)
-    client = Client(url_or_client, **client_kw) if own else url_or_client
+    client = url_or_client if isinstance(url_or_client, Client) else Client(url_or_client, **client_kw)
     try:
         t0 = time.time()
         events = sensor_events(limit, sources=sources, rate=rate, start=t0, seed=seed)
