@@ -555,3 +555,11 @@ def test_a_send_to_the_real_upstream_collector_is_not_confirmed(tmp_path):
         proc = cli("send", "--stdin", "--url", up.url, input="one\ntwo\n")
         assert proc.returncode == 0, proc.stderr
         assert proc.stderr.startswith(f"sent 2 event(s) to {up.url}; not confirmed")
+
+
+def test_simulate_refuses_what_it_cannot_do_before_it_starts():
+    proc = cli("simulate", "--fast", "--url", "ws://127.0.0.1:1")
+    assert proc.returncode == 1 and "--fast needs --n or --duration" in proc.stderr
+    assert "simulating" not in proc.stderr
+    proc = cli("simulate", "--rate", "0", "--url", "ws://127.0.0.1:1")
+    assert proc.returncode == 2 and "--rate: expected a positive number" in proc.stderr

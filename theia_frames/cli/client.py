@@ -157,10 +157,10 @@ def register(subparsers: Any) -> None:
         "showing progress on stderr, and confirm with the collector that they were stored. " + _CONFIRMS,
     )
     add_connection_options(p)
-    p.add_argument("--rate", type=float, default=10.0, help="events per second (default 10)")
+    p.add_argument("--rate", type=argtypes.positive_number, default=10.0, help="events per second (default 10)")
     p.add_argument("--duration", type=duration_arg, metavar="DURATION", help="how long, e.g. 30s, 5m")
-    p.add_argument("--n", type=int, metavar="N", help="how many events")
-    p.add_argument("--sources", type=int, default=4, help="number of simulated sensors (default 4)")
+    p.add_argument("--n", type=argtypes.count, metavar="N", help="how many events")
+    p.add_argument("--sources", type=argtypes.count, default=4, help="number of simulated sensors (default 4)")
     p.add_argument("--seed", type=int, help="random seed, for reproducible events")
     p.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
     p.set_defaults(func=cmd_simulate)
@@ -460,6 +460,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.duration is not None:
         by_time = int(args.duration * args.rate)
         total = by_time if total is None else min(total, by_time)
+    if args.fast and total is None:
+        raise UsageError("simulate --fast needs --n or --duration (it would never end)")
     stop = threading.Event()
     restore = None
     if threading.current_thread() is threading.main_thread():
