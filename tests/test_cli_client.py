@@ -431,6 +431,8 @@ def test_sends_to_a_plain_peer_say_they_could_not_confirm(upstream):
         assert "not confirmed" in proc.stderr, (argv, proc.stderr)
         assert "stored" not in proc.stderr.replace("that they were stored", "")
     assert upstream.wait_for_events(23)
+    proc = cli("send", "--stdin", "--url", upstream.url, input="\n\n")  # nothing to send: nothing confirmed
+    assert proc.returncode == 0 and proc.stderr == f"sent 0 events to {upstream.url}: there was nothing to send\n"
 
 
 def test_simulate_shows_progress_and_confirms(collector):

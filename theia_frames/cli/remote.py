@@ -92,6 +92,11 @@ class Confirmation:
     def finish(self, *, quiet: bool = False) -> int:
         """The final confirmation and its line on stderr; returns the exit code."""
         url = self.client.url
+        if self.count == 0:
+            # nothing was sent, so there is nothing a collector could have confirmed
+            if not quiet:
+                print(f"sent 0 events to {url}: there was nothing to send", file=sys.stderr)
+            return 0
         try:
             self.confirm()
         except UnconfirmedError:
