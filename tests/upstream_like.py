@@ -25,7 +25,9 @@ in ``tests/test_upstream.py`` hold the real one to it):
 Knobs for tests: ``find_prefix`` / ``find_suffix`` (extra raw messages sent
 around the results), ``drop_find_after`` (abort the TCP connection after that
 many results), ``close_find`` (close normally after the results, as this
-project's collector does).
+project's collector does), ``trickle_find`` (``(i, seconds)``: write the
+``i``-th result's frame in 20 pieces spread over that many seconds, as a
+slow link delivers a large event).
 
     >>> with UpstreamLike() as server:
     ...     server.url.startswith("ws://127.0.0.1:")
@@ -37,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import struct
 import threading
 from typing import Any
 
@@ -94,6 +97,7 @@ class UpstreamLike:
         self.find_suffix: list[bytes | str] = []
         self.drop_find_after: int | None = None
         self.close_find = False
+        self.trickle_find: tuple[int, float] | None = None
         self._live: dict[ServerConnection, dict[str, Any]] = {}
         self._open: set[ServerConnection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -230,12 +234,30 @@ class UpstreamLike:
                 if self.drop_find_after is not None and i >= self.drop_find_after:
                     ws.transport.abort()
                     return
+                if self.trickle_find is not None and i == self.trickle_find[0]:
+                    await self._trickle(ws, encode(event), self.trickle_find[1])
+                    continue
                 await ws.send(encode(event))
             for extra in self.find_suffix:
                 await ws.send(extra)
             if self.close_find:
                 await ws.close()
                 return
+
+    @staticmethod
+    async def _trickle(ws: ServerConnection, payload: bytes, seconds: float, pieces: int = 20) -> None:
+        # One unfragmented binary frame, written straight to the socket a piece at a time
+        # (no extension is negotiated with our client, so the frame is sent as is).
+        n = len(payload)
+        head = bytes((0x82, n)) if n < 126 else (
+            struct.pack("!BBH", 0x82, 126, n) if n < 65536 else struct.pack("!BBQ", 0x82, 127, n))
+        frame = head + payload
+        step = -(-len(frame) // pieces)
+        for at in range(0, len(frame), step):
+            if ws.transport.is_closing():
+                return
+            ws.transport.write(frame[at : at + step])
+            await asyncio.sleep(seconds / pieces)
 
     async def _on_live(self, ws: ServerConnection) -> None:
         async for message in ws:

@@ -47,12 +47,13 @@ Finding
     complete when the server closes the connection normally (code 1000), as
     this project's collector does after the last event. The upstream collector
     never closes a ``/find``: there the result ends after ``idle_timeout``
-    seconds without a message (default 3 s, :data:`DEFAULT_IDLE_TIMEOUT`;
+    seconds in which not a byte arrived (default 3 s, :data:`DEFAULT_IDLE_TIMEOUT`;
     raise it for a slow upstream store, whose first event may take a while). A server
     that accepted the batched-transfer extension is this project's collector,
     which always closes; on such a connection silence is never taken as the
-    end, and waiting longer than ``timeout`` for the next message raises
-    :class:`~theia_frames.exceptions.TheiaTimeoutError`. An abnormal close, a
+    end, and ``timeout`` seconds without a byte raise
+    :class:`~theia_frames.exceptions.TheiaTimeoutError`. A message that is
+    still arriving, however slowly, is never cut off by either. An abnormal close, a
     dropped socket or an error message from the server raises; a result is
     never silently short.
 
@@ -66,6 +67,17 @@ Receiving
     the last timestamp it saw (less ``resume_margin`` seconds), and drops
     the events it already delivered; ``.reconnects``, ``.gap`` and
     ``.recovered`` tell what happened.
+
+Bounds
+    What a server can make the client hold is bounded: a message larger than
+    ``max_message_size`` bytes (default 256 MiB,
+    :data:`DEFAULT_MAX_MESSAGE_SIZE`) or sent in more than ``max_fragments``
+    frames (default 10,000, :data:`DEFAULT_MAX_FRAGMENTS`) raises
+    :class:`~theia_frames.exceptions.ProtocolError` naming the bound as soon
+    as its frame headers say so, before the payload is buffered, and the
+    connection is closed (1009 / 1008). The handshake (connecting, TLS, the
+    HTTP answer) must finish within ``timeout`` seconds in all, however the
+    server paces its bytes.
 
 Access
     ``Client(url, token=...)`` sends ``Authorization: Bearer <token>`` at the
@@ -156,13 +168,20 @@ __all__ = [
     "DEFAULT_BACKOFF",
     "DEFAULT_MAX_BACKOFF",
     "DEFAULT_RESUME_MARGIN",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_FRAGMENTS",
 ]
 
 DEFAULT_URL = "ws://127.0.0.1:6433"
 #: Seconds to connect, to send one message, and to wait for the answer to a filter.
 DEFAULT_TIMEOUT = 10.0
-#: Seconds of silence after which a ``/find`` on a server that never closes is complete.
+#: Seconds without a byte after which a ``/find`` on a server that never closes is complete.
 DEFAULT_IDLE_TIMEOUT = 3.0
+#: The largest message (bytes, all its fragments together) the client accepts from a server.
+#: Our collector's messages are far smaller unless its events are large.
+DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
+#: The most frames one message may arrive in (neither real peer fragments its messages).
+DEFAULT_MAX_FRAGMENTS = 10_000
 #: Events per record batch built from plain messages by :meth:`FindResult.iter_batches`.
 DEFAULT_BATCH_SIZE = 10_000
 #: At most this many events per Arrow message sent by :meth:`Client.send_many`.
@@ -181,12 +200,13 @@ FilterLike = Union[EventFilter, Mapping[str, Any], None]
 
 _RECV_CHUNK = 256 * 1024
 _DRAIN_LIMIT = 8 * 1024 * 1024
+# ... and at most about this many messages taken in one read (a flood of tiny messages)
+_DRAIN_MESSAGES = 65_536
 _LINGER_BYTES = 256 * 1024
 # Fewer events than this go out as plain messages even with batched transfer:
 # cheaper than an Arrow stream for a handful.
 _ARROW_MIN = 32
 _FIND_LINGER = 0.002
-_MAX_MESSAGE = 1 << 31
 _SEND_GROUP = 1 << 20
 _LIVE_SLICE = 0.25
 _CLOSE_WAIT = 2.0
@@ -199,6 +219,8 @@ _TOO_SLOW_CODES = (1013,)  # "try again later", as our collector closes a subscr
 _DATA_CLOSE_CODES = (1007, 1008, 1009, 1011)
 
 _OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0, 1, 2, 8, 9, 10
+_MAX_CONTROL = 125  # RFC 6455 section 5.5
+_TOO_BIG, _POLICY = 1009, 1008
 
 _UNSET: Any = object()
 
@@ -266,7 +288,62 @@ def _client_frame(opcode: int, payload: bytes, key: bytes) -> bytes:
 
 
 class _Silence(Exception):
-    """No message arrived within the wait (internal; callers decide what it means)."""
+    """No byte arrived within the wait (internal; callers decide what it means)."""
+
+
+class _HandshakeDeadline:
+    """Cut a handshake off after ``seconds`` in all.
+
+    websocket-client's own timeout bounds each ``recv``, so a server that
+    answers ``101`` and then sends header lines one by one, each in time,
+    would hold the handshake forever. A watcher thread shuts the socket down
+    once the deadline has passed (the socket exists only once TCP connected,
+    so it keeps trying until the handshake returns).
+    """
+
+    def __init__(self, ws: websocket.WebSocket, seconds: float) -> None:
+        self._ws = ws
+        self._done = threading.Event()
+        self.expired = False
+        self._thread = threading.Thread(target=self._watch, args=(seconds,), name="theia-handshake-deadline", daemon=True)
+        self._thread.start()
+
+    def _watch(self, seconds: float) -> None:
+        if self._done.wait(seconds):
+            return
+        self.expired = True
+        while True:
+            sock = self._ws.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except (OSError, ValueError):
+                    pass
+            if self._done.wait(0.05):
+                return
+
+    def stop(self) -> bool:
+        """End the watch; returns whether the deadline had passed."""
+        self._done.set()
+        return self.expired
+
+
+def _connect_within(ws: websocket.WebSocket, url: str, timeout: float | None, header: list[str]) -> None:
+    """``ws.connect``, raising :class:`TimeoutError` when it took longer than ``timeout`` in all."""
+    if timeout is None:
+        ws.connect(url, timeout=None, header=header)
+        return
+    deadline = _HandshakeDeadline(ws, timeout)
+    try:
+        ws.connect(url, timeout=timeout, header=header)
+    except Exception as exc:
+        if deadline.stop():
+            raise TimeoutError(f"the handshake with {url} took longer than {timeout} s") from exc
+        raise
+    if deadline.stop():
+        # finished just as the deadline shut the socket: the connection is not usable
+        ws.shutdown()
+        raise TimeoutError(f"the handshake with {url} took longer than {timeout} s")
 
 
 class _Connection:
@@ -277,7 +354,16 @@ class _Connection:
     low enough for bulk transfers.
     """
 
-    def __init__(self, ws: websocket.WebSocket, url: str, negotiated: bool, timeout: float | None) -> None:
+    def __init__(
+        self,
+        ws: websocket.WebSocket,
+        url: str,
+        negotiated: bool,
+        timeout: float | None,
+        *,
+        max_message: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_fragments: int = DEFAULT_MAX_FRAGMENTS,
+    ) -> None:
         self.ws = ws
         self.sock: socket.socket = ws.sock
         self.url = url
@@ -289,9 +375,11 @@ class _Connection:
         self.failure: BaseException | None = None
         self._buf = bytearray()
         self._chunk = bytearray(_RECV_CHUNK)
+        self.max_message = max_message
+        self.max_fragments = max_fragments
         self._frag_op = 0
-        self._frag: list[bytes] = []
-        self._frag_size = 0
+        self._frag = bytearray()
+        self._frag_count = 0
         self._sock_timeout: Any = _UNSET
         self._send_lock = threading.Lock()
         self._state = threading.Lock()
@@ -312,9 +400,12 @@ class _Connection:
         offer: bool,
         sslopt: Mapping[str, Any] | None = None,
         on_handshake: Callable[[websocket.WebSocket | None], None] | None = None,
+        max_message: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_fragments: int = DEFAULT_MAX_FRAGMENTS,
     ) -> _Connection:
-        """Connect and shake hands; ``on_handshake`` is told the socket object
-        while the handshake runs (and ``None`` after), so another thread can abort it."""
+        """Connect and shake hands, within ``timeout`` seconds in all; ``on_handshake`` is told the
+        socket object while the handshake runs (and ``None`` after), so another thread can abort it.
+        ``max_message`` and ``max_fragments`` bound each message received (see the module's Bounds)."""
         header = list(headers)
         if offer:
             # A plain header, not websocket-client's subprotocols= option, which fails
@@ -324,7 +415,7 @@ class _Connection:
         if on_handshake is not None:
             on_handshake(ws)
         try:
-            ws.connect(url, timeout=timeout, header=header)
+            _connect_within(ws, url, timeout, header)
         except websocket.WebSocketBadStatusException as exc:
             status = getattr(exc, "status_code", None)
             if status == 401:
@@ -342,7 +433,7 @@ class _Connection:
         except websocket.WebSocketAddressException as exc:
             raise ConnectError(f"cannot resolve the host of {url}: {exc}", url=url) from exc
         except (TimeoutError, websocket.WebSocketTimeoutException) as exc:
-            raise TheiaTimeoutError(f"timed out after {timeout} s connecting to {url}") from exc
+            raise TheiaTimeoutError(f"timed out after {timeout} s connecting to {url} (the handshake did not finish)") from exc
         except ConnectionRefusedError as exc:
             raise ConnectError(f"connection refused by {url} (is a collector running there?)", url=url) from exc
         except ssl.SSLError as exc:
@@ -354,7 +445,7 @@ class _Connection:
                 on_handshake(None)
         answered = (ws.getheaders() or {}).get("sec-websocket-protocol", "")
         negotiated = offer and answered.strip().lower() == SUBPROTOCOL
-        return cls(ws, url, negotiated, timeout)
+        return cls(ws, url, negotiated, timeout, max_message=max_message, max_fragments=max_fragments)
 
     # ------------------------------------------------------------------ sending
     def _settimeout(self, timeout: float | None) -> None:
@@ -422,7 +513,7 @@ class _Connection:
         Blocks until at least one message arrives; then also takes whatever else
         has already arrived. Returns ``[]`` once the connection has ended (see
         ``close_code``); raises :class:`_Silence` after ``timeout`` seconds
-        without a message.
+        in which not a byte arrived (a message arriving slowly is waited for).
         """
         with self._state:
             if self._closed:
@@ -449,11 +540,13 @@ class _Connection:
             wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             if wait is not None and wait <= 0.0:
                 raise _Silence()
-            self._recv(wait)
+            if self._recv(wait) and timeout is not None:
+                # silence is counted from the last byte, not from the start of a message
+                deadline = time.monotonic() + timeout
             if self._buf:
                 self._parse(out)
         drained = 0
-        while out and not self.ended and drained < _DRAIN_LIMIT:
+        while out and not self.ended and drained < _DRAIN_LIMIT and len(out) < _DRAIN_MESSAGES:
             # With `linger`, wait a moment for more while little has arrived:
             # fewer, larger reads when a server sends one small message at a time.
             if not self._readable(self.linger if drained < _LINGER_BYTES else 0.0):
@@ -466,7 +559,7 @@ class _Connection:
     def poll(self) -> list[bytes | str]:
         """Messages that have already arrived, without waiting (handles ping and close)."""
         out: list[bytes | str] = []
-        while not self.ended and self._readable():
+        while not self.ended and len(out) < _DRAIN_MESSAGES and self._readable():
             self._recv(None)
             if self._buf:
                 self._parse(out)
@@ -527,42 +620,58 @@ class _Connection:
                         break
                     n = int.from_bytes(view[pos + 2 : pos + 10], "big")
                     head = 10
-                    if n > _MAX_MESSAGE:
-                        raise ProtocolError(f"{self.url} sent a frame of {n} bytes, more than {_MAX_MESSAGE}")
                 if b1 & 0x80:
                     raise ProtocolError(f"{self.url} sent a masked frame (servers must not mask)")
                 if b0 & 0x70:
                     raise ProtocolError(f"{self.url} sent a frame with reserved bits set (no extension was agreed)")
+                opcode = b0 & 0x0F
+                fin = b0 & 0x80
+                # The bounds are checked on the frame header, before its payload is buffered.
+                if opcode >= _OP_CLOSE:
+                    if n > _MAX_CONTROL or not fin:
+                        raise ProtocolError(
+                            f"{self.url} sent a control frame of {n} bytes or fragmented (at most {_MAX_CONTROL}, whole)"
+                        )
+                elif n + (len(self._frag) if opcode == _OP_CONT else 0) > self.max_message:
+                    raise self._refuse(
+                        _TOO_BIG,
+                        f"{self.url} sent a message of more than {self.max_message} bytes, the client's bound "
+                        "(Client(max_message_size=...) raises it)",
+                    )
                 stop = pos + head + n
                 if stop > end:
                     break
-                payload = view[pos + head : stop].tobytes()
                 pos = stop
-                opcode = b0 & 0x0F
-                fin = b0 & 0x80
                 if opcode == _OP_BINARY or opcode == _OP_TEXT:
                     if self._frag_op:
                         raise ProtocolError(f"{self.url} started a new message inside a fragmented one")
                     if fin:
+                        payload = view[stop - n : stop].tobytes()
                         out.append(payload if opcode == _OP_BINARY else payload.decode("utf-8", "replace"))
                     else:
-                        self._frag_op, self._frag, self._frag_size = opcode, [payload], n
+                        self._frag_op, self._frag_count = opcode, 1
+                        self._frag += view[stop - n : stop]
                 elif opcode == _OP_CONT:
                     if not self._frag_op:
                         raise ProtocolError(f"{self.url} sent a continuation frame outside a message")
-                    self._frag.append(payload)
-                    self._frag_size += n
-                    if self._frag_size > _MAX_MESSAGE:
-                        raise ProtocolError(f"{self.url} sent a message larger than {_MAX_MESSAGE} bytes")
+                    self._frag_count += 1
+                    if self._frag_count > self.max_fragments:
+                        raise self._refuse(
+                            _POLICY,
+                            f"{self.url} sent a message in more than {self.max_fragments} fragments, the client's bound "
+                            "(Client(max_fragments=...) raises it)",
+                        )
+                    self._frag += view[stop - n : stop]
                     if fin:
-                        whole = b"".join(self._frag)
+                        whole = bytes(self._frag)
                         out.append(whole if self._frag_op == _OP_BINARY else whole.decode("utf-8", "replace"))
-                        self._frag_op, self._frag, self._frag_size = 0, [], 0
+                        self._frag_op, self._frag, self._frag_count = 0, bytearray(), 0
                 elif opcode == _OP_PING:
-                    self._send_control(_OP_PONG, payload)
+                    self._send_control(_OP_PONG, view[stop - n : stop].tobytes())
                 elif opcode == _OP_PONG:
                     pass
                 elif opcode == _OP_CLOSE:
+                    payload = view[stop - n : stop].tobytes()
                     code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
                     reason = payload[2:].decode("utf-8", "replace")
                     if not self._sent_close:
@@ -574,6 +683,17 @@ class _Connection:
                 else:
                     raise ProtocolError(f"{self.url} sent a frame with unknown opcode {opcode}")
         del buf[:pos]
+
+    def _refuse(self, code: int, text: str) -> ProtocolError:
+        """A message over a bound: close with ``code`` and drop what was buffered; the error to raise."""
+        if not self._sent_close:
+            self._sent_close = True
+            self._send_control(_OP_CLOSE, struct.pack("!H", code))
+        self.ended = True
+        self.failure = self.failure or ProtocolError(text)
+        self._buf = bytearray()
+        self._frag_op, self._frag, self._frag_count = 0, bytearray(), 0
+        return ProtocolError(text)
 
     # ------------------------------------------------------------------ closing
     def close(self, *, wait: float = 0.0) -> None:
@@ -677,6 +797,8 @@ class _Stream:
             offer=client.batch,
             sslopt=client._sslopt,
             on_handshake=on_handshake,
+            max_message=client.max_message_size,
+            max_fragments=client.max_fragments,
         )
         try:
             conn.send_text(json.dumps(self._filter_message(conn.negotiated)))
@@ -1552,7 +1674,13 @@ class Client:
     on the first undecodable message instead of skipping it (default:
     lenient, see the module documentation); ``batch_size`` is the number of
     events per record batch built from plain messages, ``send_batch_size``
-    the most events per Arrow message sent.
+    the most events per Arrow message sent; ``max_message_size`` (bytes,
+    default 256 MiB) and ``max_fragments`` (default 10,000) bound each
+    message received (a larger one raises
+    :class:`~theia_frames.exceptions.ProtocolError` naming the bound; see
+    the module's Bounds). ``timeout`` and ``idle_timeout`` count seconds
+    without a byte while reading; the handshake must finish within
+    ``timeout`` in all.
 
     Attributes about sending: ``stored`` (events confirmed stored by the
     last flush), ``rejected`` (error messages received about refused
@@ -1579,7 +1707,12 @@ class Client:
         batch_size: int = DEFAULT_BATCH_SIZE,
         send_batch_size: int = DEFAULT_SEND_BATCH,
         sslopt: Mapping[str, Any] | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_fragments: int = DEFAULT_MAX_FRAGMENTS,
     ) -> None:
+        for name, bound in (("max_message_size", max_message_size), ("max_fragments", max_fragments)):
+            if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
+                raise UsageError(f"{name} must be a whole number >= 1, got {bound!r}")
         for name, value in (("timeout", timeout), ("idle_timeout", idle_timeout)):
             if value is not None and (isinstance(value, bool) or not value > 0):
                 raise UsageError(f"{name} must be a positive number of seconds or None, got {value!r}")
@@ -1592,6 +1725,8 @@ class Client:
         self.strict = bool(strict)
         self.batch_size = int(batch_size)
         self.send_batch_size = int(send_batch_size)
+        self.max_message_size = max_message_size
+        self.max_fragments = max_fragments
         self._headers = _header_lines(headers) + _token_header(token, headers)
         self._sslopt = _tls_options(self.url, ssl_context, cafile, sslopt)
         self._lock = threading.RLock()
@@ -1663,6 +1798,8 @@ class Client:
                 headers=self._headers,
                 offer=self.batch,
                 sslopt=self._sslopt,
+                max_message=self.max_message_size,
+                max_fragments=self.max_fragments,
             )
             self._event = conn
         return conn
@@ -2226,6 +2363,8 @@ def _client_kwargs(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         "batch_size",
         "send_batch_size",
         "sslopt",
+        "max_message_size",
+        "max_fragments",
     }
     return {k: v for k, v in kw.items() if k in client_keys}, {k: v for k, v in kw.items() if k not in client_keys}
 
