@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "decode_columns": "codec",
     "EventColumns": "codec",
     "StreamReport": "codec",
+    "StreamDecoder": "codec",
     "parse_message": "codec",
     "EventFilter": "filter",
     "Filter": "filter",
@@ -116,6 +117,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .codec import (
         EventColumns,
+        StreamDecoder,
         StreamReport,
         decode,
         decode_columns,

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -38,6 +39,7 @@ __all__ = [
     "EventColumns",
     "decode_columns",
     "StreamReport",
+    "StreamDecoder",
     "Ok",
     "ErrorMessage",
     "Message",
@@ -154,7 +156,7 @@ def _parse_at(buf: bytes, pos: int, end: int) -> tuple[str, float, str, str, str
         key, sep, value = line.partition(":")
         key = key.strip().lower()
         if not sep or key not in _KNOWN_KEYS:
-            what = f"unknown header key {key!r}" if sep else f"header line without a colon: {line[:40]!r}"
+            what = f"unknown header key {key[:40]!r}" if sep else f"header line without a colon: {line[:40]!r}"
             raise DecodeError(what, buf, hstart)
         if key in seen:
             raise DecodeError(f"duplicate header key {key!r}", buf, hstart)
@@ -237,34 +239,277 @@ def iter_decode_stream(
 
     With ``strict=True`` (the default) the first damaged event raises
     :class:`DecodeError`. With ``strict=False`` a damaged region is skipped up
-    to the next line that starts with ``event:`` and recorded in ``report``;
-    every intact event is still yielded.
+    to the next line that starts an event that can be read, and recorded in
+    ``report``; every intact event is still yielded (see :class:`StreamDecoder`,
+    which does the work a piece at a time).
     """
     buf = _as_bytes(data)
-    end = len(buf)
-    pos = _skip_separators(buf, 0, end)
-    while pos < end:
-        try:
-            id_, ts, source, tags, content, cend = _parse_at(buf, pos, end)
-        except DecodeError as exc:
-            if strict:
-                raise
-            nxt = buf.find(b"\nevent:", pos + 1)
-            nxt = end if nxt < 0 else nxt + 1
-            if report is not None:
-                report.skipped.append((pos, exc.reason))
-                report.skipped_bytes += nxt - pos
-            pos = nxt
-            continue
+
+    def damaged(offset: int, reason: str, size: int) -> None:
         if report is not None:
-            report.events += 1
-        yield Event(id=id_, timestamp=ts, source=source, tags=split_tags(tags), content=content)
-        pos = _skip_separators(buf, cend, end)
+            report.skipped.append((offset, reason))
+            report.skipped_bytes += size
+
+    decoder = StreamDecoder(strict=strict, on_damage=damaged)
+    with memoryview(buf) as view:
+        for at in range(0, len(buf), _STREAM_PIECE):
+            try:
+                decoder.feed(view[at : at + _STREAM_PIECE])
+            finally:
+                events = decoder.take()
+                if report is not None:
+                    report.events += len(events)
+            yield from events.events()
+    try:
+        decoder.finish()
+    finally:
+        events = decoder.take()
+        if report is not None:
+            report.events += len(events)
+    yield from events.events()
 
 
 def decode_stream(data: Buffer | str, *, strict: bool = True, report: StreamReport | None = None) -> list[Event]:
     """All events of a byte stream of concatenated events (see :func:`iter_decode_stream`)."""
     return list(iter_decode_stream(data, strict=strict, report=report))
+
+
+# --------------------------------------------------------------------------- streams in pieces
+
+# iter_decode_stream hands its input to the decoder in pieces of this size.
+_STREAM_PIECE = 1 << 20
+_BLANK = rb"[ \t\r\x0b\x0c]"
+# What a preamble line must look like for _parse_at to accept it (bytes.split() splits at these
+# blanks; at most 1000 of them in a row here, so that a candidate line is at most a few KiB).
+_PREAMBLE = re.compile(
+    rb"event:" + _BLANK + rb"{0,1000}([0-9]{1,19})" + _BLANK + rb"{1,1000}([0-9]{1,19})"
+    + _BLANK + rb"{1,1000}([0-9]{1,19})" + _BLANK + rb"{0,1000}\n"
+)
+# A line that may start an event, for resynchronising after damage.
+_CANDIDATE = re.compile(rb"\n" + _PREAMBLE.pattern)
+_MAX_PREAMBLE = 4 * 1024
+
+
+class _Placed:
+    """Bytes of a longer stream at their offset in it; enough of a buffer for an error's excerpt."""
+
+    __slots__ = ("data", "base")
+
+    def __init__(self, data: bytes, base: int) -> None:
+        self.data = data
+        self.base = base
+
+    def __len__(self) -> int:
+        return self.base + len(self.data)
+
+    def __getitem__(self, part: slice) -> bytes:
+        return self.data[part.start - self.base : part.stop - self.base]
+
+
+class StreamDecoder:
+    """Decode a byte stream of concatenated events fed in pieces, in bounded memory.
+
+    :meth:`feed` the pieces as they are read and call :meth:`finish` at the
+    end; the events decoded so far are collected as :class:`EventColumns` and
+    handed over by :meth:`take`. The decoder holds the unread rest of the
+    last piece and at most one incomplete event (``max_event`` bytes after its
+    preamble line, unlimited by default), never the whole stream::
+
+        >>> d = StreamDecoder()
+        >>> data = encode_many([Event(id="a", timestamp=1.0), Event(id="b", timestamp=2.0)])
+        >>> d.feed(data[:30]); d.take().id
+        []
+        >>> d.feed(data[30:]); d.finish(); d.take().id
+        ['a', 'b']
+
+    A damaged region runs from a place where no event can be read to the next
+    line that starts an event that can be read (or to the end): it is skipped
+    and, once it ends, reported to ``on_damage(offset, reason, size)`` with its
+    byte offset in the stream, why its first event could not be read, and its
+    size. An event that declares more than ``max_event`` bytes is damage too.
+    With ``strict=True`` the first damage raises :class:`DecodeError` instead
+    (offset counted from the start of the stream; ``name``, if given, starts
+    its message).
+    """
+
+    def __init__(
+        self,
+        *,
+        strict: bool = False,
+        max_event: int | None = None,
+        on_damage: Callable[[int, str, int], None] | None = None,
+        name: str = "",
+    ) -> None:
+        self.strict = strict
+        self.max_event = max_event
+        self.on_damage = on_damage
+        self.name = name
+        #: events decoded and not yet taken
+        self.columns = EventColumns()
+        #: bytes fed so far
+        self.offset = 0
+        self._buf = b""
+        self._pos = 0  # where decoding goes on in _buf
+        self._base = 0  # the stream offset of _buf[0]
+        self._waiting: list[bytes] = []
+        self._waiting_bytes = 0
+        self._need = 0  # the stream offset up to which data must be there before decoding goes on
+        self._bad: tuple[int, str] | None = None  # the damaged region being skipped: start, reason
+        self._finished = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held: the unread part of the stream fed so far."""
+        return len(self._buf) - self._pos + self._waiting_bytes
+
+    def take(self) -> EventColumns:
+        """The events decoded since the last call (in stream order)."""
+        cols, self.columns = self.columns, EventColumns()
+        return cols
+
+    def feed(self, data: Buffer) -> None:
+        """Decode what ``data`` completes; keep the rest for the next piece."""
+        if self._finished:
+            raise ValueError("this StreamDecoder is finished")
+        if not data:
+            return
+        piece = bytes(data)
+        self.offset += len(piece)
+        self._waiting.append(piece)
+        self._waiting_bytes += len(piece)
+        if self.offset < self._need:
+            return  # an incomplete event still: joined once, when it is all there
+        self._buf = self._buf[self._pos :] + b"".join(self._waiting)
+        self._base += self._pos
+        self._pos = 0
+        self._waiting, self._waiting_bytes = [], 0
+        self._run(final=False)
+
+    def finish(self) -> None:
+        """The stream ended: what is left is read, or reported as damage."""
+        if self._finished:
+            return
+        self._finished = True
+        if self._waiting:
+            self._buf = self._buf[self._pos :] + b"".join(self._waiting)
+            self._base += self._pos
+            self._pos = 0
+            self._waiting, self._waiting_bytes = [], 0
+        self._run(final=True)
+        self._buf, self._pos = b"", 0
+
+    # ------------------------------------------------------------------ internals
+    def _damage(self, pos: int, reason: str, at: int) -> None:
+        """A damaged region starts at ``_buf[pos]`` (the problem itself is at ``_buf[at]``)."""
+        if self.strict:
+            message = f"{self.name}: {reason}" if self.name else reason
+            raise DecodeError(message, _Placed(self._buf, self._base), self._base + at)
+        self._bad = (self._base + pos, reason)
+
+    def _healed(self, pos: int) -> None:
+        """The damaged region being skipped ends before ``_buf[pos]``."""
+        start, reason = self._bad  # type: ignore[misc]
+        self._bad = None
+        if self.on_damage is not None:
+            self.on_damage(start, reason, self._base + pos - start)
+
+    def _declared(self, buf: bytes, pos: int, end: int) -> tuple[int, int] | None:
+        """An event's declared size after its preamble line and where it ends, if the line
+        is all there and consistent; None when the event is damaged whatever follows."""
+        m = _PREAMBLE.match(buf, pos, min(end, pos + _MAX_PREAMBLE))
+        if m is None:
+            return None
+        total, hsize, csize = (int(g) for g in m.groups())
+        if total != hsize + csize:
+            return None
+        return total, m.end() + total
+
+    def _over(self, total: int) -> str | None:
+        if self.max_event is not None and total > self.max_event:
+            return f"event declares {total} bytes, more than the bound of {self.max_event}"
+        return None
+
+    def _unfinished(self, buf: bytes, pos: int, end: int, final: bool) -> str | None:
+        """Why an event at ``pos`` that failed to decode did, when that depends on what follows ``end``:
+        ``""`` when more data may complete it (``_need`` says how much), the bound's reason
+        when it declares more than ``max_event``; None when it is damaged whatever follows."""
+        if not final and buf.find(b"\n", pos, end) < 0:
+            return "" if end - pos < _MAX_PREAMBLE else None
+        sizes = self._declared(buf, pos, end)
+        if sizes is None:
+            return None
+        total, cend = sizes
+        over = self._over(total)
+        if over is not None:
+            return over
+        if final or cend <= end:
+            return None
+        self._need = self._base + cend
+        return ""
+
+    def _run(self, *, final: bool) -> None:
+        buf, pos, end = self._buf, self._pos, len(self._buf)
+        cols = self.columns
+        ids, tss, srcs, tgs, cnts = cols.id, cols.timestamp, cols.source, cols.tags, cols.content
+        max_event = self.max_event
+        check = (not final) or max_event is not None
+        self._need = 0
+        while True:
+            candidate = self._bad is not None
+            if candidate:
+                # skipping damage: on to the next line that may start an event
+                m = _CANDIDATE.search(buf, pos)
+                if m is None:
+                    if final:
+                        self._healed(end)
+                        pos = end
+                    else:
+                        # keep an unfinished last line, which may yet start an event
+                        tail = buf.rfind(b"\n", pos)
+                        pos = tail if tail >= 0 and end - tail <= _MAX_PREAMBLE else end
+                    break
+                pos = m.start() + 1
+                # what _parse_at would refuse whatever follows, at a fraction of its cost
+                total, hsize, csize = m.groups()
+                header_end = m.end() + int(hsize)
+                if int(total) != int(hsize) + int(csize) or (header_end <= end and buf[header_end - 1] != 10):
+                    pos += 1  # the region goes on
+                    continue
+            else:
+                pos = _skip_separators(buf, pos, end)
+                if pos >= end:
+                    break
+            try:
+                id_, ts, source, tags, content, cend = _parse_at(buf, pos, end)
+            except DecodeError as exc:
+                why = self._unfinished(buf, pos, end, final) if check else None
+                if why == "":
+                    if candidate:
+                        pos -= 1  # found again by the next search
+                    break
+                if self._bad is None:
+                    self._damage(pos, why or exc.reason, pos if why else exc.offset)
+                if candidate:
+                    pos += 1  # past this candidate: the region goes on
+                continue
+            if max_event is not None and cend - pos > max_event:
+                sizes = self._declared(buf, pos, end)
+                over = self._over(sizes[0]) if sizes is not None else None
+                if over is not None:
+                    if self._bad is None:
+                        self._damage(pos, over, pos)
+                    if candidate:
+                        pos += 1
+                    continue
+            if candidate:
+                self._healed(pos)
+            ids.append(id_)
+            tss.append(ts)
+            srcs.append(source)
+            tgs.append(tags)
+            cnts.append(content)
+            pos = cend
+        self._pos = pos
 
 
 # --------------------------------------------------------------------------- columns
