@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from theia_frames.codec import encode
 from theia_frames.event import Event
 from theia_frames.exceptions import DecodeError, UsageError
+from theia_frames import storefiles
 from theia_frames.frames import EVENT_DTYPES, to_dataframe
 from theia_frames.storefiles import (
     DamagedStoreWarning,
@@ -76,14 +77,14 @@ def test_read_store_reads_every_file_into_the_event_frame(store):
 
 def test_files_that_end_before_the_start_are_skipped_by_name(store, monkeypatch):
     opened = []
-    real = Path.read_bytes
+    real = storefiles._open
 
-    def spy(self):
-        if self.parent == store:
-            opened.append(self.name)
-        return real(self)
+    def spy(path):
+        if path.parent == store:
+            opened.append(path.name)
+        return real(path)
 
-    monkeypatch.setattr(Path, "read_bytes", spy)
+    monkeypatch.setattr(storefiles, "_open", spy)
     df = read_store(store, start=T0 + 70, end=T0 + 100)
     # the last file starts after the end, but may hold a late event: it is read
     assert opened == [f"{T0 + 60}-{T0 + 120}", f"{T0 + 120}-{T0 + 180}"]
@@ -223,14 +224,14 @@ def test_bad_utf8_is_skipped(tmp_path):
 
 def test_an_unreadable_entry_is_reported_not_raised(tmp_path, monkeypatch):
     folder = write_store(tmp_path / "s", {f"{T0}-{T0 + 60}": events(T0, 2), f"{T0 + 60}-{T0 + 120}": events(T0 + 60, 2)})
-    real = Path.read_bytes
+    real = storefiles._open
 
-    def failing(self):
-        if self.name.startswith(str(T0 + 60)):
+    def failing(path):
+        if path.name.startswith(str(T0 + 60)):
             raise PermissionError(13, "Permission denied")
-        return real(self)
+        return real(path)
 
-    monkeypatch.setattr(Path, "read_bytes", failing)
+    monkeypatch.setattr(storefiles, "_open", failing)
     with pytest.warns(DamagedStoreWarning, match="Permission denied"):
         df = read_store(folder)
     assert len(df) == 2
