@@ -507,13 +507,14 @@ class _Connection:
                 pass
 
     # ------------------------------------------------------------------ receiving
-    def read(self, timeout: float | None) -> list[bytes | str]:
+    def read(self, timeout: float | None, *, idle: bool = True) -> list[bytes | str]:
         """The next complete data messages (binary as bytes, text as str).
 
         Blocks until at least one message arrives; then also takes whatever else
         has already arrived. Returns ``[]`` once the connection has ended (see
         ``close_code``); raises :class:`_Silence` after ``timeout`` seconds
-        in which not a byte arrived (a message arriving slowly is waited for).
+        in which not a byte arrived (a message arriving slowly is waited for),
+        or, with ``idle=False``, after ``timeout`` seconds in all.
         """
         with self._state:
             if self._closed:
@@ -521,7 +522,7 @@ class _Connection:
                 return []
             self._reading = True
         try:
-            return self._read(timeout)
+            return self._read(timeout, idle)
         finally:
             with self._state:
                 self._reading = False
@@ -529,7 +530,7 @@ class _Connection:
             if close_now:
                 self._close_socket()
 
-    def _read(self, timeout: float | None) -> list[bytes | str]:
+    def _read(self, timeout: float | None, idle: bool = True) -> list[bytes | str]:
         out: list[bytes | str] = []
         if self._buf:
             self._parse(out)
@@ -540,7 +541,7 @@ class _Connection:
             wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             if wait is not None and wait <= 0.0:
                 raise _Silence()
-            if self._recv(wait) and timeout is not None:
+            if self._recv(wait) and idle and timeout is not None:
                 # silence is counted from the last byte, not from the start of a message
                 deadline = time.monotonic() + timeout
             if self._buf:
@@ -720,7 +721,7 @@ class _Connection:
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
                             break
-                        self._read(remaining)
+                        self._read(remaining, False)
                 except (_Silence, ProtocolError):
                     pass
         with self._state:
@@ -2051,7 +2052,7 @@ class Client:
                 wait = None if deadline is None else deadline - time.monotonic()
                 if wait is not None and wait <= 0:
                     raise _Silence()
-                msgs = conn.read(wait)
+                msgs = conn.read(wait, idle=False)  # the flush's timeout is for the whole wait
                 if not msgs:
                     break
                 for answer in map(self._absorb, msgs):
