@@ -379,10 +379,7 @@ class StreamDecoder:
         self._waiting_bytes += len(piece)
         if self.offset < self._need:
             return  # an incomplete event still: joined once, when it is all there
-        self._buf = self._buf[self._pos :] + b"".join(self._waiting)
-        self._base += self._pos
-        self._pos = 0
-        self._waiting, self._waiting_bytes = [], 0
+        self._join()
         self._run(final=False)
 
     def finish(self) -> None:
@@ -391,14 +388,20 @@ class StreamDecoder:
             return
         self._finished = True
         if self._waiting:
-            self._buf = self._buf[self._pos :] + b"".join(self._waiting)
-            self._base += self._pos
-            self._pos = 0
-            self._waiting, self._waiting_bytes = [], 0
+            self._join()
         self._run(final=True)
         self._buf, self._pos = b"", 0
 
     # ------------------------------------------------------------------ internals
+    def _join(self) -> None:
+        """The unread rest and the pieces waiting, as one buffer (a piece alone is not copied)."""
+        rest = self._buf[self._pos :]
+        joined = b"".join(self._waiting)
+        self._buf = rest + joined if rest else joined
+        self._base += self._pos
+        self._pos = 0
+        self._waiting, self._waiting_bytes = [], 0
+
     def _damage(self, pos: int, reason: str, at: int) -> None:
         """A damaged region starts at ``_buf[pos]`` (the problem itself is at ``_buf[at]``)."""
         if self.strict:
