@@ -186,6 +186,15 @@ def test_a_control_frame_over_125_bytes_is_a_protocol_error():
                 list(client.find(Filter(T0)))
 
 
+def test_a_frame_of_an_unknown_opcode_is_refused_on_its_header():
+    with RawPeer(_ok_then(server_frame(3, b"", length=300 * 1024 * 1024))) as peer:
+        with Client(peer.url, idle_timeout=5.0) as client:
+            began = time.monotonic()
+            with pytest.raises(ProtocolError, match="unknown opcode 3"):
+                list(client.find(Filter(T0)))
+            assert time.monotonic() - began < 4  # not after waiting for 300 MiB
+
+
 def test_the_bounds_hold_on_the_event_connection_too():
     def script(conn: RawConn) -> None:
         conn.send_raw(server_frame(OP_TEXT, b"", length=1 << 40))

@@ -219,6 +219,7 @@ _TOO_SLOW_CODES = (1013,)  # "try again later", as our collector closes a subscr
 _DATA_CLOSE_CODES = (1007, 1008, 1009, 1011)
 
 _OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0, 1, 2, 8, 9, 10
+_OPCODES = frozenset((_OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG))
 _MAX_CONTROL = 125  # RFC 6455 section 5.5
 _TOO_BIG, _POLICY = 1009, 1008
 
@@ -627,7 +628,9 @@ class _Connection:
                     raise ProtocolError(f"{self.url} sent a frame with reserved bits set (no extension was agreed)")
                 opcode = b0 & 0x0F
                 fin = b0 & 0x80
-                # The bounds are checked on the frame header, before its payload is buffered.
+                # Everything is checked on the frame header, before its payload is buffered.
+                if opcode not in _OPCODES:
+                    raise ProtocolError(f"{self.url} sent a frame with unknown opcode {opcode}")
                 if opcode >= _OP_CLOSE:
                     if n > _MAX_CONTROL or not fin:
                         raise ProtocolError(
@@ -671,7 +674,7 @@ class _Connection:
                     self._send_control(_OP_PONG, view[stop - n : stop].tobytes())
                 elif opcode == _OP_PONG:
                     pass
-                elif opcode == _OP_CLOSE:
+                else:  # _OP_CLOSE, the only opcode left
                     payload = view[stop - n : stop].tobytes()
                     code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
                     reason = payload[2:].decode("utf-8", "replace")
@@ -681,8 +684,6 @@ class _Connection:
                     self._end(code, reason)
                     pos = end
                     break
-                else:
-                    raise ProtocolError(f"{self.url} sent a frame with unknown opcode {opcode}")
         del buf[:pos]
 
     def _refuse(self, code: int, text: str) -> ProtocolError:
