@@ -219,7 +219,7 @@ _TOO_SLOW_CODES = (1013,)  # "try again later", as our collector closes a subscr
 _DATA_CLOSE_CODES = (1007, 1008, 1009, 1011)
 
 _OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0, 1, 2, 8, 9, 10
-_OPCODES = frozenset((_OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG))
+_CONTROL = (_OP_CLOSE, _OP_PING, _OP_PONG)
 _MAX_CONTROL = 125  # RFC 6455 section 5.5
 _TOO_BIG, _POLICY = 1009, 1008
 
@@ -606,6 +606,7 @@ class _Connection:
         buf = self._buf
         end = len(buf)
         pos = 0
+        max_message = self.max_message
         with memoryview(buf) as view:
             while end - pos >= 2:
                 b0 = buf[pos]
@@ -629,14 +630,19 @@ class _Connection:
                 opcode = b0 & 0x0F
                 fin = b0 & 0x80
                 # Everything is checked on the frame header, before its payload is buffered.
-                if opcode not in _OPCODES:
-                    raise ProtocolError(f"{self.url} sent a frame with unknown opcode {opcode}")
-                if opcode >= _OP_CLOSE:
+                if opcode == _OP_BINARY or opcode == _OP_TEXT:
+                    too_big = n > max_message
+                elif opcode == _OP_CONT:
+                    too_big = n + len(self._frag) > max_message
+                elif opcode in _CONTROL:
+                    too_big = False
                     if n > _MAX_CONTROL or not fin:
                         raise ProtocolError(
                             f"{self.url} sent a control frame of {n} bytes or fragmented (at most {_MAX_CONTROL}, whole)"
                         )
-                elif n + (len(self._frag) if opcode == _OP_CONT else 0) > self.max_message:
+                else:
+                    raise ProtocolError(f"{self.url} sent a frame with unknown opcode {opcode}")
+                if too_big:
                     raise self._refuse(
                         _TOO_BIG,
                         f"{self.url} sent a message of more than {self.max_message} bytes, the client's bound "
