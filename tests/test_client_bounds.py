@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import time
+import types
 
 import pytest
 from raw_peer import OP_BINARY, OP_CONT, OP_TEXT, RawConn, RawPeer, server_frame
@@ -16,7 +17,14 @@ from upstream_like import UpstreamLike
 
 import theia_frames as tf
 from theia_frames.batch import SUBPROTOCOL, batch_to_ipc, events_to_batch
-from theia_frames.client import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_MESSAGE_SIZE, Client
+from theia_frames.client import (
+    _DRAIN_MESSAGES,
+    _RECV_CHUNK,
+    DEFAULT_MAX_FRAGMENTS,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Client,
+    _Connection,
+)
 from theia_frames.codec import encode
 from theia_frames.event import Event
 from theia_frames.exceptions import ProtocolError, TheiaTimeoutError, UsageError
@@ -193,6 +201,39 @@ def test_a_frame_of_an_unknown_opcode_is_refused_on_its_header():
             with pytest.raises(ProtocolError, match="unknown opcode 3"):
                 list(client.find(Filter(T0)))
             assert time.monotonic() - began < 4  # not after waiting for 300 MiB
+
+
+class _Flood:
+    """A socket that always has more to read: ``data``, a chunk per call, then end of stream."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = memoryview(data)
+
+    def fileno(self) -> int:
+        return -1  # select() refuses it: the connection takes that as "readable"
+
+    def settimeout(self, timeout) -> None:
+        pass
+
+    def recv_into(self, buf) -> int:
+        n = min(len(buf), len(self.data))
+        buf[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+
+def test_one_read_takes_a_bounded_number_of_tiny_messages():
+    flood = _Flood(server_frame(OP_BINARY, b"ab") * 500_000)  # 2 MB, well within the bytes drained at once
+    conn = _Connection(types.SimpleNamespace(sock=flood), "ws://test/find", False, 5.0)
+    first = conn.read(1.0)
+    assert len(first) <= _DRAIN_MESSAGES + _RECV_CHUNK // 4
+    total = len(first)
+    while True:
+        more = conn.read(1.0)
+        if not more:
+            break
+        total += len(more)
+    assert total == 500_000  # nothing is lost: the rest comes with the next reads
 
 
 def test_the_bounds_hold_on_the_event_connection_too():
