@@ -293,7 +293,10 @@ def _open(path: Path) -> tuple[int, int]:
         if not stat.S_ISREG(st.st_mode):
             raise OSError(f"{_kind(st.st_mode)}, not a data file")
     except BaseException:
-        os.close(fd)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
         raise
     return fd, st.st_size
 
@@ -339,7 +342,10 @@ def _file_columns(
         if len(cols):
             yield cols
     finally:
-        os.close(fd)
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # everything was read already
 
 
 def _in_range(batch: pa.RecordBatch, start: float | None, end: float | None) -> pa.RecordBatch:
