@@ -298,8 +298,10 @@ class _HandshakeDeadline:
     websocket-client's own timeout bounds each ``recv``, so a server that
     answers ``101`` and then sends header lines one by one, each in time,
     would hold the handshake forever. A watcher thread shuts the socket down
-    once the deadline has passed (the socket exists only once TCP connected,
-    so it keeps trying until the handshake returns).
+    once the deadline has passed (websocket-client hands the socket over only
+    once TCP, and for ``wss://`` TLS, are connected, so the watcher keeps
+    trying until the handshake returns: the TLS handshake itself is bounded
+    per receive only).
     """
 
     def __init__(self, ws: websocket.WebSocket, seconds: float) -> None:
