@@ -406,7 +406,8 @@ class StreamDecoder:
         """A damaged region starts at ``_buf[pos]`` (the problem itself is at ``_buf[at]``)."""
         if self.strict:
             message = f"{self.name}: {reason}" if self.name else reason
-            raise DecodeError(message, _Placed(self._buf, self._base), self._base + at)
+            # excerpt() takes only len() and a slice of its data: a _Placed is enough
+            raise DecodeError(message, _Placed(self._buf, self._base), self._base + at)  # type: ignore[arg-type]
         self._bad = (self._base + pos, reason)
 
     def _healed(self, pos: int) -> None:
