@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from theia_frames.cli import client as cli_client
 from theia_frames.event import Event
 from theia_frames.exceptions import UsageError
-from theia_frames.timeparse import duration_arg, parse_duration, parse_time, time_arg, to_epoch
+from theia_frames.cli.argtypes import duration_arg, time_arg
+from theia_frames.timeparse import parse_duration, parse_time, to_epoch
 from upstream_like import UpstreamLike
 
 BASE = 1_700_000_000.0

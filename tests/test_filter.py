@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import datetime as dt
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,6 +24,59 @@ def test_builders_mirror_go_and_return_copies():
     assert base.tags == () and base.order is None
     assert f == EventFilter(start=5, end=20, tags=("sensor", "temp.+"), content=r"\d+C", order="desc")
     assert f.order_asc().order == "asc"
+
+
+MAY_1 = 1714521600.0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        MAY_1,
+        int(MAY_1),
+        np.int64(MAY_1),
+        np.float64(MAY_1),
+        np.int32(1714521600),
+        dt.datetime(2024, 5, 1),  # naive: UTC
+        dt.datetime(2024, 5, 1, 2, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+        dt.date(2024, 5, 1),
+        pd.Timestamp("2024-05-01"),
+        pd.Timestamp("2024-05-01T02:00", tz="Europe/Berlin"),
+        np.datetime64("2024-05-01T00:00:00"),
+        np.datetime64("2024-05-01"),
+        "2024-05-01T00:00Z",
+        "2024-05-01",
+        "1714521600",
+    ],
+    ids=repr,
+)
+def test_times_are_taken_as_a_pandas_user_writes_them(value):
+    assert Filter(value).start == MAY_1
+    assert EventFilter(start=value, end=value) == EventFilter(start=MAY_1, end=MAY_1)
+    assert Filter().match_start(value).start == MAY_1
+    assert Filter(0).match_end(value).end == MAY_1
+    assert type(Filter(value).start) is float
+
+
+def test_relative_times_resolve_when_the_filter_is_built():
+    import time
+
+    before = time.time()
+    f = Filter("-15m").match_end("-10min")
+    after = time.time()
+    assert before - 900 <= f.start <= after - 900
+    assert before - 600 <= f.end <= after - 600
+    # the wire form stays float seconds
+    assert json.loads(f.to_json()) == {"start": f.start, "end": f.end}
+
+
+def test_the_json_form_takes_only_numbers():
+    with pytest.raises(InvalidFilterError, match="start must be a number of seconds"):
+        EventFilter.from_dict({"start": "-15m"})
+    with pytest.raises(InvalidFilterError, match="end must be a number of seconds"):
+        EventFilter.from_json('{"end": "2024-05-01"}')
+    with pytest.raises(InvalidFilterError, match="start must be a number of seconds"):
+        EventFilter.from_json('{"start": true}')
 
 
 def test_json_omits_empty_fields():
@@ -63,8 +119,12 @@ def test_id_and_source_fully_match():
         ({"content": "("}, "not a valid regular expression"),
         ({"tags": ("[",)}, "not a valid regular expression"),
         ({"order": "sideways"}, "order must be 'asc' or 'desc'"),
-        ({"start": "yesterday"}, "start must be a number"),
-        ({"start": True}, "start must be a number"),
+        ({"start": "yesterday"}, "invalid filter start 'yesterday': expected seconds"),
+        ({"start": True}, "invalid filter start True"),
+        ({"start": float("nan")}, "invalid filter start nan: not a finite number"),
+        ({"end": pd.NaT}, "invalid filter end NaT"),
+        ({"start": "2024-05-02", "end": dt.datetime(2024, 5, 1)}, "before start"),
+        ({"start": np.datetime64("1960-01-01")}, "negative"),
         ({"end": float("inf")}, "finite"),
         ({"tags": "sensor"}, "tags must be a list"),
         ({"start": -1}, "negative"),

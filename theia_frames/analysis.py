@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 
 from .event import Event  # noqa: F401  (used by the doctests)
 from .exceptions import UsageError
+from .timeparse import to_seconds
 from .frames import EVENT_COLUMNS, _categories, to_dataframe  # noqa: F401
 
 __all__ = [
@@ -100,18 +101,37 @@ def _in_zone(times: pd.DatetimeIndex, tz: Any) -> pd.DatetimeIndex:
 
 
 def _delta(value: Any, name: str) -> pd.Timedelta:
+    """A non-negative duration (see :func:`~theia_frames.timeparse.to_seconds`; a bare number is seconds)."""
     if value is None:
         return pd.Timedelta(0)
-    try:
-        delta = pd.Timedelta(value)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"{name} must be a time span like '5s' or a Timedelta, got {value!r}") from exc
-    if delta is pd.NaT or delta < pd.Timedelta(0):
-        raise UsageError(f"{name} must be a non-negative time span, got {value!r}")
-    return delta
+    if isinstance(value, pd.Timedelta) and value is not pd.NaT:
+        if value < pd.Timedelta(0):
+            raise UsageError(f"invalid {name} {value!r}: must not be negative")
+        return value  # exact to the nanosecond
+    return pd.Timedelta(round(to_seconds(value, name=name) * 1e9), unit="ns")
 
 
 # --------------------------------------------------------------------------- bucket
+
+
+def _frequency(freq: Any) -> Any:
+    """``freq`` as pandas reads it, else as a duration of :mod:`theia_frames.timeparse`.
+
+    Pandas' own aliases come first, so ``"1D"`` stays a calendar day in the
+    display zone; a number (``90``, ``"90"``: seconds) or a text pandas does
+    not take (``"15m"``) is a fixed span.
+    """
+    if isinstance(freq, str):
+        try:
+            return pd.tseries.frequencies.to_offset(freq)
+        except ValueError:
+            pass
+    elif not isinstance(freq, (int, float)) or isinstance(freq, bool):
+        return freq
+    try:
+        return pd.Timedelta(round(to_seconds(freq, name="bucket frequency") * 1e9), unit="ns")
+    except UsageError:
+        return freq  # pandas names the problem
 
 
 def bucket(
@@ -125,7 +145,8 @@ def bucket(
 ) -> pd.DataFrame:
     """Events per time bucket, or an aggregate of a numeric column per bucket.
 
-    ``freq`` is a pandas frequency (``"1s"``, ``"5min"``, ``"1h"``, ``"1D"``).
+    ``freq`` is a pandas frequency (``"1s"``, ``"5min"``, ``"1h"``, ``"1D"``) or
+    a duration of :mod:`theia_frames.timeparse` (``90`` or ``"90"``: seconds, ``"15m"``).
     Buckets are laid out in the display zone ``tz`` (default: the zone of the
     frame's timestamps), so a ``"1D"`` bucket runs from local midnight to local
     midnight, 23 or 25 hours long on the days clocks change.
@@ -177,7 +198,7 @@ def bucket(
     # Lay out the buckets once for all events, then place each event by time:
     # resample knows the calendar (local midnights, DST) and the anchoring.
     try:
-        edges = pd.Series(0, index=times).resample(freq).size().index
+        edges = pd.Series(0, index=times).resample(_frequency(freq)).size().index
     except (ValueError, TypeError) as exc:
         raise UsageError(f"invalid bucket frequency {freq!r}: {exc}") from exc
     edges = edges.rename("bucket")
@@ -436,7 +457,8 @@ def grep(
 ) -> pd.DataFrame:
     """Events whose ``column`` matches ``pattern`` (a regex search), with the events around them.
 
-    ``context`` (a ``Timedelta`` or text like ``"5s"``) adds every event within
+    ``context`` (a duration: seconds, text like ``"5s"`` or ``"2min"``, a
+    ``Timedelta``; see :mod:`theia_frames.timeparse`) adds every event within
     that time span before and after a match; ``before``/``after`` set each side
     on its own. With ``same_source=True`` only events of the matching event's
     source count as context. The result keeps ``df``'s order and index and
@@ -495,8 +517,8 @@ def timeline(df: pd.DataFrame, *, gap: Any = None) -> pd.DataFrame:
     Columns: ``first`` and ``last`` event time, ``count``, ``span`` (last - first),
     ``rate`` (events per second: intervals over the span; NaN for a single
     instant), ``max_gap`` (the longest silence between two events) and ``gaps``
-    (how many silences are longer than ``gap``; by default ten times that
-    source's median interval).
+    (how many silences are longer than ``gap``, a duration as ``grep``'s
+    ``context`` takes it; by default ten times that source's median interval).
 
     >>> df = to_dataframe([Event(id=str(i), timestamp=float(t), source=s) for i, (t, s) in
     ...     enumerate([(0, "a"), (1, "a"), (2, "a"), (20, "a"), (5, "b")])])

@@ -25,6 +25,7 @@ Bad values fail when the filter is built:
 
 from __future__ import annotations
 
+import datetime as dt  # noqa: F401  (used by the doctests)
 import json
 import math
 import re
@@ -33,7 +34,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from .event import Event
-from .exceptions import InvalidFilterError, MissingDependencyError
+from .exceptions import InvalidFilterError, MissingDependencyError, UsageError
+from .timeparse import TimeLike, to_epoch
 
 __all__ = ["EventFilter", "Filter", "Order", "ORDERS", "Engine", "ENGINES"]
 
@@ -62,16 +64,20 @@ _COMPILERS: dict[str, Callable[[str], Any]] = {"re": re.compile, "re2": _compile
 
 
 def _number(name: str, value: Any) -> float | None:
+    """A filter bound as float seconds since the epoch, read by :func:`~theia_frames.timeparse.to_epoch`."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidFilterError(f"filter {name} must be a number of seconds since the epoch, got {value!r}")
     try:
-        value = float(value)
-    except OverflowError:
-        raise InvalidFilterError(f"filter {name} is too large for a timestamp") from None
-    if not math.isfinite(value):
-        raise InvalidFilterError(f"filter {name} must be finite, got {value!r}")
+        return to_epoch(value, name=f"filter {name}")
+    except UsageError as exc:
+        raise InvalidFilterError(str(exc)) from None
+
+
+def _wire_number(obj: Mapping[str, Any], key: str) -> Any:
+    """``obj[key]`` when it is what the JSON form allows for a bound: a number (or absent)."""
+    value = obj.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise InvalidFilterError(f"filter {key} must be a number of seconds since the epoch, got {value!r}")
     return value
 
 
@@ -88,7 +94,11 @@ def _pattern(name: str, value: Any, engine: str) -> Any:
 class EventFilter:
     """Which events to return, and in which order (immutable; builders return copies).
 
-    ``start``/``end`` are float seconds since the epoch (UTC); ``tags`` a tuple
+    ``start``/``end`` are float seconds since the epoch (UTC), given as any
+    time :func:`~theia_frames.timeparse.to_epoch` reads (a number, a
+    ``datetime`` — naive is UTC —, a ``pandas.Timestamp``, a ``numpy.datetime64``,
+    ISO text, or text relative to now such as ``"-15m"``, resolved when the
+    filter is built); ``tags`` a tuple
     of regexes; ``content``, ``id``, ``source`` regexes; ``order`` ``"asc"`` or
     ``"desc"``. ``engine`` compiles the patterns: Python's ``re`` (the
     default) or ``"re2"``, a linear-time engine that cannot be made to hang by
@@ -144,12 +154,12 @@ class EventFilter:
         """A copy whose content must contain a match of ``pattern``."""
         return replace(self, content=pattern)
 
-    def match_end(self, end: float) -> EventFilter:
-        """A copy that only matches events at or before ``end``."""
+    def match_end(self, end: TimeLike) -> EventFilter:
+        """A copy that only matches events at or before ``end`` (any time :class:`EventFilter` takes)."""
         return replace(self, end=end)
 
-    def match_start(self, start: float) -> EventFilter:
-        """A copy that only matches events at or after ``start``."""
+    def match_start(self, start: TimeLike) -> EventFilter:
+        """A copy that only matches events at or after ``start`` (any time :class:`EventFilter` takes)."""
         return replace(self, start=start)
 
     def match_source(self, pattern: str) -> EventFilter:
@@ -233,10 +243,10 @@ class EventFilter:
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             if tags != ():
                 raise InvalidFilterError(f"filter tags must be a list of strings, got {tags!r}")
-        start = obj.get("start")
+        start = _wire_number(obj, "start")
         return cls(
-            start=start if start != 0 or isinstance(start, bool) else None,
-            end=obj.get("end"),
+            start=start if start != 0 else None,
+            end=_wire_number(obj, "end"),
             tags=tuple(tags),
             content=obj.get("content"),
             order=obj.get("order"),
@@ -353,10 +363,18 @@ def _as_search(pattern: str) -> str | None:
     return wrapped if _compiles(wrapped) else None
 
 
-def Filter(start: float | None = None) -> EventFilter:  # noqa: N802 - mirrors the Go API
-    """A new filter with a start timestamp, like the Go ``comm.Filter(start)``.
+def Filter(start: TimeLike = None) -> EventFilter:  # noqa: N802 - mirrors the Go API
+    """A new filter with a start time, like the Go ``comm.Filter(start)``.
+
+    ``start`` is any time of :mod:`theia_frames.timeparse`: seconds since the
+    epoch, a ``datetime`` (naive: UTC), a ``pandas.Timestamp``, a
+    ``numpy.datetime64``, ISO text or text relative to now. A relative time is
+    resolved when the filter is built: ``Filter("-15m")`` keeps the moment 15
+    minutes before the call, not a sliding window.
 
     >>> Filter(5).start
     5.0
+    >>> Filter("2024-05-01T00:00Z").start == Filter(dt.datetime(2024, 5, 1)).start == 1714521600.0
+    True
     """
     return EventFilter(start=start)

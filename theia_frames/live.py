@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from .batch import event_schema
 from .exceptions import UsageError
 from .filter import EventFilter
+from .timeparse import DurationLike, to_seconds
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -74,33 +75,20 @@ def _pa() -> Any:
     return pyarrow
 
 
-def parse_window(window: str | float | int | _dt.timedelta | Any | None) -> float | None:
-    """A time window as seconds: a number of seconds, a ``timedelta``, or text such as ``"10min"``.
+def parse_window(window: DurationLike | None) -> float | None:
+    """A time window as seconds, read by :func:`~theia_frames.timeparse.to_seconds`:
+    a number of seconds (also as text: ``"90"`` is 90 s), a ``timedelta``, or text such as ``"10min"``.
 
-    >>> parse_window("10min"), parse_window(90), parse_window(_dt.timedelta(hours=1)), parse_window(None)
-    (600.0, 90.0, 3600.0, None)
+    >>> parse_window("10min"), parse_window(90), parse_window("90"), parse_window(_dt.timedelta(hours=1)), parse_window(None)
+    (600.0, 90.0, 90.0, 3600.0, None)
     >>> parse_window("-1s")
     Traceback (most recent call last):
     ...
-    theia_frames.exceptions.UsageError: window must be positive, got '-1s'
+    theia_frames.exceptions.UsageError: invalid window '-1s': must not be negative
     """
     if window is None:
         return None
-    if isinstance(window, bool):
-        raise UsageError(f"window must be a duration, got {window!r}")
-    if isinstance(window, (int, float)):
-        seconds = float(window)
-    elif isinstance(window, _dt.timedelta):  # also pandas.Timedelta
-        seconds = window.total_seconds()
-    elif isinstance(window, str):
-        import pandas as pd
-
-        try:
-            seconds = pd.Timedelta(window).total_seconds()
-        except ValueError as exc:
-            raise UsageError(f"window is not a duration: {window!r} (try '30s', '10min', '2h')") from exc
-    else:
-        raise UsageError(f"window must be a duration, got {window!r}")
+    seconds = to_seconds(window, name="window")
     if not seconds > 0:
         raise UsageError(f"window must be positive, got {window!r}")
     return seconds
@@ -132,7 +120,7 @@ class EventBuffer:
     size, which keeps the number of chunks logarithmic in the number of rows.
     """
 
-    def __init__(self, *, max_rows: int | None = None, window: str | float | _dt.timedelta | None = None) -> None:
+    def __init__(self, *, max_rows: int | None = None, window: DurationLike | None = None) -> None:
         if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
             raise UsageError(f"max_rows must be a positive integer, got {max_rows!r}")
         self.max_rows = max_rows
@@ -358,7 +346,7 @@ class LiveFrame:
         filter: EventFilter | Mapping[str, Any] | None = None,
         *,
         max_rows: int | None = None,
-        window: str | float | _dt.timedelta | None = None,
+        window: DurationLike | None = None,
         on_batch: BatchHook | Iterable[BatchHook] | None = None,
         client_options: Mapping[str, Any] | None = None,
         reconnect: bool = True,
@@ -615,7 +603,7 @@ class LiveFrame:
             self._drain_stream_errors_locked()
             return list(self._errors)
 
-    def widget(self, plot: Callable[[Any, Any], Any] | None = None, every: float = 0.5, **options: Any) -> LiveView:
+    def widget(self, plot: Callable[[Any, Any], Any] | None = None, every: DurationLike = 0.5, **options: Any) -> LiveView:
         """A live view of this frame: a status line, pause/resume and stop buttons, and a plot.
 
         See :class:`~theia_frames.widget.LiveView` (``plot(df, ax)`` replaces

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .exceptions import MissingDependencyError, UsageError
 from .filter import EventFilter
+from .timeparse import DurationLike, to_seconds
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -326,7 +327,7 @@ class LiveView:
         self,
         live: LiveFrame,
         plot: PlotFunction | None = None,
-        every: float = 0.5,
+        every: DurationLike = 0.5,
         *,
         mode: Mode = "auto",
         figsize: tuple[float, float] = (8.0, 3.6),
@@ -336,15 +337,16 @@ class LiveView:
         stop_frame: bool = True,
         title: str | None = None,
     ) -> None:
-        if not every or every <= 0:
-            raise UsageError(f"every must be a positive number of seconds, got {every!r}")
+        every_seconds = to_seconds(every, name="every")
+        if not every_seconds > 0:
+            raise UsageError(f"every must be a positive duration, got {every!r}")
         if plot is not None and not callable(plot):
             raise UsageError(f"plot must be a function plot(df, ax), got {plot!r}")
         if mode not in ("auto", "widget", "text"):
             raise UsageError(f"mode must be 'auto', 'widget' or 'text', got {mode!r}")
         self.live = live
         self.plot = plot
-        self.every = float(every)
+        self.every = every_seconds
         self.max_points = max_points
         self.stop_frame = stop_frame
         self.title = title
@@ -561,7 +563,7 @@ def live_plot(
     filter: EventFilter | Mapping[str, Any] | None = None,
     *,
     plot: PlotFunction | None = None,
-    every: float = 0.5,
+    every: DurationLike = 0.5,
     max_rows: int | None = None,
     window: Any = None,
     mode: Mode = "auto",

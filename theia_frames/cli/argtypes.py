@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["port", "count", "positive_number"]
+from ..exceptions import UsageError
+from ..timeparse import to_epoch, to_seconds
+
+__all__ = ["port", "count", "positive_number", "time_arg", "duration_arg"]
 
 
 def _number(text: str, kind: type, what: str) -> int | float:
@@ -36,3 +39,19 @@ def positive_number(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def time_arg(text: str) -> float:
+    """A point in time (``--start -15m``, ``--end 2024-05-01``), read by :func:`~theia_frames.timeparse.to_epoch`."""
+    try:
+        return to_epoch(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def duration_arg(text: str) -> float:
+    """A duration (``--duration 30s``, ``90``, ``10min``), read by :func:`~theia_frames.timeparse.to_seconds`."""
+    try:
+        return to_seconds(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from ..event import Event
 from ..exceptions import TheiaError, UsageError
 from ..filter import EventFilter
-from ..timeparse import duration_arg, time_arg
 from . import argtypes
+from .argtypes import duration_arg, time_arg
 from .remote import Confirmation, add_connection_options, client_from
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..exceptions import TheiaError, UsageError
-from ..timeparse import time_arg
 from . import argtypes
+from .argtypes import time_arg
 from .remote import Confirmation, add_connection_options, client_from
 
 __all__ = ["register"]
