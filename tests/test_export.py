@@ -95,7 +95,7 @@ def test_csv_and_jsonl_layouts(tmp_path):
     evs = sample(3)
     write_events(evs, tmp_path / "e.csv")
     text = (tmp_path / "e.csv").read_text(encoding="utf-8")
-    assert text.splitlines()[0] == '"id","timestamp","source","tags","content"'
+    assert text.splitlines()[0] == '"timestamp","source","tags","content","id"'
     assert '"2023-11-14T22:13:20.123456Z"' in text and '"sensor,temp,site-a"' in text
     plain = pd.read_csv(tmp_path / "e.csv", keep_default_na=False)
     assert plain["content"].tolist() == [e.content for e in evs]

@@ -49,7 +49,6 @@ def reference_frame(events):
     """The slow, obvious way: one Python object per value, plain pandas."""
     return pd.DataFrame(
         {
-            "id": pd.array([e.id for e in events], dtype=pd.StringDtype("pyarrow")),
             "timestamp": pd.Series(
                 [pd.Timestamp(round(e.timestamp * 1e6), unit="us", tz="UTC") for e in events],
                 dtype="datetime64[ns, UTC]",
@@ -57,6 +56,7 @@ def reference_frame(events):
             "source": pd.Categorical([e.source for e in events]),
             "tags": pd.array([list(e.tags) for e in events], dtype=pd.ArrowDtype(pa.list_(pa.string()))),
             "content": pd.array([e.content for e in events], dtype=pd.StringDtype("pyarrow")),
+            "id": pd.array([e.id for e in events], dtype=pd.StringDtype("pyarrow")),
         }
     )
 
@@ -86,6 +86,13 @@ def test_event_dtypes_are_the_documented_ones():
     assert EVENT_DTYPES["source"] == "category"
     assert EVENT_DTYPES["tags"] == pd.ArrowDtype(pa.list_(pa.string()))
     assert tuple(EVENT_DTYPES) == EVENT_COLUMNS
+
+
+def test_the_frame_leads_with_the_time_and_ends_with_the_id():
+    # an 80-column terminal shows timestamp, source, tags and content, not a 36-character id
+    assert EVENT_COLUMNS == ("timestamp", "source", "tags", "content", "id")
+    df = to_dataframe([Event(id="x", timestamp=1.0)], progress=False)
+    assert list(df.columns) == ["timestamp", "source", "tags", "content", "id"]
 
 
 @pytest.mark.parametrize(

@@ -411,8 +411,8 @@ def read_events(path: str | os.PathLike[str], *, format: str | None = None) -> p
 
                 return empty_frame()
             schema = pa.schema(
-                [("id", pa.string()), ("timestamp", pa.string()), ("source", pa.string()),
-                 ("tags", pa.list_(pa.string())), ("content", pa.string())]
+                [("timestamp", pa.string()), ("source", pa.string()), ("tags", pa.list_(pa.string())),
+                 ("content", pa.string()), ("id", pa.string())]
             )
             table = pjson.read_json(target, parse_options=pjson.ParseOptions(explicit_schema=schema))
     except (pa.ArrowInvalid, OSError) as exc:

@@ -9,7 +9,7 @@ Any iterable of :class:`~theia_frames.event.Event` works too::
     >>> df = to_dataframe([Event(id="a", timestamp=1.5, source="/dev/t",
     ...                          tags=["sensor", "temp"], content="21.5C")])
     >>> df.columns.tolist()
-    ['id', 'timestamp', 'source', 'tags', 'content']
+    ['timestamp', 'source', 'tags', 'content', 'id']
     >>> df.loc[0, "timestamp"], df.loc[0, "tags"]
     (Timestamp('1970-01-01 00:00:01.500000+0000', tz='UTC'), ['sensor', 'temp'])
     >>> df.dtypes.equals(pd.Series(EVENT_DTYPES))
@@ -20,12 +20,12 @@ The columns (see :data:`EVENT_DTYPES`):
 ==========  =========================================  ===========================================
 column      dtype                                      holds
 ==========  =========================================  ===========================================
-id          ``string[pyarrow]``                        the event id
 timestamp   ``datetime64[ns, UTC]``                    the event time, rounded to the microsecond
 source      ``category``                               where the event came from
 tags        ``list<string>[pyarrow]``                  the tags, ready for ``explode`` (empty list:
                                                        no tags)
 content     ``string[pyarrow]``                        the event text
+id          ``string[pyarrow]``                        the event id
 ==========  =========================================  ===========================================
 
 A find result of theia_frames' own client takes a columnar path: its Arrow
@@ -63,15 +63,16 @@ __all__ = [
     "show_progress_default",
 ]
 
-EVENT_COLUMNS: tuple[str, ...] = ("id", "timestamp", "source", "tags", "content")
+#: The columns of an event frame, in order: the time first, as time-series tools lead, the id last.
+EVENT_COLUMNS: tuple[str, ...] = ("timestamp", "source", "tags", "content", "id")
 
 #: The dtype of every column of an event frame, on every path (empty frames included).
 EVENT_DTYPES: dict[str, Any] = {
-    "id": pd.StringDtype("pyarrow"),
     "timestamp": pd.DatetimeTZDtype("ns", "UTC"),
     "source": "category",
     "tags": pd.ArrowDtype(pa.list_(pa.string())),
     "content": pd.StringDtype("pyarrow"),
+    "id": pd.StringDtype("pyarrow"),
 }
 
 # Arrow types of the frame's columns before they become pandas columns.
