@@ -223,7 +223,14 @@ _CONTROL = (_OP_CLOSE, _OP_PING, _OP_PONG)
 _MAX_CONTROL = 125  # RFC 6455 section 5.5
 _TOO_BIG, _POLICY = 1009, 1008
 
-_UNSET: Any = object()
+class _Unset:
+    """The default of an argument left out: "use the client's setting" (its repr says so)."""
+
+    def __repr__(self) -> str:
+        return "<the client's setting>"
+
+
+_UNSET: Any = _Unset()
 
 
 # --------------------------------------------------------------------------- URLs
