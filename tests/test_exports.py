@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
 
 import theia_frames
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PRIVATE_MODULES = {"theia_frames.__main__", "theia_frames.pytest_plugin"}
 
@@ -50,3 +59,70 @@ def test_package_ships_py_typed():
     from importlib.resources import files
 
     assert files("theia_frames").joinpath("py.typed").is_file()
+
+
+def test_dir_lists_only_public_names():
+    names = dir(theia_frames)
+    assert names == sorted(theia_frames.__all__)
+    for private in ("Any", "TYPE_CHECKING", "annotations", "importlib", "sys"):
+        assert private not in names
+
+
+def test_signatures_read_without_object_addresses():
+    import inspect
+
+    for function in (theia_frames.Client.find, theia_frames.Client.receive, theia_frames.Client.__init__):
+        text = str(inspect.signature(function))
+        assert "object at 0x" not in text, text
+    assert "idle_timeout: 'float | None' = <the client's setting>" in str(inspect.signature(theia_frames.Client.find))
+
+
+ACCESSOR_ORDERS = {
+    "theia_frames first": "import theia_frames\nimport pandas as pd\n",
+    "pandas first": "import pandas as pd\nimport theia_frames\n",
+    "a submodule first": "from theia_frames.store import EventStore\nimport pandas as pd\n",
+    "a pandas submodule": "import theia_frames\nimport pandas.core.frame\nimport pandas as pd\n",
+}
+
+
+@pytest.mark.parametrize("imports", ACCESSOR_ORDERS.values(), ids=ACCESSOR_ORDERS.keys())
+def test_df_theia_is_there_whatever_is_imported_first(imports, tmp_path):
+    # pd.read_parquet(...) then df.theia.bucket(...): no other name of theia_frames touched
+    script = imports + textwrap.dedent(
+        f"""
+        import sys
+        frame = pd.DataFrame({{"timestamp": pd.to_datetime([0.5, 1.5], unit="s", utc=True), "tags": [["a"], []]}})
+        frame.to_parquet({str(tmp_path / "f.parquet")!r})
+        df = pd.read_parquet({str(tmp_path / "f.parquet")!r})
+        print(df.theia.bucket("1s")["count"].tolist())
+        """
+    )
+    done = subprocess.run([sys.executable, "-W", "error", "-c", script], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[1, 1]"
+
+
+def test_import_theia_frames_alone_does_not_import_pandas():
+    script = "import sys, theia_frames; print(sorted(m for m in ('pandas', 'pyarrow', 'numpy') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_frames_and_analysis_do_not_import_each_other_at_import_time():
+    import ast
+
+    def imports(module):
+        tree = ast.parse(Path(ROOT, "theia_frames", f"{module}.py").read_text())
+        found = set()
+        for node in tree.body:  # module level only: a lazy import inside a function is no cycle
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found.add(node.module or "")
+                found.update(a.name for a in node.names if not node.module)
+        return found
+
+    assert "analysis" not in imports("frames")
+    assert "frames" in imports("analysis")
+    assert not {"analysis", "frames"} & imports("accessor")

@@ -7,13 +7,17 @@
     ...         df = tf.to_dataframe(client.find(tf.Filter(0)))
 
 Names are imported from their modules on first use, so ``import theia_frames``
-stays fast and optional parts are only loaded when asked for.
+stays fast and optional parts are only loaded when asked for. The ``df.theia``
+accessor is registered as soon as pandas is imported too, before or after
+this package (see :mod:`theia_frames.accessor`).
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import importlib.util as _importlib_util
+import sys as _sys
+import warnings as _warnings
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 __version__ = "0.1.0"
 
@@ -91,20 +95,64 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'theia_frames' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(__all__)
 
 
-if TYPE_CHECKING:  # pragma: no cover
+# --------------------------------------------------------------------------- df.theia
+
+
+def _register_accessor() -> None:
+    try:
+        _importlib.import_module(".accessor", __name__)
+    except Exception as exc:  # a broken pandas must not break the import that loaded it
+        _warnings.warn(f"theia_frames could not register the df.theia accessor: {exc}", stacklevel=2)
+
+
+class _AfterPandas:
+    """A one-shot import hook: once pandas has been imported, register ``df.theia``.
+
+    Importing pandas here would cost every user of the client or the collector
+    half a second; the hook costs nothing until pandas is imported.
+    """
+
+    def find_spec(self, fullname: str, path: _Any = None, target: _Any = None) -> _Any:
+        if fullname != "pandas":
+            return None
+        try:
+            _sys.meta_path.remove(self)
+        except ValueError:
+            pass
+        spec = _importlib_util.find_spec(fullname)
+        loader = getattr(spec, "loader", None)
+        exec_module = getattr(loader, "exec_module", None)
+        if exec_module is None:
+            return spec
+
+        def exec_then_register(module: _Any) -> None:
+            exec_module(module)
+            _register_accessor()
+
+        loader.exec_module = exec_then_register  # type: ignore[union-attr]  # this spec's loader only
+        return spec
+
+
+if "pandas" in _sys.modules:
+    _register_accessor()
+elif not any(isinstance(f, _AfterPandas) for f in _sys.meta_path):
+    _sys.meta_path.insert(0, _AfterPandas())
+
+
+if _TYPE_CHECKING:  # pragma: no cover
     from .analysis import (
         SENSOR_PATTERN,
         bucket,

@@ -23,8 +23,8 @@ naming them::
     sensor      2
     temp        2
 
-The accessor is registered when this module is imported, which importing
-:mod:`theia_frames.frames` does.
+The accessor (:class:`~theia_frames.accessor.TheiaAccessor`) is registered
+as soon as pandas and theia_frames are both imported, in either order.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .accessor import TheiaAccessor
 from .event import Event  # noqa: F401  (used by the doctests)
 from .exceptions import UsageError
 from .timeparse import to_seconds
@@ -567,46 +568,3 @@ def timeline(df: pd.DataFrame, *, gap: Any = None) -> pd.DataFrame:
     out["gaps"] = out["gaps"].astype(np.int64)
     out["rate"] = out["rate"].astype(np.float64)
     return out.set_index("source")
-
-
-# --------------------------------------------------------------------------- accessor
-
-
-@pd.api.extensions.register_dataframe_accessor("theia")
-class TheiaAccessor:
-    """The helpers of :mod:`theia_frames.analysis` as ``df.theia.<name>(...)``.
-
-    >>> to_dataframe([Event(id="1", timestamp=1.0, tags=["a"])]).theia.tag_counts()["count"].tolist()
-    [1]
-    """
-
-    def __init__(self, df: pd.DataFrame) -> None:
-        self._df = df
-
-    def bucket(self, freq: Any, by: str | None = None, value: str | None = None, agg: str = "count", *, tz: Any = None) -> pd.DataFrame:
-        """See :func:`bucket`."""
-        return bucket(self._df, freq, by=by, value=value, agg=agg, tz=tz)
-
-    def explode_tags(self) -> pd.DataFrame:
-        """See :func:`explode_tags`."""
-        return explode_tags(self._df)
-
-    def tag_matrix(self) -> pd.DataFrame:
-        """See :func:`tag_matrix`."""
-        return tag_matrix(self._df)
-
-    def tag_counts(self) -> pd.DataFrame:
-        """See :func:`tag_counts`."""
-        return tag_counts(self._df)
-
-    def extract(self, pattern: str | re.Pattern[str] = SENSOR_PATTERN, *, column: str = "content") -> pd.DataFrame:
-        """See :func:`extract`."""
-        return extract(self._df, pattern, column=column)
-
-    def grep(self, pattern: str, **options: Any) -> pd.DataFrame:
-        """See :func:`grep`."""
-        return grep(self._df, pattern, **options)
-
-    def timeline(self, *, gap: Any = None) -> pd.DataFrame:
-        """See :func:`timeline`."""
-        return timeline(self._df, gap=gap)

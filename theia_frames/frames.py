@@ -577,9 +577,3 @@ def iter_dataframes(
     cols = _check_index(index, _check_columns(columns))
     for table in iter_tables(source, chunk_size, progress=progress):
         yield _finish(_table_to_pandas(_frame_table(table, cols)), index, tz)
-
-
-# Importing the analysis helpers registers the ``df.theia`` accessor, so it is
-# there for every frame this module makes. They import this module's names,
-# hence the import at the end.
-from . import analysis as _analysis  # noqa: E402, F401
