@@ -1937,20 +1937,41 @@ class Client:
             if wait:
                 self.flush(self.timeout)
 
-    def send_many(self, events: Iterable[Event] | pa.RecordBatch | pa.Table, *, wait: bool = False) -> int:
+    def send_many(
+        self,
+        events: Iterable[Event] | pa.RecordBatch | pa.Table | Any,
+        *,
+        wait: bool = False,
+        columns: Mapping[str, str] | None = None,
+    ) -> int:
         """Publish many events; returns how many were sent.
 
         ``events`` is any iterable of :class:`~theia_frames.event.Event` (read
-        lazily, in chunks) or an Arrow batch/table with the event schema. With
-        batched transfer, events go out as Arrow batches of up to
-        ``send_batch_size`` events (a handful as plain messages); otherwise one
-        plain message per event.
+        lazily, in chunks), an Arrow batch/table with the event schema, or a
+        frame of events: a pandas DataFrame (the frame
+        :func:`~theia_frames.frames.to_dataframe` returns, or your own with a
+        timestamp column or a DatetimeIndex), a ``pyarrow.Table`` of such
+        columns or a Polars frame, read by
+        :func:`~theia_frames.frames.to_event_table` (``columns`` maps event
+        fields to its columns, e.g. ``{"content": "message"}``; missing ids
+        are generated).
+
+        With batched transfer, events go out as Arrow batches of up to
+        ``send_batch_size`` events and about 8 MiB (a handful as plain
+        messages); otherwise one plain message per event.
         Events the format cannot carry raise
         :class:`~theia_frames.exceptions.InvalidEventError` before their chunk
         is sent. With ``wait=True``, then :meth:`flush` (within ``timeout``).
+
+        >>> client.send_many(df)                                    # doctest: +SKIP
+        >>> client.send_many(logs, columns={"timestamp": "time", "content": "message", "source": "host"})  # doctest: +SKIP
         """
         if isinstance(events, Event):
             events = [events]
+        elif columns is not None or type(events).__module__.split(".")[0] in ("pandas", "polars", "pyarrow"):
+            from .frames import to_event_table
+
+            events = to_event_table(events, columns=columns)
         with self._lock:
             self._check_open()
             sent = self._send_all(events)
@@ -1963,14 +1984,28 @@ class Client:
         sent = 0
         try:
             if hasattr(events, "schema") and hasattr(events, "num_rows"):
-                for batch in _arrow_chunks(events, self.send_batch_size):
-                    conn = self._event_connection()
-                    if conn.negotiated:
-                        conn.send_binary(batch_to_ipc(batch))
-                    else:
-                        conn.send_binaries([encode(e) for e in _batch_events(batch)])
-                    sent += batch.num_rows
-                    self._sent(conn, batch.num_rows)
+                for chunk in _arrow_chunks(events, self.send_batch_size):
+                    # slices of at most about SEND_BATCH_BYTES of text (one row at least), as for Events
+                    pieces = [chunk]
+                    if chunk.nbytes > SEND_BATCH_BYTES:
+                        pc = _pa().compute
+                        row_bytes = sum(pc.binary_length(chunk.column(k)).to_numpy(zero_copy_only=False) for k in (0, 2, 3, 4))
+                        ends = itertools.accumulate(int(n) + 8 for n in row_bytes)
+                        pieces, begin, used = [], 0, 0
+                        for row, end in enumerate(ends):
+                            if end - used > SEND_BATCH_BYTES and row > begin:
+                                pieces.append(chunk.slice(begin, row - begin))
+                                begin, used = row, prev
+                            prev = end
+                        pieces.append(chunk.slice(begin))
+                    for batch in pieces:
+                        conn = self._event_connection()
+                        if conn.negotiated:
+                            conn.send_binary(batch_to_ipc(batch))
+                        else:
+                            conn.send_binaries([encode(e) for e in _batch_events(batch)])
+                        sent += batch.num_rows
+                        self._sent(conn, batch.num_rows)
                 return sent
             it = iter(events)
             while True:
