@@ -718,7 +718,9 @@ def to_event_table(data: Any, *, columns: Mapping[str, str] | None = None) -> pa
     - ``id``: a new id per event (also where the column has a missing value).
 
     Other columns are ignored. A table that already has the event schema is
-    returned as it is.
+    returned as it is. Times in a frame are microseconds: an event whose time
+    had finer digits comes back with the rounded time, which a store (where
+    an event is its exact timestamp and id) keeps as another event.
 
     >>> df = pd.DataFrame({"when": pd.to_datetime(["2024-05-01T00:00:00", "2024-05-01T00:00:01.5"], format="ISO8601"),
     ...                    "message": ["21.5C", "22.0C"], "tags": ["sensor,temp", ""]})
