@@ -74,6 +74,7 @@ _EXPORTS: dict[str, str] = {
     "to_dataframe": "frames",
     "iter_dataframes": "frames",
     "batches_to_dataframe": "frames",
+    "to_event_table": "frames",
     "bucket": "analysis",
     "explode_tags": "analysis",
     "tag_matrix": "analysis",
@@ -198,7 +199,7 @@ if _TYPE_CHECKING:  # pragma: no cover
     )
     from .export import read_events, write_events
     from .filter import EventFilter, Filter
-    from .frames import EVENT_DTYPES, batches_to_dataframe, iter_dataframes, to_dataframe
+    from .frames import EVENT_DTYPES, batches_to_dataframe, iter_dataframes, to_dataframe, to_event_table
     from .simulation import sensor_events, simulate
     from .store import EventStore
     from .storefiles import DamagedStoreWarning, StoreReport, read_store
