@@ -214,7 +214,7 @@ def test_events_arrive_into_the_frame(collector, sender):
         status = live.status()
         assert (status.state, status.received, status.rows, status.errors) == ("running", 500, 500, 0)
         assert status.newest is not None and status.version == live.version > 0
-        assert "500 events" in str(status) and "running" in repr(live)
+        assert "500 events" in str(status) and "live · " in repr(live)
     assert live.state == "stopped" and not live.running
 
 
@@ -437,3 +437,86 @@ def test_frame_survives_collector_restarts_with_nothing_missing_or_repeated(tmp_
     assert sorted(df["id"]) == sorted(e.id for e in events)  # nothing missing, nothing twice
     assert status.reconnects == 3 and status.gap_total > 0
     assert "reconnect" in str(status)
+
+
+# --------------------------------------------------------------------------- the phase a user needs to know
+
+
+def test_the_status_follows_the_connection_down_and_back(tmp_path):
+    collector = serve(db=tmp_path / "events.db", port=0)
+    port = collector.port
+    options = {"backoff": 0.05, "max_backoff": 0.1}
+    try:
+        with LiveFrame(collector.url, SENSORS, receive_options=options) as live:
+            assert live.status().phase == "live" and str(live.status()).startswith("live · ")
+            collector.stop()
+            lost = time.time()
+            wait_until(lambda: live.status().phase == "reconnecting", what="the frame to see the drop")
+            wait_until(lambda: live.status().attempt >= 3, what="three attempts")
+            status = live.status()
+            assert status.state == "running"  # the frame itself goes on
+            assert lost - 1 <= status.since <= time.time()
+            assert status.reason == "the collector does not accept connections (it is not running, or not at this address)"
+            assert str(status).startswith("reconnecting since ") and f"attempt {status.attempt}" in str(status)
+            live.pause()
+            assert live.status().phase == "reconnecting" and str(live.status()).split(" · ")[1] == "paused"
+            live.resume()
+            collector = serve(db=tmp_path / "events.db", port=port)
+            wait_until(lambda: live.status().phase == "live", what="the frame to come back")
+            assert live.status().attempt == 0 and live.status().reconnects == 1
+        assert live.status().phase == "stopped"
+    finally:
+        collector.stop()
+
+
+def test_every_failed_attempt_is_counted(tmp_path):
+    # the attempt count comes from the stream's failures as the consumer sees them
+    collector = serve(db=tmp_path / "events.db", port=0)
+    live = LiveFrame(collector.url, SENSORS, receive_options={"backoff": 0.05, "max_backoff": 0.05}).start()
+    try:
+        collector.stop()
+        wait_until(lambda: live.status().phase == "reconnecting", what="the drop")
+        seen: list = []
+        stream = live._stream
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            error = stream.last_error
+            if not seen or seen[-1] is not error:
+                seen.append(error)
+            time.sleep(0.001)
+        attempt = live.status().attempt
+        failed = len(seen) - 1  # the first is the drop (or, if this loop started late, the first failure)
+        assert failed >= 10
+        # the frame sees a failure at the next heartbeat (one may be in flight): a missed one would accumulate
+        assert abs(attempt - (failed + 1)) <= 1, (attempt, failed)
+    finally:
+        live.stop()
+        collector.stop()
+
+
+def test_giving_up_is_said_in_words(collector):
+    url = collector.url
+    live = LiveFrame(url, SENSORS, receive_options={"backoff": 0.05, "max_backoff": 0.05, "max_retries": 2}).start()
+    collector.stop()
+    wait_until(lambda: live.state == "failed", what="the frame to give up")
+    text = str(live.status())
+    assert text.startswith("failed: gave up reconnecting after 3 attempts: the collector does not accept connections")
+    live.stop()
+
+
+def test_connecting_and_not_started():
+    live = LiveFrame("ws://127.0.0.1:9", SENSORS)
+    assert live.status().phase == "new" and str(live.status()).startswith("not started · ")
+    live._connecting = True  # what start() sets while it subscribes
+    assert live.status().phase == "connecting"
+
+
+def test_the_words_for_a_stream_error():
+    from theia_frames.exceptions import ConnectionClosed, SubscriberTooSlow
+    from theia_frames.live import in_words
+
+    assert in_words(ConnectionClosed("closed with code 1001", code=1001)) == (
+        "the collector went away (it was stopped or is restarting)")
+    assert in_words(ConnectionClosed("dropped", code=None)).startswith("the connection dropped without a goodbye")
+    assert in_words(SubscriberTooSlow("too slow", code=1013)).startswith("the collector dropped this subscription")
+    assert "code" not in in_words(ConnectionClosed("closed with code 1011", code=1011))

@@ -12,6 +12,7 @@ import pytest
 
 import theia_frames as tf
 from theia_frames.client import Client
+from theia_frames.collector import serve
 from theia_frames.exceptions import MissingDependencyError, UsageError
 from theia_frames.frames import EVENT_DTYPES, to_dataframe
 from theia_frames.live import LiveFrame
@@ -52,7 +53,7 @@ def test_figure_is_redrawn_when_events_arrive_and_counters_move(live, sender):
         wait_until(lambda: view.redraws >= 2 and view._drawn_version == live.version, what="a redraw")
         assert view.png != empty and view.image.value == view.png
         wait_until(lambda: "300 events" in view.status_line.value, what="the status line")
-        assert "running" in view.status_text()
+        assert view.status_text().startswith("live · ")
 
         before = view.redraws
         n2 = send_readings(sender, 200, seed=2)
@@ -230,7 +231,7 @@ def test_default_plot_draws_readings_per_unit_and_source():
     df = to_dataframe(list(sensor_events(400, sources=4, seed=3)), progress=False)
     fig = _figure()
     default_plot(df, fig.add_subplot())
-    assert [a.get_ylabel() for a in fig.axes] == ["%", "C", "hPa", "ppm"]
+    assert [a.get_ylabel() for a in fig.axes] == ["%", "°C", "hPa", "ppm"]
     labels = [line.get_label() for a in fig.axes for line in a.get_lines()]
     assert labels == ["/dev/sensors/humidity-2", "/dev/sensors/temp-1", "/dev/sensors/pressure-3", "/dev/sensors/co2-4"]
     fig.canvas.draw()
@@ -302,3 +303,143 @@ def test_close_stops_and_closes_the_widgets(live):
     view.close()
     assert view.stopped and not view._timer.is_alive()
     assert view.box.comm is None and view.image.comm is None
+
+
+# --------------------------------------------------------------------------- what the view says and allows
+
+
+def controls(view):
+    """The state a user sees: the buttons and the status line, read from the ipywidgets model."""
+    return {
+        "pause": (view.pause_button.description, view.pause_button.disabled),
+        "stop": view.stop_button.disabled,
+        "status": view.status_line.value,
+    }
+
+
+def test_a_stopped_view_disables_both_buttons_and_pause_stays_pause(collector, sender):
+    live = LiveFrame(collector.url, SENSORS).start()
+    view = live.widget(mode="widget", every=0.05)
+    assert controls(view)["pause"] == ("Pause", False) and controls(view)["stop"] is False
+    assert live.wait_for(send_readings(sender, 10))
+    view.stop()
+    assert controls(view)["pause"] == ("Pause", True) and controls(view)["stop"] is True
+    view.pause()  # what the Pause button did when it was still clickable
+    assert controls(view)["pause"] == ("Pause", True)
+    view.pause_button.click()
+    assert controls(view)["pause"] == ("Pause", True)
+    assert not view.paused and live.state == "stopped"
+    assert "stopped · 10 events" in controls(view)["status"]
+
+
+def test_a_frame_stopped_elsewhere_disables_the_buttons(collector, sender):
+    live = LiveFrame(collector.url, SENSORS).start()
+    view = LiveView(live, every=0.02, mode="widget", stop_frame=False)
+    view.pause()
+    assert controls(view)["pause"] == ("Resume", False)
+    live.stop()
+    view._timer.join(10)
+    assert controls(view)["pause"] == ("Pause", True) and controls(view)["stop"] is True
+    view.pause_button.click()
+    assert controls(view)["pause"] == ("Pause", True)
+
+
+def test_a_frame_that_failed_says_why_in_words_and_is_over(collector, sender):
+    live = LiveFrame(collector.url, SENSORS, reconnect=False).start()
+    view = LiveView(live, every=0.02, mode="widget")
+    try:
+        assert live.wait_for(send_readings(sender, 5))
+        collector.stop()
+        view._timer.join(10)
+        state = controls(view)
+        assert live.state == "failed"
+        assert "failed: the collector went away (it was stopped or is restarting)" in state["status"]
+        assert "1001" not in state["status"] and "#c62828" in state["status"]
+        assert state["pause"] == ("Pause", True) and state["stop"] is True
+    finally:
+        view.stop()
+
+
+def test_while_the_collector_is_down_the_view_says_reconnecting_not_running(tmp_path, sender):
+    collector = serve(db=tmp_path / "events.db", port=0)
+    port = collector.port
+    live = LiveFrame(collector.url, SENSORS, receive_options={"backoff": 0.05, "max_backoff": 0.1}).start()
+    view = LiveView(live, every=0.02, mode="widget")
+    try:
+        wait_until(lambda: "#2e7d32" in view.status_line.value, what="the green dot of a live view")
+        assert view.status_text().startswith("live · ")
+        collector.stop()
+        wait_until(lambda: "attempt 3" in view.status_line.value, what="a few reconnection attempts")
+        status, line = live.status(), view.status_line.value
+        assert status.phase == "reconnecting" and status.attempt >= 3
+        assert "reconnecting since " in line and "does not accept connections" in line
+        assert view.status_text().startswith("reconnecting since ") and "#2e7d32" not in line  # not "running", not green
+        assert controls(view)["pause"] == ("Pause", False)  # still a running frame: it can be paused
+        collector = serve(db=tmp_path / "events.db", port=port)
+        wait_until(lambda: live.status().phase == "live", what="the frame to come back")
+        wait_until(lambda: "#2e7d32" in view.status_line.value and "1 reconnect" in view.status_line.value,
+                   what="the status line to say live again")
+    finally:
+        view.stop()
+        collector.stop()
+
+
+# --------------------------------------------------------------------------- the default plot shows every series
+
+
+def test_the_default_plot_draws_the_fifth_sensor():
+    # notebook 02 simulates five sensors, of five units
+    df = to_dataframe(list(sensor_events(500, sources=5, seed=2)), progress=False)
+    fig = _figure()
+    assert default_plot(df, fig.add_subplot()) == ""
+    assert [a.get_ylabel() for a in fig.axes] == ["%", "°C", "hPa", "lx", "ppm"]
+    assert sorted(line.get_label() for a in fig.axes for line in a.get_lines()) == sorted(df["source"].unique())
+    assert fig.get_figheight() >= 5 * 1.6  # taller, not squeezed
+    fig.canvas.draw()
+
+
+def test_what_the_default_plot_leaves_out_is_said(live):
+    events = [
+        tf.Event(timestamp=1_700_000_000 + i, source=f"/dev/u{i % 10}-s{i % 12}", content=f"{i}.5 u{i % 10}")
+        for i in range(1200)
+    ]
+    df = to_dataframe(events, progress=False)
+    fig = _figure()
+    left_out = default_plot(df, fig.add_subplot())
+    assert len(fig.axes) == 8
+    assert left_out.startswith("2 units (")
+    assert any(t.get_text() == f"not drawn: {left_out}" for t in fig.texts)
+
+    many = [tf.Event(timestamp=1_700_000_000 + i, source=f"/dev/t{i % 13}", tags=["sensor"], content=f"{i % 30}.5C")
+            for i in range(260)]
+    assert default_plot(to_dataframe(many, progress=False), _figure().add_subplot()) == "3 sources of °C"
+    view = LiveView(live, mode="widget", every=0.02)
+    try:
+        assert "not drawn" not in view.status_text()
+        with Client(live.url) as client:
+            assert live.wait_for(client.send_many(many))
+        wait_until(lambda: view._drawn_version == live.version, what="a redraw")
+        wait_until(lambda: "not drawn: 3 sources of °C" in view.status_line.value, what="the status line")
+    finally:
+        view.stop()
+
+
+def test_a_custom_plot_keeps_its_title_and_readable_time_ticks(live, sender):
+    def temperatures(df, ax):
+        readings = df.theia.extract()
+        ax.plot(readings["timestamp"], readings["value"], ".")
+        ax.set_title("temperature readings")
+
+    view = live.widget(plot=temperatures, mode="widget", every=0.02)
+    try:
+        assert live.wait_for(send_readings(sender, 200))
+        wait_until(lambda: view._drawn_version == live.version, what="a redraw")
+        with view._draw_lock:
+            fig = view._figure
+            (ax,) = fig.axes
+            renderer = fig.canvas.get_renderer()
+            assert ax.title.get_window_extent(renderer).y1 <= fig.bbox.y1  # not clipped
+            labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels and not any(".000" in label for label in labels), labels
+    finally:
+        view.stop()

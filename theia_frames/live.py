@@ -38,6 +38,7 @@ the Arrow memory held stays below twice what the kept rows need.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import threading
 import time
 from collections import deque
@@ -46,7 +47,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .batch import event_schema
-from .exceptions import UsageError
+from .exceptions import (
+    AuthenticationError,
+    ConnectError,
+    ConnectionClosed,
+    ProtocolError,
+    ServerError,
+    SubscriberTooSlow,
+    TheiaTimeoutError,
+    UsageError,
+)
 from .filter import EventFilter
 from .timeparse import DurationLike, to_seconds
 
@@ -56,9 +66,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .widget import LiveView
 
-__all__ = ["LiveFrame", "LiveStatus", "EventBuffer", "State", "BatchHook", "parse_window"]
+__all__ = ["LiveFrame", "LiveStatus", "EventBuffer", "State", "Phase", "BatchHook", "parse_window", "in_words"]
 
 State = Literal["new", "running", "paused", "stopped", "ended", "failed"]
+#: What a user needs to know, which :attr:`LiveStatus.phase` says: ``running`` is
+#: ``live`` while connected and ``reconnecting`` while the collector is away.
+Phase = Literal["new", "connecting", "live", "reconnecting", "paused", "stopped", "ended", "failed"]
 
 #: A hook receives each new batch as a DataFrame (on the consumer thread).
 BatchHook = Callable[["pd.DataFrame"], Any]
@@ -256,14 +269,77 @@ def _min_max(batch: Any) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------- status
 
+_CLOSE_WORDS = {
+    1000: "the collector closed the stream",
+    1001: "the collector went away (it was stopped or is restarting)",
+    1005: "the collector closed the stream",
+    1006: "the connection dropped without a goodbye (the network, or the collector stopped abruptly)",
+    1008: "the collector refused the subscription",
+    1009: "the collector refused a message as too large",
+    1011: "the collector failed with an internal error",
+    1012: "the collector is restarting",
+    1013: "the collector is overloaded",
+}
+
+
+def in_words(exc: BaseException | None) -> str:
+    """What an error of a live stream means, in words a user can act on.
+
+    >>> in_words(ConnectionClosed("the connection to ws://h:1 closed with code 1001", code=1001))
+    'the collector went away (it was stopped or is restarting)'
+    >>> in_words(ConnectError("connection refused by ws://h:1 (is a collector running there?)"))
+    'the collector does not accept connections (it is not running, or not at this address)'
+    """
+    if exc is None:
+        return ""
+    text = str(exc)
+    if isinstance(exc, SubscriberTooSlow):
+        return "the collector dropped this subscription: it fell too far behind the events"
+    if isinstance(exc, AuthenticationError):
+        return "the collector refused the credentials"
+    if isinstance(exc, ConnectionClosed) and "gave up reconnecting" in text:
+        attempts = re.search(r"after (\d+) attempt", text)
+        cause = exc.__cause__
+        why = f": {in_words(cause)}" if cause is not None else ""
+        return f"gave up reconnecting after {attempts.group(1) if attempts else 'several'} attempts{why}"
+    if isinstance(exc, ConnectError):
+        if "refused the WebSocket handshake" in text:
+            return f"the server refused the subscription ({text.rsplit('with ', 1)[-1]}): is it a theia collector?"
+        if "refused" in text:
+            return "the collector does not accept connections (it is not running, or not at this address)"
+        if "resolve" in text:
+            return "the collector's host name is unknown"
+        if "TLS" in text:
+            return "the secure connection to the collector failed (TLS)"
+        if "timed out" in text.lower():
+            return "the collector does not answer (connecting timed out)"
+        return f"the collector cannot be reached: {text}"
+    if isinstance(exc, ConnectionClosed):
+        return _CLOSE_WORDS.get(exc.code if exc.code is not None else 1006, f"the connection closed (code {exc.code})")
+    if isinstance(exc, TheiaTimeoutError):
+        return "the collector did not answer in time"
+    if isinstance(exc, ServerError):
+        return f"the collector reported an error: {exc.text}"
+    if isinstance(exc, ProtocolError):
+        return f"the collector sent something that is not the theia protocol: {text}"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _clock(seconds: float) -> str:
+    return _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc).strftime("%H:%M:%S")
+
 
 @dataclass(frozen=True)
 class LiveStatus:
-    """A snapshot of a :class:`LiveFrame`'s state and counters.
+    """A snapshot of a :class:`LiveFrame`'s state and counters; ``str()`` is the status line.
 
     >>> print(LiveStatus(state="running", received=12345, rows=10000, dropped=2345, rate=1234.4,
-    ...                  errors=0, last_error=None, newest=None, lag=None, version=7))
-    running · 12,345 events · 1,234/s · 10,000 rows · 0 errors
+    ...                  errors=0, last_error=None, newest=None, lag=None, version=7, phase="live"))
+    live · 12,345 events · 1,234/s · 10,000 rows · 0 errors
+    >>> print(LiveStatus(state="running", received=10, rows=10, dropped=0, rate=0.0, errors=0, last_error=None,
+    ...                  newest=None, lag=None, version=1, phase="reconnecting", since=1714521600.0, gap_last=4.4,
+    ...                  attempt=3, reason="the collector does not accept connections"))
+    reconnecting since 00:00:00 UTC (4.4 s, attempt 3): the collector does not accept connections · 10 events · 0/s · 10 rows · 0 errors
     """
 
     state: State
@@ -285,15 +361,41 @@ class LiveStatus:
     version: int
     #: times the subscription came back after the connection dropped
     reconnects: int = 0
-    #: seconds away: during the last drop, and in total
+    #: seconds away: during the last drop (so far, while away), and in total
     gap_last: float = 0.0
     gap_total: float = 0.0
     #: events fetched after a reconnect that were stored while away
     recovered: int = 0
+    #: what the frame is doing (see :data:`Phase`); empty: the one ``state`` implies
+    phase: Phase | Literal[""] = ""
+    #: while reconnecting: when the connection was lost (seconds since the epoch)
+    since: float | None = None
+    #: while reconnecting: the attempt being waited for or made (1 = the first)
+    attempt: int = 0
+    #: why it is reconnecting, ended or failed, in words (see :func:`in_words`)
+    reason: str | None = None
+
+    @property
+    def headline(self) -> str:
+        """The first part of the status line: the phase, and what a user needs to know about it."""
+        phase = self.phase or {"running": "live"}.get(self.state, self.state)
+        if phase == "reconnecting":
+            since = f" since {_clock(self.since)} UTC" if self.since is not None else ""
+            text = f"reconnecting{since} ({self.gap_last:,.1f} s, attempt {max(self.attempt, 1)})"
+            if self.reason:
+                text += f": {self.reason}"
+            return text + (" · paused" if self.state == "paused" else "")
+        if phase == "new":
+            return "not started"
+        if phase == "ended":
+            return f"ended: {self.reason or 'the collector closed the stream'}"
+        if phase == "failed":
+            return f"failed: {self.reason or self.last_error or 'the stream broke'}"
+        return phase
 
     def __str__(self) -> str:
         text = (
-            f"{self.state} · {self.received:,} events · {self.rate:,.0f}/s · "
+            f"{self.headline} · {self.received:,} events · {self.rate:,.0f}/s · "
             f"{self.rows:,} rows · {self.errors:,} error{'' if self.errors == 1 else 's'}"
         )
         if self.reconnects:
@@ -301,8 +403,6 @@ class LiveStatus:
                 f" · {self.reconnects:,} reconnect{'' if self.reconnects == 1 else 's'}"
                 f" ({self.gap_total:,.1f} s away, {self.recovered:,} recovered)"
             )
-        if self.last_error and self.state == "failed":
-            text += f" · {self.last_error}"
         return text
 
 
@@ -330,8 +430,9 @@ class LiveFrame:
     ``reconnect=True`` (the default) keeps the subscription alive when the
     collector goes away: it comes back with backoff, fetches what was stored
     meanwhile and drops repeats by id (see ``Client.receive``, which takes
-    ``receive_options`` such as ``max_backoff``); :meth:`status` shows the
-    reconnects, the time away and the events recovered.
+    ``receive_options`` such as ``max_backoff``); :meth:`status` says
+    ``reconnecting since <when> (attempt n): <why>`` while it is away, and
+    counts the reconnects, the time away and the events recovered.
 
     ``start()`` subscribes (connection errors are raised there) and starts the
     consumer; ``stop()`` closes the subscription and ends the thread.
@@ -398,6 +499,9 @@ class LiveFrame:
         self._appended_at_pause = 0
         self._started = 0.0
         self._df_cache: tuple[int, Any] | None = None
+        self._connecting = False
+        # the current drop, as the consumer saw it: its cause, the last error seen, failed attempts
+        self._drop: tuple[Any, Any, int] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> LiveFrame:
@@ -412,11 +516,14 @@ class LiveFrame:
                     return self
                 if self._state != "new":
                     raise UsageError(f"this LiveFrame is {self._state}; make a new one to subscribe again")
+            self._connecting = True
             try:
                 stream = self._open()
             except BaseException:
                 self._close_client()
                 raise
+            finally:
+                self._connecting = False
             with self._lock:
                 stopped = self._state != "new"  # stop() was called while subscribing
                 if not stopped:
@@ -579,8 +686,13 @@ class LiveFrame:
             last = self._errors[-1] if self._errors else None
             stream = self._stream
             gap = getattr(stream, "gap", None)
+            phase, since, attempt, reason = self._phase_locked(stream, gap)
             return LiveStatus(
                 state=self._state,
+                phase=phase,
+                since=since,
+                attempt=attempt,
+                reason=reason,
                 received=self._received,
                 rows=len(self),
                 dropped=self._buffer.dropped,
@@ -595,6 +707,25 @@ class LiveFrame:
                 gap_total=getattr(gap, "total", 0.0),
                 recovered=getattr(stream, "recovered", 0),
             )
+
+    def _phase_locked(self, stream: Any, gap: Any) -> tuple[Phase, float | None, int, str | None]:
+        state = self._state
+        if state == "new":
+            return ("connecting" if self._connecting else "new"), None, 0, None
+        if state == "failed":
+            return "failed", None, 0, in_words(self.error)
+        if state == "ended":
+            return "ended", None, 0, None
+        if state == "stopped":
+            return "stopped", None, 0, None
+        drop = self._drop
+        away = stream is not None and not getattr(stream, "connected", True)
+        if away:
+            last = getattr(gap, "last", 0.0)
+            cause, error, failed = drop if drop is not None else (getattr(stream, "last_error", None), None, 0)
+            reason = in_words(error if failed else cause) or None
+            return "reconnecting", time.time() - last, failed + 1, reason
+        return ("paused" if state == "paused" else "live"), None, 0, None
 
     @property
     def errors(self) -> list[BaseException]:
@@ -635,11 +766,47 @@ class LiveFrame:
             except Exception as exc:
                 self._record_error(exc)
 
-    def _run(self, stream: Any) -> None:
+    def _heartbeat(self) -> float | None:
+        """Seconds between the empty batches a reconnecting stream yields while idle or away.
+
+        Shorter than half the first backoff, so the consumer sees every failed
+        attempt (a new ``last_error``) before the next one: the attempt count
+        of the status is exact.
+        """
+        if not self._receive_options.get("reconnect"):
+            return None
+        from .client import DEFAULT_BACKOFF
+
+        backoff = self._receive_options.get("backoff", DEFAULT_BACKOFF)
         try:
-            for batch in stream.iter_batches():
+            return min(0.25, 0.4 * float(backoff))
+        except (TypeError, ValueError):
+            return 0.25  # the stream refuses the value itself
+
+    def _observe(self, stream: Any) -> None:
+        """Follow the connection: a drop, each failed attempt to come back, the return."""
+        if getattr(stream, "connected", True):
+            if self._drop is not None:
+                with self._lock:
+                    self._drop = None
+            return
+        error = getattr(stream, "last_error", None)
+        with self._lock:
+            if self._drop is None:
+                self._drop = (error, error, 0)
+            elif error is not self._drop[1]:
+                cause, _, failed = self._drop
+                self._drop = (cause, error, failed + 1)
+
+    def _run(self, stream: Any) -> None:
+        heartbeat = self._heartbeat()
+        try:
+            batches = stream.iter_batches() if heartbeat is None else stream.iter_batches(heartbeat=heartbeat)
+            for batch in batches:
                 if self._stopping:
                     break
+                if heartbeat is not None:
+                    self._observe(stream)
                 self._ingest(batch)
         except Exception as exc:  # a broken stream is reported in the status, not raised on a thread
             with self._lock:

@@ -12,11 +12,19 @@ shows up in JupyterLab, Notebook 7 and VS Code alike.
     >>> view = tf.live_plot("ws://127.0.0.1:6433", tf.Filter().match_tag("sensor"))  # doctest: +SKIP
     >>> view                                                                  # doctest: +SKIP
 
-Outside Jupyter (no kernel) the view is a text status line. The default plot
-draws numeric readings (``"21.5C"``, ``"45.2%"``) per source over time, one
-panel per unit, or, when the content is not numeric, event counts per time
-bucket per source. ``plot=f`` replaces it: ``f(df, ax)`` draws the current
-DataFrame on a fresh matplotlib ``Axes``.
+Outside Jupyter (no kernel) the view is a text status line. The status says
+what the frame is doing: ``connecting``, ``live`` (the only green one),
+``reconnecting since <when> (<s> s, attempt n): <why>``, ``paused``,
+``stopped``, ``ended: <why>`` or ``failed: <why>``, the reasons in words. Once
+the frame is over, Pause and Stop are disabled.
+
+The default plot draws numeric readings (``"21.5C"`` reads as °C, ``"45.2%"``)
+per source over time, one panel per unit, or, when the content is not
+numeric, event counts per time bucket per source; what it leaves out (beyond
+eight units, or ten sources a panel) is said on the figure and in the status
+line. ``plot=f`` replaces it: ``f(df, ax)`` draws the current DataFrame on a
+fresh matplotlib ``Axes`` (time ticks left to matplotlib's default are made
+readable, and margins leave room for titles).
 
 ipywidgets and matplotlib are imported only when a widget is made; without them
 :class:`~theia_frames.exceptions.MissingDependencyError` names the extra to install.
@@ -41,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .live import LiveFrame
 
-__all__ = ["LiveView", "live_plot", "default_plot", "in_kernel", "choose_freq"]
+__all__ = ["LiveView", "live_plot", "default_plot", "in_kernel", "choose_freq", "unit_label", "format_time_axis"]
 
 PlotFunction = Callable[["pd.DataFrame", Any], Any]
 Mode = Literal["auto", "widget", "text"]
@@ -53,8 +61,21 @@ _FREQS = (
     ("15min", 900), ("30min", 1800), ("1h", 3600), ("2h", 7200), ("6h", 21600), ("12h", 43200),
     ("1D", 86400), ("7D", 604800),
 )
-# Sources drawn at most (the busiest); more would make an unreadable legend.
+# Sources drawn at most per panel (the busiest); more would make an unreadable legend.
 _MAX_SOURCES = 10
+# Panels (one per unit) drawn at most; the figure grows by a panel's height for each.
+_MAX_PANELS = 8
+_PANEL_INCHES = 1.6
+# The colour of the status dot per phase: green only while live.
+_PHASE_COLOURS = {
+    "live": "#2e7d32",
+    "paused": "#f9a825",
+    "connecting": "#f9a825",
+    "reconnecting": "#ef6c00",
+    "failed": "#c62828",
+}
+# How a unit reads on an axis, where the content's unit is short for it.
+_UNIT_LABELS = {"C": "°C", "F": "°F", "K": "K", "degC": "°C", "degF": "°F"}
 
 
 def in_kernel() -> bool:
@@ -112,9 +133,19 @@ def _thin(df: pd.DataFrame, max_points: int) -> pd.DataFrame:
     return df.iloc[np.sort(np.concatenate(picks))]
 
 
-def _busiest_sources(df: pd.DataFrame) -> list[str]:
+def _busiest_sources(df: pd.DataFrame) -> tuple[list[str], int]:
+    """The busiest sources (at most ``_MAX_SOURCES``) and how many others there are."""
     counts = df["source"].astype(str).value_counts()
-    return list(counts.index[:_MAX_SOURCES])
+    return list(counts.index[:_MAX_SOURCES]), max(len(counts) - _MAX_SOURCES, 0)
+
+
+def unit_label(unit: str) -> str:
+    """How a reading's unit reads on an axis: ``"C"`` is ``"°C"``.
+
+    >>> unit_label("C"), unit_label("hPa"), unit_label("")
+    ('°C', 'hPa', 'value')
+    """
+    return _UNIT_LABELS.get(unit, unit) or "value"
 
 
 def _readings(df: pd.DataFrame) -> pd.DataFrame | None:
@@ -165,23 +196,28 @@ def _naive_utc(times: Any) -> Any:
     return np.asarray(index, dtype="datetime64[ns]")
 
 
-def default_plot(df: pd.DataFrame, ax: Any, *, max_points: int = 1000) -> None:
+def default_plot(df: pd.DataFrame, ax: Any, *, max_points: int = 1000) -> str:
     """Draw numeric readings per source over time, or event counts per time bucket per source.
 
-    Readings with several units get one panel each (the figure of ``ax`` is
-    split; at most four units, the most frequent, in name order). At most
-    ``max_points`` points per source are drawn, evenly spread, and at most ten
-    sources (the busiest).
+    Readings with several units get one panel each, in name order (the figure
+    of ``ax`` is split, and made taller by a panel's height for each beyond
+    two; at most eight units, the most frequent). At most ``max_points`` points
+    per source are drawn, evenly spread, and at most ten sources per panel
+    (the busiest). What is left out is said on the figure and returned (``""``
+    when everything is drawn).
 
     >>> from matplotlib.figure import Figure
     >>> from theia_frames.frames import to_dataframe
     >>> from theia_frames.simulation import sensor_events
     >>> fig = Figure()
     >>> default_plot(to_dataframe(sensor_events(40, sources=2, seed=1), progress=False), fig.add_subplot())
+    ''
     >>> [a.get_ylabel() for a in fig.axes]
-    ['%', 'C']
+    ['%', '°C']
     """
-    _DefaultPlotter(ax.figure, max_points).draw(df, ax)
+    plotter = _DefaultPlotter(ax.figure, max_points)
+    plotter.draw(df, ax)
+    return plotter.left_out
 
 
 class _DefaultPlotter:
@@ -198,6 +234,10 @@ class _DefaultPlotter:
         self._layout: tuple[Any, ...] | None = None
         self._lines: dict[tuple[str, str], Any] = {}
         self._axes: list[Any] = []
+        self._base_height = figure.get_figheight()
+        self._note: Any = None
+        #: what the last drawing left out, in words ("" when nothing)
+        self.left_out = ""
 
     def draw(self, df: pd.DataFrame, ax: Any = None) -> None:
         if df.empty:
@@ -206,6 +246,7 @@ class _DefaultPlotter:
             ax.text(0.5, 0.5, "waiting for events…", ha="center", va="center", transform=ax.transAxes, color="0.4")
             ax.set_axis_off()
             self._layout = ("empty",)
+            self._say_left_out("")
             return
         readings = _readings(_thin(df, self.max_points))
         if readings is not None:
@@ -215,6 +256,9 @@ class _DefaultPlotter:
 
     def _reset(self, ax: Any, panels: int = 1) -> None:
         fig = self.figure
+        height = max(self._base_height, 0.8 + _PANEL_INCHES * panels)
+        if abs(fig.get_figheight() - height) > 1e-6:
+            fig.set_figheight(height)
         if ax is not None and panels == 1:
             for other in list(fig.axes):
                 if other is not ax:
@@ -224,19 +268,38 @@ class _DefaultPlotter:
         else:
             fig.clear()
             self._axes = list(fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0])
+        for text in list(fig.texts):
+            text.remove()
+        self._note = None
         self._lines = {}
 
+    def _say_left_out(self, text: str) -> None:
+        self.left_out = text
+        if not text:
+            if self._note is not None:
+                self._note.set_text("")
+            return
+        if self._note is None:
+            self._note = self.figure.text(0.99, 0.005, "", ha="right", va="bottom", fontsize="x-small", color="0.35")
+        self._note.set_text(f"not drawn: {text}")
+
     def _draw_readings(self, readings: pd.DataFrame, ax: Any) -> None:
-        # the four most frequent units (ties by name), shown in name order so panels stay put
+        # the most frequent units (ties by name), shown in name order so panels stay put
         counts = readings["unit"].value_counts()
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
-        units = sorted(str(u) for u, _ in ranked[:4])
-        sources = sorted(_busiest_sources(readings))
-        series = {
-            (str(unit), str(source)): rows
-            for (unit, source), rows in readings.groupby(["unit", "source"], sort=True)
-            if unit in units and source in sources
-        }
+        units = sorted(str(u) for u, _ in ranked[:_MAX_PANELS])
+        hidden_units = sorted(str(u) for u, _ in ranked[_MAX_PANELS:])
+        series: dict[tuple[str, str], pd.DataFrame] = {}
+        hidden_sources: list[str] = []
+        for unit, rows in readings.groupby("unit", sort=True):
+            if str(unit) not in units:
+                continue
+            shown, others = _busiest_sources(rows)
+            if others:
+                hidden_sources.append(f"{others} source{'s' if others > 1 else ''} of {unit_label(str(unit))}")
+            for source, part in rows.groupby("source", sort=True):
+                if source in shown:
+                    series[str(unit), str(source)] = part
         layout = ("readings", tuple(units), tuple(series))
         if layout != self._layout:
             self._reset(ax, len(units))
@@ -246,16 +309,20 @@ class _DefaultPlotter:
                         (self._lines[u, source],) = axis.plot(
                             rows["timestamp"].to_numpy(), rows["value"].to_numpy(), label=source, linewidth=1.2
                         )
-                axis.set_ylabel(unit or "value")
+                axis.set_ylabel(unit_label(unit))
                 axis.grid(True, alpha=0.3)
                 axis.legend(loc="upper left", fontsize="x-small", ncol=2, frameon=False)
-                _format_time_axis(axis)
+                format_time_axis(axis)
             self._axes[-1].set_xlabel("time (UTC)")
             self._layout = layout
         else:
             for key, rows in series.items():
                 self._lines[key].set_data(rows["timestamp"].to_numpy(), rows["value"].to_numpy())
             self._rescale()
+        parts = []
+        if hidden_units:
+            parts.append(f"{len(hidden_units)} unit{'s' if len(hidden_units) > 1 else ''} ({', '.join(map(unit_label, hidden_units))})")
+        self._say_left_out("; ".join(parts + hidden_sources))
 
     def _draw_counts(self, df: pd.DataFrame, ax: Any) -> None:
         from .analysis import bucket
@@ -263,7 +330,8 @@ class _DefaultPlotter:
         ts = df["timestamp"]
         freq = choose_freq((ts.max() - ts.min()).total_seconds())
         counts = _as_wide_counts(bucket(df, freq, by="source"))
-        sources = [s for s in _busiest_sources(df) if s in counts.columns]
+        busiest, others = _busiest_sources(df)
+        sources = [s for s in busiest if s in counts.columns]
         layout = ("counts", freq, tuple(sources))
         if layout != self._layout:
             self._reset(ax)
@@ -277,7 +345,7 @@ class _DefaultPlotter:
             axis.grid(True, alpha=0.3)
             if sources:
                 axis.legend(loc="upper left", fontsize="x-small", ncol=2, frameon=False)
-            _format_time_axis(axis)
+            format_time_axis(axis)
             axis.set_ylim(bottom=0)
             self._layout = layout
         else:
@@ -285,6 +353,7 @@ class _DefaultPlotter:
                 self._lines["", source].set_data(_naive_utc(counts.index), counts[source].to_numpy())
             self._rescale()
             self._axes[0].set_ylim(bottom=0)
+        self._say_left_out(f"{others} quieter source{'s' if others > 1 else ''}" if others else "")
 
     def _rescale(self) -> None:
         for axis in self._axes:
@@ -299,12 +368,32 @@ def _as_wide_counts(counted: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _format_time_axis(ax: Any) -> None:
+def format_time_axis(ax: Any) -> None:
+    """Readable time ticks on ``ax``'s x axis: ``10:57``, ``:05``, ``:10`` with the date once, not ``57:12.000000``."""
     import matplotlib.dates as mdates
 
-    locator = mdates.AutoDateLocator(maxticks=6)
+    # minticks=3: a span of a few minutes is ticked in minutes, not in more seconds than fit
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+
+
+def _has_default_date_ticks(ax: Any) -> bool:
+    """Whether ``ax`` shows times on x with matplotlib's default formatter (a plot function left it)."""
+    import matplotlib.dates as mdates
+
+    return isinstance(ax.xaxis.get_major_formatter(), mdates.AutoDateFormatter)
+
+
+def _fit_margins(fig: Any, *, suptitle: bool) -> None:
+    """Fixed margins, in inches, that leave room for the axes' titles and the figure's:
+    a layout engine would double the cost of every redraw."""
+    height = fig.get_figheight()
+    titled = any(a.get_title() or a.get_title("left") or a.get_title("right") for a in fig.axes)
+    top_inches = 0.12 + (0.3 if titled else 0.0) + (0.32 if suptitle else 0.0)
+    bottom_inches = 0.5
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=min(bottom_inches / height, 0.3),
+                        top=max(1 - top_inches / height, 0.5), hspace=0.15 if not titled else 0.45)
 
 
 # --------------------------------------------------------------------------- the view
@@ -411,20 +500,38 @@ class LiveView:
         return self._stopped
 
     def pause(self) -> None:
-        """Stop redrawing and freeze the frame (events keep arriving into its buffer)."""
-        self._paused = True
+        """Stop redrawing and freeze the frame (events keep arriving into its buffer).
+
+        Only a running frame pauses: on a stopped, ended or failed one nothing changes.
+        """
         self.live.pause()
-        if self.pause_button is not None:
-            self.pause_button.description, self.pause_button.icon = "Resume", "play"
+        self._paused = self.live.state == "paused"
         self._update_status()
 
     def resume(self) -> None:
         """Redraw again, starting with what arrived while paused."""
         self._paused = False
         self.live.resume()
-        if self.pause_button is not None:
-            self.pause_button.description, self.pause_button.icon = "Pause", "pause"
         self._update_status()
+
+    @property
+    def _finished(self) -> bool:
+        return self._stopped or self.live.state in ("stopped", "ended", "failed")
+
+    def _sync_controls(self) -> None:
+        """The buttons as the frame is: Pause/Resume while it runs, both disabled once it is over."""
+        if self.pause_button is None:
+            return
+        finished = self._finished
+        if finished:
+            self._paused = False
+        label = ("Resume", "play", "show what arrived and carry on") if self._paused else (
+            "Pause", "pause", "freeze the plot and the frame")
+        for button, value in ((self.pause_button, not finished), (self.stop_button, not finished)):
+            if button.disabled == value:
+                button.disabled = not value
+        if (self.pause_button.description, self.pause_button.icon, self.pause_button.tooltip) != label:
+            self.pause_button.description, self.pause_button.icon, self.pause_button.tooltip = label
 
     def stop(self) -> None:
         """Stop the timer (and the frame, with ``stop_frame``), after one last redraw."""
@@ -440,8 +547,6 @@ class LiveView:
         if self.mode == "widget":
             self._paused = False
             self.update(force=True)
-            self.pause_button.disabled = True
-            self.stop_button.disabled = True
 
     def close(self) -> None:
         """Stop, and close the widgets (they disappear from the notebook)."""
@@ -484,11 +589,13 @@ class LiveView:
             else:
                 fig.clear()
                 self.plot(df, fig.add_subplot())
+                for axis in fig.axes:
+                    if _has_default_date_ticks(axis):
+                        format_time_axis(axis)
             if self.title:
                 fig.suptitle(self.title)
             if self._layout is None:
-                # fixed margins: a layout engine would double the cost of every redraw
-                fig.subplots_adjust(left=0.1, right=0.98, bottom=0.14, top=0.92 if self.title else 0.96, hspace=0.15)
+                _fit_margins(fig, suptitle=bool(self.title))
         except Exception as exc:  # a broken plot function must not stop the view
             self.last_error = exc
             self._plotter = None
@@ -520,23 +627,29 @@ class LiveView:
 
     # ------------------------------------------------------------------ status
     def status_text(self) -> str:
-        """The status line as plain text."""
-        status = self.live.status()
+        """The status line as plain text: the frame's :class:`~theia_frames.live.LiveStatus`,
+        then the view's own counters and a plot error, if any."""
+        return self._status_text(self.live.status())
+
+    def _status_text(self, status: Any) -> str:
         text = str(status)
         if self.mode == "widget":
             text += f" · {self.redraws:,} redraws"
         if self._paused and status.state == "running":
             text = "paused (view) · " + text
+        left_out = self._plotter.left_out if self._plotter is not None and self.plot is None else ""
+        if left_out:
+            text += f" · not drawn: {left_out}"
         if self.last_error is not None:
             text += f" · plot error: {type(self.last_error).__name__}: {self.last_error}"
         return text
 
     def _status_html(self) -> str:
-        state = self.live.state
-        colour = {"running": "#2e7d32", "paused": "#f9a825", "failed": "#c62828"}.get(state, "#616161")
+        status = self.live.status()
+        colour = _PHASE_COLOURS.get(status.phase, "#616161")
         return (
-            f'<span style="color:{colour}">&#9679;</span> '
-            f'<span style="font-family:monospace">{html.escape(self.status_text())}</span>'
+            f'<span style="color:{colour}" title="{html.escape(status.phase)}">&#9679;</span> '
+            f'<span style="font-family:monospace">{html.escape(self._status_text(status))}</span>'
         )
 
     def _update_status(self) -> None:
@@ -544,6 +657,7 @@ class LiveView:
             value = self._status_html()
             if value != self.status_line.value:
                 self.status_line.value = value
+        self._sync_controls()
 
     # ------------------------------------------------------------------ display
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
