@@ -478,7 +478,7 @@ def test_every_failed_attempt_is_counted(tmp_path):
         wait_until(lambda: live.status().phase == "reconnecting", what="the drop")
         seen: list = []
         stream = live._stream
-        deadline = time.monotonic() + 1.5
+        deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
             error = stream.last_error
             if not seen or seen[-1] is not error:

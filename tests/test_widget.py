@@ -443,3 +443,19 @@ def test_a_custom_plot_keeps_its_title_and_readable_time_ticks(live, sender):
         assert labels and not any(".000" in label for label in labels), labels
     finally:
         view.stop()
+
+
+def test_the_title_of_the_view_survives_a_new_layout(live, sender):
+    view = live.widget(mode="widget", every=0.02, title="sensors")
+    try:
+        assert live.wait_for(send_readings(sender, 60))  # three units: the panels are laid out again
+        wait_until(lambda: view._drawn_version == live.version, what="a redraw")
+        with view._draw_lock:
+            fig = view._figure
+            assert len(fig.axes) == 3
+            assert fig._suptitle is not None and fig._suptitle in fig.texts
+            assert fig._suptitle.get_text() == "sensors"
+            renderer = fig.canvas.get_renderer()
+            assert fig._suptitle.get_window_extent(renderer).y1 <= fig.bbox.y1
+    finally:
+        view.stop()

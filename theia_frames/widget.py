@@ -75,7 +75,7 @@ _PHASE_COLOURS = {
     "failed": "#c62828",
 }
 # How a unit reads on an axis, where the content's unit is short for it.
-_UNIT_LABELS = {"C": "°C", "F": "°F", "K": "K", "degC": "°C", "degF": "°F"}
+_UNIT_LABELS = {"C": "°C", "F": "°F", "degC": "°C", "degF": "°F"}
 
 
 def in_kernel() -> bool:
@@ -200,8 +200,8 @@ def default_plot(df: pd.DataFrame, ax: Any, *, max_points: int = 1000) -> str:
     """Draw numeric readings per source over time, or event counts per time bucket per source.
 
     Readings with several units get one panel each, in name order (the figure
-    of ``ax`` is split, and made taller by a panel's height for each beyond
-    two; at most eight units, the most frequent). At most ``max_points`` points
+    of ``ax`` is split, and made taller where the panels need it, about 1.6
+    inches each; at most eight units, the most frequent). At most ``max_points`` points
     per source are drawn, evenly spread, and at most ten sources per panel
     (the busiest). What is left out is said on the figure and returned (``""``
     when everything is drawn).
@@ -268,8 +268,8 @@ class _DefaultPlotter:
         else:
             fig.clear()
             self._axes = list(fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0])
-        for text in list(fig.texts):
-            text.remove()
+        if self._note is not None and self._note in fig.texts:
+            self._note.remove()  # the single-panel path keeps the figure, and its note
         self._note = None
         self._lines = {}
 
