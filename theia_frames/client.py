@@ -1990,13 +1990,12 @@ class Client:
                     if chunk.nbytes > SEND_BATCH_BYTES:
                         pc = _pa().compute
                         row_bytes = sum(pc.binary_length(chunk.column(k)).to_numpy(zero_copy_only=False) for k in (0, 2, 3, 4))
-                        ends = itertools.accumulate(int(n) + 8 for n in row_bytes)
                         pieces, begin, used = [], 0, 0
-                        for row, end in enumerate(ends):
-                            if end - used > SEND_BATCH_BYTES and row > begin:
+                        for row, size in enumerate(row_bytes.tolist()):
+                            if used + size + 8 > SEND_BATCH_BYTES and row > begin:
                                 pieces.append(chunk.slice(begin, row - begin))
-                                begin, used = row, prev
-                            prev = end
+                                begin, used = row, 0
+                            used += size + 8
                         pieces.append(chunk.slice(begin))
                     for batch in pieces:
                         conn = self._event_connection()
