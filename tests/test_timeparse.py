@@ -164,3 +164,16 @@ def test_the_cli_takes_minutes_as_the_readme_writes_them(collector):
             capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
         )
         assert done.returncode == 0, (start, done.stderr)
+
+
+def test_the_grammar_is_free_of_argparse_and_the_adapters_use_it():
+    import ast
+
+    tree = ast.parse((ROOT / "theia_frames" / "timeparse.py").read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "argparse" not in imported
+    with pytest.raises(__import__("argparse").ArgumentTypeError, match="invalid time 'soon'"):
+        argtypes.time_arg("soon")
+    with pytest.raises(__import__("argparse").ArgumentTypeError, match="invalid duration '-5s': must not be negative"):
+        argtypes.duration_arg("-5s")
