@@ -202,8 +202,8 @@ def test_find_csv_and_jsonl_keep_every_field(upstream, capsys):
     upstream.events.extend(sorted([*make_events(2), odd], key=lambda e: e.timestamp))
     run(["find", "--url", upstream.url, *IDLE, "--format", "csv"])
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
-    assert rows[0] == ["id", "timestamp", "source", "tags", "content"]
-    assert rows[2] == ["ü", "2023-11-14T22:13:20.125000Z", "/a:b", "x,y", 'multi\nline, "quoted"']
+    assert rows[0] == ["timestamp", "source", "tags", "content", "id"]
+    assert rows[2] == ["2023-11-14T22:13:20.125000Z", "/a:b", "x,y", 'multi\nline, "quoted"', "ü"]
     run(["find", "--url", upstream.url, *IDLE, "--format", "jsonl", "--start", str(BASE + 0.1)])
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert records[0] == {"id": "ü", "timestamp": "2023-11-14T22:13:20.125000Z", "source": "/a:b",

@@ -194,7 +194,7 @@ def test_the_stream_writer_of_no_events_still_writes_a_valid_output():
 
     out = io.BytesIO()
     export.EventWriter(out, "csv").close()
-    assert out.getvalue() == b'"id","timestamp","source","tags","content"\n'
+    assert out.getvalue() == b'"timestamp","source","tags","content","id"\n'
     with pytest.raises(UsageError, match="unknown export format"):
         export.EventWriter(io.BytesIO(), "xlsx")
 

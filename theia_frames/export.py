@@ -261,8 +261,8 @@ class EventWriter:
     ...     writer.write(events_to_batch([Event(id="a", timestamp=1.5, tags=["x", "y"], content="21.5C")]))
     1
     >>> print(out.getvalue().decode())
-    "id","timestamp","source","tags","content"
-    "a","1970-01-01T00:00:01.500000Z","","x,y","21.5C"
+    "timestamp","source","tags","content","id"
+    "1970-01-01T00:00:01.500000Z","","x,y","21.5C","a"
     <BLANKLINE>
     """
 
