@@ -1154,8 +1154,10 @@ def test_live_close_from_another_thread_with_the_collector(collector):
 def test_collector_stopped_in_the_middle_of_a_find_raises(batch):
     from theia_frames.collector import serve
 
-    n = 60_000
-    # small batches: the find is still being sent when the collector stops
+    n = 200_000
+    # small batches, and a reader that waits for the stop: the find is still
+    # being sent (held up by the unread socket) when the collector stops,
+    # whatever the loopback buffers can hold
     collector = serve(db=":memory:", port=0, find_batch_rows=1_000)
     try:
         with Client(collector.url) as client:
@@ -1167,12 +1169,13 @@ def test_collector_stopped_in_the_middle_of_a_find_raises(batch):
         assert got < n
         stopper = threading.Thread(target=collector.stop)
         stopper.start()
+        stopper.join(30)
+        assert not stopper.is_alive()
         with pytest.raises(ConnectionClosed) as info:
             for b in batches:
                 got += b.num_rows
         assert got < n and not result.complete
         assert info.value.code != 1000 and collector.url in str(info.value)
-        stopper.join(30)
     finally:
         collector.stop()
 
