@@ -42,7 +42,7 @@ from .accessor import TheiaAccessor
 from .event import Event  # noqa: F401  (used by the doctests)
 from .exceptions import UsageError
 from .timeparse import to_seconds
-from .frames import EVENT_COLUMNS, _categories, to_dataframe  # noqa: F401
+from .frames import EVENT_COLUMNS, sorted_categories, to_dataframe  # noqa: F401
 
 __all__ = [
     "bucket",
@@ -311,7 +311,7 @@ def _is_listlike(value: Any) -> bool:
 
 def _explode_positions(df: pd.DataFrame) -> dict[str, Any]:
     rows, values = _tag_arrays(df)
-    tag = pd.Series(_categories(pa.chunked_array([values], type=pa.string())).to_pandas(), name="tag")
+    tag = pd.Series(sorted_categories(pa.chunked_array([values], type=pa.string())).to_pandas(), name="tag")
     return {"row": rows, "tag": tag}
 
 

@@ -48,7 +48,16 @@ import pyarrow.compute as pc
 from .batch import event_schema
 from .event import Event  # noqa: F401  (used by the doctests)
 from .exceptions import UsageError
-from .frames import EVENT_COLUMNS, _categories, _frame_table, _table_to_pandas, _tag_lists, iter_tables, to_dataframe  # noqa: F401
+from .frames import (  # noqa: F401  (to_dataframe: the doctests)
+    EVENT_COLUMNS,
+    empty_frame,
+    frame_table,
+    iter_tables,
+    sorted_categories,
+    table_to_frame,
+    tag_lists,
+    to_dataframe,
+)
 
 __all__ = ["write_events", "read_events", "EventWriter", "FORMATS", "format_for"]
 
@@ -110,9 +119,9 @@ def _event_chunks(source: Any, rows: int, progress: bool | None) -> Generator[pa
     got_any = False
     for table in iter_tables(source, rows, progress=progress):
         got_any = True
-        yield _frame_table(table)
+        yield frame_table(table)
     if not got_any:
-        yield _frame_table(event_schema().empty_table())
+        yield frame_table(event_schema().empty_table())
 
 
 def _plain(table: pa.Table) -> pa.Table:
@@ -276,7 +285,7 @@ class EventWriter:
     def write(self, events: pa.RecordBatch | pa.Table) -> int:
         """Write a batch (or table) of events; returns how many."""
         table = events if isinstance(events, pa.Table) else pa.Table.from_batches([events])
-        return self._write_frame_table(_frame_table(table))
+        return self._write_frame_table(frame_table(table))
 
     def _write_frame_table(self, table: pa.Table) -> int:
         self._sink.write(table)
@@ -289,7 +298,7 @@ class EventWriter:
     def close(self) -> None:
         """Finish the output (a Parquet footer, a CSV header when nothing was written)."""
         if not self._written:
-            self._sink.write(_frame_table(event_schema().empty_table()))
+            self._sink.write(frame_table(event_schema().empty_table()))
             self._written = True
         self._sink.close()
         if self._stream is not None:
@@ -362,11 +371,11 @@ def _to_frame_types(table: pa.Table) -> pa.Table:
             if pa.types.is_timestamp(column.type):
                 column = column.cast(pa.timestamp("ns", tz="UTC"))
         elif name == "source":
-            column = _categories(column.cast(pa.string()))
+            column = sorted_categories(column.cast(pa.string()))
         elif name == "tags":
             if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t):
                 column = pa.chunked_array(
-                    [_tag_lists(c.cast(pa.string())) for c in column.chunks], type=pa.list_(pa.string())
+                    [tag_lists(c.cast(pa.string())) for c in column.chunks], type=pa.list_(pa.string())
                 )
             else:
                 column = column.cast(pa.list_(pa.string()))
@@ -407,8 +416,6 @@ def read_events(path: str | os.PathLike[str], *, format: str | None = None) -> p
             import pyarrow.json as pjson
 
             if target.stat().st_size == 0:
-                from .frames import empty_frame
-
                 return empty_frame()
             schema = pa.schema(
                 [("timestamp", pa.string()), ("source", pa.string()), ("tags", pa.list_(pa.string())),
@@ -417,4 +424,4 @@ def read_events(path: str | os.PathLike[str], *, format: str | None = None) -> p
             table = pjson.read_json(target, parse_options=pjson.ParseOptions(explicit_schema=schema))
     except (pa.ArrowInvalid, OSError) as exc:
         raise UsageError(f"cannot read {str(target)!r} as {fmt}: {exc}") from exc
-    return _table_to_pandas(_to_frame_types(table))
+    return table_to_frame(_to_frame_types(table))

@@ -65,6 +65,13 @@ __all__ = [
     "show_progress_default",
     "to_event_table",
     "EVENT_FIELDS",
+    "frame_columns",
+    "frame_table",
+    "table_to_frame",
+    "tag_lists",
+    "sorted_categories",
+    "with_progress",
+    "finish_frame",
 ]
 
 #: The columns of an event frame, in order: the time first, as time-series tools lead, the id last.
@@ -154,8 +161,13 @@ def _split_tags(text: pa.Array) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
-def _tag_lists(text: pa.Array) -> pa.Array:
-    """Comma-joined tag text as lists of tags; ``""`` (and a missing value) is no tags."""
+def tag_lists(text: pa.Array) -> pa.Array:
+    """Comma-joined tag text (an Arrow string array) as lists of tags, the
+    frame's ``tags`` column; ``""`` (and a missing value) is no tags.
+
+    >>> tag_lists(pa.array(["a,b", "", None])).to_pylist()
+    [['a', 'b'], [], []]
+    """
     if text.null_count:
         text = pc.fill_null(text, "")
     # Tag sets repeat from event to event: splitting the distinct texts once and
@@ -168,8 +180,13 @@ def _tag_lists(text: pa.Array) -> pa.Array:
     return _split_tags(text)
 
 
-def _categories(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """``column`` dictionary-encoded with one sorted dictionary (as ``pd.Categorical`` sorts)."""
+def sorted_categories(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``column`` dictionary-encoded with one sorted dictionary (as ``pd.Categorical`` sorts),
+    the Arrow form of a frame's ``category`` column.
+
+    >>> sorted_categories(pa.chunked_array([["b", "a"], ["c", "a"]])).to_pandas().cat.categories.tolist()
+    ['a', 'b', 'c']
+    """
     return _unified_categories([pc.dictionary_encode(c) for c in column.chunks])
 
 
@@ -240,7 +257,7 @@ class _Converter:
             if name == "timestamp":
                 out = _timestamps(column)
             elif name == "tags":
-                out = _tag_lists(column)
+                out = tag_lists(column)
             elif name == "source":
                 out = pc.dictionary_encode(column)
             else:
@@ -266,14 +283,17 @@ class _Converter:
         return pa.Table.from_arrays(arrays, names=list(self.columns))
 
 
-def _frame_table(table: pa.Table, columns: Sequence[str] = EVENT_COLUMNS) -> pa.Table:
-    """A table with the event schema as a table of the frame's Arrow types (``columns`` only)."""
+def frame_table(table: pa.Table, columns: Sequence[str] = EVENT_COLUMNS) -> pa.Table:
+    """A table with the event schema as a table of the frame's Arrow types
+    (``columns`` only): what :func:`table_to_frame` makes the event frame of."""
     converter = _Converter(columns, own=False, large_strings=False)
     converter.add(table)
     return converter.table()
 
 
-def _table_to_pandas(table: pa.Table) -> pd.DataFrame:
+def table_to_frame(table: pa.Table) -> pd.DataFrame:
+    """A table of the frame's Arrow types (see :func:`frame_table`) as the event frame,
+    its text and list columns kept in Arrow (the dtypes of :data:`EVENT_DTYPES`)."""
     return table.to_pandas(types_mapper=_types_mapper)
 
 
@@ -284,7 +304,7 @@ def _convert_batches(
     for item in batches:
         converter.add(item)
         del item  # converted: a received message is released as the next one arrives
-    return _table_to_pandas(converter.table())
+    return table_to_frame(converter.table())
 
 
 def batches_to_dataframe(
@@ -327,7 +347,26 @@ def empty_frame(columns: Sequence[str] | None = None) -> pd.DataFrame:
     return batches_to_dataframe([], columns=columns)
 
 
-def _check_columns(columns: Sequence[str] | None) -> tuple[str, ...]:
+def frame_columns(columns: Sequence[str] | str | None, index: Any = None) -> tuple[str, ...]:
+    """The event columns a frame is built of, for the ``columns`` and ``index``
+    options of :func:`to_dataframe` (``index="timestamp"`` needs the timestamp).
+
+    >>> frame_columns(None), frame_columns("source", "timestamp")
+    (('timestamp', 'source', 'tags', 'content', 'id'), ('timestamp', 'source'))
+    >>> frame_columns(["source", "nope"])
+    Traceback (most recent call last):
+    ...
+    theia_frames.exceptions.UsageError: unknown event columns ['nope']; the columns are ['timestamp', 'source', 'tags', 'content', 'id']
+    """
+    cols = _check_columns(columns)
+    if index is None:
+        return cols
+    if index != "timestamp":
+        raise UsageError(f"index must be None or 'timestamp', got {index!r}")
+    return cols if "timestamp" in cols else ("timestamp", *cols)
+
+
+def _check_columns(columns: Sequence[str] | str | None) -> tuple[str, ...]:
     if columns is None:
         return EVENT_COLUMNS
     if isinstance(columns, str):
@@ -432,9 +471,11 @@ def show_progress_default() -> bool:
         return False
 
 
-def _with_progress(
+def with_progress(
     batches: Iterator[pa.RecordBatch | pa.Table], progress: bool | None, desc: str = "events"
 ) -> Iterator[pa.RecordBatch | pa.Table]:
+    """``batches`` as they come, counted on a progress bar: the ``progress`` option of
+    :func:`to_dataframe` (``None``: only where a person watches and the query takes a while)."""
     delay = 0.0
     if progress is None:
         progress = show_progress_default()
@@ -459,7 +500,9 @@ def _with_progress(
 # --------------------------------------------------------------------------- public
 
 
-def _finish(df: pd.DataFrame, index: Literal["timestamp"] | None, tz: Any) -> pd.DataFrame:
+def finish_frame(df: pd.DataFrame, index: Literal["timestamp"] | None, tz: Any) -> pd.DataFrame:
+    """``df`` with the ``index`` and ``tz`` options of :func:`to_dataframe` applied
+    (its columns checked by :func:`frame_columns` first)."""
     if tz is not None and "timestamp" in df.columns:
         df["timestamp"] = df["timestamp"].dt.tz_convert(tz)
     if index is not None:
@@ -467,12 +510,6 @@ def _finish(df: pd.DataFrame, index: Literal["timestamp"] | None, tz: Any) -> pd
     return df
 
 
-def _check_index(index: Any, columns: tuple[str, ...]) -> tuple[str, ...]:
-    if index is None:
-        return columns
-    if index != "timestamp":
-        raise UsageError(f"index must be None or 'timestamp', got {index!r}")
-    return columns if "timestamp" in columns else ("timestamp", *columns)
 
 
 def to_dataframe(
@@ -511,16 +548,16 @@ def to_dataframe(
     >>> to_dataframe([]).shape
     (0, 5)
     """
-    cols = _check_index(index, _check_columns(columns))
+    cols = frame_columns(columns, index)
     batches = _source_batches(source)
     try:
         # A stream's batches are received messages: the frame takes copies, so each
         # message is released once converted.
         own = callable(getattr(source, "iter_batches", None))
-        df = _convert_batches(_with_progress(batches, progress), cols, own=own)
+        df = _convert_batches(with_progress(batches, progress), cols, own=own)
     finally:
         batches.close()
-    return _finish(df, index, tz)
+    return finish_frame(df, index, tz)
 
 
 def _rebatch(batches: Iterable[pa.RecordBatch | pa.Table], rows: int) -> Iterator[pa.Table]:
@@ -554,7 +591,7 @@ def iter_tables(
         raise UsageError(f"chunk_size must be a positive number of events, got {chunk_size!r}")
     batches = _source_batches(source)
     try:
-        yield from _rebatch(_with_progress(batches, progress), chunk_size)
+        yield from _rebatch(with_progress(batches, progress), chunk_size)
     finally:
         batches.close()
 
@@ -578,9 +615,9 @@ def iter_dataframes(
     >>> [len(f) for f in iter_dataframes(evs, chunk_size=2)]
     [2, 2, 1]
     """
-    cols = _check_index(index, _check_columns(columns))
+    cols = frame_columns(columns, index)
     for table in iter_tables(source, chunk_size, progress=progress):
-        yield _finish(_table_to_pandas(_frame_table(table, cols)), index, tz)
+        yield finish_frame(table_to_frame(frame_table(table, cols)), index, tz)
 
 
 # --------------------------------------------------------------------------- the way back

@@ -68,7 +68,7 @@ from .batch import columns_to_batch, event_schema
 from .codec import EventColumns, StreamDecoder
 from .event import Event  # noqa: F401  (used by the doctests)
 from .exceptions import UsageError
-from .frames import _check_columns, _check_index, _finish, _with_progress, batches_to_dataframe
+from .frames import batches_to_dataframe, finish_frame, frame_columns, with_progress
 from .timeparse import to_epoch
 
 __all__ = [
@@ -423,10 +423,10 @@ def read_store(
     given), and a :class:`DamagedStoreWarning` lists the damaged regions. With
     ``strict=True`` the first damage raises :class:`~theia_frames.exceptions.DecodeError` instead.
     """
-    cols = _check_index(index, _check_columns(columns))
+    cols = frame_columns(columns, index)
     report = report if report is not None else StoreReport()
     batches = list(
-        _with_progress(
+        with_progress(
             iter_store_batches(path, start=start, end=end, strict=strict, report=report, max_event_size=max_event_size),
             progress,
         )
@@ -440,7 +440,7 @@ def read_store(
     df = batches_to_dataframe(batches, columns=cols)
     if not report.ok:
         warnings.warn(DamagedStoreWarning(report.summary()), stacklevel=2)
-    df = _finish(df, index, tz)
+    df = finish_frame(df, index, tz)
     df.attrs["theia_report"] = report
     return df
 
