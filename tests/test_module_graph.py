@@ -1,7 +1,8 @@
-"""The module graph of the package: no module using another's private names.
+"""The module graph of the package: no import cycles, no module using another's private names.
 
 Both are read from the source (the AST of every module), not from what happens
-to be imported at run time, so an import inside a function is found all the same.
+to be imported at run time, so a cycle that only a rare import order would
+trip over is found all the same.
 """
 
 from __future__ import annotations
@@ -88,6 +89,55 @@ def import_graph() -> dict[str, set[str]]:
                 if module != name:
                     edges.add(module)
     return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_checker_sees_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+    tree = ast.parse("import os\nif TYPE_CHECKING:\n    from .live import LiveFrame\ndef f():\n    from .client import Client\n")
+    imports = module_level_imports(tree)
+    assert [targets("theia_frames.widget", n) for n in imports] == [[], [("theia_frames.live", "LiveFrame")]]
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    assert "theia_frames.frames" in graph["theia_frames.export"]  # the graph is read at all
+    assert cycles(graph) == [], "modules that import each other (at module level)"
 
 
 def test_no_module_imports_another_modules_private_names():

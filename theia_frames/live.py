@@ -64,9 +64,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import pyarrow as pa
 
-    from .widget import LiveView
-
-__all__ = ["LiveFrame", "LiveStatus", "EventBuffer", "State", "Phase", "BatchHook", "parse_window", "in_words"]
+__all__ = [
+    "LiveFrame", "LiveStatus", "EventBuffer", "State", "Phase", "BatchHook", "FrameView", "parse_window", "in_words",
+]
 
 State = Literal["new", "running", "paused", "stopped", "ended", "failed"]
 #: What a user needs to know, which :attr:`LiveStatus.phase` says: ``running`` is
@@ -409,6 +409,36 @@ class LiveStatus:
 # --------------------------------------------------------------------------- the live frame
 
 
+class FrameView(Protocol):
+    """What :meth:`LiveFrame.widget` returns, as this module knows it: the
+    :class:`~theia_frames.widget.LiveView` of the frame.
+
+    The view is built on the frame (:mod:`theia_frames.widget` imports this
+    module), so the frame names only what a view of it offers.
+    """
+
+    live: LiveFrame
+    redraws: int
+    png: bytes
+    last_error: BaseException | None
+
+    @property
+    def paused(self) -> bool: ...
+
+    @property
+    def stopped(self) -> bool: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def update(self, force: bool = False) -> bool: ...
+
+
 class _Receiver(Protocol):
     def receive(self, filter: EventFilter) -> Any: ...
 
@@ -734,7 +764,7 @@ class LiveFrame:
             self._drain_stream_errors_locked()
             return list(self._errors)
 
-    def widget(self, plot: Callable[[Any, Any], Any] | None = None, every: DurationLike = 0.5, **options: Any) -> LiveView:
+    def widget(self, plot: Callable[[Any, Any], Any] | None = None, every: DurationLike = 0.5, **options: Any) -> FrameView:
         """A live view of this frame: a status line, pause/resume and stop buttons, and a plot.
 
         See :class:`~theia_frames.widget.LiveView` (``plot(df, ax)`` replaces

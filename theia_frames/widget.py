@@ -42,12 +42,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .exceptions import MissingDependencyError, UsageError
 from .filter import EventFilter
+from .live import LiveFrame
 from .timeparse import DurationLike, to_seconds
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-
-    from .live import LiveFrame
 
 __all__ = ["LiveView", "live_plot", "default_plot", "in_kernel", "choose_freq", "unit_label", "format_time_axis"]
 
@@ -693,8 +692,6 @@ def live_plot(
 
     >>> view = live_plot("ws://127.0.0.1:6433", {"tags": ["sensor"]}, window="10min")  # doctest: +SKIP
     """
-    from .live import LiveFrame
-
     if max_rows is None and window is None:
         max_rows = 100_000
     live = LiveFrame(client_or_url, filter, max_rows=max_rows, window=window, client_options=client_options)
