@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -199,7 +199,7 @@ def bucket(
     # Lay out the buckets once for all events, then place each event by time:
     # resample knows the calendar (local midnights, DST) and the anchoring.
     try:
-        edges = pd.Series(0, index=times).resample(_frequency(freq)).size().index
+        edges = cast(pd.DatetimeIndex, pd.Series(0, index=times).resample(_frequency(freq)).size().index)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"invalid bucket frequency {freq!r}: {exc}") from exc
     edges = edges.rename("bucket")
@@ -209,11 +209,10 @@ def bucket(
     if by is None:
         name = "count" if value is None else value
         if values is None:
-            out = pd.DataFrame({name: np.bincount(slot, minlength=n).astype(np.int64)}, index=edges)
-            return out
-        out = _aggregate(values, [slot], agg)
-        out = out.reindex(range(n), fill_value=0) if agg == "count" else out.reindex(range(n))
-        return pd.DataFrame({name: out.to_numpy()}, index=edges)
+            return pd.DataFrame({name: np.bincount(slot, minlength=n).astype(np.int64)}, index=edges)
+        per_slot = _aggregate(values, [slot], agg)
+        per_slot = per_slot.reindex(range(n), fill_value=0) if agg == "count" else per_slot.reindex(range(n))
+        return pd.DataFrame({name: per_slot.to_numpy()}, index=edges)
 
     if by == "tag" and "tag" not in df.columns:
         _require(df, ["tags"], what)
@@ -541,6 +540,7 @@ def timeline(df: pd.DataFrame, *, gap: Any = None) -> pd.DataFrame:
         t = part["t"].to_numpy()
         d = part["d"].dropna().to_numpy()
         span = int(t[-1] - t[0])
+        limit: float
         if gap_d is not None:
             limit = gap_d.value
         else:

@@ -126,7 +126,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Union, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import websocket
@@ -375,7 +375,8 @@ class _Connection:
         max_fragments: int = DEFAULT_MAX_FRAGMENTS,
     ) -> None:
         self.ws = ws
-        self.sock: socket.socket = ws.sock
+        # open: the handshake has just finished (websocket-client types it as maybe gone)
+        self.sock: socket.socket = cast(socket.socket, ws.sock)
         self.url = url
         self.negotiated = negotiated
         self.timeout = timeout

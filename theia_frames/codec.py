@@ -630,6 +630,8 @@ def error_text(message: Buffer | str) -> str | None:
     'Missing start timestamp'
     >>> error_text(b"event: 1 1 0") is None
     True
+    >>> error_text(memoryview(b'{"error": "Missing start timestamp"}'))
+    'Missing start timestamp'
     """
     if isinstance(message, str):
         if not message.lstrip().startswith("{"):
@@ -638,7 +640,7 @@ def error_text(message: Buffer | str) -> str | None:
         if not bytes(message[:64]).lstrip().startswith(b"{"):
             return None
     try:
-        obj = json.loads(message)
+        obj = json.loads(message if isinstance(message, (str, bytes, bytearray)) else bytes(message))
     except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(obj, dict) or "error" not in obj:

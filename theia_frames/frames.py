@@ -41,7 +41,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -397,7 +397,7 @@ def _event_batches(first: Event, rest: Iterator[Any]) -> Iterator[pa.RecordBatch
         yield columns_to_batch(cols)
 
 
-def _source_batches(source: Any) -> Iterator[pa.RecordBatch | pa.Table]:
+def _source_batches(source: Any) -> Generator[pa.RecordBatch | pa.Table, None, None]:
     """The Arrow batches of anything :func:`to_dataframe` accepts, lazily."""
     if isinstance(source, (pa.RecordBatch, pa.Table)):
         yield source

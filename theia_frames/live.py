@@ -783,6 +783,7 @@ class LiveFrame:
         if self._client is None:
             from .client import Client
 
+            assert self.url is not None  # a frame that owns its client was made with a URL
             self._client = Client(self.url, **self._client_options)
         stream = self._client.receive(self.filter, **self._receive_options)
         self._started = time.monotonic()

@@ -58,7 +58,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import pyarrow as pa
@@ -402,7 +402,7 @@ def read_store(
     strict: bool = False,
     report: StoreReport | None = None,
     sort: bool = True,
-    index: str | None = None,
+    index: Literal["timestamp"] | None = None,
     tz: Any = None,
     columns: Any = None,
     progress: bool | None = None,

@@ -52,6 +52,8 @@ __all__ = ["LiveView", "live_plot", "default_plot", "in_kernel", "choose_freq", 
 
 PlotFunction = Callable[["pd.DataFrame", Any], Any]
 Mode = Literal["auto", "widget", "text"]
+#: The layout engines of a matplotlib ``Figure`` (``None``: fixed margins, which redraw faster).
+Layout = Literal["constrained", "compressed", "tight"]
 
 # Time buckets the count plot chooses from, shortest first.
 _FREQS = (
@@ -156,7 +158,7 @@ def _readings(df: pd.DataFrame) -> pd.DataFrame | None:
 
     # Readings repeat ("21.5C"): match each distinct text once, then spread by code.
     codes, uniques = pd.factorize(df["content"], use_na_sentinel=True)
-    found = extract(pd.DataFrame({"content": pd.array(uniques, dtype=pd.StringDtype("pyarrow"))}), SENSOR_PATTERN)
+    found = extract(pd.DataFrame({"content": uniques.astype(pd.StringDtype("pyarrow"))}), SENSOR_PATTERN)
     if "value" not in found.columns or not len(found):
         return None
     value = pd.to_numeric(found["value"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
@@ -420,7 +422,7 @@ class LiveView:
         mode: Mode = "auto",
         figsize: tuple[float, float] = (8.0, 3.6),
         dpi: int = 96,
-        layout: str | None = None,
+        layout: Layout | None = None,
         max_points: int = 1000,
         stop_frame: bool = True,
         title: str | None = None,
