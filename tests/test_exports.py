@@ -55,6 +55,24 @@ def test_core_modules_are_reexported():
 CORE_INTERNAL = {"Ok", "ErrorMessage", "Message", "is_ok", "error_text", "excerpt", "Order", "Engine", "ENGINES"}
 
 
+def readme_names() -> list[str]:
+    """The names in the first column of the README's table of top-level names."""
+    import re
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Every top-level name", 1)[1].split("\n#", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return [name for row in rows for name in re.findall(r"`([^`]+)`", row.split(" | ")[0])]
+
+
+def test_all_is_what_the_readme_documents():
+    names = readme_names()
+    assert len(names) == len(set(names)), "a name listed twice"
+    exported, documented = set(theia_frames.__all__), set(names)
+    assert sorted(exported - documented) == [], "exported, not in the README's table"
+    assert sorted(documented - exported) == [], "in the README's table, not exported"
+
+
 def test_package_ships_py_typed():
     from importlib.resources import files
 
