@@ -22,12 +22,13 @@ when first needed.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .codec import EventColumns
 from .event import Event
-from .exceptions import DecodeError
+from .exceptions import DecodeError, shorten
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -45,10 +46,15 @@ __all__ = [
     "empty_batch",
     "iter_batch_events",
     "encode_batch",
+    "decoded_event_sizes",
+    "DEFAULT_MAX_DECODED",
 ]
 
 SUBPROTOCOL = "theia-frames.v1"
 ARROW_MARKER = b"\xff\xff\xff\xff"
+#: Most bytes one Arrow message's buffers may decode to, unless told otherwise
+#: (more than the largest message theia_frames' collector sends).
+DEFAULT_MAX_DECODED = 256 * 1024 * 1024
 
 _SCHEMA: Any = None
 
@@ -121,25 +127,154 @@ def batch_to_ipc(batch: pa.RecordBatch | pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def ipc_to_batches(message: bytes | bytearray | memoryview) -> list[pa.RecordBatch]:
-    """The record batches of one Arrow IPC stream message, checked against the event schema."""
+def ipc_to_batches(
+    message: bytes | bytearray | memoryview, *, max_decoded: int | None = DEFAULT_MAX_DECODED
+) -> list[pa.RecordBatch]:
+    """The record batches of one Arrow IPC stream message, checked against the event schema.
+
+    ``max_decoded`` bounds the bytes the message's buffers decode to (``None``:
+    no bound). Compressed buffers (LZ4, ZSTD) declare their size before their
+    data; the declared sizes are added up from the message headers *before*
+    anything is decompressed, so a small message that would decode to
+    gigabytes is refused without allocating them. Every error is a
+    :class:`~theia_frames.exceptions.DecodeError` of bounded length.
+    """
     pa = _pa()
+    batches: list[pa.RecordBatch] = []
+    decoded = 0
     try:
-        reader = pa.ipc.open_stream(pa.py_buffer(message))
-        batches = list(reader)
-        schema = reader.schema
-        # Full validation: offsets inside the data, strings valid UTF-8; a peer's bytes are not trusted.
-        for b in batches:
-            b.validate(full=True)
-    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
-        raise DecodeError(f"invalid Arrow batch ({exc})", message, 0) from None
-    if not schema.equals(event_schema()):
-        raise DecodeError(f"Arrow batch has an unexpected schema: {schema}", message, 0)
+        reader = pa.ipc.MessageReader.open_stream(pa.py_buffer(message))
+        first = reader.read_next_message()
+        if first.type != "schema":
+            raise DecodeError(f"invalid Arrow batch (the stream starts with a {first.type} message)", message, 0)
+        schema = pa.ipc.read_schema(first)
+        if not schema.equals(event_schema()):
+            raise DecodeError(f"Arrow batch has an unexpected schema: {_describe_schema(schema)}", message, 0)
+        for part in reader:
+            if part.type != "record batch":
+                raise DecodeError(f"invalid Arrow batch (a {part.type} message in a batch of events)", message, 0)
+            decoded += _decoded_size(part)
+            if max_decoded is not None and decoded > max_decoded:
+                raise DecodeError(
+                    f"Arrow batch decodes to more than {max_decoded} bytes (the limit on decoded bytes per message)",
+                    message,
+                    0,
+                )
+            batch = pa.ipc.read_record_batch(part, schema)
+            # Full validation: offsets inside the data, strings valid UTF-8; a peer's bytes are not trusted.
+            batch.validate(full=True)
+            batches.append(batch)
+    except StopIteration:
+        raise DecodeError("invalid Arrow batch (no schema)", message, 0) from None
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"invalid Arrow batch ({shorten(str(exc))})", message, 0) from None
     for b in batches:
         for name, column in zip(b.schema.names, b.columns):
             if column.null_count:
                 raise DecodeError(f"Arrow batch has missing values in column {name!r}", message, 0)
     return batches
+
+
+def decoded_event_sizes(batch: pa.RecordBatch) -> Any:
+    """The decoded bytes of each event of ``batch`` (its four text fields and the
+    8 bytes of its timestamp), as a numpy array."""
+    pc = _pa().compute
+    size = pc.binary_length(batch.column(0)).to_numpy(zero_copy_only=False).astype("int64") + 8
+    for i in (2, 3, 4):
+        size += pc.binary_length(batch.column(i)).to_numpy(zero_copy_only=False)
+    return size
+
+
+def _describe_schema(schema: pa.Schema) -> str:
+    # A schema of 60,000 columns must not be echoed back and logged whole.
+    names = schema.names
+    shown = ", ".join(f"{f.name}: {f.type}" for f in list(schema)[:8])
+    more = f", ... ({len(names)} fields)" if len(names) > 8 else ""
+    return shorten(shown + more)
+
+
+def _decoded_size(message: Any) -> int:
+    """The bytes the buffers of an Arrow record batch message decode to, read from
+    its metadata (a flatbuffer) and, for compressed buffers, from the length
+    each one declares before its data; nothing is decompressed.
+
+    The metadata is an ``org.apache.arrow.flatbuf.Message`` whose header is a
+    ``RecordBatch``: field 2 lists the body's buffers (offset, length), field 3
+    is present when the buffers are compressed; a compressed buffer starts
+    with its uncompressed length (int64, -1 for "stored uncompressed").
+    """
+    meta = message.metadata.to_pybytes()
+    body = message.body
+    try:
+        root = _fb_table(meta, _u32(meta, 0))
+        if _fb_scalar(meta, root, 1, "<B", 0) != 3:  # header_type: RecordBatch
+            raise DecodeError("invalid Arrow batch (a record batch message without a record batch header)")
+        header = _fb_indirect(meta, root, 2)
+        if header is None:
+            raise DecodeError("invalid Arrow batch (a record batch message without a record batch header)")
+        header = _fb_table(meta, header)
+        compressed = _fb_field(meta, header, 3) is not None
+        at = _fb_indirect(meta, header, 2)
+        if at is None:
+            return 0
+        count = _u32(meta, at)
+        if at + 4 + 16 * count > len(meta):
+            raise DecodeError("invalid Arrow batch (its buffer list runs past its metadata)")
+        lengths = struct.unpack_from(f"<{2 * count}q", meta, at + 4)
+    except struct.error:
+        raise DecodeError("invalid Arrow batch (damaged metadata)") from None
+    total = 0
+    size = 0 if body is None else body.size
+    for offset, length in zip(lengths[0::2], lengths[1::2]):
+        if offset < 0 or length < 0 or offset + length > size:
+            raise DecodeError("invalid Arrow batch (a buffer outside the message body)")
+        if not compressed or length == 0:
+            total += length
+            continue
+        if length < 8:
+            raise DecodeError("invalid Arrow batch (a compressed buffer without its length)")
+        (declared,) = struct.unpack("<q", body.slice(offset, 8).to_pybytes())
+        if declared == -1:
+            total += length - 8
+        elif declared < 0:
+            raise DecodeError("invalid Arrow batch (a compressed buffer of negative length)")
+        else:
+            total += declared
+    return total
+
+
+# A minimal flatbuffer reader, for the few fields of the Arrow message header
+# read above; every offset is checked against the buffer (struct.error if outside).
+def _u32(buf: bytes, at: int) -> int:
+    return struct.unpack_from("<I", buf, at)[0]
+
+
+def _fb_table(buf: bytes, at: int) -> tuple[int, int, int]:
+    """A table at ``at``: (its position, its vtable's position, the vtable's size)."""
+    vtable = at - struct.unpack_from("<i", buf, at)[0]
+    (vsize,) = struct.unpack_from("<H", buf, vtable)
+    return at, vtable, vsize
+
+
+def _fb_field(buf: bytes, table: tuple[int, int, int], index: int) -> int | None:
+    """Where field ``index`` of a table is, None when absent."""
+    at, vtable, vsize = table
+    slot = 4 + 2 * index
+    if slot + 2 > vsize:
+        return None
+    (offset,) = struct.unpack_from("<H", buf, vtable + slot)
+    return at + offset if offset else None
+
+
+def _fb_scalar(buf: bytes, table: tuple[int, int, int], index: int, fmt: str, default: int) -> int:
+    at = _fb_field(buf, table, index)
+    return default if at is None else struct.unpack_from(fmt, buf, at)[0]
+
+
+def _fb_indirect(buf: bytes, table: tuple[int, int, int], index: int) -> int | None:
+    """The position a table's offset field (a table, a vector) points to."""
+    at = _fb_field(buf, table, index)
+    return None if at is None else at + _u32(buf, at)
 
 
 def batch_to_columns(batch: pa.RecordBatch | pa.Table) -> EventColumns:

@@ -49,6 +49,7 @@ __all__ = [
     "StoreError",
     "MissingDependencyError",
     "excerpt",
+    "shorten",
 ]
 
 
@@ -63,6 +64,16 @@ def excerpt(data: bytes | bytearray | memoryview | str, offset: int = 0, width: 
     chunk = bytes(data[max(offset, 0) : max(offset, 0) + width])
     more = "..." if len(data) > max(offset, 0) + width else ""
     return f"{chunk!r}{more}"
+
+
+def shorten(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was: a peer's words
+    in our errors and logs stay bounded.
+
+    >>> shorten("x" * 500, 10)
+    'xxxxxxxxxx... (500 characters)'
+    """
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class TheiaError(Exception):
