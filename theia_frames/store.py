@@ -103,6 +103,8 @@ _CHUNK_BYTES = 32 * 1024 * 1024
 _FINAL_ROWS = 4_096
 _FINAL_BYTES = 1024 * 1024
 _FINAL_TIER = 15
+# Bytes the write-ahead log is cut back to after a checkpoint.
+_WAL_SIZE_LIMIT = 64 * 1024 * 1024
 # Events from an iterable of Event objects are stored in batches of this many.
 _ADD_CHUNK = 50_000
 # "thfr": marks a database as a theia_frames event store.
@@ -204,6 +206,9 @@ class EventStore:
                 # In WAL mode NORMAL loses no committed data when the process dies,
                 # only (possibly) the last transactions when the machine does.
                 db.execute("PRAGMA synchronous = NORMAL")
+                # A write-ahead log that grew (while a long query held its snapshot)
+                # is cut back to this size at the next checkpoint, not kept.
+                db.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
             db.execute("BEGIN IMMEDIATE")
             try:
                 # Checked again under the write lock: another process may have created it.
@@ -639,6 +644,7 @@ class _Snapshot:
         self._db: sqlite3.Connection | None = None
         self._registered = False
         self._done = False
+        self._cancelled = False
         try:
             if store.in_memory:
                 with store._lock:
@@ -668,8 +674,14 @@ class _Snapshot:
         sql, params = _chunks_sql(self.filter, generation)
         return [_Meta(*row) for row in db.execute(sql, params)]
 
+    def cancel(self) -> None:
+        """Make the next read fail (any thread): a query stops at its next chunk."""
+        self._cancelled = True
+
     def blob(self, seq: int) -> bytes:
         store = self.store
+        if self._cancelled:
+            raise StoreError(f"a query of the event store {store.path!r} was cancelled")
         if self._done or store._closed:
             raise StoreError(f"the event store {store.path!r} was closed during a query")
         try:
@@ -726,6 +738,14 @@ class _Results(Iterator[Any]):
         except BaseException:
             self.close()
             raise
+
+    def cancel(self) -> None:
+        """Stop the query from any thread, even while another thread reads it: the
+        reading thread gets :class:`~theia_frames.exceptions.StoreError` at the
+        next stored chunk, never a silently short result. Then :meth:`close` it."""
+        cancel = getattr(self._owner, "cancel", None)
+        if cancel is not None:
+            cancel()
 
     def close(self) -> None:
         """End the query (idempotent); what it holds is released."""
