@@ -60,6 +60,7 @@ import logging
 import os
 import ssl
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Iterator
@@ -75,6 +76,7 @@ from .batch import (
     SUBPROTOCOL,
     batch_to_ipc,
     columns_to_batch,
+    decoded_event_sizes,
     empty_batch,
     encode_batch,
     ipc_to_batches,
@@ -90,6 +92,7 @@ from .exceptions import (
     TheiaTimeoutError,
     TransportError,
     UsageError,
+    shorten,
 )
 from .filter import EventFilter
 from .store import MEMORY, EventStore
@@ -107,6 +110,14 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_LIVE_QUEUE",
     "DEFAULT_FIND_BATCH",
+    "DEFAULT_MAX_DECODED_SIZE",
+    "DEFAULT_MAX_EVENT_SIZE",
+    "DEFAULT_MAX_PATTERNS",
+    "DEFAULT_MAX_PATTERN_SIZE",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_CONNECTIONS_PER_ADDRESS",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_FIND_STALL_TIMEOUT",
 ]
 
 logger = logging.getLogger("theia_frames.collector")
@@ -120,6 +131,24 @@ DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 DEFAULT_LIVE_QUEUE = 10_000
 #: Most events per Arrow message on a batched ``/find`` (the most a stored chunk holds).
 DEFAULT_FIND_BATCH = 65_536
+#: Most bytes the events of one ``/event`` message may decode to (an Arrow batch
+#: with compressed buffers is checked before it is decompressed).
+DEFAULT_MAX_DECODED_SIZE = 64 * 1024 * 1024
+#: Most bytes one event may decode to (its id, source, tags and content, and 8 for its timestamp).
+DEFAULT_MAX_EVENT_SIZE = 16 * 1024 * 1024
+#: Most patterns in one filter (tags, content, id and source together).
+DEFAULT_MAX_PATTERNS = 64
+#: Longest pattern in a filter, in bytes of UTF-8.
+DEFAULT_MAX_PATTERN_SIZE = 4096
+#: Most connections open at once (handshakes past it are answered 503).
+DEFAULT_MAX_CONNECTIONS = 512
+#: Most connections open at once from one address (loopback clients share one).
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 128
+#: Seconds a connection may send nothing before it is closed: an ``/event``
+#: connection between messages, a ``/find`` or ``/live`` before its filter.
+DEFAULT_IDLE_TIMEOUT = 300.0
+#: Seconds a ``/find`` may go without its client taking any of its bytes before it is closed.
+DEFAULT_FIND_STALL_TIMEOUT = 30.0
 
 # Events read and encoded per step of a plain /find (one frame each, written together).
 _PLAIN_CHUNK = 8_192
@@ -133,6 +162,16 @@ _SLOW_NOTICE_TIMEOUT = 1.0
 # the close frame; one that reads nothing for that long is cut off.
 _SLOW_CLOSE_GRACE = 10.0
 _FIND_WORKERS = 4
+# Threads that parse and compile filters (off the event loop: a large pattern takes a while).
+_FILTER_WORKERS = 2
+# Decoded bytes above which the writer commits what it has and decodes the rest for the next commit.
+_COMMIT_BYTES = 64 * 1024 * 1024
+# Commits the live fan-out may have waiting before the writer waits for it.
+_FANOUT_QUEUE = 8
+# Store failures remembered for Collector.flush (the newest; counted beyond that).
+_MAX_FAILURES_KEPT = 1_000
+# Seconds between two log lines about the same kind of refusal (the rest are counted).
+_LOG_EVERY = 10.0
 # Seconds stop() waits for clients to answer the closing handshake before cutting them off.
 _STOP_GRACE = 0.5
 
@@ -192,9 +231,31 @@ class Collector:
         ``certfile``/``keyfile``: serve ``wss://`` (TLS) with this certificate
         chain and private key (PEM files).
 
+    Limits on what one client can make the collector spend (each refusal is
+    an error message naming the limit; the rest of the connection, and every
+    other client, carry on):
+        ``max_decoded_size``: bytes the events of one ``/event`` message may
+        decode to; an Arrow batch whose compressed buffers declare more is
+        refused before anything is decompressed.
+        ``max_event_size``: bytes one event may decode to; larger events of a
+        batch are left out (and reported), a larger plain message is refused.
+        ``max_patterns``, ``max_pattern_size``: patterns per filter and bytes
+        per pattern; a filter over either is refused (code 1008).
+        ``max_connections``, ``max_connections_per_address``: connections open
+        at once, in all and from one address; a handshake past either is
+        answered HTTP 503.
+        ``idle_timeout``: seconds a connection may send nothing (an
+        ``/event`` connection between messages, a ``/find`` or ``/live``
+        before its filter) before it is closed (code 1008); ``None``: no limit.
+        ``find_stall_timeout``: seconds a ``/find`` may go without its client
+        taking any of its bytes; then the connection is cut off and the query
+        ends (so it stops holding its read snapshot); ``None``: no limit.
+
     Patterns in filters that arrive over the network are compiled with RE2,
     a linear-time engine, so no pattern can make the collector hang; a pattern
     RE2 cannot run (backreferences, lookaround) is refused with an error message.
+    Filters are compiled and evaluated off the event loop, so an expensive
+    filter slows its own client, not the others.
     """
 
     def __init__(
@@ -211,14 +272,45 @@ class Collector:
         token: str | None = None,
         certfile: str | os.PathLike[str] | None = None,
         keyfile: str | os.PathLike[str] | None = None,
+        max_decoded_size: int = DEFAULT_MAX_DECODED_SIZE,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        max_patterns: int = DEFAULT_MAX_PATTERNS,
+        max_pattern_size: int = DEFAULT_MAX_PATTERN_SIZE,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        find_stall_timeout: float | None = DEFAULT_FIND_STALL_TIMEOUT,
     ) -> None:
-        if max_message_size < 1 or live_queue < 1 or find_batch_rows < 1:
-            raise UsageError("max_message_size, live_queue and find_batch_rows must be positive")
+        counts = {
+            "max_message_size": max_message_size,
+            "live_queue": live_queue,
+            "find_batch_rows": find_batch_rows,
+            "max_decoded_size": max_decoded_size,
+            "max_event_size": max_event_size,
+            "max_patterns": max_patterns,
+            "max_pattern_size": max_pattern_size,
+            "max_connections": max_connections,
+            "max_connections_per_address": max_connections_per_address,
+        }
+        for name, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"{name} must be a positive whole number, got {value!r}")
+        for name, seconds in (("idle_timeout", idle_timeout), ("find_stall_timeout", find_stall_timeout)):
+            if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0):
+                raise UsageError(f"{name} must be a positive number of seconds or None, got {seconds!r}")
         self.db = os.fspath(db)
         self.host = host
         self.max_message_size = int(max_message_size)
         self.live_queue = int(live_queue)
         self.find_batch_rows = int(find_batch_rows)
+        self.max_decoded_size = int(max_decoded_size)
+        self.max_event_size = int(max_event_size)
+        self.max_patterns = int(max_patterns)
+        self.max_pattern_size = int(max_pattern_size)
+        self.max_connections = int(max_connections)
+        self.max_connections_per_address = int(max_connections_per_address)
+        self.idle_timeout = None if idle_timeout is None else float(idle_timeout)
+        self.find_stall_timeout = None if find_stall_timeout is None else float(find_stall_timeout)
         self.ping_interval = ping_interval
         self.close_timeout = close_timeout
         if token is not None and (not isinstance(token, str) or not token):
@@ -229,7 +321,9 @@ class Collector:
         self._port: int | None = None
         self.store: EventStore | None = None
         self._writer: _Writer | None = None
+        self._fanout: _Fanout | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._filter_pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
@@ -238,11 +332,19 @@ class Collector:
         self._state_lock = threading.Lock()
         self._started = False
         self._stopped = False
+        self._flush_lock = threading.Lock()
+        self._flushed = 0  # the last message Collector.flush() reported on
         # loop-thread state
         self._subscribers: set[_Subscriber] = set()
+        self._live: tuple[_Subscriber, ...] = ()  # the same, as the fan-out thread reads it
         self._flushes: list[tuple[int, _EventSink, Any]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._room: asyncio.Event | None = None
+        self._published = 0  # the last message whose commit the loop has taken in
+        self._connections: dict[ServerConnection, _Connection] = {}
+        self._per_address: dict[str, int] = {}
+        self._queries: set[Any] = set()  # the /find queries running
+        self._log = _Throttled(logger)
 
     # ------------------------------------------------------------------ public
     @property
@@ -280,9 +382,12 @@ class Collector:
         except BaseException:
             self._stopped = True
             raise
-        self._writer = _Writer(self.store, self._committed_from_writer)
+        self._fanout = _Fanout(self)
+        self._fanout.start()
+        self._writer = _Writer(self.store, self._committed_from_writer, self._fanout, self.max_decoded_size, self.max_event_size)
         self._writer.start()
         self._pool = ThreadPoolExecutor(max_workers=_FIND_WORKERS, thread_name_prefix="theia-frames-find")
+        self._filter_pool = ThreadPoolExecutor(max_workers=_FILTER_WORKERS, thread_name_prefix="theia-frames-filter")
         self._thread = threading.Thread(target=self._run, name="theia-frames-collector", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -295,7 +400,7 @@ class Collector:
                 url=f"ws://{self.host}:{self._requested_port}",
             ) from exc
         _running.add(self)
-        logger.info("collector listening on %s (store %s)", self.url, self.db)
+        logger.debug("collector listening on %s (store %s)", self.url, self.db)
         return self
 
     def stop(self) -> None:
@@ -320,13 +425,27 @@ class Collector:
         """Wait until every event received so far is committed to the store.
 
         Raises :class:`~theia_frames.exceptions.TheiaTimeoutError` after
-        ``timeout`` seconds (``None``: wait as long as it takes).
+        ``timeout`` seconds (``None``: wait as long as it takes), and
+        :class:`~theia_frames.exceptions.StoreError` when events received
+        since the last ``flush()`` could not be stored (a full disk, an event
+        the store refuses); it returns only when everything was stored.
+        Messages refused as not being events (their senders were told) do
+        not count: they were never events to store.
         """
         writer = self._writer
         if writer is None or not self.running:
             raise UsageError("the collector is not running")
-        if not writer.wait_committed(writer.received, timeout):
+        upto = writer.received
+        if not writer.wait_committed(upto, timeout):
             raise TheiaTimeoutError(f"the collector at {self.url} did not store its events within {timeout} s")
+        with self._flush_lock:
+            since, self._flushed = self._flushed, max(self._flushed, upto)
+        messages, events, text = writer.failures_between(since, upto)
+        if messages:
+            raise StoreError(
+                f"the collector at {self.url} could not store {events} event(s) of {messages} message(s) "
+                f"received since the last flush: {text}"
+            )
 
     def __enter__(self) -> Collector:
         if not self._started:
@@ -361,11 +480,17 @@ class Collector:
 
     def _shutdown_threads(self) -> None:
         # Every connection is closed: store what is still queued, then close the store.
+        for results in list(self._queries):
+            results.cancel()  # a query step still running stops at its next chunk
         if self._writer is not None:
             self._writer.close()
             self._writer.join()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        if self._fanout is not None:
+            self._fanout.close()
+            self._fanout.join()
+        for pool in (self._pool, self._filter_pool):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         if self.store is not None:
             try:
                 self.store.close()
@@ -375,16 +500,22 @@ class Collector:
     async def _main(self) -> None:
         self._stop_requested = asyncio.Event()
         self._room = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._loop_exception)
         try:
             server: Server = await ws_serve(
                 self._handle,
                 self.host,
                 self._requested_port,
-                process_request=self._check_path,
+                process_request=self._check_request,
                 subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
                 select_subprotocol=_select_subprotocol,
                 compression=None,
                 max_size=self.max_message_size,
+                # One received message waiting per connection, not websockets' 16: a
+                # connection that is not being read holds one message (and the part
+                # of the next one already read), so the bound on pending bytes holds.
+                max_queue=1,
                 ping_interval=self.ping_interval,
                 close_timeout=self.close_timeout,
                 write_limit=2**20,
@@ -396,7 +527,11 @@ class Collector:
             return
         self._port = server.sockets[0].getsockname()[1]
         self._ready.set()
+        if self.idle_timeout is not None:
+            self._spawn(self._close_idle())
         await self._stop_requested.wait()
+        for results in list(self._queries):
+            results.cancel()
         server.close()  # closes every connection with 1001 (going away)
         try:
             await asyncio.wait_for(server.wait_closed(), _STOP_GRACE)
@@ -404,11 +539,22 @@ class Collector:
             # Clients that do not read never answer the close: cut them off.
             for connection in list(getattr(server, "all_connections", server.connections)):
                 connection.transport.abort()
+            for connection in list(self._connections):
+                connection.transport.abort()
             await server.wait_closed()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # Out of file descriptors, asyncio reports every failed accept with a
+        # traceback (and retries each second): one line per _LOG_EVERY instead.
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and "accept" in str(context.get("message", "")):
+            self._log.warning("accept", "cannot accept connections: %s", exc)
+            return
+        loop.default_exception_handler(context)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -416,70 +562,179 @@ class Collector:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
+    # ------------------------------------------------------------------ admission
+    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Answer the handshake: credentials first, then the path, then the connection limits."""
+        try:
+            return self._admit(connection, request)
+        except Exception as exc:  # a bug must not become a traceback per connection
+            self._log.warning("handshake", "refused %s: cannot read its handshake: %s", _peer(connection), exc)
+            return connection.respond(HTTPStatus.BAD_REQUEST, "cannot read this handshake\n")
+
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
-        if path not in ENDPOINTS:
-            logger.info("refused %s: unknown path %r", _peer(connection), path)
-            return connection.respond(
-                HTTPStatus.NOT_FOUND, f"unknown path {path!r}: this collector serves {', '.join(ENDPOINTS)}\n"
-            )
         if self._token is not None:
-            presented = request.headers.get("Authorization")
-            if presented is None:
-                logger.info("refused %s on %s: no credentials", _peer(connection), path)
+            presented = request.headers.get_all("Authorization")
+            if len(presented) > 1:
+                self._log.info("auth", "refused %s: %d Authorization headers", _peer(connection), len(presented))
+                return connection.respond(HTTPStatus.BAD_REQUEST, "more than one Authorization header\n")
+            if not presented:
+                self._log.info("auth", "refused %s: no credentials", _peer(connection))
                 response = connection.respond(HTTPStatus.UNAUTHORIZED, "this collector needs a bearer token\n")
                 response.headers["WWW-Authenticate"] = 'Bearer realm="theia"'
                 return response
-            scheme, _, value = presented.partition(" ")
+            scheme, _, value = presented[0].partition(" ")
             expected = self._token.encode()
-            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
-                logger.info("refused %s on %s: wrong credentials", _peer(connection), path)
+            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode("utf-8", "replace"), expected):
+                self._log.info("auth", "refused %s: wrong credentials", _peer(connection))
                 return connection.respond(HTTPStatus.FORBIDDEN, "wrong bearer token\n")
+        if path not in ENDPOINTS:
+            self._log.info("path", "refused %s: unknown path %r", _peer(connection), path[:100])
+            return connection.respond(
+                HTTPStatus.NOT_FOUND, f"unknown path: this collector serves {', '.join(ENDPOINTS)}\n"
+            )
+        address = _address(connection)
+        if len(self._connections) >= self.max_connections:
+            self._log.warning("full", "refused %s: %d connections open (the limit)", _peer(connection), self.max_connections)
+            return connection.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE, f"too many connections (this collector serves {self.max_connections})\n"
+            )
+        if self._per_address.get(address, 0) >= self.max_connections_per_address:
+            self._log.warning(
+                "full-address", "refused %s: %d connections open from %s (the limit)",
+                _peer(connection), self.max_connections_per_address, address,
+            )
+            return connection.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"too many connections from {address} (this collector serves {self.max_connections_per_address} per address)\n",
+            )
+        assert self._loop is not None
+        self._connections[connection] = _Connection(address, path, self._loop.time())
+        self._per_address[address] = self._per_address.get(address, 0) + 1
+        self._spawn(self._forget_when_closed(connection))
         return None
 
+    async def _forget_when_closed(self, connection: ServerConnection) -> None:
+        try:
+            await connection.wait_closed()
+        finally:
+            state = self._connections.pop(connection, None)
+            if state is not None:
+                left = self._per_address.get(state.address, 1) - 1
+                if left > 0:
+                    self._per_address[state.address] = left
+                else:
+                    self._per_address.pop(state.address, None)
+
+    async def _close_idle(self) -> None:
+        """Close connections that sent nothing for ``idle_timeout`` seconds (one sweep every few seconds)."""
+        idle = self.idle_timeout
+        assert idle is not None and self._loop is not None
+        every = min(idle / 4, 5.0)
+        while True:
+            await asyncio.sleep(every)
+            now = self._loop.time()
+            for connection, state in list(self._connections.items()):
+                if not state.watched or now - state.last < idle:
+                    continue
+                state.watched = False
+                self._log.info("idle", "closing %s on %s: nothing received for %s s", _peer(connection), state.path, idle)
+                self._spawn(_close_quietly(connection, 1008, f"idle for more than {idle:g} s"))
+
+    # ------------------------------------------------------------------ connections
     async def _handle(self, ws: ServerConnection) -> None:
         path = urlsplit(ws.request.path if ws.request is not None else "").path
         batched = ws.subprotocol == SUBPROTOCOL
+        state = self._connections.get(ws)
+        if state is None:  # pragma: no cover - admitted connections are registered
+            assert self._loop is not None
+            state = _Connection(_address(ws), path, self._loop.time())
         try:
             if path == "/event":
-                await self._on_event(ws, batched)
+                await self._on_event(ws, batched, state)
             elif path == "/find":
-                await self._on_find(ws, batched)
+                await self._on_find(ws, batched, state)
             elif path == "/live":
-                await self._on_live(ws, batched)
+                await self._on_live(ws, batched, state)
         except ConnectionClosed as exc:
             if exc.sent is not None and exc.sent.code == 1009:
-                logger.warning(
+                self._log.warning(
+                    "too-large",
                     "%s sent a message larger than %d bytes on %s: connection closed",
                     _peer(ws),
                     self.max_message_size,
                     path,
                 )
+        except _Stalled:
+            pass
         except StoreError as exc:
             logger.error("%s on %s: %s", _peer(ws), path, exc)
             await _send_quietly(ws, _error(str(exc)))
             await ws.close(1011, "store error")
 
     async def _read_filter(self, ws: ServerConnection, message: str | bytes | None = None) -> EventFilter | None:
-        """The client's filter, or None after telling the client what is wrong with it."""
+        """The client's filter, or None after telling the client what is wrong with it.
+
+        Parsed and compiled on a worker thread, within the limits on patterns.
+        """
         if message is None:
             message = await ws.recv()
+        loop = asyncio.get_running_loop()
+        assert self._filter_pool is not None
         try:
-            return EventFilter.from_json(message, engine="re2")
+            if len(message) > self._max_filter_length():
+                raise InvalidFilterError(
+                    f"filter of {len(message)} bytes is longer than this collector accepts "
+                    f"({self.max_patterns} patterns of at most {self.max_pattern_size} bytes)"
+                )
+            flt = await loop.run_in_executor(self._filter_pool, self._build_filter, message)
         except InvalidFilterError as exc:
-            logger.info("%s sent a bad filter: %s", _peer(ws), exc)
+            self._log.info("filter", "%s sent a bad filter: %s", _peer(ws), shorten(str(exc)))
             await ws.send(_error(str(exc)))
             await ws.close(1008, "invalid filter")
             return None
+        return flt
+
+    def _max_filter_length(self) -> int:
+        # The longest JSON text a filter within the limits can take: every
+        # character of every pattern escaped as \\uXXXX, keys and punctuation.
+        return self.max_patterns * (6 * self.max_pattern_size + 8) + 4096
+
+    def _build_filter(self, message: str | bytes) -> EventFilter:
+        """A filter from the network, within the limits on patterns (a worker thread)."""
+        try:
+            obj = json.loads(message)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return EventFilter.from_json(message, engine="re2")  # raises, naming the problem
+        if isinstance(obj, dict):
+            patterns: list[tuple[str, Any]] = [("content", obj.get("content")), ("id", obj.get("id")), ("source", obj.get("source"))]
+            tags = obj.get("tags")
+            if isinstance(tags, list):
+                patterns += [("tag", t) for t in tags]
+            patterns = [(name, p) for name, p in patterns if isinstance(p, str)]
+            if len(patterns) > self.max_patterns:
+                raise InvalidFilterError(
+                    f"filter has {len(patterns)} patterns; this collector accepts at most {self.max_patterns} per filter"
+                )
+            for name, pattern in patterns:
+                size = len(pattern.encode("utf-8", "surrogatepass"))
+                if size > self.max_pattern_size:
+                    raise InvalidFilterError(
+                        f"filter {name} pattern of {size} bytes is longer than this collector accepts "
+                        f"({self.max_pattern_size} bytes)"
+                    )
+        return EventFilter.from_dict(obj, engine="re2")
 
     # ------------------------------------------------------------------ /event
-    async def _on_event(self, ws: ServerConnection, batched: bool) -> None:
+    async def _on_event(self, ws: ServerConnection, batched: bool, state: _Connection) -> None:
         writer = self._writer
         room = self._room
-        assert writer is not None and room is not None
+        loop = self._loop
+        assert writer is not None and room is not None and loop is not None
         sink = _EventSink(self, ws)
         try:
             async for message in ws:
+                state.last = loop.time()
                 if batched and isinstance(message, str) and message.startswith('{"flush"'):
                     self._flush_request(sink, message, writer.received)
                     continue
@@ -488,15 +743,16 @@ class Collector:
                     # Stop reading until the writer catches up: TCP pushes back on the client.
                     room.clear()
                     await room.wait()
+                    state.last = loop.time()
         finally:
             sink.closed = True
 
-    def _committed_from_writer(self, upto: int, new: EventColumns, errors: list[tuple[_EventSink, str]]) -> None:
+    def _committed_from_writer(self, upto: int, outcomes: list[_Outcome]) -> None:
         loop = self._loop
         if loop is None:
             return
         try:
-            loop.call_soon_threadsafe(self._committed, upto, new, errors)
+            loop.call_soon_threadsafe(self._committed, upto, outcomes)
         except RuntimeError:  # the loop has ended: nobody is left to tell
             pass
 
@@ -507,32 +763,40 @@ class Collector:
         except (ValueError, KeyError, TypeError):
             sink.report(f"invalid flush request: {message[:80]!r}")
             return
-        if self._writer is not None and self._writer.committed >= seq:
-            sink.acknowledge(token)
+        if self._published >= seq:
+            sink.acknowledge(token, seq)
         else:
             self._flushes.append((seq, sink, token))
 
-    def _committed(self, upto: int, new: EventColumns, errors: list[tuple[_EventSink, str]]) -> None:
+    def _committed(self, upto: int, outcomes: list[_Outcome]) -> None:
+        """Take in a commit's outcome (loop thread): counts, error messages, then the flushes it answers."""
+        self._published = max(self._published, upto)
         if self._room is not None:
             self._room.set()
-        for sink, text in errors:
+        for sink, seq, stored, text, failed in outcomes:
+            sink.accepted += stored
+            if text is None:
+                continue
+            if failed:
+                sink.failures.append((seq, text))
+            else:
+                sink.rejected += 1
             sink.report(text)
         if self._flushes:
             waiting = []
             for seq, sink, token in self._flushes:
                 if seq <= upto:
-                    sink.acknowledge(token)
+                    sink.acknowledge(token, seq)
                 else:
                     waiting.append((seq, sink, token))
             self._flushes = waiting
-        if len(new) and self._subscribers:
-            self._publish(new)
 
     # ------------------------------------------------------------------ /find
-    async def _on_find(self, ws: ServerConnection, batched: bool) -> None:
+    async def _on_find(self, ws: ServerConnection, batched: bool, state: _Connection) -> None:
         flt = await self._read_filter(ws)
         if flt is None:
             return
+        state.watched = False  # from now on the stall timeout watches it
         loop = asyncio.get_running_loop()
         store, pool = self.store, self._pool
         assert store is not None and pool is not None
@@ -543,36 +807,74 @@ class Collector:
             results = await loop.run_in_executor(pool, functools.partial(store.query_ipc, flt, rows=self.find_batch_rows))
         else:
             results = await loop.run_in_executor(pool, functools.partial(store.query_batches, flt, rows=_PLAIN_CHUNK))
+        self._queries.add(results)
         produce = functools.partial(_next_find_output, results, batched)
         job: asyncio.Future[bytes | memoryview | None] | None = None
+        gone = loop.create_task(ws.wait_closed())
         try:
-            await ws.send(OK)
+            await self._send_find(ws, OK, False)
             job = loop.run_in_executor(pool, produce)
             while job is not None:
-                output = await job
+                await asyncio.wait((job, gone), return_when=asyncio.FIRST_COMPLETED)
+                if not job.done():
+                    return  # the client left: the query ends below, at its next chunk
+                output = job.result()
                 job = None
                 if output is None:
                     break
                 # Read and encode the next part while this one is sent.
                 job = loop.run_in_executor(pool, produce)
-                if batched:
-                    await ws.send(output)
-                else:
-                    await _write_frames(ws, output)
+                await self._send_find(ws, output, not batched)
         finally:
+            results.cancel()
+            gone.cancel()
             if job is not None:
                 await asyncio.gather(job, return_exceptions=True)
             await loop.run_in_executor(pool, results.close)
+            self._queries.discard(results)
         await ws.close(1000)
 
+    async def _send_find(self, ws: ServerConnection, output: bytes | memoryview | str, frames: bool) -> None:
+        """Send a part of a /find (a message, or ready frames when ``frames``); cut the
+        connection off when its client takes none of its bytes for ``find_stall_timeout``."""
+        send = _write_frames(ws, output) if frames else ws.send(output)  # type: ignore[arg-type]
+        stall = self.find_stall_timeout
+        if stall is None:
+            await send
+            return
+        task = asyncio.ensure_future(send)
+        loop = asyncio.get_running_loop()
+        try:
+            last, since = -1, loop.time()
+            while True:
+                done, _ = await asyncio.wait((task,), timeout=min(1.0, stall))
+                if done:
+                    task.result()
+                    return
+                waiting = ws.transport.get_write_buffer_size()
+                if last < 0 or waiting < last:
+                    last, since = waiting, loop.time()  # the client took some
+                elif loop.time() - since >= stall:
+                    self._log.warning(
+                        "stalled", "cutting off /find of %s: it took nothing of its results for %s s", _peer(ws), stall
+                    )
+                    ws.transport.abort()
+                    raise _Stalled()
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
     # ------------------------------------------------------------------ /live
-    async def _on_live(self, ws: ServerConnection, batched: bool) -> None:
+    async def _on_live(self, ws: ServerConnection, batched: bool, state: _Connection) -> None:
         flt = await self._read_filter(ws)
         if flt is None:
             return
-        sub = _Subscriber(ws, flt, batched)
+        state.watched = False  # a subscriber only listens
+        sub = _Subscriber(ws, flt, batched, self._published)
         # Registered before "ok": every event stored after the client reads "ok" is pushed.
         self._subscribers.add(sub)
+        self._live = tuple(self._subscribers)
         try:
             await ws.send(OK)
             sub.sender = self._spawn(self._live_sender(sub))
@@ -584,28 +886,18 @@ class Collector:
                 await ws.send(OK)
         finally:
             self._subscribers.discard(sub)
+            self._live = tuple(self._subscribers)
             if sub.sender is not None:
                 sub.sender.cancel()
 
-    def _publish(self, new: pa.RecordBatch) -> None:
-        """Hand newly stored events to every subscriber whose filter matches them.
-
-        Each filter is applied once to the whole commit (time-only filters with
-        a vectorised comparison); the plain frames are encoded once per commit
-        and shared by every plain subscriber.
-        """
-        commit = _Commit(new)
-        for sub in list(self._subscribers):
-            if sub.dropped:
-                continue
-            mask = commit.mask(sub.filter)
-            if mask is False:
+    def _deliver(self, parts: list[tuple[_Subscriber, Any]]) -> None:
+        """Hand a commit's matches (computed by the fan-out thread) to their subscribers (loop thread)."""
+        for sub, part in parts:
+            if sub.dropped or sub not in self._subscribers:
                 continue
             if sub.waiting >= self.live_queue:
                 self._drop_slow(sub)
                 continue
-            whole = commit.frames() if not sub.batched else new
-            part = whole if mask is True else whole.filter(mask)
             sub.pending.append(part)
             sub.waiting += len(part)
             sub.wake.set()
@@ -873,17 +1165,20 @@ class _Arrivals:
         self.batches: list[pa.RecordBatch] = []
         self.cols = EventColumns()
         self.rows = 0
+        self.nbytes = 0  # about the bytes of the decoded events
 
     def __len__(self) -> int:
         return self.rows + len(self.cols)
 
     def append_raw(self, message: bytes | str) -> None:
         self.cols.append_raw(message)
+        self.nbytes += len(message)
 
     def append_batch(self, batch: pa.RecordBatch) -> None:
         self._gather()
         self.batches.append(batch)
         self.rows += batch.num_rows
+        self.nbytes += batch.nbytes
 
     def _gather(self) -> None:
         if len(self.cols):
@@ -898,14 +1193,30 @@ class _Arrivals:
         return self.batches[0] if len(self.batches) == 1 else _pa().concat_batches(self.batches)
 
 
-def _append_arrow(arrivals: _Arrivals, message: bytes) -> str | None:
-    """Take the events of an Arrow batch message; returns a note on rows left out, if any."""
-    pc = _pa().compute
+def _append_arrow(arrivals: _Arrivals, message: bytes, max_decoded: int, max_event: int) -> str | None:
+    """Take the events of an Arrow batch message; returns a note on rows left out, if any.
+
+    A message decoding to more than ``max_decoded`` bytes is refused whole
+    (DecodeError, before anything is decompressed); events of more than
+    ``max_event`` bytes are left out.
+    """
+    pa = _pa()
+    pc = pa.compute
     left_out = 0
     first_bad = ""
-    for batch in ipc_to_batches(message):
+    too_large = 0
+    for batch in ipc_to_batches(message, max_decoded=max_decoded):
         if not batch.num_rows:
             continue
+        large = decoded_event_sizes(batch) > max_event
+        if large.any():
+            too_large += int(large.sum())
+            if not left_out:
+                first_bad = batch.filter(pa.array(large)).column(0)[0].as_py()
+            left_out += int(large.sum())
+            batch = batch.filter(pa.array(~large))
+            if not batch.num_rows:
+                continue
         # Rows the plain format cannot carry would break plain /find and /live peers.
         # Row by row only when a quick look at the whole column finds something.
         bad = None
@@ -926,10 +1237,12 @@ def _append_arrow(arrivals: _Arrivals, message: bytes) -> str | None:
         if batch.num_rows:
             arrivals.append_batch(batch)
     if left_out:
-        return (
-            f"{left_out} event(s) of a batch not stored: a line break in id, source or tags, "
-            f"or a timestamp that is not finite (first: id {first_bad!r})"
-        )
+        why = "a line break in id, source or tags, or a timestamp that is not finite"
+        if too_large == left_out:
+            why = f"larger than {max_event} bytes (the limit per event)"
+        elif too_large:
+            why = f"larger than {max_event} bytes (the limit per event), or {why}"
+        return f"{left_out} event(s) of a batch not stored: {why} (first: id {shorten(repr(first_bad))})"
     return None
 
 
@@ -987,7 +1300,7 @@ class _EventSink:
     """An /event connection as the writer sees it: where its error messages go."""
 
     __slots__ = (
-        "collector", "ws", "peer", "errors", "sending", "closed", "dropped", "accepted", "rejected", "failure",
+        "collector", "ws", "peer", "errors", "sending", "closed", "dropped", "accepted", "rejected", "failures",
     )
 
     def __init__(self, collector: Collector, ws: ServerConnection) -> None:
@@ -998,15 +1311,21 @@ class _EventSink:
         self.sending = False
         self.closed = False
         self.dropped = 0
-        # counted by the writer thread: events decoded, messages refused, the last store failure
+        # counted on the loop thread from each commit's outcome: events stored, messages
+        # refused, and the store failures (message number, reason) no flush answer told of yet
         self.accepted = 0
         self.rejected = 0
-        self.failure: str | None = None
+        self.failures: list[tuple[int, str]] = []
 
-    def acknowledge(self, token: Any) -> None:
-        """Answer a flush request: everything before it is committed (loop thread)."""
-        if self.failure is not None:
-            self._queue(_error(f"flush {token}: {self.failure}"))
+    def acknowledge(self, token: Any, seq: int) -> None:
+        """Answer a flush request made after message ``seq``: everything up to it is
+        committed (loop thread). The answer tells of the store failures among those
+        messages, once: a failed commit does not fail the flushes after it."""
+        told = [text for at, text in self.failures if at <= seq]
+        if told:
+            self.failures = [(at, text) for at, text in self.failures if at > seq]
+            more = f" (and {len(told) - 1} more message(s) not stored)" if len(told) > 1 else ""
+            self._queue(_error(f"flush {token}: {told[-1]}{more}"))
         else:
             self._queue(json.dumps({"flushed": token, "stored": self.accepted, "rejected": self.rejected}))
 
@@ -1039,12 +1358,14 @@ class _EventSink:
 class _Subscriber:
     """A /live connection: its filter and the events waiting to be sent to it."""
 
-    __slots__ = ("ws", "filter", "batched", "pending", "waiting", "wake", "sender", "dropped")
+    __slots__ = ("ws", "filter", "batched", "since", "pending", "waiting", "wake", "sender", "dropped")
 
-    def __init__(self, ws: ServerConnection, flt: EventFilter, batched: bool) -> None:
+    def __init__(self, ws: ServerConnection, flt: EventFilter, batched: bool, since: int) -> None:
         self.ws = ws
         self.filter = flt
         self.batched = batched
+        # the last message whose commit was taken in before it subscribed: not for it
+        self.since = since
         # Arrow batches for a batched subscriber, arrays of ready frames for a plain one
         self.pending: list[Any] = []
         self.waiting = 0
@@ -1053,25 +1374,39 @@ class _Subscriber:
         self.dropped = False
 
 
+# What a commit did with one received message: (sink, message number, events
+# stored, error text or None, True when the text is a store failure rather
+# than a message refused as not being events).
+_Outcome = tuple["_EventSink", int, int, "str | None", bool]
+
+
 class _Writer(threading.Thread):
     """The one thread that writes to the store: decodes what arrived, commits it in one go.
 
     Every message handed over gets a sequence number (``received``); after
     each commit ``committed`` is the number of the last message stored, so a
-    caller can wait for "everything received so far".
+    caller can wait for "everything received so far". What arrived is
+    committed in groups of at most about :data:`_COMMIT_BYTES` decoded bytes.
+    When a group cannot be stored, each sender's events are stored alone,
+    then each message alone: a message the store refuses fails by itself.
     """
 
-    def __init__(self, store: EventStore, on_commit: Any) -> None:
+    def __init__(self, store: EventStore, on_commit: Any, fanout: _Fanout, max_decoded: int, max_event: int) -> None:
         super().__init__(name="theia-frames-writer", daemon=True)
         self.store = store
         self.on_commit = on_commit
+        self.fanout = fanout
+        self.max_decoded = max_decoded
+        self.max_event = max_event
         self.received = 0
         self.committed = 0
         self.pending_bytes = 0
         lock = threading.Lock()
         self._work = threading.Condition(lock)  # the writer waits here for messages
         self._stored = threading.Condition(lock)  # callers wait here for commits
-        self._queue: list[tuple[_EventSink, bytes | str, bool]] = []
+        self._queue: list[tuple[int, _EventSink, bytes | str, bool]] = []
+        # store failures: (message number, events, reason), the newest kept
+        self._failures: deque[tuple[int, int, str]] = deque(maxlen=_MAX_FAILURES_KEPT)
         self._closing = False
         self._done = False
 
@@ -1080,7 +1415,7 @@ class _Writer(threading.Thread):
         with self._work:
             self.received += 1
             self.pending_bytes += len(message)
-            self._queue.append((sink, message, batched))
+            self._queue.append((self.received, sink, message, batched))
             self._work.notify()
             return self.received
 
@@ -1089,6 +1424,14 @@ class _Writer(threading.Thread):
         with self._stored:
             self._stored.wait_for(lambda: self.committed >= seq or self._done, timeout)
             return self.committed >= seq
+
+    def failures_between(self, after: int, upto: int) -> tuple[int, int, str]:
+        """Store failures of messages ``after < seq <= upto``: (messages, events, the last reason)."""
+        with self._stored:
+            found = [(events, text) for seq, events, text in self._failures if after < seq <= upto]
+        if not found:
+            return 0, 0, ""
+        return len(found), sum(events for events, _ in found), found[-1][1]
 
     def close(self) -> None:
         """Store what is queued, then end the thread."""
@@ -1113,49 +1456,248 @@ class _Writer(threading.Thread):
                 if not self._queue:
                     return
                 items, self._queue = self._queue, []
-                upto = self.received
-            nbytes = 0
-            arrivals = _Arrivals()
-            errors: list[tuple[_EventSink, str]] = []
-            for sink, message, batched in items:
-                nbytes += len(message)
-                before = len(arrivals)
-                problem = self._decode(arrivals, message, batched)
-                sink.accepted += len(arrivals) - before
-                if problem is not None:
-                    sink.rejected += 1
-                    logger.warning("bad event from %s on /event: %s", sink.peer, problem)
-                    errors.append((sink, problem))
-            new = empty_batch()
-            try:
-                # One transaction, one chunk: no SQL per event. Merging small
-                # chunks waits until the commit is published.
-                new = self.store.add_batch(arrivals.batch(), compact=False)
-            except Exception as exc:
-                logger.error("%d event(s) not stored: %s", len(arrivals), exc)
-                for sink in {id(s): s for s, _, _ in items}.values():
-                    sink.failure = f"events not stored: {exc}"
-                    errors.append((sink, sink.failure))
-            with self._stored:
-                self.committed = upto
-                self.pending_bytes -= nbytes
-                self._stored.notify_all()
-            self.on_commit(upto, new, errors)
-            if new.num_rows:
-                try:
-                    self.store.compact()
-                except Exception as exc:  # the events are stored; merging is retried after the next commit
-                    logger.error("merging stored chunks failed: %s", exc)
+            at = 0
+            while at < len(items):
+                at = self._commit_from(items, at)
 
-    @staticmethod
-    def _decode(arrivals: _Arrivals, message: bytes | str, batched: bool) -> str | None:
+    def _commit_from(self, items: list[tuple[int, _EventSink, bytes | str, bool]], at: int) -> int:
+        """Decode and commit ``items[at:]`` up to the bytes of one commit; returns where it stopped."""
+        nbytes = 0
+        decoded = 0
+        arrivals = _Arrivals()
+        spans: list[tuple[_EventSink, int, int, int, str | None]] = []  # sink, seq, first row, end row, problem
+        while at < len(items) and decoded < _COMMIT_BYTES:
+            seq, sink, message, batched = items[at]
+            at += 1
+            nbytes += len(message)
+            before, size = len(arrivals), arrivals.nbytes
+            problem = self._decode(arrivals, message, batched)
+            decoded += arrivals.nbytes - size
+            if problem is not None:
+                self._warn_bad(sink, problem)
+            spans.append((sink, seq, before, len(arrivals), problem))
+        upto = spans[-1][1]
+        batch = arrivals.batch()
+        new, failed = self._store(batch, spans)
+        outcomes: list[_Outcome] = []
+        for index, (sink, seq, first, end, problem) in enumerate(spans):
+            if index in failed:
+                text = f"{end - first} event(s) not stored: {failed[index]}"
+                outcomes.append((sink, seq, 0, text, True))
+            else:
+                outcomes.append((sink, seq, end - first, problem, False))
+        with self._stored:
+            for index, reason in failed.items():
+                self._failures.append((spans[index][1], spans[index][3] - spans[index][2], reason))
+            self.committed = upto
+            self.pending_bytes -= nbytes
+            self._stored.notify_all()
+        self.on_commit(upto, outcomes)
+        if new.num_rows:
+            self.fanout.put(upto, new)
+            try:
+                self.store.compact()
+            except Exception as exc:  # the events are stored; merging is retried after the next commit
+                logger.error("merging stored chunks failed: %s", exc)
+        return at
+
+    def _store(self, batch: pa.RecordBatch, spans: list[tuple[_EventSink, int, int, int, str | None]]) -> tuple[pa.RecordBatch, dict[int, str]]:
+        """Commit ``batch``: the new events, and the spans that could not be stored (index: reason)."""
+        if not batch.num_rows:
+            return batch, {}
+        try:
+            # One transaction, one chunk: no SQL per event. Merging small
+            # chunks waits until the commit is published.
+            return self.store.add_batch(batch, compact=False), {}
+        except Exception as exc:
+            logger.error("%d event(s) could not be stored together (%s); storing each sender's alone", batch.num_rows, exc)
+        pa = _pa()
+        by_sink: dict[int, list[int]] = {}
+        for index, (sink, _, first, end, _) in enumerate(spans):
+            if end > first:
+                by_sink.setdefault(id(sink), []).append(index)
+        stored: list[pa.RecordBatch] = []
+        failed: dict[int, str] = {}
+
+        def attempt(indexes: list[int]) -> str | None:
+            parts = [batch.slice(spans[i][2], spans[i][3] - spans[i][2]) for i in indexes]
+            try:
+                stored.append(self.store.add_batch(parts[0] if len(parts) == 1 else pa.concat_batches(parts), compact=False))
+                return None
+            except Exception as exc:
+                return shorten(str(exc))
+
+        for indexes in by_sink.values():
+            reason = attempt(indexes)
+            if reason is None:
+                continue
+            if len(indexes) == 1:
+                failed[indexes[0]] = reason
+                continue
+            for index in indexes:
+                alone = attempt([index])
+                if alone is not None:
+                    failed[index] = alone
+        for index, reason in failed.items():
+            sink, _, first, end, _ = spans[index]
+            self._warn_bad(sink, f"{end - first} event(s) not stored: {reason}", store=True)
+        stored = [b for b in stored if b.num_rows]
+        if not stored:
+            return empty_batch(), failed
+        return (stored[0] if len(stored) == 1 else pa.concat_batches(stored)), failed
+
+    def _warn_bad(self, sink: _EventSink, problem: str, store: bool = False) -> None:
+        if store:
+            sink.collector._log.error("store", "events from %s on /event not stored: %s", sink.peer, problem)
+        else:
+            sink.collector._log.warning("bad-event", "bad event from %s on /event: %s", sink.peer, problem)
+
+    def _decode(self, arrivals: _Arrivals, message: bytes | str, batched: bool) -> str | None:
         try:
             if batched and is_arrow_message(message):
-                return _append_arrow(arrivals, message)  # type: ignore[arg-type]
+                return _append_arrow(arrivals, message, self.max_decoded, self.max_event)  # type: ignore[arg-type]
+            size = len(message)
+            if isinstance(message, str) and 4 * size > self.max_event:
+                size = len(message.encode("utf-8", "surrogatepass"))
+            if size > self.max_event:
+                return f"event of {size} bytes not stored: larger than {self.max_event} bytes (the limit per event)"
             arrivals.append_raw(message)
             return None
         except DecodeError as exc:
             return f"invalid event: {exc}"
         except Exception as exc:  # pragma: no cover - a bug must not stop the writer
             logger.exception("unexpected error decoding an event")
-            return f"event not stored: {exc}"
+            return f"event not stored: {shorten(str(exc))}"
+
+
+class _Fanout(threading.Thread):
+    """The thread that matches each commit against every live filter, off the event
+    loop, and hands the matches to the loop: an expensive filter costs this
+    thread's time, never the loop's. At most :data:`_FANOUT_QUEUE` commits wait
+    for it; beyond that the writer waits (and ingest slows) rather than memory grow."""
+
+    def __init__(self, collector: Collector) -> None:
+        super().__init__(name="theia-frames-fanout", daemon=True)
+        self.collector = collector
+        self._queue: deque[tuple[int, pa.RecordBatch]] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+
+    def put(self, upto: int, new: pa.RecordBatch) -> None:
+        """Hand over a commit's new events (writer thread); waits while the queue is full."""
+        if not self.collector._live:
+            return  # nobody to tell (a subscriber arriving now starts after this commit)
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._queue) < _FANOUT_QUEUE or self._closing)
+            if self._closing:
+                return
+            self._queue.append((upto, new))
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closing)
+                if self._closing:
+                    return
+                upto, new = self._queue.popleft()
+                self._cond.notify_all()
+            try:
+                parts = self._match(upto, new)
+            except Exception:  # pragma: no cover - a bug must not stop the live fan-out
+                logger.exception("matching stored events against live filters failed")
+                continue
+            if parts:
+                loop = self.collector._loop
+                try:
+                    if loop is not None:
+                        loop.call_soon_threadsafe(self.collector._deliver, parts)
+                except RuntimeError:  # the loop has ended
+                    return
+
+    def _match(self, upto: int, new: pa.RecordBatch) -> list[tuple[_Subscriber, Any]]:
+        """Each subscriber's part of a commit. Each filter is applied once to the whole
+        commit (time-only filters with a vectorised comparison); the plain frames are
+        encoded once and shared by every plain subscriber."""
+        commit = _Commit(new)
+        parts = []
+        for sub in self.collector._live:
+            if sub.dropped or sub.since >= upto:
+                continue
+            mask = commit.mask(sub.filter)
+            if mask is False:
+                continue
+            whole = commit.frames() if not sub.batched else new
+            parts.append((sub, whole if mask is True else whole.filter(mask)))
+        return parts
+
+
+class _Stalled(Exception):
+    """A /find whose client took none of its bytes for the stall timeout (the connection is cut off)."""
+
+
+class _Connection:
+    """What the collector knows of an open connection: where from, which endpoint, when
+    it last sent something, and whether the idle timeout applies to it."""
+
+    __slots__ = ("address", "path", "last", "watched")
+
+    def __init__(self, address: str, path: str, now: float) -> None:
+        self.address = address
+        self.path = path
+        self.last = now
+        self.watched = True
+
+
+class _Throttled:
+    """Log lines of one kind at most once per :data:`_LOG_EVERY` seconds, the rest counted:
+    a flood of bad clients must not become a flood of log."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _emit(self, level: int, kind: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(kind, -_LOG_EVERY) < _LOG_EVERY:
+                self._skipped[kind] = self._skipped.get(kind, 0) + 1
+                return
+            self._last[kind] = now
+            skipped = self._skipped.pop(kind, 0)
+        if skipped:
+            message += f" (and {skipped} more like it in the last {_LOG_EVERY:g} s)"
+        self._log.log(level, message, *args)
+
+    def info(self, kind: str, message: str, *args: Any) -> None:
+        self._emit(logging.INFO, kind, message, *args)
+
+    def warning(self, kind: str, message: str, *args: Any) -> None:
+        self._emit(logging.WARNING, kind, message, *args)
+
+    def error(self, kind: str, message: str, *args: Any) -> None:
+        self._emit(logging.ERROR, kind, message, *args)
+
+
+def _address(ws: ServerConnection) -> str:
+    try:
+        address = ws.remote_address
+    except Exception:  # pragma: no cover - transport already gone
+        return "?"
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return str(address)
+
+
+async def _close_quietly(ws: ServerConnection, code: int, reason: str) -> None:
+    try:
+        await ws.close(code, reason)
+    except Exception:  # pragma: no cover - already closed
+        pass

@@ -7,7 +7,7 @@ import argparse
 from ..exceptions import UsageError
 from ..timeparse import to_epoch, to_seconds
 
-__all__ = ["port", "count", "positive_number", "time_arg", "duration_arg"]
+__all__ = ["port", "count", "positive_number", "time_arg", "duration_arg", "duration_or_none"]
 
 
 def _number(text: str, kind: type, what: str) -> int | float:
@@ -55,3 +55,13 @@ def duration_arg(text: str) -> float:
         return to_seconds(text)
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def duration_or_none(text: str) -> float | None:
+    """A positive duration (as :func:`duration_arg` reads it), or ``none`` (no limit)."""
+    if text.strip().lower() == "none":
+        return None
+    value = duration_arg(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive duration, got {text!r}")
+    return value

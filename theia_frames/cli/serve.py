@@ -1,9 +1,13 @@
-"""The ``serve`` command: run the embedded collector until Ctrl-C.
+"""The ``serve`` command: run the embedded collector until Ctrl-C or SIGTERM.
 
 Examples::
 
     theia-frames serve --db events.db
     theia-frames serve --db events.db --host 0.0.0.0 --port 6433 --log-level debug
+    theia-frames serve --db events.db --max-connections 2000 --idle-timeout none
+
+Every limit on what one client can make the collector spend has a flag (see
+``theia-frames serve --help`` and :class:`~theia_frames.collector.Collector`).
 """
 
 from __future__ import annotations
@@ -16,12 +20,44 @@ import sys
 import threading
 from typing import Any
 
-from ..collector import DEFAULT_LIVE_QUEUE, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PORT
+from ..collector import (
+    DEFAULT_FIND_STALL_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_LIVE_QUEUE,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    DEFAULT_MAX_DECODED_SIZE,
+    DEFAULT_MAX_EVENT_SIZE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_PATTERN_SIZE,
+    DEFAULT_MAX_PATTERNS,
+    DEFAULT_PORT,
+)
 from . import argtypes
 
 __all__ = ["register"]
 
 _LEVELS = ("debug", "info", "warning", "error")
+# Seconds a stop may take (storing what was received, closing the store) before
+# the process ends anyway: what was confirmed is committed already.
+_STOP_DEADLINE = 10.0
+
+# (flag, option of Collector, default, metavar, help)
+_LIMITS: tuple[tuple[str, str, Any, str, str], ...] = (
+    ("--max-message-size", "max_message_size", DEFAULT_MAX_MESSAGE_SIZE, "BYTES", "largest message accepted"),
+    (
+        "--max-decoded-size", "max_decoded_size", DEFAULT_MAX_DECODED_SIZE, "BYTES",
+        "most bytes the events of one /event message may decode to (compressed Arrow batches are checked before decompressing)",
+    ),
+    ("--max-event-size", "max_event_size", DEFAULT_MAX_EVENT_SIZE, "BYTES", "most bytes one event may decode to"),
+    ("--max-patterns", "max_patterns", DEFAULT_MAX_PATTERNS, "N", "most patterns in one filter"),
+    ("--max-pattern-size", "max_pattern_size", DEFAULT_MAX_PATTERN_SIZE, "BYTES", "longest pattern in a filter"),
+    ("--max-connections", "max_connections", DEFAULT_MAX_CONNECTIONS, "N", "most connections open at once"),
+    (
+        "--max-connections-per-address", "max_connections_per_address", DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, "N",
+        "most connections open at once from one address",
+    ),
+)
 
 
 def register(subparsers: Any) -> None:
@@ -30,7 +66,7 @@ def register(subparsers: Any) -> None:
         help="run the embedded collector",
         description=(
             "Run a theia collector (endpoints /event, /find, /live) with an SQLite store until "
-            "Ctrl-C. Peers speaking the plain protocol (the Go client, the upstream Python client) "
+            "Ctrl-C or SIGTERM. Peers speaking the plain protocol (the Go client, the upstream Python client) "
             "and theia-frames clients with batched transfer are served alike."
         ),
     )
@@ -38,18 +74,34 @@ def register(subparsers: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1, loopback only)")
     p.add_argument("--port", type=argtypes.port, default=DEFAULT_PORT, help=f"the port (default {DEFAULT_PORT}; 0 picks a free one)")
     p.add_argument(
-        "--max-message-size",
-        type=argtypes.count,
-        default=DEFAULT_MAX_MESSAGE_SIZE,
-        metavar="BYTES",
-        help=f"largest message accepted (default {DEFAULT_MAX_MESSAGE_SIZE})",
-    )
-    p.add_argument(
         "--live-queue",
         type=argtypes.count,
         default=DEFAULT_LIVE_QUEUE,
         metavar="EVENTS",
         help=f"events a live subscriber may have waiting before it is dropped as too slow (default {DEFAULT_LIVE_QUEUE})",
+    )
+    limits = p.add_argument_group("limits on what one client can make the collector spend")
+    for flag, dest, default, metavar, text in _LIMITS:
+        limits.add_argument(flag, dest=dest, type=argtypes.count, default=default, metavar=metavar, help=f"{text} (default {default})")
+    limits.add_argument(
+        "--idle-timeout",
+        type=argtypes.duration_or_none,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help=(
+            "close a connection that sends nothing for this long: /event between messages, /find and /live "
+            f"before their filter (default {DEFAULT_IDLE_TIMEOUT:g}; 'none' for no limit)"
+        ),
+    )
+    limits.add_argument(
+        "--find-stall-timeout",
+        type=argtypes.duration_or_none,
+        default=DEFAULT_FIND_STALL_TIMEOUT,
+        metavar="SECONDS",
+        help=(
+            "cut off a /find whose client takes none of its results for this long, ending its query "
+            f"(default {DEFAULT_FIND_STALL_TIMEOUT:g}; 'none' for no limit)"
+        ),
     )
     p.add_argument(
         "--token",
@@ -83,11 +135,13 @@ def _serve(args: argparse.Namespace) -> int:
             db=args.db,
             host=args.host,
             port=args.port,
-            max_message_size=args.max_message_size,
             live_queue=args.live_queue,
             token=args.token or None,
             certfile=args.certfile,
             keyfile=args.keyfile,
+            idle_timeout=args.idle_timeout,
+            find_stall_timeout=args.find_stall_timeout,
+            **{dest: getattr(args, dest) for _, dest, _, _, _ in _LIMITS},
         )
         try:
             print(f"theia-frames collector listening on {collector.url} (store: {args.db}); Ctrl-C to stop", flush=True)
@@ -95,8 +149,24 @@ def _serve(args: argparse.Namespace) -> int:
                 pass
             print("stopping ...", file=sys.stderr, flush=True)
         finally:
-            collector.stop()
+            _stop_within(collector, _STOP_DEADLINE)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _stop_within(collector: Any, deadline: float) -> None:
+    """Stop the collector; when that takes longer than ``deadline`` seconds, end the
+    process (exit status 1, saying so): a stop must not hang whatever runs."""
+    stopper = threading.Thread(target=collector.stop, name="theia-frames-stop", daemon=True)
+    stopper.start()
+    stopper.join(deadline)
+    if stopper.is_alive():
+        print(
+            f"the collector did not stop within {deadline:g} s; exiting without waiting "
+            "(committed events are stored; events not yet committed are not)",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(1)
