@@ -277,7 +277,7 @@ def test_a_find_stops_working_when_its_client_leaves(monkeypatch):
 
     def slow_blob(self: Any, seq: int) -> bytes:
         reads.append(seq)
-        time.sleep(0.1)
+        time.sleep(0.05)
         return real_blob(self, seq)
 
     with serve(db=":memory:", port=0) as collector:
@@ -286,8 +286,8 @@ def test_a_find_stops_working_when_its_client_leaves(monkeypatch):
         with opened(collector.url + "/find") as ws:
             ws.send(json.dumps({"start": 1, "content": "matches nothing"}))
             assert ws.recv() == "ok"
-        # The scan of 30 chunks (3 s) stops at the next chunk after the client left.
-        poll_until(lambda: len(reads) >= 30, timeout=5)
+        # The scan of 30 chunks (1.5 s) stops at the next chunk after the client left.
+        poll_until(lambda: len(reads) >= 30, timeout=2.5)
         assert len(reads) < 30
         collector.stop()  # and a stop does not wait for it either
 
@@ -342,7 +342,7 @@ def test_pending_bytes_bound_memory_one_message_per_connection_waits(monkeypatch
             sock = socket.create_connection(("127.0.0.1", collector.port))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
             with opened(collector.url + "/event", socket=sock) as ws:
-                ws.sock.settimeout(2.0)
+                ws.sock.settimeout(1.0)
                 sent = 0
                 try:
                     for _ in range(40):

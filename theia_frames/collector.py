@@ -168,6 +168,8 @@ _FILTER_WORKERS = 2
 _COMMIT_BYTES = 64 * 1024 * 1024
 # Commits the live fan-out may have waiting before the writer waits for it.
 _FANOUT_QUEUE = 8
+# Seconds the writer waits for the fan-out before the costliest filter's subscriber is dropped.
+_FANOUT_WAIT = 0.25
 # Store failures remembered for Collector.flush (the newest; counted beyond that).
 _MAX_FAILURES_KEPT = 1_000
 # Seconds between two log lines about the same kind of refusal (the rest are counted).
@@ -344,6 +346,7 @@ class Collector:
         self._connections: dict[ServerConnection, _Connection] = {}
         self._per_address: dict[str, int] = {}
         self._queries: set[Any] = set()  # the /find queries running
+        self._pattern_steps: asyncio.Semaphore | None = None
         self._log = _Throttled(logger)
 
     # ------------------------------------------------------------------ public
@@ -500,6 +503,7 @@ class Collector:
     async def _main(self) -> None:
         self._stop_requested = asyncio.Event()
         self._room = asyncio.Event()
+        self._pattern_steps = asyncio.Semaphore(_FIND_WORKERS - 1)
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._loop_exception)
         try:
@@ -740,10 +744,12 @@ class Collector:
                     continue
                 writer.put(sink, message, batched)
                 while writer.pending_bytes > _PENDING_LIMIT:
-                    # Stop reading until the writer catches up: TCP pushes back on the client.
+                    # Stop reading until the writer catches up: TCP pushes back on the client
+                    # (which is not idle meanwhile: we are not listening).
+                    state.watched = False
                     room.clear()
                     await room.wait()
-                    state.last = loop.time()
+                    state.last, state.watched = loop.time(), True
         finally:
             sink.closed = True
 
@@ -779,6 +785,11 @@ class Collector:
                 continue
             if failed:
                 sink.failures.append((seq, text))
+                if len(sink.failures) > _MAX_WAITING_ERRORS and not sink.closed:
+                    # Too many failures no flush has asked about to keep them all: end the
+                    # connection; its client holds whatever is unconfirmed as in doubt.
+                    sink.closed = True
+                    self._spawn(_close_quietly(sink.ws, 1011, "too many events not stored"))
             else:
                 sink.rejected += 1
             sink.report(text)
@@ -809,11 +820,29 @@ class Collector:
             results = await loop.run_in_executor(pool, functools.partial(store.query_batches, flt, rows=_PLAIN_CHUNK))
         self._queries.add(results)
         produce = functools.partial(_next_find_output, results, batched)
-        job: asyncio.Future[bytes | memoryview | None] | None = None
+        slots = None if flt.is_time_only else self._pattern_steps
+        running = [False]  # whether the current step reached a worker thread
+
+        async def step() -> bytes | memoryview | None:
+            # A step of a find with patterns (Python matching, the costly kind) waits
+            # for one of _FIND_WORKERS - 1 places, in turn with the other such finds:
+            # each gets a step in its turn, and a worker stays free for time-only finds.
+            if slots is None:
+                running[0] = True
+                return await loop.run_in_executor(pool, produce)
+            async with slots:
+                running[0] = True
+                return await loop.run_in_executor(pool, produce)
+
+        def next_step() -> asyncio.Task[bytes | memoryview | None]:
+            running[0] = False
+            return loop.create_task(step())
+
+        job: asyncio.Task[bytes | memoryview | None] | None = None
         gone = loop.create_task(ws.wait_closed())
         try:
             await self._send_find(ws, OK, False)
-            job = loop.run_in_executor(pool, produce)
+            job = next_step()
             while job is not None:
                 await asyncio.wait((job, gone), return_when=asyncio.FIRST_COMPLETED)
                 if not job.done():
@@ -823,12 +852,14 @@ class Collector:
                 if output is None:
                     break
                 # Read and encode the next part while this one is sent.
-                job = loop.run_in_executor(pool, produce)
+                job = next_step()
                 await self._send_find(ws, output, not batched)
         finally:
             results.cancel()
             gone.cancel()
             if job is not None:
+                if not running[0]:
+                    job.cancel()  # still waiting for its turn: it never touched the query
                 await asyncio.gather(job, return_exceptions=True)
             await loop.run_in_executor(pool, results.close)
             self._queries.discard(results)
@@ -895,7 +926,9 @@ class Collector:
         for sub, part in parts:
             if sub.dropped or sub not in self._subscribers:
                 continue
-            if sub.waiting >= self.live_queue:
+            if sub.waiting >= self.live_queue and sub.writing:
+                # Over its bound while its sender is stuck writing (not merely not yet
+                # woken: the fan-out may hand over several commits at once).
                 self._drop_slow(sub)
                 continue
             sub.pending.append(part)
@@ -911,7 +944,9 @@ class Collector:
         step = self.live_queue
         try:
             while True:
+                sub.writing = False
                 await sub.wake.wait()
+                sub.writing = True
                 sub.wake.clear()
                 pending, sub.pending = sub.pending, []
                 if not pending:
@@ -935,21 +970,19 @@ class Collector:
         except ConnectionClosed:
             pass
 
-    def _drop_slow(self, sub: _Subscriber) -> None:
+    def _drop_slow(self, sub: _Subscriber, why: str | None = None) -> None:
+        """Drop a subscriber: more than ``live_queue`` events waiting, or ``why``."""
+        if why is None:
+            why = f"more than {self.live_queue} events were waiting to be sent"
         sub.dropped = True
         sub.pending.clear()
         if sub.sender is not None:
             sub.sender.cancel()
-        logger.warning(
-            "dropping live subscriber %s: more than %d events waiting", _peer(sub.ws), self.live_queue
-        )
-        self._spawn(self._close_slow(sub))
+        self._log.warning("slow", "dropping live subscriber %s: %s", _peer(sub.ws), why)
+        self._spawn(self._close_slow(sub, why))
 
-    async def _close_slow(self, sub: _Subscriber) -> None:
-        text = _error(
-            f"subscriber too slow: more than {self.live_queue} events were waiting to be sent; "
-            "reconnect, and use /find for the events missed"
-        )
+    async def _close_slow(self, sub: _Subscriber, why: str) -> None:
+        text = _error(f"subscriber too slow: {why}; reconnect, and use /find for the events missed")
         try:
             await asyncio.wait_for(sub.ws.send(text), _SLOW_NOTICE_TIMEOUT)
         except Exception:  # timed out or already closed: the close below still ends it
@@ -1358,7 +1391,7 @@ class _EventSink:
 class _Subscriber:
     """A /live connection: its filter and the events waiting to be sent to it."""
 
-    __slots__ = ("ws", "filter", "batched", "since", "pending", "waiting", "wake", "sender", "dropped")
+    __slots__ = ("ws", "filter", "batched", "since", "pending", "waiting", "wake", "sender", "writing", "dropped", "cost")
 
     def __init__(self, ws: ServerConnection, flt: EventFilter, batched: bool, since: int) -> None:
         self.ws = ws
@@ -1371,7 +1404,9 @@ class _Subscriber:
         self.waiting = 0
         self.wake = asyncio.Event()
         self.sender: asyncio.Task[None] | None = None
+        self.writing = False  # its sender is writing (not waiting to be woken)
         self.dropped = False
+        self.cost = 0.0  # seconds the fan-out spent matching its filter, recent commits weighing most
 
 
 # What a commit did with one received message: (sink, message number, events
@@ -1584,11 +1619,29 @@ class _Fanout(threading.Thread):
         self._closing = False
 
     def put(self, upto: int, new: pa.RecordBatch) -> None:
-        """Hand over a commit's new events (writer thread); waits while the queue is full."""
+        """Hand over a commit's new events (writer thread); waits while the queue is full.
+
+        When it stays full for :data:`_FANOUT_WAIT` seconds, the subscriber whose
+        filter cost the most matching time is dropped as too slow (its client is
+        told why), so one costly filter cannot hold up ingest for everyone.
+        """
         if not self.collector._live:
             return  # nobody to tell (a subscriber arriving now starts after this commit)
+        room = lambda: len(self._queue) < _FANOUT_QUEUE or self._closing  # noqa: E731
         with self._cond:
-            self._cond.wait_for(lambda: len(self._queue) < _FANOUT_QUEUE or self._closing)
+            while not self._cond.wait_for(room, _FANOUT_WAIT):
+                costly = [sub for sub in self.collector._live if not sub.dropped and sub.cost > 0]
+                if not costly:
+                    continue
+                victim = max(costly, key=lambda sub: sub.cost)
+                victim.dropped = True  # the fan-out skips it from now on
+                loop = self.collector._loop
+                if loop is not None:
+                    why = "its filter takes more matching time than the collector can give it at this rate of events"
+                    try:
+                        loop.call_soon_threadsafe(self.collector._drop_slow, victim, why)
+                    except RuntimeError:  # the loop has ended
+                        pass
             if self._closing:
                 return
             self._queue.append((upto, new))
@@ -1629,7 +1682,9 @@ class _Fanout(threading.Thread):
         for sub in self.collector._live:
             if sub.dropped or sub.since >= upto:
                 continue
+            started = time.perf_counter()
             mask = commit.mask(sub.filter)
+            sub.cost = 0.5 * sub.cost + (time.perf_counter() - started)
             if mask is False:
                 continue
             whole = commit.frames() if not sub.batched else new

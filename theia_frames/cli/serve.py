@@ -42,6 +42,9 @@ _LEVELS = ("debug", "info", "warning", "error")
 # the process ends anyway: what was confirmed is committed already.
 _STOP_DEADLINE = 10.0
 
+# Seconds between two returns of freed memory to the system.
+_TRIM_EVERY = 2.0
+
 # (flag, option of Collector, default, metavar, help)
 _LIMITS: tuple[tuple[str, str, Any, str, str], ...] = (
     ("--max-message-size", "max_message_size", DEFAULT_MAX_MESSAGE_SIZE, "BYTES", "largest message accepted"),
@@ -117,6 +120,7 @@ def register(subparsers: Any) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from ..collector import serve
 
+    trim = _memory_trimmer()
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -145,8 +149,9 @@ def _serve(args: argparse.Namespace) -> int:
         )
         try:
             print(f"theia-frames collector listening on {collector.url} (store: {args.db}); Ctrl-C to stop", flush=True)
-            while not stop.wait(0.5):
-                pass
+            while not stop.wait(_TRIM_EVERY):
+                if trim is not None:
+                    trim()
             print("stopping ...", file=sys.stderr, flush=True)
         finally:
             _stop_within(collector, _STOP_DEADLINE)
@@ -154,6 +159,25 @@ def _serve(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _memory_trimmer() -> Any:
+    """A function giving the memory glibc keeps after large messages were freed
+    back to the system (``malloc_trim``), or None on other platforms.
+
+    glibc keeps freed heap memory for reuse; after clients sent 13.4 MB
+    messages the collector's RSS stayed 400 MB above its baseline. The command
+    calls this every few seconds: only its own process is concerned.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return lambda: trim(0)
 
 
 def _stop_within(collector: Any, deadline: float) -> None:
