@@ -31,6 +31,9 @@ The attacks are those of issue 13, items 1-9:
 - ``connections``: the collector with ``ulimit -n 1024``; 1,100 connections
   from one address that then say nothing, and 300 raw TCP connections that
   never handshake;
+- ``sigterm``: SIGTERM while four finds with 64 patterns, a stalled find, a
+  costly live filter and ingest as fast as it goes all run; then a restart on
+  the same file, where every event the normal client had confirmed must be;
 - ``handshakes``: 5,000 handshakes with two Authorization headers, 5,000 to
   unknown paths, 100 batches with a 60,000-column schema (the collector's log
   size and traceback count are printed).
@@ -327,6 +330,31 @@ def attack_patterns(url: str, note: dict[str, Any]) -> None:
         f.close()
 
 
+def attack_sigterm(collector: CollectorProcess, note: dict[str, Any]) -> CollectorProcess:
+    """SIGTERM while it works hard: four finds with 64 patterns, a stalled find, a
+    costly live filter, ingest as fast as it goes; then a restart on the same file."""
+    url = collector.url
+    preload(url, 200_000)
+    stop = threading.Event()
+    feed(url, stop, None, total=10_000_000)
+    stalled = ws(url, "/find", sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
+    stalled.send(json.dumps({"start": 1}))
+    live = ws(url, "/live")
+    live.send(json.dumps({"start": 1, "tags": [f"(sensor|temp|x{i})" for i in range(63)], "content": "y+z?"}))
+    finds = []
+    for _ in range(4):
+        f = ws(url, "/find", batched=True)
+        f.send(json.dumps({"start": 1, "tags": [".*"] * 63, "content": "y.*y"}))
+        finds.append(f)
+    time.sleep(5)
+    t = time.monotonic()
+    status = collector.stop(timeout=60)
+    note["SIGTERM under load"] = f"stopped in {time.monotonic() - t:.1f} s, exit status {status}"
+    stop.set()
+    restarted = CollectorProcess(collector.db, options=collector.options).start()
+    return restarted
+
+
 def attack_compile(url: str, note: dict[str, Any]) -> None:
     refused = 0
     for i in range(8):
@@ -466,6 +494,7 @@ ATTACKS: dict[str, Callable[..., None]] = {
     "wal": attack_wal,
     "connections": attack_connections,
     "handshakes": attack_handshakes,
+    "sigterm": attack_sigterm,
 }
 
 
@@ -512,6 +541,11 @@ def run(name: str, workdir: str) -> dict[str, Any]:
     t = time.monotonic()
     if name == "wal":
         attack_wal(collector.url, note, db)
+    elif name == "sigterm":
+        collector = attack_sigterm(collector, note)
+        sampler.stopped.set()
+        sampler = Sampler(collector)
+        probe.url = collector.url
     elif prepared is not None:
         ATTACKS[name](collector.url, note, prepared)
     else:

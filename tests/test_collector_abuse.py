@@ -262,6 +262,35 @@ def test_a_filter_being_compiled_or_matched_does_not_hold_up_anyone(monkeypatch)
             release.set()
 
 
+def test_a_live_filter_too_costly_for_the_rate_of_events_is_dropped_not_waited_for(monkeypatch):
+    from theia_frames import collector as collector_module
+
+    real_mask = collector_module._Commit.mask
+
+    def costly_mask(self: Any, flt: EventFilter) -> Any:
+        if flt.content == "costly":
+            time.sleep(0.3)  # as a filter of many patterns over a large commit
+        return real_mask(self, flt)
+
+    monkeypatch.setattr(collector_module._Commit, "mask", costly_mask)
+    monkeypatch.setattr(collector_module, "_FANOUT_QUEUE", 1)
+    monkeypatch.setattr(collector_module, "_FANOUT_WAIT", 0.05)
+    with serve(db=":memory:", port=0) as collector, Client(collector.url) as client:
+        with opened(collector.url + "/live") as costly, opened(collector.url + "/live") as cheap:
+            costly.send(json.dumps({"start": 1, "content": "costly"}))
+            cheap.send(json.dumps({"start": 1}))
+            assert costly.recv() == "ok" and cheap.recv() == "ok"
+            for k in range(10):
+                client.send_many(sample(5, prefix=f"r{k}-"), wait=True)
+            messages = []
+            costly.settimeout(10)
+            while not (messages and isinstance(messages[-1], str)):
+                messages.append(costly.recv())
+            assert "subscriber too slow: its filter takes more matching time" in messages[-1]
+            cheap.settimeout(10)
+            assert sum(1 for _ in range(50) if cheap.recv()) == 50  # the others get everything
+
+
 def _many_chunks(collector: Collector, chunks: int) -> None:
     """Chunks that are never merged (each large enough to be final)."""
     assert collector.store is not None
@@ -476,3 +505,17 @@ def test_the_serve_command_takes_the_limits_says_it_listens_once_and_stops_on_si
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+def test_a_batched_find_sends_messages_of_bounded_bytes(monkeypatch):
+    # A reader bounds what one message may decode to (ipc_to_batches' max_decoded):
+    # gathered events go out in messages of about the store's chunk bytes at most.
+    from theia_frames import store as store_module
+
+    monkeypatch.setattr(store_module, "_CHUNK_BYTES", 1 << 20)
+    store = EventStore(":memory:")
+    store.add_many([Event(id=f"e{i}", timestamp=T0 + i, content=("x" if i % 2 else "y") * 5000) for i in range(2000)])
+    messages = list(store.query_ipc(EventFilter(content="x")))
+    assert sum(b.num_rows for m in messages for b in ipc_to_batches(m)) == 1000
+    assert len(messages) > 1 and max(len(m) for m in messages) < 1.2 * (1 << 20)
+    store.close()

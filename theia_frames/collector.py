@@ -26,8 +26,22 @@ A filter that cannot be built (not JSON, an unknown key, a wrong type, an
 invalid regex, an end before the start) is answered ``{"error": "..."}``
 naming the problem, then the connection is closed (code 1008). Filters mean
 what :class:`~theia_frames.filter.EventFilter` says they mean, nothing else.
-Any other path is refused at the handshake (HTTP 404). Messages larger than
-``max_message_size`` close that connection (code 1009); the server carries on.
+Any other path is refused at the handshake (HTTP 404, after the token is
+checked). Messages larger than ``max_message_size`` close that connection
+(code 1009); the server carries on.
+
+Limits: everything one client can make the collector spend is bounded, each
+bound an option of :class:`Collector` (and a flag of ``theia-frames serve``):
+message size, decoded bytes per message and per event (compressed Arrow
+buffers are measured before they are decompressed), patterns per filter and
+bytes per pattern, connections in all and per address, idle time, the time a
+``/find`` may stall. A refusal names the limit. The collector reads at most
+one message ahead per connection and stops reading ``/event`` connections
+while 64 MiB received are not yet committed, so its memory stays bounded by
+about ``64 MiB + connections x 2 x max_message_size`` above what the store's
+caches take. Filters are compiled and matched on worker threads, never on the
+event loop; a ``/find`` ends when its client leaves, and a stop ends running
+finds at their next stored chunk. RELIABILITY.md has the measurements.
 
 Batched transfer (:mod:`theia_frames.batch`): a client that offers the
 subprotocol ``theia-frames.v1`` gets it; then ``/find`` sends Arrow batches
@@ -40,7 +54,8 @@ each had been sent on its own.
 
 Writes go through one writer thread that commits whatever has arrived in one
 transaction (group commit) as one chunk of the store (:mod:`theia_frames.store`);
-only committed events are pushed to ``/live``.
+a message the store refuses fails alone: the other senders' events of that
+commit are stored and confirmed. Only committed events are pushed to ``/live``.
 Every received message gets a sequence number and the writer publishes the
 number it has committed through, so :meth:`Collector.flush` can wait for
 "everything received so far is stored". A live subscriber holds at most
@@ -1617,6 +1632,9 @@ class _Fanout(threading.Thread):
         self._queue: deque[tuple[int, pa.RecordBatch]] = deque()
         self._cond = threading.Condition()
         self._closing = False
+        self._matching: tuple[_Subscriber | None, float] = (None, 0.0)  # whose filter runs, since when
+        self._processed = 0  # commits matched so far
+        self._dropped_at = -1  # the value of _processed when a subscriber was last dropped
 
     def put(self, upto: int, new: pa.RecordBatch) -> None:
         """Hand over a commit's new events (writer thread); waits while the queue is full.
@@ -1630,11 +1648,20 @@ class _Fanout(threading.Thread):
         room = lambda: len(self._queue) < _FANOUT_QUEUE or self._closing  # noqa: E731
         with self._cond:
             while not self._cond.wait_for(room, _FANOUT_WAIT):
-                costly = [sub for sub in self.collector._live if not sub.dropped and sub.cost > 0]
+                if self._dropped_at == self._processed:
+                    continue  # the last one dropped may still be matched: one at a time
+                current, started = self._matching
+                now = time.perf_counter()
+
+                def cost(sub: _Subscriber) -> float:
+                    return sub.cost + (now - started if sub is current else 0.0)
+
+                costly = [sub for sub in self.collector._live if not sub.dropped and cost(sub) > 0]
                 if not costly:
                     continue
-                victim = max(costly, key=lambda sub: sub.cost)
+                victim = max(costly, key=cost)
                 victim.dropped = True  # the fan-out skips it from now on
+                self._dropped_at = self._processed
                 loop = self.collector._loop
                 if loop is not None:
                     why = "its filter takes more matching time than the collector can give it at this rate of events"
@@ -1665,6 +1692,8 @@ class _Fanout(threading.Thread):
             except Exception:  # pragma: no cover - a bug must not stop the live fan-out
                 logger.exception("matching stored events against live filters failed")
                 continue
+            finally:
+                self._processed += 1
             if parts:
                 loop = self.collector._loop
                 try:
@@ -1683,7 +1712,11 @@ class _Fanout(threading.Thread):
             if sub.dropped or sub.since >= upto:
                 continue
             started = time.perf_counter()
-            mask = commit.mask(sub.filter)
+            self._matching = (sub, started)
+            try:
+                mask = commit.mask(sub.filter)
+            finally:
+                self._matching = (None, 0.0)
             sub.cost = 0.5 * sub.cost + (time.perf_counter() - started)
             if mask is False:
                 continue

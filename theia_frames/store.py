@@ -868,6 +868,11 @@ class _Gather:
         self.waiting: list[pa.RecordBatch] = []
         self.count = 0
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the events waiting."""
+        return sum(piece.nbytes for piece in self.waiting)
+
     def add(self, piece: pa.RecordBatch) -> list[pa.RecordBatch]:
         """Take a piece; returns the batches of ``rows`` events now complete."""
         self.waiting.append(piece)
@@ -904,7 +909,9 @@ def _rebatch(pieces: Iterator[tuple[pa.RecordBatch, bytes | None]], rows: int) -
 
 
 def _ipc_messages(pieces: Iterator[tuple[pa.RecordBatch, bytes | None]], rows: int) -> Iterator[bytes]:
-    """Pieces as IPC messages of at most ``rows`` events; a whole stored chunk as stored."""
+    """Pieces as IPC messages of at most ``rows`` events and about :data:`_CHUNK_BYTES`
+    bytes at most (a reader bounds what one message may decode to); a whole stored
+    chunk as stored."""
     gather = _Gather(rows)
     for piece, blob in pieces:
         if blob is not None and piece.num_rows <= rows:
@@ -913,8 +920,14 @@ def _ipc_messages(pieces: Iterator[tuple[pa.RecordBatch, bytes | None]], rows: i
                 yield batch_to_ipc(rest)
             yield blob
             continue
-        for batch in gather.add(piece):
-            yield batch_to_ipc(batch)
+        for start, stop in _pieces(piece.num_rows, piece.nbytes):
+            part = piece.slice(start, stop - start)
+            if gather.count and gather.nbytes + part.nbytes > _CHUNK_BYTES:
+                rest = gather.rest()
+                if rest is not None:
+                    yield batch_to_ipc(rest)
+            for batch in gather.add(part):
+                yield batch_to_ipc(batch)
     rest = gather.rest()
     if rest is not None:
         yield batch_to_ipc(rest)
