@@ -291,6 +291,35 @@ def test_a_live_filter_too_costly_for_the_rate_of_events_is_dropped_not_waited_f
             assert sum(1 for _ in range(50) if cheap.recv()) == 50  # the others get everything
 
 
+def test_a_stop_while_ingest_waits_for_the_live_fanout_returns(monkeypatch):
+    from theia_frames import collector as collector_module
+
+    real_mask = collector_module._Commit.mask
+    release = threading.Event()
+
+    def stuck_mask(self: Any, flt: EventFilter) -> Any:
+        if flt.content == "stuck":
+            release.wait(30)
+        return real_mask(self, flt)
+
+    monkeypatch.setattr(collector_module._Commit, "mask", stuck_mask)
+    monkeypatch.setattr(collector_module, "_FANOUT_QUEUE", 1)
+    monkeypatch.setattr(collector_module, "_FANOUT_WAIT", 60.0)  # nobody is dropped meanwhile
+    collector = serve(db=":memory:", port=0)
+    with opened(collector.url + "/live") as live, opened(collector.url + "/event") as sender:
+        live.send(json.dumps({"start": 1, "content": "stuck"}))
+        assert live.recv() == "ok"
+        for k in range(5):  # one commit in the fan-out, one waiting, the writer waiting with the next
+            sender.send_binary(encode(Event(id=f"w{k}", timestamp=T0 + k, content="stuck")))
+            time.sleep(0.05)
+        stopper = threading.Thread(target=collector.stop)
+        stopper.start()
+        wait_until(lambda: collector._loop is not None and collector._loop.is_closed(), what="the event loop to end")
+        release.set()  # the filter being matched finishes; nothing may wait for the fan-out now
+        stopper.join(30)
+        assert not stopper.is_alive(), "the stop never returned"
+
+
 def _many_chunks(collector: Collector, chunks: int) -> None:
     """Chunks that are never merged (each large enough to be final)."""
     assert collector.store is not None
@@ -512,9 +541,9 @@ def test_a_batched_find_sends_messages_of_bounded_bytes(monkeypatch):
     # gathered events go out in messages of about the store's chunk bytes at most.
     from theia_frames import store as store_module
 
-    monkeypatch.setattr(store_module, "_CHUNK_BYTES", 1 << 20)
     store = EventStore(":memory:")
     store.add_many([Event(id=f"e{i}", timestamp=T0 + i, content=("x" if i % 2 else "y") * 5000) for i in range(2000)])
+    monkeypatch.setattr(store_module, "_CHUNK_BYTES", 1 << 20)  # for reading only (stored chunks follow the real one)
     messages = list(store.query_ipc(EventFilter(content="x")))
     assert sum(b.num_rows for m in messages for b in ipc_to_batches(m)) == 1000
     assert len(messages) > 1 and max(len(m) for m in messages) < 1.2 * (1 << 20)

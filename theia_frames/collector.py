@@ -500,12 +500,14 @@ class Collector:
         # Every connection is closed: store what is still queued, then close the store.
         for results in list(self._queries):
             results.cancel()  # a query step still running stops at its next chunk
-        if self._writer is not None:
-            self._writer.close()
-            self._writer.join()
+        # The loop has ended: no subscriber is left to match for, and the writer
+        # must never wait for the fan-out while it stores what is queued.
         if self._fanout is not None:
             self._fanout.close()
             self._fanout.join()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer.join()
         for pool in (self._pool, self._filter_pool):
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -862,7 +864,12 @@ class Collector:
                 await asyncio.wait((job, gone), return_when=asyncio.FIRST_COMPLETED)
                 if not job.done():
                     return  # the client left: the query ends below, at its next chunk
-                output = job.result()
+                try:
+                    output = job.result()
+                except StoreError:
+                    if self._stop_requested is not None and self._stop_requested.is_set():
+                        return  # cancelled by the stop: the connection is closing anyway
+                    raise
                 job = None
                 if output is None:
                     break
@@ -1699,7 +1706,8 @@ class _Fanout(threading.Thread):
                 try:
                     if loop is not None:
                         loop.call_soon_threadsafe(self.collector._deliver, parts)
-                except RuntimeError:  # the loop has ended
+                except RuntimeError:  # the loop has ended: nobody to deliver to
+                    self.close()
                     return
 
     def _match(self, upto: int, new: pa.RecordBatch) -> list[tuple[_Subscriber, Any]]:

@@ -103,6 +103,8 @@ _CHUNK_BYTES = 32 * 1024 * 1024
 _FINAL_ROWS = 4_096
 _FINAL_BYTES = 1024 * 1024
 _FINAL_TIER = 15
+# Events matched between two looks at whether the query was cancelled.
+_MATCH_SLICE = 2_048
 # Bytes the write-ahead log is cut back to after a checkpoint.
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 # Events from an iterable of Event objects are stored in batches of this many.
@@ -546,12 +548,16 @@ class EventStore:
         pa = _pa()
         matches = flt.matches_fields
         for piece, blob in pieces:
-            d = piece.to_pydict()
-            tags = [split_tags(t) for t in d["tags"]] if flt.tags else _no_tags(piece.num_rows)
-            mask = [
-                matches(ts, tg, c, i, s)
-                for ts, tg, c, i, s in zip(d["timestamp"], tags, d["content"], d["id"], d["source"])
-            ]
+            mask: list[bool] = []
+            # In slices, so that a cancelled query stops within one slice's matching.
+            for at in range(0, piece.num_rows, _MATCH_SLICE):
+                snapshot.check()
+                d = piece.slice(at, _MATCH_SLICE).to_pydict()
+                tags = [split_tags(t) for t in d["tags"]] if flt.tags else _no_tags(len(d["id"]))
+                mask += [
+                    matches(ts, tg, c, i, s)
+                    for ts, tg, c, i, s in zip(d["timestamp"], tags, d["content"], d["id"], d["source"])
+                ]
             if all(mask):
                 yield piece, blob
             elif any(mask):
@@ -678,10 +684,14 @@ class _Snapshot:
         """Make the next read fail (any thread): a query stops at its next chunk."""
         self._cancelled = True
 
+    def check(self) -> None:
+        """Raise StoreError when the query was cancelled."""
+        if self._cancelled:
+            raise StoreError(f"a query of the event store {self.store.path!r} was cancelled")
+
     def blob(self, seq: int) -> bytes:
         store = self.store
-        if self._cancelled:
-            raise StoreError(f"a query of the event store {store.path!r} was cancelled")
+        self.check()
         if self._done or store._closed:
             raise StoreError(f"the event store {store.path!r} was closed during a query")
         try:
