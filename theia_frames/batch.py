@@ -140,7 +140,7 @@ def ipc_to_batches(
     :class:`~theia_frames.exceptions.DecodeError` of bounded length.
     """
     pa = _pa()
-    batches: list[pa.RecordBatch] = []
+    batches: list[Any] = []
     decoded = 0
     try:
         reader = pa.ipc.MessageReader.open_stream(pa.py_buffer(message))
@@ -209,10 +209,10 @@ def _decoded_size(message: Any) -> int:
         root = _fb_table(meta, _u32(meta, 0))
         if _fb_scalar(meta, root, 1, "<B", 0) != 3:  # header_type: RecordBatch
             raise DecodeError("invalid Arrow batch (a record batch message without a record batch header)")
-        header = _fb_indirect(meta, root, 2)
-        if header is None:
+        at_header = _fb_indirect(meta, root, 2)
+        if at_header is None:
             raise DecodeError("invalid Arrow batch (a record batch message without a record batch header)")
-        header = _fb_table(meta, header)
+        header = _fb_table(meta, at_header)
         compressed = _fb_field(meta, header, 3) is not None
         at = _fb_indirect(meta, header, 2)
         if at is None:

@@ -1573,7 +1573,7 @@ class _Writer(threading.Thread):
         for index, (sink, _, first, end, _) in enumerate(spans):
             if end > first:
                 by_sink.setdefault(id(sink), []).append(index)
-        stored: list[pa.RecordBatch] = []
+        stored: list[Any] = []
         failed: dict[int, str] = {}
 
         def attempt(indexes: list[int]) -> str | None:
