@@ -78,7 +78,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -1330,9 +1330,11 @@ class _Commit:
                 d = new.to_pydict()
                 self._fields = (d["timestamp"], d["content"], d["id"], d["source"], d["tags"])
             ts, content, ids, sources, tag_text = self._fields
-            if flt.tags and self._tag_lists is None:
-                self._tag_lists = [split_tags(t) for t in tag_text]
-            tags = self._tag_lists if flt.tags else _no_tags(len(ts))
+            tags: Iterable[list[str]] = _no_tags(len(ts))
+            if flt.tags:
+                if self._tag_lists is None:
+                    self._tag_lists = [split_tags(t) for t in tag_text]
+                tags = self._tag_lists
             match = flt.matches_fields
             keep = np.fromiter(
                 (match(t, g, c, i, s) for t, g, c, i, s in zip(ts, tags, content, ids, sources)),
