@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from theia_frames import Event, EventFilter, decode, encode
 from theia_frames.batch import ARROW_MARKER, SUBPROTOCOL, batch_to_ipc, events_to_batch, ipc_to_batches, iter_batch_events
-from theia_frames.codec import EventColumns
+from theia_frames.codec import EventColumns, total_of
 from theia_frames.collector import Collector, serve
 from theia_frames.exceptions import DecodeError, InvalidEventError, TransportError, UsageError
 from theia_frames.store import EventStore
@@ -79,11 +79,15 @@ def read_to_close(ws: websocket.WebSocket, into: list[bytes | str] | None = None
 
 
 def find(collector: Collector, flt: dict[str, Any] | str, *, batched: bool = False) -> tuple[list[bytes | str], int | None]:
-    """``ok`` checked, then the messages of a /find and its close code."""
+    """``ok`` checked, then the messages of a /find and its close code (the
+    extension's announced total, if any, left out)."""
     ws = connect(collector, "/find", batched=batched)
     ws.send(flt if isinstance(flt, str) else json.dumps(flt))
     assert ws.recv() == "ok"
-    return read_to_close(ws)
+    messages, code = read_to_close(ws)
+    if batched and messages and isinstance(messages[0], str) and total_of(messages[0]) is not None:
+        messages = messages[1:]
+    return messages, code
 
 
 def find_events(collector: Collector, flt: dict[str, Any], *, batched: bool = False) -> list[Event]:
@@ -759,3 +763,25 @@ def test_the_serve_command(tmp_path):
         proc.stderr.close()
     with EventStore(path) as store:
         assert store.count() == 1
+
+
+def test_a_batched_find_by_time_announces_how_many_events_it_sends():
+    from theia_frames.client import Client
+    from theia_frames.filter import Filter
+    from theia_frames.simulation import sensor_events
+
+    t0 = 1_700_000_000
+    with serve(db=":memory:", port=0, find_batch_rows=1_000) as running:
+        with Client(running.url) as client:
+            client.send_many(sensor_events(5_000, start=t0, rate=100), wait=True)
+            # a later commit whose chunk overlaps the first in time
+            client.send_many(sensor_events(100, start=t0 + 15.005, rate=100, seed=1), wait=True)
+            for f in (Filter(), Filter(t0 + 10).match_end(t0 + 20), Filter(t0 + 49.99), Filter(t0 + 60)):
+                result = client.find(f)
+                n = len(list(result))
+                assert result.total == n, f
+            tagged = client.find(Filter(t0).match_tag("sensor"))
+            assert len(list(tagged)) == 5_100 and tagged.total is None
+        with Client(running.url, batch=False) as plain:
+            result = plain.find(Filter(t0))
+            assert len(list(result)) == 5_100 and result.total is None

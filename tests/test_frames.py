@@ -490,3 +490,18 @@ def test_a_find_result_of_the_real_collector(collector, batch):
             assert empty[c].dtype == EVENT_DTYPES[c]
         chunks = list(iter_dataframes(client.find(Filter(1_700_000_000)), chunk_size=300, progress=False))
         assert [len(c) for c in chunks] == [300, 300, 100]
+
+
+def test_the_progress_bar_shows_a_percentage_when_the_collector_announces_a_total(capsys):
+    from theia_frames.client import Client
+    from theia_frames.collector import serve
+    from theia_frames.filter import Filter
+    from theia_frames.simulation import sensor_events
+
+    with serve(db=":memory:", port=0, find_batch_rows=500) as running, Client(running.url) as client:
+        client.send_many(sensor_events(2_000, start=1_700_000_000), wait=True)
+        df = to_dataframe(client.find(Filter(1_700_000_000)), progress=True)
+        assert len(df) == 2_000
+        assert "100%" in capsys.readouterr().err
+        to_dataframe(client.find(Filter(1_700_000_000).match_tag("sensor")), progress=True)
+        assert "%" not in capsys.readouterr().err  # no total for a filter the index cannot count

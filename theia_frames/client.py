@@ -132,7 +132,7 @@ from urllib.parse import urlsplit, urlunsplit
 import websocket
 
 from .batch import ARROW_MARKER, SUBPROTOCOL, batch_to_ipc, columns_to_batch, empty_batch, event_schema, ipc_to_batches
-from .codec import EventColumns, encode, error_text, is_ok, split_tags
+from .codec import EventColumns, encode, error_text, is_ok, split_tags, total_of
 from .event import Event
 from .exceptions import (
     AuthenticationError,
@@ -782,6 +782,9 @@ class _Stream:
         self.strict = strict
         self.batch_size = batch_size
         self.count = 0
+        #: how many events the server said it will send (our collector, when it can
+        #: count them from its index; None otherwise): what a progress bar shows
+        self.total: int | None = None
         self.skipped = 0
         self.errors: list[TheiaError] = []
         self.complete = False
@@ -841,6 +844,10 @@ class _Stream:
                 append(m)
                 continue
             if is_ok(m):
+                continue
+            total = total_of(m)
+            if total is not None:
+                self.total = total
                 continue
             text = error_text(m)
             if text is not None:
@@ -1209,7 +1216,8 @@ class FindResult(_Stream):
     raw messages. Attributes: ``url``, ``filter``, ``count`` (events yielded
     so far), ``skipped`` and ``errors`` (undecodable messages, lenient mode),
     ``complete`` (the stream ended normally), ``ended_by`` (``"close"`` or
-    ``"idle"``), ``batched``.
+    ``"idle"``), ``batched``, ``total`` (the number of events our collector
+    announced it will send, when it can count them cheaply; else None).
     """
 
     _endpoint = "find"

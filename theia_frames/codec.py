@@ -48,6 +48,8 @@ __all__ = [
     "error_text",
     "OK",
 ]
+# The extension's own messages (total_message, total_of) are wire vocabulary of
+# this project's client and collector only, not re-exported at the top level.
 
 OK = "ok"
 
@@ -650,6 +652,35 @@ def error_text(message: Buffer | str) -> str | None:
         return err
     msg = obj.get("message")
     return str(msg) if msg is not None else json.dumps(err)
+
+
+def total_message(total: int) -> str:
+    """The extension's announcement of how many events a ``/find`` will send.
+
+    >>> total_message(1200)
+    '{"total": 1200}'
+    """
+    return json.dumps({"total": int(total)})
+
+
+def total_of(message: Buffer | str) -> int | None:
+    """The count of a :func:`total_message`, else None (sent only on a connection
+    that negotiated the extension, before the first event of a ``/find``).
+
+    >>> total_of('{"total": 1200}'), total_of("ok"), total_of('{"total": -1}')
+    (1200, None, None)
+    """
+    head = message[:10] if isinstance(message, str) else bytes(message[:10]).decode("latin-1")
+    if not head.startswith('{"total"'):
+        return None
+    try:
+        obj = json.loads(message if isinstance(message, (str, bytes, bytearray)) else bytes(message))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    total = obj.get("total") if isinstance(obj, dict) and len(obj) == 1 else None
+    if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+        return total
+    return None
 
 
 def parse_message(message: Buffer | str) -> Message:

@@ -97,7 +97,7 @@ from .batch import (
     ipc_to_batches,
     is_arrow_message,
 )
-from .codec import OK, EventColumns, encode, split_tags
+from .codec import OK, EventColumns, encode, split_tags, total_message
 from .event import Event
 from .exceptions import (
     DecodeError,
@@ -859,6 +859,11 @@ class Collector:
         gone = loop.create_task(ws.wait_closed())
         try:
             await self._send_find(ws, OK, False)
+            if batched:
+                # what a progress bar needs: sent when the index can tell (a filter of time alone)
+                total = await loop.run_in_executor(pool, results.count)
+                if total is not None:
+                    await self._send_find(ws, total_message(total), False)
             job = next_step()
             while job is not None:
                 await asyncio.wait((job, gone), return_when=asyncio.FIRST_COMPLETED)

@@ -472,10 +472,18 @@ def show_progress_default() -> bool:
 
 
 def with_progress(
-    batches: Iterator[pa.RecordBatch | pa.Table], progress: bool | None, desc: str = "events"
+    batches: Iterator[pa.RecordBatch | pa.Table],
+    progress: bool | None,
+    desc: str = "events",
+    *,
+    source: Any = None,
 ) -> Iterator[pa.RecordBatch | pa.Table]:
     """``batches`` as they come, counted on a progress bar: the ``progress`` option of
-    :func:`to_dataframe` (``None``: only where a person watches and the query takes a while)."""
+    :func:`to_dataframe` (``None``: only where a person watches and the query takes a while).
+
+    When ``source`` (a find result) knows how many events are coming (its
+    ``total``, announced by our collector), the bar shows a percentage and an ETA.
+    """
     delay = 0.0
     if progress is None:
         progress = show_progress_default()
@@ -491,6 +499,9 @@ def with_progress(
     bar = tqdm(desc=desc, unit=" events", unit_scale=True, delay=delay, leave=True)
     try:
         for b in batches:
+            if bar.total is None and getattr(source, "total", None) is not None:
+                bar.total = source.total
+                bar.refresh()
             bar.update(b.num_rows)
             yield b
     finally:
@@ -554,7 +565,7 @@ def to_dataframe(
         # A stream's batches are received messages: the frame takes copies, so each
         # message is released once converted.
         own = callable(getattr(source, "iter_batches", None))
-        df = _convert_batches(with_progress(batches, progress), cols, own=own)
+        df = _convert_batches(with_progress(batches, progress, source=source), cols, own=own)
     finally:
         batches.close()
     return finish_frame(df, index, tz)
@@ -591,7 +602,7 @@ def iter_tables(
         raise UsageError(f"chunk_size must be a positive number of events, got {chunk_size!r}")
     batches = _source_batches(source)
     try:
-        yield from _rebatch(with_progress(batches, progress), chunk_size)
+        yield from _rebatch(with_progress(batches, progress, source=source), chunk_size)
     finally:
         batches.close()
 

@@ -676,6 +676,25 @@ class _Snapshot:
             metas.sort(key=lambda m: (m.min_ts, m.seq))
         self.metas = metas
 
+    def count(self) -> int | None:
+        """How many events this snapshot holds in the filter's time range, for a
+        filter of time alone (None for any other): the row counts of the chunks
+        inside the range, and a binary search of the chunks at its edges."""
+        flt = self.filter
+        if not flt.is_time_only:
+            return None
+        np = _np()
+        start = -math.inf if flt.start is None else flt.start
+        end = math.inf if flt.end is None else flt.end
+        n = 0
+        for meta in self.metas:
+            if meta.min_ts >= start and meta.max_ts <= end:
+                n += meta.rows
+                continue
+            ts = _from_ipc(self.blob(meta.seq)).column(1).to_numpy()
+            n += max(0, int(np.searchsorted(ts, end, side="right")) - int(np.searchsorted(ts, start, side="left")))
+        return n
+
     def _select(self, db: sqlite3.Connection, generation: int) -> list[_Meta]:
         sql, params = _chunks_sql(self.filter, generation)
         return [_Meta(*row) for row in db.execute(sql, params)]
@@ -748,6 +767,12 @@ class _Results(Iterator[Any]):
         except BaseException:
             self.close()
             raise
+
+    def count(self) -> int | None:
+        """How many events the query yields, when its index can tell (see
+        :meth:`_Snapshot.count`); None otherwise. Call it before reading."""
+        count = getattr(self._owner, "count", None)
+        return count() if count is not None else None
 
     def cancel(self) -> None:
         """Stop the query from any thread, even while another thread reads it: the
