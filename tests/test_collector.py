@@ -785,3 +785,30 @@ def test_a_batched_find_by_time_announces_how_many_events_it_sends():
         with Client(running.url, batch=False) as plain:
             result = plain.find(Filter(t0))
             assert len(list(result)) == 5_100 and result.total is None
+
+
+@pytest.mark.parametrize(
+    "make, says",
+    [
+        (lambda tmp: tmp / "missing" / "events.db", "does not exist (create it first)"),
+        (lambda tmp: (tmp / "folder.db").mkdir() or tmp / "folder.db", "it is a folder, not a file"),
+        (lambda tmp: (tmp / "x.db").write_text("not sqlite") and tmp / "x.db", "not an event store (not an SQLite database)"),
+    ],
+    ids=["missing folder", "a folder", "not a store"],
+)
+def test_the_serve_command_says_why_a_store_cannot_be_opened(tmp_path, make, says):
+    done = subprocess.run(
+        [sys.executable, "-m", "theia_frames", "serve", "--db", str(make(tmp_path)), "--port", "0"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode != 0 and says in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_serve_command_on_a_busy_port_suggests_another(collector):
+    done = subprocess.run(
+        [sys.executable, "-m", "theia_frames", "serve", "--db", ":memory:", "--port", str(collector.port)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode != 0 and "address already in use" in done.stderr
+    assert "--port 0" in done.stderr and "THEIA_URL" in done.stderr

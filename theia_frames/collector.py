@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import errno
 import functools
 import hmac
 import json
@@ -413,8 +414,14 @@ class Collector:
             self._thread.join()
             self._stopped = True
             exc = self._startup_error
+            hint = ""
+            if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+                hint = (
+                    "; another program listens there: choose another port, or port 0 (--port 0) for a free"
+                    " one, and point the clients at it (the URL it prints, or $THEIA_URL)"
+                )
             raise TransportError(
-                f"the collector cannot listen on {self.host}:{self._requested_port}: {exc}",
+                f"the collector cannot listen on {self.host}:{self._requested_port}: {exc}{hint}",
                 url=f"ws://{self.host}:{self._requested_port}",
             ) from exc
         _running.add(self)

@@ -148,7 +148,31 @@ class ChunkInfo(NamedTuple):
 
 
 def _translate(action: str, path: str, exc: Exception) -> StoreError:
-    return StoreError(f"cannot {action} the event store {path!r}: {exc}")
+    why = _why_unopenable(path) if action == "open" else None
+    return StoreError(f"cannot {action} the event store {path!r}: {why or exc}")
+
+
+def _why_unopenable(path: str) -> str | None:
+    """What is wrong with ``path`` as the file of a store, in words, when it can be told."""
+    if path in (MEMORY, ""):
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return "it is a folder, not a file (give the path of a database file inside it, e.g. events.db)"
+    if not os.path.isdir(folder):
+        return f"its folder {folder!r} does not exist (create it first)"
+    if not os.path.exists(path) and not os.access(folder, os.W_OK | os.X_OK):
+        return f"its folder {folder!r} is read-only for this user, so the file cannot be created"
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return "the file is read-only for this user"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        return f"the file cannot be read ({exc.strerror or exc})"
+    if head and head != b"SQLite format 3\x00":
+        return "the file is not an event store (not an SQLite database)"
+    return None
 
 
 def _np() -> Any:
