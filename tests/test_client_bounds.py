@@ -258,3 +258,33 @@ def test_the_bounds_hold_on_the_event_connection_too():
                     pass
     codes = [struct.unpack("!H", data[:2])[0] for op, data in peer.conns[0].received if op == 8]
     assert codes[:1] == [1009]
+
+
+def _compressed(events, codec="zstd"):
+    import pyarrow as pa
+
+    batch = events_to_batch(events)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema, options=pa.ipc.IpcWriteOptions(compression=codec)) as writer:
+        writer.write(batch)
+    return sink.getvalue().to_pybytes()
+
+
+def test_a_compressed_arrow_message_that_decodes_past_the_bound_is_refused_before_decompressing():
+    from theia_frames.exceptions import DecodeError
+    from theia_frames.testing import MockServer
+
+    bomb = _compressed([Event(id="bomb", timestamp=1.0, content="x" * (8 << 20))])
+    assert len(bomb) < 1 << 16  # small on the wire, 8 MiB decoded
+    good = Event(id="good", timestamp=2.0, content="fine")
+    with MockServer(batch=True) as mock:
+        mock.on_find([bomb, good])
+        with tf.Client(mock.url, max_message_size=1 << 20) as client:
+            result = client.find(Filter(1))
+            assert [e.id for e in result] == ["good"]
+            assert result.skipped == 1 and "decode" in str(result.errors[0]).lower()
+    with MockServer(batch=True) as mock:
+        mock.on_find([bomb])
+        with tf.Client(mock.url, max_message_size=1 << 20, strict=True) as client:
+            with pytest.raises(DecodeError):
+                list(client.find(Filter(1)))

@@ -921,7 +921,8 @@ class _Stream:
 
     def _arrow(self, message: bytes) -> list[pa.RecordBatch]:
         try:
-            batches = ipc_to_batches(message)
+            # the same bound decoded as on the wire: a small compressed message cannot become a large one
+            batches = ipc_to_batches(message, max_decoded=self._client.max_message_size)
         except DecodeError as exc:
             self._bad(exc)
             return []
@@ -1701,8 +1702,8 @@ class Client:
     lenient, see the module documentation); ``batch_size`` is the number of
     events per record batch built from plain messages, ``send_batch_size``
     the most events per Arrow message sent; ``max_message_size`` (bytes,
-    default 256 MiB) and ``max_fragments`` (default 10,000) bound each
-    message received (a larger one raises
+    default 256 MiB, also the most an Arrow message may decode to) and
+    ``max_fragments`` (default 10,000) bound each message received (a larger one raises
     :class:`~theia_frames.exceptions.ProtocolError` naming the bound; see
     the module's Bounds). ``timeout`` and ``idle_timeout`` count seconds
     without a byte while reading; the handshake must finish within
