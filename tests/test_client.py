@@ -1259,8 +1259,9 @@ def test_too_slow_with_the_collector():
         with Client(collector.url, batch=False) as client:
             stream = client.receive(Filter(1))
             # the subscriber does not read while far more than fits in the socket
-            # buffers is published: the collector's queue for it overflows
-            for i in range(20):
+            # buffers is published (100 MB: loopback receive buffers grow to 32 MiB
+            # on an idle machine): the collector's queue for it overflows
+            for i in range(100):
                 client.send_many([Event(id=f"b{i}-{k}", content="x" * 1000) for k in range(1000)])
             with pytest.raises(SubscriberTooSlow):
                 for _ in stream:
