@@ -889,35 +889,12 @@ class _Stream:
 
     # ------------------------------------------------------------------ local re-check
     def _checked_plain(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        f = self.filter
-        if f.is_time_only or batch.num_rows == 0:
-            return self._checked_batch(batch)
-        match = f.matches_fields
-        d = batch.to_pydict()
-        mask = [
-            match(t, split_tags(g), c, i, s)
-            for t, g, c, i, s in zip(d["timestamp"], d["tags"], d["content"], d["id"], d["source"])
-        ]
-        return batch if all(mask) else batch.filter(_pa().array(mask, _pa().bool_()))
+        # a plain peer's matching is wider than ours (docs/protocol.md): every criterion
+        return self.filter.match_batch(batch)
 
     def _checked_batch(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        f = self.filter
-        if batch.num_rows == 0 or (f.start is None and f.end is None):
-            return batch
-        import pyarrow.compute as pc
-
-        ts = batch.column(1)
-        bounds = pc.min_max(ts)
-        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
-        if (f.start is None or lo >= f.start) and (f.end is None or hi <= f.end):
-            return batch
-        keep = None
-        if f.start is not None:
-            keep = pc.greater_equal(ts, f.start)
-        if f.end is not None:
-            below = pc.less_equal(ts, f.end)
-            keep = below if keep is None else pc.and_(keep, below)
-        return batch.filter(keep)
+        # our collector matched the patterns; the time range is checked again
+        return self.filter.match_time(batch)
 
     def _arrow(self, message: bytes) -> list[pa.RecordBatch]:
         try:

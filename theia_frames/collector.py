@@ -1091,11 +1091,6 @@ def _warm_up() -> None:
         logger.exception("preparing the encoders failed")
 
 
-def _no_tags(n: int) -> Iterator[list[str]]:
-    empty: list[str] = []
-    for _ in range(n):
-        yield empty
-
 
 def _plain_messages(cols: EventColumns) -> list[bytes | str]:
     """One upstream-encoded event per message; an event the format cannot carry becomes an error."""
@@ -1342,17 +1337,13 @@ class _Commit:
                 d = new.to_pydict()
                 self._fields = (d["timestamp"], d["content"], d["id"], d["source"], d["tags"])
             ts, content, ids, sources, tag_text = self._fields
-            tags: Iterable[list[str]] = _no_tags(len(ts))
+            tags = None
             if flt.tags:
+                # split once per commit, whatever the number of subscribers
                 if self._tag_lists is None:
                     self._tag_lists = [split_tags(t) for t in tag_text]
                 tags = self._tag_lists
-            match = flt.matches_fields
-            keep = np.fromiter(
-                (match(t, g, c, i, s) for t, g, c, i, s in zip(ts, tags, content, ids, sources)),
-                dtype=bool,
-                count=len(ts),
-            )
+            keep = flt.mask(ts, tags, content, ids, sources)
         if keep.all():
             return True
         if not keep.any():

@@ -26,16 +26,21 @@ Bad values fail when the filter is built:
 from __future__ import annotations
 
 import datetime as dt  # noqa: F401  (used by the doctests)
+import itertools
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .event import Event
 from .exceptions import InvalidFilterError, MissingDependencyError, UsageError
 from .timeparse import TimeLike, to_epoch
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pyarrow as pa
 
 __all__ = ["EventFilter", "Filter", "Order", "ORDERS", "Engine", "ENGINES"]
 
@@ -202,6 +207,74 @@ class EventFilter:
         if source_re is not None and source_re.fullmatch(source) is None:
             return False
         return True
+
+    def mask(
+        self,
+        timestamps: Sequence[float],
+        tags: Iterable[Sequence[str]] | None,
+        contents: Sequence[str],
+        ids: Sequence[str],
+        sources: Sequence[str],
+    ) -> np.ndarray:
+        """:meth:`matches_fields` over columns: one bool per event (``tags`` as lists;
+        None when the filter has no tag patterns, which then never reads them)."""
+        import numpy as np
+
+        n = len(timestamps)
+        every_tags: Iterable[Sequence[str]] = itertools.repeat((), n) if tags is None else tags
+        match = self.matches_fields
+        return np.fromiter(
+            (match(t, g, c, i, s) for t, g, c, i, s in zip(timestamps, every_tags, contents, ids, sources)),  # type: ignore[arg-type]
+            dtype=bool,
+            count=n,
+        )
+
+    def mask_batch(self, batch: pa.RecordBatch) -> np.ndarray:
+        """:meth:`mask` of a record batch of the event schema (tags as comma text)."""
+        from .codec import split_tags
+
+        d = batch.to_pydict()
+        tags = [split_tags(t) for t in d["tags"]] if self.tags else None
+        return self.mask(d["timestamp"], tags, d["content"], d["id"], d["source"])
+
+    def match_time(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The rows of an event-schema batch inside ``[start, end]`` (the batch itself when all are)."""
+        if batch.num_rows == 0 or (self.start is None and self.end is None):
+            return batch
+        import pyarrow.compute as pc
+
+        ts = batch.column("timestamp")
+        bounds = pc.min_max(ts)
+        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        if (self.start is None or lo >= self.start) and (self.end is None or hi <= self.end):
+            return batch
+        keep = None
+        if self.start is not None:
+            keep = pc.greater_equal(ts, self.start)
+        if self.end is not None:
+            below = pc.less_equal(ts, self.end)
+            keep = below if keep is None else pc.and_(keep, below)
+        return batch.filter(keep)
+
+    def match_batch(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The rows of an event-schema batch that match (the batch itself when all do):
+        the one way a batch is checked against a filter, wherever it is.
+
+        >>> from theia_frames.batch import events_to_batch
+        >>> b = events_to_batch([Event(id="a", timestamp=1.0, tags=["x"]), Event(id="b", timestamp=2.0)])
+        >>> EventFilter(start=1.5).match_batch(b).column("id").to_pylist()
+        ['b']
+        >>> EventFilter().match_tag("x").match_batch(b).column("id").to_pylist()
+        ['a']
+        """
+        if self.is_time_only or batch.num_rows == 0:
+            return self.match_time(batch)
+        keep = self.mask_batch(batch)
+        if keep.all():
+            return batch
+        import pyarrow as pa
+
+        return batch.filter(pa.array(keep, pa.bool_()))
 
     @property
     def is_time_only(self) -> bool:

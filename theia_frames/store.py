@@ -66,7 +66,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from .batch import batch_to_columns, batch_to_ipc, columns_to_batch, event_schema
-from .codec import EventColumns, split_tags
+from .codec import EventColumns
 from .event import Event
 from .exceptions import StoreError, UsageError
 from .filter import EventFilter
@@ -569,22 +569,17 @@ class EventStore:
         if flt.is_time_only:
             yield from pieces
             return
-        pa = _pa()
-        matches = flt.matches_fields
+        pa, np = _pa(), _np()
         for piece, blob in pieces:
-            mask: list[bool] = []
             # In slices, so that a cancelled query stops within one slice's matching.
+            parts = []
             for at in range(0, piece.num_rows, _MATCH_SLICE):
                 snapshot.check()
-                d = piece.slice(at, _MATCH_SLICE).to_pydict()
-                tags = [split_tags(t) for t in d["tags"]] if flt.tags else _no_tags(len(d["id"]))
-                mask += [
-                    matches(ts, tg, c, i, s)
-                    for ts, tg, c, i, s in zip(d["timestamp"], tags, d["content"], d["id"], d["source"])
-                ]
-            if all(mask):
+                parts.append(flt.mask_batch(piece.slice(at, _MATCH_SLICE)))
+            mask = np.concatenate(parts) if parts else np.ones(0, dtype=bool)
+            if mask.all():
                 yield piece, blob
-            elif any(mask):
+            elif mask.any():
                 yield piece.filter(pa.array(mask, pa.bool_())), None
 
     def query_plan(self, filter: EventFilter | None = None) -> str:
@@ -1102,7 +1097,3 @@ def _tier(rows: int, nbytes: int) -> int:
     return tier
 
 
-def _no_tags(n: int) -> Iterator[list[str]]:
-    empty: list[str] = []
-    for _ in range(n):
-        yield empty

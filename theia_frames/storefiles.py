@@ -68,6 +68,7 @@ from .batch import columns_to_batch, event_schema
 from .codec import EventColumns, StreamDecoder
 from .event import Event  # noqa: F401  (used by the doctests)
 from .exceptions import UsageError
+from .filter import EventFilter
 from .frames import batches_to_dataframe, finish_frame, frame_columns, with_progress
 from .timeparse import to_epoch
 
@@ -349,16 +350,8 @@ def _file_columns(
 
 
 def _in_range(batch: pa.RecordBatch, start: float | None, end: float | None) -> pa.RecordBatch:
-    if start is None and end is None:
-        return batch
-    ts = batch.column("timestamp")
-    keep = None
-    if start is not None:
-        keep = pc.greater_equal(ts, start)
-    if end is not None:
-        below = pc.less_equal(ts, end)
-        keep = below if keep is None else pc.and_(keep, below)
-    return batch.filter(keep)
+    # a start at or before the epoch bounds nothing (the filter refuses a negative one)
+    return EventFilter(start=start if start is not None and start > 0 else None, end=end).match_time(batch)
 
 
 def iter_store_batches(
