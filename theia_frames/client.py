@@ -115,7 +115,6 @@ import itertools
 import json
 import os
 import random
-import re
 import select
 import socket
 import ssl
@@ -132,7 +131,17 @@ from urllib.parse import urlsplit, urlunsplit
 import websocket
 
 from .batch import ARROW_MARKER, SUBPROTOCOL, batch_to_ipc, columns_to_batch, empty_batch, event_schema, ipc_to_batches
-from .codec import EventColumns, encode, error_text, is_ok, split_tags, total_of
+from .codec import (
+    EventColumns,
+    encode,
+    error_text,
+    failed_flush,
+    flush_request,
+    is_ok,
+    parse_flush_reply,
+    split_tags,
+    total_of,
+)
 from .event import Event
 from .exceptions import (
     AuthenticationError,
@@ -1844,23 +1853,17 @@ class Client:
             if len(self.errors) < _MAX_KEPT_ERRORS:
                 self.errors.append(ServerError(text, url=f"{self.url}/event"))
             self._unreported.append(text)
-            failed = _FLUSH_FAILED.match(text)
+            failed = failed_flush(text)
             if failed is not None:
                 # the collector could not commit: this flush is answered, and confirms nothing
-                return int(failed.group(1)), False
+                return failed, False
             self.rejected += 1
             return None
-        if not isinstance(message, str) or not message.startswith("{"):
+        reply = parse_flush_reply(message)
+        if reply is None:
             return None
-        try:
-            answer = json.loads(message)
-        except ValueError:
-            return None
-        token = answer.get("flushed") if isinstance(answer, dict) else None
-        if not isinstance(token, int) or isinstance(token, bool):
-            return None
-        stored = answer.get("stored")
-        if isinstance(stored, int) and not isinstance(stored, bool):
+        token, stored = reply
+        if stored is not None:
             self._conn_stored = max(self._conn_stored, stored)
         # an answer covers everything sent before its flush, and so before every earlier one
         covered = [t for t in self._marks if t <= token]
@@ -1873,7 +1876,7 @@ class Client:
         texts, self._unreported = self._unreported, []
         if not texts:
             return
-        failed = [t for t in texts if _FLUSH_FAILED.match(t)]
+        failed = [t for t in texts if failed_flush(t) is not None]
         if failed:
             raise ServerError(
                 f"the collector could not store the events sent since the last flush: {failed[-1]}",
@@ -2084,7 +2087,7 @@ class Client:
             if conn.ended:
                 raise ConnectionClosed(f"the connection to {conn.url} has ended", url=conn.url)
             self._marks[token] = self._conn_sent
-            conn.send_text(json.dumps({"flush": token}))
+            conn.send_text(flush_request(token))
             while True:
                 wait = None if deadline is None else deadline - time.monotonic()
                 if wait is not None and wait <= 0:
@@ -2247,7 +2250,6 @@ class Client:
         return self._closed
 
 
-_FLUSH_FAILED = re.compile(r"^flush (-?[0-9]+): ", re.ASCII)
 
 
 def _token_header(token: str | None, headers: Mapping[str, str] | Sequence[str] | None) -> list[str]:

@@ -25,7 +25,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, TypeGuard, Union
 
 from .event import Event
 from .exceptions import DecodeError, InvalidEventError
@@ -48,8 +48,9 @@ __all__ = [
     "error_text",
     "OK",
 ]
-# The extension's own messages (total_message, total_of) are wire vocabulary of
-# this project's client and collector only, not re-exported at the top level.
+# The extension's own messages (flush_request ... failed_flush, total_message,
+# total_of) are wire vocabulary of this project's client, collector and mock
+# only, not re-exported at the top level.
 
 OK = "ok"
 
@@ -652,6 +653,70 @@ def error_text(message: Buffer | str) -> str | None:
         return err
     msg = obj.get("message")
     return str(msg) if msg is not None else json.dumps(err)
+
+
+_FLUSH_FAILED = re.compile(r"^flush (-?[0-9]+): ", re.ASCII)
+
+
+def flush_request(token: int) -> str:
+    """The extension's request on ``/event``: answer once everything sent before it is stored.
+
+    >>> flush_request(7), is_flush_request(flush_request(7)), parse_flush_request('{"flush": 7}')
+    ('{"flush": 7}', True, 7)
+    """
+    return json.dumps({"flush": token})
+
+
+def is_flush_request(message: Buffer | str) -> TypeGuard[str]:
+    """Whether a text message on ``/event`` is (or claims to be) a flush request."""
+    return isinstance(message, str) and message.startswith('{"flush"')
+
+
+def parse_flush_request(message: str) -> Any:
+    """The token of a flush request (echoed as it came); ValueError when it is not one."""
+    try:
+        return json.loads(message)["flush"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"invalid flush request: {message[:80]!r}") from None
+
+
+def flush_reply(token: Any, stored: int, rejected: int) -> str:
+    """The collector's answer to a flush: ``stored`` events of the connection committed, ``rejected`` refused.
+
+    >>> parse_flush_reply(flush_reply(7, 10, 1))
+    (7, 10)
+    """
+    return json.dumps({"flushed": token, "stored": stored, "rejected": rejected})
+
+
+def parse_flush_reply(message: Buffer | str) -> tuple[int, int | None] | None:
+    """``(token, stored)`` of a flush answer (``stored`` None when absent), else None."""
+    if not isinstance(message, str) or not message.startswith("{"):
+        return None
+    try:
+        answer = json.loads(message)
+    except ValueError:
+        return None
+    token = answer.get("flushed") if isinstance(answer, dict) else None
+    if not isinstance(token, int) or isinstance(token, bool):
+        return None
+    stored = answer.get("stored")
+    return token, stored if isinstance(stored, int) and not isinstance(stored, bool) else None
+
+
+def flush_failure(token: Any, reason: str) -> str:
+    """The text of the error the collector sends when what a flush covers could not be stored.
+
+    >>> failed_flush(flush_failure(7, "disk is full"))
+    7
+    """
+    return f"flush {token}: {reason}"
+
+
+def failed_flush(text: str) -> int | None:
+    """The token of a :func:`flush_failure` text, else None."""
+    failed = _FLUSH_FAILED.match(text)
+    return int(failed.group(1)) if failed is not None else None
 
 
 def total_message(total: int) -> str:

@@ -98,7 +98,17 @@ from .batch import (
     ipc_to_batches,
     is_arrow_message,
 )
-from .codec import OK, EventColumns, encode, split_tags, total_message
+from .codec import (
+    OK,
+    EventColumns,
+    encode,
+    flush_failure,
+    flush_reply,
+    is_flush_request,
+    parse_flush_request,
+    split_tags,
+    total_message,
+)
 from .event import Event
 from .exceptions import (
     DecodeError,
@@ -763,7 +773,7 @@ class Collector:
         try:
             async for message in ws:
                 state.last = loop.time()
-                if batched and isinstance(message, str) and message.startswith('{"flush"'):
+                if batched and is_flush_request(message):
                     self._flush_request(sink, message, writer.received)
                     continue
                 writer.put(sink, message, batched)
@@ -789,9 +799,9 @@ class Collector:
     def _flush_request(self, sink: _EventSink, message: str, seq: int) -> None:
         """Answer ``{"flush": token}`` once everything received before it is committed."""
         try:
-            token = json.loads(message)["flush"]
-        except (ValueError, KeyError, TypeError):
-            sink.report(f"invalid flush request: {message[:80]!r}")
+            token = parse_flush_request(message)
+        except ValueError as exc:
+            sink.report(str(exc))
             return
         if self._published >= seq:
             sink.acknowledge(token, seq)
@@ -1385,9 +1395,9 @@ class _EventSink:
         if told:
             self.failures = [(at, text) for at, text in self.failures if at > seq]
             more = f" (and {len(told) - 1} more message(s) not stored)" if len(told) > 1 else ""
-            self._queue(_error(f"flush {token}: {told[-1]}{more}"))
+            self._queue(_error(flush_failure(token, f"{told[-1]}{more}")))
         else:
-            self._queue(json.dumps({"flushed": token, "stored": self.accepted, "rejected": self.rejected}))
+            self._queue(flush_reply(token, self.accepted, self.rejected))
 
     def report(self, text: str) -> None:
         """Queue an error message for the client (loop thread)."""

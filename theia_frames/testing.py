@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Union
 
 from .batch import SUBPROTOCOL, batch_to_ipc, ipc_to_batches, is_arrow_message, iter_batch_events
-from .codec import OK, ErrorMessage, Ok, decode, encode
+from .codec import OK, ErrorMessage, Ok, decode, encode, flush_reply, is_flush_request, parse_flush_request
 from .event import Event
 from .exceptions import DecodeError, ServerError, TheiaTimeoutError, TransportError, UsageError
 from .filter import EventFilter
@@ -240,10 +240,10 @@ def _units(message: Data) -> list[Data | Event]:
 def _flush_reply(message: str, events_seen: int) -> str:
     """The collector's answer to ``{"flush": token}``: every event received on the connection is confirmed."""
     try:
-        token = json.loads(message)["flush"]
-    except (ValueError, KeyError, TypeError):
-        return json.dumps({"error": f"invalid flush request: {message[:80]!r}"})
-    return json.dumps({"flushed": token, "stored": events_seen, "rejected": 0})
+        token = parse_flush_request(message)
+    except ValueError as exc:
+        return json.dumps({"error": str(exc)})
+    return flush_reply(token, events_seen, 0)
 
 
 # --------------------------------------------------------------------------- responses
@@ -732,8 +732,7 @@ class MockServer:
             async for message in ws:
                 if (
                     negotiated
-                    and isinstance(message, str)
-                    and message.startswith('{"flush"')
+                    and is_flush_request(message)
                     and not any(p is None or p == path for p, _ in self._handlers)
                 ):
                     # answered as the collector does, and not matched against expectations
