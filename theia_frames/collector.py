@@ -79,7 +79,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -182,6 +182,9 @@ _PLAIN_CHUNK = 8_192
 _PENDING_LIMIT = 64 * 1024 * 1024
 # Error messages kept waiting for an /event client that does not read them.
 _MAX_WAITING_ERRORS = 1_000
+# Seconds a live subscriber's sender may be stuck writing one slice while more than
+# live_queue events wait before the subscriber is dropped as too slow.
+_STUCK_WRITE = 1.0
 # Seconds allowed to send the "too slow" error to a subscriber that is not reading.
 _SLOW_NOTICE_TIMEOUT = 1.0
 # Seconds a dropped subscriber has to take what was on its way, the notice and
@@ -986,6 +989,21 @@ class Collector:
         # and the next commit finds it over its bound and drops it.
         ws = sub.ws
         step = self.live_queue
+        loop = asyncio.get_running_loop()
+
+        def stuck() -> None:
+            # Still writing a slice while more than the bound waits: behind by more
+            # than the bound, whether or not another commit comes to notice it.
+            if not sub.dropped and sub.writing and sub.waiting >= step:
+                self._drop_slow(sub)
+
+        async def write(sending: Awaitable[Any]) -> None:
+            watch = loop.call_later(_STUCK_WRITE, stuck)
+            try:
+                await sending
+            finally:
+                watch.cancel()
+
         try:
             while True:
                 sub.writing = False
@@ -999,17 +1017,17 @@ class Collector:
                     for part in pending:
                         for i in range(0, len(part), step):
                             piece = part.slice(i, step)
-                            await _write_frames(ws, _joined_frames([piece]))
+                            await write(_write_frames(ws, _joined_frames([piece])))
                             sub.waiting -= len(piece)
                 elif len(pending) > 1 or len(pending[0]) > 1:
                     batch = pending[0] if len(pending) == 1 else _pa().concat_batches(pending)
                     for i in range(0, batch.num_rows, step):
                         piece = batch.slice(i, step)
-                        await ws.send(batch_to_ipc(piece))
+                        await write(ws.send(batch_to_ipc(piece)))
                         sub.waiting -= piece.num_rows
                 else:
                     # One event waiting: a plain message, as a plain peer would get it.
-                    await _write_frames(ws, _joined_frames([_plain_frames(pending[0])]))
+                    await write(_write_frames(ws, _joined_frames([_plain_frames(pending[0])])))
                     sub.waiting -= 1
         except ConnectionClosed:
             pass
