@@ -26,11 +26,12 @@ from theia_frames.client import (
     Client,
     FindResult,
     LiveStream,
-    _base_url,
-    _checked_event_batch,
-    _Connection,
-    _mask,
 )
+from theia_frames.client.options import base_url as _base_url
+from theia_frames.client.transport import Connection as _Connection
+from theia_frames.protocol.outgoing import checked_event_batch as _checked_event_batch
+from theia_frames.protocol.wsframes import FrameReader
+from theia_frames.protocol.wsframes import mask as _mask
 from theia_frames.codec import encode
 from theia_frames.event import Event
 from theia_frames.exceptions import (
@@ -219,16 +220,16 @@ def test_frames_are_reassembled_however_the_bytes_arrive(messages, cuts, fragmen
             wire += server_frame(opcode, payload[:half], fin=False) + server_frame(0, payload[half:])
         else:
             wire += server_frame(opcode, payload)
-    conn = _Connection(types.SimpleNamespace(sock=None), "ws://test/find", False, 5.0)
+    reader = FrameReader("ws://test/find", max_message=1 << 30, max_fragments=10)
     out = []
     points = sorted({c % (len(wire) + 1) for c in cuts}) + [len(wire)]
     last = 0
     for p in points:
-        conn._buf += wire[last:p]
+        reader.feed(wire[last:p])
         last = p
-        conn._parse(out)
+        reader.messages(out)
     assert out == [data for _, data in messages]
-    assert not conn._buf
+    assert not reader.buf
 
 
 def test_ping_is_answered_and_close_code_recorded(pair):
@@ -252,7 +253,7 @@ def test_eof_without_close_frame_is_code_1006(pair):
 
 def test_silence_is_reported(pair):
     conn, _ = pair
-    from theia_frames.client import _Silence
+    from theia_frames.client.transport import Silence as _Silence
 
     with pytest.raises(_Silence):
         conn.read(0.05)
@@ -637,7 +638,7 @@ def test_idle_timeout_none_waits_for_the_close(upstream):
 
 def test_find_rejected_by_the_server_raises_from_find(upstream):
     # a filter whose start the upstream collector refuses (reproduced with a raw dict)
-    from theia_frames.client import _Connection
+    from theia_frames.client.transport import Connection as _Connection
 
     conn = _Connection.open(f"{upstream.url}/find", timeout=5, headers=[], offer=False)
     conn.send_text(json.dumps({"end": 5}))
@@ -733,16 +734,15 @@ def test_live_without_close_from_the_iterating_thread(upstream):
         assert stream.count == 1
 
 
-def test_live_error_from_the_server_raises_from_receive(upstream):
-    # the upstream /live refuses unknown keys; our for_live() never sends any,
-    # so provoke the error by subclassing the filter message
-    class BadLive(LiveStream):
-        def _filter_message(self, negotiated):
-            return {"start": 1.5}
+def test_live_error_from_the_server_raises_from_receive(upstream, monkeypatch):
+    # the upstream /live refuses a fractional start; our for_live() never sends one,
+    # so provoke the error by replacing the filter message
+    from theia_frames.protocol.streams import LiveState
 
+    monkeypatch.setattr(LiveState, "filter_message", lambda self, negotiated: '{"start": 1.5}')
     client = Client(upstream.url)
     with pytest.raises(ServerError, match="invalid value for criteria start"):
-        BadLive(client, Filter(1), strict=False, batch_size=10)
+        client.receive(Filter(1))
     client.close()
 
 
@@ -918,7 +918,7 @@ def reference(messages):
     )
 )
 def test_bulk_decoding_equals_decoding_each_message(messages):
-    from theia_frames.client import _decode_plain
+    from theia_frames.protocol.plain import decode_plain as _decode_plain
 
     # around enough well-formed messages that the bulk decoder is used
     usual = [encode(e) for e in make_events(64)]
@@ -928,21 +928,23 @@ def test_bulk_decoding_equals_decoding_each_message(messages):
     expected = reference(messages)
     assert len(errors) == sum(1 for r in expected if r is None)
     want = [e for r in expected if r for e in r]
-    got = list(tf.client._batch_events(batch))
+    from theia_frames.protocol.plain import batch_events
+
+    got = list(batch_events(batch))
     assert got == want
     assert batch.schema.equals(event_schema())
 
 
 def test_bulk_decoding_is_used_for_many_messages(monkeypatch):
-    from theia_frames import client as client_module
+    from theia_frames.protocol import plain as client_module
 
     calls = []
-    real = client_module._slow_decode
-    monkeypatch.setattr(client_module, "_slow_decode", lambda m, bad: calls.append(len(m)) or real(m, bad))
+    real = client_module.slow_decode
+    monkeypatch.setattr(client_module, "slow_decode", lambda m, bad: calls.append(len(m)) or real(m, bad))
     events = make_events(1000)
-    batch = client_module._decode_plain([encode(e) for e in events] + [b"bad"], lambda exc: None)
+    batch = client_module.decode_plain([encode(e) for e in events] + [b"bad"], lambda exc: None)
     assert batch.num_rows == 1000 and calls == [1]
-    assert list(client_module._batch_events(batch)) == events
+    assert list(client_module.batch_events(batch)) == events
 
 
 # --------------------------------------------------------------------------- edge cases, scripted (MockServer)

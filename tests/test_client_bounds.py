@@ -17,14 +17,10 @@ from upstream_like import UpstreamLike
 
 import theia_frames as tf
 from theia_frames.batch import SUBPROTOCOL, batch_to_ipc, events_to_batch
-from theia_frames.client import (
-    _DRAIN_MESSAGES,
-    _RECV_CHUNK,
-    DEFAULT_MAX_FRAGMENTS,
-    DEFAULT_MAX_MESSAGE_SIZE,
-    Client,
-    _Connection,
-)
+from theia_frames.client import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_MESSAGE_SIZE, Client
+from theia_frames.client.transport import DRAIN_MESSAGES as _DRAIN_MESSAGES
+from theia_frames.client.transport import RECV_CHUNK as _RECV_CHUNK
+from theia_frames.client.transport import Connection as _Connection
 from theia_frames.codec import encode
 from theia_frames.event import Event
 from theia_frames.exceptions import ProtocolError, TheiaTimeoutError, UsageError

@@ -228,7 +228,7 @@ def test_flush_timeout_loses_nothing():
         with pytest.raises(TheiaTimeoutError, match="40 event") as info:
             client.flush(timeout=0.2)
         assert isinstance(info.value, TimeoutError)
-        assert client._unconfirmed == 40
+        assert client.unconfirmed == 40
 
 
 def test_connection_lost_before_the_confirmation_says_so():
@@ -520,7 +520,7 @@ class RecordingWake(threading.Event):
 
 @pytest.mark.parametrize("jitter, factor", [(1.0, 1.0), (0.0, 0.5)], ids=["no-jitter", "most-jitter"])
 def test_backoff_doubles_up_to_the_maximum_with_jitter(monkeypatch, jitter, factor):
-    monkeypatch.setattr("theia_frames.client.random.random", lambda: jitter)
+    monkeypatch.setattr("theia_frames.protocol.resume.random.random", lambda: jitter)
     with MockServer() as mock:
         mock.respond("ok", path="/live").close_abruptly(path="/live")
         mock.reject(503, path="/live")
@@ -768,20 +768,22 @@ def test_the_window_of_delivered_events_stays_bounded():
     with MockServer() as mock:
         mock.on_live([])
         with Client(mock.url) as client, client.receive(Filter(1), reconnect=True, resume_margin=1.0) as stream:
+            def fresh(batch, check=False):
+                return stream.resume.fresh(batch, check=check, now=time.monotonic())
+
             # one event far in the future, then many ordinary ones: none of those is kept
-            stream._fresh(batch(["future"], [BASE + 10_000]))
+            fresh(batch(["future"], [BASE + 10_000]))
             for i in range(5_000):
-                stream._fresh(batch([f"x{i}"], [BASE + i / 1000]))
-            assert len(stream._recent) <= 1
+                fresh(batch([f"x{i}"], [BASE + i / 1000]))
+            assert stream.resume.window <= 1
             # out of order within the window: kept, then compacted once they age out
             for i in range(5_000):
-                stream._fresh(batch([f"y{i}"], [BASE + 10_000 - 0.5]))
-            stream._fresh(batch(["later"], [BASE + 20_000]))
+                fresh(batch([f"y{i}"], [BASE + 10_000 - 0.5]))
+            fresh(batch(["later"], [BASE + 20_000]))
             for i in range(3_000):
-                stream._fresh(batch([f"z{i}"], [BASE + 20_000 + i / 1000]))
-            assert len(stream._recent) <= 2_100
+                fresh(batch([f"z{i}"], [BASE + 20_000 + i / 1000]))
+            assert stream.resume.window <= 2_100
             # repeats within the window are recognised by id and timestamp
-            stream._resumed, stream._resumed_until = None, 0.0
-            again = stream._fresh(batch(["z2999", "z2999", "new"], [BASE + 20_002.999, BASE + 20_000.5, BASE + 20_003]),
-                                  check=True)
+            again = fresh(batch(["z2999", "z2999", "new"], [BASE + 20_002.999, BASE + 20_000.5, BASE + 20_003]),
+                  check=True)
             assert again.column("id").to_pylist() == ["z2999", "new"]

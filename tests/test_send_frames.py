@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from theia_frames import client as client_module
+from theia_frames.protocol import outgoing as client_module
 from theia_frames.batch import event_schema
 from theia_frames.client import Client
 from theia_frames.collector import serve

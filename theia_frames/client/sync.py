@@ -1,0 +1,612 @@
+"""The sync client: :class:`Client`, and the one-liners :func:`find`, :func:`send`, :func:`connect`.
+
+Sending goes through :mod:`theia_frames.protocol.outgoing` (what to send) and
+:class:`~theia_frames.protocol.ledger.SendLedger` (what is confirmed); the
+connection is :class:`~theia_frames.client.transport.Connection`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import ssl
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..batch import SUBPROTOCOL
+from ..codec import encode
+from ..event import Event
+from ..exceptions import ConnectionClosed, InvalidEventError, ProtocolError, TheiaTimeoutError, UnconfirmedError, UsageError
+from ..protocol.ledger import SendLedger
+from ..protocol.messages import DATA_CLOSE_CODES
+from ..protocol.outgoing import arrow_pieces, batch_messages, event_messages
+from .options import (
+    DEFAULT_BACKOFF,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_BACKOFF,
+    DEFAULT_MAX_FRAGMENTS,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_RESUME_MARGIN,
+    DEFAULT_SEND_BATCH,
+    DEFAULT_TIMEOUT,
+    DEFAULT_URL,
+    UNSET,
+    FilterLike,
+    as_filter,
+    base_url,
+    check_settings,
+    header_lines,
+    split_client_options,
+    tls_options,
+    token_header,
+)
+from .streams import FindResult, LiveStream, Stream
+from .transport import Connection, Silence
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+
+__all__ = ["Client", "find", "send", "connect"]
+
+# seconds close() waits for the server's close frame on /event, so nothing sent is lost to a reset
+CLOSE_WAIT = 2.0
+
+
+class Client:
+    """A client of one theia collector; a context manager, safe to share between threads.
+
+    ``url`` is the collector's base URL (``ws://host:6433``, or ``wss://`` for
+    TLS); ``timeout`` (seconds, default 10, ``None`` = wait forever) bounds
+    connecting, sending one message, waiting for the answer to a filter and
+    the flush made by ``send(..., wait=True)``; ``idle_timeout`` (default 3 s,
+    ``None`` = wait for the close) is the silence after which a ``/find`` on a
+    server that never closes (upstream) is complete; ``headers`` are extra
+    HTTP headers for the handshake; ``token`` is sent as ``Authorization:
+    Bearer <token>`` (a server refusing it raises
+    :class:`~theia_frames.exceptions.AuthenticationError`); ``ssl_context``
+    (an :class:`ssl.SSLContext`) or ``cafile`` (a PEM file of the
+    certificates to trust, e.g. a self-signed collector's own) verify a
+    ``wss://`` server, which is otherwise checked against the system's
+    trusted certificates; ``sslopt`` passes other TLS options to
+    websocket-client; ``batch=False`` never offers the batched-transfer
+    extension (and so cannot have sends confirmed); ``strict=True`` raises
+    on the first undecodable message instead of skipping it (default:
+    lenient, see the module documentation); ``batch_size`` is the number of
+    events per record batch built from plain messages, ``send_batch_size``
+    the most events per Arrow message sent; ``max_message_size`` (bytes,
+    default 256 MiB, also the most an Arrow message may decode to) and
+    ``max_fragments`` (default 10,000) bound each message received (a larger one raises
+    :class:`~theia_frames.exceptions.ProtocolError` naming the bound; see
+    the module's Bounds). ``timeout`` and ``idle_timeout`` count seconds
+    without a byte while reading; the handshake must finish within
+    ``timeout`` in all.
+
+    Attributes about sending: ``stored`` (events confirmed stored by the
+    last flush), ``rejected`` (error messages received about refused
+    events), ``errors`` (those errors, :class:`~theia_frames.exceptions.ServerError`).
+
+    >>> Client("ws://127.0.0.1:6433")
+    <Client ws://127.0.0.1:6433>
+    >>> Client("wss://127.0.0.1:6433", token="s3cret").flush()   # nothing sent yet
+    0
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        headers: Mapping[str, str] | Sequence[str] | None = None,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        cafile: str | os.PathLike[str] | None = None,
+        batch: bool = True,
+        strict: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        send_batch_size: int = DEFAULT_SEND_BATCH,
+        sslopt: Mapping[str, Any] | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_fragments: int = DEFAULT_MAX_FRAGMENTS,
+    ) -> None:
+        check_settings(
+            timeout=timeout,
+            idle_timeout=idle_timeout,
+            batch_size=batch_size,
+            send_batch_size=send_batch_size,
+            max_message_size=max_message_size,
+            max_fragments=max_fragments,
+        )
+        self.url = base_url(url)
+        self.timeout = timeout
+        self.idle_timeout = idle_timeout
+        self.batch = bool(batch)
+        self.strict = bool(strict)
+        self.batch_size = int(batch_size)
+        self.send_batch_size = int(send_batch_size)
+        self.max_message_size = max_message_size
+        self.max_fragments = max_fragments
+        #: the extra handshake header lines (credentials included)
+        self.header_lines = header_lines(headers) + token_header(token, headers)
+        #: websocket-client's TLS options
+        self.sslopt = tls_options(self.url, ssl_context, cafile, sslopt)
+        #: held while the /event connection is used (sends, flushes)
+        self.lock = threading.RLock()
+        self._event: Connection | None = None
+        self._streams: weakref.WeakSet[Stream] = weakref.WeakSet()
+        self._streams_lock = threading.Lock()
+        self._closed = False
+        self.ledger = SendLedger(f"{self.url}/event")
+
+    def __repr__(self) -> str:
+        return f"<Client {self.url}{' closed' if self._closed else ''}>"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError(f"this client of {self.url} is closed")
+
+    # ------------------------------------------------------------------ /event
+    @property
+    def errors(self) -> list[Any]:
+        """Error messages received on /event (the first 1,000), as ServerError."""
+        return self.ledger.errors
+
+    @property
+    def rejected(self) -> int:
+        """How many error messages about refused events were received on /event."""
+        return self.ledger.rejected
+
+    def event_connection(self) -> Connection:
+        """The shared /event connection, (re)opened when needed; call with :attr:`lock` held."""
+        conn = self._event
+        if conn is not None:
+            try:
+                msgs = conn.poll()
+            except ProtocolError:
+                msgs = []
+                conn.ended = True
+            for m in msgs:
+                self.ledger.absorb(m)
+            if conn.ended:
+                self._dropped(conn)
+            self._raise_refusals()
+            if conn.ended:
+                code = conn.close_code
+                if code in DATA_CLOSE_CODES:
+                    # the server closed because of what we sent: events may be lost, say so
+                    reason = f" ({conn.close_reason})" if conn.close_reason else ""
+                    raise ConnectionClosed(
+                        f"{conn.url} closed the connection with code {code}{reason}; "
+                        "events sent before may not have been stored",
+                        url=conn.url,
+                        code=code,
+                    )
+                conn = None
+        if conn is None:
+            conn = Connection.open(
+                f"{self.url}/event",
+                timeout=self.timeout,
+                headers=self.header_lines,
+                offer=self.batch,
+                sslopt=self.sslopt,
+                max_message=self.max_message_size,
+                max_fragments=self.max_fragments,
+            )
+            self._event = conn
+        return conn
+
+    @property
+    def batched(self) -> bool | None:
+        """Whether the /event connection negotiated batched transfer (None before it is open)."""
+        conn = self._event
+        return None if conn is None else conn.negotiated
+
+    @property
+    def stored(self) -> int:
+        """Events of this client the collector confirmed stored, as of the last flush."""
+        return self.ledger.stored
+
+    @property
+    def unconfirmed(self) -> int:
+        """Events sent on the open /event connection that no flush answer covers yet."""
+        return self.ledger.unconfirmed
+
+    def _dropped(self, conn: Connection, *, reported: bool = False) -> None:
+        """Forget a closed /event connection; what it did not confirm is in doubt
+        unless the caller was told already (``reported``)."""
+        conn.close()
+        if self._event is conn:
+            self._event = None
+            self.ledger.dropped(reported=reported)
+
+    def _raise_refusals(self) -> None:
+        """Raise the error messages not yet reported, once."""
+        error = self.ledger.refusals()
+        if error is not None:
+            raise error
+
+    def _sent(self, conn: Connection, n: int) -> None:
+        if conn.negotiated:
+            self.ledger.sent(n)
+
+    def _send_failed(self, conn: Connection, exc: ConnectionClosed, sent: int) -> ConnectionClosed:
+        error = self.ledger.send_failed(exc, sent, conn.negotiated)
+        self._dropped(conn, reported=True)
+        return error
+
+    def send(self, event: Event, *, wait: bool = False) -> None:
+        """Publish one event (a plain message; the upstream format).
+
+        With ``wait=True``, then :meth:`flush` (within ``timeout``): it returns
+        once the collector has stored it, and raises what :meth:`flush` raises.
+        """
+        if not isinstance(event, Event):
+            raise InvalidEventError(f"send() expects an Event, got {type(event).__name__}")
+        payload = encode(event)
+        with self.lock:
+            self._check_open()
+            conn = self.event_connection()
+            try:
+                conn.send_binary(payload)
+            except ConnectionClosed as exc:
+                raise self._send_failed(conn, exc, 0) from exc
+            self._sent(conn, 1)
+            if wait:
+                self.flush(self.timeout)
+
+    def send_many(
+        self,
+        events: Iterable[Event] | pa.RecordBatch | pa.Table | Any,
+        *,
+        wait: bool = False,
+        columns: Mapping[str, str] | None = None,
+    ) -> int:
+        """Publish many events; returns how many were sent.
+
+        ``events`` is any iterable of :class:`~theia_frames.event.Event` (read
+        lazily, in chunks), an Arrow batch/table with the event schema, or a
+        frame of events: a pandas DataFrame (the frame
+        :func:`~theia_frames.frames.to_dataframe` returns, or your own with a
+        timestamp column or a DatetimeIndex), a ``pyarrow.Table`` of such
+        columns or a Polars frame, read by
+        :func:`~theia_frames.frames.to_event_table` (``columns`` maps event
+        fields to its columns, e.g. ``{"content": "message"}``; missing ids
+        are generated).
+
+        With batched transfer, events go out as Arrow batches of up to
+        ``send_batch_size`` events and about 8 MiB (a handful as plain
+        messages); otherwise one plain message per event.
+        Events the format cannot carry raise
+        :class:`~theia_frames.exceptions.InvalidEventError` before their chunk
+        is sent. With ``wait=True``, then :meth:`flush` (within ``timeout``).
+
+        >>> client.send_many(df)                                    # doctest: +SKIP
+        >>> client.send_many(logs, columns={"timestamp": "time", "content": "message", "source": "host"})  # doctest: +SKIP
+        """
+        if isinstance(events, Event):
+            events = [events]
+        elif columns is not None or type(events).__module__.split(".")[0] in ("pandas", "polars", "pyarrow"):
+            from ..frames import to_event_table
+
+            events = to_event_table(events, columns=columns)
+        with self.lock:
+            self._check_open()
+            sent = self._send_all(events)
+            if wait:
+                self.flush(self.timeout)
+            return sent
+
+    def _send_all(self, events: Iterable[Event] | pa.RecordBatch | pa.Table) -> int:
+        conn = self.event_connection()
+        sent = 0
+        try:
+            if hasattr(events, "schema") and hasattr(events, "num_rows"):
+                for batch in arrow_pieces(events, self.send_batch_size):
+                    conn = self.event_connection()
+                    conn.send_binaries(batch_messages(batch, conn.negotiated))
+                    sent += batch.num_rows
+                    self._sent(conn, batch.num_rows)
+                return sent
+            it = iter(events)
+            while True:
+                chunk = list(itertools.islice(it, self.send_batch_size))
+                if not chunk:
+                    return sent
+                conn = self.event_connection()
+                for payloads, n in event_messages(chunk, conn.negotiated):
+                    conn.send_binaries(payloads)
+                    sent += n
+                    self._sent(conn, n)
+        except ConnectionClosed as exc:
+            raise self._send_failed(conn, exc, sent) from exc
+
+    # ------------------------------------------------------------------ acknowledgements
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait until every event sent so far is committed to the collector's store.
+
+        Returns how many events of this client the collector has confirmed
+        stored (0, at once, when nothing was sent), counting an event sent
+        again as often as it was sent (the store keeps it once).
+        ``timeout``: seconds to wait for the confirmation, ``None`` (the
+        default) as long as the connection lives.
+
+        Raises :class:`~theia_frames.exceptions.UnconfirmedError` when the
+        ``/event`` connection did not negotiate ``theia-frames.v1`` (the
+        upstream collector, ``batch=False``): such a peer cannot confirm;
+        :class:`~theia_frames.exceptions.ConnectionClosed` when the
+        connection was lost before the events sent since the last successful
+        flush were confirmed (send them again: the collector stores an event
+        once per ``(timestamp, id)``);
+        :class:`~theia_frames.exceptions.ServerError` when the collector
+        refused messages sent since (``.rejected``, ``.errors``) or could not
+        commit; :class:`~theia_frames.exceptions.TheiaTimeoutError` after
+        ``timeout`` seconds (nothing is lost: flush again).
+
+        >>> Client("ws://127.0.0.1:6433").flush()
+        0
+        """
+        if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
+            raise UsageError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        with self.lock:
+            self._check_open()
+            stored = self._flush(timeout, report=True)
+            self._raise_refusals()
+            return stored
+
+    def _flush(self, timeout: float | None, *, report: bool) -> int:
+        """Flush the open /event connection; with ``report``, raise about events
+        in doubt on lost connections (once). Call with the lock held."""
+        conn = self._event
+        ledger = self.ledger
+        if conn is not None and not conn.negotiated:
+            raise UnconfirmedError(
+                f"{self.url} cannot confirm that events were stored: the /event connection did not "
+                f"negotiate {SUBPROTOCOL} (a plain or upstream collector{', or batch=False' if not self.batch else ''}), "
+                "and the plain protocol has no acknowledgement"
+            )
+        if report:
+            doubt = ledger.doubt_error()
+            if doubt is not None:
+                raise doubt
+        if conn is None:
+            return ledger.stored
+        try:
+            for m in conn.poll():
+                ledger.absorb(m)
+        except ProtocolError:
+            conn.ended = True
+        if not ledger.unconfirmed:
+            if conn.ended:
+                self._dropped(conn)
+            return ledger.stored
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            if conn.ended:
+                raise ConnectionClosed(f"the connection to {conn.url} has ended", url=conn.url)
+            token, request = ledger.flush_request()
+            conn.send_text(request)
+            while True:
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    raise Silence()
+                msgs = conn.read(wait, idle=False)  # the flush's timeout is for the whole wait
+                if not msgs:
+                    break
+                for answer in map(ledger.absorb, msgs):
+                    if answer is not None and answer[0] >= token:
+                        # confirmed, or refused with the collector's reason (raised by the caller)
+                        return ledger.stored
+        except Silence:
+            raise TheiaTimeoutError(
+                f"{self.url}/event did not confirm the flush within {timeout} s "
+                f"({ledger.unconfirmed} event(s) not confirmed yet; flush again to keep waiting)"
+            ) from None
+        except ConnectionClosed:
+            pass
+        except ProtocolError:
+            conn.ended = True
+        # the connection ended before the answer
+        lost = ledger.lost_error(conn.close_code, conn.close_reason)
+        self._dropped(conn, reported=report)
+        if not report:
+            return ledger.stored
+        raise lost
+
+    # ------------------------------------------------------------------ /find, /live
+    def _track(self, stream: Stream) -> None:
+        with self._streams_lock:
+            self._streams.add(stream)
+
+    def forget(self, stream: Stream) -> None:
+        """Stop tracking a result or stream that closed."""
+        with self._streams_lock:
+            self._streams.discard(stream)
+
+    def find(
+        self,
+        filter: FilterLike = None,
+        *,
+        strict: bool | None = None,
+        idle_timeout: float | None = UNSET,
+        batch_size: int | None = None,
+    ) -> FindResult:
+        """Past events matching ``filter`` (None: all), as a lazily read :class:`FindResult`.
+
+        The connection is opened and the filter answered before this returns:
+        a refused connection or a rejected filter raises here. When this
+        client sent events not yet confirmed on a connection that can confirm
+        them, it flushes first (within ``timeout``), so the result holds them;
+        what that flush has to report is raised by the next send or flush.
+
+        On a peer that did not accept the extension (the upstream collector)
+        the filter is sent in the form every upstream store matches at least
+        as widely and each event is re-checked here, so it means the same as
+        on this project's collector; ``order_desc()`` is asked ascending and
+        reversed here (docs/protocol.md).
+        """
+        self._check_open()
+        if self.ledger.unconfirmed:
+            with self.lock:
+                conn = self._event
+                if self.ledger.unconfirmed and conn is not None and conn.negotiated:
+                    self._flush(self.timeout, report=False)
+        result = FindResult(
+            self,
+            as_filter(filter),
+            strict=self.strict if strict is None else strict,
+            batch_size=batch_size or self.batch_size,
+            idle_timeout=self.idle_timeout if idle_timeout is UNSET else idle_timeout,
+        )
+        self._track(result)
+        return result
+
+    def receive(
+        self,
+        filter: FilterLike = None,
+        *,
+        strict: bool | None = None,
+        reconnect: bool = False,
+        backoff: float = DEFAULT_BACKOFF,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
+        resume_margin: float = DEFAULT_RESUME_MARGIN,
+        max_retries: int | None = None,
+    ) -> LiveStream:
+        """Events collected from now on that match ``filter``, as a :class:`LiveStream`.
+
+        The filter's start is sent as whole seconds (the upstream collector
+        accepts only integers there); events before the real start are dropped
+        here. The first connection is made before this returns (a refused one
+        raises here).
+
+        ``reconnect=True`` keeps the stream going when the connection drops
+        (the server stops or restarts, the network fails, the collector drops
+        a subscriber too slow): it waits ``backoff`` seconds (default 0.05),
+        doubling after each failed attempt up to ``max_backoff`` (default
+        2 s), each wait shortened by a random jitter of up to half, and tries
+        again, without limit, or up to ``max_retries`` failed attempts in a
+        row (then raises :class:`~theia_frames.exceptions.ConnectionClosed`).
+        Once back it subscribes again first (buffering what is pushed), then
+        fetches with a ``/find`` the events stored from the largest timestamp
+        it delivered less ``resume_margin`` seconds (default 5; it covers
+        events whose timestamps arrive out of order), yields those, then the
+        buffered ones, then goes on live. An event already delivered (same id
+        and timestamp) is not yielded again. (Against the upstream collector,
+        which never closes a ``/find``, each resume waits ``idle_timeout``
+        for the end of the find.) A refused token
+        (:class:`~theia_frames.exceptions.AuthenticationError`), a rejected
+        filter or a protocol violation are not retried.
+
+        >>> client = Client("ws://127.0.0.1:6433")
+        >>> with client.receive(reconnect=True, max_backoff=5) as stream:   # doctest: +SKIP
+        ...     for event in stream:
+        ...         print(event.content, stream.reconnects, stream.gap.total)
+        """
+        self._check_open()
+        stream = LiveStream(
+            self,
+            as_filter(filter),
+            strict=self.strict if strict is None else strict,
+            batch_size=self.batch_size,
+            reconnect=reconnect,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            resume_margin=resume_margin,
+            max_retries=max_retries,
+        )
+        self._track(stream)
+        return stream
+
+    # ------------------------------------------------------------------ closing
+    def close(self) -> None:
+        """Close the /event connection and every open result or stream; idempotent.
+
+        It does not flush: call :meth:`flush` first to know that what was sent is stored.
+        """
+        with self._streams_lock:
+            streams = list(self._streams)
+            self._streams = weakref.WeakSet()
+        for stream in streams:
+            if not stream.owns_client:
+                stream.close()
+        with self.lock:
+            if self._closed:
+                return
+            self._closed = True
+            conn, self._event = self._event, None
+        if conn is not None:
+            conn.close(wait=CLOSE_WAIT if self.timeout is None else min(self.timeout, CLOSE_WAIT))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+def find(url: str, filter: FilterLike = None, **kw: Any) -> FindResult:
+    """Past events from the collector at ``url``; the one-liner for :meth:`Client.find`.
+
+    Keyword arguments go to :class:`Client`. Closing (or fully reading) the
+    result closes its client.
+
+    >>> import theia_frames as tf
+    >>> df = tf.to_dataframe(tf.find("ws://127.0.0.1:6433", tf.Filter(0)))   # doctest: +SKIP
+    """
+    client_kw, rest = split_client_options(kw)
+    if rest:
+        raise UsageError(f"unexpected keyword argument(s) for find(): {', '.join(sorted(rest))}")
+    client = Client(url, **client_kw)
+    try:
+        result = FindResult(
+            client,
+            as_filter(filter),
+            strict=client.strict,
+            batch_size=client.batch_size,
+            idle_timeout=client.idle_timeout,
+            owns_client=True,
+        )
+    except BaseException:
+        client.close()
+        raise
+    return result
+
+
+def send(url: str, events: Event | Iterable[Event], *, wait: bool = False, **kw: Any) -> int:
+    """Publish one event or many to the collector at ``url``; returns how many were sent.
+
+    With ``wait=True`` it returns once the collector confirmed them stored
+    (see :meth:`Client.flush`). Other keyword arguments go to :class:`Client`.
+
+    >>> import theia_frames as tf
+    >>> tf.send("ws://127.0.0.1:6433", tf.Event(source="/dev/door", content="open"))   # doctest: +SKIP
+    1
+    """
+    with Client(url, **kw) as client:
+        if isinstance(events, Event):
+            client.send(events, wait=wait)
+            return 1
+        return client.send_many(events, wait=wait)
+
+
+def connect(url: str = DEFAULT_URL, **kw: Any) -> Client:
+    """A :class:`Client` whose /event connection is already open (fails fast if it cannot be).
+
+    >>> import theia_frames as tf
+    >>> client = tf.connect("ws://127.0.0.1:6433")      # doctest: +SKIP
+    """
+    client = Client(url, **kw)
+    try:
+        with client.lock:
+            client.event_connection()
+    except BaseException:
+        client.close()
+        raise
+    return client

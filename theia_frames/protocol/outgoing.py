@@ -1,0 +1,182 @@
+"""What to send for events, without I/O: checked Arrow batches or plain messages.
+
+Both clients send through these: :func:`arrow_pieces` cuts Arrow data into
+checked batches of at most ``size`` rows and about :data:`SEND_BATCH_BYTES`
+of text, :func:`event_messages` turns a chunk of
+:class:`~theia_frames.event.Event` objects into the messages to send on a
+connection that did or did not negotiate the extension. Events the wire
+format cannot carry raise :class:`~theia_frames.exceptions.InvalidEventError`
+before their chunk is sent.
+
+>>> from theia_frames.event import Event
+>>> msgs = list(event_messages([Event("a", 1.0, "/s", [], "x")], negotiated=False))
+>>> [(len(payloads), n, payloads[0][:6]) for payloads, n in msgs]
+[(1, 1, b'event:')]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..batch import batch_to_ipc, event_schema
+from ..codec import encode
+from ..event import Event
+from ..exceptions import InvalidEventError
+from .plain import batch_events
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+
+__all__ = [
+    "SEND_BATCH_BYTES",
+    "ARROW_MIN",
+    "arrow_pieces",
+    "event_messages",
+    "batch_messages",
+    "event_batches",
+    "checked_event_batch",
+    "invalid_row",
+    "arrow_chunks",
+]
+
+#: about the most text per Arrow message sent
+SEND_BATCH_BYTES = 8 * 1024 * 1024
+#: fewer events than this go out as plain messages even with the extension
+ARROW_MIN = 32
+
+
+def batch_messages(batch: pa.RecordBatch, negotiated: bool) -> list[bytes]:
+    """The messages that carry ``batch``: one Arrow message, or a plain message per event."""
+    if negotiated:
+        return [batch_to_ipc(batch)]
+    return [encode(e) for e in batch_events(batch)]
+
+
+def event_messages(chunk: Sequence[Event], negotiated: bool) -> Iterator[tuple[list[bytes], int]]:
+    """The messages that carry ``chunk`` (Events), with how many events each group holds."""
+    if negotiated and len(chunk) >= ARROW_MIN:
+        for batch in event_batches(list(chunk), SEND_BATCH_BYTES):
+            yield [batch_to_ipc(batch)], batch.num_rows
+        return
+    payloads = []
+    for e in chunk:
+        if not isinstance(e, Event):
+            raise InvalidEventError(f"send_many() expects Events, got {type(e).__name__}")
+        payloads.append(encode(e))
+    yield payloads, len(chunk)
+
+
+def arrow_pieces(data: Any, size: int) -> Iterator[pa.RecordBatch]:
+    """Arrow data with the event schema as checked batches of at most ``size`` rows
+    and about :data:`SEND_BATCH_BYTES` of text (one row at least)."""
+    for chunk in arrow_chunks(data, size):
+        if chunk.nbytes <= SEND_BATCH_BYTES:
+            yield chunk
+            continue
+        import pyarrow.compute as pc
+
+        row_bytes = sum(pc.binary_length(chunk.column(k)).to_numpy(zero_copy_only=False) for k in (0, 2, 3, 4))
+        begin, used = 0, 0
+        for row, nbytes in enumerate(row_bytes.tolist()):
+            if used + nbytes + 8 > SEND_BATCH_BYTES and row > begin:
+                yield chunk.slice(begin, row - begin)
+                begin, used = row, 0
+            used += nbytes + 8
+        yield chunk.slice(begin)
+
+
+def event_batches(events: list[Event], max_bytes: int) -> Iterator[pa.RecordBatch]:
+    """Events as checked record batches of at most about ``max_bytes`` of text each."""
+    start = 0
+    size = 0
+    for i, e in enumerate(events):
+        try:
+            c = e.content
+            size += len(c) if c.isascii() else len(c.encode("utf-8", "replace"))
+        except (AttributeError, TypeError):
+            pass
+        if size >= max_bytes and i + 1 > start:
+            yield checked_event_batch(events[start : i + 1])
+            start, size = i + 1, 0
+    if start < len(events):
+        yield checked_event_batch(events[start:])
+
+
+def first_invalid(events: Sequence[Any]) -> InvalidEventError:
+    for e in events:
+        if not isinstance(e, Event):
+            return InvalidEventError(f"send_many() expects Events, got {type(e).__name__}")
+        try:
+            encode(e)
+        except InvalidEventError as exc:
+            return exc
+    return InvalidEventError("an event the wire format cannot carry")
+
+
+def checked_event_batch(events: Sequence[Event]) -> pa.RecordBatch:
+    """Events as one batch, refusing what :func:`~theia_frames.codec.encode` would refuse."""
+    import pyarrow as pa
+
+    try:
+        tag_lists = [e.tags for e in events]
+        tags = [",".join(t) for t in tag_lists]
+        # a tag holding a comma would come back as two tags
+        if sum(t.count(",") for t in tags) != sum(len(t) - 1 for t in tag_lists if t):
+            raise first_invalid(events)
+        arrays = [
+            pa.array([e.id for e in events], pa.string()),
+            pa.array([float(e.timestamp) for e in events], pa.float64()),
+            pa.array([e.source for e in events], pa.string()),
+            pa.array(tags, pa.string()),
+            pa.array([e.content for e in events], pa.string()),
+        ]
+    except InvalidEventError:
+        raise
+    except (AttributeError, TypeError, ValueError, UnicodeError, pa.ArrowException):
+        raise first_invalid(events) from None
+    batch = pa.RecordBatch.from_arrays(arrays, schema=event_schema())
+    if invalid_row(batch) is not None:
+        raise first_invalid(events)
+    return batch
+
+
+def invalid_row(batch: pa.RecordBatch) -> int | None:
+    """The first row the wire format cannot carry (line break in id, source or
+    tags; a missing value; a timestamp that is not finite), or None."""
+    import pyarrow.compute as pc
+
+    if batch.num_rows == 0:
+        return None
+    bad = pc.invert(pc.is_finite(batch.column(1)))
+    for k in (0, 2, 3):
+        bad = pc.or_(bad, pc.match_substring_regex(batch.column(k), "[\r\n]"))
+    for column in batch.columns:
+        if column.null_count:
+            bad = pc.or_(bad, pc.is_null(column))
+    bad = pc.fill_null(bad, True)
+    if not pc.any(bad).as_py():
+        return None
+    return int(pc.index(bad, True).as_py())
+
+
+def arrow_chunks(data: Any, size: int) -> Iterator[pa.RecordBatch]:
+    schema = event_schema()
+    if not data.schema.equals(schema):
+        try:
+            data = data.select(schema.names).cast(schema)
+        except Exception as exc:
+            raise InvalidEventError(f"an Arrow batch to send needs the event schema {schema}: {exc}") from None
+    batches = data.to_batches(max_chunksize=size) if hasattr(data, "to_batches") else [data]
+    for batch in batches:
+        for offset in range(0, batch.num_rows, size):
+            chunk = batch.slice(offset, size)
+            row = invalid_row(chunk)
+            if row is not None:
+                values = {k: v[0] for k, v in chunk.slice(row, 1).to_pydict().items()}
+                raise InvalidEventError(
+                    f"row {offset + row} of the Arrow data cannot be sent: "
+                    "a line break in id, source or tags, a missing value, or a timestamp that is not finite: "
+                    f"{ {k: (v[:40] if isinstance(v, str) else v) for k, v in values.items()} }"
+                )
+            yield chunk

@@ -1,0 +1,195 @@
+"""Resuming a live subscription after a reconnect, without I/O.
+
+:class:`ResumeState` remembers what a subscription delivered (the largest
+timestamp, and the ids and timestamps of the recent batches) so that, after
+a reconnect, :meth:`ResumeState.resume_filter` says what to ask a ``/find``
+for and :meth:`ResumeState.fresh` drops what was already delivered.
+:class:`Backoff` is the wait between attempts.
+
+>>> import pyarrow as pa
+>>> from theia_frames.batch import event_schema
+>>> from theia_frames.filter import EventFilter
+>>> state = ResumeState(margin=5.0, subscribed_at=100.0)
+>>> batch = pa.RecordBatch.from_pydict(
+...     {"id": ["a", "b"], "timestamp": [110.0, 111.0], "source": ["/s"] * 2, "tags": [""] * 2,
+...      "content": ["1", "2"]}, schema=event_schema())
+>>> state.fresh(batch, now=0.0).num_rows
+2
+>>> state.resume_filter(EventFilter(0)).start
+106.0
+>>> state.fresh(batch, check=True, now=0.0).num_rows      # repeats of a resume find are dropped
+0
+>>> backoff = Backoff(0.05, 2.0, max_retries=None)
+>>> 0.025 <= backoff.next_delay(jitter=0.0) <= 0.05
+True
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import UsageError
+from ..filter import EventFilter
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+
+__all__ = ["ResumeState", "Backoff", "check_reconnect_options"]
+
+#: entries of the recent-batches window past which out-of-order entries are pruned
+RECENT_COMPACT = 1024
+
+
+def _pyarrow() -> Any:
+    import pyarrow
+    import pyarrow.compute  # noqa: F401 - makes pyarrow.compute available as an attribute
+
+    return pyarrow
+
+
+def check_reconnect_options(backoff: float, max_backoff: float, resume_margin: float, max_retries: int | None) -> None:
+    """Raise :class:`~theia_frames.exceptions.UsageError` for a bad reconnect setting."""
+    for name, value in (("backoff", backoff), ("max_backoff", max_backoff)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise UsageError(f"{name} must be a positive number of seconds, got {value!r}")
+    if max_backoff < backoff:
+        raise UsageError(f"max_backoff ({max_backoff}) must not be below backoff ({backoff})")
+    if isinstance(resume_margin, bool) or not isinstance(resume_margin, (int, float)) or not resume_margin >= 0:
+        raise UsageError(f"resume_margin must be a number of seconds >= 0, got {resume_margin!r}")
+    if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0):
+        raise UsageError(f"max_retries must be None or a whole number >= 0, got {max_retries!r}")
+
+
+class Backoff:
+    """Exponential backoff with equal jitter: each wait is between half the
+    delay and the whole of it; the delay doubles after each failure up to
+    ``max_backoff``; more than ``max_retries`` failures in a row give up."""
+
+    def __init__(self, backoff: float, max_backoff: float, max_retries: int | None) -> None:
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.max_retries = max_retries
+        self.delay = self.backoff
+        self.failures = 0
+
+    def next_delay(self, jitter: float | None = None) -> float:
+        """Seconds to wait before the next attempt (``jitter`` in [0, 1), random by default)."""
+        jitter = random.random() if jitter is None else jitter
+        return self.delay * (0.5 + 0.5 * jitter)
+
+    def failed(self) -> bool:
+        """Count a failed attempt; returns whether to give up."""
+        self.failures += 1
+        self.delay = min(self.delay * 2, self.max_backoff)
+        return self.max_retries is not None and self.failures > self.max_retries
+
+
+class ResumeState:
+    """What a reconnecting subscription delivered, to resume without loss or repeats.
+
+    ``margin`` is the resume margin in seconds (events whose timestamps arrive
+    out of order by up to that much are still found and deduplicated);
+    ``subscribed_at`` the wall-clock time of the first subscription (where a
+    resume starts when nothing was delivered yet). Times given as ``now`` are
+    monotonic seconds.
+    """
+
+    def __init__(self, margin: float, subscribed_at: float) -> None:
+        self.margin = float(margin)
+        self.subscribed_at = subscribed_at
+        #: the largest timestamp delivered
+        self.seen_max: float | None = None
+        # (largest timestamp, ids, timestamps) per recent batch
+        self._recent: deque[tuple[float, pa.Array, pa.Array]] = deque()
+        self._recent_kept = 0
+        self._resumed: tuple[pa.Array, pa.Array] | None = None
+        self._resumed_until = 0.0
+
+    @property
+    def window(self) -> int:
+        """How many recent batches are remembered (bounded by the resume margin)."""
+        return len(self._recent)
+
+    def resume_filter(self, filter: EventFilter) -> EventFilter | None:
+        """The ``/find`` that fetches what was stored while away, or None when the
+        filter's end is already behind."""
+        start = (self.subscribed_at if self.seen_max is None else self.seen_max) - self.margin
+        if filter.start is not None:
+            start = max(start, filter.start)
+        if filter.end is not None and start > filter.end:
+            return None
+        return filter.match_start(max(start, 0.0)).order_asc()
+
+    def resumed(self, ids: list[pa.Array], stamps: list[pa.Array], now: float) -> None:
+        """The resume find delivered these (ids, timestamps): live events committed before
+        its snapshot may still arrive for a while, and are dropped as repeats."""
+        pa_ = _pyarrow()
+        self._resumed = (
+            pa_.concat_arrays(ids) if ids else pa_.array([], pa_.string()),
+            pa_.concat_arrays(stamps) if stamps else pa_.array([], pa_.float64()),
+        )
+        self._resumed_until = now + max(self.margin, 1.0)
+
+    def fresh(self, batch: pa.RecordBatch, *, check: bool = False, now: float) -> pa.RecordBatch:
+        """``batch`` without the events already delivered; remembers what it returns.
+
+        Outside a resume a subscription never repeats an event, so the check
+        runs only on resume finds (``check=True``) and for a while after a resume.
+        """
+        pa_ = _pyarrow()
+        pc = pa_.compute
+        if batch.num_rows == 0:
+            return batch
+        if check or (self._resumed is not None and now < self._resumed_until):
+            batch = self._drop_seen(batch)
+            if batch.num_rows == 0:
+                return batch
+        else:
+            self._resumed = None
+        hi = pc.max(batch.column(1)).as_py()
+        if self.seen_max is None or hi > self.seen_max:
+            self.seen_max = hi
+        cutoff = self.seen_max - self.margin
+        recent = self._recent
+        if hi >= cutoff:
+            # copies: a column of a received batch would keep its whole message alive
+            recent.append((hi, pa_.concat_arrays([batch.column(0)]), pa_.concat_arrays([batch.column(1)])))
+        while recent and recent[0][0] < cutoff:
+            recent.popleft()
+        if len(recent) > RECENT_COMPACT and len(recent) > 2 * self._recent_kept:
+            # entries out of order (an early batch with a late timestamp) can hold up
+            # the pruning above: drop every entry outside the window now and then
+            self._recent = recent = deque(entry for entry in recent if entry[0] >= cutoff)
+            self._recent_kept = len(recent)
+        return batch
+
+    def _drop_seen(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """``batch`` without events whose id and timestamp (to the microsecond)
+        were delivered within the resume margin or by the last resume."""
+        pa_ = _pyarrow()
+        pc = pa_.compute
+        known_ids = [entry[1] for entry in self._recent]
+        known_ts = [entry[2] for entry in self._recent]
+        if self._resumed is not None:
+            known_ids.append(self._resumed[0])
+            known_ts.append(self._resumed[1])
+        if not known_ids:
+            return batch
+        all_ids = pa_.concat_arrays(known_ids)
+        if len(all_ids) == 0:
+            return batch
+        hit = pc.is_in(batch.column(0), value_set=all_ids)
+        if not pc.any(hit).as_py():
+            return batch
+        # rare: an id seen before; it is the same event only with the same timestamp
+        hit_ids = batch.column(0).filter(hit)
+        near = pc.is_in(all_ids, value_set=hit_ids)
+        seen: dict[str, list[float]] = {}
+        for i, t in zip(all_ids.filter(near).to_pylist(), pa_.concat_arrays(known_ts).filter(near).to_pylist()):
+            seen.setdefault(i, []).append(t)
+        ids = batch.column(0).to_pylist()
+        stamps = batch.column(1).to_pylist()
+        keep = [not any(abs(t - k) <= 1e-6 for k in seen.get(i, ())) for i, t in zip(ids, stamps)]
+        return batch.filter(pa_.array(keep, pa_.bool_()))
