@@ -125,11 +125,15 @@ from .options import (
     DEFAULT_TIMEOUT,
     DEFAULT_URL,
 )
+from .aio import AsyncClient, AsyncFindResult, AsyncLiveStream
 from .streams import FindResult, Gap, LiveStream
 from .sync import Client, connect, find, send
 
 __all__ = [
     "Client",
+    "AsyncClient",
+    "AsyncFindResult",
+    "AsyncLiveStream",
     "FindResult",
     "LiveStream",
     "Gap",
