@@ -57,6 +57,7 @@ _EXPORTS: dict[str, str] = {
     "MissingDependencyError": "exceptions",
     # client
     "Client": "client",
+    "AsyncClient": "client",
     "FindResult": "client",
     "LiveStream": "client",
     "Gap": "client",
@@ -176,7 +177,7 @@ if _TYPE_CHECKING:  # pragma: no cover
         iter_decode_stream,
         parse_message,
     )
-    from .client import Client, FindResult, Gap, LiveStream, connect, find, send
+    from .client import AsyncClient, Client, FindResult, Gap, LiveStream, connect, find, send
     from .collector import Collector, serve
     from .event import Event, new_event_id
     from .exceptions import (
