@@ -1,0 +1,543 @@
+"""The asyncio client's results: :class:`AsyncFindResult` and :class:`AsyncLiveStream`.
+
+The same state objects as the sync results (:mod:`theia_frames.protocol.streams`,
+:mod:`theia_frames.protocol.resume`); only the transport differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import time
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..batch import SUBPROTOCOL, empty_batch
+from ..event import Event
+from ..exceptions import (
+    AuthenticationError,
+    ConnectionClosed,
+    TheiaError,
+    TheiaTimeoutError,
+    TransportError,
+    UsageError,
+)
+from ..filter import EventFilter
+from ..protocol.plain import BULK_MIN, batch_events
+from ..protocol.resume import Backoff, ResumeState, check_reconnect_options
+from ..protocol.streams import FindState, LiveState, NewestFirst, StreamState
+from .aio_transport import Silence, close, closed_error, recv, recv_raising, websockets_module
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    import pyarrow as pa
+
+__all__ = ["AsyncStream", "AsyncFindResult", "AsyncLiveStream", "AsyncOwner"]
+
+# a live stream looks at aclose() at least this often while nothing arrives
+LIVE_SLICE = 0.25
+
+
+class AsyncOwner(Protocol):
+    """What a result needs from the :class:`~theia_frames.client.aio.AsyncClient` that opened it."""
+
+    url: str
+    timeout: float | None
+    idle_timeout: float | None
+    max_message_size: int
+
+    async def open(self, endpoint: str) -> Any: ...
+
+    async def flush_before_read(self) -> None: ...
+
+    def forget(self, stream: AsyncStream) -> None: ...
+
+
+class AsyncStream:
+    """What :class:`AsyncFindResult` and :class:`AsyncLiveStream` share."""
+
+    state: StreamState
+
+    def __init__(self, client: AsyncOwner, state: StreamState) -> None:
+        self.state = state
+        self._client = client
+        self._ws: Any = None
+        self._pending: list[bytes] = []
+        self._claimed: str | None = None
+        self._closed = False
+        self._opening: asyncio.Future[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.state.url
+
+    @property
+    def filter(self) -> EventFilter:
+        return self.state.filter
+
+    @property
+    def count(self) -> int:
+        return self.state.count
+
+    @property
+    def total(self) -> int | None:
+        return self.state.total
+
+    @property
+    def skipped(self) -> int:
+        return self.state.skipped
+
+    @property
+    def errors(self) -> list[TheiaError]:
+        return self.state.errors
+
+    @property
+    def complete(self) -> bool:
+        return self.state.complete
+
+    @property
+    def batched(self) -> bool:
+        """Whether the server accepted the batched-transfer extension (False before connecting)."""
+        return self._ws is not None and self._ws.subprotocol == SUBPROTOCOL
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def _subscribe(self) -> tuple[Any, list[bytes]]:
+        await self._client.flush_before_read()
+        ws = await self._client.open(self.state.endpoint)
+        try:
+            negotiated = ws.subprotocol == SUBPROTOCOL
+            await ws.send(self.state.filter_message(negotiated))
+            try:
+                msg = await recv(ws, self._client.timeout)
+            except Silence:
+                raise TheiaTimeoutError(f"{self.url} did not answer the filter within {self._client.timeout} s") from None
+            if msg is None:
+                self._check_end(ws)
+                return ws, []
+            return ws, self.state.receive([msg])
+        except BaseException:
+            await ws.close()
+            raise
+
+    async def _open(self) -> None:
+        if self._ws is None:
+            if self._closed:
+                raise UsageError(f"this {type(self).__name__} is closed")
+            self._ws, self._pending = await self._subscribe()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        async def opened() -> Any:
+            await self._open()
+            return self
+
+        return opened().__await__()
+
+    async def __aenter__(self) -> Any:
+        await self._open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _check_end(self, ws: Any, exc: BaseException | None = None) -> None:
+        if self._closed:
+            return
+        failure = closed_error(exc, self.url, self._client.max_message_size) if exc is not None else None
+        if failure is not None:
+            raise failure
+        code = ws.close_code if ws.close_code is not None else 1006
+        self.state.end(code, ws.close_reason or "", None)
+
+    def _claim(self, how: str) -> None:
+        if self._claimed is not None:
+            raise UsageError(f"this {type(self).__name__} was already read with {self._claimed}; a result can be read once, one way")
+        if self._closed:
+            raise UsageError(f"this {type(self).__name__} is closed")
+        self._claimed = how
+
+    def _chunks(self, heartbeat: float | None = None) -> AsyncIterator[list[bytes]]:  # pragma: no cover
+        raise NotImplementedError
+
+    async def _decoded(self, accumulate: int, heartbeat: float | None = None) -> AsyncIterator[pa.RecordBatch | None]:
+        decoder = self.state.decoder(accumulate)
+        async for msgs in self._chunks(heartbeat):
+            if not msgs:
+                yield None
+                continue
+            for batch in decoder.feed(msgs):
+                yield batch
+        for batch in decoder.finish():
+            yield batch
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        """The events, one :class:`~theia_frames.event.Event` at a time."""
+        self._claim("iteration over events")
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[Event]:
+        try:
+            await self._open()
+            async for chunk in self._decoded(self._event_accumulate):
+                if chunk is None:
+                    continue
+                for event in batch_events(chunk):
+                    if self._closed:
+                        return
+                    self.state.count += 1
+                    yield event
+        finally:
+            await self.aclose()
+
+    _event_accumulate = 1
+
+    def iter_batches(self, *, heartbeat: float | None = None) -> AsyncIterator[pa.RecordBatch]:
+        """The events as :func:`~theia_frames.batch.event_schema` record batches, checked against the filter."""
+        self._claim("iter_batches()")
+        return self._batches(self._batch_accumulate, heartbeat)
+
+    @property
+    def _batch_accumulate(self) -> int:
+        return self.state.batch_size
+
+    async def _batches(self, accumulate: int, heartbeat: float | None) -> AsyncIterator[pa.RecordBatch]:
+        try:
+            await self._open()
+            async for chunk in self._decoded(accumulate, heartbeat):
+                if self._closed:
+                    return
+                if chunk is None:
+                    yield empty_batch()
+                    continue
+                self.state.count += chunk.num_rows
+                yield chunk
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        ws = self._ws
+        self._client.forget(self)
+        if ws is not None:
+            await close(ws)
+
+
+class _Batches:
+    """A find's batches handed from the event loop to a converting thread:
+    ``iter_batches()`` for :func:`~theia_frames.frames.to_dataframe`, ``total`` for its progress bar."""
+
+    _END = object()
+
+    def __init__(self, result: AsyncFindResult) -> None:
+        self.result = result
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    @property
+    def total(self) -> int | None:
+        return self.result.total
+
+    def iter_batches(self) -> Iterator[pa.RecordBatch]:
+        while True:
+            item = self.queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+class AsyncFindResult(AsyncStream):
+    """The events of a ``/find``, read lazily with ``async for`` (events),
+    :meth:`iter_batches` (Arrow record batches) or :meth:`to_dataframe`; once, one way.
+
+    Attributes as on :class:`~theia_frames.client.FindResult`: ``url``,
+    ``filter``, ``count``, ``total``, ``skipped``, ``errors``, ``complete``,
+    ``ended_by``, ``batched``.
+    """
+
+    state: FindState
+    _event_accumulate = BULK_MIN
+
+    def __init__(self, client: AsyncOwner, filter: EventFilter, *, strict: bool, batch_size: int, idle_timeout: float | None) -> None:
+        state = FindState(
+            f"{client.url}/find",
+            filter,
+            strict=strict,
+            batch_size=batch_size,
+            idle_timeout=idle_timeout,
+            timeout=client.timeout,
+            max_decoded=client.max_message_size,
+        )
+        super().__init__(client, state)
+
+    @property
+    def ended_by(self) -> str | None:
+        return self.state.ended_by
+
+    async def _chunks(self, heartbeat: float | None = None) -> AsyncIterator[list[bytes]]:
+        ws = self._ws
+        state = self.state
+        negotiated = ws.subprotocol == SUBPROTOCOL
+        wait = state.wait(negotiated)
+        pending, self._pending = self._pending, []
+        if pending:
+            yield pending
+        ws_exc = websockets_module().exceptions.ConnectionClosed
+        while True:
+            try:
+                msg = await recv_raising(ws, wait, ws_exc)
+            except Silence:
+                if self._closed:
+                    return
+                state.silence(negotiated)
+                return
+            except ws_exc as exc:
+                self._check_end(ws, exc)
+                return
+            data = state.receive([msg])
+            if data:
+                yield data
+
+    async def _decoded(self, accumulate: int, heartbeat: float | None = None) -> AsyncIterator[pa.RecordBatch | None]:
+        if not self.state.reversing(self.batched):
+            async for batch in super()._decoded(accumulate, heartbeat):
+                yield batch
+            return
+        spill = NewestFirst(self.state.batch_size)
+        try:
+            async for batch in super()._decoded(max(accumulate, self.state.batch_size), heartbeat):
+                spill.add(batch)
+            for batch in spill.batches():
+                yield batch
+        finally:
+            spill.discard()
+
+    async def to_arrow(self) -> pa.Table:
+        """All the events as one ``pyarrow.Table`` with the event schema."""
+        import pyarrow as pa
+
+        from ..batch import event_schema
+
+        batches = [b async for b in self.iter_batches()]
+        return pa.Table.from_batches(batches, schema=event_schema())
+
+    async def to_dataframe(
+        self,
+        *,
+        index: str | None = None,
+        tz: Any = None,
+        columns: Sequence[str] | None = None,
+        progress: bool | None = None,
+    ) -> pd.DataFrame:
+        """All the events as one DataFrame, as :func:`~theia_frames.frames.to_dataframe` makes it.
+
+        The batches are converted in a worker thread while they arrive, so the
+        event loop (a notebook's) stays free and memory peaks near the frame's size.
+        """
+        from ..frames import to_dataframe
+
+        handoff = _Batches(self)
+        loop = asyncio.get_running_loop()
+        converted = loop.run_in_executor(
+            None,
+            lambda: to_dataframe(handoff, index=index, tz=tz, columns=columns, progress=progress),  # type: ignore[arg-type]
+        )
+        try:
+            async for batch in self.iter_batches():
+                handoff.queue.put(batch)
+        except BaseException as exc:
+            handoff.queue.put(exc)
+            try:
+                await converted
+            except BaseException:
+                pass
+            raise
+        handoff.queue.put(_Batches._END)
+        return await converted
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else ("closed" if self._closed else "open")
+        return f"<AsyncFindResult {self.url} {self.filter.to_json()} count={self.count} {state}>"
+
+
+class AsyncLiveStream(AsyncStream):
+    """Events collected from now on, matching a filter, until the caller stops
+    (``break``, :meth:`aclose`, leaving ``async with``); with ``reconnect=True``
+    it resumes after a drop exactly as :class:`~theia_frames.client.LiveStream`
+    does (same backoff, same resume find, same dropping of repeats).
+
+    Status attributes: ``reconnects``, ``recovered``, ``last_error``, ``connected``.
+    """
+
+    state: LiveState
+
+    def __init__(
+        self,
+        client: AsyncOwner,
+        filter: EventFilter,
+        *,
+        strict: bool,
+        batch_size: int,
+        reconnect: bool,
+        backoff: float,
+        max_backoff: float,
+        resume_margin: float,
+        max_retries: int | None,
+    ) -> None:
+        check_reconnect_options(backoff, max_backoff, resume_margin, max_retries)
+        state = LiveState(f"{client.url}/live", filter, strict=strict, batch_size=batch_size, max_decoded=client.max_message_size)
+        super().__init__(client, state)
+        self.reconnect = bool(reconnect)
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.max_retries = max_retries
+        self.reconnects = 0
+        self.recovered = 0
+        self.last_error: TheiaError | None = None
+        self.resume = ResumeState(resume_margin, time.time())
+        self._down = False
+
+    @property
+    def connected(self) -> bool:
+        return not self._closed and self._ws is not None and not self._down
+
+    @property
+    def _batch_accumulate(self) -> int:
+        return 1  # never wait to fill a batch
+
+    async def _chunks(self, heartbeat: float | None = None) -> AsyncIterator[list[bytes]]:
+        ws = self._ws
+        pending, self._pending = self._pending, []
+        if pending:
+            yield pending
+        last = time.monotonic()
+        wait = LIVE_SLICE if heartbeat is None else min(LIVE_SLICE, heartbeat)
+        ws_exc = websockets_module().exceptions.ConnectionClosed
+        while not self._closed:
+            try:
+                msg = await recv_raising(ws, wait, ws_exc)
+            except Silence:
+                if heartbeat is not None and time.monotonic() - last >= heartbeat:
+                    last = time.monotonic()
+                    yield []
+                continue
+            except ws_exc as exc:
+                self._check_end(ws, exc)
+                return
+            data = self.state.receive([msg])
+            if data:
+                last = time.monotonic()
+                yield data
+
+    async def _decoded(self, accumulate: int, heartbeat: float | None = None) -> AsyncIterator[pa.RecordBatch | None]:
+        if not self.reconnect:
+            async for batch in super()._decoded(accumulate, heartbeat):
+                yield batch
+            return
+        while not self._closed:
+            cause: TheiaError | None = None
+            try:
+                async for chunk in super()._decoded(accumulate, heartbeat):
+                    if chunk is None:
+                        yield None
+                        continue
+                    chunk = self.resume.fresh(chunk, now=time.monotonic())
+                    if chunk.num_rows:
+                        yield chunk
+            except ConnectionClosed as exc:  # SubscriberTooSlow included
+                cause = exc
+            if self._closed:
+                return
+            if cause is None:
+                cause = ConnectionClosed(f"{self.url} closed the live stream", url=self.url)
+            async for batch in self._resume(cause, heartbeat):
+                yield batch
+
+    def _note_failure(self, exc: TheiaError) -> None:
+        from ..exceptions import SubscriberTooSlow
+
+        self.last_error = exc
+        if isinstance(exc, SubscriberTooSlow):
+            self.state.note(exc)
+
+    async def _resume(self, cause: TheiaError, heartbeat: float | None) -> AsyncIterator[pa.RecordBatch | None]:
+        self._down = True
+        self._note_failure(cause)
+        old, self._ws = self._ws, None
+        if old is not None:
+            await close(old)
+        self.state.complete = False
+        backoff = Backoff(self.backoff, self.max_backoff, self.max_retries)
+        beat = time.monotonic()
+        while True:
+            deadline = time.monotonic() + backoff.next_delay()
+            while not self._closed:
+                now = time.monotonic()
+                if heartbeat is not None and now - beat >= heartbeat:
+                    beat = now
+                    yield None
+                    continue
+                remaining = deadline - now
+                if remaining <= 0:
+                    break
+                await asyncio.sleep(min(remaining, LIVE_SLICE) if heartbeat is None else min(remaining, heartbeat - (now - beat), LIVE_SLICE))
+            if self._closed:
+                return
+            try:
+                async for batch in self._catch_up():
+                    yield batch
+            except (TransportError, TheiaTimeoutError) as exc:
+                if self._closed:
+                    return
+                self._down = True
+                if isinstance(exc, AuthenticationError):
+                    raise
+                self._note_failure(exc)
+                if backoff.failed():
+                    raise ConnectionClosed(
+                        f"the live stream from {self.url} gave up reconnecting after {backoff.failures} attempt(s) "
+                        f"(max_retries={self.max_retries}): {exc}",
+                        url=self.url,
+                        code=getattr(exc, "code", None),
+                    ) from exc
+                continue
+            return
+
+    async def _catch_up(self) -> AsyncIterator[pa.RecordBatch]:
+        import pyarrow as pa_
+
+        ws, buffered = await self._subscribe()
+        if self._closed:
+            await close(ws)
+            return
+        self._ws = ws
+        self._down = False
+        self.reconnects += 1
+        ids: list[pa.Array] = []
+        stamps: list[pa.Array] = []
+        resume_filter = self.resume.resume_filter(self.filter)
+        if resume_filter is not None:
+            result = AsyncFindResult(
+                self._client, resume_filter, strict=self.state.strict, batch_size=self.state.batch_size, idle_timeout=self._client.idle_timeout
+            )
+            async for batch in result.iter_batches():
+                fresh = self.resume.fresh(batch, check=True, now=time.monotonic())
+                if fresh.num_rows:
+                    ids.append(pa_.concat_arrays([fresh.column(0)]))
+                    stamps.append(pa_.concat_arrays([fresh.column(1)]))
+                    self.recovered += fresh.num_rows
+                    yield fresh
+            if self._closed:
+                return
+        self.resume.resumed(ids, stamps, time.monotonic())
+        # websockets keeps reading the new subscription meanwhile (its queue pauses the socket when full)
+        self._pending = buffered
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("open" if not self._down else "reconnecting")
+        return f"<AsyncLiveStream {self.url} {self.filter.to_json()} count={self.count} {state}>"

@@ -1,0 +1,183 @@
+"""The asyncio client's transport: ``websockets``' asyncio connections, and the
+one table that maps ``websockets``' errors to this project's (:func:`open_error`
+when connecting, :func:`closed_error` when a connection ends).
+
+Reads count silence from the last byte received (:func:`recv`), not the last
+message, as the sync client's transport does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import AuthenticationError, ConnectError, ProtocolError, TheiaError, TheiaTimeoutError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from websockets.asyncio.client import ClientConnection
+
+__all__ = [
+    "Silence",
+    "open_error",
+    "closed_error",
+    "ended_code",
+    "connection_class",
+    "within",
+    "recv",
+    "recv_raising",
+    "close",
+    "websockets_module",
+    "CLOSE_WAIT",
+]
+
+# seconds a close waits for the server's close frame
+CLOSE_WAIT = 2.0
+
+
+def websockets_module() -> Any:
+    # imported on first use: ``import theia_frames`` does not pay for it
+    import websockets.asyncio.client
+    import websockets.exceptions  # noqa: F401
+
+    return websockets
+
+
+class Silence(Exception):
+    """No byte arrived within the wait (internal; callers decide what it means)."""
+
+
+# --------------------------------------------------------------------------- the error table
+
+
+def open_error(exc: BaseException, url: str, timeout: float | None) -> TheiaError:
+    """The error of this project for a failed ``websockets`` connect to ``url``.
+
+    >>> open_error(ConnectionRefusedError(), "ws://h/find", 10)
+    ConnectError('connection refused by ws://h/find (is a collector running there?)')
+    """
+    ws = websockets_module()
+    if isinstance(exc, ws.exceptions.InvalidStatus):
+        status = exc.response.status_code
+        if status == 401:
+            return AuthenticationError(
+                f"{url} refused the WebSocket handshake with HTTP status 401: it needs credentials "
+                "(AsyncClient(..., token=...))",
+                url=url,
+            )
+        if status == 403:
+            return AuthenticationError(f"{url} refused the WebSocket handshake with HTTP status 403: it refused the credentials", url=url)
+        return ConnectError(f"{url} refused the WebSocket handshake with HTTP status {status}", url=url)
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return TheiaTimeoutError(f"timed out after {timeout} s connecting to {url} (the handshake did not finish)")
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectError(f"connection refused by {url} (is a collector running there?)", url=url)
+    if isinstance(exc, ssl.SSLError):
+        return ConnectError(f"TLS handshake with {url} failed: {exc}", url=url)
+    if isinstance(exc, socket.gaierror):
+        return ConnectError(f"cannot resolve the host of {url}: {exc}", url=url)
+    return ConnectError(f"cannot connect to {url}: {exc}", url=url)
+
+
+def closed_error(exc: BaseException, url: str, max_message_size: int) -> ProtocolError | None:
+    """The error to raise for a connection ``websockets`` closed on our side because
+    of what the server sent (a message over the bound, a protocol violation); None otherwise."""
+    ws = websockets_module()
+    if not isinstance(exc, ws.exceptions.ConnectionClosed):
+        return None
+    sent = exc.sent
+    if sent is not None and (exc.rcvd is None or not exc.rcvd_then_sent):
+        if sent.code == 1009:
+            return ProtocolError(
+                f"{url} sent a message of more than {max_message_size} bytes, the client's bound "
+                "(AsyncClient(max_message_size=...) raises it)"
+            )
+        if sent.code in (1002, 1007):
+            return ProtocolError(f"{url} broke the WebSocket protocol: {sent.reason or sent.code}")
+    return None
+
+
+def ended_code(exc: BaseException) -> tuple[int, str]:
+    """The close code and reason the server sent (1006 when it sent none)."""
+    rcvd = getattr(exc, "rcvd", None)
+    if rcvd is None:
+        return 1006, ""
+    return rcvd.code, rcvd.reason
+
+
+def connection_class() -> type[ClientConnection]:
+    """``websockets``' client connection, noting when the last byte arrived."""
+    global _CONNECTION
+    if _CONNECTION is None:
+        base = websockets_module().asyncio.client.ClientConnection
+
+        class TimedConnection(base):  # type: ignore[misc, valid-type]
+            last_bytes = 0.0
+
+            def data_received(self, data: bytes) -> None:
+                self.last_bytes = time.monotonic()
+                super().data_received(data)
+
+        _CONNECTION = TimedConnection
+    return _CONNECTION
+
+
+_CONNECTION: Any = None
+
+
+async def within(awaitable: Awaitable[Any], seconds: float | None) -> Any:
+    """``await awaitable``, raising :class:`TimeoutError` after ``seconds``."""
+    timeout = getattr(asyncio, "timeout", None)
+    if timeout is None:  # Python 3.10
+        return await asyncio.wait_for(awaitable, seconds)
+    async with timeout(seconds):
+        return await awaitable
+
+
+async def recv(ws: Any, wait: float | None, *, idle: bool = True) -> bytes | str | None:
+    """The next message; None once the connection ended; :class:`Silence` after
+    ``wait`` seconds without a byte (``idle=False``: in all)."""
+    ws_exc = websockets_module().exceptions.ConnectionClosed
+    if wait is None:
+        try:
+            return await ws.recv()  # type: ignore[no-any-return]
+        except ws_exc:
+            return None
+    start = time.monotonic()
+    remaining = wait
+    while True:
+        try:
+            return await within(ws.recv(), remaining)  # type: ignore[no-any-return]  # cancelling recv() loses nothing
+        except (TimeoutError, asyncio.TimeoutError):
+            last = max(ws.last_bytes, start) if idle else start
+            remaining = last + wait - time.monotonic()
+            if remaining <= 0:
+                raise Silence() from None
+        except ws_exc:
+            return None
+
+
+async def recv_raising(ws: Any, wait: float | None, ws_exc: Any) -> bytes | str:
+    """As :func:`_recv`, raising ``websockets``' ConnectionClosed at the end (its ``rcvd`` tells the close)."""
+    if wait is None:
+        return await ws.recv()  # type: ignore[no-any-return]
+    start = time.monotonic()
+    remaining = wait
+    while True:
+        try:
+            return await within(ws.recv(), remaining)  # type: ignore[no-any-return]
+        except (TimeoutError, asyncio.TimeoutError):
+            last = max(ws.last_bytes, start)
+            remaining = last + wait - time.monotonic()
+            if remaining <= 0:
+                raise Silence() from None
+
+
+async def close(ws: Any) -> None:
+    try:
+        await within(ws.close(), CLOSE_WAIT)
+    except Exception:
+        ws.transport.abort()
