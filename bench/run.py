@@ -115,6 +115,31 @@ def case_find(url: str, n: int, batch: bool) -> dict[str, Any]:
     }
 
 
+def case_async_find(url: str, n: int) -> dict[str, Any]:
+    """(h) await AsyncClient.find(f).to_dataframe() end to end, batched."""
+    import asyncio
+
+    from theia_frames import AsyncClient, Filter
+
+    base = rss_now()
+
+    async def run() -> Any:
+        async with AsyncClient(url) as client:
+            return await client.find(Filter(START - 1)).to_dataframe(progress=False)
+
+    t0 = time.perf_counter()
+    df = asyncio.run(run())
+    seconds = time.perf_counter() - t0
+    return {
+        "case": "h",
+        "events": len(df),
+        "seconds": seconds,
+        "rss_peak": rss_peak(),
+        "rss_base": base,
+        "df_bytes": int(df.memory_usage(deep=True).sum()),
+    }
+
+
 def case_baseline(url: str, n: int) -> dict[str, Any]:
     """(c) what a user writes by hand with websocket-client and pandas."""
     import pandas as pd
@@ -260,6 +285,8 @@ def run_child(args: argparse.Namespace) -> None:
         emit(case_find(args.url, args.n, batch=False))
     elif kind == "c":
         emit(case_baseline(args.url, args.n))
+    elif kind == "h":
+        emit(case_async_find(args.url, args.n))
     elif kind == "d":
         emit(case_read_json(args.path))
     elif kind == "g":
@@ -317,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="runs of each timed case (median reported)")
     p.add_argument("--live-rate", type=float, default=20_000, help="events/s sent in case f")
     p.add_argument("--live-seconds", type=float, default=10.0)
-    p.add_argument("--cases", default="abcdefg")
+    p.add_argument("--cases", default="abcdefgh")
     p.add_argument("--json", default=str(HERE / "results" / "latest.json"), help="result file")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
@@ -341,11 +368,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(f"loading {args.n:,} events into {url} ...", flush=True)
             results["cases"]["e"] = child("load", url=url, n=args.n)
-            runs: dict[str, list[dict[str, Any]]] = {k: [] for k in "abcd"}
+            runs: dict[str, list[dict[str, Any]]] = {k: [] for k in "abcdh"}
             if "d" in args.cases:
                 write_jsonl(args.n, os.path.join(tmp, "events.jsonl"))
             for _ in range(args.repeat):
-                for k in "abcd":
+                for k in "abcdh":
                     if k not in args.cases:
                         continue
                     if k == "d":
@@ -388,6 +415,7 @@ def report(results: dict[str, Any]) -> str:
         lines.append(f"{label:<62} {rate:>12,.0f} {r['seconds']:>8.2f} {rss:>10} {frame:>9}")
 
     row("a", "(a) to_dataframe(client.find(f)), batched")
+    row("h", "(h) await AsyncClient.find(f).to_dataframe(), batched")
     row("b", "(b) to_dataframe(client.find(f)), plain protocol")
     row("c", "(c) hand-written websocket-client loop + dicts (plain)")
     row("d", "(d) pandas.read_json(lines=True, engine='pyarrow'), local file")
@@ -395,6 +423,8 @@ def report(results: dict[str, Any]) -> str:
     lines.append("")
     if "a" in c and "d" in c:
         lines.append(f"(a) / (d) = {c['d']['seconds'] / c['a']['seconds']:.2f}x")
+    if "a" in c and "h" in c:
+        lines.append(f"(h) / (a) = {c['a']['seconds'] / c['h']['seconds']:.2f}x (async vs sync, same frame)")
     if "b" in c and "c" in c:
         lines.append(f"(b) / (c) = {c['c']['seconds'] / c['b']['seconds']:.2f}x")
     if "a" in c:

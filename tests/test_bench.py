@@ -19,8 +19,8 @@ def test_bench_runs_every_case_at_a_small_size(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
-    assert set(result["cases"]) == set("abcdefg")
-    for case in "abcde":
+    assert set(result["cases"]) == set("abcdefgh")
+    for case in "abcdeh":
         assert result["cases"][case]["events"] == 2000
     assert result["cases"]["f"]["received"] == result["cases"]["f"]["sent"] > 0
     assert "(a) / (d)" in proc.stdout and "(b) / (c)" in proc.stdout
