@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import theia_frames as tf
-from theia_frames.batch import event_schema, events_to_batch
+from theia_frames.batch import event_schema, events_to_batch, iter_batch_events
 from theia_frames.client import (
     DEFAULT_IDLE_TIMEOUT,
     Client,
@@ -928,7 +928,7 @@ def test_bulk_decoding_equals_decoding_each_message(messages):
     expected = reference(messages)
     assert len(errors) == sum(1 for r in expected if r is None)
     want = [e for r in expected if r for e in r]
-    from theia_frames.protocol.plain import batch_events
+    from theia_frames.batch import iter_batch_events as batch_events
 
     got = list(batch_events(batch))
     assert got == want
@@ -944,7 +944,7 @@ def test_bulk_decoding_is_used_for_many_messages(monkeypatch):
     events = make_events(1000)
     batch = client_module.decode_plain([encode(e) for e in events] + [b"bad"], lambda exc: None)
     assert batch.num_rows == 1000 and calls == [1]
-    assert list(client_module.batch_events(batch)) == events
+    assert list(iter_batch_events(batch)) == events
 
 
 # --------------------------------------------------------------------------- edge cases, scripted (MockServer)

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..batch import SUBPROTOCOL, empty_batch
+from ..batch import SUBPROTOCOL, empty_batch, iter_batch_events
 from ..event import Event
 from ..exceptions import (
     AuthenticationError,
@@ -23,7 +23,7 @@ from ..exceptions import (
     UsageError,
 )
 from ..filter import EventFilter
-from ..protocol.plain import BULK_MIN, batch_events
+from ..protocol.plain import BULK_MIN
 from ..protocol.resume import Backoff, ResumeState, check_reconnect_options
 from ..protocol.streams import FindState, LiveState, NewestFirst, StreamState
 from .aio_transport import Silence, close, closed_error, recv, recv_raising, websockets_module
@@ -183,7 +183,7 @@ class AsyncStream:
             async for chunk in self._decoded(self._event_accumulate):
                 if chunk is None:
                     continue
-                for event in batch_events(chunk):
+                for event in iter_batch_events(chunk):
                     if self._closed:
                         return
                     self.state.count += 1

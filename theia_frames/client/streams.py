@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import websocket
 
-from ..batch import empty_batch
+from ..batch import empty_batch, iter_batch_events
 from ..event import Event
 from ..exceptions import (
     AuthenticationError,
@@ -27,7 +27,6 @@ from ..exceptions import (
     UsageError,
 )
 from ..filter import EventFilter
-from ..protocol.plain import batch_events
 from ..protocol.resume import Backoff, ResumeState, check_reconnect_options
 from ..protocol.streams import FindState, LiveState, NewestFirst, StreamState
 from .options import DEFAULT_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_RESUME_MARGIN
@@ -195,7 +194,7 @@ class Stream:
             for chunk in self._decoded(1):
                 if chunk is None:
                     continue
-                for event in batch_events(chunk):
+                for event in iter_batch_events(chunk):
                     if self._closed:
                         return
                     state.count += 1

@@ -23,7 +23,7 @@ from ..batch import batch_to_ipc, event_schema
 from ..codec import encode
 from ..event import Event
 from ..exceptions import InvalidEventError
-from .plain import batch_events
+from ..batch import iter_batch_events
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -50,7 +50,7 @@ def batch_messages(batch: pa.RecordBatch, negotiated: bool) -> list[bytes]:
     """The messages that carry ``batch``: one Arrow message, or a plain message per event."""
     if negotiated:
         return [batch_to_ipc(batch)]
-    return [encode(e) for e in batch_events(batch)]
+    return [encode(e) for e in iter_batch_events(batch)]
 
 
 def event_messages(chunk: Sequence[Event], negotiated: bool) -> Iterator[tuple[list[bytes], int]]:

@@ -10,8 +10,6 @@ either way a message that is not an event is reported, not guessed at.
 >>> batch = decode_plain([encode(Event("a1", 1.5, "/s", ["t"], "21.5C"))], print)
 >>> batch.num_rows, batch.column(0)[0].as_py()
 (1, 'a1')
->>> [e.content for e in batch_events(batch)]
-['21.5C']
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from ..exceptions import DecodeError
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-__all__ = ["decode_plain", "slow_decode", "bulk_decode", "batch_events", "BULK_MIN"]
+__all__ = ["decode_plain", "slow_decode", "bulk_decode", "BULK_MIN"]
 
 
 def _pyarrow() -> Any:
@@ -147,9 +145,3 @@ def bulk_decode(messages: list[bytes]) -> tuple[pa.RecordBatch, pa.Array]:
         schema=event_schema(),
     )
     return batch, ok
-
-
-def batch_events(batch: pa.RecordBatch) -> Iterator[Event]:
-    d = batch.to_pydict()
-    for i, t, s, g, c in zip(d["id"], d["timestamp"], d["source"], d["tags"], d["content"]):
-        yield Event(i, t, s, split_tags(g), c)
