@@ -182,7 +182,7 @@ class AsyncClient:
                 close_timeout=CLOSE_WAIT,
                 ssl=self._ssl if url.startswith("wss://") and self._ssl is not None else None,
                 create_connection=connection_class(),
-                proxy=None,
+                **_no_proxy(ws_mod.asyncio.client.connect),
             )
         except Exception as exc:
             raise open_error(exc, url, self.timeout) from exc
@@ -439,3 +439,11 @@ class AsyncClient:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+def _no_proxy(connect: Any) -> dict[str, Any]:
+    """``proxy=None`` where ``websockets`` has proxies (15.0 on): a collector is reached directly,
+    as the sync client does."""
+    import inspect
+
+    return {"proxy": None} if "proxy" in inspect.signature(connect).parameters else {}
