@@ -49,7 +49,7 @@ __all__ = [
     "OK",
 ]
 # The extension's own messages (flush_request ... failed_flush, total_message,
-# total_of) are wire vocabulary of this project's client, collector and mock
+# total_of, CHUNKS_PATH ... parse_chunks_reply) are wire vocabulary of this project's client, collector and mock
 # only, not re-exported at the top level.
 
 OK = "ok"
@@ -746,6 +746,78 @@ def total_of(message: Buffer | str) -> int | None:
     if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
         return total
     return None
+
+
+#: The extension's endpoint for the layout of a time range (see :func:`chunks_reply`).
+CHUNKS_PATH = "/chunks"
+#: Most entries in a :func:`chunks_reply`: neighbouring chunks are summed into one entry past it.
+MAX_CHUNK_ENTRIES = 4096
+
+
+def coalesce_chunks(
+    chunks: Iterable[tuple[float, float, int]], limit: int = MAX_CHUNK_ENTRIES
+) -> list[tuple[float, float, int]]:
+    """``(min_ts, max_ts, rows)`` of stored chunks in time order, as at most ``limit`` entries:
+    neighbours (by ``min_ts``) summed into one entry spanning them, in runs of equal length.
+
+    >>> coalesce_chunks([(3.0, 4.0, 2), (1.0, 2.0, 5), (5.0, 9.0, 1)], limit=2)
+    [(1.0, 4.0, 7), (5.0, 9.0, 1)]
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    ordered = sorted((float(lo), float(hi), int(n)) for lo, hi, n in chunks)
+    if len(ordered) <= limit:
+        return ordered
+    per = -(-len(ordered) // limit)
+    out = []
+    for i in range(0, len(ordered), per):
+        run = ordered[i : i + per]
+        out.append((run[0][0], max(hi for _, hi, _ in run), sum(n for _, _, n in run)))
+    return out
+
+
+def chunks_reply(chunks: Iterable[tuple[float, float, int]]) -> str:
+    """The collector's answer on :data:`CHUNKS_PATH`: how many events its stored chunks hold
+    in a filter's time range, as ``(first timestamp, last timestamp, events)`` entries from
+    its index (at most :data:`MAX_CHUNK_ENTRIES`, see :func:`coalesce_chunks`).
+
+    >>> chunks_reply([(1.5, 2.0, 3)])
+    '{"chunks": [[1.5, 2.0, 3]]}'
+    >>> parse_chunks_reply(chunks_reply([(1.5, 2.0, 3)]))
+    [(1.5, 2.0, 3)]
+    """
+    return json.dumps({"chunks": [[float(lo), float(hi), int(n)] for lo, hi, n in coalesce_chunks(chunks)]})
+
+
+def parse_chunks_reply(message: Buffer | str) -> list[tuple[float, float, int]] | None:
+    """The entries of a :func:`chunks_reply`, else None (anything else, or entries that are not
+    ``[first, last, events]`` with ``first <= last`` and ``events >= 0``, or too many of them).
+
+    >>> parse_chunks_reply('{"chunks": []}'), parse_chunks_reply("ok"), parse_chunks_reply('{"chunks": [[2, 1, 3]]}')
+    ([], None, None)
+    """
+    if not isinstance(message, str) or not message.startswith('{"chunks"'):
+        return None
+    try:
+        obj = json.loads(message)
+    except ValueError:
+        return None
+    entries = obj.get("chunks") if isinstance(obj, dict) and len(obj) == 1 else None
+    if not isinstance(entries, list) or len(entries) > MAX_CHUNK_ENTRIES:
+        return None
+    out = []
+    for entry in entries:
+        if not isinstance(entry, list) or len(entry) != 3:
+            return None
+        lo, hi, n = entry
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)):
+            return None
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            return None
+        if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
+            return None
+        out.append((float(lo), float(hi), n))
+    return out
 
 
 def parse_message(message: Buffer | str) -> Message:

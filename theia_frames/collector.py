@@ -73,6 +73,7 @@ import functools
 import hmac
 import json
 import logging
+import math
 import os
 import ssl
 import threading
@@ -99,8 +100,10 @@ from .batch import (
     is_arrow_message,
 )
 from .codec import (
+    CHUNKS_PATH,
     OK,
     EventColumns,
+    chunks_reply,
     encode,
     flush_failure,
     flush_reply,
@@ -148,7 +151,8 @@ __all__ = [
 
 logger = logging.getLogger("theia_frames.collector")
 
-ENDPOINTS = ("/event", "/find", "/live")
+#: The paths served: the protocol's three, and the extension's :data:`~theia_frames.codec.CHUNKS_PATH`.
+ENDPOINTS = ("/event", "/find", "/live", CHUNKS_PATH)
 #: The port of the theia protocol.
 DEFAULT_PORT = 6433
 #: Largest message accepted from a client, in bytes.
@@ -697,6 +701,8 @@ class Collector:
                 await self._on_find(ws, batched, state)
             elif path == "/live":
                 await self._on_live(ws, batched, state)
+            elif path == CHUNKS_PATH:
+                await self._on_chunks(ws, batched)
         except ConnectionClosed as exc:
             if exc.sent is not None and exc.sent.code == 1009:
                 self._log.warning(
@@ -942,6 +948,31 @@ class Collector:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+    # ------------------------------------------------------------------ /chunks
+    async def _on_chunks(self, ws: ServerConnection, batched: bool) -> None:
+        """The extension's layout request: a filter in, the stored chunks of its time range out
+        (``{"chunks": [[first, last, events], ...]}``, from the index alone), then a normal close."""
+        if not batched:
+            await ws.send(_error(f"{CHUNKS_PATH} is part of the {SUBPROTOCOL} extension: offer that subprotocol"))
+            await ws.close(1008, "extension not negotiated")
+            return
+        flt = await self._read_filter(ws)
+        if flt is None:
+            return
+        store, pool = self.store, self._pool
+        assert store is not None and pool is not None
+        start = -math.inf if flt.start is None else flt.start
+        end = math.inf if flt.end is None else flt.end
+
+        def layout() -> str:
+            return chunks_reply(
+                (c.min_ts, c.max_ts, c.rows) for c in store.chunks() if c.max_ts >= start and c.min_ts <= end
+            )
+
+        reply = await asyncio.get_running_loop().run_in_executor(pool, layout)
+        await ws.send(reply)
+        await ws.close(1000)
 
     # ------------------------------------------------------------------ /live
     async def _on_live(self, ws: ServerConnection, batched: bool, state: _Connection) -> None:
