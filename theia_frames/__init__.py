@@ -73,6 +73,9 @@ _EXPORTS: dict[str, str] = {
     # frames
     "EVENT_DTYPES": "frames",
     "to_dataframe": "frames",
+    "to_arrow": "frames",
+    "to_polars": "frames",
+    "to_dask": "dask_frames",
     "iter_dataframes": "frames",
     "batches_to_dataframe": "frames",
     "to_event_table": "frames",
@@ -200,7 +203,16 @@ if _TYPE_CHECKING:  # pragma: no cover
     )
     from .export import read_events, write_events
     from .filter import EventFilter, Filter
-    from .frames import EVENT_DTYPES, batches_to_dataframe, iter_dataframes, to_dataframe, to_event_table
+    from .dask_frames import to_dask
+    from .frames import (
+        EVENT_DTYPES,
+        batches_to_dataframe,
+        iter_dataframes,
+        to_arrow,
+        to_dataframe,
+        to_event_table,
+        to_polars,
+    )
     from .simulation import sensor_events, simulate
     from .store import EventStore
     from .storefiles import DamagedStoreWarning, StoreReport, read_store

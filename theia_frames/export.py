@@ -37,7 +37,7 @@ import json
 import math
 import os
 import secrets
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -59,7 +59,7 @@ from .frames import (  # noqa: F401  (to_dataframe: the doctests)
     to_dataframe,
 )
 
-__all__ = ["write_events", "read_events", "EventWriter", "FORMATS", "format_for"]
+__all__ = ["write_events", "read_events", "EventWriter", "FORMATS", "format_for", "PARTITION_KEYS", "MAX_DATASET_PARTITIONS"]
 
 #: Formats by file extension.
 FORMATS: dict[str, str] = {
@@ -69,6 +69,13 @@ FORMATS: dict[str, str] = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
 }
+
+
+#: What a dataset may be partitioned by: the UTC date of the events, their source, or both.
+PARTITION_KEYS: tuple[str, ...] = ("date", "source")
+#: Most partitions (folders) one chunk of events may write to: a source per event could
+#: otherwise make a folder per event.
+MAX_DATASET_PARTITIONS = 10_000
 
 
 def format_for(path: str | os.PathLike[str], format: str | None = None, *, option: str = "format=") -> str:
@@ -318,6 +325,7 @@ def write_events(
     format: str | None = None,
     chunk_size: int = 100_000,
     progress: bool | None = None,
+    partition_by: Sequence[str] | None = None,
 ) -> int:
     """Write events to ``path`` as Parquet, CSV or JSON Lines; returns how many were written.
 
@@ -327,7 +335,19 @@ def write_events(
     time. ``format`` (``"parquet"``, ``"csv"``, ``"jsonl"``) defaults to the one
     the extension names (see :data:`FORMATS`). No events still write a valid
     file (a Parquet schema, a CSV header).
+
+    ``partition_by=("date",)``, ``("source",)`` or ``("date", "source")``
+    writes a hive-partitioned Parquet dataset instead: ``path`` is a folder
+    (that must not exist yet) of ``date=2024-05-01/source=.../part-N.parquet``
+    files, ``date`` the UTC day of the events (a ``date32`` key), a source
+    written URI-encoded in its folder name (``/dev/t`` is ``%2Fdev%2Ft``).
+    Dask, DuckDB, Polars and pyarrow read it back as one table (the key
+    columns from the folder names). The folder is written under a temporary
+    name and renamed when complete. One chunk may write to at most
+    :data:`MAX_DATASET_PARTITIONS` partitions.
     """
+    if partition_by is not None:
+        return _write_dataset(source, path, format=format, chunk_size=chunk_size, progress=progress, keys=partition_by)
     fmt = format_for(path, format)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise UsageError(f"chunk_size must be a positive number of events, got {chunk_size!r}")
@@ -355,6 +375,94 @@ def write_events(
             pass
         raise
     return writer.count
+
+
+def _partition_keys(keys: Any) -> tuple[str, ...]:
+    if isinstance(keys, str):
+        keys = (keys,)
+    try:
+        chosen = tuple(keys)
+    except TypeError:
+        raise UsageError(f"partition_by must be a tuple of {list(PARTITION_KEYS)}, got {keys!r}") from None
+    unknown = [k for k in chosen if k not in PARTITION_KEYS]
+    if not chosen or unknown or len(set(chosen)) != len(chosen):
+        raise UsageError(f"partition_by must name one or more of {list(PARTITION_KEYS)} once each, got {keys!r}")
+    return chosen
+
+
+def _keyed(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
+    """A chunk as written to a dataset: plain types, with the ``date`` key added when asked."""
+    table = _plain(table)
+    if "date" in keys:
+        if "date" in table.column_names:
+            raise UsageError("partition_by=('date',) adds a 'date' column, and the events already have one")
+        if "timestamp" not in table.column_names:
+            raise UsageError("partition_by=('date',) needs the events' timestamp column")
+        table = table.append_column("date", table.column("timestamp").cast(pa.date32()))
+    if "source" in keys and "source" not in table.column_names:
+        raise UsageError("partition_by=('source',) needs the events' source column")
+    return table
+
+
+def _write_dataset(
+    source: Any, path: str | os.PathLike[str], *, format: str | None, chunk_size: int, progress: bool | None,
+    keys: Any,
+) -> int:
+    import pyarrow.dataset as ds
+
+    chosen = _partition_keys(keys)
+    if format is not None and format_for("", format) != "parquet":
+        raise UsageError(f"a partitioned dataset is written as Parquet, not {format!r}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise UsageError(f"chunk_size must be a positive number of events, got {chunk_size!r}")
+    target = Path(path)
+    if target.exists():
+        raise UsageError(f"cannot write a dataset to {str(target)!r}: it exists (a dataset is written to a new folder)")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write a dataset to {str(target)!r}: no folder {str(parent)!r}")
+    chunks = _dataframe_chunks(source, chunk_size) if isinstance(source, pd.DataFrame) else _event_chunks(source, chunk_size, progress)
+    tmp = Path(_part_file(parent, target.name))
+    os.unlink(tmp)
+    count = 0
+    schema: Any = None
+
+    def batches() -> Generator[pa.RecordBatch, None, None]:
+        nonlocal count
+        for table in chunks:
+            table = _keyed(table, chosen)
+            table = _like(table, schema)
+            count += table.num_rows
+            yield from table.to_batches()
+
+    try:
+        first = next(chunks)
+        schema = _keyed(first, chosen).schema
+        chunks = _chain(first, chunks)
+        partitioning = ds.partitioning(pa.schema([schema.field(k) for k in chosen]), flavor="hive")
+        try:
+            ds.write_dataset(
+                batches(), tmp, schema=schema, format="parquet", partitioning=partitioning,
+                basename_template="part-{i}.parquet", max_partitions=MAX_DATASET_PARTITIONS,
+                existing_data_behavior="error", create_dir=True,
+            )
+        except pa.ArrowInvalid as exc:
+            raise UsageError(f"cannot write the dataset {str(target)!r}: {exc}") from exc
+        if not tmp.exists():
+            tmp.mkdir()  # no events: an empty dataset
+        os.rename(tmp, target)
+    except BaseException:
+        chunks.close()
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return count
+
+
+def _chain(first: pa.Table, rest: Generator[pa.Table, None, None]) -> Generator[pa.Table, None, None]:
+    yield first
+    yield from rest
 
 
 # --------------------------------------------------------------------------- reading back

@@ -58,6 +58,8 @@ __all__ = [
     "EVENT_COLUMNS",
     "EVENT_DTYPES",
     "to_dataframe",
+    "to_arrow",
+    "to_polars",
     "iter_dataframes",
     "batches_to_dataframe",
     "empty_frame",
@@ -569,6 +571,63 @@ def to_dataframe(
     finally:
         batches.close()
     return finish_frame(df, index, tz)
+
+
+def to_arrow(
+    source: Any,
+    *,
+    columns: Sequence[str] | None = None,
+    progress: bool | None = None,
+) -> pa.Table:
+    """The events of ``source`` as one ``pyarrow.Table``: the frame :func:`to_dataframe` makes,
+    before it becomes pandas (same sources, same values, same order).
+
+    The columns are ``timestamp`` (``timestamp[ns, UTC]``, rounded to the
+    microsecond), ``source`` (``dictionary<int32, string>``), ``tags``
+    (``list<string>``), ``content`` and ``id`` (``string``); ``columns`` keeps
+    only those. A find result is converted while it arrives, as for
+    :func:`to_dataframe`.
+
+    >>> table = to_arrow([Event(id="a", timestamp=1.5, source="/dev/t", tags=["x"])])
+    >>> table.schema.names, str(table.schema.field("timestamp").type), table.column("tags").to_pylist()
+    (['timestamp', 'source', 'tags', 'content', 'id'], 'timestamp[ns, tz=UTC]', [['x']])
+    >>> to_arrow([]).num_rows
+    0
+    """
+    cols = _check_columns(columns)
+    batches = _source_batches(source)
+    try:
+        own = callable(getattr(source, "iter_batches", None))
+        converter = _Converter(cols, own=own, large_strings=False)
+        for item in with_progress(batches, progress, source=source):
+            converter.add(item)
+            del item
+        return converter.table()
+    finally:
+        batches.close()
+
+
+def to_polars(
+    source: Any,
+    *,
+    columns: Sequence[str] | None = None,
+    progress: bool | None = None,
+) -> Any:
+    """The events of ``source`` as a ``polars.DataFrame`` (the table of :func:`to_arrow`, shared,
+    not copied where Polars can): ``timestamp`` ``Datetime("ns", "UTC")``, ``source``
+    ``Categorical``, ``tags`` ``List(String)``, ``content`` and ``id`` ``String``.
+
+    Needs the ``polars`` extra (else :class:`~theia_frames.exceptions.MissingDependencyError`).
+
+    >>> frame = to_polars([Event(id="a", timestamp=1.5, source="/dev/t", tags=["x"])])
+    >>> frame.columns, str(frame.schema["timestamp"])
+    (['timestamp', 'source', 'tags', 'content', 'id'], "Datetime(time_unit='ns', time_zone='UTC')")
+    """
+    try:
+        import polars as pl
+    except ImportError as exc:
+        raise MissingDependencyError("polars", "polars", "to_polars") from exc
+    return pl.from_arrow(to_arrow(source, columns=columns, progress=progress))
 
 
 def _rebatch(batches: Iterable[pa.RecordBatch | pa.Table], rows: int) -> Iterator[pa.Table]:
