@@ -186,6 +186,10 @@ def chunk_counts(
         except PayloadTooBig as exc:
             raise ProtocolError(f"{target} answered its layout request with more than {_MAX_CHUNKS_REPLY} bytes") from exc
         except WsClosed as exc:
+            if exc.sent is not None and exc.sent.code == 1009:
+                raise ProtocolError(
+                    f"{target} answered its layout request with more than {_MAX_CHUNKS_REPLY} bytes"
+                ) from exc
             raise ConnectionClosed(f"{target} closed the connection before answering: {exc}", url=url) from exc
     text = error_text(answer)
     if text is not None:
@@ -501,6 +505,8 @@ def to_dask(
     options = dict(client_options or {})
     wire = {k: v for k, v in flt.to_dict().items() if k != "order"}
 
+    if isinstance(source, str) and not _is_url(source) and not os.path.exists(source) and ("/" in source or os.sep in source):
+        raise UsageError(f"to_dask: no such store folder {source!r} (a collector URL starts with ws:// or wss://)")
     if isinstance(source, os.PathLike) or (isinstance(source, str) and not _is_url(source) and os.path.exists(source)):
         named, weights = _store_layout(source, flt)
         # a file may hold events older than its name says (a late event): without a start, the
