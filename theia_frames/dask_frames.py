@@ -29,6 +29,12 @@ time range goes: a filter without an end ends at the newest event the
 collectors' indexes held then (events stored later, and later than that, are
 not in it); a filter without a start starts at the oldest.
 
+A peer that cannot tell its layout is also one that answers ``/find``
+requests one at a time and ends them by silence (the upstream collector, see
+docs/protocol.md "One find at a time"): partitions fetched at once queue there,
+so give the workers' clients an ``idle_timeout`` above the time a slice takes
+(``client_options={"idle_timeout": 60}``), or run one worker thread.
+
 Several collectors: every partition fetches its slice from each of them and
 keeps one event per ``(timestamp, id)``, as a store does, in ``(timestamp,
 id)`` order.
@@ -265,20 +271,17 @@ def time_slices(
     first, last = _floor_us(start), _ceil_us(end)
     cuts_us: list[int]
     if partition is not None:
+        begin = pd.Timestamp(first, unit="us", tz="UTC")
         try:
-            edges = pd.date_range(
-                pd.Timestamp(first, unit="us", tz="UTC"), pd.Timestamp(last, unit="us", tz="UTC"), freq=partition
-            )
+            # a fixed length cuts at its multiples since the epoch (whole hours for "1h")
+            anchor = begin.floor(partition) if _fixed(partition) else begin
+            edges = pd.date_range(anchor, pd.Timestamp(last, unit="us", tz="UTC"), freq=partition)
         except (ValueError, TypeError) as exc:
             raise UsageError(f"invalid partition length {partition!r}: {exc}") from exc
         if len(edges) > MAX_PARTITIONS:
             raise UsageError(
                 f"partition={partition!r} makes {len(edges)} partitions of this time range; at most {MAX_PARTITIONS}"
             )
-        # the first edge is floored to the frequency: slices fall on its multiples
-        floored = pd.Timestamp(first, unit="us", tz="UTC").floor(partition) if _fixed(partition) else None
-        if floored is not None:
-            edges = pd.date_range(floored, pd.Timestamp(last, unit="us", tz="UTC"), freq=partition)
         cuts_us = [int(t.value // 1000) for t in edges if first < t.value // 1000 < last]
     elif counts is not None:
         total = sum(n for _, _, n in counts)
@@ -329,8 +332,8 @@ class _Slice:
         start = lo if flt.start is None else max(flt.start, lo)
         end = hi if flt.end is None else min(flt.end, hi)
         return EventFilter(
-            start=start if start > 0 else None,
-            end=max(end, start if start > 0 else end),
+            start=start if start > 0 else None,  # a slice from the epoch: no start (the filter takes none below 0)
+            end=max(end, start),  # the slices lie inside the filter's range: only rounding can cross them
             tags=flt.tags,
             content=flt.content,
             id=flt.id,
@@ -449,7 +452,7 @@ def _store_files_for(named: Sequence[tuple[Any, float, float]], lo: float, hi: f
         if end <= lo:
             continue
         chosen.append(str(f.path))
-        if end > hi and not last:
+        if end >= hi and not last:
             break
     return tuple(chosen)
 
