@@ -48,6 +48,14 @@ def upstream_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream
     yield from _upstream(tmp_path_factory, "file")
 
 
+@pytest.fixture(scope="module")
+def upstream_file_of_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamCollector]:
+    """A real upstream collector with its file store for one test module alone: for a
+    module whose tests leave events behind, which the session's ``upstream_file`` must
+    not hold (the differential tests of test_upstream.py expect only theirs there)."""
+    yield from _upstream(tmp_path_factory, "file")
+
+
 @pytest.fixture(scope="session")
 def upstream_sql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamCollector]:
     """The real upstream collector with its SQL store on SQLite (one per test session)."""

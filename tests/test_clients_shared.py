@@ -203,7 +203,7 @@ def peer(request: pytest.FixtureRequest) -> Iterator[Peer]:
         with serve(db=":memory:", port=0) as collector:
             yield Peer("ours", collector.url, confirms=True)
     else:
-        upstream = request.getfixturevalue("upstream_file")
+        upstream = request.getfixturevalue("upstream_file_of_module")  # its events stay out of the session's
         yield Peer("upstream", upstream.url, confirms=False)
 
 
