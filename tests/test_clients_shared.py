@@ -65,6 +65,9 @@ class SyncDriver:
     def frame(self, flt: EventFilter, **kw: Any) -> pd.DataFrame:
         return tf.to_dataframe(self.client.find(flt, **kw), progress=False)
 
+    def arrow(self, flt: EventFilter) -> Any:
+        return self.client.find(flt).to_arrow(progress=False)
+
     def live(self, flt: EventFilter, n: int, during: Callable[[], None] = lambda: None, **kw: Any) -> tuple[list[Event], Any]:
         stream = self.client.receive(flt, **kw)
         timer = threading.Timer(LIVE_WAIT, stream.close)
@@ -114,6 +117,9 @@ class AsyncDriver:
 
     def frame(self, flt: EventFilter, **kw: Any) -> pd.DataFrame:
         return self.runner.run(self.client.find(flt, **kw).to_dataframe(progress=False))
+
+    def arrow(self, flt: EventFilter) -> Any:
+        return self.runner.run(self.client.find(flt).to_arrow(progress=False))
 
     def live(self, flt: EventFilter, n: int, during: Callable[[], None] = lambda: None, **kw: Any) -> tuple[list[Event], Any]:
         async def run() -> tuple[list[Event], Any]:
@@ -241,6 +247,18 @@ def test_to_dataframe_is_the_same_frame(make_driver, peer):
     want = tf.to_dataframe(expected(events, flt), progress=False)
     # the same values and dtypes (a category's categories are those of the events it holds)
     pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True), check_categorical=False)
+
+
+def test_to_arrow_is_the_frames_arrow_table(make_driver, peer):
+    prefix = uuid.uuid4().hex[:10]
+    events = sensor_events(prefix, 60)
+    driver = make_driver(peer.url, idle_timeout=IDLE)
+    peer.store(driver, events)
+    flt = FILTERS["content"](prefix)
+    got = driver.arrow(flt)
+    want = tf.to_arrow(expected(events, flt))
+    assert got.schema.equals(want.schema) and got.num_rows == want.num_rows > 0
+    assert got.to_pylist() == want.to_pylist()
 
 
 # --------------------------------------------------------------------------- send, flush

@@ -10,7 +10,7 @@ import asyncio
 import queue
 import time
 from collections.abc import AsyncIterator, Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..batch import SUBPROTOCOL, empty_batch, iter_batch_events
 from ..event import Event
@@ -317,19 +317,17 @@ class AsyncFindResult(AsyncStream):
         finally:
             spill.discard()
 
-    async def to_arrow(self) -> pa.Table:
-        """All the events as one ``pyarrow.Table`` with the event schema."""
-        import pyarrow as pa
+    async def to_arrow(self, *, columns: Sequence[str] | None = None, progress: bool | None = None) -> pa.Table:
+        """All the events as one ``pyarrow.Table`` with the frame's Arrow types, as
+        :func:`~theia_frames.frames.to_arrow` makes it (converted in a worker thread while they arrive)."""
+        from ..frames import to_arrow
 
-        from ..batch import event_schema
-
-        batches = [b async for b in self.iter_batches()]
-        return pa.Table.from_batches(batches, schema=event_schema())
+        return await self._converted(lambda source: to_arrow(source, columns=columns, progress=progress))  # type: ignore[no-any-return]
 
     async def to_dataframe(
         self,
         *,
-        index: str | None = None,
+        index: Literal["timestamp"] | None = None,
         tz: Any = None,
         columns: Sequence[str] | None = None,
         progress: bool | None = None,
@@ -341,12 +339,15 @@ class AsyncFindResult(AsyncStream):
         """
         from ..frames import to_dataframe
 
+        return await self._converted(  # type: ignore[no-any-return]
+            lambda source: to_dataframe(source, index=index, tz=tz, columns=columns, progress=progress)
+        )
+
+    async def _converted(self, convert: Any) -> Any:
+        """``convert(source)`` run in a worker thread on this result's batches, handed over as they arrive."""
         handoff = _Batches(self)
         loop = asyncio.get_running_loop()
-        converted = loop.run_in_executor(
-            None,
-            lambda: to_dataframe(handoff, index=index, tz=tz, columns=columns, progress=progress),  # type: ignore[arg-type]
-        )
+        converted = loop.run_in_executor(None, convert, handoff)
         try:
             async for batch in self.iter_batches():
                 handoff.queue.put(batch)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import websocket
 
@@ -33,6 +33,7 @@ from .options import DEFAULT_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_RESUME_MARGIN
 from .transport import Connection, Silence
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
     import pyarrow as pa
 
 __all__ = ["Stream", "FindResult", "LiveStream", "Gap", "Owner"]
@@ -360,6 +361,25 @@ class FindResult(Stream):
             data = state.receive(msgs)
             if data:
                 yield data
+
+    def to_arrow(self, *, columns: Sequence[str] | None = None, progress: bool | None = None) -> pa.Table:
+        """All the events as one ``pyarrow.Table`` with the frame's Arrow types: :func:`theia_frames.to_arrow` of this result."""
+        from ..frames import to_arrow
+
+        return to_arrow(self, columns=columns, progress=progress)
+
+    def to_dataframe(
+        self,
+        *,
+        index: Literal["timestamp"] | None = None,
+        tz: Any = None,
+        columns: Sequence[str] | None = None,
+        progress: bool | None = None,
+    ) -> pd.DataFrame:
+        """All the events as one DataFrame: :func:`theia_frames.to_dataframe` of this result."""
+        from ..frames import to_dataframe
+
+        return to_dataframe(self, index=index, tz=tz, columns=columns, progress=progress)
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else ("closed" if self._closed else "open")
