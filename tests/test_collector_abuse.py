@@ -149,10 +149,13 @@ def test_a_message_the_store_refuses_fails_alone_in_its_group_commit():
         with opened(collector.url + "/event", batched=True) as bad, opened(collector.url + "/event", batched=True) as bystander:
             flush(bad, 0)
             flush(bystander, 0)
+            writer = collector._writer
+            assert writer is not None
+            before = writer.received
             with writer_held(collector):
                 bad.send_binary(batch_to_ipc(events_to_batch(sample(1, prefix="first"))))
                 # The writer takes that one and waits; the next two arrive while it waits: one commit.
-                wait_until(lambda: collector._writer is not None and not collector._writer._queue, what="the writer to wait")
+                wait_until(lambda: writer.received > before and not writer._queue, what="the writer to wait")
                 bad.send_binary(batch_to_ipc(events_to_batch([Event(id="huge", timestamp=T0, content="x" * 300_000)])))
                 bystander.send_binary(batch_to_ipc(events_to_batch(sample(50, prefix="ok"))))
                 wait_until(lambda: len(collector._writer._queue) == 2, what="both messages to arrive")
