@@ -542,7 +542,7 @@ def test_terminate_during_traffic_does_not_hang():
         ws.send('{"start": 1}')
         clients.append(ws)
     mock.terminate()
-    assert not mock._thread.is_alive()
+    assert not mock._background.thread.is_alive()
     for ws in clients:
         ws.close()
 

@@ -37,14 +37,17 @@ slow link delivers a large event).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import struct
 import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection, serve
 
+from theia_frames.background import BackgroundLoop
 from theia_frames.codec import decode, encode
 from theia_frames.event import Event
 from theia_frames.exceptions import DecodeError
@@ -100,29 +103,20 @@ class UpstreamLike:
         self.trickle_find: tuple[int, float] | None = None
         self._live: dict[ServerConnection, dict[str, Any]] = {}
         self._open: set[ServerConnection] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
+        self._background = BackgroundLoop(self._serving, name="upstream-like")
         self._received = threading.Condition()
 
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}" if self._thread else ""
+        return f"ws://{self.host}:{self.port}" if self._background.loop is not None else ""
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> UpstreamLike:
-        self._thread = threading.Thread(target=self._run, name="upstream-like", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the upstream-like server did not start")
+        self._background.start(timeout=10)
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(10)
+        self._background.stop(timeout=10)
 
     def __enter__(self) -> UpstreamLike:
         return self.start()
@@ -130,16 +124,11 @@ class UpstreamLike:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _run(self) -> None:
-        asyncio.run(self._main())
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+    @contextlib.asynccontextmanager
+    async def _serving(self) -> AsyncIterator[None]:
         async with serve(self._handler, self.host, self.port, close_timeout=1) as server:
             self.port = server.sockets[0].getsockname()[1]
-            self._ready.set()
-            await self._stop.wait()
+            yield
 
     def wait_for_events(self, n: int, timeout: float = 10.0) -> bool:
         """Block until at least ``n`` events were received (False on timeout)."""
@@ -153,8 +142,7 @@ class UpstreamLike:
             for ws in list(self._open):
                 asyncio.ensure_future(ws.close())
 
-        assert self._loop is not None
-        asyncio.run_coroutine_threadsafe(close_all(), self._loop).result(10)
+        self._background.call(close_all(), timeout=10)
 
     @property
     def live_subscribers(self) -> int:

@@ -75,12 +75,13 @@ import json
 import logging
 import math
 import os
+import contextlib
 import ssl
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -89,6 +90,7 @@ from urllib.parse import urlsplit
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 
+from .background import BackgroundLoop
 from .batch import (
     SUBPROTOCOL,
     batch_to_ipc,
@@ -359,11 +361,7 @@ class Collector:
         self._fanout: _Fanout | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._filter_pool: ThreadPoolExecutor | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_requested: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
+        self._background: BackgroundLoop | None = None
         self._state_lock = threading.Lock()
         self._started = False
         self._stopped = False
@@ -424,13 +422,11 @@ class Collector:
         self._writer.start()
         self._pool = ThreadPoolExecutor(max_workers=_FIND_WORKERS, thread_name_prefix="theia-frames-find")
         self._filter_pool = ThreadPoolExecutor(max_workers=_FILTER_WORKERS, thread_name_prefix="theia-frames-filter")
-        self._thread = threading.Thread(target=self._run, name="theia-frames-collector", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._startup_error is not None:
-            self._thread.join()
+        self._background = BackgroundLoop(self._serving, name="theia-frames-collector", on_exit=self._shutdown_threads)
+        try:
+            self._background.start()
+        except OSError as exc:
             self._stopped = True
-            exc = self._startup_error
             hint = ""
             if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
                 hint = (
@@ -441,6 +437,9 @@ class Collector:
                 f"the collector cannot listen on {self.host}:{self._requested_port}: {exc}{hint}",
                 url=f"ws://{self.host}:{self._requested_port}",
             ) from exc
+        except BaseException:
+            self._stopped = True
+            raise
         _running.add(self)
         logger.debug("collector listening on %s (store %s)", self.url, self.db)
         return self
@@ -453,14 +452,8 @@ class Collector:
                 self._stopped = True
                 return
             self._stopped = True
-        loop, stop = self._loop, self._stop_requested
-        if loop is not None and stop is not None:
-            try:
-                loop.call_soon_threadsafe(stop.set)
-            except RuntimeError:  # the loop already ended
-                pass
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        if self._background is not None:
+            self._background.stop()  # from a handler of this collector: asks, does not wait
         _running.discard(self)
 
     def flush(self, timeout: float | None = 10.0) -> None:
@@ -503,22 +496,9 @@ class Collector:
         return f"<Collector (stopped) db={self.db!r}>"
 
     # ------------------------------------------------------------------ thread and loop
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._main())
-        except BaseException as exc:  # pragma: no cover - a bug; keep the caller from hanging
-            logger.exception("the collector's event loop failed")
-            if not self._ready.is_set():
-                self._startup_error = exc
-        finally:
-            try:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                loop.close()
-                self._shutdown_threads()
-                self._ready.set()
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        return None if self._background is None else self._background.loop
 
     def _shutdown_threads(self) -> None:
         # Every connection is closed: store what is still queued, then close the store.
@@ -541,40 +521,36 @@ class Collector:
             except StoreError:
                 logger.exception("closing the event store failed")
 
-    async def _main(self) -> None:
-        self._stop_requested = asyncio.Event()
+    @contextlib.asynccontextmanager
+    async def _serving(self) -> AsyncIterator[None]:
+        """The collector's life on its loop: bind and serve on entry; on exit close
+        every connection and the port and end the running finds."""
         self._room = asyncio.Event()
         self._pattern_steps = asyncio.Semaphore(_FIND_WORKERS - 1)
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._loop_exception)
-        try:
-            server: Server = await ws_serve(
-                self._handle,
-                self.host,
-                self._requested_port,
-                process_request=self._check_request,
-                subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-                select_subprotocol=_select_subprotocol,
-                compression=None,
-                max_size=self.max_message_size,
-                # One received message waiting per connection, not websockets' 16: a
-                # connection that is not being read holds one message (and the part
-                # of the next one already read), so the bound on pending bytes holds.
-                max_queue=1,
-                ping_interval=self.ping_interval,
-                close_timeout=self.close_timeout,
-                write_limit=2**20,
-                ssl=self._ssl,
-            )
-        except OSError as exc:
-            self._startup_error = exc
-            self._ready.set()
-            return
+        server: Server = await ws_serve(
+            self._handle,
+            self.host,
+            self._requested_port,
+            process_request=self._check_request,
+            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            select_subprotocol=_select_subprotocol,
+            compression=None,
+            max_size=self.max_message_size,
+            # One received message waiting per connection, not websockets' 16: a
+            # connection that is not being read holds one message (and the part
+            # of the next one already read), so the bound on pending bytes holds.
+            max_queue=1,
+            ping_interval=self.ping_interval,
+            close_timeout=self.close_timeout,
+            write_limit=2**20,
+            ssl=self._ssl,
+        )
         self._port = server.sockets[0].getsockname()[1]
-        self._ready.set()
         if self.idle_timeout is not None:
             self._spawn(self._close_idle())
-        await self._stop_requested.wait()
+        yield
         for results in list(self._queries):
             results.cancel()
         server.close()  # closes every connection with 1001 (going away)
@@ -898,7 +874,7 @@ class Collector:
                 try:
                     output = job.result()
                 except StoreError:
-                    if self._stop_requested is not None and self._stop_requested.is_set():
+                    if self._background is not None and self._background.stop_requested:
                         return  # cancelled by the stop: the connection is closing anyway
                     raise
                 job = None

@@ -36,16 +36,18 @@ run out the last script is used again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Union
 
+from .background import BackgroundLoop
 from .batch import SUBPROTOCOL, batch_to_ipc, ipc_to_batches, is_arrow_message, iter_batch_events
 from .codec import OK, ErrorMessage, Ok, decode, encode, flush_reply, is_flush_request, parse_flush_request
 from .event import Event
@@ -360,20 +362,14 @@ class MockServer:
         self._handled = 0
         self._connections = 0
         self._terminated = False
-        self._start_error: BaseException | None = None
-        self._loop = asyncio.new_event_loop()
         self._stopping: asyncio.Event | None = None
-        self._server: Any = None
         self.port = 0
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(port, ready), name="theia-mock-server", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if self._start_error is not None:
-            self._thread.join()
-            raise TransportError(
-                f"MockServer could not listen on 127.0.0.1:{port}: {self._start_error}"
-            ) from self._start_error
+        self._requested_port = port
+        self._background = BackgroundLoop(self._serving, name="theia-mock-server")
+        try:
+            self._background.start()
+        except OSError as exc:
+            raise TransportError(f"MockServer could not listen on 127.0.0.1:{port}: {exc}") from exc
 
     # ------------------------------------------------------------------ basics
     @property
@@ -617,53 +613,28 @@ class MockServer:
         """
         data = [_outgoing(m) for m in messages]
         self._check_running()
-        future = asyncio.run_coroutine_threadsafe(self._push(path, data), self._loop)
-        return future.result(timeout=10)
+        return self._background.call(self._push(path, data), timeout=10)
 
     # ------------------------------------------------------------------ lifecycle
     def _check_running(self) -> None:
         if self._terminated:
             raise UsageError("this MockServer was terminated")
-        if threading.current_thread() is self._thread:
+        if self._background.in_loop_thread():
             raise UsageError("MockServer methods that wait cannot be called from its own handlers")
 
     def terminate(self) -> None:
         """Stop the server: open connections are closed (1001, going away). Idempotent."""
-        if threading.current_thread() is self._thread:
+        if self._background.in_loop_thread():
             raise UsageError("terminate() cannot be called from the mock's own handlers")
         with self._cond:
             if self._terminated:
                 return
             self._terminated = True
             self._cond.notify_all()
-        try:
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=15)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=15)
+        self._background.stop(timeout=15)
 
-    def _run(self, port: int, ready: threading.Event) -> None:
-        loop = self._loop
-        asyncio.set_event_loop(loop)
-        try:
-            self._server = loop.run_until_complete(self._start(port))
-        except BaseException as exc:  # reported by the constructor
-            self._start_error = exc
-            ready.set()
-            loop.close()
-            return
-        ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.close()
-
-    async def _start(self, port: int) -> Any:
+    @contextlib.asynccontextmanager
+    async def _serving(self) -> AsyncIterator[None]:
         from websockets.asyncio.server import serve
 
         self._stopping = asyncio.Event()
@@ -675,7 +646,7 @@ class MockServer:
         server = await serve(
             self._serve_connection,
             "127.0.0.1",
-            port,
+            self._requested_port,
             process_request=self._process_request,
             select_subprotocol=select_subprotocol,
             compression=None,
@@ -684,17 +655,14 @@ class MockServer:
             max_size=None,
         )
         self.port = server.sockets[0].getsockname()[1]
-        return server
-
-    async def _shutdown(self) -> None:
-        assert self._stopping is not None
+        yield
         self._stopping.set()
         # A stalled connection reads nothing, so it could not finish a close handshake.
         for ws in list(self._stalled):
             ws.transport.abort()
-        self._server.close()
+        server.close()
         try:
-            await asyncio.wait_for(self._server.wait_closed(), 5)
+            await asyncio.wait_for(server.wait_closed(), 5)
         except TimeoutError:
             for ws in list(self._open):
                 ws.transport.abort()
