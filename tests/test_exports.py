@@ -42,7 +42,7 @@ def test_top_level_exports_resolve():
 
 def test_core_modules_are_reexported():
     # modules whose every public name belongs at the top level
-    for modname in ("event", "codec", "filter", "exceptions"):
+    for modname in ("event", "filter", "exceptions"):
         module = importlib.import_module(f"theia_frames.{modname}")
         missing = [
             n for n in module.__all__
@@ -51,8 +51,50 @@ def test_core_modules_are_reexported():
         assert not missing, f"theia_frames does not re-export {modname}: {missing}"
 
 
-# names of the core kept in their module on purpose (wire-level details)
-CORE_INTERNAL = {"Ok", "ErrorMessage", "Message", "is_ok", "error_text", "excerpt", "shorten", "Order", "Engine", "ENGINES"}
+# names of the core kept in their module on purpose
+CORE_INTERNAL = {"excerpt", "shorten", "Order", "Engine", "ENGINES"}
+
+# the wire level: every name of theia_frames.codec stays there, none is top level
+WIRE_MODULES = ("codec",)
+
+# wire-level names that were top level before; they still work for a release, with a warning
+MOVED_TO_CODEC = (
+    "encode", "encode_many", "decode", "decode_stream", "iter_decode_stream",
+    "decode_columns", "EventColumns", "StreamReport", "StreamDecoder", "parse_message",
+)
+
+
+def test_wire_level_names_are_not_top_level():
+    for modname in WIRE_MODULES:
+        module = importlib.import_module(f"theia_frames.{modname}")
+        leaked = sorted(set(module.__all__) & set(theia_frames.__all__))
+        assert not leaked, f"wire-level names of theia_frames.{modname} at the top level: {leaked}"
+
+
+@pytest.mark.parametrize("name", MOVED_TO_CODEC)
+def test_moved_wire_names_still_work_with_a_warning(name):
+    from theia_frames import codec
+
+    assert name not in theia_frames.__all__ and name not in dir(theia_frames)
+    with pytest.warns(DeprecationWarning, match=rf"theia_frames\.{name} is deprecated; use theia_frames\.codec\.{name}") as caught:
+        value = getattr(theia_frames, name)
+    assert value is getattr(codec, name)
+    assert caught[0].filename == __file__  # the warning points at the caller
+    with pytest.warns(DeprecationWarning):
+        getattr(theia_frames, name)  # every use warns, not only the first
+
+
+def test_moved_wire_names_work_in_from_imports():
+    with pytest.warns(DeprecationWarning, match=r"theia_frames\.codec\.encode"):
+        from theia_frames import encode
+    from theia_frames.codec import encode as home
+
+    assert encode is home
+
+
+def test_unknown_top_level_name_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        theia_frames.nonexistent
 
 
 def readme_names() -> list[str]:

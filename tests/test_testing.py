@@ -14,9 +14,9 @@ import websocket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theia_frames import Event, Filter, TheiaTimeoutError, UsageError, encode
+from theia_frames import Event, Filter, TheiaTimeoutError, UsageError
 from theia_frames.batch import SUBPROTOCOL, batch_to_ipc, events_to_batch, ipc_to_batches, iter_batch_events
-from theia_frames.codec import ErrorMessage, decode
+from theia_frames.codec import ErrorMessage, decode, encode
 from theia_frames.client import Client
 from theia_frames.exceptions import (
     AuthenticationError,

@@ -26,16 +26,6 @@ _EXPORTS: dict[str, str] = {
     # pure core
     "Event": "event",
     "new_event_id": "event",
-    "encode": "codec",
-    "encode_many": "codec",
-    "decode": "codec",
-    "decode_stream": "codec",
-    "iter_decode_stream": "codec",
-    "decode_columns": "codec",
-    "EventColumns": "codec",
-    "StreamReport": "codec",
-    "StreamDecoder": "codec",
-    "parse_message": "codec",
     "EventFilter": "filter",
     "Filter": "filter",
     # exceptions
@@ -99,11 +89,32 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = ["__version__", *_EXPORTS]
 
+# Wire-level names that were top-level names; they live in theia_frames.codec.
+# Still reachable here for a release, with a DeprecationWarning naming their home.
+_MOVED: dict[str, str] = {
+    "encode": "codec",
+    "encode_many": "codec",
+    "decode": "codec",
+    "decode_stream": "codec",
+    "iter_decode_stream": "codec",
+    "decode_columns": "codec",
+    "EventColumns": "codec",
+    "StreamReport": "codec",
+    "StreamDecoder": "codec",
+    "parse_message": "codec",
+}
+
 
 def __getattr__(name: str) -> _Any:
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'theia_frames' has no attribute {name!r}")
+        moved = _MOVED.get(name)
+        if moved is None:
+            raise AttributeError(f"module 'theia_frames' has no attribute {name!r}")
+        from .deprecation import warn_deprecated
+
+        warn_deprecated(f"theia_frames.{name}", f"theia_frames.{moved}.{name}")
+        return getattr(_importlib.import_module(f".{moved}", __name__), name)  # not cached: every use warns
     value = getattr(_importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
@@ -167,18 +178,6 @@ if _TYPE_CHECKING:  # pragma: no cover
         tag_counts,
         tag_matrix,
         timeline,
-    )
-    from .codec import (
-        EventColumns,
-        StreamDecoder,
-        StreamReport,
-        decode,
-        decode_columns,
-        decode_stream,
-        encode,
-        encode_many,
-        iter_decode_stream,
-        parse_message,
     )
     from .client import AsyncClient, Client, FindResult, Gap, LiveStream, connect, find, send
     from .collector import Collector, serve

@@ -116,7 +116,8 @@ def event_like(**fields: Any) -> Callable[[Data | Event], bool]:
     the fields that matter. A compiled regex (``re.compile(...)``) as a
     value must fully match the field. Timestamps compare to the microsecond.
 
-    >>> from theia_frames import Event, encode
+    >>> from theia_frames import Event
+    >>> from theia_frames.codec import encode
     >>> like = event_like(source="/dev/temp", content=re.compile(r"\\d+C"))
     >>> like(encode(Event(source="/dev/temp", content="21C")))
     True
