@@ -1160,7 +1160,7 @@ def test_collector_stopped_in_the_middle_of_a_find_raises(batch):
     # small batches, and a reader that waits for the stop: the find is still
     # being sent (held up by the unread socket) when the collector stops,
     # whatever the loopback buffers can hold
-    collector = serve(db=":memory:", port=0, find_batch_rows=1_000)
+    collector = serve(db=":memory:", port=0, batch_size=1_000)
     try:
         with Client(collector.url) as client:
             client.send_many(make_events(n))

@@ -352,7 +352,7 @@ def test_find_accepts_filters_as_both_peers_send_them(collector):
 
 
 def test_a_big_batched_find_comes_in_a_few_arrow_messages():
-    with serve(port=0, find_batch_rows=1000) as collector:
+    with serve(port=0, batch_size=1000) as collector:
         events = sample(4500)
         collector.store.add_many(events)
         messages, code = find(collector, {"start": 1}, batched=True)
@@ -771,7 +771,7 @@ def test_a_batched_find_by_time_announces_how_many_events_it_sends():
     from theia_frames.simulation import sensor_events
 
     t0 = 1_700_000_000
-    with serve(db=":memory:", port=0, find_batch_rows=1_000) as running:
+    with serve(db=":memory:", port=0, batch_size=1_000) as running:
         with Client(running.url) as client:
             client.send_many(sensor_events(5_000, start=t0, rate=100), wait=True)
             # a later commit whose chunk overlaps the first in time

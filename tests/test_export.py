@@ -50,7 +50,7 @@ class FakeResult:
 def test_round_trip(tmp_path, fmt, n):
     evs = sample(n)
     path = tmp_path / f"events.{fmt}"
-    assert write_events(evs, path, chunk_size=3) == n
+    assert write_events(evs, path, batch_size=3) == n
     back = read_events(path)
     pd.testing.assert_frame_equal(back, to_dataframe(evs))
     for c, dtype in EVENT_DTYPES.items():
@@ -71,7 +71,7 @@ def test_a_find_result_is_written_in_chunks(tmp_path, fmt, monkeypatch):
 
     monkeypatch.setattr(sink, "write", spy)
     path = tmp_path / f"out.{fmt}"
-    assert write_events(result, path, chunk_size=3) == 7
+    assert write_events(result, path, batch_size=3) == 7
     # each chunk is written before the rest of the result is read
     assert [rows for rows, _ in seen] == [3, 3, 1]
     assert [pulled for _, pulled in seen] == [2, 3, 4]
@@ -80,7 +80,7 @@ def test_a_find_result_is_written_in_chunks(tmp_path, fmt, monkeypatch):
 
 def test_parquet_layout_is_plain_for_other_readers(tmp_path):
     path = tmp_path / "e.parquet"
-    write_events(sample(5), path, chunk_size=2)
+    write_events(sample(5), path, batch_size=2)
     f = pq.ParquetFile(path)
     assert f.metadata.num_row_groups == 3
     schema = f.schema_arrow
@@ -112,7 +112,7 @@ def test_csv_and_jsonl_layouts(tmp_path):
 def test_a_dataframe_with_extra_columns_is_written(tmp_path, fmt):
     df = extract(to_dataframe(sample(4), tz="Europe/Berlin"))
     path = tmp_path / f"x.{fmt}"
-    assert write_events(df, path, chunk_size=3) == 4
+    assert write_events(df, path, batch_size=3) == 4
     back = read_events(path)
     assert back["timestamp"].tolist() == df["timestamp"].dt.tz_convert("UTC").tolist()
     assert back["value"].tolist()[0] == 21.5
@@ -129,7 +129,7 @@ def test_a_failed_write_leaves_no_file(tmp_path):
 
     path = tmp_path / "e.parquet"
     with pytest.raises(ConnectionError):
-        write_events(broken(), path, chunk_size=2)
+        write_events(broken(), path, batch_size=2)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -139,8 +139,8 @@ def test_format_and_argument_errors(tmp_path):
         write_events(sample(1), tmp_path / "e.xlsx")
     with pytest.raises(UsageError, match="unknown export format"):
         write_events(sample(1), tmp_path / "e.parquet", format="xml")
-    with pytest.raises(UsageError, match="chunk_size"):
-        write_events(sample(1), tmp_path / "e.csv", chunk_size=0)
+    with pytest.raises(UsageError, match="batch_size"):
+        write_events(sample(1), tmp_path / "e.csv", batch_size=0)
     with pytest.raises(UsageError, match="no folder"):
         write_events(sample(1), tmp_path / "nope" / "e.csv")
     with pytest.raises(UsageError, match="no such file"):
@@ -164,7 +164,7 @@ _events = st.lists(
 @given(_events, st.sampled_from(FORMATS), st.integers(min_value=1, max_value=5))
 def test_round_trip_property(tmp_path, evs, fmt, chunk):
     path = tmp_path / f"p.{fmt}"
-    assert write_events(evs, path, chunk_size=chunk) == len(evs)
+    assert write_events(evs, path, batch_size=chunk) == len(evs)
     pd.testing.assert_frame_equal(read_events(path), to_dataframe(evs))
 
 

@@ -262,19 +262,19 @@ def test_a_single_event_is_a_frame_of_one():
 
 def test_iter_dataframes_chunks_with_the_same_dtypes():
     events = sample(10)
-    chunks = list(iter_dataframes(events, chunk_size=4))
+    chunks = list(iter_dataframes(events, batch_size=4))
     assert [len(c) for c in chunks] == [4, 4, 2]
     for c in chunks:
         assert_event_dtypes(c)
     whole = pd.concat(chunks, ignore_index=True)
     whole["source"] = whole["source"].astype("category")
     pd.testing.assert_frame_equal(whole, to_dataframe(events), check_categorical=False)
-    assert list(iter_dataframes([], chunk_size=4)) == []
+    assert list(iter_dataframes([], batch_size=4)) == []
 
 
 def test_iter_dataframes_splits_and_joins_batches():
     batches = [events_to_batch(sample(7)), events_to_batch(sample(1)), events_to_batch(sample(3))]
-    sizes = [len(c) for c in iter_dataframes(FakeResult(batches), chunk_size=5, progress=False)]
+    sizes = [len(c) for c in iter_dataframes(FakeResult(batches), batch_size=5, progress=False)]
     assert sizes == [5, 5, 1]
 
 
@@ -286,7 +286,7 @@ def test_iter_dataframes_holds_one_chunk_at_a_time():
             consumed.append(i)
             yield events_to_batch([Event(id=str(i), timestamp=float(i))])
 
-    chunks = iter_dataframes(FakeResult(source()), chunk_size=10, progress=False)
+    chunks = iter_dataframes(FakeResult(source()), batch_size=10, progress=False)
     first = next(chunks)
     assert len(first) == 10 and len(consumed) == 10
     next(chunks)
@@ -297,8 +297,8 @@ def test_iter_dataframes_holds_one_chunk_at_a_time():
 def test_iter_dataframes_options():
     (df,) = iter_dataframes(sample(3), index="timestamp", tz="UTC", columns=["id"])
     assert list(df.columns) == ["id"] and df.index.name == "timestamp"
-    with pytest.raises(UsageError, match="chunk_size"):
-        list(iter_dataframes(sample(3), chunk_size=0))
+    with pytest.raises(UsageError, match="batch_size"):
+        list(iter_dataframes(sample(3), batch_size=0))
 
 
 # --------------------------------------------------------------------------- progress
@@ -372,7 +372,7 @@ def test_columnar_path_equals_the_reference_path(events, split):
 @settings(max_examples=40, deadline=None)
 @given(_events, st.integers(min_value=1, max_value=9))
 def test_chunks_concatenate_to_the_whole(events, size):
-    chunks = list(iter_dataframes(events, chunk_size=size, progress=False))
+    chunks = list(iter_dataframes(events, batch_size=size, progress=False))
     assert all(len(c) <= size for c in chunks)
     assert sum(len(c) for c in chunks) == len(events)
     if events:
@@ -488,7 +488,7 @@ def test_a_find_result_of_the_real_collector(collector, batch):
         assert len(empty) == 0
         for c in EVENT_COLUMNS:
             assert empty[c].dtype == EVENT_DTYPES[c]
-        chunks = list(iter_dataframes(client.find(Filter(1_700_000_000)), chunk_size=300, progress=False))
+        chunks = list(iter_dataframes(client.find(Filter(1_700_000_000)), batch_size=300, progress=False))
         assert [len(c) for c in chunks] == [300, 300, 100]
 
 
@@ -498,7 +498,7 @@ def test_the_progress_bar_shows_a_percentage_when_the_collector_announces_a_tota
     from theia_frames.filter import Filter
     from theia_frames.simulation import sensor_events
 
-    with serve(db=":memory:", port=0, find_batch_rows=500) as running, Client(running.url) as client:
+    with serve(db=":memory:", port=0, batch_size=500) as running, Client(running.url) as client:
         client.send_many(sensor_events(2_000, start=1_700_000_000), wait=True)
         df = to_dataframe(client.find(Filter(1_700_000_000)), progress=True)
         assert len(df) == 2_000

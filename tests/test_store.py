@@ -198,8 +198,8 @@ def test_overlapping_chunks_come_out_merged_in_order(store):
     events += late
     store.add_many(events_to_batch(late))
     ordered = sorted(events, key=lambda e: (e.timestamp, e.id))
-    assert ids(store, chunk_size=7) == [e.id for e in ordered]
-    assert ids(store, Filter().order_desc(), chunk_size=5) == [e.id for e in reversed(ordered)]
+    assert ids(store, batch_size=7) == [e.id for e in ordered]
+    assert ids(store, Filter().order_desc(), batch_size=5) == [e.id for e in reversed(ordered)]
     window = [e.id for e in ordered if 20.0 <= e.timestamp <= 60.0]
     assert ids(store, Filter(20).match_end(60)) == window
     assert ids(store, Filter(20).match_end(60).order_desc()) == window[::-1]
@@ -217,17 +217,17 @@ def test_whole_chunks_go_out_as_stored(tmp_path):
             stored = [row[0] for row in db.execute("SELECT data FROM chunks ORDER BY min_ts")]
         finally:
             db.close()
-        assert list(store.query_ipc(Filter(), rows=1000)) == stored
+        assert list(store.query_ipc(Filter(), batch_size=1000)) == stored
 
         def events_of(messages: list[bytes]) -> list[Event]:
             return [e for m in messages for b in ipc_to_batches(m) for e in iter_batch_events(b)]
 
         # larger than the query's messages: cut into messages of at most `rows`
-        messages = list(store.query_ipc(Filter(), rows=300))
+        messages = list(store.query_ipc(Filter(), batch_size=300))
         assert [sum(b.num_rows for b in ipc_to_batches(m)) for m in messages] == [300, 300, 300, 300, 300]
         assert events_of(messages) == first + second
         # part of a chunk, or another order: the events, not the stored bytes
-        messages = list(store.query_ipc(Filter(900), rows=1000))
+        messages = list(store.query_ipc(Filter(900), batch_size=1000))
         assert messages[0] not in stored and messages[1] == stored[1]
         assert events_of(messages) == first[900:] + second
         assert events_of(list(store.query_ipc(Filter(1490).order_desc()))) == second[::-1][:10]
@@ -237,7 +237,7 @@ def test_a_query_keeps_its_snapshot_while_chunks_are_merged(store):
     for i in range(MERGE_FANOUT - 1):
         store.add(ev(i, float(i)))
     before = [c.seq for c in store.chunks()]
-    reading = store.query(Filter(), chunk_size=1)
+    reading = store.query(Filter(), batch_size=1)
     first = next(reading)
     store.add(ev(100, 100.0))  # the eighth small chunk: the tier is merged
     assert [c.seq for c in store.chunks()] != before
@@ -273,20 +273,20 @@ def test_time_bounds_are_inclusive(store):
     assert ids(store, Filter(100)) == []
 
 
-def test_chunks_hold_at_most_chunk_size_and_never_zero(store):
+def test_chunks_hold_at_most_batch_size_and_never_zero(store):
     store.add_many([ev(i, float(i % 7), tags=["a" if i % 3 else "b"]) for i in range(1000)])
-    chunks = list(store.query(Filter(), chunk_size=64))
+    chunks = list(store.query(Filter(), batch_size=64))
     assert [len(c) for c in chunks] == [64] * 15 + [40]
-    sparse = list(store.query(Filter().match_tag("b"), chunk_size=64))
+    sparse = list(store.query(Filter().match_tag("b"), batch_size=64))
     assert all(0 < len(c) <= 64 for c in sparse)
     assert sum(len(c) for c in sparse) == 334
     with pytest.raises(UsageError):
-        store.query(Filter(), chunk_size=0)
+        store.query(Filter(), batch_size=0)
 
 
 def test_a_query_sees_the_events_stored_before_it_was_made(store):
     store.add_many([ev(i, float(i)) for i in range(100)])
-    chunks = store.query(Filter(), chunk_size=10)
+    chunks = store.query(Filter(), batch_size=10)
     first = next(chunks)
     store.add_many([ev(i, float(i)) for i in range(100, 200)])
     rest = [i for c in chunks for i in c.id]
@@ -348,8 +348,8 @@ def test_a_query_without_a_time_range_reads_every_chunk(store):
 def test_many_equal_timestamps_are_read_once_each(store):
     store.add_many([ev(i, 5.0) for i in range(5000)])
     by_id = sorted(f"e{i}" for i in range(5000))
-    assert ids(store, Filter(1), chunk_size=100) == by_id
-    assert ids(store, Filter(1).order_desc(), chunk_size=99) == by_id[::-1]
+    assert ids(store, Filter(1), batch_size=100) == by_id
+    assert ids(store, Filter(1).order_desc(), batch_size=99) == by_id[::-1]
 
 
 # Property: the store returns exactly the matching events, in order.
@@ -390,7 +390,7 @@ def test_query_equals_filtering_the_sorted_events(rows, flt, chunk):
         expected = [e.id for e in sorted(events, key=lambda e: (e.timestamp, e.id)) if flt.matches(e)]
         if flt.order == "desc":
             expected.reverse()
-        assert ids(store, flt, chunk_size=chunk) == expected
+        assert ids(store, flt, batch_size=chunk) == expected
 
 
 # Property: however the events were written (many small writes, overlapping,
@@ -424,7 +424,7 @@ def test_any_sequence_of_writes_is_stored_once_and_read_in_order(writes, start, 
         expected = [first[k] for k in sorted(first) if flt.matches(first[k])]
         if desc:
             expected.reverse()
-        got = [e for cols in store.query(flt, chunk_size=chunk) for e in cols.events()]
+        got = [e for cols in store.query(flt, batch_size=chunk) for e in cols.events()]
         assert [(e.timestamp, e.id, e.content) for e in got] == [(e.timestamp, e.id, e.content) for e in expected]
         assert store.count() == len(first)
 
@@ -439,7 +439,7 @@ def test_readers_and_a_writer_at_the_same_time(store):
     def read() -> None:
         try:
             for _ in range(20):
-                got = ids(store, Filter(0).match_end(1999), chunk_size=300)
+                got = ids(store, Filter(0).match_end(1999), batch_size=300)
                 assert got == [f"e{i}" for i in range(2000)]
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)

@@ -188,7 +188,7 @@ def test_frames_and_chunks_agree_on_every_server(servers):
     for server, url in servers.items():
         df = tf.to_dataframe(tf.find(url, f, idle_timeout=IDLE), progress=False)
         assert frame_keys(df) == want, server
-        chunks = list(tf.iter_dataframes(tf.find(url, f, idle_timeout=IDLE), chunk_size=17, progress=False))
+        chunks = list(tf.iter_dataframes(tf.find(url, f, idle_timeout=IDLE), batch_size=17, progress=False))
         assert all(len(c) <= 17 for c in chunks)
         pd.testing.assert_frame_equal(pd.concat(chunks, ignore_index=True), df)
         frames[server] = df

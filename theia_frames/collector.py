@@ -114,6 +114,7 @@ from .codec import (
     split_tags,
     total_message,
 )
+from .deprecation import renamed_arguments, warn_deprecated
 from .event import Event
 from .exceptions import (
     DecodeError,
@@ -226,16 +227,18 @@ def _stop_all() -> None:
             logger.exception("stopping the collector at %s failed", collector.url)
 
 
+@renamed_arguments(find_batch_rows="batch_size")
 def serve(
     db: str | os.PathLike[str] = MEMORY,
     host: str = "127.0.0.1",
-    port: int = 0,
+    port: int = DEFAULT_PORT,
     **options: Any,
 ) -> Collector:
     """Start a collector in a background thread and return it, running.
 
     ``db`` is the SQLite file of the store (created if missing) or
-    ``":memory:"``; ``port=0`` picks a free port (see ``.url``). Use it as a
+    ``":memory:"``; ``port`` defaults to the theia port (6433, ``DEFAULT_PORT``)
+    and ``port=0`` picks a free one (see ``.url``). Use it as a
     context manager, or call :meth:`Collector.stop`. ``options`` are those of
     :class:`Collector`.
 
@@ -251,13 +254,14 @@ class Collector:
 
     Options:
         ``host``: the address to bind, loopback unless told otherwise.
-        ``port``: the port; 0 picks a free one.
+        ``port``: the port, 6433 (``DEFAULT_PORT``) unless told; 0 picks a free one.
         ``max_message_size``: the largest message accepted, in bytes.
         ``live_queue``: events a live subscriber may have waiting before it is
         dropped as too slow.
-        ``find_batch_rows``: most events per Arrow message on a batched
+        ``batch_size``: most events per Arrow message on a batched
         ``/find``; a stored chunk that matches whole and fits goes out as
-        stored, other events are gathered into messages of this many.
+        stored, other events are gathered into messages of this many
+        (``find_batch_rows``, its old name, still works with a warning).
         ``ping_interval``: seconds between keepalive pings, ``None`` (the
         default) for none: plain ``/event`` clients never read, so they could
         not answer them.
@@ -295,6 +299,7 @@ class Collector:
     filter slows its own client, not the others.
     """
 
+    @renamed_arguments(find_batch_rows="batch_size")
     def __init__(
         self,
         db: str | os.PathLike[str] = MEMORY,
@@ -303,7 +308,7 @@ class Collector:
         port: int = DEFAULT_PORT,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         live_queue: int = DEFAULT_LIVE_QUEUE,
-        find_batch_rows: int = DEFAULT_FIND_BATCH,
+        batch_size: int = DEFAULT_FIND_BATCH,
         ping_interval: float | None = None,
         close_timeout: float = 2.0,
         token: str | None = None,
@@ -321,7 +326,7 @@ class Collector:
         counts = {
             "max_message_size": max_message_size,
             "live_queue": live_queue,
-            "find_batch_rows": find_batch_rows,
+            "batch_size": batch_size,
             "max_decoded_size": max_decoded_size,
             "max_event_size": max_event_size,
             "max_patterns": max_patterns,
@@ -339,7 +344,7 @@ class Collector:
         self.host = host
         self.max_message_size = int(max_message_size)
         self.live_queue = int(live_queue)
-        self.find_batch_rows = int(find_batch_rows)
+        self.batch_size = int(batch_size)
         self.max_decoded_size = int(max_decoded_size)
         self.max_event_size = int(max_event_size)
         self.max_patterns = int(max_patterns)
@@ -400,6 +405,12 @@ class Collector:
             host = f"[{host}]"
         scheme = "wss" if self._ssl is not None else "ws"
         return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def find_batch_rows(self) -> int:
+        """Deprecated name of :attr:`batch_size`."""
+        warn_deprecated("Collector.find_batch_rows", "Collector.batch_size")
+        return self.batch_size
 
     @property
     def running(self) -> bool:
@@ -834,9 +845,9 @@ class Collector:
         # encoded at once into ready WebSocket frames, written together.
         results: Any
         if batched:
-            results = await loop.run_in_executor(pool, functools.partial(store.query_ipc, flt, rows=self.find_batch_rows))
+            results = await loop.run_in_executor(pool, functools.partial(store.query_ipc, flt, batch_size=self.batch_size))
         else:
-            results = await loop.run_in_executor(pool, functools.partial(store.query_batches, flt, rows=_PLAIN_CHUNK))
+            results = await loop.run_in_executor(pool, functools.partial(store.query_batches, flt, batch_size=_PLAIN_CHUNK))
         self._queries.add(results)
         produce = functools.partial(_next_find_output, results, batched)
         slots = None if flt.is_time_only else self._pattern_steps

@@ -66,7 +66,9 @@ def renamed_arguments(**renames: str) -> Callable[[F], F]:
     """
 
     def decorate(function: F) -> F:
-        where = f"{function.__name__}()"
+        # a class is called by its name: Collector(), not Collector.__init__()
+        name = function.__qualname__.rsplit(".", 2)[-2] if function.__name__ == "__init__" else function.__name__
+        where = f"{name}()"
 
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:

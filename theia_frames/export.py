@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .batch import event_schema
+from .deprecation import renamed_arguments
 from .event import Event  # noqa: F401  (used by the doctests)
 from .exceptions import UsageError
 from .frames import (  # noqa: F401  (to_dataframe: the doctests)
@@ -318,12 +319,13 @@ class EventWriter:
         self.close()
 
 
+@renamed_arguments(chunk_size="batch_size")
 def write_events(
     source: Any,
     path: str | os.PathLike[str],
     *,
     format: str | None = None,
-    chunk_size: int = 100_000,
+    batch_size: int = 100_000,
     progress: bool | None = None,
     partition_by: Sequence[str] | None = None,
 ) -> int:
@@ -331,8 +333,8 @@ def write_events(
 
     ``source`` is anything :func:`~theia_frames.frames.to_dataframe` takes, or an
     event DataFrame (its other columns, such as those :func:`~theia_frames.analysis.extract`
-    adds, are written too). It is read and written ``chunk_size`` events at a
-    time. ``format`` (``"parquet"``, ``"csv"``, ``"jsonl"``) defaults to the one
+    adds, are written too). It is read and written ``batch_size`` events at a
+    time (``chunk_size``, its old name, still works with a warning). ``format`` (``"parquet"``, ``"csv"``, ``"jsonl"``) defaults to the one
     the extension names (see :data:`FORMATS`). No events still write a valid
     file (a Parquet schema, a CSV header).
 
@@ -349,15 +351,15 @@ def write_events(
     if partition_by is not None:
         return _write_dataset(source, path, format=format, chunk_size=chunk_size, progress=progress, keys=partition_by)
     fmt = format_for(path, format)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise UsageError(f"chunk_size must be a positive number of events, got {chunk_size!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch_size must be a positive number of events, got {batch_size!r}")
     target = Path(path)
     if target.is_dir():
         raise UsageError(f"cannot write events to {str(target)!r}: it is a folder")
     if isinstance(source, pd.DataFrame):
-        chunks = _dataframe_chunks(source, chunk_size)
+        chunks = _dataframe_chunks(source, batch_size)
     else:
-        chunks = _event_chunks(source, chunk_size, progress)
+        chunks = _event_chunks(source, batch_size, progress)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise UsageError(f"cannot write events to {str(target)!r}: no folder {str(folder)!r}")

@@ -51,6 +51,7 @@ import pyarrow.compute as pc
 
 from .batch import columns_to_batch, event_schema
 from .codec import EventColumns
+from .deprecation import renamed_arguments
 from .event import Event, new_event_id
 from .exceptions import InvalidEventError, MissingDependencyError, UsageError
 
@@ -650,43 +651,47 @@ def _rebatch(batches: Iterable[pa.RecordBatch | pa.Table], rows: int) -> Iterato
         yield pa.Table.from_batches(pending, schema=schema)
 
 
+@renamed_arguments(chunk_size="batch_size")
 def iter_tables(
-    source: Any, chunk_size: int = 100_000, *, progress: bool | None = None
+    source: Any, batch_size: int = 100_000, *, progress: bool | None = None
 ) -> Iterator[pa.Table]:
-    """The events of ``source`` as Arrow tables of at most ``chunk_size`` rows (event schema).
+    """The events of ``source`` as Arrow tables of at most ``batch_size`` rows (event schema).
 
-    Only one chunk is held at a time; no events yield no tables.
+    Only one chunk is held at a time; no events yield no tables. ``chunk_size``,
+    the old name of ``batch_size``, still works with a warning.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise UsageError(f"chunk_size must be a positive number of events, got {chunk_size!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch_size must be a positive number of events, got {batch_size!r}")
     batches = _source_batches(source)
     try:
-        yield from _rebatch(with_progress(batches, progress, source=source), chunk_size)
+        yield from _rebatch(with_progress(batches, progress, source=source), batch_size)
     finally:
         batches.close()
 
 
+@renamed_arguments(chunk_size="batch_size")
 def iter_dataframes(
     source: Any,
-    chunk_size: int = 100_000,
+    batch_size: int = 100_000,
     *,
     index: Literal["timestamp"] | None = None,
     tz: Any = None,
     columns: Sequence[str] | None = None,
     progress: bool | None = None,
 ) -> Iterator[pd.DataFrame]:
-    """The events of ``source`` as frames of at most ``chunk_size`` rows, for results larger than memory.
+    """The events of ``source`` as frames of at most ``batch_size`` rows, for results larger than memory.
 
     Takes the same sources and options as :func:`to_dataframe`; every frame has
     the same dtypes and only one chunk is held at a time. No events yield no
-    frames. Each frame is indexed from 0.
+    frames. Each frame is indexed from 0. ``chunk_size``, the old name of
+    ``batch_size``, still works with a warning.
 
     >>> evs = (Event(id=str(i), timestamp=float(i)) for i in range(5))
-    >>> [len(f) for f in iter_dataframes(evs, chunk_size=2)]
+    >>> [len(f) for f in iter_dataframes(evs, batch_size=2)]
     [2, 2, 1]
     """
     cols = frame_columns(columns, index)
-    for table in iter_tables(source, chunk_size, progress=progress):
+    for table in iter_tables(source, batch_size, progress=progress):
         yield finish_frame(table_to_frame(frame_table(table, cols)), index, tz)
 
 

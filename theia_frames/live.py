@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .batch import event_schema
+from .deprecation import warn_deprecated
 from .exceptions import (
     AuthenticationError,
     ConnectError,
@@ -66,6 +67,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "LiveFrame", "LiveStatus", "EventBuffer", "State", "Phase", "BatchHook", "FrameView", "parse_window", "in_words",
+    "check_client_options",
 ]
 
 State = Literal["new", "running", "paused", "stopped", "ended", "failed"]
@@ -443,12 +445,57 @@ class _Receiver(Protocol):
     def receive(self, filter: EventFilter) -> Any: ...
 
 
+def check_client_options(
+    where: str,
+    client_or_url: object,
+    options: Mapping[str, Any],
+    deprecated: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments for the :class:`~theia_frames.client.Client` that
+    ``where`` (``"LiveFrame()"``) opens, checked against the ones it takes.
+
+    ``deprecated`` is the old ``client_options=`` mapping: merged in, with a
+    ``DeprecationWarning``. A name :class:`Client` does not take, or options
+    when ``client_or_url`` is a client already open (they would be ignored),
+    raise :class:`~theia_frames.exceptions.UsageError` naming them.
+    """
+    merged = dict(options)
+    if deprecated is not None:
+        warn_deprecated(f"client_options= of {where}", f"the Client keyword arguments directly ({where[:-1]}url, filter, timeout=5))", stacklevel=3)
+        both = sorted(set(deprecated) & set(merged))
+        if both:
+            raise UsageError(f"{where} got {', '.join(both)} both in client_options= and as keyword arguments; give them only as keyword arguments")
+        merged = {**dict(deprecated), **merged}
+    if not merged:
+        return merged
+    import inspect
+
+    from .client import Client
+
+    known = [p.name for p in inspect.signature(Client).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(merged) - set(known))
+    if unknown:
+        raise UsageError(
+            f"{where} got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; besides its own it takes "
+            f"the Client keyword arguments: {', '.join(known)}"
+        )
+    if not isinstance(client_or_url, str):
+        raise UsageError(
+            f"{where} got Client keyword arguments ({', '.join(sorted(merged))}) with a client already open: "
+            "they apply only when it opens its own client from a URL; give them to that Client instead"
+        )
+    return merged
+
+
 class LiveFrame:
     """A DataFrame fed by a live subscription, on a background thread.
 
     ``client_or_url`` is a :class:`~theia_frames.client.Client` (left open
-    when the frame stops) or a URL (a client is opened with
-    ``client_options`` and closed when the frame stops). ``filter`` selects
+    when the frame stops) or a URL (a client is opened with the keyword
+    arguments :class:`~theia_frames.client.Client` takes, given here as they
+    are to :func:`~theia_frames.client.find`: ``LiveFrame(url, filter,
+    timeout=5)``, and closed when the frame stops; ``client_options=``, a
+    mapping of them, is the deprecated older form). ``filter`` selects
     the events (an :class:`~theia_frames.filter.EventFilter`, its dict form,
     or None for everything from now on).
 
@@ -479,9 +526,10 @@ class LiveFrame:
         max_rows: int | None = None,
         window: DurationLike | None = None,
         on_batch: BatchHook | Iterable[BatchHook] | None = None,
-        client_options: Mapping[str, Any] | None = None,
         reconnect: bool = True,
         receive_options: Mapping[str, Any] | None = None,
+        client_options: Mapping[str, Any] | None = None,
+        **client_kw: Any,
     ) -> None:
         if filter is None:
             filter = EventFilter()
@@ -500,7 +548,7 @@ class LiveFrame:
         else:
             raise UsageError(f"LiveFrame needs a Client or a URL, got {type(client_or_url).__name__}")
         self.filter: EventFilter = filter
-        self._client_options = dict(client_options or {})
+        self._client_options = check_client_options("LiveFrame()", client_or_url, client_kw, client_options)
         self._receive_options = {"reconnect": bool(reconnect), **dict(receive_options or {})}
         self._buffer = EventBuffer(max_rows=max_rows, window=window)
         self._hooks: list[BatchHook] = []

@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from .batch import batch_to_columns, batch_to_ipc, columns_to_batch, event_schema
 from .codec import EventColumns
+from .deprecation import renamed_arguments
 from .event import Event
 from .exceptions import StoreError, UsageError
 from .filter import EventFilter
@@ -524,42 +525,48 @@ class EventStore:
             pass
 
     # ------------------------------------------------------------------ reading
-    def query(self, filter: EventFilter | None = None, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[EventColumns]:
+    @renamed_arguments(chunk_size="batch_size")
+    def query(self, filter: EventFilter | None = None, *, batch_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[EventColumns]:
         """The stored events matching ``filter``, in its order, as chunks of columns.
 
         Sees the events stored before the call (a snapshot), never more. Each
-        chunk holds at most ``chunk_size`` events and at least one; every chunk
-        but the last holds exactly ``chunk_size``.
+        chunk holds at most ``batch_size`` events and at least one; every chunk
+        but the last holds exactly ``batch_size`` (``chunk_size``, its old
+        name, still works with a warning).
         """
-        batches = self.query_batches(filter, rows=chunk_size)
+        batches = self.query_batches(filter, batch_size=batch_size)
         return _Results(batches, (batch_to_columns(b) for b in batches))
 
-    def query_batches(self, filter: EventFilter | None = None, *, rows: int = DEFAULT_CHUNK_SIZE) -> Iterator[pa.RecordBatch]:
+    @renamed_arguments(rows="batch_size")
+    def query_batches(self, filter: EventFilter | None = None, *, batch_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[pa.RecordBatch]:
         """The stored events matching ``filter``, in its order, as Arrow record batches.
 
         Like :meth:`query`: a snapshot taken by the call; every batch but the
-        last holds exactly ``rows`` events. The result has a ``close()``
+        last holds exactly ``batch_size`` events (``rows``, its old name, still
+        works with a warning). The result has a ``close()``
         method; closing it (or reading it to the end) ends the snapshot.
         """
-        snapshot = self._snapshot(filter, rows)
-        return _Results(snapshot, _rebatch(self._matching(snapshot), rows))
+        snapshot = self._snapshot(filter, batch_size)
+        return _Results(snapshot, _rebatch(self._matching(snapshot), batch_size))
 
-    def query_ipc(self, filter: EventFilter | None = None, *, rows: int = CHUNK_ROWS) -> Iterator[bytes]:
+    @renamed_arguments(rows="batch_size")
+    def query_ipc(self, filter: EventFilter | None = None, *, batch_size: int = CHUNK_ROWS) -> Iterator[bytes]:
         """The stored events matching ``filter``, in its order, as Arrow IPC stream messages.
 
-        Each message holds at most ``rows`` events. A stored chunk that
+        Each message holds at most ``batch_size`` events (``rows``, its old
+        name, still works with a warning). A stored chunk that
         matches whole goes out exactly as it is stored (no decoding, no
-        copying); other events are gathered into messages of ``rows`` events.
+        copying); other events are gathered into messages of ``batch_size`` events.
         """
-        snapshot = self._snapshot(filter, rows)
-        return _Results(snapshot, _ipc_messages(self._matching(snapshot), rows))
+        snapshot = self._snapshot(filter, batch_size)
+        return _Results(snapshot, _ipc_messages(self._matching(snapshot), batch_size))
 
     def _snapshot(self, filter: EventFilter | None, rows: int) -> _Snapshot:
         flt = filter if filter is not None else EventFilter()
         if not isinstance(flt, EventFilter):
             raise UsageError(f"a store query needs an EventFilter, got {type(flt).__name__}")
         if rows < 1:
-            raise UsageError(f"a query's batch size (chunk_size, rows) must be at least 1, got {rows}")
+            raise UsageError(f"a query's batch_size must be at least 1, got {rows}")
         return _Snapshot(self, flt)
 
     def _matching(self, snapshot: _Snapshot) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .exceptions import MissingDependencyError, UsageError
 from .filter import EventFilter
-from .live import LiveFrame
+from .live import LiveFrame, check_client_options
 from .timeparse import DurationLike, to_seconds
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -673,6 +673,13 @@ class LiveView:
         return self.status_text()
 
 
+def _view_options() -> set[str]:
+    import inspect
+
+    keyword = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return {p.name for p in inspect.signature(LiveView).parameters.values() if p.kind in keyword} - {"live"}
+
+
 def live_plot(
     client_or_url: Any,
     filter: EventFilter | Mapping[str, Any] | None = None,
@@ -691,19 +698,28 @@ def live_plot(
     ``max_rows`` or ``window`` is given, so memory stays bounded) and wraps it in
     a :class:`LiveView`; the view's Stop button stops the frame. The frame is
     ``view.live``. Show the view by making it the cell's result, or ``display(view)``.
+    Other keyword arguments are :class:`LiveView`'s (``figsize``, ``title``, ...)
+    or, given a URL, the :class:`~theia_frames.client.Client`'s (``timeout``,
+    ``token``, ...), as for :class:`~theia_frames.live.LiveFrame`;
+    ``client_options=``, a mapping of the latter, is the deprecated older form.
 
     >>> view = live_plot("ws://127.0.0.1:6433", {"tags": ["sensor"]}, window="10min")  # doctest: +SKIP
     """
     if max_rows is None and window is None:
         max_rows = 100_000
-    live = LiveFrame(client_or_url, filter, max_rows=max_rows, window=window, client_options=client_options)
+    view_keys = _view_options()
+    view_options = {k: v for k, v in options.items() if k in view_keys}
+    client_kw = check_client_options(
+        "live_plot()", client_or_url, {k: v for k, v in options.items() if k not in view_keys}, client_options
+    )
+    live = LiveFrame(client_or_url, filter, max_rows=max_rows, window=window, **client_kw)
     # a missing widget dependency should fail before anything is subscribed
     if mode == "widget" or (mode == "auto" and in_kernel()):
         _require("ipywidgets")
         _require("matplotlib")
     live.start()
     try:
-        return LiveView(live, plot=plot, every=every, mode=mode, stop_frame=True, **options)
+        return LiveView(live, plot=plot, every=every, mode=mode, stop_frame=True, **view_options)
     except BaseException:
         live.stop()
         raise
