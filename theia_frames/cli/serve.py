@@ -21,6 +21,7 @@ import threading
 from typing import Any
 
 from ..collector import (
+    DEFAULT_FIND_BATCH,
     DEFAULT_FIND_STALL_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LIVE_QUEUE,
@@ -83,6 +84,13 @@ def register(subparsers: Any) -> None:
         metavar="EVENTS",
         help=f"events a live subscriber may have waiting before it is dropped as too slow (default {DEFAULT_LIVE_QUEUE})",
     )
+    p.add_argument(
+        "--batch-size",
+        type=argtypes.count,
+        default=DEFAULT_FIND_BATCH,
+        metavar="EVENTS",
+        help=f"most events per Arrow message of a batched /find (default {DEFAULT_FIND_BATCH})",
+    )
     limits = p.add_argument_group("limits on what one client can make the collector spend")
     for flag, dest, default, metavar, text in _LIMITS:
         limits.add_argument(flag, dest=dest, type=argtypes.count, default=default, metavar=metavar, help=f"{text} (default {default})")
@@ -140,6 +148,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             live_queue=args.live_queue,
+            batch_size=args.batch_size,
             token=args.token or None,
             certfile=args.certfile,
             keyfile=args.keyfile,

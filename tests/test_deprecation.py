@@ -1,0 +1,212 @@
+"""One name per idea: every renamed argument still works under its old name, with a warning.
+
+The rule itself (``theia_frames.deprecation``), then each alias: it warns,
+names the new name, points at the caller, and does what the new name does.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+import theia_frames as tf
+from theia_frames.cli import build_parser, main
+from theia_frames.collector import DEFAULT_FIND_BATCH, DEFAULT_PORT, Collector, serve
+from theia_frames.deprecation import renamed_arguments, take_renamed, warn_deprecated
+from theia_frames.event import Event
+from theia_frames.exceptions import TheiaError, UsageError
+from theia_frames.export import write_events
+from theia_frames.filter import Filter
+from theia_frames.frames import iter_dataframes, iter_tables
+from theia_frames.live import LiveFrame
+from theia_frames.store import EventStore
+
+
+def sample(n: int) -> list[Event]:
+    return [Event(id=f"e{i}", timestamp=1_000.0 + i, source="/s", tags=["t"], content=str(i)) for i in range(n)]
+
+
+# --------------------------------------------------------------------------- the rule
+
+
+@renamed_arguments(old="new")
+def _renamed(*, new: int = 0) -> int:
+    return new
+
+
+def test_an_old_name_warns_names_the_new_one_and_points_at_the_caller():
+    with pytest.warns(DeprecationWarning, match=r"old= of _renamed\(\) is deprecated; use new=") as caught:
+        assert _renamed(old=3) == 3
+    assert caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _renamed(new=4) == 4  # the new name does not warn
+
+
+def test_old_and_new_name_together_is_a_usage_error():
+    with pytest.raises(UsageError, match="both old= and new="):
+        _renamed(old=1, new=2)
+
+
+def test_take_renamed_leaves_other_arguments_alone():
+    kwargs = {"a": 1}
+    take_renamed(kwargs, "old", "new", "f()")
+    assert kwargs == {"a": 1}
+
+
+def test_warn_deprecated_text():
+    with pytest.warns(DeprecationWarning, match=r"^x is deprecated; use y \(the old name will be removed"):
+        warn_deprecated("x", "y")
+
+
+def test_a_class_is_named_by_its_name():
+    with pytest.warns(DeprecationWarning, match=r"find_batch_rows= of Collector\(\) is deprecated; use batch_size="):
+        Collector(find_batch_rows=5)
+
+
+# --------------------------------------------------------------------------- rows per batch is batch_size
+
+
+def test_collector_and_serve_take_batch_size_and_the_old_find_batch_rows():
+    assert Collector(batch_size=7).batch_size == 7
+    assert Collector().batch_size == DEFAULT_FIND_BATCH
+    with pytest.warns(DeprecationWarning, match="use batch_size="):
+        old = Collector(find_batch_rows=9)
+    assert old.batch_size == 9
+    with pytest.warns(DeprecationWarning, match="Collector.find_batch_rows is deprecated; use Collector.batch_size"):
+        assert old.find_batch_rows == 9
+    with pytest.raises(UsageError, match="batch_size must be a positive whole number"):
+        Collector(batch_size=0)
+    with pytest.warns(DeprecationWarning, match=r"find_batch_rows= of serve\(\)") as caught:
+        running = serve(db=":memory:", port=0, find_batch_rows=11)
+    assert caught[0].filename == __file__
+    with running:
+        assert running.batch_size == 11
+        with tf.Client(running.url) as client:
+            client.send_many(sample(30), wait=True)
+            assert len(list(client.find(Filter(1)))) == 30
+
+
+def test_serve_has_the_port_default_of_collector(monkeypatch):
+    import inspect
+
+    assert inspect.signature(serve).parameters["port"].default == DEFAULT_PORT == 6433
+    assert inspect.signature(Collector).parameters["port"].default == DEFAULT_PORT
+    seen = {}
+
+    def start(self):
+        seen["port"] = self._requested_port
+        return self
+
+    monkeypatch.setattr(Collector, "start", start)
+    serve(db=":memory:")
+    assert seen["port"] == 6433
+
+
+def test_the_serve_command_takes_batch_size(monkeypatch):
+    assert build_parser().parse_args(["serve", "--db", ":memory:"]).batch_size == DEFAULT_FIND_BATCH
+    assert build_parser().parse_args(["serve", "--db", ":memory:", "--batch-size", "7"]).batch_size == 7
+    given = {}
+
+    def fake_serve(**options):
+        given.update(options)
+        raise TheiaError("not serving in this test")
+
+    monkeypatch.setattr("theia_frames.collector.serve", fake_serve)
+    assert main(["serve", "--db", ":memory:", "--batch-size", "7"]) == 1
+    assert given["batch_size"] == 7
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--db", ":memory:", "--batch-size", "0"])
+
+
+@pytest.fixture
+def store():
+    with EventStore(":memory:") as s:
+        s.add_many(sample(25))
+        yield s
+
+
+def test_store_queries_take_batch_size_and_their_old_names(store):
+    new = [len(c) for c in store.query(Filter(1), batch_size=10)]
+    assert new == [10, 10, 5]
+    with pytest.warns(DeprecationWarning, match=r"chunk_size= of query\(\) is deprecated; use batch_size="):
+        assert [len(c) for c in store.query(Filter(1), chunk_size=10)] == new
+    assert [b.num_rows for b in store.query_batches(Filter(1), batch_size=7)] == [7, 7, 7, 4]
+    with pytest.warns(DeprecationWarning, match=r"rows= of query_batches\(\)"):
+        assert [b.num_rows for b in store.query_batches(Filter(1), rows=7)] == [7, 7, 7, 4]
+    ipc = list(store.query_ipc(Filter(1), batch_size=100))
+    with pytest.warns(DeprecationWarning, match=r"rows= of query_ipc\(\)"):
+        assert list(store.query_ipc(Filter(1), rows=100)) == ipc
+    with pytest.raises(UsageError, match="both chunk_size= and batch_size="):
+        store.query(Filter(1), chunk_size=1, batch_size=2)
+
+
+def test_frames_take_batch_size_and_the_old_chunk_size():
+    assert [len(f) for f in iter_dataframes(sample(5), batch_size=2, progress=False)] == [2, 2, 1]
+    with pytest.warns(DeprecationWarning, match=r"chunk_size= of iter_dataframes\(\)") as caught:
+        frames = iter_dataframes(sample(5), chunk_size=2, progress=False)
+    assert caught[0].filename == __file__
+    assert [len(f) for f in frames] == [2, 2, 1]
+    with pytest.warns(DeprecationWarning, match=r"chunk_size= of iter_tables\(\)"):
+        assert [t.num_rows for t in iter_tables(sample(5), chunk_size=3, progress=False)] == [3, 2]
+
+
+def test_write_events_takes_batch_size_and_the_old_chunk_size(tmp_path):
+    assert write_events(sample(5), tmp_path / "new.jsonl", batch_size=2) == 5
+    with pytest.warns(DeprecationWarning, match=r"chunk_size= of write_events\(\)"):
+        assert write_events(sample(5), tmp_path / "old.jsonl", chunk_size=2) == 5
+    assert (tmp_path / "old.jsonl").read_bytes() == (tmp_path / "new.jsonl").read_bytes()
+
+
+# --------------------------------------------------------------------------- LiveFrame and live_plot take the Client's keywords
+
+
+def test_live_frame_takes_client_keywords_directly(collector):
+    with LiveFrame(collector.url, {"start": 1}, timeout=5, batch=False) as live:
+        assert live._client.timeout == 5 and live._client.batch is False
+        tf.send(collector.url, sample(3), wait=True)
+        assert live.wait_for(3, timeout=30)
+        assert len(live.df) == 3
+
+
+def test_live_frame_client_options_still_works_with_a_warning(collector):
+    with pytest.warns(DeprecationWarning, match=r"client_options= of LiveFrame\(\) is deprecated; use the Client keyword") as caught:
+        live = LiveFrame(collector.url, {"start": 1}, client_options={"timeout": 4})
+    assert caught[0].filename == __file__
+    with live:
+        assert live._client.timeout == 4
+    with pytest.raises(UsageError, match="timeout both in client_options= and as keyword arguments"), pytest.warns(DeprecationWarning):
+        LiveFrame(collector.url, client_options={"timeout": 4}, timeout=3)
+
+
+def test_an_unknown_keyword_of_live_frame_is_a_usage_error_naming_it():
+    with pytest.raises(UsageError, match=r"LiveFrame\(\) got unexpected keyword argument\(s\) 'timout'.*timeout, idle_timeout"):
+        LiveFrame("ws://127.0.0.1:1", timout=5)
+    with pytest.raises(UsageError, match="'nonsense'"), pytest.warns(DeprecationWarning):
+        LiveFrame("ws://127.0.0.1:1", client_options={"nonsense": 1})
+
+
+def test_client_keywords_with_an_open_client_are_refused(collector):
+    with tf.Client(collector.url) as client:
+        with pytest.raises(UsageError, match="with a client already open"):
+            LiveFrame(client, timeout=5)
+
+
+def test_live_plot_takes_client_keywords_directly(collector):
+    from theia_frames.widget import live_plot
+
+    view = live_plot(collector.url, {"start": 1}, mode="text", timeout=6, title="t")
+    try:
+        assert view.live._client.timeout == 6
+    finally:
+        view.live.stop()
+    with pytest.warns(DeprecationWarning, match=r"client_options= of live_plot\(\)") as caught:
+        view = live_plot(collector.url, {"start": 1}, mode="text", client_options={"timeout": 7})
+    assert caught[0].filename == __file__
+    try:
+        assert view.live._client.timeout == 7
+    finally:
+        view.live.stop()
+    with pytest.raises(UsageError, match=r"live_plot\(\) got unexpected keyword argument\(s\) 'colour'"):
+        live_plot(collector.url, mode="text", colour="red")
