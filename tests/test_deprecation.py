@@ -181,7 +181,7 @@ def test_live_frame_client_options_still_works_with_a_warning(collector):
 
 
 def test_an_unknown_keyword_of_live_frame_is_a_usage_error_naming_it():
-    with pytest.raises(UsageError, match=r"LiveFrame\(\) got unexpected keyword argument\(s\) 'timout'.*timeout, idle_timeout"):
+    with pytest.raises(UsageError, match=r"LiveFrame\(\) got unexpected keyword argument\(s\) 'timout'.*Client keyword arguments: .*\btimeout\b"):
         LiveFrame("ws://127.0.0.1:1", timout=5)
     with pytest.raises(UsageError, match="'nonsense'"), pytest.warns(DeprecationWarning):
         LiveFrame("ws://127.0.0.1:1", client_options={"nonsense": 1})

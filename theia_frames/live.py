@@ -468,16 +468,13 @@ def check_client_options(
         merged = {**dict(deprecated), **merged}
     if not merged:
         return merged
-    import inspect
+    from .client.options import CLIENT_OPTIONS, split_client_options
 
-    from .client import Client
-
-    known = [p.name for p in inspect.signature(Client).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    unknown = sorted(set(merged) - set(known))
+    _, unknown = split_client_options(merged)
     if unknown:
         raise UsageError(
-            f"{where} got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; besides its own it takes "
-            f"the Client keyword arguments: {', '.join(known)}"
+            f"{where} got unexpected keyword argument(s) {', '.join(map(repr, sorted(unknown)))}; besides its own it "
+            f"takes the Client keyword arguments: {', '.join(sorted(CLIENT_OPTIONS))}"
         )
     if not isinstance(client_or_url, str):
         raise UsageError(
