@@ -93,7 +93,7 @@ def test_to_polars_without_polars_names_the_extra(monkeypatch):
 def test_a_partitioned_dataset_reads_back_in_dask_duckdb_and_polars(tmp_path, keys):
     evs = sample()
     out = tmp_path / "events"
-    assert write_events(evs, out, partition_by=keys, chunk_size=70) == len(evs)
+    assert write_events(evs, out, partition_by=keys, batch_size=70) == len(evs)
     folders = {p.parent.relative_to(out).as_posix() for p in out.rglob("*.parquet")}
     if keys == ("date",):
         assert folders == {"date=2023-11-14", "date=2023-11-15", "date=2023-11-16", "date=2023-11-17"}
@@ -183,5 +183,5 @@ def test_a_failed_source_leaves_no_dataset(tmp_path):
         raise tf.ConnectionClosed("dropped mid-query")
 
     with pytest.raises(tf.ConnectionClosed):
-        write_events(batches(), tmp_path / "out", partition_by=("date",), chunk_size=5)
+        write_events(batches(), tmp_path / "out", partition_by=("date",), batch_size=5)
     assert list(tmp_path.iterdir()) == []

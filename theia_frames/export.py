@@ -334,7 +334,8 @@ def write_events(
     ``source`` is anything :func:`~theia_frames.frames.to_dataframe` takes, or an
     event DataFrame (its other columns, such as those :func:`~theia_frames.analysis.extract`
     adds, are written too). It is read and written ``batch_size`` events at a
-    time (``chunk_size``, its old name, still works with a warning). ``format`` (``"parquet"``, ``"csv"``, ``"jsonl"``) defaults to the one
+    time (``chunk_size``, its old name, still works with a warning).
+    ``format`` (``"parquet"``, ``"csv"``, ``"jsonl"``) defaults to the one
     the extension names (see :data:`FORMATS`). No events still write a valid
     file (a Parquet schema, a CSV header).
 
@@ -349,7 +350,7 @@ def write_events(
     :data:`MAX_DATASET_PARTITIONS` partitions.
     """
     if partition_by is not None:
-        return _write_dataset(source, path, format=format, chunk_size=chunk_size, progress=progress, keys=partition_by)
+        return _write_dataset(source, path, format=format, batch_size=batch_size, progress=progress, keys=partition_by)
     fmt = format_for(path, format)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive number of events, got {batch_size!r}")
@@ -407,7 +408,7 @@ def _keyed(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
 
 
 def _write_dataset(
-    source: Any, path: str | os.PathLike[str], *, format: str | None, chunk_size: int, progress: bool | None,
+    source: Any, path: str | os.PathLike[str], *, format: str | None, batch_size: int, progress: bool | None,
     keys: Any,
 ) -> int:
     import pyarrow.dataset as ds
@@ -415,15 +416,15 @@ def _write_dataset(
     chosen = _partition_keys(keys)
     if format is not None and format_for("", format) != "parquet":
         raise UsageError(f"a partitioned dataset is written as Parquet, not {format!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise UsageError(f"chunk_size must be a positive number of events, got {chunk_size!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch_size must be a positive number of events, got {batch_size!r}")
     target = Path(path)
     if target.exists():
         raise UsageError(f"cannot write a dataset to {str(target)!r}: it exists (a dataset is written to a new folder)")
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(f"cannot write a dataset to {str(target)!r}: no folder {str(parent)!r}")
-    chunks = _dataframe_chunks(source, chunk_size) if isinstance(source, pd.DataFrame) else _event_chunks(source, chunk_size, progress)
+    chunks = _dataframe_chunks(source, batch_size) if isinstance(source, pd.DataFrame) else _event_chunks(source, batch_size, progress)
     tmp = Path(_part_file(parent, target.name))
     os.unlink(tmp)
     count = 0
