@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 
 from theia_frames import Event, EventFilter
 from theia_frames.batch import ARROW_MARKER, SUBPROTOCOL, batch_to_ipc, events_to_batch, ipc_to_batches, iter_batch_events
-from theia_frames.codec import EventColumns, decode, encode, total_of
+from theia_frames.codec import EventColumns, decode, encode
+from theia_frames.protocol.messages import total_of
 from theia_frames.collector import Collector, serve
 from theia_frames.exceptions import DecodeError, InvalidEventError, TransportError, UsageError
 from theia_frames.store import EventStore

@@ -12,9 +12,9 @@ import pytest
 import websocket
 
 import theia_frames as tf
-from theia_frames import codec
 from theia_frames.batch import SUBPROTOCOL
-from theia_frames.codec import MAX_CHUNK_ENTRIES, chunks_reply, coalesce_chunks, encode_many, parse_chunks_reply
+from theia_frames.codec import encode_many
+from theia_frames.protocol.messages import CHUNKS_PATH, MAX_CHUNK_ENTRIES, chunks_reply, coalesce_chunks, parse_chunks_reply
 from theia_frames.collector import serve
 from theia_frames.dask_frames import chunk_counts, time_slices, to_dask
 from theia_frames.event import Event
@@ -96,7 +96,7 @@ def test_the_collector_counts_its_chunks_over_a_time_range(collector):
 
 
 def test_the_layout_request_needs_the_extension(collector):
-    ws = websocket.create_connection(collector.url + codec.CHUNKS_PATH, timeout=5)
+    ws = websocket.create_connection(collector.url + CHUNKS_PATH, timeout=5)
     try:
         ws.send("{}")
         answer = ws.recv()
@@ -105,7 +105,7 @@ def test_the_layout_request_needs_the_extension(collector):
         assert opcode == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(data[:2], "big") == 1008
     finally:
         ws.close()
-    ws = websocket.create_connection(collector.url + codec.CHUNKS_PATH, timeout=5, subprotocols=[SUBPROTOCOL])
+    ws = websocket.create_connection(collector.url + CHUNKS_PATH, timeout=5, subprotocols=[SUBPROTOCOL])
     try:
         ws.send('{"content": "("}')
         assert "error" in json.loads(ws.recv())  # a filter it cannot build: an error, as on /find
@@ -127,7 +127,7 @@ def test_a_plain_peer_has_no_layout_and_is_sliced_by_time(threads):
 
 
 def test_a_layout_answer_longer_than_a_layout_can_be_is_refused():
-    mock = MockServer(batch=True).respond("x" * (MAX_CHUNK_ENTRIES * 90), path=codec.CHUNKS_PATH)
+    mock = MockServer(batch=True).respond("x" * (MAX_CHUNK_ENTRIES * 90), path=CHUNKS_PATH)
     with mock:
         with pytest.raises(ProtocolError):
             chunk_counts(mock.url)

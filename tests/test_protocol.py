@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theia_frames.codec import encode, flush_failure, flush_reply, total_message
+from theia_frames.codec import encode
+from theia_frames.protocol.messages import flush_failure, flush_reply, total_message
 from theia_frames.event import Event
 from theia_frames.exceptions import ConnectionClosed, DecodeError, ProtocolError, ServerError, SubscriberTooSlow, TheiaTimeoutError
 from theia_frames.filter import Filter

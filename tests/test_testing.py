@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from theia_frames import Event, Filter, TheiaTimeoutError, UsageError
 from theia_frames.batch import SUBPROTOCOL, batch_to_ipc, events_to_batch, ipc_to_batches, iter_batch_events
-from theia_frames.codec import ErrorMessage, decode, encode
+from theia_frames.codec import decode, encode
+from theia_frames.protocol.messages import ErrorMessage
 from theia_frames.client import Client
 from theia_frames.exceptions import (
     AuthenticationError,

@@ -101,7 +101,7 @@ _MOVED: dict[str, str] = {
     "EventColumns": "codec",
     "StreamReport": "codec",
     "StreamDecoder": "codec",
-    "parse_message": "codec",
+    "parse_message": "protocol.messages",
 }
 
 

@@ -101,19 +101,8 @@ from .batch import (
     ipc_to_batches,
     is_arrow_message,
 )
-from .codec import (
-    CHUNKS_PATH,
-    OK,
-    EventColumns,
-    chunks_reply,
-    encode,
-    flush_failure,
-    flush_reply,
-    is_flush_request,
-    parse_flush_request,
-    split_tags,
-    total_message,
-)
+from .codec import EventColumns, encode, split_tags
+from .protocol.messages import CHUNKS_PATH, OK, chunks_reply, flush_failure, flush_reply, is_flush_request, parse_flush_request, total_message
 from .deprecation import renamed_arguments, warn_deprecated
 from .event import Event
 from .exceptions import (
@@ -154,7 +143,7 @@ __all__ = [
 
 logger = logging.getLogger("theia_frames.collector")
 
-#: The paths served: the protocol's three, and the extension's :data:`~theia_frames.codec.CHUNKS_PATH`.
+#: The paths served: the protocol's three, and the extension's :data:`~theia_frames.protocol.messages.CHUNKS_PATH`.
 ENDPOINTS = ("/event", "/find", "/live", CHUNKS_PATH)
 #: The port of the theia protocol.
 DEFAULT_PORT = 6433

@@ -59,7 +59,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .batch import SUBPROTOCOL, event_schema
-from .codec import CHUNKS_PATH, MAX_CHUNK_ENTRIES, error_text, parse_chunks_reply
+from .protocol.messages import CHUNKS_PATH, MAX_CHUNK_ENTRIES, error_text, parse_chunks_reply
 from .exceptions import (
     ConnectError,
     ConnectionClosed,
@@ -137,7 +137,7 @@ def chunk_counts(
 ) -> list[tuple[float, float, int]] | None:
     """How many events the collector at ``url`` holds over ``filter``'s time range, from its index:
     ``(first timestamp, last timestamp, events)`` of its stored chunks (or of runs of neighbouring
-    chunks, at most :data:`~theia_frames.codec.MAX_CHUNK_ENTRIES`), in time order.
+    chunks, at most :data:`~theia_frames.protocol.messages.MAX_CHUNK_ENTRIES`), in time order.
 
     The extension's ``/chunks`` request on a connection of its own. Only the
     time range of ``filter`` is used: the counts are of every event in a

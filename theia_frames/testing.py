@@ -49,7 +49,8 @@ from typing import Any, NamedTuple, Union
 
 from .background import BackgroundLoop
 from .batch import SUBPROTOCOL, batch_to_ipc, ipc_to_batches, is_arrow_message, iter_batch_events
-from .codec import OK, ErrorMessage, Ok, decode, encode, flush_reply, is_flush_request, parse_flush_request
+from .codec import decode, encode
+from .protocol.messages import OK, ErrorMessage, Ok, flush_reply, is_flush_request, parse_flush_request
 from .event import Event
 from .exceptions import DecodeError, ServerError, TheiaTimeoutError, TransportError, UsageError
 from .filter import EventFilter

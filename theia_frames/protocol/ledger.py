@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 
-from ..codec import error_text, failed_flush, flush_request, parse_flush_reply
+from .messages import error_text, failed_flush, flush_request, parse_flush_reply
 from ..exceptions import ConnectionClosed, ServerError
 from .streams import MAX_KEPT_ERRORS
 

@@ -1,9 +1,11 @@
-"""What received messages and close codes mean, for both dialects and the extension.
+"""The messages of both dialects and of the extension other than events, and what they mean.
 
-The words themselves (``ok``, error objects, the flush request and its
-replies, the announced total) are built and parsed in
-:mod:`theia_frames.codec`; this module gives them their meaning for a reader:
-data to decode, the end of a stream, or an error to raise.
+The words (``ok``, error objects, the flush request, its reply and its
+failure, the announced total, the ``/chunks`` layout) are built and parsed
+here, in one place, for the clients, the collector and the mock server; and
+here a reader learns what a received message or a close code means: data to
+decode, the end of a stream, or an error to raise. Events themselves are
+:mod:`theia_frames.codec` (plain) and :mod:`theia_frames.batch` (Arrow).
 
 >>> data, total = sort_messages(['ok', b'event: 3 3 0\\n...', '{"total": 2}'], "ws://h/find")
 >>> len(data), total
@@ -16,13 +18,42 @@ SubscriberTooSlow('ws://h/live dropped this subscriber (closed with code 1013): 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeGuard, Union
 
 from ..batch import ARROW_MARKER
-from ..codec import error_text, is_ok, total_of
+from ..codec import Buffer, decode
+from ..event import Event
 from ..exceptions import ConnectionClosed, ServerError, SubscriberTooSlow, TheiaError
 
 __all__ = [
+    # the words, built and parsed
+    "OK",
+    "Ok",
+    "ErrorMessage",
+    "Message",
+    "parse_message",
+    "is_ok",
+    "error_text",
+    "flush_request",
+    "is_flush_request",
+    "parse_flush_request",
+    "flush_reply",
+    "parse_flush_reply",
+    "flush_failure",
+    "failed_flush",
+    "total_message",
+    "total_of",
+    "CHUNKS_PATH",
+    "MAX_CHUNK_ENTRIES",
+    "coalesce_chunks",
+    "chunks_reply",
+    "parse_chunks_reply",
+    # what they mean to a reader
     "NORMAL_CLOSE",
     "TOO_SLOW_CODES",
     "DATA_CLOSE_CODES",
@@ -30,6 +61,249 @@ __all__ = [
     "sort_messages",
     "end_error",
 ]
+
+# --------------------------------------------------------------------------- the words
+
+
+OK = "ok"
+
+
+@dataclass(frozen=True)
+class Ok:
+    """The server accepted a filter (the text message ``ok``)."""
+
+
+@dataclass(frozen=True)
+class ErrorMessage:
+    """An error reported by the server, with its own text."""
+
+    text: str
+
+
+Message = Union[Ok, ErrorMessage, Event]
+
+
+def is_ok(message: Buffer | str) -> bool:
+    """Whether a message is the server's ``ok``."""
+    if isinstance(message, str):
+        return message.strip() == OK
+    return bytes(message).strip() == b"ok"
+
+
+def error_text(message: Buffer | str) -> str | None:
+    """The text of an error message (``{"error": "..."}`` or ``{"error": true, "message": "..."}``), else None.
+
+    >>> error_text('{"error": "Missing start timestamp"}')
+    'Missing start timestamp'
+    >>> error_text(b"event: 1 1 0") is None
+    True
+    >>> error_text(memoryview(b'{"error": "Missing start timestamp"}'))
+    'Missing start timestamp'
+    """
+    if isinstance(message, str):
+        if not message.lstrip().startswith("{"):
+            return None
+    else:
+        if not bytes(message[:64]).lstrip().startswith(b"{"):
+            return None
+    try:
+        obj = json.loads(message if isinstance(message, (str, bytes, bytearray)) else bytes(message))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(obj, dict) or "error" not in obj:
+        return None
+    err = obj["error"]
+    if isinstance(err, str):
+        return err
+    msg = obj.get("message")
+    return str(msg) if msg is not None else json.dumps(err)
+
+
+_FLUSH_FAILED = re.compile(r"^flush (-?[0-9]+): ", re.ASCII)
+
+
+def flush_request(token: int) -> str:
+    """The extension's request on ``/event``: answer once everything sent before it is stored.
+
+    >>> flush_request(7), is_flush_request(flush_request(7)), parse_flush_request('{"flush": 7}')
+    ('{"flush": 7}', True, 7)
+    """
+    return json.dumps({"flush": token})
+
+
+def is_flush_request(message: Buffer | str) -> TypeGuard[str]:
+    """Whether a text message on ``/event`` is (or claims to be) a flush request."""
+    return isinstance(message, str) and message.startswith('{"flush"')
+
+
+def parse_flush_request(message: str) -> Any:
+    """The token of a flush request (echoed as it came); ValueError when it is not one."""
+    try:
+        return json.loads(message)["flush"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"invalid flush request: {message[:80]!r}") from None
+
+
+def flush_reply(token: Any, stored: int, rejected: int) -> str:
+    """The collector's answer to a flush: ``stored`` events of the connection committed, ``rejected`` refused.
+
+    >>> parse_flush_reply(flush_reply(7, 10, 1))
+    (7, 10)
+    """
+    return json.dumps({"flushed": token, "stored": stored, "rejected": rejected})
+
+
+def parse_flush_reply(message: Buffer | str) -> tuple[int, int | None] | None:
+    """``(token, stored)`` of a flush answer (``stored`` None when absent), else None."""
+    if not isinstance(message, str) or not message.startswith("{"):
+        return None
+    try:
+        answer = json.loads(message)
+    except ValueError:
+        return None
+    token = answer.get("flushed") if isinstance(answer, dict) else None
+    if not isinstance(token, int) or isinstance(token, bool):
+        return None
+    stored = answer.get("stored")
+    return token, stored if isinstance(stored, int) and not isinstance(stored, bool) else None
+
+
+def flush_failure(token: Any, reason: str) -> str:
+    """The text of the error the collector sends when what a flush covers could not be stored.
+
+    >>> failed_flush(flush_failure(7, "disk is full"))
+    7
+    """
+    return f"flush {token}: {reason}"
+
+
+def failed_flush(text: str) -> int | None:
+    """The token of a :func:`flush_failure` text, else None."""
+    failed = _FLUSH_FAILED.match(text)
+    return int(failed.group(1)) if failed is not None else None
+
+
+def total_message(total: int) -> str:
+    """The extension's announcement of how many events a ``/find`` will send.
+
+    >>> total_message(1200)
+    '{"total": 1200}'
+    """
+    return json.dumps({"total": int(total)})
+
+
+def total_of(message: Buffer | str) -> int | None:
+    """The count of a :func:`total_message`, else None (sent only on a connection
+    that negotiated the extension, before the first event of a ``/find``).
+
+    >>> total_of('{"total": 1200}'), total_of("ok"), total_of('{"total": -1}')
+    (1200, None, None)
+    """
+    head = message[:10] if isinstance(message, str) else bytes(message[:10]).decode("latin-1")
+    if not head.startswith('{"total"'):
+        return None
+    try:
+        obj = json.loads(message if isinstance(message, (str, bytes, bytearray)) else bytes(message))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    total = obj.get("total") if isinstance(obj, dict) and len(obj) == 1 else None
+    if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+        return total
+    return None
+
+
+#: The extension's endpoint for the layout of a time range (see :func:`chunks_reply`).
+CHUNKS_PATH = "/chunks"
+
+
+#: Most entries in a :func:`chunks_reply`: neighbouring chunks are summed into one entry past it.
+MAX_CHUNK_ENTRIES = 4096
+
+
+def coalesce_chunks(
+    chunks: Iterable[tuple[float, float, int]], limit: int = MAX_CHUNK_ENTRIES
+) -> list[tuple[float, float, int]]:
+    """``(min_ts, max_ts, rows)`` of stored chunks in time order, as at most ``limit`` entries:
+    neighbours (by ``min_ts``) summed into one entry spanning them, in runs of equal length.
+
+    >>> coalesce_chunks([(3.0, 4.0, 2), (1.0, 2.0, 5), (5.0, 9.0, 1)], limit=2)
+    [(1.0, 4.0, 7), (5.0, 9.0, 1)]
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    ordered = sorted((float(lo), float(hi), int(n)) for lo, hi, n in chunks)
+    if len(ordered) <= limit:
+        return ordered
+    per = -(-len(ordered) // limit)
+    out = []
+    for i in range(0, len(ordered), per):
+        run = ordered[i : i + per]
+        out.append((run[0][0], max(hi for _, hi, _ in run), sum(n for _, _, n in run)))
+    return out
+
+
+def chunks_reply(chunks: Iterable[tuple[float, float, int]]) -> str:
+    """The collector's answer on :data:`CHUNKS_PATH`: how many events its stored chunks hold
+    in a filter's time range, as ``(first timestamp, last timestamp, events)`` entries from
+    its index (at most :data:`MAX_CHUNK_ENTRIES`, see :func:`coalesce_chunks`).
+
+    >>> chunks_reply([(1.5, 2.0, 3)])
+    '{"chunks": [[1.5, 2.0, 3]]}'
+    >>> parse_chunks_reply(chunks_reply([(1.5, 2.0, 3)]))
+    [(1.5, 2.0, 3)]
+    """
+    return json.dumps({"chunks": [[float(lo), float(hi), int(n)] for lo, hi, n in coalesce_chunks(chunks)]})
+
+
+def parse_chunks_reply(message: Buffer | str) -> list[tuple[float, float, int]] | None:
+    """The entries of a :func:`chunks_reply`, else None (anything else, or entries that are not
+    ``[first, last, events]`` with ``first <= last`` and ``events >= 0``, or too many of them).
+
+    >>> parse_chunks_reply('{"chunks": []}'), parse_chunks_reply("ok"), parse_chunks_reply('{"chunks": [[2, 1, 3]]}')
+    ([], None, None)
+    """
+    if not isinstance(message, str) or not message.startswith('{"chunks"'):
+        return None
+    try:
+        obj = json.loads(message)
+    except ValueError:
+        return None
+    entries = obj.get("chunks") if isinstance(obj, dict) and len(obj) == 1 else None
+    if not isinstance(entries, list) or len(entries) > MAX_CHUNK_ENTRIES:
+        return None
+    out = []
+    for entry in entries:
+        if not isinstance(entry, list) or len(entry) != 3:
+            return None
+        lo, hi, n = entry
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)):
+            return None
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            return None
+        if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
+            return None
+        out.append((float(lo), float(hi), n))
+    return out
+
+
+def parse_message(message: Buffer | str) -> Message:
+    """What a server message means: :class:`Ok`, :class:`ErrorMessage` or an :class:`Event`.
+
+    >>> parse_message("ok")
+    Ok()
+    >>> parse_message('{"error": "bad filter"}')
+    ErrorMessage(text='bad filter')
+    """
+    if is_ok(message):
+        return Ok()
+    text = error_text(message)
+    if text is not None:
+        return ErrorMessage(text)
+    return decode(message)
+
+
+# --------------------------------------------------------------------------- what they mean
+
 
 #: orderly ends of a stream (1005: a close frame without a status code)
 NORMAL_CLOSE = (1000, 1005)

@@ -14,12 +14,10 @@ either way a message that is not an event is reported, not guessed at.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..batch import columns_to_batch, empty_batch, event_schema
-from ..codec import EventColumns, split_tags
-from ..event import Event
+from ..codec import EventColumns
 from ..exceptions import DecodeError
 
 if TYPE_CHECKING:  # pragma: no cover
