@@ -16,7 +16,8 @@ from theia_frames.collector import serve
 from theia_frames.event import Event
 from theia_frames.exceptions import InvalidEventError, MissingDependencyError, UsageError
 from theia_frames.filter import Filter
-from theia_frames.frames import to_dataframe, to_event_table
+from theia_frames.frames import to_dataframe
+from theia_frames.frames_events_table import to_event_table
 from theia_frames.simulation import sensor_events
 
 BASE = 1_700_000_000.0

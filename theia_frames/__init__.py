@@ -68,7 +68,7 @@ _EXPORTS: dict[str, str] = {
     "to_dask": "dask_frames",
     "iter_dataframes": "frames",
     "batches_to_dataframe": "frames",
-    "to_event_table": "frames",
+    "to_event_table": "frames_events_table",
     "bucket": "analysis",
     "explode_tags": "analysis",
     "tag_matrix": "analysis",
@@ -209,9 +209,9 @@ if _TYPE_CHECKING:  # pragma: no cover
         iter_dataframes,
         to_arrow,
         to_dataframe,
-        to_event_table,
         to_polars,
     )
+    from .frames_events_table import to_event_table
     from .simulation import sensor_events, simulate
     from .store import EventStore
     from .storefiles import DamagedStoreWarning, StoreReport, read_store

@@ -283,7 +283,7 @@ class AsyncClient:
         if isinstance(events, Event):
             events = [events]
         elif columns is not None or type(events).__module__.split(".")[0] in ("pandas", "polars", "pyarrow"):
-            from ..frames import to_event_table
+            from ..frames_events_table import to_event_table
 
             events = to_event_table(events, columns=columns)
         lock = self._lock

@@ -279,7 +279,7 @@ class Client:
         :func:`~theia_frames.frames.to_dataframe` returns, or your own with a
         timestamp column or a DatetimeIndex), a ``pyarrow.Table`` of such
         columns or a Polars frame, read by
-        :func:`~theia_frames.frames.to_event_table` (``columns`` maps event
+        :func:`~theia_frames.frames_events_table.to_event_table` (``columns`` maps event
         fields to its columns, e.g. ``{"content": "message"}``; missing ids
         are generated).
 
@@ -296,7 +296,7 @@ class Client:
         if isinstance(events, Event):
             events = [events]
         elif columns is not None or type(events).__module__.split(".")[0] in ("pandas", "polars", "pyarrow"):
-            from ..frames import to_event_table
+            from ..frames_events_table import to_event_table
 
             events = to_event_table(events, columns=columns)
         with self.lock:
