@@ -16,7 +16,8 @@ from theia_frames.batch import SUBPROTOCOL
 from theia_frames.codec import encode_many
 from theia_frames.protocol.messages import CHUNKS_PATH, MAX_CHUNK_ENTRIES, chunks_reply, coalesce_chunks, parse_chunks_reply
 from theia_frames.collector import serve
-from theia_frames.dask_frames import chunk_counts, time_slices, to_dask
+from theia_frames.dask_frames import to_dask
+from theia_frames.dask_partitions import chunk_counts, time_slices
 from theia_frames.event import Event
 from theia_frames.exceptions import MissingDependencyError, ProtocolError, UsageError
 from theia_frames.filter import EventFilter

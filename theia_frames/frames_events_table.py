@@ -33,13 +33,13 @@ __all__ = ["EVENT_FIELDS", "to_event_table"]
 EVENT_FIELDS: tuple[str, ...] = ("timestamp", "source", "tags", "content", "id")
 
 
-def arrow_types(t: pa.DataType) -> Any:
+def _arrow_types(t: pa.DataType) -> Any:
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         return pd.ArrowDtype(t)
     return None
 
 
-def as_pandas(data: Any) -> pd.DataFrame:
+def _as_pandas(data: Any) -> pd.DataFrame:
     """``data`` (a pandas, Polars or Arrow frame) as a pandas DataFrame, lists kept as Arrow lists."""
     if isinstance(data, pd.DataFrame):
         return data
@@ -53,13 +53,13 @@ def as_pandas(data: Any) -> pd.DataFrame:
             data = data.collect()
         data = data.to_arrow()
     if isinstance(data, (pa.Table, pa.RecordBatch)):
-        return data.to_pandas(types_mapper=arrow_types)
+        return data.to_pandas(types_mapper=_arrow_types)
     raise UsageError(
         f"expected a pandas DataFrame, a pyarrow Table or a Polars DataFrame, got {type(data).__name__}"
     )
 
 
-def seconds_of(values: Any, what: str) -> np.ndarray:
+def _seconds_of(values: Any, what: str) -> np.ndarray:
     """Event times (datetimes, naive = UTC; numbers = seconds; ISO text) as float seconds."""
     if isinstance(values, pd.Index):
         values = values.to_series(index=pd.RangeIndex(len(values)))
@@ -87,7 +87,7 @@ def seconds_of(values: Any, what: str) -> np.ndarray:
     return seconds
 
 
-def text_of(values: pd.Series, what: str) -> pa.Array:
+def _text_of(values: pd.Series, what: str) -> pa.Array:
     """A column as Arrow text (numbers as their text); a missing value stays missing."""
     if isinstance(values.dtype, pd.ArrowDtype) and pa.types.is_list(values.dtype.pyarrow_dtype):
         raise UsageError(f"{what} holds lists, not text")
@@ -101,7 +101,7 @@ def text_of(values: pd.Series, what: str) -> pa.Array:
     return array.cast(pa.string())
 
 
-def tags_of(values: pd.Series, what: str) -> pa.Array:
+def _tags_of(values: pd.Series, what: str) -> pa.Array:
     """Tags (lists, or comma text like ``"a,b"``) as the comma-joined text of the wire."""
     dtype = values.dtype
     if isinstance(dtype, pd.ArrowDtype) and (pa.types.is_list(dtype.pyarrow_dtype) or pa.types.is_large_list(dtype.pyarrow_dtype)):
@@ -109,7 +109,7 @@ def tags_of(values: pd.Series, what: str) -> pa.Array:
     elif isinstance(dtype, (pd.StringDtype, pd.CategoricalDtype)) or (
         isinstance(dtype, pd.ArrowDtype) and pa.types.is_string(dtype.pyarrow_dtype)
     ):
-        return comma_text(text_of(values, what))
+        return _comma_text(_text_of(values, what))
     else:
         items: list[Any] = []
         for v in values.tolist():
@@ -137,7 +137,7 @@ def tags_of(values: pd.Series, what: str) -> pa.Array:
     return pc.fill_null(pc.binary_join(pc.fill_null(lists, pa.scalar([], pa.list_(pa.string()))), ","), "")
 
 
-def comma_text(text: pa.Array) -> pa.Array:
+def _comma_text(text: pa.Array) -> pa.Array:
     text = pc.fill_null(text, "")
     text = pc.replace_substring_regex(pc.utf8_trim_whitespace(text), "\\s*,\\s*", ",")
     return pc.replace_substring_regex(text, "^,+|,+$", "")
@@ -181,7 +181,7 @@ def to_event_table(data: Any, *, columns: Mapping[str, str] | None = None) -> pa
         if unknown:
             raise UsageError(f"columns maps unknown event fields {unknown}; the fields are {list(EVENT_FIELDS)}")
         names.update(columns)
-    df = as_pandas(data)
+    df = _as_pandas(data)
     for field_name, column in names.items():
         if columns and field_name in columns and column not in df.columns:
             raise UsageError(f"columns maps {field_name!r} to {column!r}, which the frame does not have: {list(df.columns)}")
@@ -197,13 +197,13 @@ def to_event_table(data: Any, *, columns: Mapping[str, str] | None = None) -> pa
             f"events need a time: a {ts_name!r} column or a DatetimeIndex "
             f"(or columns={{'timestamp': ...}}); the frame has {list(df.columns)} and a {type(df.index).__name__}"
         )
-    seconds = seconds_of(times, f"column {ts_name!r}" if ts_name in df.columns else "the index")
+    seconds = _seconds_of(times, f"column {ts_name!r}" if ts_name in df.columns else "the index")
 
     def text(field_name: str) -> pa.Array | None:
         column = names[field_name]
         if column not in df.columns:
             return None
-        return text_of(df[column], f"column {column!r}")
+        return _text_of(df[column], f"column {column!r}")
 
     source = text("source")
     content = text("content")
@@ -216,7 +216,7 @@ def to_event_table(data: Any, *, columns: Mapping[str, str] | None = None) -> pa
         values[missing] = [new_event_id() for _ in range(int(missing.sum()))]
         ids = pa.array(values.tolist(), pa.string())
     tags_column = names["tags"]
-    tags = tags_of(df[tags_column], f"column {tags_column!r}") if tags_column in df.columns else None
+    tags = _tags_of(df[tags_column], f"column {tags_column!r}") if tags_column in df.columns else None
     empty = pa.array([""] * rows, pa.string()) if rows else pa.array([], pa.string())
     arrays = [
         ids,
