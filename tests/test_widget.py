@@ -284,11 +284,11 @@ def test_choose_freq():
 
 
 def test_redraws_reuse_the_axes_while_the_layout_holds():
-    from theia_frames.widget import _DefaultPlotter
+    from theia_frames.widget_plotting import DefaultPlotter
 
     events = list(sensor_events(600, sources=2, seed=5))
     fig = _figure()
-    plotter = _DefaultPlotter(fig, 1000)
+    plotter = DefaultPlotter(fig, 1000)
     plotter.draw(to_dataframe(events[:300], progress=False))
     axes = list(fig.axes)
     plotter.draw(to_dataframe(events, progress=False))
