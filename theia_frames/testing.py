@@ -37,27 +37,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import math
-import re
 import threading
 import time
-import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Union
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, NamedTuple
 
 from .background import BackgroundLoop
-from .batch import SUBPROTOCOL, batch_to_ipc, ipc_to_batches, is_arrow_message, iter_batch_events
-from .codec import decode, encode
-from .protocol.messages import OK, ErrorMessage, Ok, flush_reply, is_flush_request, parse_flush_request
+from .batch import SUBPROTOCOL
 from .event import Event
-from .exceptions import DecodeError, ServerError, TheiaTimeoutError, TransportError, UsageError
-from .filter import EventFilter
+from .exceptions import TheiaTimeoutError, TransportError, UsageError
+from .protocol.messages import OK, is_flush_request
+from .testing_script import (
+    TERMINAL,
+    Close,
+    Data,
+    Expectation,
+    Reject,
+    Send,
+    Stall,
+    Step,
+    answer_flush,
+    as_event,
+    check_expectable,
+    describe_expected,
+    describe_received,
+    event_like,
+    matches,
+    outgoing,
+    outgoing_many,
+    request_path,
+    units,
+)
 
 __all__ = ["MockServer", "MockExpectationError", "Received", "event_like"]
-
-Data = Union[str, bytes]
 
 # websockets refuses to send these close codes; they only describe closes.
 _UNSENDABLE_CODES = {1004, 1005, 1006, 1015}
@@ -75,249 +87,6 @@ class Received(NamedTuple):
 
     path: str
     message: Data
-
-
-# --------------------------------------------------------------------------- matching
-
-
-class _EventLike:
-    """Matches an event whose given fields are equal (see :func:`event_like`)."""
-
-    def __init__(self, fields: dict[str, Any]) -> None:
-        self.fields = fields
-
-    def __call__(self, message: Data | Event) -> bool:
-        event = _as_event(message)
-        if event is None:
-            return False
-        for name, want in self.fields.items():
-            have = getattr(event, name)
-            if isinstance(want, re.Pattern):
-                if want.fullmatch(have) is None:
-                    return False
-            elif name == "timestamp":
-                if not math.isclose(have, want, rel_tol=0.0, abs_tol=1e-6):
-                    return False
-            elif name == "tags":
-                if list(have) != list(want):
-                    return False
-            elif have != want:
-                return False
-        return True
-
-    def __repr__(self) -> str:
-        inner = ", ".join(f"{k}={v!r}" for k, v in self.fields.items())
-        return f"event_like({inner})"
-
-
-def event_like(**fields: Any) -> Callable[[Data | Event], bool]:
-    """An expectation matching any event whose given fields are equal.
-
-    The code under test usually makes its own ids and timestamps; name only
-    the fields that matter. A compiled regex (``re.compile(...)``) as a
-    value must fully match the field. Timestamps compare to the microsecond.
-
-    >>> from theia_frames import Event
-    >>> from theia_frames.codec import encode
-    >>> like = event_like(source="/dev/temp", content=re.compile(r"\\d+C"))
-    >>> like(encode(Event(source="/dev/temp", content="21C")))
-    True
-    >>> like
-    event_like(source='/dev/temp', content=re.compile('\\\\d+C'))
-    """
-    unknown = set(fields) - {"id", "timestamp", "source", "tags", "content"}
-    if unknown:
-        raise UsageError(f"event_like() got unknown event field(s): {', '.join(sorted(unknown))}")
-    return _EventLike(fields)
-
-
-def _as_event(message: Data | Event) -> Event | None:
-    if isinstance(message, Event):
-        return message
-    try:
-        return decode(message)
-    except DecodeError:
-        return None
-
-
-_NOT_JSON = object()
-
-
-def _as_json(message: Data | Event) -> Any:
-    if isinstance(message, Event):
-        return _NOT_JSON
-    try:
-        return json.loads(message)
-    except (ValueError, UnicodeDecodeError):
-        return _NOT_JSON
-
-
-def _as_bytes(message: Data | Event) -> bytes | None:
-    if isinstance(message, Event):
-        return None
-    return message.encode() if isinstance(message, str) else bytes(message)
-
-
-def _same_event(a: Event, b: Event) -> bool:
-    # The wire keeps 6 or 7 decimals of a timestamp, so compare to the microsecond.
-    return (
-        a.id == b.id
-        and a.source == b.source
-        and list(a.tags) == list(b.tags)
-        and a.content == b.content
-        and math.isclose(float(a.timestamp), float(b.timestamp), rel_tol=0.0, abs_tol=1e-6)
-    )
-
-
-def _filter_forms(f: EventFilter, path: str | None) -> list[dict[str, Any]]:
-    """The JSON objects a client may send for ``f`` on ``path`` (with and without the extension)."""
-    find = [f.for_find(), f.for_find(plain=True)]
-    live = [f.for_live(), f.for_live(plain=True)]
-    if path == "/find":
-        return find
-    if path == "/live":
-        return live
-    return [f.to_dict(), *find, *live]
-
-
-def _check_expectable(expected: Any) -> None:
-    if isinstance(expected, (str, bytes, bytearray, memoryview, Event, EventFilter, Mapping)):
-        return
-    if callable(expected):
-        return
-    raise UsageError(
-        f"MockServer cannot expect a {type(expected).__name__}: use text, bytes, an Event, "
-        "an EventFilter, a dict (compared as JSON) or a predicate"
-    )
-
-
-def _matches(expected: Any, unit: Data | Event, path: str) -> bool:
-    if isinstance(expected, Event):
-        event = _as_event(unit)
-        return event is not None and _same_event(expected, event)
-    if isinstance(expected, EventFilter):
-        return _as_json(unit) in _filter_forms(expected, path)
-    if isinstance(expected, Mapping):
-        return _as_json(unit) == dict(expected)
-    if isinstance(expected, str):
-        return _as_bytes(unit) == expected.encode()
-    if isinstance(expected, (bytes, bytearray, memoryview)):
-        return _as_bytes(unit) == bytes(expected)
-    return bool(expected(unit))
-
-
-def _short(value: Any, limit: int = 300) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _describe_expected(expected: Any, path: str | None) -> str:
-    if isinstance(expected, EventFilter):
-        return f"filter {json.dumps(_filter_forms(expected, path)[0])}"
-    if isinstance(expected, Mapping):
-        return f"JSON {json.dumps(dict(expected), default=str)}"
-    if isinstance(expected, (str, bytes, bytearray, memoryview, Event)):
-        return _short(expected if not isinstance(expected, (bytearray, memoryview)) else bytes(expected))
-    return getattr(expected, "__qualname__", None) or _short(expected)
-
-
-def _describe_received(unit: Data | Event) -> str:
-    if isinstance(unit, (bytes, bytearray)) and not is_arrow_message(unit):
-        event = _as_event(unit)
-        if event is not None:
-            return f"{_short(event)} (encoded)"
-    if isinstance(unit, bytes) and is_arrow_message(unit):
-        return f"Arrow batch ({len(unit)} bytes)"
-    return _short(unit)
-
-
-def _units(message: Data) -> list[Data | Event]:
-    """What expectations are compared with: the message, or each event of an Arrow batch."""
-    if isinstance(message, bytes) and is_arrow_message(message):
-        try:
-            return [e for b in ipc_to_batches(message) for e in iter_batch_events(b)]
-        except DecodeError:
-            return [message]
-    return [message]
-
-
-def _flush_reply(message: str, events_seen: int) -> str:
-    """The collector's answer to ``{"flush": token}``: every event received on the connection is confirmed."""
-    try:
-        token = parse_flush_request(message)
-    except ValueError as exc:
-        return json.dumps({"error": str(exc)})
-    return flush_reply(token, events_seen, 0)
-
-
-# --------------------------------------------------------------------------- responses
-
-
-def _outgoing(message: Any) -> Data:
-    """The frame to send for a scripted message (text for str, binary for bytes)."""
-    if isinstance(message, str):
-        return message
-    if isinstance(message, (bytes, bytearray, memoryview)):
-        return bytes(message)
-    if isinstance(message, Event):
-        return encode(message)
-    if isinstance(message, Ok):
-        return OK
-    if isinstance(message, (ErrorMessage, ServerError)):
-        return json.dumps({"error": message.text})
-    if isinstance(message, Mapping):
-        return json.dumps(dict(message))
-    if type(message).__module__.startswith("pyarrow") and hasattr(message, "schema"):
-        return batch_to_ipc(message)
-    raise UsageError(
-        f"MockServer cannot send a {type(message).__name__}: use text, bytes, an Event, "
-        "a dict (sent as JSON), an ErrorMessage or a pyarrow RecordBatch"
-    )
-
-
-def _outgoing_many(value: Any) -> list[Data]:
-    if isinstance(value, (list, tuple)):
-        return [_outgoing(v) for v in value]
-    return [_outgoing(value)]
-
-
-@dataclass(frozen=True)
-class _Send:
-    messages: tuple[Data, ...]
-
-
-@dataclass(frozen=True)
-class _Close:
-    code: int | None  # None: drop the TCP connection without a close frame
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class _Stall:
-    pass
-
-
-@dataclass(frozen=True)
-class _Reject:
-    status: int
-    body: str
-
-
-_Step = Union[_Send, _Close, _Stall, _Reject]
-_TERMINAL = (_Close, _Stall, _Reject)
-
-
-@dataclass
-class _Expectation:
-    expected: Any
-    path: str | None
-    state: str = "pending"  # "met", "mismatch" or "reported"
-    received: Any = None
-    received_path: str = ""
-
-
-def _request_path(target: str) -> str:
-    return urllib.parse.urlsplit(target).path or "/"
 
 
 # --------------------------------------------------------------------------- server
@@ -353,11 +122,11 @@ class MockServer:
         self.errors: list[BaseException] = []
         self._cond = threading.Condition()
         self._received: list[Received] = []
-        self._expectations: list[_Expectation] = []
+        self._expectations: list[Expectation] = []
         self._handlers: list[tuple[str | None, Callable[[Data], Any]]] = []
-        self._scripts: dict[str | None, list[list[_Step]]] = {}
+        self._scripts: dict[str | None, list[list[Step]]] = {}
         self._taken: dict[str | None, int] = {}
-        self._assigned: dict[Any, tuple[_Step, ...]] = {}
+        self._assigned: dict[Any, tuple[Step, ...]] = {}
         self._open: dict[Any, str] = {}
         self._subscribed: set[Any] = set()
         self._stalled: set[Any] = set()
@@ -406,8 +175,8 @@ class MockServer:
         for p, message in self.received:
             if path is not None and p != path:
                 continue
-            for unit in _units(message):
-                event = _as_event(unit)
+            for unit in units(message):
+                event = as_event(unit)
                 if event is not None:
                     out.append(event)
         return out
@@ -443,9 +212,9 @@ class MockServer:
         if not messages:
             raise UsageError("expect() needs at least one message")
         for m in messages:
-            _check_expectable(m)
+            check_expectable(m)
         with self._cond:
-            self._expectations.extend(_Expectation(m, path) for m in messages)
+            self._expectations.extend(Expectation(m, path) for m in messages)
         return self
 
     def verify(self, timeout: float | None = None) -> None:
@@ -486,21 +255,21 @@ class MockServer:
             if e.state == "mismatch":
                 problems.append(
                     f"received an unexpected message on {e.received_path}:\n"
-                    f"  expected: {_describe_expected(e.expected, e.received_path)}\n"
-                    f"  received: {_describe_received(e.received)}"
+                    f"  expected: {describe_expected(e.expected, e.received_path)}\n"
+                    f"  received: {describe_received(e.received)}"
                 )
                 e.state = "reported"
             elif e.state == "pending":
                 waited = "" if self._terminated else f" (waited {timeout:g} s)"
                 seen = [r for r in self._received if e.path is None or r.path == e.path]
                 if seen:
-                    last = "\n".join(f"    {r.path}: {_describe_received(r.message)}" for r in seen[-5:])
+                    last = "\n".join(f"    {r.path}: {describe_received(r.message)}" for r in seen[-5:])
                     got = f"  received on {where}: {len(seen)} message(s), the last:\n{last}"
                 else:
                     got = f"  received on {where}: nothing"
                 problems.append(
                     f"expected a message that never arrived on {where}{waited}:\n"
-                    f"  expected: {_describe_expected(e.expected, e.path)}\n{got}"
+                    f"  expected: {describe_expected(e.expected, e.path)}\n{got}"
                 )
                 e.state = "reported"
         return problems
@@ -527,7 +296,7 @@ class MockServer:
             while self._handled < n:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    seen = ", ".join(f"{r.path}: {_describe_received(r.message)}" for r in self._received[-5:])
+                    seen = ", ".join(f"{r.path}: {describe_received(r.message)}" for r in self._received[-5:])
                     raise TheiaTimeoutError(
                         f"MockServer handled {self._handled} of {n} expected message(s) "
                         f"within {timeout:g} s" + (f"; last received: {seen}" if seen else "")
@@ -535,12 +304,12 @@ class MockServer:
                 self._cond.wait(min(remaining, 3600.0))
 
     # ------------------------------------------------------------------ scripting
-    def _add_step(self, path: str | None, step: _Step, *, new_connection: bool = False) -> MockServer:
+    def _add_step(self, path: str | None, step: Step, *, new_connection: bool = False) -> MockServer:
         with self._cond:
             scripts = self._scripts.setdefault(path, [[]])
             current = scripts[-1]
-            ended = bool(current) and isinstance(current[-1], _TERMINAL)
-            if ended or (current and (new_connection or isinstance(step, _Reject))):
+            ended = bool(current) and isinstance(current[-1], TERMINAL)
+            if ended or (current and (new_connection or isinstance(step, Reject))):
                 current = []
                 scripts.append(current)
             current.append(step)
@@ -556,39 +325,39 @@ class MockServer:
         ``RecordBatch``/``Table`` (an Arrow batch; see ``batch=True``).
         Without ``path`` it applies to paths that have no script of their own.
         """
-        return self._add_step(path, _Send(tuple(_outgoing(m) for m in messages)))
+        return self._add_step(path, Send(tuple(outgoing(m) for m in messages)))
 
     def on_find(self, events: Iterable[Any] = (), *, path: str = "/find") -> MockServer:
         """Answer one ``/find`` like our collector: ``ok``, the events, then a normal close (1000)."""
-        self._add_step(path, _Send((OK, *(_outgoing(e) for e in events))), new_connection=True)
-        return self._add_step(path, _Close(1000, ""))
+        self._add_step(path, Send((OK, *(outgoing(e) for e in events))), new_connection=True)
+        return self._add_step(path, Close(1000, ""))
 
     def on_live(self, events: Iterable[Any] = (), *, path: str = "/live") -> MockServer:
         """Answer one ``/live`` with ``ok`` and the events, and keep the connection open.
 
         Send more later with :meth:`push`.
         """
-        return self._add_step(path, _Send((OK, *(_outgoing(e) for e in events))), new_connection=True)
+        return self._add_step(path, Send((OK, *(outgoing(e) for e in events))), new_connection=True)
 
     def close_abruptly(self, *, path: str | None = None) -> MockServer:
         """Then drop the TCP connection without a WebSocket close frame (after flushing what was sent)."""
-        return self._add_step(path, _Close(None))
+        return self._add_step(path, Close(None))
 
     def close_with(self, code: int, reason: str = "", *, path: str | None = None) -> MockServer:
         """Then close the connection with this close code and reason."""
         if not (1000 <= code <= 4999) or code in _UNSENDABLE_CODES:
             raise UsageError(f"close code {code} cannot be sent (use 1000-1003, 1007-1014 or 3000-4999)")
-        return self._add_step(path, _Close(code, reason))
+        return self._add_step(path, Close(code, reason))
 
     def stall(self, *, path: str | None = None) -> MockServer:
         """Then stop answering: nothing more is sent or read on the connection until :meth:`terminate`."""
-        return self._add_step(path, _Stall())
+        return self._add_step(path, Stall())
 
     def reject(self, status: int = 403, body: str = "", *, path: str | None = None) -> MockServer:
         """Refuse the next connection's handshake with this HTTP status (e.g. 401, 403, 503)."""
         if not 400 <= status <= 599:
             raise UsageError(f"reject() needs an HTTP error status (400-599), got {status}")
-        return self._add_step(path, _Reject(status, body))
+        return self._add_step(path, Reject(status, body))
 
     def next_connection(self, *, path: str | None = None) -> MockServer:
         """Start the script of the next connection to ``path``; earlier steps apply to earlier connections."""
@@ -613,7 +382,7 @@ class MockServer:
         Returns the number of connections sent to; wait for the subscription
         first (e.g. with :meth:`wait_requests`).
         """
-        data = [_outgoing(m) for m in messages]
+        data = [outgoing(m) for m in messages]
         self._check_running()
         return self._background.call(self._push(path, data), timeout=10)
 
@@ -670,7 +439,7 @@ class MockServer:
                 ws.transport.abort()
 
     # ------------------------------------------------------------------ connections
-    def _take_script(self, path: str) -> tuple[_Step, ...]:
+    def _take_script(self, path: str) -> tuple[Step, ...]:
         with self._cond:
             key: str | None = path if path in self._scripts else None
             scripts = self._scripts.get(key)
@@ -681,8 +450,8 @@ class MockServer:
             return tuple(scripts[min(index, len(scripts) - 1)])
 
     def _process_request(self, connection: Any, request: Any) -> Any:
-        script = self._take_script(_request_path(request.path))
-        if script and isinstance(script[0], _Reject):
+        script = self._take_script(request_path(request.path))
+        if script and isinstance(script[0], Reject):
             return connection.respond(script[0].status, script[0].body)
         self._assigned[connection] = script
         return None
@@ -690,7 +459,7 @@ class MockServer:
     async def _serve_connection(self, ws: Any) -> None:
         from websockets.exceptions import ConnectionClosed
 
-        path = _request_path(ws.request.path)
+        path = request_path(ws.request.path)
         script = self._assigned.pop(ws, ())
         with self._cond:
             self._open[ws] = path
@@ -708,11 +477,11 @@ class MockServer:
                     # answered as the collector does, and not matched against expectations
                     with self._cond:
                         self._received.append(Received(path, message))
-                    await ws.send(_flush_reply(message, events_seen))
+                    await ws.send(answer_flush(message, events_seen))
                     self._mark_handled()
                     continue
                 if path == "/event":
-                    events_seen += len(_units(message))
+                    events_seen += len(units(message))
                 terminal = None
                 try:
                     for data in self._on_message(path, message):
@@ -720,7 +489,7 @@ class MockServer:
                     if first:
                         first = False
                         for step in script:
-                            if not isinstance(step, _Send):
+                            if not isinstance(step, Send):
                                 terminal = step
                                 break
                             for data in step.messages:
@@ -742,14 +511,14 @@ class MockServer:
                 self._subscribed.discard(ws)
                 self._stalled.discard(ws)
 
-    async def _finish(self, ws: Any, step: _Step) -> None:
-        if isinstance(step, _Close) and step.code is None:
+    async def _finish(self, ws: Any, step: Step) -> None:
+        if isinstance(step, Close) and step.code is None:
             # transport.close() flushes what was sent, then ends TCP with no close frame.
             ws.transport.close()
             await ws.wait_closed()
-        elif isinstance(step, _Close):
+        elif isinstance(step, Close):
             await ws.close(step.code, step.reason)
-        elif isinstance(step, _Stall):
+        elif isinstance(step, Stall):
             ws.transport.pause_reading()
             with self._cond:
                 self._stalled.add(ws)
@@ -764,7 +533,7 @@ class MockServer:
     def _on_message(self, path: str, message: Data) -> list[Data]:
         with self._cond:
             self._received.append(Received(path, message))
-            for unit in _units(message):
+            for unit in units(message):
                 self._check(path, unit)
             handlers = [fn for p, fn in self._handlers if p is None or p == path]
             self._cond.notify_all()
@@ -773,7 +542,7 @@ class MockServer:
             try:
                 out = fn(message)
                 if out is not None:
-                    replies.extend(_outgoing_many(out))
+                    replies.extend(outgoing_many(out))
             except Exception as exc:
                 self.add_error(exc)
         return replies
@@ -782,7 +551,7 @@ class MockServer:
         for e in self._expectations:
             if e.state == "pending" and (e.path is None or e.path == path):
                 try:
-                    ok = _matches(e.expected, unit, path)
+                    ok = matches(e.expected, unit, path)
                 except Exception as exc:
                     self.errors.append(exc)
                     ok = False
