@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from theia_frames.codec import split_tags
 from theia_frames.event import Event
 from theia_frames.exceptions import InvalidFilterError
 from theia_frames.filter import EventFilter, Filter
@@ -187,3 +188,83 @@ def test_re2_refuses_what_it_cannot_run():
         EventFilter(content=r"(a)\1", engine="re2")
     with pytest.raises(InvalidFilterError, match="engine must be"):
         EventFilter(engine="pcre")
+
+
+# --------------------------------------------------------------------------- the batch kernels
+
+# Text where re and RE2 part ways: Unicode digits, word characters and spaces, case
+# folds that reach ASCII (ſ, K), the spaces only re counts (\v, \x1c), line breaks.
+_CHARS = st.sampled_from(list("aAbBcC019_ -.,:\n\t\v\x1c\x85") + ["é", "ſ", "K", "٣", "\u2003", "ß", "ǅ"])
+_TEXT = st.text(_CHARS, max_size=8)
+_TAG = st.text(_CHARS.filter(lambda c: c != ","), max_size=5)
+_ATOMS = [
+    "a", "b", "A", "1", "-", ".", ",", "é", "ſ", "K", "\\d", "\\D", "\\w", "\\W", "\\s", "\\S", "\\b", "\\B",
+    "^", "$", "\\A", "\\Z", "\\.", "\\-", "\\x41", "\\n", "\\v", "[a-c]", "[^a]", "[\\s,]", "[\\d_]", "[]a]",
+    "[[:alpha:]]", "(a|b)", "(?:a|\\d)", "(?P<g>a)", "(?i:a)", "(?=a)", "(?!b)", "(a)\\1", "\\u00e9", "#",
+]
+_REPEATS = ["", "", "*", "+", "?", "{1,2}", "{2}", "*?", "+?", "{,2}", "{1,}", "++", "{1000}", "{1001}"]
+_PIECE = st.tuples(st.sampled_from(_ATOMS), st.sampled_from(_REPEATS)).map("".join)
+_PATTERN = st.tuples(
+    st.sampled_from(["", "", "(?i)", "(?s)", "(?m)", "(?x)", "(?a)"]),
+    st.lists(_PIECE, min_size=0, max_size=4),
+    st.booleans(),
+    st.lists(_PIECE, min_size=1, max_size=2),
+).map(lambda t: t[0] + "".join(t[1]) + ("|" + "".join(t[3]) if t[2] else ""))
+
+
+def _batch(rows):
+    from theia_frames.batch import events_to_batch
+
+    return events_to_batch(
+        Event(id=i, timestamp=float(n), source=s, tags=list(tags), content=c) for n, (i, s, tags, c) in enumerate(rows)
+    )
+
+
+@given(
+    rows=st.lists(st.tuples(_TEXT, _TEXT, st.lists(_TAG, max_size=3), _TEXT), max_size=12),
+    engine=st.sampled_from(["re", "re2"]),
+    where=st.sampled_from(["tags", "content", "id", "source"]),
+    pattern=_PATTERN,
+    second=st.one_of(st.none(), _PATTERN),
+    start=st.one_of(st.none(), st.integers(0, 12)),
+)
+def test_kernel_mask_is_the_row_by_row_meaning(rows, engine, where, pattern, second, start):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # re's FutureWarning on some class syntax
+        try:
+            if where == "tags":
+                f = EventFilter(start=start, tags=(pattern,) if second is None else (pattern, second), engine=engine)
+            else:
+                f = EventFilter(start=start, engine=engine, **{where: pattern})
+        except InvalidFilterError:
+            return
+    batch = _batch(rows)
+    d = batch.to_pydict()  # what the batch holds (an event's tags [""] travel as no tags)
+    expected = [
+        f.matches_fields(t, split_tags(g), c, i, s)
+        for t, g, c, i, s in zip(d["timestamp"], d["tags"], d["content"], d["id"], d["source"])
+    ]
+    assert f.mask_batch(batch).tolist() == expected
+    assert f.match_batch(batch).column("id").to_pylist() == [i for i, m in zip(d["id"], expected) if m]
+
+
+def test_kernels_cover_the_common_patterns():
+    # literal and rewritable patterns never go row by row (the per-row path is for the rest)
+    f = EventFilter(tags=("sensor", r"temp-\d+"), content=r"(?i)\d+\.\dc\b", source="/dev/[a-z]+")
+    tags, content, id_, source = f._batch_kernels()
+    assert tags[0].literal == "sensor"
+    assert tags[1].regex == r"\A(?:temp-\d+)\z" and tags[1].ascii_only
+    assert content.regex == r"(?i)\d+\.\dc\b" and source.regex is not None and id_ is None
+    assert EventFilter(content="a$")._batch_kernels()[1].regex is None
+    assert EventFilter(content="a$", engine="re2")._batch_kernels()[1].regex == "a$"
+
+
+def test_kernel_mask_reads_tags_as_lists_too():
+    import pyarrow as pa
+
+    b = _batch([("a", "s", ["x", "y"], "c"), ("b", "s", [], "c"), ("c", "s", [""], "c")])
+    listed = b.set_column(3, "tags", pa.array([["x", "y"], [], []], pa.list_(pa.string())))
+    for f in (EventFilter(tags=("y",)), EventFilter(tags=(".*",)), EventFilter(tags=("x", "z"))):
+        assert f.mask_batch(listed).tolist() == f.mask_batch(b).tolist()

@@ -1349,36 +1349,13 @@ class _Commit:
 
     def __init__(self, new: pa.RecordBatch) -> None:
         self.new = new
-        self._fields: tuple[list[Any], ...] | None = None
-        self._tag_lists: list[list[str]] | None = None
         self._frames: Any = None
 
     def mask(self, flt: EventFilter) -> Any:
         """True (every event matches), False (none does), or a boolean mask."""
-        import numpy as np
-
-        new = self.new
-        if flt.is_time_only:
-            if flt.start is None and flt.end is None:
-                return True
-            ts = new.column(1).to_numpy()
-            keep = np.ones(len(ts), dtype=bool)
-            if flt.start is not None:
-                keep &= ts >= flt.start
-            if flt.end is not None:
-                keep &= ts <= flt.end
-        else:
-            if self._fields is None:
-                d = new.to_pydict()
-                self._fields = (d["timestamp"], d["content"], d["id"], d["source"], d["tags"])
-            ts, content, ids, sources, tag_text = self._fields
-            tags = None
-            if flt.tags:
-                # split once per commit, whatever the number of subscribers
-                if self._tag_lists is None:
-                    self._tag_lists = [split_tags(t) for t in tag_text]
-                tags = self._tag_lists
-            keep = flt.mask(ts, tags, content, ids, sources)
+        if flt.is_time_only and flt.start is None and flt.end is None:
+            return True
+        keep = flt.mask_batch(self.new)
         if keep.all():
             return True
         if not keep.any():
