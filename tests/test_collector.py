@@ -365,6 +365,55 @@ def test_a_big_batched_find_comes_in_a_few_arrow_messages():
         assert [sum(b.num_rows for b in ipc_to_batches(m)) for m in messages] == [1000, 500]
 
 
+def _rare_tag_store(collector: Collector, n: int) -> None:
+    """``n`` events in one stored batch, the last of them alone tagged ``rare``."""
+    import pyarrow as pa
+
+    assert collector.store is not None
+    tags = ["sensor,temp"] * (n - 1) + ["sensor,rare"]
+    collector.store.add_batch(
+        pa.table({
+            "id": [f"e{i}" for i in range(n)], "timestamp": [T0 + i / 1000 for i in range(n)],
+            "source": ["/dev/t"] * n, "tags": tags, "content": ["21.5C"] * n,
+        })
+    )
+
+
+def test_a_selective_batched_find_sends_what_it_has_after_find_wait():
+    # Matching 300,000 events takes longer than find_wait (1 ms here, 0.25 s by
+    # default): the collector says it is still matching before the one match.
+    with serve(db=":memory:", port=0, find_wait=0.001) as collector:
+        _rare_tag_store(collector, 300_000)
+        messages, code = find(collector, {"start": 1, "tags": ["ra.e"]}, batched=True)
+    assert code == 1000 and len(messages) >= 2
+    rows = [sum(b.num_rows for b in ipc_to_batches(m)) for m in messages]
+    assert rows[0] == 0 and sum(rows) == 1
+    assert [e.id for m in messages for b in ipc_to_batches(m) for e in iter_batch_events(b)] == ["e299999"]
+
+
+def test_a_selective_plain_find_pings_after_find_wait():
+    with serve(db=":memory:", port=0, find_wait=0.001) as collector:
+        _rare_tag_store(collector, 300_000)
+        ws = connect(collector, "/find")
+        ws.send(json.dumps({"start": 1, "tags": ["ra.e"]}))
+        assert ws.recv() == "ok"
+        opcodes = []
+        while True:
+            opcode, data = ws.recv_data(control_frame=True)
+            opcodes.append(opcode)
+            if opcode == CLOSE:
+                break
+            if opcode == websocket.ABNF.OPCODE_BINARY:
+                assert decode(data).id == "e299999"
+    assert opcodes[0] == websocket.ABNF.OPCODE_PING and opcodes.count(websocket.ABNF.OPCODE_BINARY) == 1
+
+
+def test_find_wait_must_be_positive():
+    for bad in (0, -1, None, "1"):
+        with pytest.raises(UsageError, match="find_wait"):
+            Collector(find_wait=bad)
+
+
 def test_a_client_leaving_in_the_middle_of_a_find(collector):
     collector.store.add_many(sample(20_000))
     ws = connect(collector, "/find")

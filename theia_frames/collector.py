@@ -139,6 +139,7 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS_PER_ADDRESS",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_FIND_STALL_TIMEOUT",
+    "DEFAULT_FIND_WAIT",
 ]
 
 logger = logging.getLogger("theia_frames.collector")
@@ -171,6 +172,8 @@ DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 128
 DEFAULT_IDLE_TIMEOUT = 300.0
 #: Seconds a ``/find`` may go without its client taking any of its bytes before it is closed.
 DEFAULT_FIND_STALL_TIMEOUT = 30.0
+#: Most seconds a ``/find`` matches before it sends what matched so far (or a sign that it is still matching).
+DEFAULT_FIND_WAIT = 0.25
 
 # Events read and encoded per step of a plain /find (one frame each, written together).
 _PLAIN_CHUNK = 8_192
@@ -280,6 +283,11 @@ class Collector:
         ``find_stall_timeout``: seconds a ``/find`` may go without its client
         taking any of its bytes; then the connection is cut off and the query
         ends (so it stops holding its read snapshot); ``None``: no limit.
+        ``find_wait``: most seconds a ``/find`` goes on matching before it
+        sends what matched so far, so a selective query is heard from at
+        once and never looks silent to its client: when nothing has matched
+        yet, a batched ``/find`` sends a batch of no events and a plain one a
+        ping.
 
     Patterns in filters that arrive over the network are compiled with RE2,
     a linear-time engine, so no pattern can make the collector hang; a pattern
@@ -311,6 +319,7 @@ class Collector:
         max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         find_stall_timeout: float | None = DEFAULT_FIND_STALL_TIMEOUT,
+        find_wait: float = DEFAULT_FIND_WAIT,
     ) -> None:
         counts = {
             "max_message_size": max_message_size,
@@ -326,7 +335,8 @@ class Collector:
         for name, value in counts.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{name} must be a positive whole number, got {value!r}")
-        for name, seconds in (("idle_timeout", idle_timeout), ("find_stall_timeout", find_stall_timeout)):
+        seconds_options = (("idle_timeout", idle_timeout), ("find_stall_timeout", find_stall_timeout), ("find_wait", find_wait))
+        for name, seconds in seconds_options:
             if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0):
                 raise UsageError(f"{name} must be a positive number of seconds or None, got {seconds!r}")
         self.db = os.fspath(db)
@@ -342,6 +352,9 @@ class Collector:
         self.max_connections_per_address = int(max_connections_per_address)
         self.idle_timeout = None if idle_timeout is None else float(idle_timeout)
         self.find_stall_timeout = None if find_stall_timeout is None else float(find_stall_timeout)
+        if find_wait is None:
+            raise UsageError("find_wait must be a positive number of seconds, got None")
+        self.find_wait = float(find_wait)
         self.ping_interval = ping_interval
         self.close_timeout = close_timeout
         if token is not None and (not isinstance(token, str) or not token):
@@ -834,9 +847,10 @@ class Collector:
         # encoded at once into ready WebSocket frames, written together.
         results: Any
         if batched:
-            results = await loop.run_in_executor(pool, functools.partial(store.query_ipc, flt, batch_size=self.batch_size))
+            query = functools.partial(store.query_ipc, flt, batch_size=self.batch_size, wait=self.find_wait)
         else:
-            results = await loop.run_in_executor(pool, functools.partial(store.query_batches, flt, batch_size=_PLAIN_CHUNK))
+            query = functools.partial(store.query_batches, flt, batch_size=_PLAIN_CHUNK, wait=self.find_wait)
+        results = await loop.run_in_executor(pool, query)
         self._queries.add(results)
         produce = functools.partial(_next_find_output, results, batched)
         slots = None if flt.is_time_only else self._pattern_steps
@@ -882,6 +896,9 @@ class Collector:
                     break
                 # Read and encode the next part while this one is sent.
                 job = next_step()
+                if not batched and not len(output):
+                    await ws.ping()  # still matching: a plain peer has no empty message
+                    continue
                 await self._send_find(ws, output, not batched)
         finally:
             results.cancel()

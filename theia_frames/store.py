@@ -63,6 +63,7 @@ import math
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
@@ -541,39 +542,57 @@ class EventStore:
         return _Results(batches, (batch_to_columns(b) for b in batches))
 
     @renamed_arguments(rows="batch_size")
-    def query_batches(self, filter: EventFilter | None = None, *, batch_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[pa.RecordBatch]:
+    def query_batches(
+        self, filter: EventFilter | None = None, *, batch_size: int = DEFAULT_CHUNK_SIZE, wait: float | None = None
+    ) -> Iterator[pa.RecordBatch]:
         """The stored events matching ``filter``, in its order, as Arrow record batches.
 
         Like :meth:`query`: a snapshot taken by the call; every batch but the
         last holds exactly ``batch_size`` events (``rows``, its old name, still
         works with a warning). The result has a ``close()``
         method; closing it (or reading it to the end) ends the snapshot.
+
+        ``wait``: most seconds the query may go on matching without yielding;
+        then it yields what matched so far (a batch of fewer than
+        ``batch_size`` events, or of none when nothing has), so a reader of a
+        selective query hears from it in time. ``None`` (the default): batches
+        of ``batch_size`` only.
         """
-        snapshot = self._snapshot(filter, batch_size)
-        return _Results(snapshot, _rebatch(self._matching(snapshot), batch_size))
+        snapshot = self._snapshot(filter, batch_size, wait)
+        return _Results(snapshot, _rebatch(self._matching(snapshot), batch_size, wait))
 
     @renamed_arguments(rows="batch_size")
-    def query_ipc(self, filter: EventFilter | None = None, *, batch_size: int = CHUNK_ROWS) -> Iterator[bytes]:
+    def query_ipc(
+        self, filter: EventFilter | None = None, *, batch_size: int = CHUNK_ROWS, wait: float | None = None
+    ) -> Iterator[bytes]:
         """The stored events matching ``filter``, in its order, as Arrow IPC stream messages.
 
         Each message holds at most ``batch_size`` events (``rows``, its old
         name, still works with a warning). A stored chunk that
         matches whole goes out exactly as it is stored (no decoding, no
         copying); other events are gathered into messages of ``batch_size`` events.
+        ``wait`` is that of :meth:`query_batches` (a message of no events says
+        that the query is still matching).
         """
-        snapshot = self._snapshot(filter, batch_size)
-        return _Results(snapshot, _ipc_messages(self._matching(snapshot), batch_size))
+        snapshot = self._snapshot(filter, batch_size, wait)
+        return _Results(snapshot, _ipc_messages(self._matching(snapshot), batch_size, wait))
 
-    def _snapshot(self, filter: EventFilter | None, rows: int) -> _Snapshot:
+    def _snapshot(self, filter: EventFilter | None, rows: int, wait: float | None = None) -> _Snapshot:
         flt = filter if filter is not None else EventFilter()
         if not isinstance(flt, EventFilter):
             raise UsageError(f"a store query needs an EventFilter, got {type(flt).__name__}")
         if rows < 1:
             raise UsageError(f"a query's batch_size must be at least 1, got {rows}")
+        if wait is not None and not wait > 0:
+            raise UsageError(f"a query's wait must be a positive number of seconds or None, got {wait!r}")
         return _Snapshot(self, flt)
 
     def _matching(self, snapshot: _Snapshot) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:
-        """The snapshot's events in order, the criteria other than time applied."""
+        """The snapshot's events in order, the criteria other than time applied.
+
+        A piece of no events now and then (after each slice matched) lets a
+        reader look at the clock while nothing matches.
+        """
         flt = snapshot.filter
         pieces = _sweep(snapshot)
         if flt.is_time_only:
@@ -584,6 +603,8 @@ class EventStore:
             # In slices, so that a cancelled query stops within one slice's matching.
             parts = []
             for at in range(0, piece.num_rows, _MATCH_SLICE):
+                if parts:
+                    yield piece.slice(0, 0), None
                 snapshot.check()
                 parts.append(flt.mask_batch(piece.slice(at, _MATCH_SLICE)))
             mask = np.concatenate(parts) if parts else np.ones(0, dtype=bool)
@@ -591,6 +612,8 @@ class EventStore:
                 yield piece, blob
             elif mask.any():
                 yield piece.filter(pa.array(mask, pa.bool_())), None
+            else:
+                yield piece.slice(0, 0), None
 
     def query_plan(self, filter: EventFilter | None = None) -> str:
         """SQLite's plan for selecting the chunks of :meth:`query` (shows which index is used)."""
@@ -962,36 +985,75 @@ class _Gather:
         return self.waiting[0] if len(self.waiting) == 1 else _pa().concat_batches(self.waiting)
 
 
-def _rebatch(pieces: Iterator[tuple[pa.RecordBatch, bytes | None]], rows: int) -> Iterator[pa.RecordBatch]:
-    """Pieces as batches of exactly ``rows`` events (the last one: what is left)."""
+class _Clock:
+    """When a query last yielded, and whether its ``wait`` has passed since."""
+
+    __slots__ = ("wait", "last")
+
+    def __init__(self, wait: float | None) -> None:
+        self.wait = wait
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        return self.wait is not None and time.monotonic() - self.last >= self.wait
+
+    def reset(self) -> None:
+        self.last = time.monotonic()
+
+
+def _rebatch(
+    pieces: Iterator[tuple[pa.RecordBatch, bytes | None]], rows: int, wait: float | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Pieces as batches of exactly ``rows`` events (the last one: what is left);
+    what is gathered (maybe nothing) whenever ``wait`` seconds pass without a batch."""
     gather = _Gather(rows)
+    clock = _Clock(wait)
     for piece, _ in pieces:
-        yield from gather.add(piece)
+        if piece.num_rows:
+            for batch in gather.add(piece):
+                yield batch
+                clock.reset()
+        if clock.due():
+            rest = gather.rest()
+            yield piece.slice(0, 0) if rest is None else rest
+            clock.reset()
     rest = gather.rest()
     if rest is not None:
         yield rest
 
 
-def _ipc_messages(pieces: Iterator[tuple[pa.RecordBatch, bytes | None]], rows: int) -> Iterator[bytes]:
+def _ipc_messages(
+    pieces: Iterator[tuple[pa.RecordBatch, bytes | None]], rows: int, wait: float | None = None
+) -> Iterator[bytes]:
     """Pieces as IPC messages of at most ``rows`` events and about :data:`_CHUNK_BYTES`
     bytes at most (a reader bounds what one message may decode to); a whole stored
-    chunk as stored."""
+    chunk as stored; what is gathered (maybe nothing) whenever ``wait`` seconds
+    pass without a message."""
     gather = _Gather(rows)
+    clock = _Clock(wait)
     for piece, blob in pieces:
         if blob is not None and piece.num_rows <= rows:
             rest = gather.rest()
             if rest is not None:
                 yield batch_to_ipc(rest)
             yield blob
+            clock.reset()
             continue
-        for start, stop in _pieces(piece.num_rows, piece.nbytes):
-            part = piece.slice(start, stop - start)
-            if gather.count and gather.nbytes + part.nbytes > _CHUNK_BYTES:
-                rest = gather.rest()
-                if rest is not None:
-                    yield batch_to_ipc(rest)
-            for batch in gather.add(part):
-                yield batch_to_ipc(batch)
+        if piece.num_rows:
+            for start, stop in _pieces(piece.num_rows, piece.nbytes):
+                part = piece.slice(start, stop - start)
+                if gather.count and gather.nbytes + part.nbytes > _CHUNK_BYTES:
+                    rest = gather.rest()
+                    if rest is not None:
+                        yield batch_to_ipc(rest)
+                        clock.reset()
+                for batch in gather.add(part):
+                    yield batch_to_ipc(batch)
+                    clock.reset()
+        if clock.due():
+            rest = gather.rest()
+            yield batch_to_ipc(piece.slice(0, 0) if rest is None else rest)
+            clock.reset()
     rest = gather.rest()
     if rest is not None:
         yield batch_to_ipc(rest)
