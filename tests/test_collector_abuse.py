@@ -10,6 +10,7 @@ memory and latency figures, are ``scripts/attack_*.py`` (see RELIABILITY.md).
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -156,7 +157,9 @@ def test_a_message_the_store_refuses_fails_alone_in_its_group_commit():
                 bad.send_binary(batch_to_ipc(events_to_batch(sample(1, prefix="first"))))
                 # The writer takes that one and waits; the next two arrive while it waits: one commit.
                 wait_until(lambda: writer.received > before and not writer._queue, what="the writer to wait")
-                bad.send_binary(batch_to_ipc(events_to_batch([Event(id="huge", timestamp=T0, content="x" * 300_000)])))
+                # (random text: stored chunks are compressed)
+                huge = base64.b64encode(os.urandom(300_000)).decode()
+                bad.send_binary(batch_to_ipc(events_to_batch([Event(id="huge", timestamp=T0, content=huge)])))
                 bystander.send_binary(batch_to_ipc(events_to_batch(sample(50, prefix="ok"))))
                 wait_until(lambda: len(collector._writer._queue) == 2, what="both messages to arrive")
             assert flush(bystander, 1) == {"flushed": 1, "stored": 50, "rejected": 0}

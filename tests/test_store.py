@@ -533,3 +533,66 @@ def test_a_closed_store_raises_ours(store):
 def test_query_needs_an_eventfilter(store):
     with pytest.raises(UsageError, match="EventFilter"):
         store.query({"start": 1})  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- compressed chunks
+
+
+def test_stored_chunks_are_compressed_to_a_few_bytes_per_sensor_event(tmp_path):
+    from theia_frames.simulation import sensor_events
+
+    n = 65_536
+    with EventStore(tmp_path / "events.db") as store:
+        store.add_many(list(sensor_events(n, sources=4, rate=1000.0, start=1.7e9, seed=7)))
+        db = sqlite3.connect(tmp_path / "events.db")
+        stored, decoded = db.execute("SELECT sum(length(data)), sum(bytes) FROM chunks").fetchone()
+        db.close()
+    assert stored / n <= 25 and decoded > 4 * stored  # about 15.5 bytes an event; 107 uncompressed
+
+
+def _bomb_chunk(tmp_path, declared_bytes: int) -> str:
+    """A store of one chunk whose recorded decoded size is ``declared_bytes``."""
+    path = str(tmp_path / "bomb.db")
+    with EventStore(path) as store:
+        store.add_many([ev(1, 1.0, content="x" * 100_000)])
+    db = sqlite3.connect(path)
+    db.execute("UPDATE chunks SET bytes = ?", (declared_bytes,))
+    db.commit()
+    db.close()
+    return path
+
+
+def test_a_chunk_decoding_to_more_than_it_recorded_is_refused_before_decompressing(tmp_path):
+    path = _bomb_chunk(tmp_path, 10_000)  # its ZSTD buffers declare about 100,000 bytes
+    with EventStore(path) as store:
+        with pytest.raises(StoreError, match="chunk 1 of the event store is damaged: .*decodes to more than 10000"):
+            ids(store)
+        with pytest.raises(StoreError, match="damaged"):
+            store.add_many([ev(2, 1.0)])  # de-duplication reads the chunk too
+
+
+def test_a_store_of_format_2_is_upgraded_when_opened(tmp_path):
+    from theia_frames.batch import batch_to_ipc
+
+    path = tmp_path / "v2.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE chunks (seq INTEGER PRIMARY KEY AUTOINCREMENT, tier INTEGER NOT NULL, min_ts REAL NOT NULL, "
+        "max_ts REAL NOT NULL, rows INTEGER NOT NULL, died INTEGER, data BLOB NOT NULL)"
+    )
+    db.execute("CREATE INDEX chunks_max_ts ON chunks (max_ts)")
+    db.execute("CREATE INDEX chunks_min_ts ON chunks (min_ts)")
+    db.execute("CREATE INDEX chunks_open ON chunks (tier) WHERE died IS NULL AND tier < 15")
+    blob = batch_to_ipc(events_to_batch([ev(1, 1.0), ev(2, 2.0)]))  # format 2: uncompressed
+    db.execute("INSERT INTO chunks (tier, min_ts, max_ts, rows, data) VALUES (0, 1.0, 2.0, 2, ?)", (blob,))
+    db.execute("PRAGMA application_id = 1952999026")  # "thfr"
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    with EventStore(path) as store:
+        assert ids(store) == ["e1", "e2"]
+        assert store.add_many([ev(2, 2.0), ev(3, 3.0)]) == 1
+        assert ids(store) == ["e1", "e2", "e3"]
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 3
+    db.close()

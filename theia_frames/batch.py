@@ -47,6 +47,7 @@ __all__ = [
     "iter_batch_events",
     "encode_batch",
     "decoded_event_sizes",
+    "decoded_size",
     "DEFAULT_MAX_DECODED",
 ]
 
@@ -118,17 +119,19 @@ def empty_batch() -> pa.RecordBatch:
     return columns_to_batch(EventColumns())
 
 
-def batch_to_ipc(batch: pa.RecordBatch | pa.Table) -> bytes:
-    """Serialize a batch (or table) as one Arrow IPC stream message."""
+def batch_to_ipc(batch: pa.RecordBatch | pa.Table, *, compression: str | None = None) -> bytes:
+    """Serialize a batch (or table) as one Arrow IPC stream message, its buffers
+    compressed with ``compression`` (``"zstd"``, ``"lz4"``) when given."""
     pa = _pa()
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, batch.schema) as writer:
+    options = None if compression is None else pa.ipc.IpcWriteOptions(compression=compression)
+    with pa.ipc.new_stream(sink, batch.schema, options=options) as writer:
         writer.write(batch)
     return sink.getvalue().to_pybytes()
 
 
 def ipc_to_batches(
-    message: bytes | bytearray | memoryview, *, max_decoded: int | None = DEFAULT_MAX_DECODED
+    message: bytes | bytearray | memoryview, *, max_decoded: int | None = DEFAULT_MAX_DECODED, full: bool = True
 ) -> list[pa.RecordBatch]:
     """The record batches of one Arrow IPC stream message, checked against the event schema.
 
@@ -136,8 +139,11 @@ def ipc_to_batches(
     no bound). Compressed buffers (LZ4, ZSTD) declare their size before their
     data; the declared sizes are added up from the message headers *before*
     anything is decompressed, so a small message that would decode to
-    gigabytes is refused without allocating them. Every error is a
-    :class:`~theia_frames.exceptions.DecodeError` of bounded length.
+    gigabytes is refused without allocating them. ``full`` validates every
+    value (offsets inside the data, text valid UTF-8: for a peer's bytes);
+    ``full=False`` checks the structure only (buffers large enough for their
+    arrays), for bytes that were fully validated before they were kept. Every
+    error is a :class:`~theia_frames.exceptions.DecodeError` of bounded length.
     """
     pa = _pa()
     batches: list[Any] = []
@@ -162,7 +168,7 @@ def ipc_to_batches(
                 )
             batch = pa.ipc.read_record_batch(part, schema)
             # Full validation: offsets inside the data, strings valid UTF-8; a peer's bytes are not trusted.
-            batch.validate(full=True)
+            batch.validate(full=full)
             batches.append(batch)
     except StopIteration:
         raise DecodeError("invalid Arrow batch (no schema)", message, 0) from None
@@ -183,6 +189,26 @@ def decoded_event_sizes(batch: pa.RecordBatch) -> Any:
     for i in (2, 3, 4):
         size += pc.binary_length(batch.column(i)).to_numpy(zero_copy_only=False)
     return size
+
+
+def decoded_size(message: bytes | bytearray | memoryview) -> int:
+    """The bytes the record batches of one Arrow IPC stream message decode to, read
+    from their headers (as :func:`ipc_to_batches` bounds them; nothing is decompressed).
+
+    >>> b = events_to_batch([Event(id="a", timestamp=1.0, content="x" * 1000)])
+    >>> decoded_size(batch_to_ipc(b, compression="zstd")) == decoded_size(batch_to_ipc(b)) > 1000
+    True
+    """
+    pa = _pa()
+    total = 0
+    try:
+        reader = pa.ipc.MessageReader.open_stream(pa.py_buffer(message))
+        for part in reader:
+            if part.type == "record batch":
+                total += _decoded_size(part)
+    except (pa.ArrowException, OSError) as exc:
+        raise DecodeError(f"invalid Arrow batch ({shorten(str(exc))})", message, 0) from None
+    return total
 
 
 def _describe_schema(schema: pa.Schema) -> str:

@@ -2,8 +2,11 @@
 
 Events are kept in *chunks*: each chunk is one row of an SQLite table holding
 an Arrow IPC stream of events (:func:`~theia_frames.batch.event_schema`,
-sorted by timestamp, ties by id) with its first and last timestamp and its
-row count. Storing a batch is one chunk insert, reading is whole chunks, and
+sorted by timestamp, ties by id; its buffers compressed with ZSTD, about 15
+bytes per sensor-like event) with its first and last timestamp, its row count
+and the bytes it decodes to. A chunk is read only when the sizes its Arrow
+headers declare add up to no more than that (checked before anything is
+decompressed), so stored bytes cannot be made to decode to gigabytes. Storing a batch is one chunk insert, reading is whole chunks, and
 no SQL runs per event::
 
     >>> from theia_frames import Event, Filter
@@ -67,11 +70,11 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
-from .batch import batch_to_columns, batch_to_ipc, columns_to_batch, event_schema
+from .batch import batch_to_columns, batch_to_ipc, columns_to_batch, decoded_size, event_schema, ipc_to_batches
 from .codec import EventColumns
 from .deprecation import renamed_arguments
 from .event import Event
-from .exceptions import StoreError, UsageError
+from .exceptions import DecodeError, StoreError, UsageError
 from .filter import EventFilter
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -95,8 +98,12 @@ DEFAULT_CHUNK_SIZE = 10_000
 CHUNK_ROWS = 65_536
 #: Chunks of one tier that are merged into one chunk of a higher tier.
 MERGE_FANOUT = 8
-#: The layout of the database, kept in its ``user_version``.
-FORMAT_VERSION = 2
+#: The layout of the database, kept in its ``user_version``. Format 3 keeps chunks
+#: compressed (ZSTD) with the bytes they decode to; a store of format 2 is
+#: upgraded when it is opened (its chunks are read as they are).
+FORMAT_VERSION = 3
+# Stored chunks' buffers are compressed with this (pyarrow's IPC compression).
+_COMPRESSION = "zstd"
 
 # Most bytes of Arrow data in one chunk (a chunk holds one event at least).
 _CHUNK_BYTES = 32 * 1024 * 1024
@@ -114,6 +121,8 @@ _MATCH_SLICE = 16_384
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 # Events from an iterable of Event objects are stored in batches of this many.
 _ADD_CHUNK = 50_000
+# The format an opened store is upgraded from.
+_UPGRADABLE = 2
 # "thfr": marks a database as a theia_frames event store.
 _APPLICATION_ID = 0x74686672
 # A generation newer than any: a file store's queries see their transaction's snapshot.
@@ -132,7 +141,8 @@ _SCHEMA = (
         max_ts REAL NOT NULL,
         rows INTEGER NOT NULL,
         died INTEGER,
-        data BLOB NOT NULL
+        data BLOB NOT NULL,
+        bytes INTEGER NOT NULL
     )""",
     "CREATE INDEX chunks_max_ts ON chunks (max_ts)",
     "CREATE INDEX chunks_min_ts ON chunks (min_ts)",
@@ -248,6 +258,11 @@ class EventStore:
                         db.execute(statement)
                     db.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
                     db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+                elif db.execute("PRAGMA user_version").fetchone()[0] == _UPGRADABLE:
+                    # Format 2 chunks are uncompressed: they decode to no more than their own length.
+                    db.execute("ALTER TABLE chunks ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0")
+                    db.execute("UPDATE chunks SET bytes = length(data)")
+                    db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -282,6 +297,8 @@ class EventStore:
                 f"{self.path!r} is an SQLite database but not a theia_frames event store "
                 f"(tables: {', '.join(sorted(tables))})"
             )
+        if version == _UPGRADABLE:
+            return True  # upgraded under the write lock, in _setup
         if version != FORMAT_VERSION:
             raise StoreError(
                 f"{self.path!r} is a theia_frames event store of format {version}; "
@@ -445,18 +462,19 @@ class EventStore:
         ts = batch.column(1).to_numpy()
         for start, stop in _pieces(batch.num_rows, batch.nbytes):
             piece = batch.slice(start, stop - start)
+            data = batch_to_ipc(piece, compression=_COMPRESSION)
             db.execute(
-                "INSERT INTO chunks (tier, min_ts, max_ts, rows, data) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes) VALUES (?, ?, ?, ?, ?, ?)",
                 (_tier(piece.num_rows, piece.nbytes), float(ts[start]), float(ts[stop - 1]), piece.num_rows,
-                 batch_to_ipc(piece)),
+                 data, decoded_size(data)),
             )
 
     @staticmethod
-    def _blob(db: sqlite3.Connection, seq: int) -> bytes:
-        row = db.execute("SELECT data FROM chunks WHERE seq = ?", (seq,)).fetchone()
+    def _blob(db: sqlite3.Connection, seq: int) -> _Blob:
+        row = db.execute("SELECT data, bytes FROM chunks WHERE seq = ?", (seq,)).fetchone()
         if row is None:
             raise StoreError(f"chunk {seq} is missing from the event store")
-        return row[0]
+        return _Blob(seq, row[0], row[1])
 
     def compact(self) -> int:
         """Merge small chunks, tier by tier, while some tier holds :data:`MERGE_FANOUT` of them.
@@ -760,7 +778,7 @@ class _Snapshot:
         if self._cancelled:
             raise StoreError(f"a query of the event store {self.store.path!r} was cancelled")
 
-    def blob(self, seq: int) -> bytes:
+    def blob(self, seq: int) -> _Blob:
         store = self.store
         self.check()
         if self._done or store._closed:
@@ -926,7 +944,7 @@ def _sweep(snapshot: _Snapshot) -> Iterator[tuple[pa.RecordBatch, bytes | None]]
                     keys = -ts[lo:hi][::-1]
                 else:
                     keys = ts[lo:hi]
-                opened.append(_Open(part, keys, blob if whole else None))
+                opened.append(_Open(part, keys, blob.data if whole else None))
             if i < len(metas):
                 nxt = metas[i]
                 boundary = -nxt.max_ts if desc else nxt.min_ts
@@ -1091,10 +1109,23 @@ def _event_batch(data: Any) -> pa.RecordBatch:
     return data
 
 
-def _from_ipc(blob: bytes) -> pa.RecordBatch:
+class _Blob(NamedTuple):
+    """A stored chunk as read: its number, its Arrow IPC stream, the bytes it decodes to."""
+
+    seq: int
+    data: bytes
+    bytes: int
+
+
+def _from_ipc(blob: _Blob) -> pa.RecordBatch:
+    """The events of a stored chunk; StoreError when it is damaged or would decode
+    to more than it did when it was stored (checked before decompressing)."""
     pa = _pa()
-    reader = pa.ipc.open_stream(pa.py_buffer(blob))
-    batches = list(reader)
+    try:
+        # Validated in full when stored: the structure is what a damaged file could break.
+        batches = ipc_to_batches(blob.data, max_decoded=blob.bytes, full=False)
+    except DecodeError as exc:
+        raise StoreError(f"chunk {blob.seq} of the event store is damaged: {exc}") from None
     if len(batches) == 1:
         return batches[0]
     if not batches:
