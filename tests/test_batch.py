@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import math
+
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from theia_frames.batch import (
     batch_to_columns,
@@ -52,3 +56,39 @@ def test_garbage_and_wrong_schema_are_decode_errors():
     )
     with pytest.raises(DecodeError, match="missing values in column 'id'"):
         ipc_to_batches(batch_to_ipc(nulls))
+
+
+# --------------------------------------------------------------------------- what the wire format can carry
+
+_WIRE_TEXT = st.one_of(st.none(), st.text(st.sampled_from(list("ab,é\n\r")), max_size=4))
+
+
+@given(
+    rows=st.lists(
+        st.tuples(_WIRE_TEXT, st.sampled_from([1.0, 2.5, math.nan, math.inf, -math.inf, None]), _WIRE_TEXT, _WIRE_TEXT, _WIRE_TEXT),
+        max_size=10,
+    ),
+    cut=st.integers(0, 3),
+    large=st.booleans(),
+)
+def test_uncarried_rows_is_the_row_by_row_rule(rows, cut, large):
+    import pyarrow as pa
+
+    from theia_frames.batch import uncarried_rows
+
+    text = pa.large_string() if large else pa.string()
+    columns = list(zip(*rows)) if rows else [()] * 5
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(list(c), t) for c, t in zip(columns, (text, pa.float64(), text, text, text))],
+        names=["id", "timestamp", "source", "tags", "content"],
+    ).slice(min(cut, len(rows)))
+
+    def bad(i, ts, source, tags, content):
+        if None in (i, ts, source, tags, content) or not math.isfinite(ts):
+            return True
+        return any("\n" in v or "\r" in v for v in (i, source, tags))
+
+    expected = [bad(*row) for row in rows[min(cut, len(rows)):]]
+    mask = uncarried_rows(batch)
+    assert (mask.tolist() if mask is not None else [False] * len(expected)) == expected
+    assert (mask is None) == (not any(expected))

@@ -100,6 +100,7 @@ from .batch import (
     encode_batch,
     ipc_to_batches,
     is_arrow_message,
+    uncarried_rows,
 )
 from .codec import EventColumns, encode, split_tags
 from .protocol.messages import CHUNKS_PATH, OK, chunks_reply, flush_failure, flush_reply, is_flush_request, parse_flush_request, total_message
@@ -1194,11 +1195,6 @@ def _frames(payloads: Any, opcodes: Any) -> Any:
     return pc.binary_join_element_wise(heads, payloads, pa.scalar(b"", pa.large_binary()))
 
 
-def _has_line_break(column: Any) -> bool:
-    pc = _pa().compute
-    return bool(pc.any(pc.match_substring(column, "\n")).as_py() or pc.any(pc.match_substring(column, "\r")).as_py())
-
-
 def _plain_frames(batch: pa.RecordBatch) -> Any:
     """One frame per event of ``batch``, exactly what a plain peer gets for it.
 
@@ -1209,7 +1205,7 @@ def _plain_frames(batch: pa.RecordBatch) -> Any:
     pa = _pa()
     if not batch.num_rows:
         return pa.array([], pa.large_binary())
-    if any(_has_line_break(batch.column(i)) for i in (0, 2, 3)):
+    if uncarried_rows(batch) is not None:
         import numpy as np
 
         from .batch import batch_to_columns
@@ -1262,15 +1258,6 @@ def _next_find_output(results: Iterator[Any], batched: bool) -> bytes | memoryvi
     return _joined_frames([_plain_frames(item)])
 
 
-def _may_hold_line_break(column: Any) -> bool:
-    """Whether a string column's bytes hold a line break anywhere (a fast scan of its data buffer)."""
-    data = column.buffers()[2]
-    if data is None:
-        return False
-    raw = data.to_pybytes()
-    return b"\n" in raw or b"\r" in raw
-
-
 class _Arrivals:
     """The events received for one commit, in arrival order: plain events decoded
     into columns, Arrow batches kept as they are."""
@@ -1315,7 +1302,6 @@ def _append_arrow(arrivals: _Arrivals, message: bytes, max_decoded: int, max_eve
     ``max_event`` bytes are left out.
     """
     pa = _pa()
-    pc = pa.compute
     left_out = 0
     first_bad = ""
     too_large = 0
@@ -1332,22 +1318,12 @@ def _append_arrow(arrivals: _Arrivals, message: bytes, max_decoded: int, max_eve
             if not batch.num_rows:
                 continue
         # Rows the plain format cannot carry would break plain /find and /live peers.
-        # Row by row only when a quick look at the whole column finds something.
-        bad = None
-        finite = pc.is_finite(batch.column(1))
-        if not pc.all(finite).as_py():
-            bad = pc.invert(finite)
-        for index in (0, 2, 3):
-            column = batch.column(index)
-            if _may_hold_line_break(column):
-                breaks = pc.match_substring_regex(column, "[\r\n]")
-                bad = breaks if bad is None else pc.or_(bad, breaks)
-        if bad is not None and pc.any(bad).as_py():
-            n_bad = pc.sum(bad).as_py()
+        bad = uncarried_rows(batch)
+        if bad is not None:
             if not left_out:
-                first_bad = batch.filter(bad).column(0)[0].as_py()
-            left_out += n_bad
-            batch = batch.filter(pc.invert(bad))
+                first_bad = batch.filter(pa.array(bad)).column(0)[0].as_py()
+            left_out += int(bad.sum())
+            batch = batch.filter(pa.array(~bad))
         if batch.num_rows:
             arrivals.append_batch(batch)
     if left_out:
@@ -1598,8 +1574,10 @@ class _Writer(threading.Thread):
             return batch, {}
         try:
             # One transaction, one chunk: no SQL per event. Merging small
-            # chunks waits until the commit is published.
-            return self.store.add_batch(batch, compact=False), {}
+            # chunks waits until the commit is published. Arrow batches were
+            # validated in full when they were read, plain events were parsed:
+            # the store need not validate them again.
+            return self.store.add_batch(batch, compact=False, validated=True), {}
         except Exception as exc:
             logger.error("%d event(s) could not be stored together (%s); storing each sender's alone", batch.num_rows, exc)
         pa = _pa()
@@ -1613,7 +1591,8 @@ class _Writer(threading.Thread):
         def attempt(indexes: list[int]) -> str | None:
             parts = [batch.slice(spans[i][2], spans[i][3] - spans[i][2]) for i in indexes]
             try:
-                stored.append(self.store.add_batch(parts[0] if len(parts) == 1 else pa.concat_batches(parts), compact=False))
+                part = parts[0] if len(parts) == 1 else pa.concat_batches(parts)
+                stored.append(self.store.add_batch(part, compact=False, validated=True))
                 return None
             except Exception as exc:
                 return shorten(str(exc))

@@ -372,7 +372,9 @@ class EventStore:
             return columns
         return batch_to_columns(new)
 
-    def add_batch(self, data: pa.RecordBatch | pa.Table, *, compact: bool = True) -> pa.RecordBatch:
+    def add_batch(
+        self, data: pa.RecordBatch | pa.Table, *, compact: bool = True, validated: bool = False
+    ) -> pa.RecordBatch:
         """Store a batch of events in one transaction; returns the new ones, in the order given.
 
         ``data`` has the event schema's columns (other string and float types
@@ -380,10 +382,13 @@ class EventStore:
         out (the first of equal events is kept). When every event was new the
         result holds all of ``data``. With ``compact`` (the default) small
         chunks are merged afterwards (:meth:`compact`); a caller that wants its
-        commit published first passes False and compacts later.
+        commit published first passes False and compacts later. ``validated``:
+        the caller has validated ``data`` in full already (pyarrow's
+        ``validate(full=True)``, as :func:`~theia_frames.batch.ipc_to_batches`
+        does), so it is not done again.
         """
         np = _np()
-        batch = _event_batch(data)
+        batch = _event_batch(data, validated)
         n = batch.num_rows
         if not n:
             return batch
@@ -1080,7 +1085,7 @@ def _ipc_messages(
 # --------------------------------------------------------------------------- Arrow helpers
 
 
-def _event_batch(data: Any) -> pa.RecordBatch:
+def _event_batch(data: Any, validated: bool = False) -> pa.RecordBatch:
     """``data`` (RecordBatch or Table) as one RecordBatch of the event schema; UsageError if it is not one."""
     pa = _pa()
     names = list(data.schema.names)
@@ -1101,9 +1106,9 @@ def _event_batch(data: Any) -> pa.RecordBatch:
             return pa.RecordBatch.from_pylist([], schema=schema)
         data = batches[0] if len(batches) == 1 else pa.concat_batches(batches)
     try:
-        # Cheap (a pass over the bytes), and what is stored is read by every kernel
+        # A pass over the bytes, and what is stored is read by every kernel
         # that serves it: offsets past the data or text that is not UTF-8 stay out.
-        data.validate(full=True)
+        data.validate(full=not validated)
     except pa.ArrowInvalid as exc:
         raise UsageError(f"Arrow data to store is not valid: {exc}") from exc
     return data
