@@ -624,7 +624,7 @@ class EventStore:
         pa, np = _pa(), _np()
         for piece, blob in pieces:
             # In slices, so that a cancelled query stops within one slice's matching.
-            parts: list[np.ndarray] = []
+            parts: list[Any] = []
             for at in range(0, piece.num_rows, _MATCH_SLICE):
                 if parts:
                     yield piece.slice(0, 0), None
