@@ -19,6 +19,17 @@ Cases:
   f      live: sustained events/s into a LiveFrame with its widget redrawing,
          and send->visible latency p50/p99
   g      bucket and explode_tags on the frame of all events
+  t      send_many(pyarrow.Table) of all events until confirmed, into a fresh collector
+  q      selective queries (QUERIES) -> DataFrame, end to end, this project
+  k      the same queries with DuckDB over the same events as a local Parquet file
+  p      theia_frames.read_events() of that Parquet file (all events)
+  w      seconds from a /find request to its first message after ``ok``, per query
+
+    python bench/run.py --n 10000000 --cases aqkptw --repeat 2     # the 10M-event mode
+
+Workload: ``simulation.sensor_events`` (4 sources, three tags each), every
+100th event also tagged ``alarm`` with `` alarm`` after its content (the rare
+events the selective queries look for).
 """
 
 from __future__ import annotations
@@ -60,10 +71,43 @@ def free_port() -> int:
 
 
 def workload(n: int) -> Any:
+    from theia_frames import Event
     from theia_frames.simulation import sensor_events
 
-    # a few sources, three tags, numeric content like "21.5C"; 1 ms apart
-    return sensor_events(n, sources=4, rate=1000.0, start=START, seed=7)
+    # a few sources, three tags, numeric content like "21.5C"; 1 ms apart; 1% "alarm"
+    for i, e in enumerate(sensor_events(n, sources=4, rate=1000.0, start=START, seed=7)):
+        if i % 100 == 50:
+            e = Event(e.id, e.timestamp, e.source, [*e.tags, "alarm"], e.content + " alarm")
+        yield e
+
+
+def workload_batches(n: int, size: int = 250_000) -> Any:
+    """The workload as Arrow record batches of the event schema."""
+    import itertools
+
+    from theia_frames.batch import events_to_batch
+
+    events = workload(n)
+    while batch := list(itertools.islice(events, size)):
+        yield events_to_batch(batch)
+
+
+def queries(n: int) -> dict[str, tuple[dict[str, Any], str]]:
+    """Each selective query: its filter (JSON form) and the same as a DuckDB WHERE clause."""
+    span = n / 1000.0  # seconds the workload covers
+    lo = START + 0.5 * span
+    hi = lo + 0.01 * span - 0.0005
+    when = f"timestamp >= to_timestamp({lo}) AND timestamp <= to_timestamp({hi})"
+    return {
+        "all": ({"start": START - 1}, "TRUE"),
+        "time 1%": ({"start": lo, "end": hi}, when),
+        "tag 1%": ({"start": START - 1, "tags": ["alarm"]}, "list_contains(tags, 'alarm')"),
+        "content regex 1%": (
+            {"start": START - 1, "content": r"\d[a-zA-Z%]+ alarm"}, r"regexp_matches(content, '\d[a-zA-Z%]+ alarm')"
+        ),
+        "tag + time": ({"start": lo, "end": hi, "tags": ["alarm"]}, f"list_contains(tags, 'alarm') AND {when}"),
+        "tag all carry": ({"start": START - 1, "tags": ["sensor"]}, "list_contains(tags, 'sensor')"),
+    }
 
 
 def emit(result: dict[str, Any]) -> None:
@@ -78,7 +122,8 @@ def case_load(url: str, n: int) -> dict[str, Any]:
     from theia_frames import Client, Filter
     from theia_frames.frames import to_dataframe
 
-    events = list(workload(n))
+    events = list(workload(min(n, 1_000_000)))  # a list of Event objects: at most 1M (memory)
+    n = len(events)
     with Client(url) as client:
         t0 = time.perf_counter()
         client.send_many(events)
@@ -138,6 +183,87 @@ def case_async_find(url: str, n: int) -> dict[str, Any]:
         "rss_base": base,
         "df_bytes": int(df.memory_usage(deep=True).sum()),
     }
+
+
+def case_send_table(url: str, n: int) -> dict[str, Any]:
+    """(t) send_many(pyarrow.Table) of all events until confirmed."""
+    import pyarrow as pa
+
+    from theia_frames import Client
+
+    table = pa.Table.from_batches(list(workload_batches(n)))
+    with Client(url) as client:
+        t0 = time.perf_counter()
+        client.send_many(table)
+        client.flush()
+        seconds = time.perf_counter() - t0
+    return {"case": "t", "events": table.num_rows, "seconds": seconds}
+
+
+def case_query(url: str, n: int, name: str) -> dict[str, Any]:
+    """(q) one selective query -> DataFrame, end to end."""
+    from theia_frames import Client, EventFilter
+    from theia_frames.frames import to_dataframe
+
+    flt = EventFilter.from_dict(queries(n)[name][0])
+    base = rss_now()
+    with Client(url) as client:
+        t0 = time.perf_counter()
+        df = to_dataframe(client.find(flt), progress=False)
+        seconds = time.perf_counter() - t0
+    return {"case": "q", "query": name, "events": len(df), "seconds": seconds, "rss_peak": rss_peak(), "rss_base": base,
+            "df_bytes": int(df.memory_usage(deep=True).sum())}
+
+
+def case_duckdb(path: str, n: int, name: str) -> dict[str, Any]:
+    """(k) the same query with DuckDB over a local Parquet file, to a DataFrame."""
+    import duckdb
+
+    where = queries(n)[name][1]
+    con = duckdb.connect()
+    t0 = time.perf_counter()
+    df = con.sql(f"SELECT * FROM read_parquet('{path}') WHERE {where} ORDER BY timestamp, id").df()
+    seconds = time.perf_counter() - t0
+    return {"case": "k", "query": name, "events": len(df), "seconds": seconds}
+
+
+def case_read_parquet(path: str) -> dict[str, Any]:
+    """(p) theia_frames.read_events() of the Parquet file."""
+    from theia_frames.export import read_events
+
+    t0 = time.perf_counter()
+    df = read_events(path)
+    seconds = time.perf_counter() - t0
+    return {"case": "p", "events": len(df), "seconds": seconds}
+
+
+def case_first_message(url: str, n: int) -> dict[str, Any]:
+    """(w) per query, seconds from sending the filter to the first message after ``ok``
+    (the extension's ``{"total": N}`` not counted): what a client waits before it hears."""
+    import websocket
+
+    from theia_frames.batch import SUBPROTOCOL
+
+    out: dict[str, float] = {}
+    for name, (flt, _) in queries(n).items():
+        ws = websocket.create_connection(url + "/find", header=[f"Sec-WebSocket-Protocol: {SUBPROTOCOL}"], timeout=600)
+        t0 = time.perf_counter()
+        ws.send(json.dumps(flt))
+        while True:
+            msg = ws.recv()
+            if msg == "ok" or (isinstance(msg, str) and msg.startswith('{"total"')):
+                continue
+            break
+        out[name] = time.perf_counter() - t0
+        ws.close()
+    return {"case": "w", "first_message_seconds": out}
+
+
+def write_parquet(n: int, path: str) -> None:
+    """The workload as a local Parquet file, the way theia_frames writes a frame (write_events)."""
+    from theia_frames.export import write_events
+
+    write_events(workload_batches(n), path, progress=False)
 
 
 def case_baseline(url: str, n: int) -> dict[str, Any]:
@@ -293,6 +419,19 @@ def run_child(args: argparse.Namespace) -> None:
         emit(case_helpers(args.url))
     elif kind == "f":
         emit(case_live(args.url, args.rate, args.seconds))
+    elif kind == "t":
+        emit(case_send_table(args.url, args.n))
+    elif kind == "q":
+        emit(case_query(args.url, args.n, args.query))
+    elif kind == "k":
+        emit(case_duckdb(args.path, args.n, args.query))
+    elif kind == "p":
+        emit(case_read_parquet(args.path))
+    elif kind == "w":
+        emit(case_first_message(args.url, args.n))
+    elif kind == "parquet":
+        write_parquet(args.n, args.path)
+        emit({"case": "parquet"})
     elif kind == "sender":
         emit(sender(args.url, args.rate, args.seconds))
     else:  # pragma: no cover
@@ -338,19 +477,68 @@ def write_jsonl(n: int, path: str) -> None:
                                 "tags": e.tags, "content": e.content}) + "\n")
 
 
+def median(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    med = sorted(rs, key=lambda r: r["seconds"])[len(rs) // 2]
+    return dict(med, all_seconds=[r["seconds"] for r in rs])
+
+
+def store_size(db: str, n: int) -> dict[str, Any]:
+    """Bytes of the collector's store: its chunks' data and its files (database and WAL)."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        data = con.execute("SELECT coalesce(sum(length(data)), 0), count(*) FROM chunks").fetchone()
+    finally:
+        con.close()
+    files = sum(os.path.getsize(p) for p in (db, db + "-wal") if os.path.exists(p))
+    return {"chunk_bytes": data[0], "chunks": data[1], "per_event": data[0] / n, "file_bytes": files}
+
+
+def run_queries(args: argparse.Namespace, url: str, parquet: str) -> dict[str, Any]:
+    """Each query of QUERIES, this project then DuckDB, ``--repeat`` times interleaved; a failed
+    run (a client timing out) is recorded as such."""
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    errors: dict[tuple[str, str], str] = {}
+    for _ in range(args.repeat):
+        for name in queries(args.n):
+            for kind in "qk":
+                if kind not in args.cases or (kind, name) in errors:
+                    continue
+                try:
+                    if kind == "q":
+                        r = child("q", url=url, n=args.n, query=name)
+                    else:
+                        r = child("k", path=parquet, n=args.n, query=name)
+                except RuntimeError as exc:
+                    errors[(kind, name)] = str(exc).strip().splitlines()[-1][:300]
+                    continue
+                runs.setdefault((kind, name), []).append(r)
+    out: dict[str, Any] = {}
+    for name in queries(args.n):
+        out[name] = {}
+        for kind in "qk":
+            if (kind, name) in runs:
+                out[name][kind] = median(runs[(kind, name)])
+            elif (kind, name) in errors:
+                out[name][kind] = {"error": errors[(kind, name)]}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=1_000_000, help="events in the workload")
     p.add_argument("--repeat", type=int, default=3, help="runs of each timed case (median reported)")
     p.add_argument("--live-rate", type=float, default=20_000, help="events/s sent in case f")
     p.add_argument("--live-seconds", type=float, default=10.0)
-    p.add_argument("--cases", default="abcdefgh")
+    p.add_argument("--cases", default="abcdefghtqkpw")
     p.add_argument("--json", default=str(HERE / "results" / "latest.json"), help="result file")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--path", help=argparse.SUPPRESS)
     p.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--query", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         run_child(args)
@@ -364,26 +552,44 @@ def main(argv: list[str] | None = None) -> int:
         "cases": {},
     }
     with tempfile.TemporaryDirectory(prefix="theia-bench-") as tmp:
-        collector, url = start_collector(os.path.join(tmp, "bench.db"))
+        db = os.path.join(tmp, "bench.db")
+        parquet = os.path.join(tmp, "events.parquet")
+        collector, url = start_collector(db)
         try:
-            print(f"loading {args.n:,} events into {url} ...", flush=True)
-            results["cases"]["e"] = child("load", url=url, n=args.n)
-            runs: dict[str, list[dict[str, Any]]] = {k: [] for k in "abcdh"}
+            print(f"loading {args.n:,} events into {url} (send_many of a pyarrow.Table) ...", flush=True)
+            results["cases"]["t"] = child("t", url=url, n=args.n)
+            results["store"] = store_size(db, args.n)
+            if "e" in args.cases:
+                # send_many(list[Event]) into a collector of its own (at most 1M events: memory)
+                other, other_url = start_collector(os.path.join(tmp, "send.db"))
+                try:
+                    results["cases"]["e"] = child("load", url=other_url, n=args.n)
+                finally:
+                    other.terminate()
+                    other.wait(timeout=30)
+            if set("kp") & set(args.cases):
+                child("parquet", n=args.n, path=parquet)
+                results["parquet"] = {"bytes": os.path.getsize(parquet), "per_event": os.path.getsize(parquet) / args.n}
+            runs: dict[str, list[dict[str, Any]]] = {k: [] for k in "abcdhp"}
             if "d" in args.cases:
                 write_jsonl(args.n, os.path.join(tmp, "events.jsonl"))
             for _ in range(args.repeat):
-                for k in "abcdh":
+                for k in "abcdhp":
                     if k not in args.cases:
                         continue
                     if k == "d":
                         runs[k].append(child("d", path=os.path.join(tmp, "events.jsonl")))
+                    elif k == "p":
+                        runs[k].append(child("p", path=parquet))
                     else:
                         runs[k].append(child(k, url=url, n=args.n))
             for k, rs in runs.items():
                 if rs:
-                    med = sorted(rs, key=lambda r: r["seconds"])[len(rs) // 2]
-                    med = dict(med, all_seconds=[r["seconds"] for r in rs])
-                    results["cases"][k] = med
+                    results["cases"][k] = median(rs)
+            if set("qk") & set(args.cases):
+                results["queries"] = run_queries(args, url, parquet)
+            if "w" in args.cases:
+                results["cases"]["w"] = child("w", url=url, n=args.n)
             if "g" in args.cases:
                 results["cases"]["g"] = child("g", url=url)
             if "f" in args.cases:
@@ -419,7 +625,9 @@ def report(results: dict[str, Any]) -> str:
     row("b", "(b) to_dataframe(client.find(f)), plain protocol")
     row("c", "(c) hand-written websocket-client loop + dicts (plain)")
     row("d", "(d) pandas.read_json(lines=True, engine='pyarrow'), local file")
-    row("e", "(e) send_many until stored")
+    row("e", "(e) send_many(list[Event]) until stored")
+    row("t", "(t) send_many(pyarrow.Table) until confirmed")
+    row("p", "(p) read_events() of a local Parquet file")
     lines.append("")
     if "a" in c and "d" in c:
         lines.append(f"(a) / (d) = {c['d']['seconds'] / c['a']['seconds']:.2f}x")
@@ -435,6 +643,29 @@ def report(results: dict[str, Any]) -> str:
             f" vs final frame {a['df_bytes'] / 2**20:,.0f} MiB:"
             f" peak/frame {a['rss_peak'] / a['df_bytes']:.2f}x, growth/frame {(a['rss_peak'] - a['rss_base']) / a['df_bytes']:.2f}x"
         )
+    if "a" in c and "p" in c:
+        lines.append(f"(a) / (p) = {c['p']['seconds'] / c['a']['seconds']:.2f}x")
+    if "store" in results:
+        st = results["store"]
+        lines.append(f"store: {st['per_event']:.1f} bytes/event in {st['chunks']:,} chunks ({st['file_bytes'] / 2**20:,.0f} MiB of files)")
+    if "parquet" in results:
+        lines.append(f"Parquet file: {results['parquet']['per_event']:.1f} bytes/event")
+    if results.get("queries"):
+        lines.append("")
+        lines.append(f"{'query':<20} {'rows':>10} {'project s':>10} {'DuckDB s':>10} {'project/DuckDB':>15}")
+        for name, r in results["queries"].items():
+            q, k = r.get("q", {}), r.get("k", {})
+            qs = f"{q['seconds']:.3f}" if "seconds" in q else "failed"
+            ks = f"{k['seconds']:.3f}" if "seconds" in k else ("failed" if k else "")
+            ratio = f"{q['seconds'] / k['seconds']:.2f}" if "seconds" in q and "seconds" in k else ""
+            rows = q.get("events", k.get("events", ""))
+            mismatch = " (rows differ: DuckDB %s)" % k.get("events") if "events" in q and "events" in k and q["events"] != k["events"] else ""
+            lines.append(f"{name:<20} {rows:>10} {qs:>10} {ks:>10} {ratio:>15}{mismatch}")
+            if "error" in q:
+                lines.append(f"    project failed: {q['error']}")
+    if "w" in c:
+        w = c["w"]["first_message_seconds"]
+        lines.append("(w) first message after ok: " + ", ".join(f"{k} {v:.3f} s" for k, v in w.items()))
     if "f" in c:
         f = c["f"]
         lines.append(

@@ -19,8 +19,11 @@ def test_bench_runs_every_case_at_a_small_size(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
-    assert set(result["cases"]) == set("abcdefgh")
-    for case in "abcdeh":
+    assert set(result["cases"]) == set("abcdefghtpw")
+    for case in "abcdehtp":
         assert result["cases"][case]["events"] == 2000
+    counts = {name: (r["q"]["events"], r["k"]["events"]) for name, r in result["queries"].items()}
+    assert all(q == k for q, k in counts.values()) and counts["tag 1%"][0] == 20, counts
+    assert result["store"]["per_event"] > 0 and result["parquet"]["per_event"] > 0
     assert result["cases"]["f"]["received"] == result["cases"]["f"]["sent"] > 0
     assert "(a) / (d)" in proc.stdout and "(b) / (c)" in proc.stdout
