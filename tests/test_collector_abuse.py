@@ -522,7 +522,8 @@ def test_limits_must_be_sensible():
 def test_the_serve_command_takes_the_limits_says_it_listens_once_and_stops_on_sigterm(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.getcwd())
     command = [sys.executable, "-m", "theia_frames", "serve", "--db", str(tmp_path / "s.db"), "--port", "0",
-               "--log-level", "info", "--max-patterns", "1", "--idle-timeout", "none", "--find-stall-timeout", "5"]
+               "--log-level", "info", "--max-patterns", "1", "--idle-timeout", "none", "--find-stall-timeout", "5",
+               "--find-wait", "0.1"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         line = proc.stdout.readline()

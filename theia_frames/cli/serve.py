@@ -23,6 +23,7 @@ from typing import Any
 from ..collector import (
     DEFAULT_FIND_BATCH,
     DEFAULT_FIND_STALL_TIMEOUT,
+    DEFAULT_FIND_WAIT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LIVE_QUEUE,
     DEFAULT_MAX_CONNECTIONS,
@@ -114,6 +115,16 @@ def register(subparsers: Any) -> None:
             f"(default {DEFAULT_FIND_STALL_TIMEOUT:g}; 'none' for no limit)"
         ),
     )
+    limits.add_argument(
+        "--find-wait",
+        type=argtypes.duration_arg,
+        default=DEFAULT_FIND_WAIT,
+        metavar="SECONDS",
+        help=(
+            "send what a /find has matched so far (or a sign that it is still matching) at least this often "
+            f"(default {DEFAULT_FIND_WAIT:g})"
+        ),
+    )
     p.add_argument(
         "--token",
         default=os.environ.get("THEIA_TOKEN"),
@@ -154,6 +165,7 @@ def _serve(args: argparse.Namespace) -> int:
             keyfile=args.keyfile,
             idle_timeout=args.idle_timeout,
             find_stall_timeout=args.find_stall_timeout,
+            find_wait=args.find_wait,
             **{dest: getattr(args, dest) for _, dest, _, _, _ in _LIMITS},
         )
         try:
