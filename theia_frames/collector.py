@@ -336,8 +336,7 @@ class Collector:
         for name, value in counts.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{name} must be a positive whole number, got {value!r}")
-        seconds_options = (("idle_timeout", idle_timeout), ("find_stall_timeout", find_stall_timeout), ("find_wait", find_wait))
-        for name, seconds in seconds_options:
+        for name, seconds in (("idle_timeout", idle_timeout), ("find_stall_timeout", find_stall_timeout)):
             if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0):
                 raise UsageError(f"{name} must be a positive number of seconds or None, got {seconds!r}")
         self.db = os.fspath(db)
@@ -353,8 +352,8 @@ class Collector:
         self.max_connections_per_address = int(max_connections_per_address)
         self.idle_timeout = None if idle_timeout is None else float(idle_timeout)
         self.find_stall_timeout = None if find_stall_timeout is None else float(find_stall_timeout)
-        if find_wait is None:
-            raise UsageError("find_wait must be a positive number of seconds, got None")
+        if isinstance(find_wait, bool) or not isinstance(find_wait, (int, float)) or not find_wait > 0:
+            raise UsageError(f"find_wait must be a positive number of seconds, got {find_wait!r}")
         self.find_wait = float(find_wait)
         self.ping_interval = ping_interval
         self.close_timeout = close_timeout
