@@ -254,15 +254,7 @@ class EventFilter:
             if kernel is not None and keep.any():
                 keep &= kernel.mask(batch.column(name), keep)
         if tag_kernels and keep.any():
-            values, parents = _tag_values(batch.column("tags"))
-            for kernel in tag_kernels:
-                alive = keep[parents]
-                hit = kernel.mask(values, alive) & alive
-                found = np.zeros(n, dtype=bool)
-                found[parents[hit]] = True
-                keep &= found
-                if not keep.any():
-                    break
+            keep = _mask_tags(tag_kernels, batch.column("tags"), keep)
         return keep
 
     def _batch_kernels(self) -> tuple[Any, ...]:
@@ -670,6 +662,57 @@ class _Kernel:
             texts = values.take(_pa().array(rows)).to_pylist()
             hit[rows] = np.fromiter((test(v) is not None for v in texts), dtype=bool, count=len(rows))
         return hit
+
+
+def _mask_tags(kernels: Sequence[_Kernel], column: Any, keep: np.ndarray) -> np.ndarray:
+    """``keep`` and-ed with, for each tag pattern, whether some tag of the row fully matches it.
+
+    A literal pattern on comma text is looked for in the text itself, with no
+    split: a substring search finds the candidate rows, and the literal
+    between a comma or the text's start and a comma or its end is a tag
+    equal to it. The other patterns are matched against the split tags of
+    the rows still in question.
+    """
+    import numpy as np
+
+    pa = _pa()
+    pc = pa.compute
+    listed = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+    rest = []
+    for kernel in kernels:
+        literal = kernel.literal
+        if listed or not literal:
+            rest.append(kernel)
+            continue
+        if "," in literal:
+            return np.zeros(len(keep), dtype=bool)  # no tag holds a comma
+        keep = keep & _bools(pc.match_substring(column, literal))
+        rows = np.flatnonzero(keep)
+        if not len(rows):
+            return keep
+        exact = f"(?:^|,){literal}(?:,|$)"  # a literal holds no regex syntax
+        if len(rows) == len(keep):
+            keep = _bools(pc.match_substring_regex(column, exact))
+        else:
+            keep[rows] = _bools(pc.match_substring_regex(column.take(pa.array(rows)), exact))
+    if not rest or not keep.any():
+        return keep
+    rows = np.flatnonzero(keep)
+    sparse = len(rows) * 4 < len(keep)
+    values, parents = _tag_values(column.take(pa.array(rows)) if sparse else column)
+    alive = np.ones(len(rows), dtype=bool) if sparse else keep
+    for kernel in rest:
+        hit = kernel.mask(values, alive[parents]) & alive[parents]
+        found = np.zeros(len(alive), dtype=bool)
+        found[parents[hit]] = True
+        alive = alive & found
+        if not alive.any():
+            break
+    if sparse:
+        keep = keep.copy()
+        keep[rows] = alive
+        return keep
+    return alive
 
 
 def _tag_values(column: Any) -> tuple[Any, np.ndarray]:
