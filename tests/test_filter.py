@@ -248,6 +248,12 @@ def test_kernel_mask_is_the_row_by_row_meaning(rows, engine, where, pattern, sec
     ]
     assert f.mask_batch(batch).tolist() == expected
     assert f.match_batch(batch).column("id").to_pylist() == [i for i, m in zip(d["id"], expected) if m]
+    if rows:
+        # many rows of few values: each distinct value is matched once
+        import pyarrow as pa
+
+        many = pa.concat_batches([batch] * (5000 // len(rows) + 1))
+        assert f.mask_batch(many).tolist() == expected * (5000 // len(rows) + 1)
 
 
 def test_kernels_cover_the_common_patterns():

@@ -252,9 +252,20 @@ class EventFilter:
         tag_kernels, *others = self._batch_kernels()
         for kernel, name in zip(others, ("content", "id", "source")):
             if kernel is not None and keep.any():
-                keep &= kernel.mask(batch.column(name), keep)
+                column = batch.column(name)
+                distinct = _distinct(column)
+                if distinct is None:
+                    keep &= kernel.mask(column, keep)
+                else:
+                    keep &= kernel.mask(distinct.dictionary)[_indices(distinct)]
         if tag_kernels and keep.any():
-            keep = _mask_tags(tag_kernels, batch.column("tags"), keep)
+            column = batch.column("tags")
+            distinct = _distinct(column)
+            if distinct is None:
+                keep = _mask_tags(tag_kernels, column, keep)
+            else:
+                values = distinct.dictionary
+                keep &= _mask_tags(tag_kernels, values, np.ones(len(values), dtype=bool))[_indices(distinct)]
         return keep
 
     def _batch_kernels(self) -> tuple[Any, ...]:
@@ -488,7 +499,7 @@ def _as_search(pattern: str) -> str | None:
 
 _FLAG_LETTERS = frozenset("ims")
 _ESCAPES_ANYWHERE = frozenset("dDwWntrfv")  # same meaning in re and RE2 on ASCII text
-_ESCAPES_OUTSIDE = frozenset("bBA")
+_ESCAPES_OUTSIDE = frozenset("bA")  # not \B: re's never matches the empty text, RE2's does
 _PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 _HEX = frozenset("0123456789abcdefABCDEF")
 # what Python's ``re`` reads as \s in ASCII text (RE2's \s leaves out \v and \x1c-\x1f)
@@ -519,7 +530,7 @@ def _re_as_re2(pattern: str) -> str | None:
     text, or None when it uses anything outside the subset both read alike.
 
     The subset: ASCII literals, ``.``, classes (no nested ``[``), ``\\d \\w \\s``
-    and their negations, ``\\b \\B \\A``, escaped punctuation, ``\\xhh``, ``^``,
+    and their negations, ``\\b \\A``, escaped punctuation, ``\\xhh``, ``^``,
     ``|``, groups (plain, ``(?:``, named, ``(?ims)`` and ``(?ims:``), and the
     repeats ``* + ? {m} {m,} {m,n}``, greedy or lazy. Left out, among others:
     ``$`` (re also matches before a final newline), possessive repeats,
@@ -662,6 +673,31 @@ class _Kernel:
             texts = values.take(_pa().array(rows)).to_pylist()
             hit[rows] = np.fromiter((test(v) is not None for v in texts), dtype=bool, count=len(rows))
         return hit
+
+
+# Values repeat (a few sources, a few tag sets) when a sample of this many rows
+# holds at most an eighth as many distinct values: then each distinct value is
+# matched once and the rows take their value's answer.
+_SAMPLE = 4096
+
+
+def _distinct(column: Any) -> Any:
+    """``column`` dictionary-encoded when its values repeat (see :data:`_SAMPLE`), else None."""
+    pa = _pa()
+    if len(column) <= _SAMPLE or column.null_count or not (
+        pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+    ):
+        return None
+    pc = pa.compute
+    if len(pc.unique(column.slice(0, _SAMPLE))) * 8 > _SAMPLE:
+        return None
+    encoded = pc.dictionary_encode(column)
+    return encoded if len(encoded.dictionary) * 8 <= len(column) else None
+
+
+def _indices(encoded: Any) -> np.ndarray:
+    """The dictionary indices of a dictionary array without missing values, as numpy."""
+    return encoded.indices.to_numpy(zero_copy_only=False)
 
 
 def _mask_tags(kernels: Sequence[_Kernel], column: Any, keep: np.ndarray) -> np.ndarray:
