@@ -977,16 +977,13 @@ class _Gather:
         self.rows = rows
         self.waiting: list[pa.RecordBatch] = []
         self.count = 0
-
-    @property
-    def nbytes(self) -> int:
-        """The bytes of the events waiting."""
-        return sum(piece.nbytes for piece in self.waiting)
+        self.nbytes = 0  # the bytes of the events waiting (kept as they come: many small pieces)
 
     def add(self, piece: pa.RecordBatch) -> list[pa.RecordBatch]:
         """Take a piece; returns the batches of ``rows`` events now complete."""
         self.waiting.append(piece)
         self.count += piece.num_rows
+        self.nbytes += piece.nbytes
         rows = self.rows
         if self.count < rows:
             return []
@@ -994,6 +991,7 @@ class _Gather:
         full = self.count - self.count % rows
         self.waiting = [whole.slice(full)] if full < self.count else []
         self.count -= full
+        self.nbytes = sum(piece.nbytes for piece in self.waiting)
         return [whole.slice(at, rows) for at in range(0, full, rows)]
 
     def rest(self) -> pa.RecordBatch | None:
@@ -1001,7 +999,7 @@ class _Gather:
         if not self.count:
             return None
         whole = self._joined()
-        self.waiting, self.count = [], 0
+        self.waiting, self.count, self.nbytes = [], 0, 0
         return whole
 
     def _joined(self) -> pa.RecordBatch:
