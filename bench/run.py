@@ -9,18 +9,19 @@ own. Each timed case is repeated ``--repeat`` times, interleaved, and the
 median is reported. Ratios compare cases measured in this same run.
 
 Cases:
-  load   the workload loaded into the collector (setup, also case e)
+  t      the workload loaded into the collector the other cases read: send_many(pyarrow.Table)
+         of all events until confirmed
   a      to_dataframe(client.find(f)) end to end, batched transfer
   b      the same over the plain protocol (batching off)
   c      a hand-written baseline: websocket-client loop, per-event parse,
          DataFrame from a list of dicts (plain protocol)
   d      pandas.read_json(lines=True, engine="pyarrow") over the same events in a local file
-  e      send_many of all events until all are stored
+  e      send_many(list[Event]) until all are stored, at most 1,000,000 events (memory),
+         into a collector of its own
   f      live: sustained events/s into a LiveFrame with its widget redrawing,
          and send->visible latency p50/p99
   g      bucket and explode_tags on the frame of all events
-  t      send_many(pyarrow.Table) of all events until confirmed, into a fresh collector
-  q      selective queries (QUERIES) -> DataFrame, end to end, this project
+  q      the selective queries of queries() -> DataFrame, end to end, this project
   k      the same queries with DuckDB over the same events as a local Parquet file
   p      theia_frames.read_events() of that Parquet file (all events)
   w      seconds from a /find request to its first message after ``ok``, per query
