@@ -9,7 +9,9 @@ import importlib.util
 import io
 import json
 import os
+import random
 import signal
+import string
 import subprocess
 import sys
 import threading
@@ -29,7 +31,8 @@ from upstream_like import UpstreamLike
 BASE = 1_700_000_000.0
 IDLE = ["--idle-timeout", "0.3"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIG = "x" * 65536  # more than a store limited to its current pages can take
+# more than a store limited to its current pages can take (random letters: stored chunks are compressed)
+BIG = "".join(random.Random(0).choices(string.ascii_letters, k=65536))
 
 
 def cli(*argv, input=None, umask=None, cwd=None, timeout=120):
