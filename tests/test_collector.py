@@ -509,9 +509,9 @@ def test_a_plain_find_writes_exactly_one_frame_per_event(collector):
     )
 )
 def test_plain_frames_are_the_bytes_send_writes(events):
-    from theia_frames.collector import _joined_frames, _plain_frames
+    from theia_frames.collector_output import joined_frames, plain_frames
 
-    frames = bytes(_joined_frames([_plain_frames(events_to_batch(events))]))
+    frames = bytes(joined_frames([plain_frames(events_to_batch(events))]))
     assert frames == b"".join(ws_frame(2, encode(e)) for e in events)
 
 

@@ -246,9 +246,9 @@ def test_a_filter_being_compiled_or_matched_does_not_hold_up_anyone(monkeypatch)
 
         # Matching: a live filter whose evaluation takes long (made so here) runs
         # off the event loop; ingest and confirmations go on meanwhile.
-        from theia_frames import collector as collector_module
+        from theia_frames import collector_fanout as collector_module
 
-        real_mask = collector_module._Commit.mask
+        real_mask = collector_module.Commit.mask
         matching = threading.Event()
         release.clear()
 
@@ -258,7 +258,7 @@ def test_a_filter_being_compiled_or_matched_does_not_hold_up_anyone(monkeypatch)
                 release.wait(30)
             return real_mask(self, flt)
 
-        monkeypatch.setattr(collector_module._Commit, "mask", slow_mask)
+        monkeypatch.setattr(collector_module.Commit, "mask", slow_mask)
         with opened(collector.url + "/live") as slow:
             slow.send(json.dumps({"start": 1, "content": "slow to match"}))
             assert slow.recv() == "ok"
@@ -269,18 +269,18 @@ def test_a_filter_being_compiled_or_matched_does_not_hold_up_anyone(monkeypatch)
 
 
 def test_a_live_filter_too_costly_for_the_rate_of_events_is_dropped_not_waited_for(monkeypatch):
-    from theia_frames import collector as collector_module
+    from theia_frames import collector_fanout as collector_module
 
-    real_mask = collector_module._Commit.mask
+    real_mask = collector_module.Commit.mask
 
     def costly_mask(self: Any, flt: EventFilter) -> Any:
         if flt.content == "costly":
             time.sleep(0.3)  # as a filter of many patterns over a large commit
         return real_mask(self, flt)
 
-    monkeypatch.setattr(collector_module._Commit, "mask", costly_mask)
-    monkeypatch.setattr(collector_module, "_FANOUT_QUEUE", 1)
-    monkeypatch.setattr(collector_module, "_FANOUT_WAIT", 0.05)
+    monkeypatch.setattr(collector_module.Commit, "mask", costly_mask)
+    monkeypatch.setattr(collector_module, "FANOUT_QUEUE", 1)
+    monkeypatch.setattr(collector_module, "FANOUT_WAIT", 0.05)
     with serve(db=":memory:", port=0) as collector, Client(collector.url) as client:
         with opened(collector.url + "/live") as costly, opened(collector.url + "/live") as cheap:
             costly.send(json.dumps({"start": 1, "content": "costly"}))
@@ -298,9 +298,9 @@ def test_a_live_filter_too_costly_for_the_rate_of_events_is_dropped_not_waited_f
 
 
 def test_a_stop_while_ingest_waits_for_the_live_fanout_returns(monkeypatch):
-    from theia_frames import collector as collector_module
+    from theia_frames import collector_fanout as collector_module
 
-    real_mask = collector_module._Commit.mask
+    real_mask = collector_module.Commit.mask
     release = threading.Event()
 
     def stuck_mask(self: Any, flt: EventFilter) -> Any:
@@ -308,9 +308,9 @@ def test_a_stop_while_ingest_waits_for_the_live_fanout_returns(monkeypatch):
             release.wait(30)
         return real_mask(self, flt)
 
-    monkeypatch.setattr(collector_module._Commit, "mask", stuck_mask)
-    monkeypatch.setattr(collector_module, "_FANOUT_QUEUE", 1)
-    monkeypatch.setattr(collector_module, "_FANOUT_WAIT", 60.0)  # nobody is dropped meanwhile
+    monkeypatch.setattr(collector_module.Commit, "mask", stuck_mask)
+    monkeypatch.setattr(collector_module, "FANOUT_QUEUE", 1)
+    monkeypatch.setattr(collector_module, "FANOUT_WAIT", 60.0)  # nobody is dropped meanwhile
     collector = serve(db=":memory:", port=0)
     with opened(collector.url + "/live") as live, opened(collector.url + "/event") as sender:
         live.send(json.dumps({"start": 1, "content": "stuck"}))
@@ -334,10 +334,10 @@ def _many_chunks(collector: Collector, chunks: int) -> None:
 
 
 def test_a_find_stops_working_when_its_client_leaves(monkeypatch):
-    from theia_frames import store as store_module
+    from theia_frames import store_query as store_module
 
     reads = []
-    real_blob = store_module._Snapshot.blob
+    real_blob = store_module.Snapshot.blob
 
     def slow_blob(self: Any, seq: int) -> bytes:
         reads.append(seq)
@@ -346,7 +346,7 @@ def test_a_find_stops_working_when_its_client_leaves(monkeypatch):
 
     with serve(db=":memory:", port=0) as collector:
         _many_chunks(collector, 30)
-        monkeypatch.setattr(store_module._Snapshot, "blob", slow_blob)
+        monkeypatch.setattr(store_module.Snapshot, "blob", slow_blob)
         with opened(collector.url + "/find") as ws:
             ws.send(json.dumps({"start": 1, "content": "matches nothing"}))
             assert ws.recv() == "ok"
@@ -357,10 +357,10 @@ def test_a_find_stops_working_when_its_client_leaves(monkeypatch):
 
 
 def test_a_stop_ends_a_running_find_at_its_next_chunk(monkeypatch):
-    from theia_frames import store as store_module
+    from theia_frames import store_query as store_module
 
     reads = []
-    real_blob = store_module._Snapshot.blob
+    real_blob = store_module.Snapshot.blob
 
     def slow_blob(self: Any, seq: int) -> bytes:
         reads.append(seq)
@@ -369,7 +369,7 @@ def test_a_stop_ends_a_running_find_at_its_next_chunk(monkeypatch):
 
     collector = serve(db=":memory:", port=0)
     _many_chunks(collector, 30)
-    monkeypatch.setattr(store_module._Snapshot, "blob", slow_blob)
+    monkeypatch.setattr(store_module.Snapshot, "blob", slow_blob)
     with opened(collector.url + "/find") as ws:
         ws.send(json.dumps({"start": 1, "content": "matches nothing"}))
         assert ws.recv() == "ok"
@@ -397,9 +397,9 @@ def test_a_stalled_find_is_cut_off_and_its_query_ends():
 
 
 def test_pending_bytes_bound_memory_one_message_per_connection_waits(monkeypatch):
-    from theia_frames import collector as collector_module
+    from theia_frames import collector_event
 
-    monkeypatch.setattr(collector_module, "_PENDING_LIMIT", 1 << 20)
+    monkeypatch.setattr(collector_event, "_PENDING_LIMIT", 1 << 20)
     message = encode(Event(id="m", timestamp=T0, content="x" * (2 << 20)))
     with serve(db=":memory:", port=0) as collector:
         with writer_held(collector):
@@ -546,11 +546,12 @@ def test_the_serve_command_takes_the_limits_says_it_listens_once_and_stops_on_si
 def test_a_batched_find_sends_messages_of_bounded_bytes(monkeypatch):
     # A reader bounds what one message may decode to (ipc_to_batches' max_decoded):
     # gathered events go out in messages of about the store's chunk bytes at most.
-    from theia_frames import store as store_module
+    from theia_frames import store_chunks, store_query
 
     store = EventStore(":memory:")
     store.add_many([Event(id=f"e{i}", timestamp=T0 + i, content=("x" if i % 2 else "y") * 5000) for i in range(2000)])
-    monkeypatch.setattr(store_module, "_CHUNK_BYTES", 1 << 20)  # for reading only (stored chunks follow the real one)
+    for module in (store_chunks, store_query):
+        monkeypatch.setattr(module, "CHUNK_BYTES", 1 << 20)  # for reading only (stored chunks follow the real one)
     messages = list(store.query_ipc(EventFilter(content="x")))
     assert sum(b.num_rows for m in messages for b in ipc_to_batches(m)) == 1000
     assert len(messages) > 1 and max(len(m) for m in messages) < 1.2 * (1 << 20)

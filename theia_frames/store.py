@@ -62,20 +62,20 @@ format) raises :class:`~theia_frames.exceptions.StoreError` saying so.
 
 from __future__ import annotations
 
-import math
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
-from .batch import batch_to_columns, batch_to_ipc, columns_to_batch, decoded_size, event_schema, ipc_to_batches
+from .batch import batch_to_columns, batch_to_ipc, columns_to_batch, decoded_size
 from .codec import EventColumns
 from .deprecation import renamed_arguments
 from .event import Event
-from .exceptions import DecodeError, StoreError, UsageError
+from .exceptions import StoreError, UsageError
 from .filter import EventFilter
+from .store_chunks import MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, COMPRESSION, FIELDS, FINAL_TIER, event_batch, first_of_equal, from_ipc, sort_keys, numpy_module, pyarrow_module, piece_spans, sort_indices, sort_order, tier, translate_error
+from .store_query import Results, Snapshot, chunks_sql, ipc_messages, rebatch, sweep
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -91,28 +91,13 @@ __all__ = [
     "FORMAT_VERSION",
 ]
 
-MEMORY = ":memory:"
 #: Rows per batch of a query, unless asked otherwise.
 DEFAULT_CHUNK_SIZE = 10_000
-#: Most events in one stored chunk.
-CHUNK_ROWS = 65_536
-#: Chunks of one tier that are merged into one chunk of a higher tier.
-MERGE_FANOUT = 8
 #: The layout of the database, kept in its ``user_version``. Format 3 keeps chunks
 #: compressed (ZSTD) with the bytes they decode to; a store of format 2 is
 #: upgraded when it is opened (its chunks are read as they are).
 FORMAT_VERSION = 3
-# Stored chunks' buffers are compressed with this (pyarrow's IPC compression).
-_COMPRESSION = "zstd"
 
-# Most bytes of Arrow data in one chunk (a chunk holds one event at least).
-_CHUNK_BYTES = 32 * 1024 * 1024
-# A chunk this large (rows or bytes) is never merged again. Small enough that
-# the largest merge (8 chunks just below it) takes tens of milliseconds: the
-# collector's writer merges between commits, so a merge delays the next commit.
-_FINAL_ROWS = 4_096
-_FINAL_BYTES = 1024 * 1024
-_FINAL_TIER = 15
 # Events matched between two looks at whether the query was cancelled (Arrow
 # kernels match them in a few milliseconds; a pattern matched row by row, in
 # about a tenth of a second).
@@ -125,10 +110,7 @@ _ADD_CHUNK = 50_000
 _UPGRADABLE = 2
 # "thfr": marks a database as a theia_frames event store.
 _APPLICATION_ID = 0x74686672
-# A generation newer than any: a file store's queries see their transaction's snapshot.
-_EVERY_GENERATION = 1 << 62
-_FIELDS = ("id", "timestamp", "source", "tags", "content")
-_PREVIOUS_LAYOUT = ["seq", *_FIELDS]
+_PREVIOUS_LAYOUT = ["seq", *FIELDS]
 
 _SCHEMA = (
     # seq never reuses a number (AUTOINCREMENT): a query's generation is the
@@ -146,7 +128,7 @@ _SCHEMA = (
     )""",
     "CREATE INDEX chunks_max_ts ON chunks (max_ts)",
     "CREATE INDEX chunks_min_ts ON chunks (min_ts)",
-    f"CREATE INDEX chunks_open ON chunks (tier) WHERE died IS NULL AND tier < {_FINAL_TIER}",
+    f"CREATE INDEX chunks_open ON chunks (tier) WHERE died IS NULL AND tier < {FINAL_TIER}",
 )
 
 EventsLike = Union[EventColumns, Event, Iterable[Event], "pa.RecordBatch", "pa.Table"]
@@ -160,47 +142,6 @@ class ChunkInfo(NamedTuple):
     rows: int
     min_ts: float
     max_ts: float
-
-
-def _translate(action: str, path: str, exc: Exception) -> StoreError:
-    why = _why_unopenable(path) if action == "open" else None
-    return StoreError(f"cannot {action} the event store {path!r}: {why or exc}")
-
-
-def _why_unopenable(path: str) -> str | None:
-    """What is wrong with ``path`` as the file of a store, in words, when it can be told."""
-    if path in (MEMORY, ""):
-        return None
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        return "it is a folder, not a file (give the path of a database file inside it, e.g. events.db)"
-    if not os.path.isdir(folder):
-        return f"its folder {folder!r} does not exist (create it first)"
-    if not os.path.exists(path) and not os.access(folder, os.W_OK | os.X_OK):
-        return f"its folder {folder!r} is read-only for this user, so the file cannot be created"
-    if os.path.exists(path) and not os.access(path, os.W_OK):
-        return "the file is read-only for this user"
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError as exc:
-        return f"the file cannot be read ({exc.strerror or exc})"
-    if head and head != b"SQLite format 3\x00":
-        return "the file is not an event store (not an SQLite database)"
-    return None
-
-
-def _np() -> Any:
-    import numpy
-
-    return numpy
-
-
-def _pa() -> Any:
-    import pyarrow
-    import pyarrow.compute  # noqa: F401 - makes pyarrow.compute an attribute
-
-    return pyarrow
 
 
 class EventStore:
@@ -226,7 +167,7 @@ class EventStore:
             self._db = self._connect()
             self._setup(self._db)
         except sqlite3.Error as exc:
-            raise _translate("open", self.path, exc) from exc
+            raise translate_error("open", self.path, exc) from exc
 
     # ------------------------------------------------------------------ connections
     def _connect(self) -> sqlite3.Connection:
@@ -387,8 +328,8 @@ class EventStore:
         ``validate(full=True)``, as :func:`~theia_frames.batch.ipc_to_batches`
         does), so it is not done again.
         """
-        np = _np()
-        batch = _event_batch(data, validated)
+        np = numpy_module()
+        batch = event_batch(data, validated)
         n = batch.num_rows
         if not n:
             return batch
@@ -396,10 +337,10 @@ class EventStore:
         if not np.isfinite(ts).all():
             bad = ts[~np.isfinite(ts)][0]
             raise UsageError(f"event timestamps to store must be finite numbers, got {bad!r}")
-        order = _sort_order(batch, ts)
+        order = sort_order(batch, ts)
         srt = batch if order is None else batch.take(order)
         sts = ts if order is None else ts[order]
-        keep = _first_of_equal(srt, sts)
+        keep = first_of_equal(srt, sts)
         with self._lock:
             db = self._writer()
             try:
@@ -415,8 +356,8 @@ class EventStore:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
                     raise
-            except (sqlite3.Error, _pa().ArrowException) as exc:
-                raise _translate("write to", self.path, exc) from exc
+            except (sqlite3.Error, pyarrow_module().ArrowException) as exc:
+                raise translate_error("write to", self.path, exc) from exc
             self._generation = generation
         if compact and new.num_rows:
             self.compact()
@@ -432,8 +373,8 @@ class EventStore:
         self, db: sqlite3.Connection, srt: pa.RecordBatch, sts: np.ndarray, keep: np.ndarray | None
     ) -> np.ndarray | None:
         """``keep`` with the rows already stored turned off (None: keep all)."""
-        np = _np()
-        pc = _pa().compute
+        np = numpy_module()
+        pc = pyarrow_module().compute
         lo, hi = float(sts[0]), float(sts[-1])
         candidates = db.execute(
             "SELECT seq, min_ts, max_ts FROM chunks WHERE max_ts >= ? AND min_ts <= ? AND died IS NULL", (lo, hi)
@@ -443,7 +384,7 @@ class EventStore:
             b_hi = int(np.searchsorted(sts, cmax, side="right"))
             if b_lo >= b_hi:
                 continue
-            chunk = _from_ipc(self._blob(db, seq))
+            chunk = from_ipc(self._blob(db, seq))
             cts = chunk.column(1).to_numpy()
             c_lo, c_hi = np.searchsorted(cts, lo, side="left"), np.searchsorted(cts, hi, side="right")
             if c_lo >= c_hi:
@@ -453,8 +394,8 @@ class EventStore:
             if not part.any():
                 continue
             rows = np.nonzero(part)[0] + b_lo
-            ours = _keys(sts[rows], srt.column(0).take(rows))
-            theirs = _keys(cts[c_lo:c_hi], chunk.column(0).slice(c_lo, c_hi - c_lo))
+            ours = sort_keys(sts[rows], srt.column(0).take(rows))
+            theirs = sort_keys(cts[c_lo:c_hi], chunk.column(0).slice(c_lo, c_hi - c_lo))
             seen = pc.is_in(ours, value_set=theirs).to_numpy(zero_copy_only=False)
             if seen.any():
                 if keep is None:
@@ -465,21 +406,21 @@ class EventStore:
     def _insert(self, db: sqlite3.Connection, batch: pa.RecordBatch) -> None:
         """Insert sorted events as one chunk, or several when they are too many for one."""
         ts = batch.column(1).to_numpy()
-        for start, stop in _pieces(batch.num_rows, batch.nbytes):
+        for start, stop in piece_spans(batch.num_rows, batch.nbytes):
             piece = batch.slice(start, stop - start)
-            data = batch_to_ipc(piece, compression=_COMPRESSION)
+            data = batch_to_ipc(piece, compression=COMPRESSION)
             db.execute(
                 "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes) VALUES (?, ?, ?, ?, ?, ?)",
-                (_tier(piece.num_rows, piece.nbytes), float(ts[start]), float(ts[stop - 1]), piece.num_rows,
+                (tier(piece.num_rows, piece.nbytes), float(ts[start]), float(ts[stop - 1]), piece.num_rows,
                  data, decoded_size(data)),
             )
 
     @staticmethod
-    def _blob(db: sqlite3.Connection, seq: int) -> _Blob:
+    def _blob(db: sqlite3.Connection, seq: int) -> Blob:
         row = db.execute("SELECT data, bytes FROM chunks WHERE seq = ?", (seq,)).fetchone()
         if row is None:
             raise StoreError(f"chunk {seq} is missing from the event store")
-        return _Blob(seq, row[0], row[1])
+        return Blob(seq, row[0], row[1])
 
     def compact(self) -> int:
         """Merge small chunks, tier by tier, while some tier holds :data:`MERGE_FANOUT` of them.
@@ -492,7 +433,7 @@ class EventStore:
         return merges
 
     def _merge_one(self) -> bool:
-        pa = _pa()
+        pa = pyarrow_module()
         with self._lock:
             db = self._writer()
             self._purge()
@@ -500,7 +441,7 @@ class EventStore:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     row = db.execute(
-                        f"SELECT tier FROM chunks WHERE died IS NULL AND tier < {_FINAL_TIER} "
+                        f"SELECT tier FROM chunks WHERE died IS NULL AND tier < {FINAL_TIER} "
                         "GROUP BY tier HAVING count(*) >= ? ORDER BY tier LIMIT 1",
                         (MERGE_FANOUT,),
                     ).fetchone()
@@ -509,13 +450,13 @@ class EventStore:
                         return False
                     chunks = db.execute(
                         "SELECT seq, min_ts, max_ts FROM chunks WHERE died IS NULL AND tier = ? "
-                        f"AND tier < {_FINAL_TIER} ORDER BY min_ts, seq",
+                        f"AND tier < {FINAL_TIER} ORDER BY min_ts, seq",
                         (row[0],),
                     ).fetchall()
-                    merged = pa.concat_batches([_from_ipc(self._blob(db, seq)) for seq, _, _ in chunks])
+                    merged = pa.concat_batches([from_ipc(self._blob(db, seq)) for seq, _, _ in chunks])
                     disjoint = all(a[2] < b[1] for a, b in zip(chunks, chunks[1:]))
                     if not disjoint:
-                        merged = merged.take(_sort_indices(merged))
+                        merged = merged.take(sort_indices(merged))
                     # The merged chunks cannot share an event: no de-duplication here.
                     self._insert(db, merged)
                     seqs = [seq for seq, _, _ in chunks]
@@ -533,7 +474,7 @@ class EventStore:
                         db.execute("ROLLBACK")
                     raise
             except (sqlite3.Error, pa.ArrowException) as exc:
-                raise _translate("write to", self.path, exc) from exc
+                raise translate_error("write to", self.path, exc) from exc
             self._generation = generation
         return True
 
@@ -562,7 +503,7 @@ class EventStore:
         name, still works with a warning).
         """
         batches = self.query_batches(filter, batch_size=batch_size)
-        return _Results(batches, (batch_to_columns(b) for b in batches))
+        return Results(batches, (batch_to_columns(b) for b in batches))
 
     @renamed_arguments(rows="batch_size")
     def query_batches(
@@ -582,7 +523,7 @@ class EventStore:
         of ``batch_size`` only.
         """
         snapshot = self._snapshot(filter, batch_size, wait)
-        return _Results(snapshot, _rebatch(self._matching(snapshot), batch_size, wait))
+        return Results(snapshot, rebatch(self._matching(snapshot), batch_size, wait))
 
     @renamed_arguments(rows="batch_size")
     def query_ipc(
@@ -598,9 +539,9 @@ class EventStore:
         that the query is still matching).
         """
         snapshot = self._snapshot(filter, batch_size, wait)
-        return _Results(snapshot, _ipc_messages(self._matching(snapshot), batch_size, wait))
+        return Results(snapshot, ipc_messages(self._matching(snapshot), batch_size, wait))
 
-    def _snapshot(self, filter: EventFilter | None, rows: int, wait: float | None = None) -> _Snapshot:
+    def _snapshot(self, filter: EventFilter | None, rows: int, wait: float | None = None) -> Snapshot:
         flt = filter if filter is not None else EventFilter()
         if not isinstance(flt, EventFilter):
             raise UsageError(f"a store query needs an EventFilter, got {type(flt).__name__}")
@@ -608,20 +549,20 @@ class EventStore:
             raise UsageError(f"a query's batch_size must be at least 1, got {rows}")
         if wait is not None and not wait > 0:
             raise UsageError(f"a query's wait must be a positive number of seconds or None, got {wait!r}")
-        return _Snapshot(self, flt)
+        return Snapshot(self, flt)
 
-    def _matching(self, snapshot: _Snapshot) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:
+    def _matching(self, snapshot: Snapshot) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:
         """The snapshot's events in order, the criteria other than time applied.
 
         A piece of no events now and then (after each slice matched) lets a
         reader look at the clock while nothing matches.
         """
         flt = snapshot.filter
-        pieces = _sweep(snapshot)
+        pieces = sweep(snapshot)
         if flt.is_time_only:
             yield from pieces
             return
-        pa, np = _pa(), _np()
+        pa, np = pyarrow_module(), numpy_module()
         for piece, blob in pieces:
             # In slices, so that a cancelled query stops within one slice's matching.
             parts: list[Any] = []
@@ -641,12 +582,12 @@ class EventStore:
     def query_plan(self, filter: EventFilter | None = None) -> str:
         """SQLite's plan for selecting the chunks of :meth:`query` (shows which index is used)."""
         flt = filter if filter is not None else EventFilter()
-        sql, params = _chunks_sql(flt, 0)
+        sql, params = chunks_sql(flt, 0)
         try:
             with self._lock:
                 rows = self._writer().execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
         except sqlite3.Error as exc:
-            raise _translate("read", self.path, exc) from exc
+            raise translate_error("read", self.path, exc) from exc
         return "\n".join(str(row[-1]) for row in rows)
 
     def count(self) -> int:
@@ -656,7 +597,7 @@ class EventStore:
                 db = self._writer()
                 return int(db.execute("SELECT coalesce(sum(rows), 0) FROM chunks WHERE died IS NULL").fetchone()[0])
         except sqlite3.Error as exc:
-            raise _translate("read", self.path, exc) from exc
+            raise translate_error("read", self.path, exc) from exc
 
     def chunks(self) -> list[ChunkInfo]:
         """The stored chunks, oldest first (how the events are laid out, for tests and tuning)."""
@@ -666,7 +607,7 @@ class EventStore:
                     "SELECT seq, tier, rows, min_ts, max_ts FROM chunks WHERE died IS NULL ORDER BY seq"
                 ).fetchall()
         except sqlite3.Error as exc:
-            raise _translate("read", self.path, exc) from exc
+            raise translate_error("read", self.path, exc) from exc
         return [ChunkInfo(*row) for row in rows]
 
     # ------------------------------------------------------------------ lifetime
@@ -687,7 +628,7 @@ class EventStore:
                     db.close()
                 self._db.close()
             except sqlite3.Error as exc:
-                raise _translate("close", self.path, exc) from exc
+                raise translate_error("close", self.path, exc) from exc
 
     def __enter__(self) -> EventStore:
         return self
@@ -703,503 +644,6 @@ class EventStore:
 # --------------------------------------------------------------------------- queries
 
 
-class _Meta(NamedTuple):
-    seq: int
-    min_ts: float
-    max_ts: float
-    rows: int
-
-
-class _Snapshot:
-    """What one query may read: the chunk list taken when it was made, and how to read them.
-
-    A file store's query holds a connection in a read transaction (SQLite's
-    snapshot); a ``:memory:`` store's query holds a generation, which keeps
-    chunks merged away after it from being deleted.
-    """
-
-    def __init__(self, store: EventStore, flt: EventFilter) -> None:
-        self.store = store
-        self.filter = flt
-        self.desc = flt.order == "desc"
-        self._db: sqlite3.Connection | None = None
-        self._registered = False
-        self._done = False
-        self._cancelled = False
-        try:
-            if store.in_memory:
-                with store._lock:
-                    db = store._writer()
-                    generation = store._generation
-                    metas = self._select(db, generation)
-                    store._snapshots[id(self)] = generation
-                    self._registered = True
-            else:
-                db = store._borrow()
-                self._db = db
-                db.execute("BEGIN")
-                metas = self._select(db, _EVERY_GENERATION)
-        except sqlite3.Error as exc:
-            self.close()
-            raise _translate("read", store.path, exc) from exc
-        except BaseException:
-            self.close()
-            raise
-        if self.desc:
-            metas.sort(key=lambda m: (-m.max_ts, -m.seq))
-        else:
-            metas.sort(key=lambda m: (m.min_ts, m.seq))
-        self.metas = metas
-
-    def count(self) -> int | None:
-        """How many events this snapshot holds in the filter's time range, for a
-        filter of time alone (None for any other): the row counts of the chunks
-        inside the range, and a binary search of the chunks at its edges."""
-        flt = self.filter
-        if not flt.is_time_only:
-            return None
-        np = _np()
-        start = -math.inf if flt.start is None else flt.start
-        end = math.inf if flt.end is None else flt.end
-        n = 0
-        for meta in self.metas:
-            if meta.min_ts >= start and meta.max_ts <= end:
-                n += meta.rows
-                continue
-            ts = _from_ipc(self.blob(meta.seq)).column(1).to_numpy()
-            n += max(0, int(np.searchsorted(ts, end, side="right")) - int(np.searchsorted(ts, start, side="left")))
-        return n
-
-    def _select(self, db: sqlite3.Connection, generation: int) -> list[_Meta]:
-        sql, params = _chunks_sql(self.filter, generation)
-        return [_Meta(*row) for row in db.execute(sql, params)]
-
-    def cancel(self) -> None:
-        """Make the next read fail (any thread): a query stops at its next chunk."""
-        self._cancelled = True
-
-    def check(self) -> None:
-        """Raise StoreError when the query was cancelled."""
-        if self._cancelled:
-            raise StoreError(f"a query of the event store {self.store.path!r} was cancelled")
-
-    def blob(self, seq: int) -> _Blob:
-        store = self.store
-        self.check()
-        if self._done or store._closed:
-            raise StoreError(f"the event store {store.path!r} was closed during a query")
-        try:
-            if self._db is not None:
-                return store._blob(self._db, seq)
-            with store._lock:
-                if store._closed:
-                    raise StoreError(f"the event store {store.path!r} was closed during a query")
-                return store._blob(store._db, seq)
-        except sqlite3.Error as exc:
-            raise _translate("read", store.path, exc) from exc
-
-    def close(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        store = self.store
-        db, self._db = self._db, None
-        if db is not None:
-            try:
-                if db.in_transaction:
-                    db.execute("COMMIT")
-            except sqlite3.Error:
-                db.close()
-            else:
-                store._give_back(db)
-        if self._registered:
-            store._snapshots.pop(id(self), None)
-            # Not waiting for the lock: this may run from a finalizer. When the
-            # writer holds it, the next merge deletes what is no longer needed.
-            if store._lock.acquire(blocking=False):
-                try:
-                    store._purge()
-                finally:
-                    store._lock.release()
-
-
-class _Results(Iterator[Any]):
-    """An iterator that ends its snapshot when read to the end, closed or dropped."""
-
-    def __init__(self, owner: Any, items: Iterator[Any]) -> None:
-        self._owner = owner
-        self._items = items
-
-    def __iter__(self) -> _Results:
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            return next(self._items)
-        except StopIteration:
-            self.close()
-            raise
-        except BaseException:
-            self.close()
-            raise
-
-    def count(self) -> int | None:
-        """How many events the query yields, when its index can tell (see
-        :meth:`_Snapshot.count`); None otherwise. Call it before reading."""
-        count = getattr(self._owner, "count", None)
-        return count() if count is not None else None
-
-    def cancel(self) -> None:
-        """Stop the query from any thread, even while another thread reads it: the
-        reading thread gets :class:`~theia_frames.exceptions.StoreError` at the
-        next stored chunk, never a silently short result. Then :meth:`close` it."""
-        cancel = getattr(self._owner, "cancel", None)
-        if cancel is not None:
-            cancel()
-
-    def close(self) -> None:
-        """End the query (idempotent); what it holds is released."""
-        close = getattr(self._items, "close", None)
-        if close is not None:
-            close()
-        self._owner.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # pragma: no cover - at interpreter exit
-            pass
-
-
-def _chunks_sql(flt: EventFilter, generation: int) -> tuple[str, list[Any]]:
-    """The SQL selecting the chunks that may hold events of ``flt``'s time range.
-
-    A start bound seeks the index on ``max_ts`` (the chunks ending at or
-    after it), an end bound alone the index on ``min_ts``.
-    """
-    where = ["seq <= ?", "(died IS NULL OR died > ?)"]
-    params: list[Any] = [generation, generation]
-    if flt.start is not None:
-        index = "INDEXED BY chunks_max_ts"
-        where.append("max_ts >= ?")
-        params.append(flt.start)
-    elif flt.end is not None:
-        index = "INDEXED BY chunks_min_ts"
-    else:
-        index = ""
-    if flt.end is not None:
-        where.append("min_ts <= ?")
-        params.append(flt.end)
-    return f"SELECT seq, min_ts, max_ts, rows FROM chunks {index} WHERE {' AND '.join(where)}", params
-
-
-class _Open:
-    """A chunk being read: its remaining rows in output order, their sort keys ascending."""
-
-    __slots__ = ("batch", "keys", "blob")
-
-    def __init__(self, batch: pa.RecordBatch, keys: np.ndarray, blob: bytes | None) -> None:
-        self.batch = batch
-        self.keys = keys
-        self.blob = blob
-
-    def cut(self, count: int) -> tuple[pa.RecordBatch, bytes | None]:
-        """Take the first ``count`` rows off (with the stored blob when that is all of them)."""
-        if count >= self.batch.num_rows:
-            head, blob = self.batch, self.blob
-            self.batch = self.batch.slice(0, 0)
-            self.keys = self.keys[:0]
-        else:
-            head, blob = self.batch.slice(0, count), None
-            self.batch = self.batch.slice(count)
-            self.keys = self.keys[count:]
-            self.blob = None
-        return head, blob
-
-
-def _sweep(snapshot: _Snapshot) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:
-    """The snapshot's events in the time range, in order, as pieces (batch, stored blob or None).
-
-    Chunks are opened in the order of their first event (last, for ``desc``);
-    before the next one is opened, every open row that comes before its first
-    event is emitted. A chunk that overlaps no other comes out as stored; rows
-    of overlapping chunks are merged, so memory holds only the chunks that
-    overlap the current position.
-    """
-    np = _np()
-    flt, desc, metas = snapshot.filter, snapshot.desc, snapshot.metas
-    start = -math.inf if flt.start is None else flt.start
-    end = math.inf if flt.end is None else flt.end
-    opened: list[_Open] = []
-    i = 0
-    while i < len(metas) or opened:
-        if i < len(metas):
-            meta = metas[i]
-            i += 1
-            blob = snapshot.blob(meta.seq)
-            chunk = _from_ipc(blob)
-            ts = chunk.column(1).to_numpy()
-            lo = 0 if meta.min_ts >= start else int(np.searchsorted(ts, start, side="left"))
-            hi = len(ts) if meta.max_ts <= end else int(np.searchsorted(ts, end, side="right"))
-            if lo < hi:
-                whole = lo == 0 and hi == len(ts) and not desc
-                part = chunk.slice(lo, hi - lo)
-                if desc:
-                    part = part.take(np.arange(hi - lo - 1, -1, -1))
-                    keys = -ts[lo:hi][::-1]
-                else:
-                    keys = ts[lo:hi]
-                opened.append(_Open(part, keys, blob.data if whole else None))
-            if i < len(metas):
-                nxt = metas[i]
-                boundary = -nxt.max_ts if desc else nxt.min_ts
-            else:
-                boundary = None
-        else:
-            boundary = None
-        heads = []
-        for item in opened:
-            count = item.batch.num_rows if boundary is None else int(np.searchsorted(item.keys, boundary, side="left"))
-            if count:
-                heads.append(item.cut(count))
-        opened = [item for item in opened if item.batch.num_rows]
-        if len(heads) == 1:
-            yield heads[0]
-        elif heads:
-            merged = _pa().concat_batches([h for h, _ in heads])
-            yield merged.take(_sort_indices(merged, desc)), None
-
-
-class _Gather:
-    """Pieces gathered into batches of exactly ``rows`` events."""
-
-    def __init__(self, rows: int) -> None:
-        self.rows = rows
-        self.waiting: list[pa.RecordBatch] = []
-        self.count = 0
-        self.nbytes = 0  # the bytes of the events waiting (kept as they come: many small pieces)
-
-    def add(self, piece: pa.RecordBatch) -> list[pa.RecordBatch]:
-        """Take a piece; returns the batches of ``rows`` events now complete."""
-        self.waiting.append(piece)
-        self.count += piece.num_rows
-        self.nbytes += piece.nbytes
-        rows = self.rows
-        if self.count < rows:
-            return []
-        whole = self._joined()
-        full = self.count - self.count % rows
-        self.waiting = [whole.slice(full)] if full < self.count else []
-        self.count -= full
-        self.nbytes = sum(piece.nbytes for piece in self.waiting)
-        return [whole.slice(at, rows) for at in range(0, full, rows)]
-
-    def rest(self) -> pa.RecordBatch | None:
-        """What is left (fewer than ``rows`` events), or None; empties the gathering."""
-        if not self.count:
-            return None
-        whole = self._joined()
-        self.waiting, self.count, self.nbytes = [], 0, 0
-        return whole
-
-    def _joined(self) -> pa.RecordBatch:
-        return self.waiting[0] if len(self.waiting) == 1 else _pa().concat_batches(self.waiting)
-
-
-class _Clock:
-    """When a query last yielded, and whether its ``wait`` has passed since."""
-
-    __slots__ = ("wait", "last")
-
-    def __init__(self, wait: float | None) -> None:
-        self.wait = wait
-        self.last = time.monotonic()
-
-    def due(self) -> bool:
-        return self.wait is not None and time.monotonic() - self.last >= self.wait
-
-    def reset(self) -> None:
-        self.last = time.monotonic()
-
-
-def _rebatch(
-    pieces: Iterator[tuple[pa.RecordBatch, bytes | None]], rows: int, wait: float | None = None
-) -> Iterator[pa.RecordBatch]:
-    """Pieces as batches of exactly ``rows`` events (the last one: what is left);
-    what is gathered (maybe nothing) whenever ``wait`` seconds pass without a batch."""
-    gather = _Gather(rows)
-    clock = _Clock(wait)
-    for piece, _ in pieces:
-        if piece.num_rows:
-            for batch in gather.add(piece):
-                yield batch
-                clock.reset()
-        if clock.due():
-            rest = gather.rest()
-            yield piece.slice(0, 0) if rest is None else rest
-            clock.reset()
-    rest = gather.rest()
-    if rest is not None:
-        yield rest
-
-
-def _ipc_messages(
-    pieces: Iterator[tuple[pa.RecordBatch, bytes | None]], rows: int, wait: float | None = None
-) -> Iterator[bytes]:
-    """Pieces as IPC messages of at most ``rows`` events and about :data:`_CHUNK_BYTES`
-    bytes at most (a reader bounds what one message may decode to); a whole stored
-    chunk as stored; what is gathered (maybe nothing) whenever ``wait`` seconds
-    pass without a message."""
-    gather = _Gather(rows)
-    clock = _Clock(wait)
-    for piece, blob in pieces:
-        if blob is not None and piece.num_rows <= rows:
-            rest = gather.rest()
-            if rest is not None:
-                yield batch_to_ipc(rest)
-            yield blob
-            clock.reset()
-            continue
-        if piece.num_rows:
-            for start, stop in _pieces(piece.num_rows, piece.nbytes):
-                part = piece.slice(start, stop - start)
-                if gather.count and gather.nbytes + part.nbytes > _CHUNK_BYTES:
-                    rest = gather.rest()
-                    if rest is not None:
-                        yield batch_to_ipc(rest)
-                        clock.reset()
-                for batch in gather.add(part):
-                    yield batch_to_ipc(batch)
-                    clock.reset()
-        if clock.due():
-            rest = gather.rest()
-            yield batch_to_ipc(piece.slice(0, 0) if rest is None else rest)
-            clock.reset()
-    rest = gather.rest()
-    if rest is not None:
-        yield batch_to_ipc(rest)
-
-
 # --------------------------------------------------------------------------- Arrow helpers
-
-
-def _event_batch(data: Any, validated: bool = False) -> pa.RecordBatch:
-    """``data`` (RecordBatch or Table) as one RecordBatch of the event schema; UsageError if it is not one."""
-    pa = _pa()
-    names = list(data.schema.names)
-    if names != list(_FIELDS):
-        raise UsageError(f"Arrow data to store needs the columns {', '.join(_FIELDS)}; got {', '.join(names)}")
-    for name in _FIELDS:
-        if data.column(name).null_count:
-            raise UsageError(f"Arrow data to store has missing values in column {name!r}")
-    schema = event_schema()
-    if not data.schema.equals(schema):
-        try:
-            data = data.cast(schema)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise UsageError(f"Arrow data to store cannot be read with the event schema: {exc}") from exc
-    if isinstance(data, pa.Table):
-        batches = data.to_batches()
-        if not batches:
-            return pa.RecordBatch.from_pylist([], schema=schema)
-        data = batches[0] if len(batches) == 1 else pa.concat_batches(batches)
-    try:
-        # A pass over the bytes, and what is stored is read by every kernel
-        # that serves it: offsets past the data or text that is not UTF-8 stay out.
-        data.validate(full=not validated)
-    except pa.ArrowInvalid as exc:
-        raise UsageError(f"Arrow data to store is not valid: {exc}") from exc
-    return data
-
-
-class _Blob(NamedTuple):
-    """A stored chunk as read: its number, its Arrow IPC stream, the bytes it decodes to."""
-
-    seq: int
-    data: bytes
-    bytes: int
-
-
-def _from_ipc(blob: _Blob) -> pa.RecordBatch:
-    """The events of a stored chunk; StoreError when it is damaged or would decode
-    to more than it did when it was stored (checked before decompressing)."""
-    pa = _pa()
-    try:
-        # Validated in full when stored: the structure is what a damaged file could break.
-        batches = ipc_to_batches(blob.data, max_decoded=blob.bytes, full=False)
-    except DecodeError as exc:
-        raise StoreError(f"chunk {blob.seq} of the event store is damaged: {exc}") from None
-    if len(batches) == 1:
-        return batches[0]
-    if not batches:
-        return pa.RecordBatch.from_pylist([], schema=event_schema())
-    return pa.concat_batches(batches)
-
-
-def _sort_indices(batch: pa.RecordBatch, desc: bool = False) -> pa.Array:
-    order = "descending" if desc else "ascending"
-    return _pa().compute.sort_indices(batch, sort_keys=[("timestamp", order), ("id", order)])
-
-
-def _sort_order(batch: pa.RecordBatch, ts: np.ndarray) -> np.ndarray | None:
-    """The permutation sorting ``batch`` by (timestamp, id), stably; None when it is sorted already."""
-    np = _np()
-    if len(ts) < 2:
-        return None
-    step = ts[1:] >= ts[:-1]
-    if step.all():
-        ties = np.nonzero(ts[1:] == ts[:-1])[0]
-        if not len(ties):
-            return None
-        ids = batch.column(0)
-        pc = _pa().compute
-        before = ids.take(ties)
-        after = ids.take(ties + 1)
-        if pc.all(pc.less_equal(before, after)).as_py():
-            return None
-    return _sort_indices(batch).to_numpy()
-
-
-def _first_of_equal(srt: pa.RecordBatch, sts: np.ndarray) -> np.ndarray | None:
-    """In sorted events, all but the first of equal (timestamp, id) turned off; None if none repeat."""
-    np = _np()
-    ties = np.nonzero(sts[1:] == sts[:-1])[0]
-    if not len(ties):
-        return None
-    pc = _pa().compute
-    ids = srt.column(0)
-    same = pc.equal(ids.take(ties), ids.take(ties + 1)).to_numpy(zero_copy_only=False)
-    if not same.any():
-        return None
-    keep = np.ones(len(sts), dtype=bool)
-    keep[ties[same] + 1] = False
-    return keep
-
-
-def _keys(ts: np.ndarray, ids: pa.Array) -> pa.Array:
-    """One binary key per event: its timestamp's 8 bytes (-0.0 read as 0.0), then its id."""
-    np = _np()
-    pa = _pa()
-    raw = np.ascontiguousarray((ts + 0.0).astype(">f8")).view(np.uint8)
-    stamps = pa.FixedSizeBinaryArray.from_buffers(pa.binary(8), len(ts), [None, pa.py_buffer(raw)])
-    return pa.compute.binary_join_element_wise(stamps.cast(pa.binary()), ids.cast(pa.binary()), b"")
-
-
-def _pieces(rows: int, nbytes: int) -> list[tuple[int, int]]:
-    """Row ranges splitting ``rows`` events (``nbytes`` of data) into chunks of about equal size."""
-    count = max(1, -(-rows // CHUNK_ROWS), -(-nbytes // _CHUNK_BYTES))
-    count = min(count, rows)
-    size = -(-rows // count)
-    return [(at, min(at + size, rows)) for at in range(0, rows, size)]
-
-
-def _tier(rows: int, nbytes: int) -> int:
-    """The merge tier of a chunk: 0 for fewer than 8 events, +1 per factor 8; final when large."""
-    if rows >= _FINAL_ROWS or nbytes >= _FINAL_BYTES:
-        return _FINAL_TIER
-    tier = 0
-    while rows >= MERGE_FANOUT ** (tier + 1):
-        tier += 1
-    return tier
 
 

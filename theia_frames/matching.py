@@ -1,0 +1,333 @@
+"""Filters as Arrow compute kernels: a filter's patterns matched against whole columns
+with Arrow's RE2 (:class:`Kernel`), a ``re`` pattern rewritten for RE2 only where both
+engines read it alike, the rest matched row by row; tags matched in their comma text;
+repeated values matched once. :meth:`EventFilter.mask_batch <theia_frames.filter.EventFilter.mask_batch>` is the entry point.
+"""
+
+from __future__ import annotations
+
+import datetime as dt  # noqa: F401  (used by the doctests)
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pyarrow as pa
+
+__all__ = [
+    "Kernel",
+    "is_literal",
+    "distinct_values",
+    "dictionary_indices",
+    "mask_tags",
+]
+
+
+_REGEX_SYNTAX = frozenset(".^$*+?{}[]\\|()")
+
+
+def is_literal(pattern: str) -> bool:
+    """Whether ``pattern`` fully matches exactly the text it is (no regex syntax in it)."""
+    return not _REGEX_SYNTAX.intersection(pattern)
+
+
+_FLAG_LETTERS = frozenset("ims")
+
+
+_ESCAPES_ANYWHERE = frozenset("dDwWntrfv")  # same meaning in re and RE2 on ASCII text
+
+
+_ESCAPES_OUTSIDE = frozenset("bA")  # not \B: re's never matches the empty text, RE2's does
+
+
+_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+# what Python's ``re`` reads as \s in ASCII text (RE2's \s leaves out \v and \x1c-\x1f)
+_SPACE = r"\t\n\v\f\r\x1c-\x1f "
+
+
+_REPEAT = re.compile(r"\{(\d+)(,(\d*))?\}")
+
+
+_GROUP_NAME = re.compile(r"\?P<[A-Za-z_][A-Za-z0-9_]*>")
+
+
+_GROUP_FLAGS = re.compile(r"\?([ims]*)(:|\))")
+
+
+def _escape(pattern: str, at: int, in_class: bool) -> tuple[str, int] | None:
+    """The RE2 form of the _escape at ``pattern[at]`` (a backslash) and where it ends."""
+    if at + 1 >= len(pattern):
+        return None
+    c = pattern[at + 1]
+    if c in _ESCAPES_ANYWHERE or c in _PUNCTUATION or (not in_class and c in _ESCAPES_OUTSIDE):
+        return pattern[at : at + 2], at + 2
+    if c == "s":
+        return (_SPACE if in_class else f"[{_SPACE}]"), at + 2
+    if c == "S" and not in_class:
+        return f"[^{_SPACE}]", at + 2
+    if c == "x" and len(pattern) >= at + 4 and _HEX.issuperset(pattern[at + 2 : at + 4]):
+        return pattern[at : at + 4], at + 4
+    return None
+
+
+def _re_as_re2(pattern: str) -> str | None:
+    """``pattern`` (Python ``re`` syntax) written for RE2 with the same meaning on ASCII
+    text, or None when it uses anything outside the subset both read alike.
+
+    The subset: ASCII literals, ``.``, classes (no nested ``[``), ``\\d \\w \\s``
+    and their negations, ``\\b \\A``, escaped punctuation, ``\\xhh``, ``^``,
+    ``|``, groups (plain, ``(?:``, named, ``(?ims)`` and ``(?ims:``), and the
+    repeats ``* + ? {m} {m,} {m,n}``, greedy or lazy. Left out, among others:
+    ``$`` (re also matches before a final newline), possessive repeats,
+    lookaround, backreferences, ``{,n}``, verbose mode and non-ASCII patterns.
+    """
+    if not pattern.isascii():
+        return None
+    out: list[str] = []
+    at, n = 0, len(pattern)
+    while at < n:
+        c = pattern[at]
+        if c == "\\":
+            escaped = _escape(pattern, at, False)
+            if escaped is None:
+                return None
+            text, at = escaped
+            out.append(text)
+        elif c == "[":
+            end = at + 1
+            part = ["["]
+            if end < n and pattern[end] == "^":
+                part.append("^")
+                end += 1
+            if end < n and pattern[end] == "]":
+                part.append("\\]")
+                end += 1
+            while end < n and pattern[end] != "]":
+                ch = pattern[end]
+                if ch == "[":
+                    return None
+                if ch == "\\":
+                    escaped = _escape(pattern, end, True)
+                    if escaped is None:
+                        return None
+                    text, end = escaped
+                    part.append(text)
+                else:
+                    part.append(ch)
+                    end += 1
+            if end >= n:
+                return None
+            part.append("]")
+            out.append("".join(part))
+            at = end + 1
+        elif c == "(":
+            if pattern.startswith("(?", at):
+                group = _GROUP_NAME.match(pattern, at + 1) or _GROUP_FLAGS.match(pattern, at + 1)
+                if group is None:
+                    return None
+                out.append(pattern[at : group.end()])
+                at = group.end()
+            else:
+                out.append(c)
+                at += 1
+        elif c in "*+?":
+            out.append(c)
+            at += 1
+            if at < n and pattern[at] == "?":
+                out.append("?")
+                at += 1
+            if at < n and pattern[at] in "*+?{":
+                return None  # possessive, or a repeat of a repeat
+        elif c == "{":
+            repeat = _REPEAT.match(pattern, at)
+            if repeat is None:
+                return None
+            out.append(repeat.group())
+            at = repeat.end()
+            if at < n and pattern[at] == "?":
+                out.append("?")
+                at += 1
+            if at < n and pattern[at] in "*+?{":
+                return None
+        elif c == "$":
+            return None
+        else:
+            out.append(c)
+            at += 1
+    return "".join(out)
+
+
+def _kernel_works(regex: str) -> bool:
+    """Whether Arrow's RE2 takes ``regex`` (it refuses some that ``re`` takes: large repeats)."""
+    pa = _pyarrow_module()
+    try:
+        pa.compute.match_substring_regex(pa.array([""], pa.string()), regex)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
+class Kernel:
+    """One pattern of a filter, matched against a whole Arrow string array at once."""
+
+    __slots__ = ("compiled", "full", "literal", "regex", "ascii_only")
+
+    def __init__(self, source: str, compiled: Any, engine: str, full: bool) -> None:
+        self.compiled = compiled
+        self.full = full
+        self.literal: str | None = source if is_literal(source) else None
+        self.regex: str | None = None
+        self.ascii_only = False
+        if self.literal is None:
+            regex = source if engine == "re2" else _re_as_re2(source)
+            if regex is not None:
+                regex = f"\\A(?:{regex})\\z" if full else regex
+                if _kernel_works(regex):
+                    self.regex = regex
+                    self.ascii_only = engine != "re2"
+
+    def mask(self, values: pa.Array, alive: np.ndarray | None = None) -> np.ndarray:
+        """One bool per value: whether it matches. Rows off in ``alive`` may come out
+        either way (the per-row path skips them)."""
+
+        pc = _pyarrow_module().compute
+        if self.literal is not None:
+            hit = pc.equal(values, self.literal) if self.full else pc.match_substring(values, self.literal)
+            return _bools(hit)
+        if self.regex is None:
+            return self._by_row(values, alive)
+        hit = _bools(pc.match_substring_regex(values, self.regex))
+        if self.ascii_only:
+            other = ~_bools(pc.string_is_ascii(values))
+            if alive is not None:
+                other &= alive
+            if other.any():
+                hit[other] = self._by_row(values, other)[other]
+        return hit
+
+    def _by_row(self, values: pa.Array, alive: np.ndarray | None) -> np.ndarray:
+        import numpy as np
+
+        test = self.compiled.fullmatch if self.full else self.compiled.search
+        if alive is None:
+            return np.fromiter((test(v) is not None for v in values.to_pylist()), dtype=bool, count=len(values))
+        hit = np.zeros(len(values), dtype=bool)
+        rows = np.flatnonzero(alive)
+        if len(rows):
+            texts = values.take(_pyarrow_module().array(rows)).to_pylist()
+            hit[rows] = np.fromiter((test(v) is not None for v in texts), dtype=bool, count=len(rows))
+        return hit
+
+
+# Values repeat (a few sources, a few tag sets) when a sample of this many rows
+# holds at most an eighth as many distinct values: then each distinct value is
+# matched once and the rows take their value's answer.
+_SAMPLE = 4096
+
+
+def distinct_values(column: Any) -> Any:
+    """``column`` dictionary-encoded when its values repeat (see :data:`_SAMPLE`), else None."""
+    pa = _pyarrow_module()
+    if len(column) <= _SAMPLE or column.null_count or not (
+        pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+    ):
+        return None
+    pc = pa.compute
+    if len(pc.unique(column.slice(0, _SAMPLE))) * 8 > _SAMPLE:
+        return None
+    encoded = pc.dictionary_encode(column)
+    return encoded if len(encoded.dictionary) * 8 <= len(column) else None
+
+
+def dictionary_indices(encoded: Any) -> np.ndarray:
+    """The dictionary indices of a dictionary array without missing values, as numpy."""
+    return encoded.indices.to_numpy(zero_copy_only=False)
+
+
+def mask_tags(kernels: Sequence[Kernel], column: Any, keep: np.ndarray) -> np.ndarray:
+    """``keep`` and-ed with, for each tag pattern, whether some tag of the row fully matches it.
+
+    A literal pattern on comma text is looked for in the text itself, with no
+    split: a substring search finds the candidate rows, and the literal
+    between a comma or the text's start and a comma or its end is a tag
+    equal to it. The other patterns are matched against the split tags of
+    the rows still in question.
+    """
+    import numpy as np
+
+    pa = _pyarrow_module()
+    pc = pa.compute
+    listed = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+    rest = []
+    for kernel in kernels:
+        literal = kernel.literal
+        if listed or not literal:
+            rest.append(kernel)
+            continue
+        if "," in literal:
+            return np.zeros(len(keep), dtype=bool)  # no tag holds a comma
+        keep = keep & _bools(pc.match_substring(column, literal))
+        rows = np.flatnonzero(keep)
+        if not len(rows):
+            return keep
+        exact = f"(?:^|,){literal}(?:,|$)"  # a literal holds no regex syntax
+        if len(rows) == len(keep):
+            keep = _bools(pc.match_substring_regex(column, exact))
+        else:
+            keep[rows] = _bools(pc.match_substring_regex(column.take(pa.array(rows)), exact))
+    if not rest or not keep.any():
+        return keep
+    rows = np.flatnonzero(keep)
+    sparse = len(rows) * 4 < len(keep)
+    values, parents = _tag_values(column.take(pa.array(rows)) if sparse else column)
+    alive = np.ones(len(rows), dtype=bool) if sparse else keep
+    for kernel in rest:
+        hit = kernel.mask(values, alive[parents]) & alive[parents]
+        found = np.zeros(len(alive), dtype=bool)
+        found[parents[hit]] = True
+        alive = alive & found
+        if not alive.any():
+            break
+    if sparse:
+        keep = keep.copy()
+        keep[rows] = alive
+        return keep
+    return alive
+
+
+def _tag_values(column: Any) -> tuple[Any, np.ndarray]:
+    """Every tag of a tags column (comma text, or lists) and the row each belongs to.
+
+    The empty text is no tags, as :func:`~theia_frames.codec.split_tags` reads it.
+    """
+    import numpy as np
+
+    pa = _pyarrow_module()
+    pc = pa.compute
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        lists = column
+    else:
+        lists = pc.split_pattern(pc.if_else(pc.equal(pc.binary_length(column), 0), None, column), ",")
+    values = pc.list_flatten(lists)
+    parents = np.asarray(pc.list_parent_indices(lists).to_numpy(zero_copy_only=False), dtype=np.int64)
+    return values, parents
+
+
+def _bools(array: Any) -> np.ndarray:
+    """A boolean Arrow array (no missing values) as a writable numpy array."""
+    import numpy as np
+
+    return np.array(array.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _pyarrow_module() -> Any:
+    import pyarrow
+    import pyarrow.compute  # noqa: F401 - makes pyarrow.compute an attribute
+
+    return pyarrow
