@@ -63,8 +63,8 @@ def make_store(path: Path, n: int, *, step: float, offset: float, stride: int, f
     import numpy as np
     import pyarrow as pa
 
-    from theia_frames.batch import event_schema
-    from theia_frames.store import EventStore
+    from theia_frames.protocol.arrow import event_schema
+    from theia_frames.server.store import EventStore
 
     tmp = path.with_suffix(".part")
     for leftover in (tmp, Path(str(tmp) + "-wal"), Path(str(tmp) + "-shm")):

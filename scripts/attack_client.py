@@ -78,7 +78,7 @@ def _rss_mb() -> float:
 
 
 def _plain_event(i: int, content: str = "x") -> bytes:
-    from theia_frames.codec import encode
+    from theia_frames.protocol.codec import encode
     from theia_frames.event import Event
 
     return encode(Event(id=f"e{i}", timestamp=T0 + i, source="/dev/s", content=content))
@@ -139,7 +139,7 @@ def _serve_fragments(conn: RawConn) -> None:
 def _serve_bomb(conn: RawConn) -> None:
     import pyarrow as pa
 
-    from theia_frames.batch import event_schema
+    from theia_frames.protocol.arrow import event_schema
 
     conn.recv_message()
     conn.send_frame(OP_TEXT, b"ok")

@@ -190,7 +190,7 @@ def latency(values: list[float]) -> str:
 def ws(url: str, path: str, *, batched: bool = False, **kw: Any) -> Any:
     import websocket
 
-    from theia_frames.batch import SUBPROTOCOL
+    from theia_frames.protocol.arrow import SUBPROTOCOL
 
     header = [f"Sec-WebSocket-Protocol: {SUBPROTOCOL}"] if batched else []
     return websocket.create_connection(url + path, timeout=30, header=header + kw.pop("header", []), **kw)
@@ -200,7 +200,7 @@ def zstd_message(content_bytes: int, n: int = 1) -> bytes:
     import pyarrow as pa
 
     from theia_frames import Event
-    from theia_frames.batch import events_to_batch
+    from theia_frames.protocol.arrow import events_to_batch
 
     batch = events_to_batch([Event(id=f"bomb{i}", timestamp=T_ATTACK + i, content="x" * content_bytes) for i in range(n)])
     sink = pa.BufferOutputStream()
@@ -212,8 +212,8 @@ def zstd_message(content_bytes: int, n: int = 1) -> bytes:
 def feed(url: str, stop: threading.Event, rate: float | None, total: int | None = None, size: int = 100) -> Callable[[], int]:
     """A sender of events (``rate`` per second, or as fast as it can until ``total``); returns a counter."""
     from theia_frames import Client
-    from theia_frames.batch import columns_to_batch
-    from theia_frames.codec import EventColumns
+    from theia_frames.protocol.arrow import columns_to_batch
+    from theia_frames.protocol.codec import EventColumns
 
     sent = [0]
     first = next(_FEEDS) * 100_000_000  # ids and timestamps of its own
@@ -454,7 +454,7 @@ def attack_handshakes(url: str, note: dict[str, Any]) -> None:
     import pyarrow as pa
     import websocket
 
-    from theia_frames.batch import batch_to_ipc
+    from theia_frames.protocol.arrow import batch_to_ipc
 
     statuses: dict[int, int] = {}
     for i in range(10_000):
@@ -479,7 +479,7 @@ def attack_handshakes(url: str, note: dict[str, Any]) -> None:
 
 def prepare_queue() -> bytes:
     from theia_frames import Event
-    from theia_frames.codec import encode
+    from theia_frames.protocol.codec import encode
 
     return encode(Event(id="q", timestamp=T_ATTACK, content="z" * int(13.4 * _MB)))
 

@@ -9,9 +9,9 @@ dialect, header lines in any order and key case), streams of several events,
 Arrow batch messages, and the same after mutations: byte flips, insertions,
 deletions, truncations, splices with another input, edits of the size fields
 of a preamble, edits of header lines, and (for Arrow) overwritten 32-bit
-fields. Every input goes through :func:`theia_frames.codec.decode`,
+fields. Every input goes through :func:`theia_frames.protocol.codec.decode`,
 ``decode_stream`` (strict and lenient), ``EventColumns.append_raw`` and, for
-Arrow messages, :func:`theia_frames.batch.ipc_to_batches`. The contract:
+Arrow messages, :func:`theia_frames.protocol.arrow.ipc_to_batches`. The contract:
 
 - every call returns a valid result or raises ``DecodeError``, never anything else;
 - a valid encoding decodes to the event that was encoded;
@@ -48,9 +48,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from theia_frames import batch as tf_batch
-from theia_frames import codec
-from theia_frames.codec import EventColumns, StreamReport, split_tags
+from theia_frames.protocol import arrow as tf_batch
+from theia_frames.protocol import codec
+from theia_frames.protocol.codec import EventColumns, StreamReport, split_tags
 from theia_frames.event import Event
 from theia_frames.exceptions import DecodeError
 

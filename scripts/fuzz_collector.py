@@ -638,8 +638,8 @@ class Fuzzer:
 
     def send_valid(self, conn: RawSocket, k: int) -> None:
         """``k`` valid events on ``conn``, one message each or (negotiated) as one Arrow batch."""
-        from theia_frames.batch import batch_to_ipc, events_to_batch
-        from theia_frames.codec import encode
+        from theia_frames.protocol.arrow import batch_to_ipc, events_to_batch
+        from theia_frames.protocol.codec import encode
 
         if k <= 0:
             return
@@ -751,7 +751,7 @@ class Fuzzer:
         """A batch mixing valid rows with rows the plain format cannot carry: the valid ones are stored."""
         import pyarrow as pa
 
-        from theia_frames.batch import batch_to_ipc, event_schema
+        from theia_frames.protocol.arrow import batch_to_ipc, event_schema
 
         conn = self.garbage_conn(True)
         good = [self.new_valid() for _ in range(self.rng.randrange(1, 5))]
@@ -773,7 +773,7 @@ class Fuzzer:
         self.report.valid_sent += len(good)
 
     def act_arrow_on_plain(self) -> None:
-        from theia_frames.batch import batch_to_ipc, events_to_batch
+        from theia_frames.protocol.arrow import batch_to_ipc, events_to_batch
 
         conn = self.garbage_conn(False)
         conn.send(batch_to_ipc(events_to_batch([self.new_valid() for _ in range(3)])))  # not events here: refused
@@ -797,7 +797,7 @@ class Fuzzer:
         elif kind == "header":
             conn.send_raw(frame(OP_BINARY, b"", length=1 << 62) + b"abc")
         else:
-            from theia_frames.batch import batch_to_ipc, events_to_batch
+            from theia_frames.protocol.arrow import batch_to_ipc, events_to_batch
             from theia_frames.event import Event
 
             many = [Event(id=f"big{i}", content="z" * 1000) for i in range(big // 1000 + 1)]
@@ -851,7 +851,7 @@ class Fuzzer:
         if conn.path == "/event":
             self.send_valid(conn, self.rng.randrange(0, 4))
         if kind != "after handshake":
-            from theia_frames.codec import encode
+            from theia_frames.protocol.codec import encode
 
             whole = frame(OP_BINARY, encode(self.new_valid()) * 3)  # never completed: not expected
             if kind == "mid-frame":

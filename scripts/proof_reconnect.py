@@ -9,7 +9,7 @@ fixed loopback port. Three parties:
 1. a subscriber, subscribed before anything is sent: with ``--consumer
    stream`` (the default) ``Client.receive(filter, reconnect=True)`` read
    with ``iter_batches()`` on its own thread; with ``--consumer liveframe`` a
-   :class:`~theia_frames.live.LiveFrame` (``reconnect=True`` is its default),
+   :class:`~theia_frames.live.frame.LiveFrame` (``reconnect=True`` is its default),
    whose rows are read at the end;
 2. a sender on its own thread writes ``--events`` events at a steady
    ``--rate`` (timestamps spaced by 1/rate). It survives the restarts by
@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 import theia_frames
 from theia_frames import Client, Event, EventFilter, Filter, serve
-from theia_frames.collector import Collector
+from theia_frames.server.collector import Collector
 from theia_frames.exceptions import TheiaError, TheiaTimeoutError, TransportError
 
 __all__ = ["ReconnectResult", "run", "main"]
@@ -139,10 +139,10 @@ class _StreamConsumer:
 
 
 class _FrameConsumer:
-    """A :class:`~theia_frames.live.LiveFrame`, reconnecting by default."""
+    """A :class:`~theia_frames.live.frame.LiveFrame`, reconnecting by default."""
 
     def __init__(self, url: str, flt: EventFilter, options: dict[str, Any]) -> None:
-        from theia_frames.live import LiveFrame
+        from theia_frames.live.frame import LiveFrame
 
         self.client = Client(url)
         self.frame = LiveFrame(self.client, flt, receive_options=options).start()

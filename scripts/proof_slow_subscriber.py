@@ -154,7 +154,7 @@ class _Reader(threading.Thread):
 def _event_batches(total: int, chunk: int, base: float, step: float, content_size: int) -> Any:
     import pyarrow as pa
 
-    from theia_frames.batch import event_schema
+    from theia_frames.protocol.arrow import event_schema
 
     pad = "x" * content_size
     for lo in range(0, total, chunk):
@@ -199,7 +199,7 @@ def run(*, subscribers: int = 50, stalled: int = 1, rate: int = 10_000, seconds:
         options += ["--live-queue", str(live_queue)]
         result.live_queue = f"{live_queue:,} events"
     else:
-        from theia_frames.collector import DEFAULT_LIVE_QUEUE
+        from theia_frames.server.collector import DEFAULT_LIVE_QUEUE
 
         result.live_queue = f"{DEFAULT_LIVE_QUEUE:,} events (the default)"
     collector = CollectorProcess(where / "slow.db", options=options)
@@ -328,7 +328,7 @@ def _wake_on_drop(collector: CollectorProcess, conn: RawSocket, into: dict[int, 
 
 def _read_late(conn: RawSocket) -> tuple[int, str | None, str]:
     """What a stalled subscriber finds when it reads at last: events, the error, how it ended."""
-    from theia_frames.batch import ipc_to_batches
+    from theia_frames.protocol.arrow import ipc_to_batches
 
     events, error = 0, None
     try:

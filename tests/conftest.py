@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from theia_frames.client import Client
-from theia_frames.collector import Collector, serve
+from theia_frames.server.collector import Collector, serve
 from upstream import UpstreamCollector
 
 

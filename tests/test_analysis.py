@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from theia_frames.analysis import (
+from theia_frames.frames.analysis import (
     SENSOR_PATTERN,
     bucket,
     explode_tags,
@@ -16,7 +16,7 @@ from theia_frames.analysis import (
 )
 from theia_frames.event import Event
 from theia_frames.exceptions import UsageError
-from theia_frames.frames import to_dataframe
+from theia_frames.frames.convert import to_dataframe
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 

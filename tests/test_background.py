@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from theia_frames.background import BackgroundLoop
+from theia_frames.server.background import BackgroundLoop
 from theia_frames.exceptions import TheiaTimeoutError, UsageError
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from theia_frames.batch import (
+from theia_frames.protocol.arrow import (
     batch_to_columns,
     batch_to_ipc,
     empty_batch,
@@ -17,7 +17,7 @@ from theia_frames.batch import (
     is_arrow_message,
     iter_batch_events,
 )
-from theia_frames.codec import encode
+from theia_frames.protocol.codec import encode
 from theia_frames.event import Event
 from theia_frames.exceptions import DecodeError
 
@@ -74,7 +74,7 @@ _WIRE_TEXT = st.one_of(st.none(), st.text(st.sampled_from(list("ab,é\n\r")), ma
 def test_uncarried_rows_is_the_row_by_row_rule(rows, cut, large):
     import pyarrow as pa
 
-    from theia_frames.batch import uncarried_rows
+    from theia_frames.protocol.arrow import uncarried_rows
 
     text = pa.large_string() if large else pa.string()
     columns = list(zip(*rows)) if rows else [()] * 5

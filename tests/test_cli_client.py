@@ -223,8 +223,8 @@ def test_find_filters_and_limits(upstream, capsys):
 
 
 def test_find_out_delegates_to_export(upstream, tmp_path, capsys):
-    if importlib.util.find_spec("theia_frames.export") is None:
-        pytest.skip("theia_frames.export is not available")
+    if importlib.util.find_spec("theia_frames.frames.export") is None:
+        pytest.skip("theia_frames.frames.export is not available")
     upstream.events.extend(make_events(5))
     path = tmp_path / "events.jsonl"
     assert run(["find", "--url", upstream.url, *IDLE, "--out", str(path)]) == 0
@@ -395,7 +395,7 @@ def test_a_send_the_collector_did_not_store_exits_1_with_its_reason(full_collect
 
 
 def test_import_into_a_collector_that_did_not_store_exits_1(full_collector, tmp_path):
-    from theia_frames.codec import encode
+    from theia_frames.protocol.codec import encode
 
     store = tmp_path / "upstream"
     store.mkdir()
@@ -407,7 +407,7 @@ def test_import_into_a_collector_that_did_not_store_exits_1(full_collector, tmp_
 
 
 def test_sends_to_our_collector_are_confirmed(collector, tmp_path):
-    from theia_frames.codec import encode
+    from theia_frames.protocol.codec import encode
 
     proc = cli("send", "--stdin", "--tag", "log", "--url", collector.url, input="one\ntwo\n")
     assert proc.returncode == 0, proc.stderr
@@ -482,7 +482,7 @@ def test_find_output_options(upstream, tmp_path):
     proc = cli("find", "--url", upstream.url, *IDLE, "--format", "parquet", "--out", "x.data", "--limit", "2",
                cwd=tmp_path)
     assert proc.returncode == 0 and "wrote 2 event(s) to x.data" in proc.stderr  # --format over the extension
-    from theia_frames.export import read_events
+    from theia_frames.frames.export import read_events
 
     assert list(read_events(tmp_path / "x.data", format="parquet")["id"]) == ["e0", "e1"]
 
@@ -506,7 +506,7 @@ def test_find_parquet_is_not_written_to_a_terminal(upstream):
 
 
 def test_find_csv_on_stdout_is_the_file_export(upstream, tmp_path):
-    from theia_frames.export import read_events
+    from theia_frames.frames.export import read_events
 
     upstream.events.extend([*make_events(3), Event(id="n", timestamp=1796111185.4533012, content="a,\nb")])
     stdout = cli("find", "--url", upstream.url, *IDLE, "--format", "csv")

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import theia_frames as tf
-from theia_frames.batch import event_schema, events_to_batch, iter_batch_events
+from theia_frames.protocol.arrow import event_schema, events_to_batch, iter_batch_events
 from theia_frames.client import (
     DEFAULT_IDLE_TIMEOUT,
     Client,
@@ -32,7 +32,7 @@ from theia_frames.client.transport import Connection as _Connection
 from theia_frames.protocol.outgoing import checked_event_batch as _checked_event_batch
 from theia_frames.protocol.wsframes import FrameReader
 from theia_frames.protocol.wsframes import mask as _mask
-from theia_frames.codec import encode
+from theia_frames.protocol.codec import encode
 from theia_frames.event import Event
 from theia_frames.exceptions import (
     AuthenticationError,
@@ -891,7 +891,7 @@ events_strategy = st.builds(
 
 def reference(messages):
     """What decoding each message on its own gives: events, or None for a DecodeError."""
-    from theia_frames.codec import decode_stream
+    from theia_frames.protocol.codec import decode_stream
 
     out = []
     for m in messages:
@@ -928,7 +928,7 @@ def test_bulk_decoding_equals_decoding_each_message(messages):
     expected = reference(messages)
     assert len(errors) == sum(1 for r in expected if r is None)
     want = [e for r in expected if r for e in r]
-    from theia_frames.batch import iter_batch_events as batch_events
+    from theia_frames.protocol.arrow import iter_batch_events as batch_events
 
     got = list(batch_events(batch))
     assert got == want
@@ -951,7 +951,7 @@ def test_bulk_decoding_is_used_for_many_messages(monkeypatch):
 
 
 def test_arrow_batches_pass_through_and_are_time_checked():
-    from theia_frames.testing import MockServer
+    from theia_frames.testing.mock import MockServer
 
     events = make_events(10)
     with MockServer(batch=True) as mock:
@@ -966,7 +966,7 @@ def test_arrow_batches_pass_through_and_are_time_checked():
 
 
 def test_a_broken_arrow_batch_is_a_per_message_error():
-    from theia_frames.testing import MockServer
+    from theia_frames.testing.mock import MockServer
 
     with MockServer(batch=True) as mock:
         mock.on_find([b"\xff\xff\xff\xff broken", encode(Event(id="ok", timestamp=BASE))])
@@ -977,7 +977,7 @@ def test_a_broken_arrow_batch_is_a_per_message_error():
 
 
 def test_silence_on_a_negotiated_find_is_a_timeout_not_the_end():
-    from theia_frames.testing import MockServer
+    from theia_frames.testing.mock import MockServer
 
     with MockServer(batch=True) as mock:
         mock.respond("ok", encode(Event(timestamp=BASE)), path="/find").stall(path="/find")
@@ -988,7 +988,7 @@ def test_silence_on_a_negotiated_find_is_a_timeout_not_the_end():
 
 
 def test_going_away_mid_find_raises():
-    from theia_frames.testing import MockServer
+    from theia_frames.testing.mock import MockServer
 
     with MockServer() as mock:
         mock.respond("ok", *make_events(3), path="/find").close_with(1001, "server stop", path="/find")
@@ -999,7 +999,7 @@ def test_going_away_mid_find_raises():
 
 def test_subscriber_too_slow():
     from theia_frames.exceptions import SubscriberTooSlow
-    from theia_frames.testing import MockServer
+    from theia_frames.testing.mock import MockServer
 
     with MockServer() as mock:
         mock.respond("ok", path="/live").close_with(1013, "subscriber too slow", path="/live")
@@ -1009,7 +1009,7 @@ def test_subscriber_too_slow():
 
 
 def test_no_answer_to_the_filter_is_a_timeout():
-    from theia_frames.testing import MockServer
+    from theia_frames.testing.mock import MockServer
 
     with MockServer() as mock:
         mock.stall(path="/find")
@@ -1154,7 +1154,7 @@ def test_live_close_from_another_thread_with_the_collector(collector):
 
 
 def test_collector_stopped_in_the_middle_of_a_find_raises(batch):
-    from theia_frames.collector import serve
+    from theia_frames.server.collector import serve
 
     n = 200_000
     # small batches, and a reader that waits for the stop: the find is still
@@ -1195,7 +1195,7 @@ def test_bad_event_reported_on_the_next_send(collector):
 
 
 def test_event_connection_reopened_after_the_collector_restarts():
-    from theia_frames.collector import serve
+    from theia_frames.server.collector import serve
 
     first = serve(db=":memory:", port=0)
     port = first.port
@@ -1226,8 +1226,8 @@ def test_module_helpers_with_the_collector(collector):
 
 
 def test_batched_send_uses_arrow_for_many_and_plain_for_a_few():
-    from theia_frames.batch import is_arrow_message
-    from theia_frames.testing import MockServer
+    from theia_frames.protocol.arrow import is_arrow_message
+    from theia_frames.testing.mock import MockServer
 
     few, many = make_events(5, prefix="f"), make_events(500, prefix="m")
     with MockServer(batch=True) as mock:
@@ -1243,7 +1243,7 @@ def test_batched_send_uses_arrow_for_many_and_plain_for_a_few():
 
 def test_subscriber_too_slow_error_message():
     from theia_frames.exceptions import SubscriberTooSlow
-    from theia_frames.testing import MockServer
+    from theia_frames.testing.mock import MockServer
 
     with MockServer() as mock:
         mock.respond("ok", {"error": "subscriber too slow: 10000 events waiting"}, path="/live")
@@ -1254,7 +1254,7 @@ def test_subscriber_too_slow_error_message():
 
 
 def test_too_slow_with_the_collector():
-    from theia_frames.collector import serve
+    from theia_frames.server.collector import serve
     from theia_frames.exceptions import SubscriberTooSlow
 
     with serve(db=":memory:", port=0, live_queue=10) as collector:

@@ -16,12 +16,12 @@ from raw_peer import OP_BINARY, OP_CONT, OP_TEXT, RawConn, RawPeer, server_frame
 from upstream_like import UpstreamLike
 
 import theia_frames as tf
-from theia_frames.batch import SUBPROTOCOL, batch_to_ipc, events_to_batch
+from theia_frames.protocol.arrow import SUBPROTOCOL, batch_to_ipc, events_to_batch
 from theia_frames.client import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_MESSAGE_SIZE, Client
 from theia_frames.client.transport import DRAIN_MESSAGES as _DRAIN_MESSAGES
 from theia_frames.client.transport import RECV_CHUNK as _RECV_CHUNK
 from theia_frames.client.transport import Connection as _Connection
-from theia_frames.codec import encode
+from theia_frames.protocol.codec import encode
 from theia_frames.event import Event
 from theia_frames.exceptions import ProtocolError, TheiaTimeoutError, UsageError
 from theia_frames.filter import Filter
@@ -268,7 +268,7 @@ def _compressed(events, codec="zstd"):
 
 def test_a_compressed_arrow_message_that_decodes_past_the_bound_is_refused_before_decompressing():
     from theia_frames.exceptions import DecodeError
-    from theia_frames.testing import MockServer
+    from theia_frames.testing.mock import MockServer
 
     bomb = _compressed([Event(id="bomb", timestamp=1.0, content="x" * (8 << 20))])
     assert len(bomb) < 1 << 16  # small on the wire, 8 MiB decoded

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 import theia_frames as tf
-from theia_frames.batch import ipc_to_batches, is_arrow_message
+from theia_frames.protocol.arrow import ipc_to_batches, is_arrow_message
 from theia_frames.client import DEFAULT_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_RESUME_MARGIN, Client, Gap
-from theia_frames.collector import serve
+from theia_frames.server.collector import serve
 from theia_frames.event import Event
 from theia_frames.exceptions import (
     AuthenticationError,
@@ -35,7 +35,7 @@ from theia_frames.exceptions import (
     UsageError,
 )
 from theia_frames.filter import Filter
-from theia_frames.testing import MockServer
+from theia_frames.testing.mock import MockServer
 from upstream_like import UpstreamLike
 from scripts_loader import load_script
 from waiting import poll_until as wait_until
@@ -756,7 +756,7 @@ def test_bad_tls_options_are_usage_errors(url, kw, match):
 def test_the_window_of_delivered_events_stays_bounded():
     import pyarrow as pa
 
-    from theia_frames.batch import event_schema
+    from theia_frames.protocol.arrow import event_schema
 
     def batch(ids, ts):
         return pa.RecordBatch.from_arrays(

@@ -2,7 +2,7 @@
 :class:`AsyncClient` must do the same thing against the same peer.
 
 Every test runs with both (``driver``), against our collector, the real upstream
-collector (theia 0.9.2, file store) and :class:`~theia_frames.testing.MockServer`
+collector (theia 0.9.2, file store) and :class:`~theia_frames.testing.mock.MockServer`
 (for the faults the real peers cannot be made to show). A driver gives both
 clients one blocking shape; the asyncio one runs every call on one event loop
 (``asyncio.Runner``), as a notebook does.
@@ -23,9 +23,9 @@ import pandas as pd
 import pytest
 
 import theia_frames as tf
-from theia_frames.batch import events_to_batch
+from theia_frames.protocol.arrow import events_to_batch
 from theia_frames.client import AsyncClient, Client
-from theia_frames.collector import serve
+from theia_frames.server.collector import serve
 from theia_frames.event import Event
 from theia_frames.exceptions import (
     AuthenticationError,
@@ -36,7 +36,7 @@ from theia_frames.exceptions import (
     UnconfirmedError,
 )
 from theia_frames.filter import EventFilter, Filter
-from theia_frames.testing import MockServer
+from theia_frames.testing.mock import MockServer
 
 BASE = 1_700_000_000.0
 IDLE = 2.0  # the upstream collector never closes a /find: silence ends it

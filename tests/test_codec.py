@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theia_frames.codec import EventColumns, StreamReport, decode, decode_columns, decode_stream, encode, encode_many
+from theia_frames.protocol.codec import EventColumns, StreamReport, decode, decode_columns, decode_stream, encode, encode_many
 from theia_frames.protocol.messages import ErrorMessage, Ok, error_text, parse_message
 from theia_frames.event import Event
 from theia_frames.exceptions import DecodeError, InvalidEventError

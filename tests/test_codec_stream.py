@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theia_frames.codec import StreamDecoder, StreamReport, decode_stream, encode
+from theia_frames.protocol.codec import StreamDecoder, StreamReport, decode_stream, encode
 from theia_frames.event import Event
 from theia_frames.exceptions import DecodeError
 

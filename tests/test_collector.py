@@ -25,12 +25,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from theia_frames import Event, EventFilter
-from theia_frames.batch import ARROW_MARKER, SUBPROTOCOL, batch_to_ipc, events_to_batch, ipc_to_batches, iter_batch_events
-from theia_frames.codec import EventColumns, decode, encode
+from theia_frames.protocol.arrow import ARROW_MARKER, SUBPROTOCOL, batch_to_ipc, events_to_batch, ipc_to_batches, iter_batch_events
+from theia_frames.protocol.codec import EventColumns, decode, encode
 from theia_frames.protocol.messages import total_of
-from theia_frames.collector import Collector, serve
+from theia_frames.server.collector import Collector, serve
 from theia_frames.exceptions import DecodeError, InvalidEventError, TransportError, UsageError
-from theia_frames.store import EventStore
+from theia_frames.server.store import EventStore
 
 OFFER = [f"Sec-WebSocket-Protocol: {SUBPROTOCOL}"]
 T0 = 1_700_000_000.0
@@ -172,7 +172,7 @@ def test_the_fixtures(collector, collector_db):
 
 
 def test_bad_event_between_good_ones(collector, caplog):
-    caplog.set_level(logging.WARNING, logger="theia_frames.collector")
+    caplog.set_level(logging.WARNING, logger="theia_frames.server.collector")
     good = sample(3)
     ws = connect(collector, "/event")
     ws.send_binary(encode(good[0]))
@@ -509,7 +509,7 @@ def test_a_plain_find_writes_exactly_one_frame_per_event(collector):
     )
 )
 def test_plain_frames_are_the_bytes_send_writes(events):
-    from theia_frames.collector_output import joined_frames, plain_frames
+    from theia_frames.server.output import joined_frames, plain_frames
 
     frames = bytes(joined_frames([plain_frames(events_to_batch(events))]))
     assert frames == b"".join(ws_frame(2, encode(e)) for e in events)
@@ -605,7 +605,7 @@ def test_a_subscriber_that_leaves_is_forgotten(collector):
 
 
 def test_a_slow_subscriber_is_dropped_without_slowing_anyone(caplog):
-    caplog.set_level(logging.WARNING, logger="theia_frames.collector")
+    caplog.set_level(logging.WARNING, logger="theia_frames.server.collector")
     content = "x" * (256 * 1024)
     with serve(port=0, live_queue=20, close_timeout=20) as collector:
         slow = subscribe(collector, {"start": 1})  # never reads until dropped

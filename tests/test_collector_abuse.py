@@ -30,11 +30,11 @@ import pytest
 import websocket
 
 from theia_frames import Client, Event, EventFilter, serve
-from theia_frames.batch import SUBPROTOCOL, batch_to_ipc, events_to_batch, ipc_to_batches
-from theia_frames.codec import encode
-from theia_frames.collector import Collector
+from theia_frames.protocol.arrow import SUBPROTOCOL, batch_to_ipc, events_to_batch, ipc_to_batches
+from theia_frames.protocol.codec import encode
+from theia_frames.server.collector import Collector
 from theia_frames.exceptions import DecodeError, ServerError, StoreError, UsageError
-from theia_frames.store import EventStore
+from theia_frames.server.store import EventStore
 from waiting import poll_until, wait_until
 
 OFFER = [f"Sec-WebSocket-Protocol: {SUBPROTOCOL}"]
@@ -246,7 +246,7 @@ def test_a_filter_being_compiled_or_matched_does_not_hold_up_anyone(monkeypatch)
 
         # Matching: a live filter whose evaluation takes long (made so here) runs
         # off the event loop; ingest and confirmations go on meanwhile.
-        from theia_frames import collector_fanout as collector_module
+        from theia_frames.server import fanout as collector_module
 
         real_mask = collector_module.Commit.mask
         matching = threading.Event()
@@ -269,7 +269,7 @@ def test_a_filter_being_compiled_or_matched_does_not_hold_up_anyone(monkeypatch)
 
 
 def test_a_live_filter_too_costly_for_the_rate_of_events_is_dropped_not_waited_for(monkeypatch):
-    from theia_frames import collector_fanout as collector_module
+    from theia_frames.server import fanout as collector_module
 
     real_mask = collector_module.Commit.mask
 
@@ -298,7 +298,7 @@ def test_a_live_filter_too_costly_for_the_rate_of_events_is_dropped_not_waited_f
 
 
 def test_a_stop_while_ingest_waits_for_the_live_fanout_returns(monkeypatch):
-    from theia_frames import collector_fanout as collector_module
+    from theia_frames.server import fanout as collector_module
 
     real_mask = collector_module.Commit.mask
     release = threading.Event()
@@ -334,7 +334,7 @@ def _many_chunks(collector: Collector, chunks: int) -> None:
 
 
 def test_a_find_stops_working_when_its_client_leaves(monkeypatch):
-    from theia_frames import store_query as store_module
+    from theia_frames.server import query as store_module
 
     reads = []
     real_blob = store_module.Snapshot.blob
@@ -357,7 +357,7 @@ def test_a_find_stops_working_when_its_client_leaves(monkeypatch):
 
 
 def test_a_stop_ends_a_running_find_at_its_next_chunk(monkeypatch):
-    from theia_frames import store_query as store_module
+    from theia_frames.server import query as store_module
 
     reads = []
     real_blob = store_module.Snapshot.blob
@@ -397,7 +397,7 @@ def test_a_stalled_find_is_cut_off_and_its_query_ends():
 
 
 def test_pending_bytes_bound_memory_one_message_per_connection_waits(monkeypatch):
-    from theia_frames import collector_event
+    from theia_frames.server import event_endpoint as collector_event
 
     monkeypatch.setattr(collector_event, "_PENDING_LIMIT", 1 << 20)
     message = encode(Event(id="m", timestamp=T0, content="x" * (2 << 20)))
@@ -473,7 +473,7 @@ def test_idle_connections_are_closed_subscribers_are_not():
 
 def test_a_flood_of_refused_clients_logs_a_few_lines(caplog):
     with serve(db=":memory:", port=0, token="s3cret") as collector:
-        with caplog.at_level(logging.INFO, logger="theia_frames.collector"):
+        with caplog.at_level(logging.INFO, logger="theia_frames.server.collector"):
             for _ in range(50):
                 assert refused(collector.url + "/event").status_code == 401
         lines = [r for r in caplog.records if "refused" in r.getMessage()]
@@ -502,7 +502,7 @@ def test_the_token_is_checked_before_the_path():
 def test_a_huge_schema_is_not_echoed_back_or_logged_whole(collector, caplog):
     schema = pa.schema([(f"column_{i}", pa.string()) for i in range(20_000)])
     message = batch_to_ipc(pa.RecordBatch.from_pylist([], schema=schema))
-    with caplog.at_level(logging.WARNING, logger="theia_frames.collector"):
+    with caplog.at_level(logging.WARNING, logger="theia_frames.server.collector"):
         with opened(collector.url + "/event", batched=True) as ws:
             ws.send_binary(message)
             error = ws.recv()
@@ -546,7 +546,8 @@ def test_the_serve_command_takes_the_limits_says_it_listens_once_and_stops_on_si
 def test_a_batched_find_sends_messages_of_bounded_bytes(monkeypatch):
     # A reader bounds what one message may decode to (ipc_to_batches' max_decoded):
     # gathered events go out in messages of about the store's chunk bytes at most.
-    from theia_frames import store_chunks, store_query
+    from theia_frames.server import chunks as store_chunks
+    from theia_frames.server import query as store_query
 
     store = EventStore(":memory:")
     store.add_many([Event(id=f"e{i}", timestamp=T0 + i, content=("x" if i % 2 else "y") * 5000) for i in range(2000)])

@@ -10,8 +10,8 @@ import pytest
 import websocket
 
 from theia_frames import Event, Filter, serve
-from theia_frames.batch import SUBPROTOCOL, batch_to_ipc, events_to_batch
-from theia_frames.codec import encode
+from theia_frames.protocol.arrow import SUBPROTOCOL, batch_to_ipc, events_to_batch
+from theia_frames.protocol.codec import encode
 from theia_frames.exceptions import UsageError
 
 EXT = [f"Sec-WebSocket-Protocol: {SUBPROTOCOL}"]
@@ -98,7 +98,7 @@ def test_token_is_checked_at_the_handshake():
 
 
 def test_bad_access_options_are_refused(tmp_path):
-    from theia_frames.collector import Collector
+    from theia_frames.server.collector import Collector
 
     with pytest.raises(UsageError, match="token"):
         Collector(token="")

@@ -12,18 +12,18 @@ import pytest
 import websocket
 
 import theia_frames as tf
-from theia_frames.batch import SUBPROTOCOL
-from theia_frames.codec import encode_many
+from theia_frames.protocol.arrow import SUBPROTOCOL
+from theia_frames.protocol.codec import encode_many
 from theia_frames.protocol.messages import CHUNKS_PATH, MAX_CHUNK_ENTRIES, chunks_reply, coalesce_chunks, parse_chunks_reply
-from theia_frames.collector import serve
-from theia_frames.dask_frames import to_dask
-from theia_frames.dask_partitions import chunk_counts, time_slices
+from theia_frames.server.collector import serve
+from theia_frames.frames.dask import to_dask
+from theia_frames.frames.partitions import chunk_counts, time_slices
 from theia_frames.event import Event
 from theia_frames.exceptions import MissingDependencyError, ProtocolError, UsageError
 from theia_frames.filter import EventFilter
-from theia_frames.frames import EVENT_DTYPES, to_dataframe
-from theia_frames.storefiles import read_store
-from theia_frames.testing import MockServer
+from theia_frames.frames.convert import EVENT_DTYPES, to_dataframe
+from theia_frames.frames.storefiles import read_store
+from theia_frames.testing.mock import MockServer
 
 dask = pytest.importorskip("dask")
 dd = pytest.importorskip("dask.dataframe")

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from theia_frames.analysis import extract
+from theia_frames.frames.analysis import extract
 from theia_frames.cli import main
 from theia_frames.demo import EVENTS_NAME, PLOT_NAME, plot_readings, run_demo, summary_table
 from theia_frames.exceptions import MissingDependencyError, TheiaError, UsageError
-from theia_frames.export import read_events
-from theia_frames.frames import EVENT_DTYPES, to_dataframe
+from theia_frames.frames.export import read_events
+from theia_frames.frames.convert import EVENT_DTYPES, to_dataframe
 from theia_frames.simulation import sensor_events
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -12,15 +12,15 @@ import pytest
 
 import theia_frames as tf
 from theia_frames.cli import build_parser, main
-from theia_frames.collector import DEFAULT_FIND_BATCH, DEFAULT_PORT, Collector, serve
+from theia_frames.server.collector import DEFAULT_FIND_BATCH, DEFAULT_PORT, Collector, serve
 from theia_frames.deprecation import renamed_arguments, take_renamed, warn_deprecated
 from theia_frames.event import Event
 from theia_frames.exceptions import TheiaError, UsageError
-from theia_frames.export import write_events
+from theia_frames.frames.export import write_events
 from theia_frames.filter import Filter
-from theia_frames.frames import iter_dataframes, iter_tables
-from theia_frames.live import LiveFrame
-from theia_frames.store import EventStore
+from theia_frames.frames.convert import iter_dataframes, iter_tables
+from theia_frames.live.frame import LiveFrame
+from theia_frames.server.store import EventStore
 
 
 def sample(n: int) -> list[Event]:
@@ -113,7 +113,7 @@ def test_the_serve_command_takes_batch_size(monkeypatch):
         given.update(options)
         raise TheiaError("not serving in this test")
 
-    monkeypatch.setattr("theia_frames.collector.serve", fake_serve)
+    monkeypatch.setattr("theia_frames.server.collector.serve", fake_serve)
     assert main(["serve", "--db", ":memory:", "--batch-size", "7"]) == 1
     assert given["batch_size"] == 7
     with pytest.raises(SystemExit):
@@ -194,7 +194,7 @@ def test_client_keywords_with_an_open_client_are_refused(collector):
 
 
 def test_live_plot_takes_client_keywords_directly(collector):
-    from theia_frames.widget import live_plot
+    from theia_frames.live.widget import live_plot
 
     view = live_plot(collector.url, {"start": 1}, mode="text", timeout=6, title="t")
     try:

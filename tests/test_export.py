@@ -10,13 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from theia_frames import export
-from theia_frames.analysis import extract
-from theia_frames.batch import events_to_batch
+from theia_frames.frames import export
+from theia_frames.frames.analysis import extract
+from theia_frames.protocol.arrow import events_to_batch
 from theia_frames.event import Event
 from theia_frames.exceptions import UsageError
-from theia_frames.export import format_for, read_events, write_events
-from theia_frames.frames import EVENT_DTYPES, to_dataframe
+from theia_frames.frames.export import format_for, read_events, write_events
+from theia_frames.frames.convert import EVENT_DTYPES, to_dataframe
 
 FORMATS = ["parquet", "csv", "jsonl"]
 

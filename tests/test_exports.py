@@ -17,7 +17,7 @@ import theia_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PRIVATE_MODULES = {"theia_frames.__main__", "theia_frames.pytest_plugin"}
+PRIVATE_MODULES = {"theia_frames.__main__", "theia_frames.testing.pytest_plugin"}
 
 
 def public_modules():
@@ -56,14 +56,14 @@ def test_core_modules_are_reexported():
 CORE_INTERNAL = {"excerpt", "shorten", "Order", "Engine", "ENGINES"}
 
 # the wire level: every name of these modules stays there, none is top level
-WIRE_MODULES = ("codec", "protocol.messages")
+WIRE_MODULES = ("protocol.codec", "protocol.messages")
 
 # wire-level names that were top level before, and their home; they still work for a release, with a warning
 MOVED_TO_CODEC = {
     **dict.fromkeys(
         ("encode", "encode_many", "decode", "decode_stream", "iter_decode_stream",
          "decode_columns", "EventColumns", "StreamReport", "StreamDecoder"),
-        "codec",
+        "protocol.codec",
     ),
     "parse_message": "protocol.messages",
 }
@@ -91,9 +91,9 @@ def test_moved_wire_names_still_work_with_a_warning(name):
 
 
 def test_moved_wire_names_work_in_from_imports():
-    with pytest.warns(DeprecationWarning, match=r"theia_frames\.codec\.encode"):
+    with pytest.warns(DeprecationWarning, match=r"theia_frames\.protocol\.codec\.encode"):
         from theia_frames import encode
-    from theia_frames.codec import encode as home
+    from theia_frames.protocol.codec import encode as home
 
     assert encode is home
 
@@ -146,7 +146,7 @@ def test_signatures_read_without_object_addresses():
 ACCESSOR_ORDERS = {
     "theia_frames first": "import theia_frames\nimport pandas as pd\n",
     "pandas first": "import pandas as pd\nimport theia_frames\n",
-    "a submodule first": "from theia_frames.store import EventStore\nimport pandas as pd\n",
+    "a submodule first": "from theia_frames.server.store import EventStore\nimport pandas as pd\n",
     "a pandas submodule": "import theia_frames\nimport pandas.core.frame\nimport pandas as pd\n",
 }
 
@@ -181,7 +181,7 @@ def test_frames_and_analysis_do_not_import_each_other_at_import_time():
     import ast
 
     def imports(module):
-        tree = ast.parse(Path(ROOT, "theia_frames", f"{module}.py").read_text())
+        tree = ast.parse(Path(ROOT, "theia_frames", "frames", f"{module}.py").read_text())
         found = set()
         for node in tree.body:  # module level only: a lazy import inside a function is no cycle
             if isinstance(node, ast.ImportFrom) and node.level == 1:
@@ -189,6 +189,6 @@ def test_frames_and_analysis_do_not_import_each_other_at_import_time():
                 found.update(a.name for a in node.names if not node.module)
         return found
 
-    assert "analysis" not in imports("frames")
-    assert "frames" in imports("analysis")
-    assert not {"analysis", "frames"} & imports("accessor")
+    assert "analysis" not in imports("convert")
+    assert "convert" in imports("analysis")
+    assert not {"analysis", "convert"} & imports("accessor")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from theia_frames.codec import split_tags
+from theia_frames.protocol.codec import split_tags
 from theia_frames.event import Event
 from theia_frames.exceptions import InvalidFilterError
 from theia_frames.filter import EventFilter, Filter
@@ -213,7 +213,7 @@ _PATTERN = st.tuples(
 
 
 def _batch(rows):
-    from theia_frames.batch import events_to_batch
+    from theia_frames.protocol.arrow import events_to_batch
 
     return events_to_batch(
         Event(id=i, timestamp=float(n), source=s, tags=list(tags), content=c) for n, (i, s, tags, c) in enumerate(rows)

@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theia_frames import frames
-from theia_frames.batch import batch_to_ipc, event_schema, events_to_batch, ipc_to_batches
-from theia_frames.codec import decode_columns, encode
+from theia_frames.frames import convert as frames
+from theia_frames.protocol.arrow import batch_to_ipc, event_schema, events_to_batch, ipc_to_batches
+from theia_frames.protocol.codec import decode_columns, encode
 from theia_frames.event import Event
 from theia_frames.exceptions import UsageError
-from theia_frames.frames import (
+from theia_frames.frames.convert import (
     EVENT_COLUMNS,
     EVENT_DTYPES,
     batches_to_dataframe,
@@ -137,7 +137,7 @@ def test_empty_frame_has_the_dtypes():
 def test_decoded_wire_events_take_the_same_path():
     events = sample(4)
     cols = decode_columns([encode(e) for e in events])
-    from theia_frames.batch import columns_to_batch
+    from theia_frames.protocol.arrow import columns_to_batch
 
     pd.testing.assert_frame_equal(to_dataframe(columns_to_batch(cols)), reference_frame(events))
 
@@ -494,7 +494,7 @@ def test_a_find_result_of_the_real_collector(collector, batch):
 
 def test_the_progress_bar_shows_a_percentage_when_the_collector_announces_a_total(capsys):
     from theia_frames.client import Client
-    from theia_frames.collector import serve
+    from theia_frames.server.collector import serve
     from theia_frames.filter import Filter
     from theia_frames.simulation import sensor_events
 

@@ -15,8 +15,10 @@ import json
 
 import pytest
 
-from theia_frames import Event, batch, codec
-from theia_frames.collector import serve
+from theia_frames import Event
+from theia_frames.protocol import arrow as batch
+from theia_frames.protocol import codec
+from theia_frames.server.collector import serve
 from theia_frames.exceptions import DecodeError, InvalidFilterError
 from theia_frames.filter import EventFilter
 from scripts_loader import load_script

@@ -13,14 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theia_frames.batch import events_to_batch
+from theia_frames.protocol.arrow import events_to_batch
 from theia_frames.client import Client
-from theia_frames.collector import serve
+from theia_frames.server.collector import serve
 from theia_frames.event import Event
 from theia_frames.exceptions import ConnectError, UsageError
 from theia_frames.filter import Filter
-from theia_frames.frames import EVENT_DTYPES
-from theia_frames.live import EventBuffer, LiveFrame, LiveStatus, parse_window
+from theia_frames.frames.convert import EVENT_DTYPES
+from theia_frames.live.frame import EventBuffer, LiveFrame, LiveStatus, parse_window
 from theia_frames.simulation import sensor_events
 from waiting import wait_until
 
@@ -229,7 +229,7 @@ def test_only_matching_events_arrive(collector, sender):
 
 
 def test_df_is_cached_until_something_changes(collector, sender, monkeypatch):
-    import theia_frames.frames as frames
+    import theia_frames.frames.convert as frames
 
     builds = []
     real = frames.batches_to_dataframe
@@ -513,7 +513,7 @@ def test_connecting_and_not_started():
 
 def test_the_words_for_a_stream_error():
     from theia_frames.exceptions import ConnectionClosed, SubscriberTooSlow
-    from theia_frames.live import in_words
+    from theia_frames.live.frame import in_words
 
     assert in_words(ConnectionClosed("closed with code 1001", code=1001)) == (
         "the collector went away (it was stopped or is restarting)")

@@ -10,11 +10,11 @@ import pyarrow.dataset as ds
 import pytest
 
 import theia_frames as tf
-from theia_frames import export
+from theia_frames.frames import export
 from theia_frames.event import Event
 from theia_frames.exceptions import MissingDependencyError, UsageError
-from theia_frames.export import write_events
-from theia_frames.frames import EVENT_DTYPES, to_arrow, to_dataframe, to_polars
+from theia_frames.frames.export import write_events
+from theia_frames.frames.convert import EVENT_DTYPES, to_arrow, to_dataframe, to_polars
 
 T0 = 1_700_000_000.0
 DAY = 86_400.0
@@ -177,7 +177,7 @@ def test_a_dataset_refuses_what_it_cannot_write_and_leaves_nothing(tmp_path, mon
 
 def test_a_failed_source_leaves_no_dataset(tmp_path):
     def batches():
-        from theia_frames.batch import events_to_batch
+        from theia_frames.protocol.arrow import events_to_batch
 
         yield events_to_batch(sample(10))
         raise tf.ConnectionClosed("dropped mid-query")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theia_frames.codec import encode
+from theia_frames.protocol.codec import encode
 from theia_frames.protocol.messages import flush_failure, flush_reply, total_message
 from theia_frames.event import Event
 from theia_frames.exceptions import ConnectionClosed, DecodeError, ProtocolError, ServerError, SubscriberTooSlow, TheiaTimeoutError
@@ -201,7 +201,7 @@ def test_the_ledger_never_confirms_what_was_not_stored(ops):
 def test_a_resume_yields_each_event_once(delivered, missed):
     import pyarrow as pa
 
-    from theia_frames.batch import event_schema
+    from theia_frames.protocol.arrow import event_schema
 
     def batch(ids):
         return pa.RecordBatch.from_pydict(

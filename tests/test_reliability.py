@@ -14,8 +14,9 @@ import json
 import psutil
 import pytest
 
-from theia_frames import Client, Event, EventFilter, codec, serve
-from theia_frames.batch import batch_to_ipc, events_to_batch
+from theia_frames import Client, Event, EventFilter, serve
+from theia_frames.protocol import codec
+from theia_frames.protocol.arrow import batch_to_ipc, events_to_batch
 from theia_frames.exceptions import UnconfirmedError
 from scripts_loader import load_script
 

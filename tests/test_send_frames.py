@@ -10,14 +10,14 @@ import pyarrow as pa
 import pytest
 
 from theia_frames.protocol import outgoing as client_module
-from theia_frames.batch import event_schema
+from theia_frames.protocol.arrow import event_schema
 from theia_frames.client import Client
-from theia_frames.collector import serve
+from theia_frames.server.collector import serve
 from theia_frames.event import Event
 from theia_frames.exceptions import InvalidEventError, MissingDependencyError, UsageError
 from theia_frames.filter import Filter
-from theia_frames.frames import to_dataframe
-from theia_frames.frames_events_table import to_event_table
+from theia_frames.frames.convert import to_dataframe
+from theia_frames.frames.events_table import to_event_table
 from theia_frames.simulation import sensor_events
 
 BASE = 1_700_000_000.0

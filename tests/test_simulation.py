@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import theia_frames as tf
 from theia_frames.client import Client
-from theia_frames.codec import encode
+from theia_frames.protocol.codec import encode
 from theia_frames.exceptions import UsageError
 from theia_frames.simulation import SENSOR_KINDS, sensor_events, simulate
 from upstream_like import UpstreamLike

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from theia_frames import Event, EventFilter, Filter
-from theia_frames.batch import events_to_batch, ipc_to_batches, iter_batch_events
-from theia_frames.codec import EventColumns
+from theia_frames.protocol.arrow import events_to_batch, ipc_to_batches, iter_batch_events
+from theia_frames.protocol.codec import EventColumns
 from theia_frames.exceptions import StoreError, UsageError
-from theia_frames.store import CHUNK_ROWS, FORMAT_VERSION, MERGE_FANOUT, EventStore
+from theia_frames.server.store import CHUNK_ROWS, FORMAT_VERSION, MERGE_FANOUT, EventStore
 
 
 def ev(i: int, ts: float, *, tags=("sensor",), source="/dev/s", content="") -> Event:
@@ -95,7 +95,7 @@ def test_arrow_input_is_checked():
 
 
 def test_arrow_data_that_is_not_valid_is_refused(store):
-    from theia_frames.batch import event_schema
+    from theia_frames.protocol.arrow import event_schema
 
     not_utf8 = pa.Array.from_buffers(pa.string(), 1, [None, pa.py_buffer(b"\0\0\0\0\2\0\0\0"), pa.py_buffer(b"\xff\xfe")])
     text = pa.array(["a"])
@@ -572,7 +572,7 @@ def test_a_chunk_decoding_to_more_than_it_recorded_is_refused_before_decompressi
 
 
 def test_a_store_of_format_2_is_upgraded_when_opened(tmp_path):
-    from theia_frames.batch import batch_to_ipc
+    from theia_frames.protocol.arrow import batch_to_ipc
 
     path = tmp_path / "v2.db"
     db = sqlite3.connect(path)

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from theia_frames.codec import encode
+from theia_frames.protocol.codec import encode
 from theia_frames.event import Event
 from theia_frames.exceptions import DecodeError, UsageError
-from theia_frames import storefiles
-from theia_frames.frames import EVENT_DTYPES, to_dataframe
-from theia_frames.storefiles import (
+from theia_frames.frames import storefiles
+from theia_frames.frames.convert import EVENT_DTYPES, to_dataframe
+from theia_frames.frames.storefiles import (
     DamagedStoreWarning,
     StoreReport,
     iter_store_batches,
@@ -308,7 +308,7 @@ def test_garbage_between_events_is_reported_and_skipped(tmp_path, evs, data):
 def test_import_command_loads_a_damaged_store_into_a_database(damaged, tmp_path, capsys):
     from theia_frames.cli import main
     from theia_frames.client import Client
-    from theia_frames.collector import serve
+    from theia_frames.server.collector import serve
     from theia_frames.filter import Filter
 
     folder, intact, garbage_at, _ = damaged
@@ -332,7 +332,7 @@ def test_import_command_loads_a_damaged_store_into_a_database(damaged, tmp_path,
 
 def test_import_command_with_a_time_range_and_errors(store, tmp_path, capsys):
     from theia_frames.cli import main
-    from theia_frames.store import EventStore
+    from theia_frames.server.store import EventStore
 
     db = tmp_path / "part.db"
     assert main(["import", str(store), "--db", str(db), "--start", str(T0 + 60), "--end", str(T0 + 119)]) == 0

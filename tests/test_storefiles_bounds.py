@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from theia_frames import storefiles
-from theia_frames.codec import encode
+from theia_frames.frames import storefiles
+from theia_frames.protocol.codec import encode
 from theia_frames.event import Event
 from theia_frames.exceptions import UsageError
-from theia_frames.storefiles import MAX_DAMAGE_KEPT, DamagedStoreWarning, StoreReport, iter_store_batches, read_store
+from theia_frames.frames.storefiles import MAX_DAMAGE_KEPT, DamagedStoreWarning, StoreReport, iter_store_batches, read_store
 
 T0 = 1_700_000_000
 

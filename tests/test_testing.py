@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from theia_frames import Event, Filter, TheiaTimeoutError, UsageError
-from theia_frames.batch import SUBPROTOCOL, batch_to_ipc, events_to_batch, ipc_to_batches, iter_batch_events
-from theia_frames.codec import decode, encode
+from theia_frames.protocol.arrow import SUBPROTOCOL, batch_to_ipc, events_to_batch, ipc_to_batches, iter_batch_events
+from theia_frames.protocol.codec import decode, encode
 from theia_frames.protocol.messages import ErrorMessage
 from theia_frames.client import Client
 from theia_frames.exceptions import (
@@ -26,7 +26,7 @@ from theia_frames.exceptions import (
     ServerError,
     TransportError,
 )
-from theia_frames.testing import MockExpectationError, MockServer, Received, event_like
+from theia_frames.testing.mock import MockExpectationError, MockServer, Received, event_like
 
 pytest_plugins = ["pytester"]
 
@@ -554,9 +554,9 @@ def test_terminate_during_traffic_does_not_hang():
 def plugin_args() -> list[str]:
     """``-p`` for the plugin unless its entry point already loads it (twice would be an error)."""
     for ep in importlib.metadata.entry_points(group="pytest11"):
-        if ep.value == "theia_frames.pytest_plugin":
+        if ep.value == "theia_frames.testing.pytest_plugin":
             return []
-    return ["-p", "theia_frames.pytest_plugin"]
+    return ["-p", "theia_frames.testing.pytest_plugin"]
 
 
 def test_plugin_fails_a_test_that_left_an_expectation_unmet(pytester):
@@ -642,8 +642,8 @@ def test_plugin_imports_nothing_heavy_for_tests_that_do_not_use_it(pytester):
         import sys
 
         def test_untouched():
-            assert "theia_frames.pytest_plugin" in sys.modules
-            loaded = [m for m in ("theia_frames.testing", "websockets", "pandas", "pyarrow") if m in sys.modules]
+            assert "theia_frames.testing.pytest_plugin" in sys.modules
+            loaded = [m for m in ("theia_frames.testing.mock", "websockets", "pandas", "pyarrow") if m in sys.modules]
             assert loaded == []
         """
     )
@@ -748,7 +748,7 @@ def test_plugin_fails_a_users_client_test_with_an_unmet_expectation(pytester):
     pytester.makepyfile(
         """
         from theia_frames import Client, Event
-        from theia_frames.testing import event_like
+        from theia_frames.testing.mock import event_like
 
         def publish_reading(url, value):
             with Client(url) as client:

@@ -12,14 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from theia_frames.analysis import bucket, grep, timeline
+from theia_frames.frames.analysis import bucket, grep, timeline
 from theia_frames.cli import argtypes
 from theia_frames.event import Event
 from theia_frames.exceptions import InvalidFilterError, UsageError
 from theia_frames.filter import Filter
-from theia_frames.frames import to_dataframe
-from theia_frames.live import EventBuffer, LiveFrame, parse_window
-from theia_frames.storefiles import read_store
+from theia_frames.frames.convert import to_dataframe
+from theia_frames.live.frame import EventBuffer, LiveFrame, parse_window
+from theia_frames.frames.storefiles import read_store
 from theia_frames.timeparse import parse_duration, to_epoch, to_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def test_a_bare_number_is_seconds_in_every_analysis_duration():
 
 
 def test_every_of_the_live_view_is_a_duration():
-    from theia_frames.widget import LiveView
+    from theia_frames.live.widget import LiveView
 
     live = LiveFrame("ws://127.0.0.1:9")
     assert LiveView(live, every="500ms", mode="text").every == 0.5

@@ -12,12 +12,12 @@ import pytest
 
 import theia_frames as tf
 from theia_frames.client import Client
-from theia_frames.collector import serve
+from theia_frames.server.collector import serve
 from theia_frames.exceptions import MissingDependencyError, UsageError
-from theia_frames.frames import EVENT_DTYPES, to_dataframe
-from theia_frames.live import LiveFrame
+from theia_frames.frames.convert import EVENT_DTYPES, to_dataframe
+from theia_frames.live.frame import LiveFrame
 from theia_frames.simulation import sensor_events
-from theia_frames.widget import LiveView, choose_freq, default_plot, in_kernel, live_plot
+from theia_frames.live.widget import LiveView, choose_freq, default_plot, in_kernel, live_plot
 from waiting import wait_until
 
 pytest.importorskip("ipywidgets")
@@ -284,7 +284,7 @@ def test_choose_freq():
 
 
 def test_redraws_reuse_the_axes_while_the_layout_holds():
-    from theia_frames.widget_plotting import DefaultPlotter
+    from theia_frames.live.plotting import DefaultPlotter
 
     events = list(sensor_events(600, sources=2, seed=5))
     fig = _figure()

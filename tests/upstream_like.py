@@ -47,8 +47,8 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection, serve
 
-from theia_frames.background import BackgroundLoop
-from theia_frames.codec import decode, encode
+from theia_frames.server.background import BackgroundLoop
+from theia_frames.protocol.codec import decode, encode
 from theia_frames.event import Event
 from theia_frames.exceptions import DecodeError
 

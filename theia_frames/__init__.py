@@ -9,7 +9,7 @@
 Names are imported from their modules on first use, so ``import theia_frames``
 stays fast and optional parts are only loaded when asked for. The ``df.theia``
 accessor is registered as soon as pandas is imported too, before or after
-this package (see :mod:`theia_frames.accessor`).
+this package (see :mod:`theia_frames.frames.accessor`).
 """
 
 import importlib as _importlib
@@ -57,50 +57,50 @@ _EXPORTS: dict[str, str] = {
     "sensor_events": "simulation",
     "simulate": "simulation",
     # collector
-    "serve": "collector",
-    "Collector": "collector",
-    "EventStore": "store",
+    "serve": "server.collector",
+    "Collector": "server.collector",
+    "EventStore": "server.store",
     # frames
-    "EVENT_DTYPES": "frames",
-    "to_dataframe": "frames",
-    "to_arrow": "frames",
-    "to_polars": "frames",
-    "to_dask": "dask_frames",
-    "iter_dataframes": "frames",
-    "batches_to_dataframe": "frames",
-    "to_event_table": "frames_events_table",
-    "bucket": "analysis",
-    "explode_tags": "analysis",
-    "tag_matrix": "analysis",
-    "tag_counts": "analysis",
-    "extract": "analysis",
-    "SENSOR_PATTERN": "analysis",
-    "grep": "analysis",
-    "timeline": "analysis",
-    "read_store": "storefiles",
-    "StoreReport": "storefiles",
-    "DamagedStoreWarning": "storefiles",
-    "write_events": "export",
-    "read_events": "export",
+    "EVENT_DTYPES": "frames.convert",
+    "to_dataframe": "frames.convert",
+    "to_arrow": "frames.convert",
+    "to_polars": "frames.convert",
+    "to_dask": "frames.dask",
+    "iter_dataframes": "frames.convert",
+    "batches_to_dataframe": "frames.convert",
+    "to_event_table": "frames.events_table",
+    "bucket": "frames.analysis",
+    "explode_tags": "frames.analysis",
+    "tag_matrix": "frames.analysis",
+    "tag_counts": "frames.analysis",
+    "extract": "frames.analysis",
+    "SENSOR_PATTERN": "frames.analysis",
+    "grep": "frames.analysis",
+    "timeline": "frames.analysis",
+    "read_store": "frames.storefiles",
+    "StoreReport": "frames.storefiles",
+    "DamagedStoreWarning": "frames.storefiles",
+    "write_events": "frames.export",
+    "read_events": "frames.export",
     # live
-    "LiveFrame": "live",
-    "live_plot": "widget",
+    "LiveFrame": "live.frame",
+    "live_plot": "live.widget",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
-# Wire-level names that were top-level names; they live in theia_frames.codec.
+# Wire-level names that were top-level names; they live in theia_frames.protocol.codec.
 # Still reachable here for a release, with a DeprecationWarning naming their home.
 _MOVED: dict[str, str] = {
-    "encode": "codec",
-    "encode_many": "codec",
-    "decode": "codec",
-    "decode_stream": "codec",
-    "iter_decode_stream": "codec",
-    "decode_columns": "codec",
-    "EventColumns": "codec",
-    "StreamReport": "codec",
-    "StreamDecoder": "codec",
+    "encode": "protocol.codec",
+    "encode_many": "protocol.codec",
+    "decode": "protocol.codec",
+    "decode_stream": "protocol.codec",
+    "iter_decode_stream": "protocol.codec",
+    "decode_columns": "protocol.codec",
+    "EventColumns": "protocol.codec",
+    "StreamReport": "protocol.codec",
+    "StreamDecoder": "protocol.codec",
     "parse_message": "protocol.messages",
 }
 
@@ -129,7 +129,7 @@ def __dir__() -> list[str]:
 
 def _register_accessor() -> None:
     try:
-        _importlib.import_module(".accessor", __name__)
+        _importlib.import_module(".frames.accessor", __name__)
     except Exception as exc:  # a broken pandas must not break the import that loaded it
         _warnings.warn(f"theia_frames could not register the df.theia accessor: {exc}", stacklevel=2)
 
@@ -169,7 +169,7 @@ elif not any(isinstance(f, _AfterPandas) for f in _sys.meta_path):
 
 
 if _TYPE_CHECKING:  # pragma: no cover
-    from .analysis import (
+    from .frames.analysis import (
         SENSOR_PATTERN,
         bucket,
         explode_tags,
@@ -180,7 +180,7 @@ if _TYPE_CHECKING:  # pragma: no cover
         timeline,
     )
     from .client import AsyncClient, Client, FindResult, Gap, LiveStream, connect, find, send
-    from .collector import Collector, serve
+    from .server.collector import Collector, serve
     from .event import Event, new_event_id
     from .exceptions import (
         AuthenticationError,
@@ -200,10 +200,10 @@ if _TYPE_CHECKING:  # pragma: no cover
         UnconfirmedError,
         UsageError,
     )
-    from .export import read_events, write_events
+    from .frames.export import read_events, write_events
     from .filter import EventFilter, Filter
-    from .dask_frames import to_dask
-    from .frames import (
+    from .frames.dask import to_dask
+    from .frames.convert import (
         EVENT_DTYPES,
         batches_to_dataframe,
         iter_dataframes,
@@ -211,9 +211,9 @@ if _TYPE_CHECKING:  # pragma: no cover
         to_dataframe,
         to_polars,
     )
-    from .frames_events_table import to_event_table
+    from .frames.events_table import to_event_table
     from .simulation import sensor_events, simulate
-    from .store import EventStore
-    from .storefiles import DamagedStoreWarning, StoreReport, read_store
-    from .live import LiveFrame
-    from .widget import live_plot
+    from .server.store import EventStore
+    from .frames.storefiles import DamagedStoreWarning, StoreReport, read_store
+    from .live.frame import LiveFrame
+    from .live.widget import live_plot

@@ -26,10 +26,10 @@ from typing import Any, TextIO
 
 import pandas as pd
 
-from .analysis import bucket, extract
+from .frames.analysis import bucket, extract
 from .exceptions import MissingDependencyError, TheiaError, UsageError
-from .export import write_events
-from .frames import to_dataframe
+from .frames.export import write_events
+from .frames.convert import to_dataframe
 
 __all__ = ["run_demo", "DemoResult", "plot_readings"]
 
@@ -60,7 +60,7 @@ def _figure_class() -> Any:
 def plot_readings(readings: pd.DataFrame, path: str | os.PathLike[str], *, title: str | None = None) -> Path:
     """A PNG of sensor readings: one panel per source, its ``value`` over time, labelled with its unit.
 
-    ``readings`` is an event frame with the columns :func:`~theia_frames.analysis.extract`
+    ``readings`` is an event frame with the columns :func:`~theia_frames.frames.analysis.extract`
     adds (``value``, ``unit``). Draws on a figure of its own (the Agg canvas): it
     neither needs nor changes a pyplot backend.
     """
@@ -133,7 +133,7 @@ def run_demo(
         raise UsageError(f"rate must be positive, got {rate!r}")
     _figure_class()  # fail before starting anything when the plot cannot be drawn
     from .client import Client
-    from .collector import serve
+    from .server.collector import serve
     from .filter import Filter
     from .simulation import simulate
 

@@ -311,7 +311,7 @@ class EventFilter:
         """The rows of an event-schema batch that match (the batch itself when all do):
         the one way a batch is checked against a filter, wherever it is.
 
-        >>> from theia_frames.batch import events_to_batch
+        >>> from theia_frames.protocol.arrow import events_to_batch
         >>> b = events_to_batch([Event(id="a", timestamp=1.0, tags=["x"]), Event(id="b", timestamp=2.0)])
         >>> EventFilter(start=1.5).match_batch(b).column("id").to_pylist()
         ['b']

@@ -304,7 +304,7 @@ def mask_tags(kernels: Sequence[Kernel], column: Any, keep: np.ndarray) -> np.nd
 def _tag_values(column: Any) -> tuple[Any, np.ndarray]:
     """Every tag of a tags column (comma text, or lists) and the row each belongs to.
 
-    The empty text is no tags, as :func:`~theia_frames.codec.split_tags` reads it.
+    The empty text is no tags, as :func:`~theia_frames.protocol.codec.split_tags` reads it.
     """
     import numpy as np
 

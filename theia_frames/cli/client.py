@@ -17,7 +17,7 @@ unless an offset is given) or relative to now like ``-15m``; see
 Commands that send confirm with the collector that the events were stored
 (see :mod:`theia_frames.cli.remote` for what they print and their exit codes).
 ``--format csv|jsonl|parquet`` writes what ``--out`` writes (one writer,
-:class:`theia_frames.export.EventWriter`). A query that ends early (a dropped
+:class:`theia_frames.frames.export.EventWriter`). A query that ends early (a dropped
 connection) says so on stderr after the rows it printed and exits 1.
 """
 
@@ -321,7 +321,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def _find_output(args: argparse.Namespace) -> str:
     """The format ``find`` writes, checked before the query starts."""
-    from ..export import format_for
+    from ..frames.export import format_for
 
     if args.out:
         if args.format == "table":
@@ -344,7 +344,7 @@ def cmd_find(args: argparse.Namespace) -> int:
         result = client.find(_filter_from(args), batch_size=1)
         with result:
             if args.out:
-                from ..export import write_events
+                from ..frames.export import write_events
 
                 try:
                     n = write_events(_limited_batches(result.iter_batches(), args.limit), args.out, format=fmt)
@@ -361,7 +361,7 @@ def cmd_find(args: argparse.Namespace) -> int:
                 table.flush()
                 print(f"{table.count} event(s)", file=sys.stderr)
             else:
-                from ..export import EventWriter
+                from ..frames.export import EventWriter
 
                 sys.stdout.flush()
                 writer = EventWriter(sys.stdout.buffer, fmt)
@@ -403,7 +403,7 @@ def cmd_live(args: argparse.Namespace) -> int:
                         out.write(event)
                         out.flush()
                 else:
-                    from ..export import EventWriter
+                    from ..frames.export import EventWriter
 
                     out = EventWriter(sys.stdout.buffer, args.format)
                     for batch in _limited_batches(stream.iter_batches(), args.limit):

@@ -7,7 +7,7 @@ Examples::
     theia-frames serve --db events.db --max-connections 2000 --idle-timeout none
 
 Every limit on what one client can make the collector spend has a flag (see
-``theia-frames serve --help`` and :class:`~theia_frames.collector.Collector`).
+``theia-frames serve --help`` and :class:`~theia_frames.server.collector.Collector`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 import threading
 from typing import Any
 
-from ..collector import (
+from ..server.collector import (
     DEFAULT_FIND_BATCH,
     DEFAULT_FIND_STALL_TIMEOUT,
     DEFAULT_FIND_WAIT,
@@ -137,7 +137,7 @@ def register(subparsers: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..collector import serve
+    from ..server.collector import serve
 
     trim = _memory_trimmer()
     logging.basicConfig(

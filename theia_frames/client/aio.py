@@ -41,8 +41,8 @@ import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..batch import SUBPROTOCOL
-from ..codec import encode
+from ..protocol.arrow import SUBPROTOCOL
+from ..protocol.codec import encode
 from ..event import Event
 from ..exceptions import ConnectionClosed, InvalidEventError, TheiaTimeoutError, UnconfirmedError, UsageError
 from ..protocol.ledger import SendLedger
@@ -283,7 +283,7 @@ class AsyncClient:
         if isinstance(events, Event):
             events = [events]
         elif columns is not None or type(events).__module__.split(".")[0] in ("pandas", "polars", "pyarrow"):
-            from ..frames_events_table import to_event_table
+            from ..frames.events_table import to_event_table
 
             events = to_event_table(events, columns=columns)
         lock = self._lock

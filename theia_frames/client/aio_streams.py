@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from ..batch import SUBPROTOCOL, empty_batch, iter_batch_events
+from ..protocol.arrow import SUBPROTOCOL, empty_batch, iter_batch_events
 from ..event import Event
 from ..exceptions import (
     AuthenticationError,
@@ -194,7 +194,7 @@ class AsyncStream:
     _event_accumulate = 1
 
     def iter_batches(self, *, heartbeat: float | None = None) -> AsyncIterator[pa.RecordBatch]:
-        """The events as :func:`~theia_frames.batch.event_schema` record batches, checked against the filter."""
+        """The events as :func:`~theia_frames.protocol.arrow.event_schema` record batches, checked against the filter."""
         self._claim("iter_batches()")
         return self._batches(self._batch_accumulate, heartbeat)
 
@@ -229,7 +229,7 @@ class AsyncStream:
 
 class _Batches:
     """A find's batches handed from the event loop to a converting thread:
-    ``iter_batches()`` for :func:`~theia_frames.frames.to_dataframe`, ``total`` for its progress bar."""
+    ``iter_batches()`` for :func:`~theia_frames.frames.convert.to_dataframe`, ``total`` for its progress bar."""
 
     _END = object()
 
@@ -319,8 +319,8 @@ class AsyncFindResult(AsyncStream):
 
     async def to_arrow(self, *, columns: Sequence[str] | None = None, progress: bool | None = None) -> pa.Table:
         """All the events as one ``pyarrow.Table`` with the frame's Arrow types, as
-        :func:`~theia_frames.frames.to_arrow` makes it (converted in a worker thread while they arrive)."""
-        from ..frames import to_arrow
+        :func:`~theia_frames.frames.convert.to_arrow` makes it (converted in a worker thread while they arrive)."""
+        from ..frames.convert import to_arrow
 
         return await self._converted(lambda source: to_arrow(source, columns=columns, progress=progress))  # type: ignore[no-any-return]
 
@@ -332,12 +332,12 @@ class AsyncFindResult(AsyncStream):
         columns: Sequence[str] | None = None,
         progress: bool | None = None,
     ) -> pd.DataFrame:
-        """All the events as one DataFrame, as :func:`~theia_frames.frames.to_dataframe` makes it.
+        """All the events as one DataFrame, as :func:`~theia_frames.frames.convert.to_dataframe` makes it.
 
         The batches are converted in a worker thread while they arrive, so the
         event loop (a notebook's) stays free and memory peaks near the frame's size.
         """
-        from ..frames import to_dataframe
+        from ..frames.convert import to_dataframe
 
         return await self._converted(  # type: ignore[no-any-return]
             lambda source: to_dataframe(source, index=index, tz=tz, columns=columns, progress=progress)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import websocket
 
-from ..batch import empty_batch, iter_batch_events
+from ..protocol.arrow import empty_batch, iter_batch_events
 from ..event import Event
 from ..exceptions import (
     AuthenticationError,
@@ -204,7 +204,7 @@ class Stream:
             self.close()
 
     def iter_batches(self) -> Iterator[pa.RecordBatch]:
-        """The events as :func:`~theia_frames.batch.event_schema` record batches,
+        """The events as :func:`~theia_frames.protocol.arrow.event_schema` record batches,
         already checked against the filter; no Python object per event."""
         self._claim("iter_batches()")
         return self._batches(self.batch_size, None)
@@ -364,7 +364,7 @@ class FindResult(Stream):
 
     def to_arrow(self, *, columns: Sequence[str] | None = None, progress: bool | None = None) -> pa.Table:
         """All the events as one ``pyarrow.Table`` with the frame's Arrow types: :func:`theia_frames.to_arrow` of this result."""
-        from ..frames import to_arrow
+        from ..frames.convert import to_arrow
 
         return to_arrow(self, columns=columns, progress=progress)
 
@@ -377,7 +377,7 @@ class FindResult(Stream):
         progress: bool | None = None,
     ) -> pd.DataFrame:
         """All the events as one DataFrame: :func:`theia_frames.to_dataframe` of this result."""
-        from ..frames import to_dataframe
+        from ..frames.convert import to_dataframe
 
         return to_dataframe(self, index=index, tz=tz, columns=columns, progress=progress)
 

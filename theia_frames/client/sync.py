@@ -16,8 +16,8 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..batch import SUBPROTOCOL
-from ..codec import encode
+from ..protocol.arrow import SUBPROTOCOL
+from ..protocol.codec import encode
 from ..event import Event
 from ..exceptions import ConnectionClosed, InvalidEventError, ProtocolError, TheiaTimeoutError, UnconfirmedError, UsageError
 from ..protocol.ledger import SendLedger
@@ -276,10 +276,10 @@ class Client:
         ``events`` is any iterable of :class:`~theia_frames.event.Event` (read
         lazily, in chunks), an Arrow batch/table with the event schema, or a
         frame of events: a pandas DataFrame (the frame
-        :func:`~theia_frames.frames.to_dataframe` returns, or your own with a
+        :func:`~theia_frames.frames.convert.to_dataframe` returns, or your own with a
         timestamp column or a DatetimeIndex), a ``pyarrow.Table`` of such
         columns or a Polars frame, read by
-        :func:`~theia_frames.frames_events_table.to_event_table` (``columns`` maps event
+        :func:`~theia_frames.frames.events_table.to_event_table` (``columns`` maps event
         fields to its columns, e.g. ``{"content": "message"}``; missing ids
         are generated).
 
@@ -296,7 +296,7 @@ class Client:
         if isinstance(events, Event):
             events = [events]
         elif columns is not None or type(events).__module__.split(".")[0] in ("pandas", "polars", "pyarrow"):
-            from ..frames_events_table import to_event_table
+            from ..frames.events_table import to_event_table
 
             events = to_event_table(events, columns=columns)
         with self.lock:

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import websocket
 
-from ..batch import SUBPROTOCOL
+from ..protocol.arrow import SUBPROTOCOL
 from ..exceptions import (
     AuthenticationError,
     ConnectError,

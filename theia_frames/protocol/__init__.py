@@ -12,8 +12,8 @@ bytes and messages, and ask the core what to send and what to yield.
 - ``outgoing``: what to send for events (checked Arrow batches or plain messages).
 
 The words of both dialects and of the extension are built and parsed in
-:mod:`theia_frames.codec` (plain dialect, ``ok``, errors, flush, total) and
-:mod:`theia_frames.batch` (the extension's Arrow messages).
+:mod:`theia_frames.protocol.codec` (plain dialect, ``ok``, errors, flush, total) and
+:mod:`theia_frames.protocol.arrow` (the extension's Arrow messages).
 """
 
 from .ledger import SendLedger

@@ -5,7 +5,7 @@ failure, the announced total, the ``/chunks`` layout) are built and parsed
 here, in one place, for the clients, the collector and the mock server; and
 here a reader learns what a received message or a close code means: data to
 decode, the end of a stream, or an error to raise. Events themselves are
-:mod:`theia_frames.codec` (plain) and :mod:`theia_frames.batch` (Arrow).
+:mod:`theia_frames.protocol.codec` (plain) and :mod:`theia_frames.protocol.arrow` (Arrow).
 
 >>> data, total = sort_messages(['ok', b'event: 3 3 0\\n...', '{"total": 2}'], "ws://h/find")
 >>> len(data), total
@@ -25,8 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard, Union
 
-from ..batch import ARROW_MARKER
-from ..codec import Buffer, decode
+from .arrow import ARROW_MARKER
+from .codec import Buffer, decode
 from ..event import Event
 from ..exceptions import ConnectionClosed, ServerError, SubscriberTooSlow, TheiaError
 

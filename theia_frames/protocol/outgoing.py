@@ -19,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..batch import batch_to_ipc, event_schema
-from ..codec import encode
+from .arrow import batch_to_ipc, event_schema, uncarried_rows
+from .codec import encode
 from ..event import Event
 from ..exceptions import InvalidEventError
-from ..batch import iter_batch_events
+from .arrow import iter_batch_events
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -115,7 +115,7 @@ def first_invalid(events: Sequence[Any]) -> InvalidEventError:
 
 
 def checked_event_batch(events: Sequence[Event]) -> pa.RecordBatch:
-    """Events as one batch, refusing what :func:`~theia_frames.codec.encode` would refuse."""
+    """Events as one batch, refusing what :func:`~theia_frames.protocol.codec.encode` would refuse."""
     import pyarrow as pa
 
     try:
@@ -143,21 +143,12 @@ def checked_event_batch(events: Sequence[Event]) -> pa.RecordBatch:
 
 def invalid_row(batch: pa.RecordBatch) -> int | None:
     """The first row the wire format cannot carry (line break in id, source or
-    tags; a missing value; a timestamp that is not finite), or None."""
-    import pyarrow.compute as pc
-
-    if batch.num_rows == 0:
+    tags; a missing value; a timestamp that is not finite), or None: the first of
+    :func:`~theia_frames.protocol.arrow.uncarried_rows`."""
+    bad = uncarried_rows(batch)
+    if bad is None:
         return None
-    bad = pc.invert(pc.is_finite(batch.column(1)))
-    for k in (0, 2, 3):
-        bad = pc.or_(bad, pc.match_substring_regex(batch.column(k), "[\r\n]"))
-    for column in batch.columns:
-        if column.null_count:
-            bad = pc.or_(bad, pc.is_null(column))
-    bad = pc.fill_null(bad, True)
-    if not pc.any(bad).as_py():
-        return None
-    return int(pc.index(bad, True).as_py())
+    return int(bad.argmax())
 
 
 def arrow_chunks(data: Any, size: int) -> Iterator[pa.RecordBatch]:

@@ -2,10 +2,10 @@
 
 :func:`decode_plain` is the one decoder of received plain messages: messages
 of the usual layout are decoded together with Arrow kernels, any other goes
-through :mod:`theia_frames.codec` (the grammar of one message) one by one, and
+through :mod:`theia_frames.protocol.codec` (the grammar of one message) one by one, and
 either way a message that is not an event is reported, not guessed at.
 
->>> from theia_frames.codec import encode
+>>> from theia_frames.protocol.codec import encode
 >>> from theia_frames.event import Event
 >>> batch = decode_plain([encode(Event("a1", 1.5, "/s", ["t"], "21.5C"))], print)
 >>> batch.num_rows, batch.column(0)[0].as_py()
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..batch import columns_to_batch, empty_batch, event_schema
-from ..codec import EventColumns
+from .arrow import columns_to_batch, empty_batch, event_schema
+from .codec import EventColumns
 from ..exceptions import DecodeError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,7 +47,7 @@ def decode_plain(messages: list[bytes], bad: Any) -> pa.RecordBatch:
     Messages that cannot be decoded are passed to ``bad`` (a DecodeError each)
     and left out. Many messages are decoded at once with Arrow kernels when
     they have the usual layout (upstream dialect, or Go dialect with tags);
-    any other message goes through :mod:`theia_frames.codec` one by one.
+    any other message goes through :mod:`theia_frames.protocol.codec` one by one.
     """
     if len(messages) >= BULK_MIN:
         try:

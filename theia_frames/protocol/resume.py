@@ -7,7 +7,7 @@ for and :meth:`ResumeState.fresh` drops what was already delivered.
 :class:`Backoff` is the wait between attempts.
 
 >>> import pyarrow as pa
->>> from theia_frames.batch import event_schema
+>>> from theia_frames.protocol.arrow import event_schema
 >>> from theia_frames.filter import EventFilter
 >>> state = ResumeState(margin=5.0, subscribed_at=100.0)
 >>> batch = pa.RecordBatch.from_pydict(

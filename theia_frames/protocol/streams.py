@@ -8,7 +8,7 @@ and returns the data messages (raising on an error message),
 :meth:`FindState.silence` what silence means. The sync client and the
 asyncio client are two such transports.
 
->>> from theia_frames.codec import encode
+>>> from theia_frames.protocol.codec import encode
 >>> from theia_frames.event import Event
 >>> from theia_frames.filter import EventFilter
 >>> find = FindState("ws://h/find", EventFilter(1), strict=False, batch_size=100)
@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..batch import ARROW_MARKER, event_schema, ipc_to_batches
+from .arrow import ARROW_MARKER, event_schema, ipc_to_batches
 from ..exceptions import DecodeError, TheiaError, TheiaTimeoutError
 from ..filter import EventFilter
 from .messages import end_error, sort_messages

@@ -1,0 +1,16 @@
+"""The server side: the embedded collector, its store, and the background-thread helper.
+
+- ``collector``: :class:`~theia_frames.server.collector.Collector` and :func:`~theia_frames.server.collector.serve`,
+  the WebSocket server (both dialects and the extension), made of
+  ``access`` (who may connect), ``event_endpoint``, ``find_endpoint``, ``live_endpoint`` (the paths),
+  ``ingest`` (the writer thread: events decoded, checked, committed in groups),
+  ``fanout`` (each commit matched against every live filter) and ``output`` (ready frames, shared helpers).
+- ``store``: :class:`~theia_frames.server.store.EventStore`, SQLite holding time-indexed, compressed Arrow chunks;
+  ``chunks`` (their format and bounds) and ``query`` (snapshots and the sweep of a query).
+- ``background``: an asyncio server run on a thread of its own (the collector, ``MockServer``).
+"""
+
+from .collector import Collector, serve
+from .store import EventStore
+
+__all__ = ["Collector", "serve", "EventStore"]

@@ -1,0 +1,205 @@
+"""The live fan-out: each commit matched against every live filter on a thread of its
+own (:class:`Fanout`), what a subscriber holds (:class:`Subscriber`), and a commit as
+the fan-out sees it (:class:`Commit`: each filter's matches and the plain frames, made once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .output import plain_frames, pyarrow_module
+from ..filter import EventFilter
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+    from websockets.asyncio.server import ServerConnection
+
+__all__ = [
+    "FANOUT_QUEUE",
+    "FANOUT_WAIT",
+    "Commit",
+    "Subscriber",
+    "FanoutOwner",
+    "Fanout",
+]
+
+
+# Commits the live fan-out may have waiting before the writer waits for it.
+FANOUT_QUEUE = 8
+
+
+# Seconds the writer waits for the fan-out before the costliest filter's subscriber is dropped.
+FANOUT_WAIT = 0.25
+
+
+class Commit:
+    """Newly stored events as the live fan-out sees them: each filter's matches,
+    and the plain frames, made once for every subscriber."""
+
+    def __init__(self, new: pa.RecordBatch) -> None:
+        self.new = new
+        self._frames: Any = None
+
+    def mask(self, flt: EventFilter) -> Any:
+        """True (every event matches), False (none does), or a boolean mask."""
+        if flt.is_time_only and flt.start is None and flt.end is None:
+            return True
+        keep = flt.mask_batch(self.new)
+        if keep.all():
+            return True
+        if not keep.any():
+            return False
+        return pyarrow_module().array(keep)
+
+    def frames(self) -> Any:
+        if self._frames is None:
+            self._frames = plain_frames(self.new)
+        return self._frames
+
+
+class Subscriber:
+    """A /live connection: its filter and the events waiting to be sent to it."""
+
+    __slots__ = ("ws", "filter", "batched", "since", "pending", "waiting", "wake", "sender", "writing", "dropped", "cost")
+
+    def __init__(self, ws: ServerConnection, flt: EventFilter, batched: bool, since: int) -> None:
+        self.ws = ws
+        self.filter = flt
+        self.batched = batched
+        # the last message whose commit was taken in before it subscribed: not for it
+        self.since = since
+        # Arrow batches for a batched subscriber, arrays of ready frames for a plain one
+        self.pending: list[Any] = []
+        self.waiting = 0
+        self.wake = asyncio.Event()
+        self.sender: asyncio.Task[None] | None = None
+        self.writing = False  # its sender is writing (not waiting to be woken)
+        self.dropped = False
+        self.cost = 0.0  # seconds the fan-out spent matching its filter, recent commits weighing most
+
+
+logger = logging.getLogger("theia_frames.server.collector")
+
+
+class FanoutOwner(Protocol):
+    """What the fan-out thread reads of its collector."""
+
+    _live: tuple[Subscriber, ...]
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop | None: ...
+
+    def _deliver(self, parts: list[tuple[Subscriber, Any]]) -> None: ...
+
+    def _drop_slow(self, sub: Subscriber, why: str | None = None) -> None: ...
+
+
+class Fanout(threading.Thread):
+    """The thread that matches each commit against every live filter, off the event
+    loop, and hands the matches to the loop: an expensive filter costs this
+    thread's time, never the loop's. At most :data:`FANOUT_QUEUE` commits wait
+    for it; beyond that the writer waits (and ingest slows) rather than memory grow."""
+
+    def __init__(self, collector: FanoutOwner) -> None:
+        super().__init__(name="theia-frames-fanout", daemon=True)
+        self.collector = collector
+        self._queue: deque[tuple[int, pa.RecordBatch]] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._matching: tuple[Subscriber | None, float] = (None, 0.0)  # whose filter runs, since when
+        self._processed = 0  # commits matched so far
+        self._dropped_at = -1  # the value of _processed when a subscriber was last dropped
+
+    def put(self, upto: int, new: pa.RecordBatch) -> None:
+        """Hand over a commit's new events (writer thread); waits while the queue is full.
+
+        When it stays full for :data:`FANOUT_WAIT` seconds, the subscriber whose
+        filter cost the most matching time is dropped as too slow (its client is
+        told why), so one costly filter cannot hold up ingest for everyone.
+        """
+        if not self.collector._live:
+            return  # nobody to tell (a subscriber arriving now starts after this commit)
+        room = lambda: len(self._queue) < FANOUT_QUEUE or self._closing  # noqa: E731
+        with self._cond:
+            while not self._cond.wait_for(room, FANOUT_WAIT):
+                if self._dropped_at == self._processed:
+                    continue  # the last one dropped may still be matched: one at a time
+                current, started = self._matching
+                now = time.perf_counter()
+
+                def cost(sub: Subscriber) -> float:
+                    return sub.cost + (now - started if sub is current else 0.0)
+
+                costly = [sub for sub in self.collector._live if not sub.dropped and cost(sub) > 0]
+                if not costly:
+                    continue
+                victim = max(costly, key=cost)
+                victim.dropped = True  # the fan-out skips it from now on
+                self._dropped_at = self._processed
+                loop = self.collector._loop
+                if loop is not None:
+                    why = "its filter takes more matching time than the collector can give it at this rate of events"
+                    try:
+                        loop.call_soon_threadsafe(self.collector._drop_slow, victim, why)
+                    except RuntimeError:  # the loop has ended
+                        pass
+            if self._closing:
+                return
+            self._queue.append((upto, new))
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closing)
+                if self._closing:
+                    return
+                upto, new = self._queue.popleft()
+                self._cond.notify_all()
+            try:
+                parts = self._match(upto, new)
+            except Exception:  # pragma: no cover - a bug must not stop the live fan-out
+                logger.exception("matching stored events against live filters failed")
+                continue
+            finally:
+                self._processed += 1
+            if parts:
+                loop = self.collector._loop
+                try:
+                    if loop is not None:
+                        loop.call_soon_threadsafe(self.collector._deliver, parts)
+                except RuntimeError:  # the loop has ended: nobody to deliver to
+                    self.close()
+                    return
+
+    def _match(self, upto: int, new: pa.RecordBatch) -> list[tuple[Subscriber, Any]]:
+        """Each subscriber's part of a commit. Each filter is applied once to the whole
+        commit (time-only filters with a vectorised comparison); the plain frames are
+        encoded once and shared by every plain subscriber."""
+        commit = Commit(new)
+        parts = []
+        for sub in self.collector._live:
+            if sub.dropped or sub.since >= upto:
+                continue
+            started = time.perf_counter()
+            self._matching = (sub, started)
+            try:
+                mask = commit.mask(sub.filter)
+            finally:
+                self._matching = (None, 0.0)
+            sub.cost = 0.5 * sub.cost + (time.perf_counter() - started)
+            if mask is False:
+                continue
+            whole = commit.frames() if not sub.batched else new
+            parts.append((sub, whole if mask is True else whole.filter(mask)))
+        return parts

@@ -1,0 +1,192 @@
+"""The collector's ``/find`` and ``/chunks`` endpoints (:class:`FindEndpoint`, a part of
+:class:`~theia_frames.server.collector.Collector`): a filter in, the stored events out as ready
+frames, what matched so far sent after ``find_wait``, a stalled reader cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from .background import BackgroundLoop
+from ..protocol.arrow import (
+    SUBPROTOCOL,
+)
+from .output import (
+    ConnectionState,
+    Stalled,
+    error_message,
+    next_find_output,
+    peer_name,
+    write_frames,
+)
+from ..exceptions import (
+    StoreError,
+)
+from ..filter import EventFilter
+from ..protocol.messages import CHUNKS_PATH, OK, chunks_reply, total_message
+from .store import EventStore
+
+if TYPE_CHECKING:  # pragma: no cover
+    from websockets.asyncio.server import ServerConnection
+
+__all__ = [
+    "FindEndpoint",
+]
+
+
+
+# Events read and encoded per step of a plain /find (one frame each, written together).
+_PLAIN_CHUNK = 8_192
+
+
+class FindEndpoint:
+    """The ``/find`` and ``/chunks`` endpoints of the collector: a filter in, the stored events out."""
+
+    _background: BackgroundLoop | None
+    _log: Any
+    _pattern_steps: asyncio.Semaphore | None
+    _pool: ThreadPoolExecutor | None
+    _queries: set[Any]
+    batch_size: Any
+    find_stall_timeout: Any
+    find_wait: Any
+    store: EventStore | None
+    if TYPE_CHECKING:  # defined by the Collector
+        async def _read_filter(self, ws: ServerConnection, message: str | bytes | None=None) -> EventFilter | None: ...
+
+    # ------------------------------------------------------------------ /find
+    async def _on_find(self, ws: ServerConnection, batched: bool, state: ConnectionState) -> None:
+        flt = await self._read_filter(ws)
+        if flt is None:
+            return
+        state.watched = False  # from now on the stall timeout watches it
+        loop = asyncio.get_running_loop()
+        store, pool = self.store, self._pool
+        assert store is not None and pool is not None
+        # Batched: Arrow messages, stored chunks sent as stored. Plain: many events
+        # encoded at once into ready WebSocket frames, written together.
+        results: Any
+        if batched:
+            query = functools.partial(store.query_ipc, flt, batch_size=self.batch_size, wait=self.find_wait)
+        else:
+            query = functools.partial(store.query_batches, flt, batch_size=_PLAIN_CHUNK, wait=self.find_wait)
+        results = await loop.run_in_executor(pool, query)
+        self._queries.add(results)
+        produce = functools.partial(next_find_output, results, batched)
+        slots = None if flt.is_time_only else self._pattern_steps
+        running = [False]  # whether the current step reached a worker thread
+
+        async def step() -> bytes | memoryview | None:
+            # A step of a find with patterns (Python matching, the costly kind) waits
+            # for one of _FIND_WORKERS - 1 places, in turn with the other such finds:
+            # each gets a step in its turn, and a worker stays free for time-only finds.
+            if slots is None:
+                running[0] = True
+                return await loop.run_in_executor(pool, produce)
+            async with slots:
+                running[0] = True
+                return await loop.run_in_executor(pool, produce)
+
+        def next_step() -> asyncio.Task[bytes | memoryview | None]:
+            running[0] = False
+            return loop.create_task(step())
+
+        job: asyncio.Task[bytes | memoryview | None] | None = None
+        gone = loop.create_task(ws.wait_closed())
+        try:
+            await self._send_find(ws, OK, False)
+            if batched:
+                # what a progress bar needs: sent when the index can tell (a filter of time alone)
+                total = await loop.run_in_executor(pool, results.count)
+                if total is not None:
+                    await self._send_find(ws, total_message(total), False)
+            job = next_step()
+            while job is not None:
+                await asyncio.wait((job, gone), return_when=asyncio.FIRST_COMPLETED)
+                if not job.done():
+                    return  # the client left: the query ends below, at its next chunk
+                try:
+                    output = job.result()
+                except StoreError:
+                    if self._background is not None and self._background.stop_requested:
+                        return  # cancelled by the stop: the connection is closing anyway
+                    raise
+                job = None
+                if output is None:
+                    break
+                # Read and encode the next part while this one is sent.
+                job = next_step()
+                if not batched and not len(output):
+                    await ws.ping()  # still matching: a plain peer has no empty message
+                    continue
+                await self._send_find(ws, output, not batched)
+        finally:
+            results.cancel()
+            gone.cancel()
+            if job is not None:
+                if not running[0]:
+                    job.cancel()  # still waiting for its turn: it never touched the query
+                await asyncio.gather(job, return_exceptions=True)
+            await loop.run_in_executor(pool, results.close)
+            self._queries.discard(results)
+        await ws.close(1000)
+
+    async def _send_find(self, ws: ServerConnection, output: bytes | memoryview | str, frames: bool) -> None:
+        """Send a part of a /find (a message, or ready frames when ``frames``); cut the
+        connection off when its client takes none of its bytes for ``find_stall_timeout``."""
+        send = write_frames(ws, output) if frames else ws.send(output)  # type: ignore[arg-type]
+        stall = self.find_stall_timeout
+        if stall is None:
+            await send
+            return
+        task = asyncio.ensure_future(send)
+        loop = asyncio.get_running_loop()
+        try:
+            last, since = -1, loop.time()
+            while True:
+                done, _ = await asyncio.wait((task,), timeout=min(1.0, stall))
+                if done:
+                    task.result()
+                    return
+                waiting = ws.transport.get_write_buffer_size()
+                if last < 0 or waiting < last:
+                    last, since = waiting, loop.time()  # the client took some
+                elif loop.time() - since >= stall:
+                    self._log.warning(
+                        "stalled", "cutting off /find of %s: it took nothing of its results for %s s", peer_name(ws), stall
+                    )
+                    ws.transport.abort()
+                    raise Stalled()
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    # ------------------------------------------------------------------ /chunks
+    async def _on_chunks(self, ws: ServerConnection, batched: bool) -> None:
+        """The extension's layout request: a filter in, the stored chunks of its time range out
+        (``{"chunks": [[first, last, events], ...]}``, from the index alone), then a normal close."""
+        if not batched:
+            await ws.send(error_message(f"{CHUNKS_PATH} is part of the {SUBPROTOCOL} extension: offer that subprotocol"))
+            await ws.close(1008, "extension not negotiated")
+            return
+        flt = await self._read_filter(ws)
+        if flt is None:
+            return
+        store, pool = self.store, self._pool
+        assert store is not None and pool is not None
+        start = -math.inf if flt.start is None else flt.start
+        end = math.inf if flt.end is None else flt.end
+
+        def layout() -> str:
+            return chunks_reply(
+                (c.min_ts, c.max_ts, c.rows) for c in store.chunks() if c.max_ts >= start and c.min_ts <= end
+            )
+
+        reply = await asyncio.get_running_loop().run_in_executor(pool, layout)
+        await ws.send(reply)
+        await ws.close(1000)

@@ -1,0 +1,448 @@
+"""Reading the event store: a query's snapshot of the chunks its filter needs (chosen by
+the time index, held against merges while it reads), swept in (timestamp, id) order and
+matched, as record batches or ready Arrow IPC messages.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from ..protocol.arrow import batch_to_ipc
+from ..exceptions import StoreError
+from ..filter import EventFilter
+from .chunks import (
+    CHUNK_BYTES,
+    Blob,
+    from_ipc,
+    numpy_module,
+    piece_spans,
+    pyarrow_module,
+    sort_indices,
+    translate_error,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pyarrow as pa
+
+__all__ = [
+    "SnapshotSource",
+    "ChunkMeta",
+    "Snapshot",
+    "Results",
+    "chunks_sql",
+    "OpenChunk",
+    "sweep",
+    "Gather",
+    "Clock",
+    "rebatch",
+    "ipc_messages",
+]
+
+
+# A generation newer than any: a file store's queries see their transaction's snapshot.
+_EVERY_GENERATION = 1 << 62
+
+
+class SnapshotSource(Protocol):
+    """What a query's snapshot reads of its :class:`~theia_frames.server.store.EventStore`."""
+
+    path: str
+    in_memory: bool
+    _lock: threading.Lock
+    _closed: bool
+    _generation: int
+    _snapshots: dict[int, int]
+    _db: sqlite3.Connection
+
+    def _writer(self) -> sqlite3.Connection: ...
+
+    def _borrow(self) -> sqlite3.Connection: ...
+
+    def _give_back(self, db: sqlite3.Connection) -> None: ...
+
+    def _purge(self) -> None: ...
+
+    def _blob(self, db: sqlite3.Connection, seq: int) -> Blob: ...
+
+
+class ChunkMeta(NamedTuple):
+    seq: int
+    min_ts: float
+    max_ts: float
+    rows: int
+
+
+class Snapshot:
+    """What one query may read: the chunk list taken when it was made, and how to read them.
+
+    A file store's query holds a connection in a read transaction (SQLite's
+    snapshot); a ``:memory:`` store's query holds a generation, which keeps
+    chunks merged away after it from being deleted.
+    """
+
+    def __init__(self, store: SnapshotSource, flt: EventFilter) -> None:
+        self.store = store
+        self.filter = flt
+        self.desc = flt.order == "desc"
+        self._db: sqlite3.Connection | None = None
+        self._registered = False
+        self._done = False
+        self._cancelled = False
+        try:
+            if store.in_memory:
+                with store._lock:
+                    db = store._writer()
+                    generation = store._generation
+                    metas = self._select(db, generation)
+                    store._snapshots[id(self)] = generation
+                    self._registered = True
+            else:
+                db = store._borrow()
+                self._db = db
+                db.execute("BEGIN")
+                metas = self._select(db, _EVERY_GENERATION)
+        except sqlite3.Error as exc:
+            self.close()
+            raise translate_error("read", store.path, exc) from exc
+        except BaseException:
+            self.close()
+            raise
+        if self.desc:
+            metas.sort(key=lambda m: (-m.max_ts, -m.seq))
+        else:
+            metas.sort(key=lambda m: (m.min_ts, m.seq))
+        self.metas = metas
+
+    def count(self) -> int | None:
+        """How many events this snapshot holds in the filter's time range, for a
+        filter of time alone (None for any other): the row counts of the chunks
+        inside the range, and a binary search of the chunks at its edges."""
+        flt = self.filter
+        if not flt.is_time_only:
+            return None
+        np = numpy_module()
+        start = -math.inf if flt.start is None else flt.start
+        end = math.inf if flt.end is None else flt.end
+        n = 0
+        for meta in self.metas:
+            if meta.min_ts >= start and meta.max_ts <= end:
+                n += meta.rows
+                continue
+            ts = from_ipc(self.blob(meta.seq)).column(1).to_numpy()
+            n += max(0, int(np.searchsorted(ts, end, side="right")) - int(np.searchsorted(ts, start, side="left")))
+        return n
+
+    def _select(self, db: sqlite3.Connection, generation: int) -> list[ChunkMeta]:
+        sql, params = chunks_sql(self.filter, generation)
+        return [ChunkMeta(*row) for row in db.execute(sql, params)]
+
+    def cancel(self) -> None:
+        """Make the next read fail (any thread): a query stops at its next chunk."""
+        self._cancelled = True
+
+    def check(self) -> None:
+        """Raise StoreError when the query was cancelled."""
+        if self._cancelled:
+            raise StoreError(f"a query of the event store {self.store.path!r} was cancelled")
+
+    def blob(self, seq: int) -> Blob:
+        store = self.store
+        self.check()
+        if self._done or store._closed:
+            raise StoreError(f"the event store {store.path!r} was closed during a query")
+        try:
+            if self._db is not None:
+                return store._blob(self._db, seq)
+            with store._lock:
+                if store._closed:
+                    raise StoreError(f"the event store {store.path!r} was closed during a query")
+                return store._blob(store._db, seq)
+        except sqlite3.Error as exc:
+            raise translate_error("read", store.path, exc) from exc
+
+    def close(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        store = self.store
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                if db.in_transaction:
+                    db.execute("COMMIT")
+            except sqlite3.Error:
+                db.close()
+            else:
+                store._give_back(db)
+        if self._registered:
+            store._snapshots.pop(id(self), None)
+            # Not waiting for the lock: this may run from a finalizer. When the
+            # writer holds it, the next merge deletes what is no longer needed.
+            if store._lock.acquire(blocking=False):
+                try:
+                    store._purge()
+                finally:
+                    store._lock.release()
+
+
+class Results(Iterator[Any]):
+    """An iterator that ends its snapshot when read to the end, closed or dropped."""
+
+    def __init__(self, owner: Any, items: Iterator[Any]) -> None:
+        self._owner = owner
+        self._items = items
+
+    def __iter__(self) -> Results:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._items)
+        except StopIteration:
+            self.close()
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+    def count(self) -> int | None:
+        """How many events the query yields, when its index can tell (see
+        :meth:`Snapshot.count`); None otherwise. Call it before reading."""
+        count = getattr(self._owner, "count", None)
+        return count() if count is not None else None
+
+    def cancel(self) -> None:
+        """Stop the query from any thread, even while another thread reads it: the
+        reading thread gets :class:`~theia_frames.exceptions.StoreError` at the
+        next stored chunk, never a silently short result. Then :meth:`close` it."""
+        cancel = getattr(self._owner, "cancel", None)
+        if cancel is not None:
+            cancel()
+
+    def close(self) -> None:
+        """End the query (idempotent); what it holds is released."""
+        close = getattr(self._items, "close", None)
+        if close is not None:
+            close()
+        self._owner.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - at interpreter exit
+            pass
+
+
+def chunks_sql(flt: EventFilter, generation: int) -> tuple[str, list[Any]]:
+    """The SQL selecting the chunks that may hold events of ``flt``'s time range.
+
+    A start bound seeks the index on ``max_ts`` (the chunks ending at or
+    after it), an end bound alone the index on ``min_ts``.
+    """
+    where = ["seq <= ?", "(died IS NULL OR died > ?)"]
+    params: list[Any] = [generation, generation]
+    if flt.start is not None:
+        index = "INDEXED BY chunks_max_ts"
+        where.append("max_ts >= ?")
+        params.append(flt.start)
+    elif flt.end is not None:
+        index = "INDEXED BY chunks_min_ts"
+    else:
+        index = ""
+    if flt.end is not None:
+        where.append("min_ts <= ?")
+        params.append(flt.end)
+    return f"SELECT seq, min_ts, max_ts, rows FROM chunks {index} WHERE {' AND '.join(where)}", params
+
+
+class OpenChunk:
+    """A chunk being read: its remaining rows in output order, their sort keys ascending."""
+
+    __slots__ = ("batch", "keys", "blob")
+
+    def __init__(self, batch: pa.RecordBatch, keys: np.ndarray, blob: bytes | None) -> None:
+        self.batch = batch
+        self.keys = keys
+        self.blob = blob
+
+    def cut(self, count: int) -> tuple[pa.RecordBatch, bytes | None]:
+        """Take the first ``count`` rows off (with the stored blob when that is all of them)."""
+        if count >= self.batch.num_rows:
+            head, blob = self.batch, self.blob
+            self.batch = self.batch.slice(0, 0)
+            self.keys = self.keys[:0]
+        else:
+            head, blob = self.batch.slice(0, count), None
+            self.batch = self.batch.slice(count)
+            self.keys = self.keys[count:]
+            self.blob = None
+        return head, blob
+
+
+def sweep(snapshot: Snapshot) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:
+    """The snapshot's events in the time range, in order, as pieces (batch, stored blob or None).
+
+    Chunks are opened in the order of their first event (last, for ``desc``);
+    before the next one is opened, every open row that comes before its first
+    event is emitted. A chunk that overlaps no other comes out as stored; rows
+    of overlapping chunks are merged, so memory holds only the chunks that
+    overlap the current position.
+    """
+    np = numpy_module()
+    flt, desc, metas = snapshot.filter, snapshot.desc, snapshot.metas
+    start = -math.inf if flt.start is None else flt.start
+    end = math.inf if flt.end is None else flt.end
+    opened: list[OpenChunk] = []
+    i = 0
+    while i < len(metas) or opened:
+        if i < len(metas):
+            meta = metas[i]
+            i += 1
+            blob = snapshot.blob(meta.seq)
+            chunk = from_ipc(blob)
+            ts = chunk.column(1).to_numpy()
+            lo = 0 if meta.min_ts >= start else int(np.searchsorted(ts, start, side="left"))
+            hi = len(ts) if meta.max_ts <= end else int(np.searchsorted(ts, end, side="right"))
+            if lo < hi:
+                whole = lo == 0 and hi == len(ts) and not desc
+                part = chunk.slice(lo, hi - lo)
+                if desc:
+                    part = part.take(np.arange(hi - lo - 1, -1, -1))
+                    keys = -ts[lo:hi][::-1]
+                else:
+                    keys = ts[lo:hi]
+                opened.append(OpenChunk(part, keys, blob.data if whole else None))
+            if i < len(metas):
+                nxt = metas[i]
+                boundary = -nxt.max_ts if desc else nxt.min_ts
+            else:
+                boundary = None
+        else:
+            boundary = None
+        heads = []
+        for item in opened:
+            count = item.batch.num_rows if boundary is None else int(np.searchsorted(item.keys, boundary, side="left"))
+            if count:
+                heads.append(item.cut(count))
+        opened = [item for item in opened if item.batch.num_rows]
+        if len(heads) == 1:
+            yield heads[0]
+        elif heads:
+            merged = pyarrow_module().concat_batches([h for h, _ in heads])
+            yield merged.take(sort_indices(merged, desc)), None
+
+
+class Gather:
+    """Pieces gathered into batches of exactly ``rows`` events."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.waiting: list[pa.RecordBatch] = []
+        self.count = 0
+        self.nbytes = 0  # the bytes of the events waiting (kept as they come: many small pieces)
+
+    def add(self, piece: pa.RecordBatch) -> list[pa.RecordBatch]:
+        """Take a piece; returns the batches of ``rows`` events now complete."""
+        self.waiting.append(piece)
+        self.count += piece.num_rows
+        self.nbytes += piece.nbytes
+        rows = self.rows
+        if self.count < rows:
+            return []
+        whole = self._joined()
+        full = self.count - self.count % rows
+        self.waiting = [whole.slice(full)] if full < self.count else []
+        self.count -= full
+        self.nbytes = sum(piece.nbytes for piece in self.waiting)
+        return [whole.slice(at, rows) for at in range(0, full, rows)]
+
+    def rest(self) -> pa.RecordBatch | None:
+        """What is left (fewer than ``rows`` events), or None; empties the gathering."""
+        if not self.count:
+            return None
+        whole = self._joined()
+        self.waiting, self.count, self.nbytes = [], 0, 0
+        return whole
+
+    def _joined(self) -> pa.RecordBatch:
+        return self.waiting[0] if len(self.waiting) == 1 else pyarrow_module().concat_batches(self.waiting)
+
+
+class Clock:
+    """When a query last yielded, and whether its ``wait`` has passed since."""
+
+    __slots__ = ("wait", "last")
+
+    def __init__(self, wait: float | None) -> None:
+        self.wait = wait
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        return self.wait is not None and time.monotonic() - self.last >= self.wait
+
+    def reset(self) -> None:
+        self.last = time.monotonic()
+
+
+def rebatch(
+    pieces: Iterator[tuple[pa.RecordBatch, bytes | None]], rows: int, wait: float | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Pieces as batches of exactly ``rows`` events (the last one: what is left);
+    what is gathered (maybe nothing) whenever ``wait`` seconds pass without a batch."""
+    gather = Gather(rows)
+    clock = Clock(wait)
+    for piece, _ in pieces:
+        if piece.num_rows:
+            for batch in gather.add(piece):
+                yield batch
+                clock.reset()
+        if clock.due():
+            rest = gather.rest()
+            yield piece.slice(0, 0) if rest is None else rest
+            clock.reset()
+    rest = gather.rest()
+    if rest is not None:
+        yield rest
+
+
+def ipc_messages(
+    pieces: Iterator[tuple[pa.RecordBatch, bytes | None]], rows: int, wait: float | None = None
+) -> Iterator[bytes]:
+    """Pieces as IPC messages of at most ``rows`` events and about :data:`CHUNK_BYTES`
+    bytes at most (a reader bounds what one message may decode to); a whole stored
+    chunk as stored; what is gathered (maybe nothing) whenever ``wait`` seconds
+    pass without a message."""
+    gather = Gather(rows)
+    clock = Clock(wait)
+    for piece, blob in pieces:
+        if blob is not None and piece.num_rows <= rows:
+            rest = gather.rest()
+            if rest is not None:
+                yield batch_to_ipc(rest)
+            yield blob
+            clock.reset()
+            continue
+        if piece.num_rows:
+            for start, stop in piece_spans(piece.num_rows, piece.nbytes):
+                part = piece.slice(start, stop - start)
+                if gather.count and gather.nbytes + part.nbytes > CHUNK_BYTES:
+                    rest = gather.rest()
+                    if rest is not None:
+                        yield batch_to_ipc(rest)
+                        clock.reset()
+                for batch in gather.add(part):
+                    yield batch_to_ipc(batch)
+                    clock.reset()
+        if clock.due():
+            rest = gather.rest()
+            yield batch_to_ipc(piece.slice(0, 0) if rest is None else rest)
+            clock.reset()
+    rest = gather.rest()
+    if rest is not None:
+        yield batch_to_ipc(rest)

@@ -1,0 +1,649 @@
+"""The embedded collector's event store: SQLite (standard library), a file or ``:memory:``.
+
+Events are kept in *chunks*: each chunk is one row of an SQLite table holding
+an Arrow IPC stream of events (:func:`~theia_frames.protocol.arrow.event_schema`,
+sorted by timestamp, ties by id; its buffers compressed with ZSTD, about 15
+bytes per sensor-like event) with its first and last timestamp, its row count
+and the bytes it decodes to. A chunk is read only when the sizes its Arrow
+headers declare add up to no more than that (checked before anything is
+decompressed), so stored bytes cannot be made to decode to gigabytes. Storing a batch is one chunk insert, reading is whole chunks, and
+no SQL runs per event::
+
+    >>> from theia_frames import Event, Filter
+    >>> store = EventStore(":memory:")
+    >>> store.add_many([Event(id="a", timestamp=1.0, tags=["x"]), Event(id="b", timestamp=2.0)])
+    2
+    >>> store.add_many([Event(id="a", timestamp=1.0)])  # already stored: ignored
+    0
+    >>> [cols.id for cols in store.query(Filter(1.5))]
+    [['b']]
+    >>> [cols.id for cols in store.query(Filter().match_tag("x").order_desc())]
+    [['a']]
+    >>> store.count()
+    2
+    >>> store.close()
+
+Identity: an event is its (timestamp, id). Storing it again (a client resending
+after a reconnect sends the same id and timestamp) never duplicates it; the
+same id at another time is another event. A new batch is checked against the
+stored chunks whose time range overlaps its own, with vectorised Arrow
+kernels; for events arriving in time order that is the newest chunk at most.
+
+Small writes (a few events per commit) make small chunks; chunks are merged
+by size tiers, as in a log-structured merge tree: when :data:`MERGE_FANOUT`
+chunks of one tier exist they become one chunk of a higher tier, up to
+:data:`CHUNK_ROWS` rows. An event is rewritten once per tier, so the cost of
+keeping the chunks few stays logarithmic. A batch of many events is stored as
+a chunk that is never merged again.
+
+Queries select the chunks overlapping the time range with an index (see
+:meth:`EventStore.query_plan`) and stream them in order with bounded memory:
+chunks whose time ranges overlap are merged as they are read, everything else
+is passed on as stored (zero-copy slices). The time range is applied with
+binary search on the sorted timestamps; the other criteria with
+:meth:`EventFilter.mask_batch <theia_frames.filter.EventFilter.mask_batch>`
+(Arrow kernels over whole columns), so a filter means exactly what it means
+everywhere else. A query sees the
+events stored before it was made, in timestamp order (ties by id; ``desc``
+is the exact reverse of ``asc``).
+
+Threads: writes are serialized by a lock (the embedded collector writes from
+one thread only). A file store reads through connections of its own, each
+query in a read transaction of its own, so readers see a snapshot and never
+wait for the writer (WAL). A ``:memory:`` store has a single connection,
+shared under the lock; chunks merged away while a query may still read them
+are kept until it ends. SQLite and Arrow errors surface as
+:class:`~theia_frames.exceptions.StoreError`.
+
+The file is marked as ours (SQLite ``application_id``) with a format version;
+opening a database that is not a theia_frames event store (or one of another
+format) raises :class:`~theia_frames.exceptions.StoreError` saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
+
+from ..protocol.arrow import batch_to_columns, batch_to_ipc, columns_to_batch, decoded_size
+from ..protocol.codec import EventColumns
+from ..deprecation import renamed_arguments
+from ..event import Event
+from ..exceptions import StoreError, UsageError
+from ..filter import EventFilter
+from .chunks import MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, COMPRESSION, FIELDS, FINAL_TIER, event_batch, first_of_equal, from_ipc, sort_keys, numpy_module, pyarrow_module, piece_spans, sort_indices, sort_order, tier, translate_error
+from .query import Results, Snapshot, chunks_sql, ipc_messages, rebatch, sweep
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pyarrow as pa
+
+__all__ = [
+    "EventStore",
+    "ChunkInfo",
+    "DEFAULT_CHUNK_SIZE",
+    "CHUNK_ROWS",
+    "MERGE_FANOUT",
+    "MEMORY",
+    "FORMAT_VERSION",
+]
+
+#: Rows per batch of a query, unless asked otherwise.
+DEFAULT_CHUNK_SIZE = 10_000
+#: The layout of the database, kept in its ``user_version``. Format 3 keeps chunks
+#: compressed (ZSTD) with the bytes they decode to; a store of format 2 is
+#: upgraded when it is opened (its chunks are read as they are).
+FORMAT_VERSION = 3
+
+# Events matched between two looks at whether the query was cancelled (Arrow
+# kernels match them in a few milliseconds; a pattern matched row by row, in
+# about a tenth of a second).
+_MATCH_SLICE = 16_384
+# Bytes the write-ahead log is cut back to after a checkpoint.
+_WAL_SIZE_LIMIT = 64 * 1024 * 1024
+# Events from an iterable of Event objects are stored in batches of this many.
+_ADD_CHUNK = 50_000
+# The format an opened store is upgraded from.
+_UPGRADABLE = 2
+# "thfr": marks a database as a theia_frames event store.
+_APPLICATION_ID = 0x74686672
+_PREVIOUS_LAYOUT = ["seq", *FIELDS]
+
+_SCHEMA = (
+    # seq never reuses a number (AUTOINCREMENT): a query's generation is the
+    # last seq it may see. died is the generation that merged the chunk away
+    # (only while a query of a :memory: store may still read it).
+    """CREATE TABLE chunks (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        tier INTEGER NOT NULL,
+        min_ts REAL NOT NULL,
+        max_ts REAL NOT NULL,
+        rows INTEGER NOT NULL,
+        died INTEGER,
+        data BLOB NOT NULL,
+        bytes INTEGER NOT NULL
+    )""",
+    "CREATE INDEX chunks_max_ts ON chunks (max_ts)",
+    "CREATE INDEX chunks_min_ts ON chunks (min_ts)",
+    f"CREATE INDEX chunks_open ON chunks (tier) WHERE died IS NULL AND tier < {FINAL_TIER}",
+)
+
+EventsLike = Union[EventColumns, Event, Iterable[Event], "pa.RecordBatch", "pa.Table"]
+
+
+class ChunkInfo(NamedTuple):
+    """One stored chunk, as :meth:`EventStore.chunks` describes it."""
+
+    seq: int
+    tier: int
+    rows: int
+    min_ts: float
+    max_ts: float
+
+
+class EventStore:
+    """Events in SQLite: ``path`` is a file (created if missing) or ``":memory:"``.
+
+    A context manager; :meth:`close` when done. Events in a file survive a
+    restart.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] = MEMORY) -> None:
+        self.path = os.fspath(path)
+        self.in_memory = self.path in (MEMORY, "")
+        self._lock = threading.Lock()
+        self._pool_lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
+        # :memory: only: the newest generation, the generation of every open query,
+        # and whether merged-away chunks are waiting for those queries to end
+        self._generation = 0
+        self._snapshots: dict[int, int] = {}
+        self._dead = False
+        try:
+            self._db = self._connect()
+            self._setup(self._db)
+        except sqlite3.Error as exc:
+            raise translate_error("open", self.path, exc) from exc
+
+    # ------------------------------------------------------------------ connections
+    def _connect(self) -> sqlite3.Connection:
+        # Autocommit mode: transactions are begun and committed explicitly.
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        try:
+            db.execute("PRAGMA cache_size = -65536")
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
+
+    def _setup(self, db: sqlite3.Connection) -> None:
+        try:
+            self._check_format(db)
+            if not self.in_memory:
+                db.execute("PRAGMA journal_mode = WAL")
+                # In WAL mode NORMAL loses no committed data when the process dies,
+                # only (possibly) the last transactions when the machine does.
+                db.execute("PRAGMA synchronous = NORMAL")
+                # A write-ahead log that grew (while a long query held its snapshot)
+                # is cut back to this size at the next checkpoint, not kept.
+                db.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                # Checked again under the write lock: another process may have created it.
+                if not self._check_format(db):
+                    for statement in _SCHEMA:
+                        db.execute(statement)
+                    db.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
+                    db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+                elif db.execute("PRAGMA user_version").fetchone()[0] == _UPGRADABLE:
+                    # Format 2 chunks are uncompressed: they decode to no more than their own length.
+                    db.execute("ALTER TABLE chunks ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0")
+                    db.execute("UPDATE chunks SET bytes = length(data)")
+                    db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            self._generation = self._newest(db)
+        except BaseException:
+            db.close()
+            raise
+
+    def _check_format(self, db: sqlite3.Connection) -> bool:
+        """True for one of our stores, False for an empty database; raises for anything else."""
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        if not tables:
+            return False
+        app = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if app != _APPLICATION_ID:
+            if "events" in tables:
+                columns = [row[1] for row in db.execute("PRAGMA table_info(events)")]
+                if columns == _PREVIOUS_LAYOUT:
+                    raise StoreError(
+                        f"{self.path!r} holds events in an earlier layout of the theia_frames store "
+                        f"(one row per event), which this version does not read; "
+                        f"start a new store file"
+                    )
+                raise StoreError(
+                    f"{self.path!r} holds an 'events' table that is not a theia_frames event store "
+                    f"(columns: {', '.join(columns)})"
+                )
+            raise StoreError(
+                f"{self.path!r} is an SQLite database but not a theia_frames event store "
+                f"(tables: {', '.join(sorted(tables))})"
+            )
+        if version == _UPGRADABLE:
+            return True  # upgraded under the write lock, in _setup
+        if version != FORMAT_VERSION:
+            raise StoreError(
+                f"{self.path!r} is a theia_frames event store of format {version}; "
+                f"this version reads format {FORMAT_VERSION}"
+            )
+        return True
+
+    @staticmethod
+    def _newest(db: sqlite3.Connection) -> int:
+        return int(db.execute("SELECT coalesce(max(seq), 0) FROM chunks").fetchone()[0])
+
+    def _writer(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError(f"the event store {self.path!r} is closed")
+        return self._db
+
+    def _borrow(self) -> sqlite3.Connection:
+        """A connection of its own for one query of a file store."""
+        if self._closed:
+            raise StoreError(f"the event store {self.path!r} is closed")
+        with self._pool_lock:
+            db = self._idle.pop() if self._idle else None
+        if db is None:
+            db = self._connect()
+            db.execute("PRAGMA query_only = ON")
+        return db
+
+    def _give_back(self, db: sqlite3.Connection) -> None:
+        with self._pool_lock:
+            if self._closed:
+                db.close()
+            else:
+                self._idle.append(db)
+
+    # ------------------------------------------------------------------ writing
+    def add(self, event: Event) -> bool:
+        """Store one event; False when it is already stored."""
+        return self.add_many([event]) == 1
+
+    def add_many(self, events: EventsLike) -> int:
+        """Store events; returns how many were new (events already stored are ignored).
+
+        ``events`` is :class:`~theia_frames.protocol.codec.EventColumns`, a pyarrow
+        RecordBatch or Table with the event schema, one :class:`Event`, or any
+        iterable of events (consumed lazily, stored in batches of 50,000).
+        """
+        if isinstance(events, EventColumns):
+            return len(self.add_new(events))
+        if isinstance(events, Event):
+            events = [events]
+        if hasattr(events, "schema") and hasattr(events, "column"):
+            return self.add_batch(events).num_rows  # type: ignore[arg-type]
+        total = 0
+        cols = EventColumns()
+        for event in events:
+            cols.append_event(event)
+            if len(cols) >= _ADD_CHUNK:
+                total += len(self.add_new(cols))
+                cols = EventColumns()
+        return total + len(self.add_new(cols))
+
+    def add_new(self, columns: EventColumns) -> EventColumns:
+        """Store events in one transaction; returns those that were new, in the order given.
+
+        When every event was new the result is ``columns`` itself.
+        """
+        if not len(columns):
+            return EventColumns()
+        new = self.add_batch(columns_to_batch(columns))
+        if new.num_rows == len(columns):
+            return columns
+        return batch_to_columns(new)
+
+    def add_batch(
+        self, data: pa.RecordBatch | pa.Table, *, compact: bool = True, validated: bool = False
+    ) -> pa.RecordBatch:
+        """Store a batch of events in one transaction; returns the new ones, in the order given.
+
+        ``data`` has the event schema's columns (other string and float types
+        are cast). Events already stored, and repeats within ``data``, are left
+        out (the first of equal events is kept). When every event was new the
+        result holds all of ``data``. With ``compact`` (the default) small
+        chunks are merged afterwards (:meth:`compact`); a caller that wants its
+        commit published first passes False and compacts later. ``validated``:
+        the caller has validated ``data`` in full already (pyarrow's
+        ``validate(full=True)``, as :func:`~theia_frames.protocol.arrow.ipc_to_batches`
+        does), so it is not done again.
+        """
+        np = numpy_module()
+        batch = event_batch(data, validated)
+        n = batch.num_rows
+        if not n:
+            return batch
+        ts = batch.column(1).to_numpy()
+        if not np.isfinite(ts).all():
+            bad = ts[~np.isfinite(ts)][0]
+            raise UsageError(f"event timestamps to store must be finite numbers, got {bad!r}")
+        order = sort_order(batch, ts)
+        srt = batch if order is None else batch.take(order)
+        sts = ts if order is None else ts[order]
+        keep = first_of_equal(srt, sts)
+        with self._lock:
+            db = self._writer()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    keep = self._unseen(db, srt, sts, keep)
+                    new = srt if keep is None else srt.filter(keep)
+                    if new.num_rows:
+                        self._insert(db, new)
+                    generation = self._newest(db)
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except (sqlite3.Error, pyarrow_module().ArrowException) as exc:
+                raise translate_error("write to", self.path, exc) from exc
+            self._generation = generation
+        if compact and new.num_rows:
+            self.compact()
+        if keep is None:
+            return batch
+        if order is None:
+            return batch.filter(keep)
+        given = np.zeros(n, dtype=bool)
+        given[order] = keep
+        return batch.filter(given)
+
+    def _unseen(
+        self, db: sqlite3.Connection, srt: pa.RecordBatch, sts: np.ndarray, keep: np.ndarray | None
+    ) -> np.ndarray | None:
+        """``keep`` with the rows already stored turned off (None: keep all)."""
+        np = numpy_module()
+        pc = pyarrow_module().compute
+        lo, hi = float(sts[0]), float(sts[-1])
+        candidates = db.execute(
+            "SELECT seq, min_ts, max_ts FROM chunks WHERE max_ts >= ? AND min_ts <= ? AND died IS NULL", (lo, hi)
+        ).fetchall()
+        for seq, cmin, cmax in candidates:
+            b_lo = int(np.searchsorted(sts, cmin, side="left"))
+            b_hi = int(np.searchsorted(sts, cmax, side="right"))
+            if b_lo >= b_hi:
+                continue
+            chunk = from_ipc(self._blob(db, seq))
+            cts = chunk.column(1).to_numpy()
+            c_lo, c_hi = np.searchsorted(cts, lo, side="left"), np.searchsorted(cts, hi, side="right")
+            if c_lo >= c_hi:
+                continue
+            # Equal timestamps first (cheap), then the (timestamp, id) keys of those rows only.
+            part = np.isin(sts[b_lo:b_hi], cts[c_lo:c_hi])
+            if not part.any():
+                continue
+            rows = np.nonzero(part)[0] + b_lo
+            ours = sort_keys(sts[rows], srt.column(0).take(rows))
+            theirs = sort_keys(cts[c_lo:c_hi], chunk.column(0).slice(c_lo, c_hi - c_lo))
+            seen = pc.is_in(ours, value_set=theirs).to_numpy(zero_copy_only=False)
+            if seen.any():
+                if keep is None:
+                    keep = np.ones(len(sts), dtype=bool)
+                keep[rows[seen]] = False
+        return keep
+
+    def _insert(self, db: sqlite3.Connection, batch: pa.RecordBatch) -> None:
+        """Insert sorted events as one chunk, or several when they are too many for one."""
+        ts = batch.column(1).to_numpy()
+        for start, stop in piece_spans(batch.num_rows, batch.nbytes):
+            piece = batch.slice(start, stop - start)
+            data = batch_to_ipc(piece, compression=COMPRESSION)
+            db.execute(
+                "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes) VALUES (?, ?, ?, ?, ?, ?)",
+                (tier(piece.num_rows, piece.nbytes), float(ts[start]), float(ts[stop - 1]), piece.num_rows,
+                 data, decoded_size(data)),
+            )
+
+    @staticmethod
+    def _blob(db: sqlite3.Connection, seq: int) -> Blob:
+        row = db.execute("SELECT data, bytes FROM chunks WHERE seq = ?", (seq,)).fetchone()
+        if row is None:
+            raise StoreError(f"chunk {seq} is missing from the event store")
+        return Blob(seq, row[0], row[1])
+
+    def compact(self) -> int:
+        """Merge small chunks, tier by tier, while some tier holds :data:`MERGE_FANOUT` of them.
+
+        Returns the number of merges. Each merge is a transaction of its own.
+        """
+        merges = 0
+        while self._merge_one():
+            merges += 1
+        return merges
+
+    def _merge_one(self) -> bool:
+        pa = pyarrow_module()
+        with self._lock:
+            db = self._writer()
+            self._purge()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    row = db.execute(
+                        f"SELECT tier FROM chunks WHERE died IS NULL AND tier < {FINAL_TIER} "
+                        "GROUP BY tier HAVING count(*) >= ? ORDER BY tier LIMIT 1",
+                        (MERGE_FANOUT,),
+                    ).fetchone()
+                    if row is None:
+                        db.execute("COMMIT")
+                        return False
+                    chunks = db.execute(
+                        "SELECT seq, min_ts, max_ts FROM chunks WHERE died IS NULL AND tier = ? "
+                        f"AND tier < {FINAL_TIER} ORDER BY min_ts, seq",
+                        (row[0],),
+                    ).fetchall()
+                    merged = pa.concat_batches([from_ipc(self._blob(db, seq)) for seq, _, _ in chunks])
+                    disjoint = all(a[2] < b[1] for a, b in zip(chunks, chunks[1:]))
+                    if not disjoint:
+                        merged = merged.take(sort_indices(merged))
+                    # The merged chunks cannot share an event: no de-duplication here.
+                    self._insert(db, merged)
+                    seqs = [seq for seq, _, _ in chunks]
+                    marks = ",".join("?" * len(seqs))
+                    generation = self._newest(db)
+                    if self.in_memory and self._snapshots:
+                        # Open queries may still read them: kept until they end.
+                        db.execute(f"UPDATE chunks SET died = ? WHERE seq IN ({marks})", (generation, *seqs))
+                        self._dead = True
+                    else:
+                        db.execute(f"DELETE FROM chunks WHERE seq IN ({marks})", seqs)
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except (sqlite3.Error, pa.ArrowException) as exc:
+                raise translate_error("write to", self.path, exc) from exc
+            self._generation = generation
+        return True
+
+    def _purge(self) -> None:
+        """Delete merged-away chunks no open query can read any more (``:memory:``, under the lock)."""
+        if self._closed or not self._dead:
+            return
+        oldest = min(self._snapshots.values(), default=None)
+        try:
+            if oldest is None:
+                self._db.execute("DELETE FROM chunks WHERE died IS NOT NULL")
+                self._dead = False
+            else:
+                self._db.execute("DELETE FROM chunks WHERE died <= ?", (oldest,))
+        except sqlite3.Error:  # pragma: no cover - retried at the next merge
+            pass
+
+    # ------------------------------------------------------------------ reading
+    @renamed_arguments(chunk_size="batch_size")
+    def query(self, filter: EventFilter | None = None, *, batch_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[EventColumns]:
+        """The stored events matching ``filter``, in its order, as chunks of columns.
+
+        Sees the events stored before the call (a snapshot), never more. Each
+        chunk holds at most ``batch_size`` events and at least one; every chunk
+        but the last holds exactly ``batch_size`` (``chunk_size``, its old
+        name, still works with a warning).
+        """
+        batches = self.query_batches(filter, batch_size=batch_size)
+        return Results(batches, (batch_to_columns(b) for b in batches))
+
+    @renamed_arguments(rows="batch_size")
+    def query_batches(
+        self, filter: EventFilter | None = None, *, batch_size: int = DEFAULT_CHUNK_SIZE, wait: float | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """The stored events matching ``filter``, in its order, as Arrow record batches.
+
+        Like :meth:`query`: a snapshot taken by the call; every batch but the
+        last holds exactly ``batch_size`` events (``rows``, its old name, still
+        works with a warning). The result has a ``close()``
+        method; closing it (or reading it to the end) ends the snapshot.
+
+        ``wait``: most seconds the query may go on matching without yielding;
+        then it yields what matched so far (a batch of fewer than
+        ``batch_size`` events, or of none when nothing has), so a reader of a
+        selective query hears from it in time. ``None`` (the default): batches
+        of ``batch_size`` only.
+        """
+        snapshot = self._snapshot(filter, batch_size, wait)
+        return Results(snapshot, rebatch(self._matching(snapshot), batch_size, wait))
+
+    @renamed_arguments(rows="batch_size")
+    def query_ipc(
+        self, filter: EventFilter | None = None, *, batch_size: int = CHUNK_ROWS, wait: float | None = None
+    ) -> Iterator[bytes]:
+        """The stored events matching ``filter``, in its order, as Arrow IPC stream messages.
+
+        Each message holds at most ``batch_size`` events (``rows``, its old
+        name, still works with a warning). A stored chunk that
+        matches whole goes out exactly as it is stored (no decoding, no
+        copying); other events are gathered into messages of ``batch_size`` events.
+        ``wait`` is that of :meth:`query_batches` (a message of no events says
+        that the query is still matching).
+        """
+        snapshot = self._snapshot(filter, batch_size, wait)
+        return Results(snapshot, ipc_messages(self._matching(snapshot), batch_size, wait))
+
+    def _snapshot(self, filter: EventFilter | None, rows: int, wait: float | None = None) -> Snapshot:
+        flt = filter if filter is not None else EventFilter()
+        if not isinstance(flt, EventFilter):
+            raise UsageError(f"a store query needs an EventFilter, got {type(flt).__name__}")
+        if rows < 1:
+            raise UsageError(f"a query's batch_size must be at least 1, got {rows}")
+        if wait is not None and not wait > 0:
+            raise UsageError(f"a query's wait must be a positive number of seconds or None, got {wait!r}")
+        return Snapshot(self, flt)
+
+    def _matching(self, snapshot: Snapshot) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:
+        """The snapshot's events in order, the criteria other than time applied.
+
+        A piece of no events now and then (after each slice matched) lets a
+        reader look at the clock while nothing matches.
+        """
+        flt = snapshot.filter
+        pieces = sweep(snapshot)
+        if flt.is_time_only:
+            yield from pieces
+            return
+        pa, np = pyarrow_module(), numpy_module()
+        for piece, blob in pieces:
+            # In slices, so that a cancelled query stops within one slice's matching.
+            parts: list[Any] = []
+            for at in range(0, piece.num_rows, _MATCH_SLICE):
+                if parts:
+                    yield piece.slice(0, 0), None
+                snapshot.check()
+                parts.append(flt.mask_batch(piece.slice(at, _MATCH_SLICE)))
+            mask = np.concatenate(parts) if parts else np.ones(0, dtype=bool)
+            if mask.all():
+                yield piece, blob
+            elif mask.any():
+                yield piece.filter(pa.array(mask, pa.bool_())), None
+            else:
+                yield piece.slice(0, 0), None
+
+    def query_plan(self, filter: EventFilter | None = None) -> str:
+        """SQLite's plan for selecting the chunks of :meth:`query` (shows which index is used)."""
+        flt = filter if filter is not None else EventFilter()
+        sql, params = chunks_sql(flt, 0)
+        try:
+            with self._lock:
+                rows = self._writer().execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+        except sqlite3.Error as exc:
+            raise translate_error("read", self.path, exc) from exc
+        return "\n".join(str(row[-1]) for row in rows)
+
+    def count(self) -> int:
+        """How many events are stored."""
+        try:
+            with self._lock:
+                db = self._writer()
+                return int(db.execute("SELECT coalesce(sum(rows), 0) FROM chunks WHERE died IS NULL").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise translate_error("read", self.path, exc) from exc
+
+    def chunks(self) -> list[ChunkInfo]:
+        """The stored chunks, oldest first (how the events are laid out, for tests and tuning)."""
+        try:
+            with self._lock:
+                rows = self._writer().execute(
+                    "SELECT seq, tier, rows, min_ts, max_ts FROM chunks WHERE died IS NULL ORDER BY seq"
+                ).fetchall()
+        except sqlite3.Error as exc:
+            raise translate_error("read", self.path, exc) from exc
+        return [ChunkInfo(*row) for row in rows]
+
+    # ------------------------------------------------------------------ lifetime
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Close the store (idempotent); a file store's write-ahead log is folded in."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            with self._pool_lock:
+                idle, self._idle = self._idle, []
+            try:
+                for db in idle:
+                    db.close()
+                self._db.close()
+            except sqlite3.Error as exc:
+                raise translate_error("close", self.path, exc) from exc
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"EventStore({self.path!r}, {state})"
+
+
+# --------------------------------------------------------------------------- queries
+
+
+# --------------------------------------------------------------------------- Arrow helpers
+
+
