@@ -73,7 +73,7 @@ def free_port() -> int:
 
 def workload(n: int) -> Any:
     from theia_frames import Event
-    from theia_frames.simulation import sensor_events
+    from theia_frames import sensor_events
 
     # a few sources, three tags, numeric content like "21.5C"; 1 ms apart; 1% "alarm"
     for i, e in enumerate(sensor_events(n, sources=4, rate=1000.0, start=START, seed=7)):
@@ -82,11 +82,21 @@ def workload(n: int) -> Any:
         yield e
 
 
+def arrow_module() -> Any:
+    """The extension's Arrow module, wherever the measured tree keeps it (the same bench
+    script measures older trees too, for before/after runs)."""
+    try:
+        from theia_frames.protocol import arrow
+    except ImportError:  # a tree from before the package had folders
+        from theia_frames import batch as arrow  # type: ignore[attr-defined, no-redef]
+    return arrow
+
+
 def workload_batches(n: int, size: int = 250_000) -> Any:
     """The workload as Arrow record batches of the event schema."""
     import itertools
 
-    from theia_frames.protocol.arrow import events_to_batch
+    events_to_batch = arrow_module().events_to_batch
 
     events = workload(n)
     while batch := list(itertools.islice(events, size)):
@@ -121,7 +131,7 @@ def emit(result: dict[str, Any]) -> None:
 def case_load(url: str, n: int) -> dict[str, Any]:
     """(e) send_many of n events until all are stored."""
     from theia_frames import Client, Filter
-    from theia_frames.frames.convert import to_dataframe
+    from theia_frames import to_dataframe
 
     events = list(workload(min(n, 1_000_000)))  # a list of Event objects: at most 1M (memory)
     n = len(events)
@@ -144,7 +154,7 @@ def case_load(url: str, n: int) -> dict[str, Any]:
 def case_find(url: str, n: int, batch: bool) -> dict[str, Any]:
     """(a)/(b) to_dataframe(client.find(f)) end to end."""
     from theia_frames import Client, Filter
-    from theia_frames.frames.convert import to_dataframe
+    from theia_frames import to_dataframe
 
     base = rss_now()
     with Client(url, batch=batch) as client:
@@ -204,7 +214,7 @@ def case_send_table(url: str, n: int) -> dict[str, Any]:
 def case_query(url: str, n: int, name: str) -> dict[str, Any]:
     """(q) one selective query -> DataFrame, end to end."""
     from theia_frames import Client, EventFilter
-    from theia_frames.frames.convert import to_dataframe
+    from theia_frames import to_dataframe
 
     flt = EventFilter.from_dict(queries(n)[name][0])
     base = rss_now()
@@ -230,7 +240,7 @@ def case_duckdb(path: str, n: int, name: str) -> dict[str, Any]:
 
 def case_read_parquet(path: str) -> dict[str, Any]:
     """(p) theia_frames.read_events() of the Parquet file."""
-    from theia_frames.frames.export import read_events
+    from theia_frames import read_events
 
     t0 = time.perf_counter()
     df = read_events(path)
@@ -243,7 +253,7 @@ def case_first_message(url: str, n: int) -> dict[str, Any]:
     (the extension's ``{"total": N}`` not counted): what a client waits before it hears."""
     import websocket
 
-    from theia_frames.protocol.arrow import SUBPROTOCOL
+    SUBPROTOCOL = arrow_module().SUBPROTOCOL
 
     out: dict[str, float] = {}
     for name, (flt, _) in queries(n).items():
@@ -262,7 +272,7 @@ def case_first_message(url: str, n: int) -> dict[str, Any]:
 
 def write_parquet(n: int, path: str) -> None:
     """The workload as a local Parquet file, the way theia_frames writes a frame (write_events)."""
-    from theia_frames.frames.export import write_events
+    from theia_frames import write_events
 
     write_events(workload_batches(n), path, progress=False)
 
@@ -319,8 +329,8 @@ def case_read_json(path: str) -> dict[str, Any]:
 def case_helpers(url: str) -> dict[str, Any]:
     """(g) bucket and explode_tags on the frame of all events."""
     from theia_frames import Client, Filter
-    from theia_frames.frames.analysis import bucket, explode_tags
-    from theia_frames.frames.convert import to_dataframe
+    from theia_frames import bucket, explode_tags
+    from theia_frames import to_dataframe
 
     with Client(url) as client:
         df = to_dataframe(client.find(Filter(START - 1)), progress=False)
@@ -339,7 +349,7 @@ def case_live(url: str, rate: float, seconds: float) -> dict[str, Any]:
     import numpy as np
 
     from theia_frames import Filter
-    from theia_frames.live.frame import LiveFrame
+    from theia_frames import LiveFrame
 
     latencies: list[np.ndarray] = []
 

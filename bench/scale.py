@@ -169,7 +169,7 @@ def case_dask(urls: list[str], args: argparse.Namespace) -> dict[str, Any]:
         idle = _rss_now()
         t = time.perf_counter()
         ddf = tf.to_dask(urls if len(urls) > 1 else urls[0], partition_events=args.partition_events,
-                         client_options={"timeout": 600})
+                         source_options={"timeout": 600})
         built = time.perf_counter() - t
         with distributed.get_task_stream(client) as stream:
             sizes = ddf.map_partitions(len).compute()

@@ -210,3 +210,26 @@ def test_live_plot_takes_client_keywords_directly(collector):
         view.live.stop()
     with pytest.raises(UsageError, match=r"live_plot\(\) got unexpected keyword argument\(s\) 'colour'"):
         live_plot(collector.url, mode="text", colour="red")
+
+
+@pytest.mark.parametrize("make", [tf.Client, tf.AsyncClient])
+def test_the_clients_send_batch_size_is_batch_size_now(make):
+    with pytest.warns(DeprecationWarning, match=r"send_batch_size.*batch_size") as caught:
+        client = make("ws://127.0.0.1:1", send_batch_size=500)
+    assert client.batch_size == 500
+    assert caught[0].filename == __file__
+    assert make("ws://127.0.0.1:1").batch_size == 10_000
+    with pytest.raises(UsageError):
+        make("ws://127.0.0.1:1", batch_size=10, send_batch_size=20)
+
+
+def test_a_send_goes_out_in_arrow_messages_of_batch_size_events():
+    from theia_frames.protocol.arrow import ipc_to_batches
+    from theia_frames.testing import MockServer
+
+    with MockServer(batch=True) as mock:
+        with tf.Client(mock.url, batch_size=300) as client:
+            client.send_many([Event(id=f"e{i}", timestamp=1.0 + i) for i in range(1000)], wait=True)
+        sizes = [b.num_rows for r in mock.received if r.path == "/event" and isinstance(r.message, bytes)
+                 for b in ipc_to_batches(r.message)]
+    assert sizes == [300, 300, 300, 100]

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..protocol.arrow import SUBPROTOCOL
 from ..protocol.codec import encode
+from ..deprecation import renamed_arguments
 from ..event import Event
 from ..exceptions import ConnectionClosed, InvalidEventError, TheiaTimeoutError, UnconfirmedError, UsageError
 from ..protocol.ledger import SendLedger
@@ -58,7 +59,6 @@ from .options import (
     DEFAULT_MAX_FRAGMENTS,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_RESUME_MARGIN,
-    DEFAULT_SEND_BATCH,
     DEFAULT_TIMEOUT,
     DEFAULT_URL,
     UNSET,
@@ -88,6 +88,7 @@ class AsyncClient:
     <AsyncClient ws://127.0.0.1:6433>
     """
 
+    @renamed_arguments(send_batch_size="batch_size")
     def __init__(
         self,
         url: str = DEFAULT_URL,
@@ -101,7 +102,6 @@ class AsyncClient:
         batch: bool = True,
         strict: bool = False,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        send_batch_size: int = DEFAULT_SEND_BATCH,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_fragments: int = DEFAULT_MAX_FRAGMENTS,
     ) -> None:
@@ -109,7 +109,6 @@ class AsyncClient:
             timeout=timeout,
             idle_timeout=idle_timeout,
             batch_size=batch_size,
-            send_batch_size=send_batch_size,
             max_message_size=max_message_size,
             max_fragments=max_fragments,
         )
@@ -119,7 +118,6 @@ class AsyncClient:
         self.batch = bool(batch)
         self.strict = bool(strict)
         self.batch_size = int(batch_size)
-        self.send_batch_size = int(send_batch_size)
         self.max_message_size = max_message_size
         self.max_fragments = max_fragments
         self.header_lines = header_lines(headers) + token_header(token, headers)
@@ -291,14 +289,14 @@ class AsyncClient:
         async with lock:
             self._check_open()
             if hasattr(events, "schema") and hasattr(events, "num_rows"):
-                for batch in arrow_pieces(events, self.send_batch_size):
+                for batch in arrow_pieces(events, self.batch_size):
                     ws = await self._event_connection()
                     await self._send(ws, batch_messages(batch, self._negotiated(ws)), batch.num_rows, sent)
                     sent += batch.num_rows
             else:
                 it = iter(events)
                 while True:
-                    chunk = list(itertools.islice(it, self.send_batch_size))
+                    chunk = list(itertools.islice(it, self.batch_size))
                     if not chunk:
                         break
                     ws = await self._event_connection()

@@ -24,7 +24,6 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_FRAGMENTS",
     "DEFAULT_BATCH_SIZE",
-    "DEFAULT_SEND_BATCH",
     "DEFAULT_BACKOFF",
     "DEFAULT_MAX_BACKOFF",
     "DEFAULT_RESUME_MARGIN",
@@ -50,10 +49,8 @@ DEFAULT_IDLE_TIMEOUT = 3.0
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 #: The most frames one message may arrive in (neither real peer fragments its messages).
 DEFAULT_MAX_FRAGMENTS = 10_000
-#: Events per record batch built from plain messages by :meth:`FindResult.iter_batches`.
+#: The most events per record batch: built from plain messages received, and per Arrow message sent.
 DEFAULT_BATCH_SIZE = 10_000
-#: At most this many events per Arrow message sent by :meth:`Client.send_many`.
-DEFAULT_SEND_BATCH = 20_000
 #: Seconds a reconnecting live stream waits before its first attempt; doubled after each failure.
 DEFAULT_BACKOFF = 0.05
 #: The longest wait between two reconnection attempts, in seconds.
@@ -103,7 +100,6 @@ def check_settings(
     timeout: float | None,
     idle_timeout: float | None,
     batch_size: int,
-    send_batch_size: int,
     max_message_size: int,
     max_fragments: int,
 ) -> None:
@@ -114,8 +110,8 @@ def check_settings(
     for name, value in (("timeout", timeout), ("idle_timeout", idle_timeout)):
         if value is not None and (isinstance(value, bool) or not value > 0):
             raise UsageError(f"{name} must be a positive number of seconds or None, got {value!r}")
-    if batch_size < 1 or send_batch_size < 1:
-        raise UsageError("batch_size and send_batch_size must be at least 1")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
 
 
 def base_url(url: str) -> str:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..protocol.arrow import SUBPROTOCOL
 from ..protocol.codec import encode
+from ..deprecation import renamed_arguments
 from ..event import Event
 from ..exceptions import ConnectionClosed, InvalidEventError, ProtocolError, TheiaTimeoutError, UnconfirmedError, UsageError
 from ..protocol.ledger import SendLedger
@@ -31,7 +32,6 @@ from .options import (
     DEFAULT_MAX_FRAGMENTS,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_RESUME_MARGIN,
-    DEFAULT_SEND_BATCH,
     DEFAULT_TIMEOUT,
     DEFAULT_URL,
     UNSET,
@@ -75,9 +75,10 @@ class Client:
     websocket-client; ``batch=False`` never offers the batched-transfer
     extension (and so cannot have sends confirmed); ``strict=True`` raises
     on the first undecodable message instead of skipping it (default:
-    lenient, see the module documentation); ``batch_size`` is the number of
-    events per record batch built from plain messages, ``send_batch_size``
-    the most events per Arrow message sent; ``max_message_size`` (bytes,
+    lenient, see the module documentation); ``batch_size`` is the most
+    events per record batch, both ways: per batch built from plain messages
+    received and per Arrow message sent (``send_batch_size``, the old name
+    for sends, still works with a warning); ``max_message_size`` (bytes,
     default 256 MiB, also the most an Arrow message may decode to) and
     ``max_fragments`` (default 10,000) bound each message received (a larger one raises
     :class:`~theia_frames.exceptions.ProtocolError` naming the bound; see
@@ -95,6 +96,7 @@ class Client:
     0
     """
 
+    @renamed_arguments(send_batch_size="batch_size")
     def __init__(
         self,
         url: str = DEFAULT_URL,
@@ -108,7 +110,6 @@ class Client:
         batch: bool = True,
         strict: bool = False,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        send_batch_size: int = DEFAULT_SEND_BATCH,
         sslopt: Mapping[str, Any] | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_fragments: int = DEFAULT_MAX_FRAGMENTS,
@@ -117,7 +118,6 @@ class Client:
             timeout=timeout,
             idle_timeout=idle_timeout,
             batch_size=batch_size,
-            send_batch_size=send_batch_size,
             max_message_size=max_message_size,
             max_fragments=max_fragments,
         )
@@ -127,7 +127,6 @@ class Client:
         self.batch = bool(batch)
         self.strict = bool(strict)
         self.batch_size = int(batch_size)
-        self.send_batch_size = int(send_batch_size)
         self.max_message_size = max_message_size
         self.max_fragments = max_fragments
         #: the extra handshake header lines (credentials included)
@@ -284,7 +283,7 @@ class Client:
         are generated).
 
         With batched transfer, events go out as Arrow batches of up to
-        ``send_batch_size`` events and about 8 MiB (a handful as plain
+        ``batch_size`` events and about 8 MiB (a handful as plain
         messages); otherwise one plain message per event.
         Events the format cannot carry raise
         :class:`~theia_frames.exceptions.InvalidEventError` before their chunk
@@ -311,7 +310,7 @@ class Client:
         sent = 0
         try:
             if hasattr(events, "schema") and hasattr(events, "num_rows"):
-                for batch in arrow_pieces(events, self.send_batch_size):
+                for batch in arrow_pieces(events, self.batch_size):
                     conn = self.event_connection()
                     conn.send_binaries(batch_messages(batch, conn.negotiated))
                     sent += batch.num_rows
@@ -319,7 +318,7 @@ class Client:
                 return sent
             it = iter(events)
             while True:
-                chunk = list(itertools.islice(it, self.send_batch_size))
+                chunk = list(itertools.islice(it, self.batch_size))
                 if not chunk:
                     return sent
                 conn = self.event_connection()

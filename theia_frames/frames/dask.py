@@ -34,7 +34,7 @@ A peer that cannot tell its layout is also one that answers ``/find``
 requests one at a time and ends them by silence (the upstream collector, see
 docs/protocol.md "One find at a time"): partitions fetched at once queue there,
 so give the workers' clients an ``idle_timeout`` above the time a slice takes
-(``client_options={"idle_timeout": 60}``), or run one worker thread.
+(``source_options={"idle_timeout": 60}``), or run one worker thread.
 
 Several collectors: every partition fetches its slice from each of them and
 keeps one event per ``(timestamp, id)``, as a store does, in ``(timestamp,
@@ -208,7 +208,7 @@ def to_dask(
     npartitions: int | None = None,
     partition_events: int = DEFAULT_PARTITION_EVENTS,
     columns: Sequence[str] | None = None,
-    client_options: Mapping[str, Any] | None = None,
+    source_options: Mapping[str, Any] | None = None,
     timeout: float | None = 10.0,
 ) -> Any:
     """The events of ``filter`` (None: all) as a lazy ``dask.dataframe.DataFrame``, indexed by
@@ -222,7 +222,7 @@ def to_dask(
     such as ``"1h"``) forces slices of that length; ``npartitions`` asks for
     that many; else about ``partition_events`` events each where the source
     can tell, :data:`~theia_frames.frames.partitions.DEFAULT_PARTITION` long otherwise. ``columns`` keeps only
-    those event columns (the timestamp is the index). ``client_options`` go to
+    those event columns (the timestamp is the index). ``source_options`` go to
     each worker's :class:`~theia_frames.client.Client` (``token``, ``cafile``,
     ``timeout``, ...; they are pickled with the graph, so no ``ssl_context``
     on a distributed cluster) and, for a store, to
@@ -248,7 +248,7 @@ def to_dask(
         raise UsageError(f"partition_events must be a whole number >= 1, got {partition_events!r}")
     cols = None if columns is None else tuple(c for c in (columns if not isinstance(columns, str) else [columns]) if c != "timestamp")
     empty_frame(cols)  # checks the names
-    options = dict(client_options or {})
+    options = dict(source_options or {})
     wire = {k: v for k, v in flt.to_dict().items() if k != "order"}
 
     if isinstance(source, str) and not _is_url(source) and not os.path.exists(source) and ("/" in source or os.sep in source):
