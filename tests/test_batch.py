@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given
@@ -16,6 +17,7 @@ from theia_frames.protocol.arrow import (
     ipc_to_batches,
     is_arrow_message,
     iter_batch_events,
+    validate_events,
 )
 from theia_frames.protocol.codec import encode
 from theia_frames.event import Event
@@ -92,3 +94,36 @@ def test_uncarried_rows_is_the_row_by_row_rule(rows, cut, large):
     mask = uncarried_rows(batch)
     assert (mask.tolist() if mask is not None else [False] * len(expected)) == expected
     assert (mask is None) == (not any(expected))
+
+
+def _strings(offsets: list[int], data: bytes, length: int | None = None) -> pa.Array:
+    n = len(offsets) - 1 if length is None else length
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(np.array(offsets, np.int32).tobytes()), pa.py_buffer(data)])
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        _strings([0, 5, 2, 6], b"abcdef"),  # offsets out of order, the last inside the data
+        _strings([-1], b"", 0),  # no values, a negative offset
+        _strings([0, 1, 3], b"a\xc3(\xa9"),  # a value that is not UTF-8 (each byte run alone is not)
+        _strings([0, 1, 2], b"\xc3\xa9"),  # valid UTF-8 as a whole, not value by value
+    ],
+    ids=["out of order", "negative, no rows", "not UTF-8", "a character split between values"],
+)
+def test_validate_events_refuses_what_full_validation_refuses(column):
+    text = pa.array(["a"] * len(column), pa.string())
+    b = pa.RecordBatch.from_arrays([column, pa.array([1.0] * len(column)), text, text, text], schema=event_schema())
+    with pytest.raises(pa.ArrowInvalid):
+        b.validate(full=True)
+    b.validate()  # structurally sound: only the values are wrong
+    with pytest.raises(pa.ArrowInvalid):
+        validate_events(b)
+    with pytest.raises(DecodeError):
+        ipc_to_batches(batch_to_ipc(b))
+
+
+def test_validate_events_takes_a_sliced_batch():
+    b = events_to_batch([Event(id=f"é{i}", timestamp=float(i), tags=["a", "b"]) for i in range(5)])
+    validate_events(b.slice(2, 2))
+    validate_events(b.slice(5))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..protocol.arrow import event_schema, ipc_to_batches
+from ..protocol.arrow import event_schema, ipc_to_batches, validate_events
 from ..exceptions import DecodeError, StoreError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -139,7 +139,10 @@ def event_batch(data: Any, validated: bool = False) -> pa.RecordBatch:
     try:
         # A pass over the bytes, and what is stored is read by every kernel
         # that serves it: offsets past the data or text that is not UTF-8 stay out.
-        data.validate(full=not validated)
+        if validated:
+            data.validate()
+        else:
+            validate_events(data)
     except pa.ArrowInvalid as exc:
         raise UsageError(f"Arrow data to store is not valid: {exc}") from exc
     return data
