@@ -452,6 +452,18 @@ def test_received_batches_are_released_as_they_are_converted():
     assert all(ref() is None for ref in held)
 
 
+def test_a_decompressed_message_is_kept_not_copied_and_a_plain_one_is_copied():
+    """A compressed message decodes into buffers of its own: the frame keeps them (no copy,
+    nothing else kept alive); an uncompressed one is a view of the message: copied."""
+    batch = _big_batch(frames._CHUNK_ROWS, lambda i: "s")
+    for compression, kept in (("zstd", True), (None, False)):
+        (received,) = ipc_to_batches(batch_to_ipc(batch, compression=compression))
+        df = to_dataframe(FakeResult(iter([received])), progress=False)
+        data = df["content"].array._pa_array.chunk(0).buffers()[2]
+        assert (data.address == received.column(4).buffers()[2].address) is kept, compression
+        assert df["content"].tolist() == batch.column(4).to_pylist()
+
+
 def test_frames_module_registers_the_accessor():
     df = to_dataframe(sample(2))
     assert hasattr(df, "theia")

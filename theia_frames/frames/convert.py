@@ -260,7 +260,7 @@ class _Converter:
             elif name == "source":
                 out = pc.dictionary_encode(column)
             else:
-                if self.own and not copied:
+                if self.own and not copied and not _owns_buffers(column):
                     column = pa.concat_arrays([column])
                 out = column.cast(self.string_type)
             self.chunks[name].append(out)
@@ -280,6 +280,23 @@ class _Converter:
                 arrays.append(pa.chunked_array(chunks, type=self.string_type))
         self.chunks = {name: [] for name in self.columns}
         return pa.Table.from_arrays(arrays, names=list(self.columns))
+
+
+def _owns_buffers(column: pa.Array) -> bool:
+    """Whether a string array's buffers are allocations of their own, no larger than
+    its values need: no view into a received message (a decompressed buffer is
+    one), so keeping them keeps nothing else alive."""
+    if column.offset:
+        return False
+    buffers = column.buffers()
+    if any(b is not None and b.parent is not None for b in buffers):
+        return False
+    offsets, data = buffers[1], buffers[2]
+    if offsets is None or data is None:
+        return False
+    wide = pa.types.is_large_string(column.type)
+    used = np.frombuffer(offsets, dtype=np.int64 if wide else np.int32, count=len(column) + 1)
+    return offsets.size <= used.nbytes + 64 and data.size <= int(used[-1]) + 64
 
 
 def frame_table(table: pa.Table, columns: Sequence[str] = EVENT_COLUMNS) -> pa.Table:
