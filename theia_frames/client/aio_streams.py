@@ -25,7 +25,7 @@ from ..exceptions import (
 from ..filter import EventFilter
 from ..protocol.plain import BULK_MIN
 from ..protocol.resume import Backoff, ResumeState, check_reconnect_options
-from ..protocol.streams import FindState, LiveState, NewestFirst, StreamState
+from ..protocol.streams import FindState, LiveState, NewestFirst, ResultView, StreamState
 from .aio_transport import Silence, close, closed_error, recv, recv_raising, websockets_module
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,7 +53,7 @@ class AsyncOwner(Protocol):
     def forget(self, stream: AsyncStream) -> None: ...
 
 
-class AsyncStream:
+class AsyncStream(ResultView):
     """What :class:`AsyncFindResult` and :class:`AsyncLiveStream` share."""
 
     state: StreamState
@@ -68,41 +68,9 @@ class AsyncStream:
         self._opening: asyncio.Future[None] | None = None
 
     @property
-    def url(self) -> str:
-        return self.state.url
-
-    @property
-    def filter(self) -> EventFilter:
-        return self.state.filter
-
-    @property
-    def count(self) -> int:
-        return self.state.count
-
-    @property
-    def total(self) -> int | None:
-        return self.state.total
-
-    @property
-    def skipped(self) -> int:
-        return self.state.skipped
-
-    @property
-    def errors(self) -> list[TheiaError]:
-        return self.state.errors
-
-    @property
-    def complete(self) -> bool:
-        return self.state.complete
-
-    @property
     def batched(self) -> bool:
         """Whether the server accepted the batched-transfer extension (False before connecting)."""
         return self._ws is not None and self._ws.subprotocol == SUBPROTOCOL
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     async def _subscribe(self) -> tuple[Any, list[bytes]]:
         await self._client.flush_before_read()
@@ -150,13 +118,6 @@ class AsyncStream:
             raise failure
         code = ws.close_code if ws.close_code is not None else 1006
         self.state.end(code, ws.close_reason or "", None)
-
-    def _claim(self, how: str) -> None:
-        if self._claimed is not None:
-            raise UsageError(f"this {type(self).__name__} was already read with {self._claimed}; a result can be read once, one way")
-        if self._closed:
-            raise UsageError(f"this {type(self).__name__} is closed")
-        self._claimed = how
 
     def _chunks(self, heartbeat: float | None = None) -> AsyncIterator[list[bytes]]:  # pragma: no cover
         raise NotImplementedError

@@ -28,7 +28,7 @@ from ..exceptions import (
 )
 from ..filter import EventFilter
 from ..protocol.resume import Backoff, ResumeState, check_reconnect_options
-from ..protocol.streams import FindState, LiveState, NewestFirst, StreamState
+from ..protocol.streams import FindState, LiveState, NewestFirst, ResultView, StreamState
 from .options import DEFAULT_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_RESUME_MARGIN
 from .transport import Connection, Silence
 
@@ -61,7 +61,7 @@ class Owner(Protocol):
     def close(self) -> None: ...
 
 
-class Stream:
+class Stream(ResultView):
     """What :class:`FindResult` and :class:`LiveStream` share: one read connection
     and its state, reading once one way, closing."""
 
@@ -74,46 +74,6 @@ class Stream:
         self._claimed: str | None = None
         self._closed = False
         self._conn, self._pending = self._subscribe()
-
-    # the state's figures, read through the result
-    @property
-    def url(self) -> str:
-        return self.state.url
-
-    @property
-    def filter(self) -> EventFilter:
-        return self.state.filter
-
-    @property
-    def strict(self) -> bool:
-        return self.state.strict
-
-    @property
-    def batch_size(self) -> int:
-        return self.state.batch_size
-
-    @property
-    def count(self) -> int:
-        """Events yielded so far."""
-        return self.state.count
-
-    @property
-    def total(self) -> int | None:
-        """How many events the server said it will send (our collector, when it can
-        count them from its index; None otherwise): what a progress bar shows."""
-        return self.state.total
-
-    @property
-    def skipped(self) -> int:
-        return self.state.skipped
-
-    @property
-    def errors(self) -> list[TheiaError]:
-        return self.state.errors
-
-    @property
-    def complete(self) -> bool:
-        return self.state.complete
 
     @property
     def batched(self) -> bool:
@@ -174,15 +134,6 @@ class Stream:
         yield from decoder.finish()
 
     # ------------------------------------------------------------------ public iteration
-    def _claim(self, how: str) -> None:
-        if self._claimed is not None:
-            raise UsageError(
-                f"this {type(self).__name__} was already read with {self._claimed}; "
-                "a result can be read once, one way"
-            )
-        if self._closed:
-            raise UsageError(f"this {type(self).__name__} is closed")
-        self._claimed = how
 
     def __iter__(self) -> Iterator[Event]:
         """The events, one :class:`~theia_frames.event.Event` at a time."""
@@ -249,10 +200,6 @@ class Stream:
         self._client.forget(self)
         if self._owns_client:
             self._client.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     @property
     def owns_client(self) -> bool:

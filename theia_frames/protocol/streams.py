@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .arrow import ARROW_MARKER, event_schema, ipc_to_batches
-from ..exceptions import DecodeError, TheiaError, TheiaTimeoutError
+from ..exceptions import DecodeError, TheiaError, TheiaTimeoutError, UsageError
 from ..filter import EventFilter
 from .messages import end_error, sort_messages
 from .plain import decode_plain
@@ -39,7 +39,7 @@ from .plain import decode_plain
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-__all__ = ["StreamState", "FindState", "LiveState", "Decoder", "NewestFirst", "MAX_KEPT_ERRORS"]
+__all__ = ["StreamState", "FindState", "LiveState", "Decoder", "NewestFirst", "ResultView", "MAX_KEPT_ERRORS"]
 
 #: at most this many per-message errors are kept in ``errors`` (all are counted in ``skipped``)
 MAX_KEPT_ERRORS = 1000
@@ -185,6 +185,68 @@ class Decoder:
             self._decode_plain(self._plain, out)
             self._plain = []
         return out
+
+
+class ResultView:
+    """What a result of either client shows of its :class:`StreamState`, and its
+    one rule of reading: once, one way (``claim``). Both clients' results are this."""
+
+    state: StreamState
+    _claimed: str | None
+    _closed: bool
+
+    @property
+    def url(self) -> str:
+        return self.state.url
+
+    @property
+    def filter(self) -> EventFilter:
+        return self.state.filter
+
+    @property
+    def strict(self) -> bool:
+        return self.state.strict
+
+    @property
+    def batch_size(self) -> int:
+        return self.state.batch_size
+
+    @property
+    def count(self) -> int:
+        """Events yielded so far."""
+        return self.state.count
+
+    @property
+    def total(self) -> int | None:
+        """How many events the server said it will send (our collector, when it can
+        count them from its index; None otherwise): what a progress bar shows."""
+        return self.state.total
+
+    @property
+    def skipped(self) -> int:
+        return self.state.skipped
+
+    @property
+    def errors(self) -> list[TheiaError]:
+        return self.state.errors
+
+    @property
+    def complete(self) -> bool:
+        return self.state.complete
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _claim(self, how: str) -> None:
+        if self._claimed is not None:
+            raise UsageError(
+                f"this {type(self).__name__} was already read with {self._claimed}; "
+                "a result can be read once, one way"
+            )
+        if self._closed:
+            raise UsageError(f"this {type(self).__name__} is closed")
+        self._claimed = how
 
 
 class FindState(StreamState):
