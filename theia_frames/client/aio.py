@@ -64,11 +64,8 @@ from .options import (
     UNSET,
     FilterLike,
     as_filter,
-    base_url,
-    check_settings,
-    header_lines,
+    ClientSettings,
     tls_options,
-    token_header,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -77,7 +74,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["AsyncClient"]
 
 
-class AsyncClient:
+class AsyncClient(ClientSettings):
     """An asyncio client of one theia collector; an async context manager.
 
     The arguments are those of :class:`~theia_frames.client.Client` (except
@@ -105,22 +102,18 @@ class AsyncClient:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_fragments: int = DEFAULT_MAX_FRAGMENTS,
     ) -> None:
-        check_settings(
+        super().__init__(
+            url,
             timeout=timeout,
             idle_timeout=idle_timeout,
+            headers=headers,
+            token=token,
+            batch=batch,
+            strict=strict,
             batch_size=batch_size,
             max_message_size=max_message_size,
             max_fragments=max_fragments,
         )
-        self.url = base_url(url)
-        self.timeout = timeout
-        self.idle_timeout = idle_timeout
-        self.batch = bool(batch)
-        self.strict = bool(strict)
-        self.batch_size = int(batch_size)
-        self.max_message_size = max_message_size
-        self.max_fragments = max_fragments
-        self.header_lines = header_lines(headers) + token_header(token, headers)
         options = tls_options(self.url, ssl_context, cafile, None)
         self._ssl: ssl.SSLContext | None = None if options is None else options.get("context")
         self.ledger = SendLedger(f"{self.url}/event")

@@ -36,6 +36,7 @@ __all__ = [
     "tls_options",
     "as_filter",
     "check_settings",
+    "ClientSettings",
     "split_client_options",
 ]
 
@@ -185,3 +186,40 @@ def as_filter(filter: FilterLike) -> EventFilter:
     if isinstance(filter, Mapping):
         return EventFilter.from_dict(filter)
     raise UsageError(f"expected an EventFilter (or a dict, or None), got {type(filter).__name__}")
+
+
+class ClientSettings:
+    """The settings both clients take, checked and kept in one way (see
+    :class:`~theia_frames.client.Client` for their meanings)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float | None,
+        idle_timeout: float | None,
+        headers: Mapping[str, str] | Sequence[str] | None,
+        token: str | None,
+        batch: bool,
+        strict: bool,
+        batch_size: int,
+        max_message_size: int,
+        max_fragments: int,
+    ) -> None:
+        check_settings(
+            timeout=timeout,
+            idle_timeout=idle_timeout,
+            batch_size=batch_size,
+            max_message_size=max_message_size,
+            max_fragments=max_fragments,
+        )
+        self.url = base_url(url)
+        self.timeout = timeout
+        self.idle_timeout = idle_timeout
+        self.batch = bool(batch)
+        self.strict = bool(strict)
+        self.batch_size = int(batch_size)
+        self.max_message_size = max_message_size
+        self.max_fragments = max_fragments
+        #: the extra handshake header lines (credentials included)
+        self.header_lines = header_lines(headers) + token_header(token, headers)

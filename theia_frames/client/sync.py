@@ -37,12 +37,9 @@ from .options import (
     UNSET,
     FilterLike,
     as_filter,
-    base_url,
-    check_settings,
-    header_lines,
+    ClientSettings,
     split_client_options,
     tls_options,
-    token_header,
 )
 from .streams import FindResult, LiveStream, Stream
 from .transport import Connection, Silence
@@ -56,7 +53,7 @@ __all__ = ["Client", "find", "send", "connect"]
 CLOSE_WAIT = 2.0
 
 
-class Client:
+class Client(ClientSettings):
     """A client of one theia collector; a context manager, safe to share between threads.
 
     ``url`` is the collector's base URL (``ws://host:6433``, or ``wss://`` for
@@ -114,23 +111,18 @@ class Client:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_fragments: int = DEFAULT_MAX_FRAGMENTS,
     ) -> None:
-        check_settings(
+        super().__init__(
+            url,
             timeout=timeout,
             idle_timeout=idle_timeout,
+            headers=headers,
+            token=token,
+            batch=batch,
+            strict=strict,
             batch_size=batch_size,
             max_message_size=max_message_size,
             max_fragments=max_fragments,
         )
-        self.url = base_url(url)
-        self.timeout = timeout
-        self.idle_timeout = idle_timeout
-        self.batch = bool(batch)
-        self.strict = bool(strict)
-        self.batch_size = int(batch_size)
-        self.max_message_size = max_message_size
-        self.max_fragments = max_fragments
-        #: the extra handshake header lines (credentials included)
-        self.header_lines = header_lines(headers) + token_header(token, headers)
         #: websocket-client's TLS options
         self.sslopt = tls_options(self.url, ssl_context, cafile, sslopt)
         #: held while the /event connection is used (sends, flushes)
