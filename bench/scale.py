@@ -83,7 +83,7 @@ def make_store(path: Path, n: int, *, step: float, offset: float, stride: int, f
                     pa.array(tags[k % 4], pa.string()),
                     pa.array(contents[k % 4], pa.string()),
                 ],
-                schema=event_schema(),
+                names=list(event_schema().names),  # sources and tags as text: the store reads them
             )
             store.add_batch(batch, compact=False)
         assert store.count() == n, store.count()

@@ -144,7 +144,7 @@ def _serve_bomb(conn: RawConn) -> None:
     conn.recv_message()
     conn.send_frame(OP_TEXT, b"ok")
     batch = pa.RecordBatch.from_arrays(
-        [pa.array(["bomb"]), pa.array([float(T0)]), pa.array(["/dev/s"]), pa.array([""]),
+        [pa.array(["bomb"]), pa.array([float(T0)]), pa.array(["/dev/s"]).dictionary_encode(), pa.array([[]], pa.list_(pa.string())),
          pa.array(["b" * (512 * _MB)], pa.string())],
         schema=event_schema(),
     )
@@ -207,7 +207,7 @@ CLIENT_CASES: dict[str, tuple[Callable[[RawConn], None], dict[str, Any]]] = {
     "big": (_serve_big, {}),
     "fragments": (_serve_fragments, {}),
     "fragments-allowed": (_serve_fragments, {}),
-    "bomb": (_serve_bomb, {"subprotocol": "theia-frames.v1"}),
+    "bomb": (_serve_bomb, {"subprotocol": "theia-frames.v2"}),
 }
 
 

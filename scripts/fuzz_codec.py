@@ -653,8 +653,8 @@ def _arrow_message(rng: random.Random) -> tuple[bytes, list[dict[str, Any]] | No
     cols: list[pa.Array] = [
         pa.array([f"i{k}" for k in range(n)]),
         pa.array([1.0 * k for k in range(n)]),
-        pa.array(["s"] * n),
-        pa.array([""] * n),
+        pa.array(["s"] * n).dictionary_encode(),
+        pa.array([["t"]] * n, pa.list_(pa.string())),
         pa.array(["c"] * n),
     ]
     names = list(schema.names)

@@ -76,7 +76,7 @@ __all__ = [
 ]
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
-SUBPROTOCOL = "theia-frames.v1"
+SUBPROTOCOL = "theia-frames.v2"
 
 
 def free_port() -> int:
@@ -756,14 +756,16 @@ class Fuzzer:
         conn = self.garbage_conn(True)
         good = [self.new_valid() for _ in range(self.rng.randrange(1, 5))]
         rows = [
-            {"id": e.id, "timestamp": e.timestamp, "source": e.source, "tags": ",".join(e.tags), "content": e.content}
+            {"id": e.id, "timestamp": e.timestamp, "source": e.source, "tags": list(e.tags), "content": e.content}
             for e in good
         ]
         for k in range(self.rng.randrange(1, 4)):
-            bad = {"id": f"bad-{self.counter}-{k}", "timestamp": T0, "source": "s", "tags": VALID_TAG, "content": "c"}
+            bad = {"id": f"bad-{self.counter}-{k}", "timestamp": T0, "source": "s", "tags": [VALID_TAG], "content": "c"}
             field_name = self.rng.choice(["id", "source", "tags", "timestamp"])
             if field_name == "timestamp":
                 bad["timestamp"] = self.rng.choice([float("nan"), float("inf"), float("-inf")])
+            elif field_name == "tags":
+                bad["tags"] = [VALID_TAG + self.rng.choice(["\n", "\r", "\r\n", ","]) + "x"]
             else:
                 bad[field_name] = bad[field_name] + self.rng.choice(["\n", "\r", "\r\n"]) + "x"
             rows.insert(self.rng.randrange(len(rows) + 1), bad)

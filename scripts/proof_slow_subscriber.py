@@ -164,8 +164,8 @@ def _event_batches(total: int, chunk: int, base: float, step: float, content_siz
             [
                 pa.array([f"p{k}" for k in n]),
                 pa.array([base + k * step for k in n], pa.float64()),
-                pa.array([f"/dev/sensors/temp-{k % 4}" for k in n]),
-                pa.array(["sensor,temp,proof"] * (hi - lo)),
+                pa.array([f"/dev/sensors/temp-{k % 4}" for k in n]).dictionary_encode(),
+                pa.array([["sensor", "temp", "proof"]] * (hi - lo), pa.list_(pa.string())),
                 pa.array([f"{20 + k % 10}.5C {pad}" for k in n]),
             ],
             schema=event_schema(),

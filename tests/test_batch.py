@@ -53,11 +53,17 @@ def test_garbage_and_wrong_schema_are_decode_errors():
     with pytest.raises(DecodeError, match="unexpected schema"):
         ipc_to_batches(batch_to_ipc(other))
     nulls = pa.RecordBatch.from_arrays(
-        [pa.array([None], pa.string()), pa.array([1.0]), pa.array(["s"]), pa.array([""]), pa.array(["c"])],
+        [pa.array([None], pa.string()), pa.array([1.0]), pa.array(["s"]).dictionary_encode(), pa.array([[]], pa.list_(pa.string())), pa.array(["c"])],
         schema=event_schema(),
     )
     with pytest.raises(DecodeError, match="missing values in column 'id'"):
         ipc_to_batches(batch_to_ipc(nulls))
+    null_tag = nulls.set_column(0, "id", pa.array(["a"])).set_column(3, "tags", pa.array([["x", None]]))
+    with pytest.raises(DecodeError, match="missing values in column 'tags'"):
+        ipc_to_batches(batch_to_ipc(null_tag))
+    text_tags = pa.RecordBatch.from_pydict({"id": ["a"], "timestamp": [1.0], "source": ["s"], "tags": ["x"], "content": [""]})
+    with pytest.raises(DecodeError, match="unexpected schema"):
+        ipc_to_batches(batch_to_ipc(text_tags))  # the extension's first version
 
 
 # --------------------------------------------------------------------------- what the wire format can carry
@@ -67,7 +73,13 @@ _WIRE_TEXT = st.one_of(st.none(), st.text(st.sampled_from(list("ab,é\n\r")), ma
 
 @given(
     rows=st.lists(
-        st.tuples(_WIRE_TEXT, st.sampled_from([1.0, 2.5, math.nan, math.inf, -math.inf, None]), _WIRE_TEXT, _WIRE_TEXT, _WIRE_TEXT),
+        st.tuples(
+            _WIRE_TEXT,
+            st.sampled_from([1.0, 2.5, math.nan, math.inf, -math.inf, None]),
+            _WIRE_TEXT,
+            st.one_of(st.none(), st.lists(_WIRE_TEXT, max_size=3)),
+            _WIRE_TEXT,
+        ),
         max_size=10,
     ),
     cut=st.integers(0, 3),
@@ -81,14 +93,20 @@ def test_uncarried_rows_is_the_row_by_row_rule(rows, cut, large):
     text = pa.large_string() if large else pa.string()
     columns = list(zip(*rows)) if rows else [()] * 5
     batch = pa.RecordBatch.from_arrays(
-        [pa.array(list(c), t) for c, t in zip(columns, (text, pa.float64(), text, text, text))],
+        [
+            pa.array(list(columns[0]), text),
+            pa.array(list(columns[1]), pa.float64()),
+            pa.array(list(columns[2]), text).dictionary_encode(),
+            pa.array(list(columns[3]), pa.list_(text)),
+            pa.array(list(columns[4]), text),
+        ],
         names=["id", "timestamp", "source", "tags", "content"],
     ).slice(min(cut, len(rows)))
 
     def bad(i, ts, source, tags, content):
-        if None in (i, ts, source, tags, content) or not math.isfinite(ts):
+        if None in (i, ts, source, tags, content) or None in tags or not math.isfinite(ts):
             return True
-        return any("\n" in v or "\r" in v for v in (i, source, tags))
+        return any("\n" in v or "\r" in v for v in (i, source, *tags)) or any("," in t for t in tags)
 
     expected = [bad(*row) for row in rows[min(cut, len(rows)):]]
     mask = uncarried_rows(batch)
@@ -111,9 +129,20 @@ def _strings(offsets: list[int], data: bytes, length: int | None = None) -> pa.A
     ],
     ids=["out of order", "negative, no rows", "not UTF-8", "a character split between values"],
 )
-def test_validate_events_refuses_what_full_validation_refuses(column):
-    text = pa.array(["a"] * len(column), pa.string())
-    b = pa.RecordBatch.from_arrays([column, pa.array([1.0] * len(column)), text, text, text], schema=event_schema())
+@pytest.mark.parametrize("where", ["id", "source", "tags"])
+def test_validate_events_refuses_what_full_validation_refuses(column, where):
+    n = len(column)
+    text = pa.array(["a"] * n, pa.string())
+    if where == "id":
+        arrays = [column, text.dictionary_encode(), pa.array([["a"]] * n)]
+    elif where == "source":  # the text is a dictionary's
+        arrays = [text, pa.DictionaryArray.from_arrays(pa.array(range(n), pa.int32()), column), pa.array([["a"]] * n)]
+    else:  # the text is a list's items
+        lists = pa.ListArray.from_arrays(pa.array(range(n + 1), pa.int32()), column)
+        arrays = [text, text.dictionary_encode(), lists]
+    b = pa.RecordBatch.from_arrays(
+        [arrays[0], pa.array([1.0] * n), arrays[1], arrays[2], text], schema=event_schema()
+    )
     with pytest.raises(pa.ArrowInvalid):
         b.validate(full=True)
     b.validate()  # structurally sound: only the values are wrong
@@ -121,6 +150,22 @@ def test_validate_events_refuses_what_full_validation_refuses(column):
         validate_events(b)
     with pytest.raises(DecodeError):
         ipc_to_batches(batch_to_ipc(b))
+
+
+def test_dictionary_indices_outside_the_dictionary_and_list_offsets_out_of_order_are_refused():
+    text = pa.array(["a", "b"])
+    lists = pa.array([["x"], ["y"]])
+    outside = pa.DictionaryArray.from_arrays(pa.array([0, 5], pa.int32()), pa.array(["s"]), safe=False)
+    negative = pa.DictionaryArray.from_arrays(pa.array([0, -1], pa.int32()), pa.array(["s"]), safe=False)
+    backwards = pa.ListArray.from_buffers(
+        pa.list_(pa.string()), 2, [None, pa.py_buffer(np.array([0, 2, 1], np.int32).tobytes())], children=[pa.array(["x", "y"])]
+    )
+    for source, tags, why in ((outside, lists, "dictionary"), (negative, lists, "dictionary"), (text.dictionary_encode(), backwards, "list")):
+        b = pa.RecordBatch.from_arrays([text, pa.array([1.0, 2.0]), source, tags, text], schema=event_schema())
+        with pytest.raises(pa.ArrowInvalid, match=why):
+            validate_events(b)
+        with pytest.raises(DecodeError):
+            ipc_to_batches(batch_to_ipc(b))
 
 
 def test_validate_events_takes_a_sliced_batch():

@@ -760,8 +760,8 @@ def test_the_window_of_delivered_events_stays_bounded():
 
     def batch(ids, ts):
         return pa.RecordBatch.from_arrays(
-            [pa.array(ids), pa.array(ts, pa.float64()), pa.array(["s"] * len(ids)), pa.array([""] * len(ids)),
-             pa.array(["c"] * len(ids))],
+            [pa.array(ids), pa.array(ts, pa.float64()), pa.array(["s"] * len(ids)).dictionary_encode(),
+             pa.array([[]] * len(ids), pa.list_(pa.string())), pa.array(["c"] * len(ids))],
             schema=event_schema(),
         )
 

@@ -101,7 +101,7 @@ def test_the_layout_request_needs_the_extension(collector):
     try:
         ws.send("{}")
         answer = ws.recv()
-        assert "theia-frames.v1" in json.loads(answer)["error"]
+        assert "theia-frames.v2" in json.loads(answer)["error"]
         opcode, data = ws.recv_data(control_frame=True)
         assert opcode == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(data[:2], "big") == 1008
     finally:

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from theia_frames.protocol.codec import split_tags
 from theia_frames.event import Event
 from theia_frames.exceptions import InvalidFilterError
 from theia_frames.filter import EventFilter, Filter
@@ -243,7 +242,7 @@ def test_kernel_mask_is_the_row_by_row_meaning(rows, engine, where, pattern, sec
     batch = _batch(rows)
     d = batch.to_pydict()  # what the batch holds (an event's tags [""] travel as no tags)
     expected = [
-        f.matches_fields(t, split_tags(g), c, i, s)
+        f.matches_fields(t, g, c, i, s)
         for t, g, c, i, s in zip(d["timestamp"], d["tags"], d["content"], d["id"], d["source"])
     ]
     assert f.mask_batch(batch).tolist() == expected

@@ -159,8 +159,7 @@ def test_tags_follow_the_wire_meaning():
     batch = pa.RecordBatch.from_pydict(
         {"id": ["a", "b", "c", "d"], "timestamp": [1.0] * 4, "source": ["s"] * 4,
          "tags": ["", "x,y", "x,,y", ","], "content": [""] * 4},
-        schema=event_schema(),
-    )
+    )  # sources and tags as text
     assert to_dataframe(batch)["tags"].tolist() == [[], ["x", "y"], ["x", "", "y"], ["", ""]]
 
 
@@ -170,8 +169,7 @@ def test_tags_path_for_repeated_tag_sets_matches_the_direct_split():
     batch = pa.RecordBatch.from_pydict(
         {"id": [str(i) for i in range(n)], "timestamp": np.arange(n, dtype=float), "source": ["s"] * n,
          "tags": tags, "content": [""] * n},
-        schema=event_schema(),
-    )
+    )  # sources and tags as text
     got = to_dataframe(batch)["tags"].tolist()
     assert got == [t.split(",") if t else [] for t in tags]
 

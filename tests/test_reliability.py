@@ -148,7 +148,7 @@ def test_flush_on_a_plain_connection_says_it_cannot_confirm():
 def test_flush_confirms_only_what_was_stored_and_counts_what_was_refused(tmp_path):
     with CollectorProcess(tmp_path / "refused.db", options=["--log-level", "error"]) as proc:
         with RawSocket(proc.port, "/event", offer=True) as conn:
-            assert conn.subprotocol == "theia-frames.v1"
+            assert conn.subprotocol == "theia-frames.v2"
             conn.send(codec.encode(Event(id="g1", timestamp=T0, content="good")))
             conn.send(b"event: 3 2 1\nnot an event")
             conn.send(codec.encode(Event(id="g2", timestamp=T0 + 1, content="good")))

@@ -83,7 +83,7 @@ def test_a_frame_with_only_times_and_content():
     assert table.schema.equals(event_schema())
     assert table.column("timestamp").to_pylist() == [BASE, BASE + 1]
     assert table.column("source").to_pylist() == ["", ""]
-    assert table.column("tags").to_pylist() == ["", ""]
+    assert table.column("tags").to_pylist() == [[], []]
     numbers = to_event_table(pd.DataFrame({"timestamp": [BASE, np.int64(BASE) + 2], "content": ["x", "y"]}))
     assert numbers.column("timestamp").to_pylist() == [BASE, BASE + 2]
     iso = to_event_table(pd.DataFrame({"timestamp": ["2024-05-01T00:00Z", "2024-05-01T02:00+02:00"]}))
@@ -92,15 +92,20 @@ def test_a_frame_with_only_times_and_content():
 
 def test_arrow_tables_of_both_layouts(collector):
     with Client(collector.url) as client:
-        wire = pa.Table.from_pylist([{"id": "w", "timestamp": BASE, "source": "s", "tags": "a,b", "content": "c"}],
+        wire = pa.Table.from_pylist([{"id": "w", "timestamp": BASE, "source": "s", "tags": ["a", "b"], "content": "c"}],
                                     schema=event_schema())
         assert to_event_table(wire) is wire  # already the event batch: sent as it is
         assert client.send_many(wire) == 1
         frame_like = pa.Table.from_pandas(to_dataframe([Event(id="f", timestamp=BASE + 1, tags=["x"], content="d")]))
         assert client.send_many(frame_like, wait=True) == 1
+        text = pa.schema([(n, pa.float64() if n == "timestamp" else pa.string()) for n in event_schema().names])
+        comma_text = pa.Table.from_pylist(
+            [{"id": "t", "timestamp": BASE + 2, "source": "s", "tags": "y,z", "content": "e"}], schema=text
+        )
+        assert client.send_many(comma_text, wait=True) == 1
     df = stored(collector.url)
-    assert df["id"].tolist() == ["w", "f"]
-    assert df["tags"].tolist() == [["a", "b"], ["x"]]
+    assert df["id"].tolist() == ["w", "f", "t"]
+    assert df["tags"].tolist() == [["a", "b"], ["x"], ["y", "z"]]
 
 
 def test_a_polars_frame(collector):

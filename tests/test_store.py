@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from theia_frames import Event, EventFilter, Filter
-from theia_frames.protocol.arrow import events_to_batch, ipc_to_batches, iter_batch_events
+from theia_frames.protocol.arrow import event_schema, events_to_batch, ipc_to_batches, iter_batch_events
 from theia_frames.protocol.codec import EventColumns
 from theia_frames.exceptions import StoreError, UsageError
 from theia_frames.server.store import CHUNK_ROWS, FORMAT_VERSION, MERGE_FANOUT, EventStore
@@ -99,7 +99,9 @@ def test_arrow_data_that_is_not_valid_is_refused(store):
 
     not_utf8 = pa.Array.from_buffers(pa.string(), 1, [None, pa.py_buffer(b"\0\0\0\0\2\0\0\0"), pa.py_buffer(b"\xff\xfe")])
     text = pa.array(["a"])
-    batch = pa.RecordBatch.from_arrays([not_utf8, pa.array([1.0]), text, text, text], schema=event_schema())
+    batch = pa.RecordBatch.from_arrays(
+        [not_utf8, pa.array([1.0]), text.dictionary_encode(), pa.array([["a"]]), text], schema=event_schema()
+    )
     with pytest.raises(UsageError, match="not valid.*UTF8"):
         store.add_many(batch)
     assert store.count() == 0
@@ -571,28 +573,53 @@ def test_a_chunk_decoding_to_more_than_it_recorded_is_refused_before_decompressi
             store.add_many([ev(2, 1.0)])  # de-duplication reads the chunk too
 
 
-def test_a_store_of_format_2_is_upgraded_when_opened(tmp_path):
-    from theia_frames.protocol.arrow import batch_to_ipc
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_store_of_an_earlier_format_is_upgraded_when_opened(tmp_path, version):
+    """Formats 2 (uncompressed chunks) and 3 (ZSTD) kept sources and tags as text: every
+    chunk is rewritten in the event schema when the store is opened."""
+    import pyarrow as pa
 
-    path = tmp_path / "v2.db"
+    from theia_frames.protocol.arrow import batch_to_ipc, decoded_size
+
+    path = tmp_path / f"v{version}.db"
     db = sqlite3.connect(path)
     db.execute(
         "CREATE TABLE chunks (seq INTEGER PRIMARY KEY AUTOINCREMENT, tier INTEGER NOT NULL, min_ts REAL NOT NULL, "
-        "max_ts REAL NOT NULL, rows INTEGER NOT NULL, died INTEGER, data BLOB NOT NULL)"
+        "max_ts REAL NOT NULL, rows INTEGER NOT NULL, died INTEGER, data BLOB NOT NULL"
+        + (", bytes INTEGER NOT NULL)" if version == 3 else ")")
     )
     db.execute("CREATE INDEX chunks_max_ts ON chunks (max_ts)")
     db.execute("CREATE INDEX chunks_min_ts ON chunks (min_ts)")
     db.execute("CREATE INDEX chunks_open ON chunks (tier) WHERE died IS NULL AND tier < 15")
-    blob = batch_to_ipc(events_to_batch([ev(1, 1.0), ev(2, 2.0)]))  # format 2: uncompressed
-    db.execute("INSERT INTO chunks (tier, min_ts, max_ts, rows, data) VALUES (0, 1.0, 2.0, 2, ?)", (blob,))
+    text = pa.schema([(n, pa.float64() if n == "timestamp" else pa.string()) for n in ("id", "timestamp", "source", "tags", "content")])
+    old = pa.RecordBatch.from_pylist(
+        [
+            {"id": "e1", "timestamp": 1.0, "source": "/s/a", "tags": "x,y", "content": "one"},
+            {"id": "e2", "timestamp": 2.0, "source": "/s/b", "tags": "", "content": "two"},
+        ],
+        schema=text,
+    )
+    if version == 2:
+        db.execute("INSERT INTO chunks (tier, min_ts, max_ts, rows, data) VALUES (0, 1.0, 2.0, 2, ?)", (batch_to_ipc(old),))
+    else:
+        blob = batch_to_ipc(old, compression="zstd")
+        db.execute(
+            "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes) VALUES (0, 1.0, 2.0, 2, ?, ?)",
+            (blob, decoded_size(blob)),
+        )
     db.execute("PRAGMA application_id = 1952999026")  # "thfr"
-    db.execute("PRAGMA user_version = 2")
+    db.execute(f"PRAGMA user_version = {version}")
     db.commit()
     db.close()
     with EventStore(path) as store:
-        assert ids(store) == ["e1", "e2"]
+        batches = list(store.query_batches(Filter()))
+        assert all(b.schema.equals(event_schema()) for b in batches)
+        assert [(e.id, e.source, e.tags, e.content) for b in batches for e in iter_batch_events(b)] == [
+            ("e1", "/s/a", ["x", "y"], "one"),
+            ("e2", "/s/b", [], "two"),
+        ]
         assert store.add_many([ev(2, 2.0), ev(3, 3.0)]) == 1
         assert ids(store) == ["e1", "e2", "e3"]
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 3
+    assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 4
     db.close()

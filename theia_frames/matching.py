@@ -1,7 +1,7 @@
 """Filters as Arrow compute kernels: a filter's patterns matched against whole columns
 with Arrow's RE2 (:class:`Kernel`), a ``re`` pattern rewritten for RE2 only where both
-engines read it alike, the rest matched row by row; tags matched in their comma text;
-repeated values matched once. :meth:`EventFilter.mask_batch <theia_frames.filter.EventFilter.mask_batch>` is the entry point.
+engines read it alike, the rest matched row by row; tags matched as lists (or in their
+comma text); repeated values matched once. :meth:`EventFilter.mask_batch <theia_frames.filter.EventFilter.mask_batch>` is the entry point.
 """
 
 from __future__ import annotations
@@ -232,8 +232,11 @@ _SAMPLE = 4096
 
 
 def distinct_values(column: Any) -> Any:
-    """``column`` dictionary-encoded when its values repeat (see :data:`_SAMPLE`), else None."""
+    """``column`` dictionary-encoded when its values repeat (see :data:`_SAMPLE`), else None;
+    a dictionary column (the event schema's ``source``) is itself."""
     pa = _pyarrow_module()
+    if pa.types.is_dictionary(column.type):
+        return column if not column.null_count else None
     if len(column) <= _SAMPLE or column.null_count or not (
         pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
     ):
@@ -287,8 +290,13 @@ def mask_tags(kernels: Sequence[Kernel], column: Any, keep: np.ndarray) -> np.nd
     sparse = len(rows) * 4 < len(keep)
     values, parents = _tag_values(column.take(pa.array(rows)) if sparse else column)
     alive = np.ones(len(rows), dtype=bool) if sparse else keep
+    # tags repeat: a pattern that is not a literal is matched once per distinct tag
+    distinct = distinct_values(values) if any(k.literal is None for k in rest) else None
     for kernel in rest:
-        hit = kernel.mask(values, alive[parents]) & alive[parents]
+        if distinct is not None and kernel.literal is None:
+            hit = kernel.mask(distinct.dictionary)[dictionary_indices(distinct)] & alive[parents]
+        else:
+            hit = kernel.mask(values, alive[parents]) & alive[parents]
         found = np.zeros(len(alive), dtype=bool)
         found[parents[hit]] = True
         alive = alive & found

@@ -109,7 +109,7 @@ carries on: the message is skipped, counted in ``.skipped`` and its
 ``strict=True`` the first one raises.
 
 Batched transfer: the client offers the WebSocket subprotocol
-``theia-frames.v1`` (see :mod:`theia_frames.protocol.arrow`). When the server accepts
+``theia-frames.v2`` (see :mod:`theia_frames.protocol.arrow`). When the server accepts
 it, ``send_many`` publishes Arrow batches and ``find``/``receive`` may get
 Arrow batches back; otherwise the plain protocol is spoken byte for byte.
 ``batch=False`` never offers it.

@@ -332,7 +332,7 @@ class Client(ClientSettings):
         default) as long as the connection lives.
 
         Raises :class:`~theia_frames.exceptions.UnconfirmedError` when the
-        ``/event`` connection did not negotiate ``theia-frames.v1`` (the
+        ``/event`` connection did not negotiate ``theia-frames.v2`` (the
         upstream collector, ``batch=False``): such a peer cannot confirm;
         :class:`~theia_frames.exceptions.ConnectionClosed` when the
         connection was lost before the events sent since the last successful

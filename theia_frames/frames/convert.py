@@ -47,7 +47,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..protocol.arrow import columns_to_batch, event_schema
+from ..protocol.arrow import as_event_data, columns_to_batch, event_schema, tag_lists
 from ..protocol.codec import EventColumns
 from ..deprecation import renamed_arguments
 from ..event import Event
@@ -104,32 +104,6 @@ def _types_mapper(t: pa.DataType) -> Any:
 # --------------------------------------------------------------------------- the converter
 
 
-def _conform(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
-    """``batch`` with exactly the event schema's columns, in order and of its types."""
-    schema = event_schema()
-    if batch.schema.equals(schema):
-        return batch
-    names = batch.schema.names
-    missing = [f.name for f in schema if f.name not in names]
-    if missing:
-        raise UsageError(
-            f"a batch of events needs the columns {list(EVENT_COLUMNS)}; missing {missing} "
-            f"(got {names})"
-        )
-    arrays = []
-    for f in schema:
-        column = batch.column(f.name)
-        if not column.type.equals(f.type):
-            try:
-                column = column.cast(f.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise UsageError(f"column {f.name!r} of type {column.type} cannot be read as {f.type}: {exc}") from exc
-        arrays.append(column)
-    if isinstance(batch, pa.Table):
-        return pa.Table.from_arrays(arrays, schema=schema)
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
 def _timestamps(seconds: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """Float seconds since the epoch as UTC nanosecond timestamps, rounded to the microsecond."""
     try:
@@ -143,40 +117,6 @@ def _timestamps(seconds: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArr
             f"got {example!r}"
         ) from exc
     return nanos.cast(_TS_TYPE)
-
-
-def _split_tags(text: pa.Array) -> pa.ListArray:
-    lists = pc.split_pattern(text, ",")
-    empty = pc.equal(text, "")
-    if not pc.any(empty).as_py():
-        return lists
-    # split_pattern reads "" as one empty tag; on the wire "" means no tags.
-    is_empty = empty.to_numpy(zero_copy_only=False)
-    lengths = np.where(is_empty, 0, pc.list_value_length(lists).to_numpy(zero_copy_only=False))
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    keep = ~is_empty[pc.list_parent_indices(lists).to_numpy()]
-    values = pc.list_flatten(lists).filter(pa.array(keep))
-    return pa.ListArray.from_arrays(pa.array(offsets), values)
-
-
-def tag_lists(text: pa.Array) -> pa.Array:
-    """Comma-joined tag text (an Arrow string array) as lists of tags, the
-    frame's ``tags`` column; ``""`` (and a missing value) is no tags.
-
-    >>> tag_lists(pa.array(["a,b", "", None])).to_pylist()
-    [['a', 'b'], [], []]
-    """
-    if text.null_count:
-        text = pc.fill_null(text, "")
-    # Tag sets repeat from event to event: splitting the distinct texts once and
-    # taking them by index is about twice as fast then (and a little slower when
-    # every text differs, which a sample tells).
-    sample = text.slice(0, 4096)
-    if len(text) > 4096 and len(pc.unique(sample)) * 8 <= len(sample):
-        encoded = pc.dictionary_encode(text)
-        return _split_tags(encoded.dictionary).take(encoded.indices)
-    return _split_tags(text)
 
 
 def sorted_categories(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -230,7 +170,7 @@ class _Converter:
         self.size = 0
 
     def add(self, item: pa.RecordBatch | pa.Table) -> None:
-        item = _conform(item)
+        item = as_event_data(item)
         for batch in item.to_batches() if isinstance(item, pa.Table) else (item,):
             if not batch.num_rows:
                 continue
@@ -255,10 +195,9 @@ class _Converter:
             column = table.column(name).chunk(0)
             if name == "timestamp":
                 out = _timestamps(column)
-            elif name == "tags":
-                out = tag_lists(column)
-            elif name == "source":
-                out = pc.dictionary_encode(column)
+            elif name in ("tags", "source"):
+                # the frame's type already (a list, a dictionary): kept as received
+                out = _copied(column) if self.own and not copied and _is_view(column) else column
             else:
                 if self.own and not copied and not _owns_buffers(column):
                     column = pa.concat_arrays([column])
@@ -280,6 +219,19 @@ class _Converter:
                 arrays.append(pa.chunked_array(chunks, type=self.string_type))
         self.chunks = {name: [] for name in self.columns}
         return pa.Table.from_arrays(arrays, names=list(self.columns))
+
+
+def _is_view(column: pa.Array) -> bool:
+    """Whether any buffer of ``column`` (a dictionary's, a list's items' too) is a view into another."""
+    arrays = [column.indices, column.dictionary] if pa.types.is_dictionary(column.type) else [column]
+    return any(b is not None and b.parent is not None for a in arrays for b in a.buffers())
+
+
+def _copied(column: pa.Array) -> pa.Array:
+    """``column`` in buffers of its own (a dictionary's values too, which a concatenation shares)."""
+    if pa.types.is_dictionary(column.type):
+        return pa.DictionaryArray.from_arrays(pa.concat_arrays([column.indices]), pa.concat_arrays([column.dictionary]))
+    return pa.concat_arrays([column])
 
 
 def _owns_buffers(column: pa.Array) -> bool:
@@ -650,7 +602,7 @@ def _rebatch(batches: Iterable[pa.RecordBatch | pa.Table], rows: int) -> Iterato
     pending: list[pa.RecordBatch] = []
     have = 0
     for item in batches:
-        item = _conform(item)
+        item = as_event_data(item)
         for batch in item.to_batches() if isinstance(item, pa.Table) else (item,):
             while batch.num_rows:
                 take = min(rows - have, batch.num_rows)

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..protocol.arrow import event_schema
+from ..protocol.arrow import event_schema, tag_lists
 from ..event import new_event_id
 from ..exceptions import InvalidEventError, MissingDependencyError, UsageError
 
@@ -102,14 +102,14 @@ def _text_of(values: pd.Series, what: str) -> pa.Array:
 
 
 def _tags_of(values: pd.Series, what: str) -> pa.Array:
-    """Tags (lists, or comma text like ``"a,b"``) as the comma-joined text of the wire."""
+    """Tags (lists, or comma text like ``"a,b"``) as the event schema's lists of tags."""
     dtype = values.dtype
     if isinstance(dtype, pd.ArrowDtype) and (pa.types.is_list(dtype.pyarrow_dtype) or pa.types.is_large_list(dtype.pyarrow_dtype)):
         lists = pa.array(values.array)
     elif isinstance(dtype, (pd.StringDtype, pd.CategoricalDtype)) or (
         isinstance(dtype, pd.ArrowDtype) and pa.types.is_string(dtype.pyarrow_dtype)
     ):
-        return _comma_text(_text_of(values, what))
+        return tag_lists(_comma_text(_text_of(values, what)))
     else:
         items: list[Any] = []
         for v in values.tolist():
@@ -134,7 +134,7 @@ def _tags_of(values: pd.Series, what: str) -> pa.Array:
         at = int(pc.index(bad, True).as_py())
         row = int(pc.list_parent_indices(lists)[at].as_py())
         raise InvalidEventError(f"{what}: a tag must not contain a comma or line break, row {row} has {flat[at].as_py()!r}")
-    return pc.fill_null(pc.binary_join(pc.fill_null(lists, pa.scalar([], pa.list_(pa.string()))), ","), "")
+    return pc.fill_null(lists, pa.scalar([], pa.list_(pa.string()))) if lists.null_count else lists
 
 
 def _comma_text(text: pa.Array) -> pa.Array:
@@ -169,7 +169,7 @@ def to_event_table(data: Any, *, columns: Mapping[str, str] | None = None) -> pa
     ...                    "message": ["21.5C", "22.0C"], "tags": ["sensor,temp", ""]})
     >>> table = to_event_table(df, columns={"timestamp": "when", "content": "message"})
     >>> table.select(["timestamp", "tags", "content"]).to_pylist()[1]
-    {'timestamp': 1714521601.5, 'tags': '', 'content': '22.0C'}
+    {'timestamp': 1714521601.5, 'tags': [], 'content': '22.0C'}
     """
     if isinstance(data, (pa.Table, pa.RecordBatch)) and not columns and data.schema.equals(event_schema()):
         return data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
@@ -221,8 +221,8 @@ def to_event_table(data: Any, *, columns: Mapping[str, str] | None = None) -> pa
     arrays = [
         ids,
         pa.array(seconds, pa.float64()),
-        empty if source is None else pc.fill_null(source, ""),
-        empty if tags is None else tags,
+        pc.dictionary_encode(empty if source is None else pc.fill_null(source, "")),
+        tag_lists(empty) if tags is None else tags,
         empty if content is None else pc.fill_null(content, ""),
     ]
     return pa.Table.from_arrays(arrays, schema=event_schema())

@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .arrow import batch_to_ipc, event_schema, uncarried_rows
+from .arrow import as_event_data, batch_to_ipc, decoded_event_sizes, event_schema, tag_lists, uncarried_rows
 from .codec import encode
 from ..event import Event
-from ..exceptions import InvalidEventError
+from ..exceptions import InvalidEventError, UsageError
 from .arrow import iter_batch_events
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,15 +74,13 @@ def arrow_pieces(data: Any, size: int) -> Iterator[pa.RecordBatch]:
         if chunk.nbytes <= SEND_BATCH_BYTES:
             yield chunk
             continue
-        import pyarrow.compute as pc
-
-        row_bytes = sum(pc.binary_length(chunk.column(k)).to_numpy(zero_copy_only=False) for k in (0, 2, 3, 4))
+        row_bytes = decoded_event_sizes(chunk)
         begin, used = 0, 0
         for row, nbytes in enumerate(row_bytes.tolist()):
-            if used + nbytes + 8 > SEND_BATCH_BYTES and row > begin:
+            if used + nbytes > SEND_BATCH_BYTES and row > begin:
                 yield chunk.slice(begin, row - begin)
                 begin, used = row, 0
-            used += nbytes + 8
+            used += nbytes
         yield chunk.slice(begin)
 
 
@@ -117,18 +115,19 @@ def first_invalid(events: Sequence[Any]) -> InvalidEventError:
 def checked_event_batch(events: Sequence[Event]) -> pa.RecordBatch:
     """Events as one batch, refusing what :func:`~theia_frames.protocol.codec.encode` would refuse."""
     import pyarrow as pa
+    import pyarrow.compute  # noqa: F401 - makes pyarrow.compute an attribute
 
     try:
-        tag_lists = [e.tags for e in events]
-        tags = [",".join(t) for t in tag_lists]
+        lists = [e.tags for e in events]
+        tags = [",".join(t) for t in lists]
         # a tag holding a comma would come back as two tags
-        if sum(t.count(",") for t in tags) != sum(len(t) - 1 for t in tag_lists if t):
+        if sum(t.count(",") for t in tags) != sum(len(t) - 1 for t in lists if t):
             raise first_invalid(events)
         arrays = [
             pa.array([e.id for e in events], pa.string()),
             pa.array([float(e.timestamp) for e in events], pa.float64()),
-            pa.array([e.source for e in events], pa.string()),
-            pa.array(tags, pa.string()),
+            pa.compute.dictionary_encode(pa.array([e.source for e in events], pa.string())),
+            tag_lists(pa.array(tags, pa.string())),
             pa.array([e.content for e in events], pa.string()),
         ]
     except InvalidEventError:
@@ -152,12 +151,10 @@ def invalid_row(batch: pa.RecordBatch) -> int | None:
 
 
 def arrow_chunks(data: Any, size: int) -> Iterator[pa.RecordBatch]:
-    schema = event_schema()
-    if not data.schema.equals(schema):
-        try:
-            data = data.select(schema.names).cast(schema)
-        except Exception as exc:
-            raise InvalidEventError(f"an Arrow batch to send needs the event schema {schema}: {exc}") from None
+    try:
+        data = as_event_data(data)
+    except UsageError as exc:
+        raise InvalidEventError(f"Arrow data to send: {exc}") from None
     batches = data.to_batches(max_chunksize=size) if hasattr(data, "to_batches") else [data]
     for batch in batches:
         for offset in range(0, batch.num_rows, size):
@@ -167,7 +164,7 @@ def arrow_chunks(data: Any, size: int) -> Iterator[pa.RecordBatch]:
                 values = {k: v[0] for k, v in chunk.slice(row, 1).to_pydict().items()}
                 raise InvalidEventError(
                     f"row {offset + row} of the Arrow data cannot be sent: "
-                    "a line break in id, source or tags, a missing value, or a timestamp that is not finite: "
+                    "a line break in id, source or a tag, a comma in a tag, a missing value, or a timestamp that is not finite: "
                     f"{ {k: (v[:40] if isinstance(v, str) else v) for k, v in values.items()} }"
                 )
             yield chunk

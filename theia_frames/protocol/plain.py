@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .arrow import columns_to_batch, empty_batch, event_schema
+from .arrow import columns_to_batch, empty_batch, event_schema, tag_lists
 from .codec import EventColumns
 from ..exceptions import DecodeError
 
@@ -136,8 +136,8 @@ def bulk_decode(messages: list[bytes]) -> tuple[pa.RecordBatch, pa.Array]:
         [
             pc.utf8_slice_codeunits(id_line, 3),
             ts,
-            pc.utf8_slice_codeunits(source_line, 7),
-            pc.utf8_slice_codeunits(tags_line, 5),
+            pc.dictionary_encode(pc.utf8_slice_codeunits(source_line, 7)),
+            tag_lists(pc.utf8_slice_codeunits(tags_line, 5)),
             content,
         ],
         schema=event_schema(),

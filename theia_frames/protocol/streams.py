@@ -320,8 +320,9 @@ def _pyarrow() -> Any:
 class NewestFirst:
     """Batches in any order in, the same events newest first out.
 
-    The batches are spilled to a temporary Arrow file as they are added (in
-    the default temporary folder; about the size of the result's Arrow data),
+    The batches are spilled to a temporary Arrow stream file as they are added (in
+    the default temporary folder; about the size of the result's Arrow data; a
+    stream, since each batch may bring a dictionary of its own),
     so memory holds one batch, not the result; :meth:`batches` then sorts the
     file by (timestamp, id), descending, and reads it back through a memory
     map in batches of at most ``size`` rows: the exact reverse of the
@@ -334,7 +335,7 @@ class NewestFirst:
         fd, self.path = tempfile.mkstemp(prefix="theia-frames-desc-", suffix=".arrow")
         os.close(fd)
         self._sink = pa.OSFile(self.path, "wb")
-        self._writer = pa.ipc.new_file(self._sink, event_schema())
+        self._writer = pa.ipc.new_stream(self._sink, event_schema())
 
     def add(self, batch: pa.RecordBatch | None) -> None:
         if batch is not None and batch.num_rows:
@@ -347,7 +348,7 @@ class NewestFirst:
             self._writer.close()
             self._sink.close()
             with pa.memory_map(self.path) as source:
-                table = pa.ipc.open_file(source).read_all()
+                table = pa.ipc.open_stream(source).read_all()
                 if not table.num_rows:
                     return
                 order = pa.compute.sort_indices(table, sort_keys=[("timestamp", "descending"), ("id", "descending")])

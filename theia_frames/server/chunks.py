@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..protocol.arrow import event_schema, ipc_to_batches, validate_events
+from ..protocol.arrow import as_event_data, event_schema, ipc_to_batches, missing_values, validate_events
 from ..exceptions import DecodeError, StoreError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -123,14 +123,13 @@ def event_batch(data: Any, validated: bool = False) -> pa.RecordBatch:
     if names != list(FIELDS):
         raise UsageError(f"Arrow data to store needs the columns {', '.join(FIELDS)}; got {', '.join(names)}")
     for name in FIELDS:
-        if data.column(name).null_count:
+        if missing_values(data.column(name)):
             raise UsageError(f"Arrow data to store has missing values in column {name!r}")
     schema = event_schema()
-    if not data.schema.equals(schema):
-        try:
-            data = data.cast(schema)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise UsageError(f"Arrow data to store cannot be read with the event schema: {exc}") from exc
+    try:
+        data = as_event_data(data)
+    except UsageError as exc:
+        raise UsageError(f"Arrow data to store cannot be read with the event schema: {exc}") from None
     if isinstance(data, pa.Table):
         batches = data.to_batches()
         if not batches:

@@ -44,7 +44,7 @@ event loop; a ``/find`` ends when its client leaves, and a stop ends running
 finds at their next stored chunk. RELIABILITY.md has the measurements.
 
 Batched transfer (:mod:`theia_frames.protocol.arrow`): a client that offers the
-subprotocol ``theia-frames.v1`` gets it; then ``/find`` sends Arrow batches
+subprotocol ``theia-frames.v2`` gets it; then ``/find`` sends Arrow batches
 of many events per message (the store's chunks as they are stored, when they
 match whole), ``/live`` sends one batch when several events are waiting, and
 ``/event`` also accepts batches. Clients that do not offer it see the plain

@@ -156,7 +156,7 @@ def append_arrow(arrivals: Arrivals, message: bytes, max_decoded: int, max_event
         if batch.num_rows:
             arrivals.append_batch(batch)
     if left_out:
-        why = "a line break in id, source or tags, or a timestamp that is not finite"
+        why = "a line break in id, source or a tag, a comma in a tag, a missing value, or a timestamp that is not finite"
         if too_large == left_out:
             why = f"larger than {max_event} bytes (the limit per event)"
         elif too_large:

@@ -166,7 +166,7 @@ def plain_frames(batch: pa.RecordBatch) -> Any:
     """One frame per event of ``batch``, exactly what a plain peer gets for it.
 
     A binary frame holding the upstream encoding; for an event the plain
-    format cannot carry (a line break in id, source or tags) a text frame
+    format cannot carry (a line break in id, source or a tag, a comma in a tag) a text frame
     with an error, as :func:`plain_messages` says.
     """
     pa = pyarrow_module()

@@ -68,11 +68,11 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
-from ..protocol.arrow import batch_to_columns, batch_to_ipc, columns_to_batch, decoded_size
+from ..protocol.arrow import batch_to_columns, batch_to_ipc, columns_to_batch, decoded_size, ipc_to_batches
 from ..protocol.codec import EventColumns
 from ..deprecation import renamed_arguments
 from ..event import Event
-from ..exceptions import StoreError, UsageError
+from ..exceptions import DecodeError, StoreError, UsageError
 from ..filter import EventFilter
 from .chunks import MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, COMPRESSION, FIELDS, FINAL_TIER, event_batch, first_of_equal, from_ipc, sort_keys, numpy_module, pyarrow_module, piece_spans, sort_indices, sort_order, tier, translate_error
 from .query import Results, Snapshot, chunks_sql, ipc_messages, rebatch, sweep
@@ -93,10 +93,12 @@ __all__ = [
 
 #: Rows per batch of a query, unless asked otherwise.
 DEFAULT_CHUNK_SIZE = 10_000
-#: The layout of the database, kept in its ``user_version``. Format 3 keeps chunks
-#: compressed (ZSTD) with the bytes they decode to; a store of format 2 is
-#: upgraded when it is opened (its chunks are read as they are).
-FORMAT_VERSION = 3
+#: The layout of the database, kept in its ``user_version``. Format 4 keeps chunks
+#: in the event schema of the extension's second version (sources as a dictionary,
+#: tags as lists), compressed (ZSTD), with the bytes they decode to. A store of
+#: format 2 (uncompressed chunks, tags as comma text) or 3 (compressed, tags as
+#: text) is upgraded when it is opened: every chunk is rewritten, in one transaction.
+FORMAT_VERSION = 4
 
 # Events matched between two looks at whether the query was cancelled (Arrow
 # kernels match them in a few milliseconds; a pattern matched row by row, in
@@ -106,11 +108,17 @@ _MATCH_SLICE = 16_384
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 # Events from an iterable of Event objects are stored in batches of this many.
 _ADD_CHUNK = 50_000
-# The format an opened store is upgraded from.
-_UPGRADABLE = 2
+# The formats an opened store is upgraded from.
+_UPGRADABLE = (2, 3)
 # "thfr": marks a database as a theia_frames event store.
 _APPLICATION_ID = 0x74686672
 _PREVIOUS_LAYOUT = ["seq", *FIELDS]
+
+def _text_tags_schema() -> pa.Schema:
+    """The chunks' schema in formats 2 and 3: sources as text, tags as comma text."""
+    pa = pyarrow_module()
+    return pa.schema([(name, pa.float64() if name == "timestamp" else pa.string()) for name in FIELDS])
+
 
 _SCHEMA = (
     # seq never reuses a number (AUTOINCREMENT): a query's generation is the
@@ -199,11 +207,8 @@ class EventStore:
                         db.execute(statement)
                     db.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
                     db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
-                elif db.execute("PRAGMA user_version").fetchone()[0] == _UPGRADABLE:
-                    # Format 2 chunks are uncompressed: they decode to no more than their own length.
-                    db.execute("ALTER TABLE chunks ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0")
-                    db.execute("UPDATE chunks SET bytes = length(data)")
-                    db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+                elif db.execute("PRAGMA user_version").fetchone()[0] in _UPGRADABLE:
+                    self._upgrade(db)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -213,6 +218,27 @@ class EventStore:
         except BaseException:
             db.close()
             raise
+
+    def _upgrade(self, db: sqlite3.Connection) -> None:
+        """Rewrite a store of an earlier format as :data:`FORMAT_VERSION` (inside the caller's
+        transaction): each chunk read in its old schema, stored again in the event schema."""
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 2:
+            # Format 2 chunks are uncompressed: they decode to no more than their own length.
+            db.execute("ALTER TABLE chunks ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0")
+            db.execute("UPDATE chunks SET bytes = length(data)")
+        old = _text_tags_schema()
+        seqs = [row[0] for row in db.execute("SELECT seq FROM chunks ORDER BY seq")]
+        for seq in seqs:
+            blob = self._blob(db, seq)
+            try:
+                parts = ipc_to_batches(blob.data, max_decoded=blob.bytes, full=False, schema=old)
+            except DecodeError as exc:
+                raise StoreError(f"chunk {seq} of the event store {self.path!r} is damaged: {exc}") from None
+            batch = event_batch(pyarrow_module().Table.from_batches(parts, schema=old), validated=True)
+            data = batch_to_ipc(batch, compression=COMPRESSION)
+            db.execute("UPDATE chunks SET data = ?, bytes = ? WHERE seq = ?", (data, decoded_size(data), seq))
+        db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
 
     def _check_format(self, db: sqlite3.Connection) -> bool:
         """True for one of our stores, False for an empty database; raises for anything else."""
@@ -238,7 +264,7 @@ class EventStore:
                 f"{self.path!r} is an SQLite database but not a theia_frames event store "
                 f"(tables: {', '.join(sorted(tables))})"
             )
-        if version == _UPGRADABLE:
+        if version in _UPGRADABLE:
             return True  # upgraded under the write lock, in _setup
         if version != FORMAT_VERSION:
             raise StoreError(

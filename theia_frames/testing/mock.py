@@ -103,7 +103,7 @@ class MockServer:
     ``timeout`` is how long :meth:`verify` and :meth:`wait_requests` wait
     by default, in seconds.
 
-    ``batch=True`` accepts the ``theia-frames.v1`` subprotocol when a client
+    ``batch=True`` accepts the ``theia-frames.v2`` subprotocol when a client
     offers it, so responses may carry Arrow batches (``pyarrow.RecordBatch``),
     and answers ``{"flush": n}`` on ``/event`` as the collector does,
     confirming every event received on that connection (so ``Client.flush()``
