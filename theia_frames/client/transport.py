@@ -28,7 +28,7 @@ from ..exceptions import (
     ProtocolError,
     TheiaTimeoutError,
 )
-from ..protocol.wsframes import OP_BINARY, OP_CLOSE, OP_TEXT, FrameReader, MessageTooBig, client_frame, close_payload
+from ..protocol.wsframes import OP_BINARY, OP_CLOSE, OP_TEXT, FrameReader, MessageTooBig, client_frame, client_frames, close_payload
 from .options import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_MESSAGE_SIZE, UNSET
 
 __all__ = ["Connection", "Silence", "connect_within", "HandshakeDeadline"]
@@ -206,7 +206,7 @@ class Connection:
             self.sock.settimeout(timeout)
             self._sock_timeout = timeout
 
-    def _sendall(self, data: bytes) -> None:
+    def _sendall(self, data: bytes | bytearray) -> None:
         with self._send_lock:
             if self._closed:
                 raise ConnectionClosed(f"the connection to {self.url} is closed", url=self.url)
@@ -223,27 +223,28 @@ class Connection:
 
     def send_text(self, text: str) -> None:
         self._settimeout(self.timeout)
-        self._sendall(client_frame(OP_TEXT, text.encode(), os.urandom(4)))
+        self._sendall(client_frames(OP_TEXT, (text.encode(),), os.urandom(4)))
 
     def send_binary(self, payload: bytes) -> None:
         self._settimeout(self.timeout)
-        self._sendall(client_frame(OP_BINARY, payload, os.urandom(4)))
+        self._sendall(client_frames(OP_BINARY, (payload,), os.urandom(4)))
 
     def send_binaries(self, payloads: Sequence[bytes]) -> None:
-        """Send many binary messages, written in groups of about a megabyte."""
+        """Send many binary messages, written in groups of about a megabyte.
+
+        Each group's frames are built in one buffer (each payload read once,
+        masked into place) and written with one ``sendall``.
+        """
         self._settimeout(self.timeout)
         keys = os.urandom(4 * len(payloads))
-        group: list[bytes] = []
-        size = 0
+        begin, size = 0, 0
         for i, payload in enumerate(payloads):
-            frame = client_frame(OP_BINARY, payload, keys[4 * i : 4 * i + 4])
-            group.append(frame)
-            size += len(frame)
+            size += len(payload)
             if size >= SEND_GROUP:
-                self._sendall(b"".join(group))
-                group, size = [], 0
-        if group:
-            self._sendall(b"".join(group))
+                self._sendall(client_frames(OP_BINARY, payloads[begin : i + 1], keys[4 * begin : 4 * i + 4]))
+                begin, size = i + 1, 0
+        if begin < len(payloads):
+            self._sendall(client_frames(OP_BINARY, payloads[begin:], keys[4 * begin :]))
 
     def _send_control(self, opcode: int, payload: bytes) -> None:
         # Control frames also go out from the reading thread (pong) or a closing
