@@ -112,20 +112,29 @@ def client_frames(opcode: int, payloads: Sequence[bytes | bytearray | memoryview
     """
     if len(keys) != 4 * len(payloads):
         raise UsageError(f"client_frames() needs four key bytes per payload: {len(keys)} for {len(payloads)} payloads")
-    heads = [_header(opcode, len(p)) for p in payloads]
-    out = bytearray(sum(map(len, heads)) + len(keys) + sum(map(len, payloads)))
-    pos = 0
+    # each frame's header and key, with its payload masked when small (big integers are
+    # faster there); a large payload is masked later, straight into its place in the buffer
+    parts: list[bytes] = []
+    large = False
     for i, payload in enumerate(payloads):
-        head = heads[i]
+        n = len(payload)
         key = keys[4 * i : 4 * i + 4]
-        start = pos + len(head) + 4
-        out[pos : start - 4] = head
-        out[start - 4 : start] = key
-        pos = start + len(payload)
-        if pos - start >= NUMPY_MASK:
-            _mask_into(out, start, payload, key)
-        elif pos > start:
-            out[start:pos] = _mask_small(payload, key)
+        if n >= NUMPY_MASK:
+            parts.append(_header(opcode, n) + key)
+            large = True
+        else:
+            parts.append(_header(opcode, n) + key + _mask_small(payload, key) if n else _header(opcode, 0) + key)
+    if not large:
+        return bytearray().join(parts)
+    out = bytearray(sum(map(len, parts)) + sum(len(p) for p in payloads if len(p) >= NUMPY_MASK))
+    pos = 0
+    for i, part in enumerate(parts):
+        out[pos : pos + len(part)] = part
+        pos += len(part)
+        n = len(payloads[i])
+        if n >= NUMPY_MASK:
+            _mask_into(out, pos, payloads[i], keys[4 * i : 4 * i + 4])
+            pos += n
     return out
 
 
