@@ -47,7 +47,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..protocol.arrow import as_event_data, columns_to_batch, event_schema, tag_lists
+from ..protocol.arrow import as_event_data, columns_to_batch, event_schema, frame_memory_pool, tag_lists
 from ..protocol.codec import EventColumns
 from ..deprecation import renamed_arguments
 from ..event import Event
@@ -107,8 +107,9 @@ def _types_mapper(t: pa.DataType) -> Any:
 def _timestamps(seconds: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """Float seconds since the epoch as UTC nanosecond timestamps, rounded to the microsecond."""
     try:
-        micros = pc.round(pc.multiply(seconds, 1e6)).cast(pa.int64())
-        nanos = pc.multiply_checked(micros, 1000)
+        pool = frame_memory_pool()
+        micros = pc.round(pc.multiply(seconds, 1e6, memory_pool=pool), memory_pool=pool).cast(pa.int64(), memory_pool=pool)
+        nanos = pc.multiply_checked(micros, 1000, memory_pool=pool)
     except pa.ArrowInvalid as exc:
         bad = pc.filter(seconds, pc.invert(pc.fill_null(pc.is_finite(seconds), True)))
         example = bad[0].as_py() if len(bad) else "out of range"
@@ -116,7 +117,7 @@ def _timestamps(seconds: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArr
             "event timestamps must be finite seconds since the epoch between the years 1677 and 2262; "
             f"got {example!r}"
         ) from exc
-    return nanos.cast(_TS_TYPE)
+    return nanos.cast(_TS_TYPE, memory_pool=pool)
 
 
 def sorted_categories(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -190,7 +191,7 @@ class _Converter:
         del group
         copied = table.column(0).num_chunks > 1
         if copied:
-            table = table.combine_chunks()  # new buffers: the received batches can go
+            table = table.combine_chunks(frame_memory_pool())  # new buffers: the received batches can go
         for name in self.columns:
             column = table.column(name).chunk(0)
             if name == "timestamp":
@@ -201,7 +202,7 @@ class _Converter:
             else:
                 if self.own and not copied and not _owns_buffers(column):
                     column = pa.concat_arrays([column])
-                out = column.cast(self.string_type)
+                out = column.cast(self.string_type, memory_pool=frame_memory_pool())
             self.chunks[name].append(out)
 
     def table(self) -> pa.Table:
@@ -262,7 +263,7 @@ def frame_table(table: pa.Table, columns: Sequence[str] = EVENT_COLUMNS) -> pa.T
 def table_to_frame(table: pa.Table) -> pd.DataFrame:
     """A table of the frame's Arrow types (see :func:`frame_table`) as the event frame,
     its text and list columns kept in Arrow (the dtypes of :data:`EVENT_DTYPES`)."""
-    return table.to_pandas(types_mapper=_types_mapper)
+    return table.to_pandas(types_mapper=_types_mapper, memory_pool=frame_memory_pool())
 
 
 def _convert_batches(
