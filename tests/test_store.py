@@ -623,3 +623,30 @@ def test_a_store_of_an_earlier_format_is_upgraded_when_opened(tmp_path, version)
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 4
     db.close()
+
+
+def test_a_query_reads_its_chunks_one_ahead_in_order_and_leaves_no_thread(tmp_path):
+    """Chunks are read and decoded in a thread of their own while the one before is used:
+    the same events in the same order, and the thread ends with the query, read to its end
+    or abandoned."""
+    from theia_frames.server.query import read_ahead
+
+    def readers():
+        return [t for t in threading.enumerate() if t.name.startswith("theia-frames-read-ahead")]
+
+    with EventStore(tmp_path / "events.db") as store:
+        for k in range(8):
+            store.add_batch(events_to_batch([ev(10 * k + i, float(10 * k + i)) for i in range(10)]), compact=False)
+        assert len(store.chunks()) == 8
+        assert ids(store) == [f"e{i}" for i in range(80)]
+        snapshot = store._snapshot(Filter(), 100)
+        try:
+            chunks = read_ahead(snapshot)
+            first = next(chunks)
+            assert readers(), "the next chunk is read in a thread of its own"
+            assert first[1].column("id").to_pylist() == [f"e{i}" for i in range(10)]
+            chunks.close()  # abandoned after one chunk
+            assert not readers()
+        finally:
+            snapshot.close()
+        assert not readers()

@@ -42,6 +42,7 @@ __all__ = [
     "Clock",
     "rebatch",
     "ipc_messages",
+    "read_ahead",
 ]
 
 
@@ -285,6 +286,45 @@ class OpenChunk:
         return head, blob
 
 
+# A query of this many chunks or fewer reads them in its own thread (a thread costs more
+# than it saves there).
+_INLINE_CHUNKS = 3
+
+
+def read_ahead(snapshot: Snapshot) -> Iterator[tuple[Blob, pa.RecordBatch]]:
+    """The snapshot's chunks in order, each read and decoded while the one before is used.
+
+    The next chunk is read and decompressed in a thread of its own (Arrow and
+    SQLite let go of the interpreter meanwhile), so a query's decoding overlaps
+    its matching and sending: at most one decoded chunk ahead
+    (:data:`~theia_frames.server.chunks.CHUNK_BYTES`), and one thread per
+    query of more than three chunks while it runs.
+    """
+    metas = snapshot.metas
+
+    def read(seq: int) -> tuple[Blob, pa.RecordBatch]:
+        blob = snapshot.blob(seq)
+        return blob, from_ipc(blob)
+
+    if len(metas) <= _INLINE_CHUNKS:
+        for meta in metas:
+            yield read(meta.seq)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="theia-frames-read-ahead")
+    try:
+        pending = pool.submit(read, metas[0].seq)
+        for meta in metas[1:]:
+            current = pending.result()
+            pending = pool.submit(read, meta.seq)
+            yield current
+        yield pending.result()
+    finally:
+        pending.cancel()
+        pool.shutdown(wait=True)
+
+
 def sweep(snapshot: Snapshot) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:
     """The snapshot's events in the time range, in order, as pieces (batch, stored blob or None).
 
@@ -299,13 +339,13 @@ def sweep(snapshot: Snapshot) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:
     start = -math.inf if flt.start is None else flt.start
     end = math.inf if flt.end is None else flt.end
     opened: list[OpenChunk] = []
+    chunks = read_ahead(snapshot)
     i = 0
     while i < len(metas) or opened:
         if i < len(metas):
             meta = metas[i]
             i += 1
-            blob = snapshot.blob(meta.seq)
-            chunk = from_ipc(blob)
+            blob, chunk = next(chunks)
             ts = chunk.column(1).to_numpy()
             lo = 0 if meta.min_ts >= start else int(np.searchsorted(ts, start, side="left"))
             hi = len(ts) if meta.max_ts <= end else int(np.searchsorted(ts, end, side="right"))
