@@ -650,3 +650,55 @@ def test_a_query_reads_its_chunks_one_ahead_in_order_and_leaves_no_thread(tmp_pa
         finally:
             snapshot.close()
         assert not readers()
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [
+        Filter(),
+        Filter(5),
+        EventFilter(tags=("all",)),
+        EventFilter(tags=("odd",)),
+        EventFilter(tags=("second",)),
+        EventFilter(content="^1"),
+        EventFilter(source="/dev/b", tags=("all",)),
+        EventFilter(id="e1.*"),
+        EventFilter(tags=("none",)),
+    ],
+    ids=["all", "time", "tag every event", "tag some", "tag one chunk", "content", "source and tag", "id", "nothing"],
+)
+@pytest.mark.parametrize("batch_size", [1000, 7])
+def test_what_goes_out_as_stored_is_matched_on_the_columns_the_filter_reads(tmp_path, flt, batch_size):
+    """The collector's path decompresses a chunk in the filter's columns first, and in
+    full only when it does not match whole: the same events as the full path, and a
+    chunk that matches whole goes out as stored."""
+
+    def event(i: int, ts: float, chunk: str) -> Event:
+        tags = ["all", chunk, *(["odd"] if i % 2 else [])]
+        return Event(id=f"e{i}", timestamp=ts, source="/dev/b" if i % 3 else "/dev/a", tags=tags, content=f"{i} C")
+
+    path = tmp_path / "events.db"
+    with EventStore(path) as store:
+        store.add_batch(events_to_batch([event(i, float(i), "first") for i in range(40)]), compact=False)
+        store.add_batch(events_to_batch([event(i, float(i), "second") for i in range(40, 80)]), compact=False)
+        store.add_batch(events_to_batch([event(i, float(i - 60) + 0.5, "late") for i in range(80, 100)]), compact=False)
+        store.add_batch(events_to_batch([event(i, float(i), "third") for i in range(100, 140)]), compact=False)
+        expected = [e for b in store.query_batches(flt, batch_size=batch_size) for e in iter_batch_events(b)]
+        messages = list(store.query_ipc(flt, batch_size=batch_size))
+        got = [e for m in messages for b in ipc_to_batches(m) for e in iter_batch_events(b)]
+        assert got == expected
+        assert got == sorted((e for e in store_events(store) if flt.matches(e)), key=lambda e: (e.timestamp, e.id))
+        db = sqlite3.connect(path)
+        try:
+            stored = {row[0] for row in db.execute("SELECT data FROM chunks")}
+        finally:
+            db.close()
+        whole_chunks = sum(m in stored for m in messages)
+        if batch_size == 1000 and flt.tags == ("second",):
+            assert whole_chunks == 1
+        if batch_size == 1000 and flt.tags == ("all",) and flt.source is None:
+            assert whole_chunks == 2  # the second and third: the first overlaps the late chunk
+
+
+def store_events(store: EventStore) -> list[Event]:
+    return [e for b in store.query_batches(Filter()) for e in iter_batch_events(b)]

@@ -328,6 +328,17 @@ class EventFilter:
         return batch.filter(pa.array(keep, pa.bool_()))
 
     @property
+    def fields(self) -> tuple[str, ...]:
+        """The event fields the filter's patterns read (the time range aside), in schema order.
+
+        >>> EventFilter(tags=("x",), content="y").fields
+        ('tags', 'content')
+        """
+        used = {"tags": bool(self.tags), "content": self.content is not None, "id": self.id is not None,
+                "source": self.source is not None}
+        return tuple(name for name in ("id", "source", "tags", "content") if used[name])
+
+    @property
     def is_time_only(self) -> bool:
         """True when only the time range (and order) restricts matches."""
         return not (self.tags or self.content is not None or self.id is not None or self.source is not None)

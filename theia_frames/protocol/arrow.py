@@ -23,7 +23,7 @@ when first needed.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .codec import EventColumns
@@ -280,9 +280,10 @@ def ipc_to_batches(
     max_decoded: int | None = DEFAULT_MAX_DECODED,
     full: bool = True,
     schema: pa.Schema | None = None,
+    fields: Sequence[str] | None = None,
 ) -> list[pa.RecordBatch]:
     """The record batches of one Arrow IPC stream message, checked against the event schema
-    (or ``schema``).
+    (or ``schema``); with ``fields``, only those columns, the others not decompressed.
 
     ``max_decoded`` bounds the bytes the message's buffers decode to (``None``:
     no bound), its dictionaries included. Compressed buffers (LZ4, ZSTD) declare
@@ -319,7 +320,10 @@ def ipc_to_batches(
                     message,
                     0,
                 )
-        for batch in pa.ipc.open_stream(buffer, memory_pool=frame_memory_pool()):
+        options = None
+        if fields is not None:
+            options = pa.ipc.IpcReadOptions(included_fields=[expected.get_field_index(name) for name in fields])
+        for batch in pa.ipc.open_stream(buffer, options=options, memory_pool=frame_memory_pool()):
             # A peer's bytes are not trusted: offsets inside the data, strings valid UTF-8.
             if full:
                 validate_events(batch)

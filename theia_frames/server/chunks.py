@@ -6,9 +6,10 @@ anything is decompressed), cut into pieces and tiers for merging; and what a sto
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..protocol.arrow import as_event_data, event_schema, ipc_to_batches, missing_values, validate_events
+from ..protocol.arrow import as_event_data, empty_batch, event_schema, ipc_to_batches, missing_values, validate_events
 from ..exceptions import DecodeError, StoreError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,6 +33,7 @@ __all__ = [
     "event_batch",
     "Blob",
     "from_ipc",
+    "whole",
     "sort_indices",
     "sort_order",
     "first_of_equal",
@@ -155,20 +157,30 @@ class Blob(NamedTuple):
     bytes: int
 
 
-def from_ipc(blob: Blob) -> pa.RecordBatch:
-    """The events of a stored chunk; StoreError when it is damaged or would decode
-    to more than it did when it was stored (checked before decompressing)."""
+def from_ipc(blob: Blob, fields: Sequence[str] | None = None) -> pa.RecordBatch:
+    """The events of a stored chunk (only the columns ``fields``, when given: the others
+    are not decompressed); StoreError when it is damaged or would decode to more than
+    it did when it was stored (checked before decompressing)."""
     pa = pyarrow_module()
     try:
         # Validated in full when stored: the structure is what a damaged file could break.
-        batches = ipc_to_batches(blob.data, max_decoded=blob.bytes, full=False)
+        batches = ipc_to_batches(blob.data, max_decoded=blob.bytes, full=False, fields=fields)
     except DecodeError as exc:
         raise StoreError(f"chunk {blob.seq} of the event store is damaged: {exc}") from None
     if len(batches) == 1:
         return batches[0]
     if not batches:
-        return pa.RecordBatch.from_pylist([], schema=event_schema())
+        empty = empty_batch()
+        return empty if fields is None else empty.select(list(fields))
     return pa.concat_batches(batches)
+
+
+def whole(piece: pa.RecordBatch, blob: Blob | None) -> pa.RecordBatch:
+    """A piece of a query with all its columns: a chunk that matched whole may come with
+    only the columns its matching needed, and its stored blob, the rest."""
+    if blob is None or piece.num_columns == len(FIELDS):
+        return piece
+    return from_ipc(blob)
 
 
 def sort_indices(batch: pa.RecordBatch, desc: bool = False) -> pa.Array:

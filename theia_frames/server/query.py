@@ -9,7 +9,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ..protocol.arrow import batch_to_ipc
@@ -17,8 +17,10 @@ from ..exceptions import StoreError
 from ..filter import EventFilter
 from .chunks import (
     CHUNK_BYTES,
+    FIELDS,
     Blob,
     from_ipc,
+    whole,
     numpy_module,
     piece_spans,
     pyarrow_module,
@@ -43,6 +45,7 @@ __all__ = [
     "rebatch",
     "ipc_messages",
     "read_ahead",
+    "Projection",
 ]
 
 
@@ -135,7 +138,7 @@ class Snapshot:
             if meta.min_ts >= start and meta.max_ts <= end:
                 n += meta.rows
                 continue
-            ts = from_ipc(self.blob(meta.seq)).column(1).to_numpy()
+            ts = from_ipc(self.blob(meta.seq), ("timestamp",)).column(0).to_numpy()
             n += max(0, int(np.searchsorted(ts, end, side="right")) - int(np.searchsorted(ts, start, side="left")))
         return n
 
@@ -263,22 +266,27 @@ def chunks_sql(flt: EventFilter, generation: int) -> tuple[str, list[Any]]:
 
 
 class OpenChunk:
-    """A chunk being read: its remaining rows in output order, their sort keys ascending."""
+    """A chunk being read: its remaining rows in output order, their sort keys ascending.
+
+    A whole chunk (``blob`` given) may hold only some of its columns until it is
+    cut: its stored blob goes out with it, and has the rest.
+    """
 
     __slots__ = ("batch", "keys", "blob")
 
-    def __init__(self, batch: pa.RecordBatch, keys: np.ndarray, blob: bytes | None) -> None:
+    def __init__(self, batch: pa.RecordBatch, keys: np.ndarray, blob: Blob | None) -> None:
         self.batch = batch
         self.keys = keys
         self.blob = blob
 
-    def cut(self, count: int) -> tuple[pa.RecordBatch, bytes | None]:
+    def cut(self, count: int) -> tuple[pa.RecordBatch, Blob | None]:
         """Take the first ``count`` rows off (with the stored blob when that is all of them)."""
         if count >= self.batch.num_rows:
             head, blob = self.batch, self.blob
             self.batch = self.batch.slice(0, 0)
             self.keys = self.keys[:0]
         else:
+            self.batch = whole(self.batch, self.blob)
             head, blob = self.batch.slice(0, count), None
             self.batch = self.batch.slice(count)
             self.keys = self.keys[count:]
@@ -291,33 +299,52 @@ class OpenChunk:
 _INLINE_CHUNKS = 3
 
 
-def read_ahead(snapshot: Snapshot) -> Iterator[tuple[Blob, pa.RecordBatch]]:
+class Projection:
+    """The columns a query decompresses a chunk in first (the timestamp and the filter's),
+    while chunks match whole; ``active`` is turned off by a reader that had to decode a
+    chunk in full, and back on when one matches whole (each decision is for the chunk
+    read next)."""
+
+    __slots__ = ("fields", "active")
+
+    def __init__(self, fields: Sequence[str]) -> None:
+        self.fields = ["timestamp", *(f for f in FIELDS if f in fields and f != "timestamp")]
+        self.active = True
+
+    def now(self) -> list[str] | None:
+        return self.fields if self.active else None
+
+
+def read_ahead(snapshot: Snapshot, projection: Projection | None = None) -> Iterator[tuple[Blob, pa.RecordBatch]]:
     """The snapshot's chunks in order, each read and decoded while the one before is used.
 
     The next chunk is read and decompressed in a thread of its own (Arrow and
     SQLite let go of the interpreter meanwhile), so a query's decoding overlaps
-    its matching and sending: at most one decoded chunk ahead
+    its matching and sending (in the columns of ``projection`` while it is active): at most one decoded chunk ahead
     (:data:`~theia_frames.server.chunks.CHUNK_BYTES`), and one thread per
     query of more than three chunks while it runs.
     """
     metas = snapshot.metas
 
-    def read(seq: int) -> tuple[Blob, pa.RecordBatch]:
+    def read(seq: int, fields: list[str] | None) -> tuple[Blob, pa.RecordBatch]:
         blob = snapshot.blob(seq)
-        return blob, from_ipc(blob)
+        return blob, from_ipc(blob, fields)
+
+    def fields() -> list[str] | None:
+        return None if projection is None else projection.now()
 
     if len(metas) <= _INLINE_CHUNKS:
         for meta in metas:
-            yield read(meta.seq)
+            yield read(meta.seq, fields())
         return
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="theia-frames-read-ahead")
     try:
-        pending = pool.submit(read, metas[0].seq)
+        pending = pool.submit(read, metas[0].seq, fields())
         for meta in metas[1:]:
             current = pending.result()
-            pending = pool.submit(read, meta.seq)
+            pending = pool.submit(read, meta.seq, fields())
             yield current
         yield pending.result()
     finally:
@@ -325,7 +352,7 @@ def read_ahead(snapshot: Snapshot) -> Iterator[tuple[Blob, pa.RecordBatch]]:
         pool.shutdown(wait=True)
 
 
-def sweep(snapshot: Snapshot) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:
+def sweep(snapshot: Snapshot, projection: Projection | None = None) -> Iterator[tuple[pa.RecordBatch, Blob | None]]:
     """The snapshot's events in the time range, in order, as pieces (batch, stored blob or None).
 
     Chunks are opened in the order of their first event (last, for ``desc``);
@@ -333,31 +360,37 @@ def sweep(snapshot: Snapshot) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:
     event is emitted. A chunk that overlaps no other comes out as stored; rows
     of overlapping chunks are merged, so memory holds only the chunks that
     overlap the current position.
+
+    With a :class:`Projection` (not for ``desc``), a chunk that comes out whole may
+    hold only its columns: its blob has the others, which are decompressed only
+    when needed (:func:`~theia_frames.server.chunks.whole`).
     """
     np = numpy_module()
     flt, desc, metas = snapshot.filter, snapshot.desc, snapshot.metas
     start = -math.inf if flt.start is None else flt.start
     end = math.inf if flt.end is None else flt.end
     opened: list[OpenChunk] = []
-    chunks = read_ahead(snapshot)
+    chunks = read_ahead(snapshot, None if desc else projection)
     i = 0
     while i < len(metas) or opened:
         if i < len(metas):
             meta = metas[i]
             i += 1
             blob, chunk = next(chunks)
-            ts = chunk.column(1).to_numpy()
+            ts = chunk.column("timestamp").to_numpy()
             lo = 0 if meta.min_ts >= start else int(np.searchsorted(ts, start, side="left"))
             hi = len(ts) if meta.max_ts <= end else int(np.searchsorted(ts, end, side="right"))
             if lo < hi:
-                whole = lo == 0 and hi == len(ts) and not desc
+                is_whole = lo == 0 and hi == len(ts) and not desc
+                if not is_whole:
+                    chunk = whole(chunk, blob)
                 part = chunk.slice(lo, hi - lo)
                 if desc:
                     part = part.take(np.arange(hi - lo - 1, -1, -1))
                     keys = -ts[lo:hi][::-1]
                 else:
                     keys = ts[lo:hi]
-                opened.append(OpenChunk(part, keys, blob.data if whole else None))
+                opened.append(OpenChunk(part, keys, blob if is_whole else None))
             if i < len(metas):
                 nxt = metas[i]
                 boundary = -nxt.max_ts if desc else nxt.min_ts
@@ -374,7 +407,7 @@ def sweep(snapshot: Snapshot) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:
         if len(heads) == 1:
             yield heads[0]
         elif heads:
-            merged = pyarrow_module().concat_batches([h for h, _ in heads])
+            merged = pyarrow_module().concat_batches([whole(h, b) for h, b in heads])
             yield merged.take(sort_indices(merged, desc)), None
 
 
@@ -431,13 +464,14 @@ class Clock:
 
 
 def rebatch(
-    pieces: Iterator[tuple[pa.RecordBatch, bytes | None]], rows: int, wait: float | None = None
+    pieces: Iterator[tuple[pa.RecordBatch, Blob | None]], rows: int, wait: float | None = None
 ) -> Iterator[pa.RecordBatch]:
     """Pieces as batches of exactly ``rows`` events (the last one: what is left);
     what is gathered (maybe nothing) whenever ``wait`` seconds pass without a batch."""
     gather = Gather(rows)
     clock = Clock(wait)
-    for piece, _ in pieces:
+    for piece, blob in pieces:
+        piece = whole(piece, blob)
         if piece.num_rows:
             for batch in gather.add(piece):
                 yield batch
@@ -452,7 +486,7 @@ def rebatch(
 
 
 def ipc_messages(
-    pieces: Iterator[tuple[pa.RecordBatch, bytes | None]], rows: int, wait: float | None = None
+    pieces: Iterator[tuple[pa.RecordBatch, Blob | None]], rows: int, wait: float | None = None
 ) -> Iterator[bytes]:
     """Pieces as IPC messages of at most ``rows`` events and about :data:`CHUNK_BYTES`
     bytes at most (a reader bounds what one message may decode to); a whole stored
@@ -465,9 +499,10 @@ def ipc_messages(
             rest = gather.rest()
             if rest is not None:
                 yield batch_to_ipc(rest)
-            yield blob
+            yield blob.data
             clock.reset()
             continue
+        piece = whole(piece, blob)
         if piece.num_rows:
             for start, stop in piece_spans(piece.num_rows, piece.nbytes):
                 part = piece.slice(start, stop - start)

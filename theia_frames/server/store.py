@@ -1,9 +1,9 @@
 """The embedded collector's event store: SQLite (standard library), a file or ``:memory:``.
 
 Events are kept in *chunks*: each chunk is one row of an SQLite table holding
-an Arrow IPC stream of events (:func:`~theia_frames.protocol.arrow.event_schema`,
-sorted by timestamp, ties by id; its buffers compressed with ZSTD, about 15
-bytes per sensor-like event) with its first and last timestamp, its row count
+an Arrow IPC stream of events (:func:`~theia_frames.protocol.arrow.event_schema`:
+sources as a dictionary, tags as lists; sorted by timestamp, ties by id; its
+buffers compressed with ZSTD, about 21 bytes per sensor-like event) with its first and last timestamp, its row count
 and the bytes it decodes to. A chunk is read only when the sizes its Arrow
 headers declare add up to no more than that (checked before anything is
 decompressed), so stored bytes cannot be made to decode to gigabytes. Storing a batch is one chunk insert, reading is whole chunks, and
@@ -68,14 +68,14 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
-from ..protocol.arrow import batch_to_columns, batch_to_ipc, columns_to_batch, decoded_size, ipc_to_batches
+from ..protocol.arrow import batch_to_columns, batch_to_ipc, columns_to_batch, decoded_size, empty_batch, ipc_to_batches
 from ..protocol.codec import EventColumns
 from ..deprecation import renamed_arguments
 from ..event import Event
 from ..exceptions import DecodeError, StoreError, UsageError
 from ..filter import EventFilter
-from .chunks import MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, COMPRESSION, FIELDS, FINAL_TIER, event_batch, first_of_equal, from_ipc, sort_keys, numpy_module, pyarrow_module, piece_spans, sort_indices, sort_order, tier, translate_error
-from .query import Results, Snapshot, chunks_sql, ipc_messages, rebatch, sweep
+from .chunks import MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, COMPRESSION, FIELDS, FINAL_TIER, event_batch, first_of_equal, from_ipc, sort_keys, numpy_module, pyarrow_module, piece_spans, sort_indices, sort_order, tier, translate_error, whole
+from .query import Projection, Results, Snapshot, chunks_sql, ipc_messages, rebatch, sweep
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -565,7 +565,7 @@ class EventStore:
         that the query is still matching).
         """
         snapshot = self._snapshot(filter, batch_size, wait)
-        return Results(snapshot, ipc_messages(self._matching(snapshot), batch_size, wait))
+        return Results(snapshot, ipc_messages(self._matching(snapshot, stored=True), batch_size, wait))
 
     def _snapshot(self, filter: EventFilter | None, rows: int, wait: float | None = None) -> Snapshot:
         flt = filter if filter is not None else EventFilter()
@@ -577,33 +577,43 @@ class EventStore:
             raise UsageError(f"a query's wait must be a positive number of seconds or None, got {wait!r}")
         return Snapshot(self, flt)
 
-    def _matching(self, snapshot: Snapshot) -> Iterator[tuple[pa.RecordBatch, bytes | None]]:
+    def _matching(
+        self, snapshot: Snapshot, stored: bool = False
+    ) -> Iterator[tuple[pa.RecordBatch, Blob | None]]:
         """The snapshot's events in order, the criteria other than time applied.
 
         A piece of no events now and then (after each slice matched) lets a
-        reader look at the clock while nothing matches.
+        reader look at the clock while nothing matches. With ``stored`` (a reader
+        that sends a whole chunk's stored blob), a chunk is first decompressed
+        in the columns the filter reads alone, and in full only when it does
+        not match whole (:func:`~theia_frames.server.chunks.whole`).
         """
         flt = snapshot.filter
-        pieces = sweep(snapshot)
+        projection = Projection(flt.fields) if stored else None
+        pieces = sweep(snapshot, projection)
         if flt.is_time_only:
             yield from pieces
             return
         pa, np = pyarrow_module(), numpy_module()
+        nothing = empty_batch()
         for piece, blob in pieces:
             # In slices, so that a cancelled query stops within one slice's matching.
             parts: list[Any] = []
             for at in range(0, piece.num_rows, _MATCH_SLICE):
                 if parts:
-                    yield piece.slice(0, 0), None
+                    yield nothing, None
                 snapshot.check()
                 parts.append(flt.mask_batch(piece.slice(at, _MATCH_SLICE)))
             mask = np.concatenate(parts) if parts else np.ones(0, dtype=bool)
+            if projection is not None and blob is not None:
+                # the next chunk is read in the filter's columns alone while chunks match whole
+                projection.active = bool(mask.all())
             if mask.all():
                 yield piece, blob
             elif mask.any():
-                yield piece.filter(pa.array(mask, pa.bool_())), None
+                yield whole(piece, blob).filter(pa.array(mask, pa.bool_())), None
             else:
-                yield piece.slice(0, 0), None
+                yield nothing, None
 
     def query_plan(self, filter: EventFilter | None = None) -> str:
         """SQLite's plan for selecting the chunks of :meth:`query` (shows which index is used)."""
