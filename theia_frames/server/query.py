@@ -301,18 +301,26 @@ _INLINE_CHUNKS = 3
 
 class Projection:
     """The columns a query decompresses a chunk in first (the timestamp and the filter's),
-    while chunks match whole; ``active`` is turned off by a reader that had to decode a
+    for a chunk that can come out whole: inside the time range, overlapping no other,
+    while chunks match whole. ``active`` is turned off by a reader that had to decode a
     chunk in full, and back on when one matches whole (each decision is for the chunk
     read next)."""
 
-    __slots__ = ("fields", "active")
+    __slots__ = ("fields", "active", "start", "end")
 
-    def __init__(self, fields: Sequence[str]) -> None:
+    def __init__(self, fields: Sequence[str], flt: EventFilter) -> None:
         self.fields = ["timestamp", *(f for f in FIELDS if f in fields and f != "timestamp")]
         self.active = True
+        self.start = -math.inf if flt.start is None else flt.start
+        self.end = math.inf if flt.end is None else flt.end
 
-    def now(self) -> list[str] | None:
-        return self.fields if self.active else None
+    def fields_for(self, metas: list[ChunkMeta], i: int) -> list[str] | None:
+        """The columns to read chunk ``i`` of ``metas`` (ascending) in first; None: all."""
+        meta = metas[i]
+        alone = (i == 0 or metas[i - 1].max_ts < meta.min_ts) and (i + 1 == len(metas) or metas[i + 1].min_ts > meta.max_ts)
+        if self.active and alone and meta.min_ts >= self.start and meta.max_ts <= self.end:
+            return self.fields
+        return None
 
 
 def read_ahead(snapshot: Snapshot, projection: Projection | None = None) -> Iterator[tuple[Blob, pa.RecordBatch]]:
@@ -326,25 +334,22 @@ def read_ahead(snapshot: Snapshot, projection: Projection | None = None) -> Iter
     """
     metas = snapshot.metas
 
-    def read(seq: int, fields: list[str] | None) -> tuple[Blob, pa.RecordBatch]:
-        blob = snapshot.blob(seq)
-        return blob, from_ipc(blob, fields)
-
-    def fields() -> list[str] | None:
-        return None if projection is None else projection.now()
+    def read(i: int) -> tuple[Blob, pa.RecordBatch]:
+        blob = snapshot.blob(metas[i].seq)
+        return blob, from_ipc(blob, None if projection is None else projection.fields_for(metas, i))
 
     if len(metas) <= _INLINE_CHUNKS:
-        for meta in metas:
-            yield read(meta.seq, fields())
+        for i in range(len(metas)):
+            yield read(i)
         return
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="theia-frames-read-ahead")
     try:
-        pending = pool.submit(read, metas[0].seq, fields())
-        for meta in metas[1:]:
+        pending = pool.submit(read, 0)
+        for i in range(1, len(metas)):
             current = pending.result()
-            pending = pool.submit(read, meta.seq, fields())
+            pending = pool.submit(read, i)
             yield current
         yield pending.result()
     finally:

@@ -589,7 +589,7 @@ class EventStore:
         not match whole (:func:`~theia_frames.server.chunks.whole`).
         """
         flt = snapshot.filter
-        projection = Projection(flt.fields) if stored else None
+        projection = Projection(flt.fields, flt) if stored else None
         pieces = sweep(snapshot, projection)
         if flt.is_time_only:
             yield from pieces
