@@ -288,18 +288,24 @@ def mask_tags(kernels: Sequence[Kernel], column: Any, keep: np.ndarray) -> np.nd
         return keep
     rows = np.flatnonzero(keep)
     sparse = len(rows) * 4 < len(keep)
-    values, parents = _tag_values(column.take(pa.array(rows)) if sparse else column)
+    values, offsets = _tag_values(column.take(pa.array(rows)) if sparse else column)
+    counts = np.diff(offsets)
     alive = np.ones(len(rows), dtype=bool) if sparse else keep
     # tags repeat: a pattern that is not a literal is matched once per distinct tag
     distinct = distinct_values(values) if any(k.literal is None for k in rest) else None
     for kernel in rest:
+        # each tag: is its row still in question (None: every row is)
+        live = None if alive.all() else np.repeat(alive, counts)
         if distinct is not None and kernel.literal is None:
-            hit = kernel.mask(distinct.dictionary)[dictionary_indices(distinct)] & alive[parents]
+            hit = kernel.mask(distinct.dictionary)[dictionary_indices(distinct)]
         else:
-            hit = kernel.mask(values, alive[parents]) & alive[parents]
-        found = np.zeros(len(alive), dtype=bool)
-        found[parents[hit]] = True
-        alive = alive & found
+            hit = kernel.mask(values, live)
+        if live is not None:
+            hit &= live
+        # a row has a matching tag when the hits counted up to its end exceed those up to its start
+        seen = np.zeros(len(hit) + 1, dtype=np.int64)
+        np.cumsum(hit, out=seen[1:])
+        alive = alive & (seen[offsets[1:]] > seen[offsets[:-1]])
         if not alive.any():
             break
     if sparse:
@@ -310,7 +316,8 @@ def mask_tags(kernels: Sequence[Kernel], column: Any, keep: np.ndarray) -> np.nd
 
 
 def _tag_values(column: Any) -> tuple[Any, np.ndarray]:
-    """Every tag of a tags column (comma text, or lists) and the row each belongs to.
+    """Every tag of a tags column (comma text, or lists) and the offsets of each row's
+    tags among them (numpy, from 0: row ``i`` holds ``values[offsets[i]:offsets[i + 1]]``).
 
     The empty text is no tags, as :func:`~theia_frames.protocol.codec.split_tags` reads it.
     """
@@ -322,9 +329,12 @@ def _tag_values(column: Any) -> tuple[Any, np.ndarray]:
         lists = column
     else:
         lists = pc.split_pattern(pc.if_else(pc.equal(pc.binary_length(column), 0), None, column), ",")
-    values = pc.list_flatten(lists)
-    parents = np.asarray(pc.list_parent_indices(lists).to_numpy(zero_copy_only=False), dtype=np.int64)
-    return values, parents
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    offsets = np.asarray(lists.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
+    first = int(offsets[0]) if len(offsets) else 0
+    values = lists.values.slice(first, int(offsets[-1]) - first if len(offsets) else 0)
+    return values, offsets - first
 
 
 def _bools(array: Any) -> np.ndarray:
