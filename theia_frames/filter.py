@@ -328,6 +328,17 @@ class EventFilter:
         return batch.filter(pa.array(keep, pa.bool_()))
 
     @property
+    def matched_by_kernels(self) -> bool:
+        """Whether every pattern of the filter is matched by an Arrow kernel (none row by row).
+
+        >>> EventFilter(tags=("x",), content="a.c").matched_by_kernels
+        True
+        """
+        tags, *others = self._batch_kernels()
+        kernels = (*tags, *(k for k in others if k is not None))
+        return all(k.literal is not None or k.regex is not None for k in kernels)
+
+    @property
     def fields(self) -> tuple[str, ...]:
         """The event fields the filter's patterns read (the time range aside), in schema order.
 
