@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["RawPeer", "RawConn", "server_frame", "OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE"]
+__all__ = ["RawPeer", "RawConn", "server_frame", "read_client_frame", "OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE"]
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE = 0, 1, 2, 8
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -42,6 +42,34 @@ def server_frame(opcode: int, payload: bytes, *, fin: bool = True, length: int |
     else:
         head = struct.pack("!BBQ", first, 127, n)
     return head + payload
+
+
+def _exactly(sock: socket.socket, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            raise ConnectionError("the client closed the connection")
+        out += chunk
+    return bytes(out)
+
+
+def read_client_frame(sock: socket.socket, *, masked: bool = True) -> tuple[int, bytes]:
+    """The next client-to-server frame on ``sock``: (opcode, unmasked payload), unmasked by
+    hand (RFC 6455 section 5.3). ``masked=False`` also reads a frame without a mask."""
+    b0, b1 = _exactly(sock, 2)
+    if masked:
+        assert b1 & 0x80, "client frames must be masked"
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", _exactly(sock, 2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", _exactly(sock, 8))[0]
+    key = _exactly(sock, 4) if b1 & 0x80 else b"\0\0\0\0"
+    data = _exactly(sock, n)
+    keys = (key * (n // 4 + 1))[:n]
+    payload = (int.from_bytes(data, "little") ^ int.from_bytes(keys, "little")).to_bytes(n, "little")
+    return b0 & 0x0F, payload
 
 
 class RawConn:
@@ -65,27 +93,11 @@ class RawConn:
             self.sock.sendall(data[at : at + step])
             time.sleep(seconds / pieces)
 
-    def _exactly(self, n: int) -> bytes:
-        out = bytearray()
-        while len(out) < n:
-            chunk = self.sock.recv(n - len(out))
-            if not chunk:
-                raise ConnectionError("the client closed the connection")
-            out += chunk
-        return bytes(out)
-
     def recv_frame(self) -> tuple[int, bytes]:
         """The next frame from the client (opcode, unmasked payload); also kept in ``received``."""
-        b0, b1 = self._exactly(2)
-        n = b1 & 0x7F
-        if n == 126:
-            n = struct.unpack("!H", self._exactly(2))[0]
-        elif n == 127:
-            n = struct.unpack("!Q", self._exactly(8))[0]
-        key = self._exactly(4) if b1 & 0x80 else b"\0\0\0\0"
-        data = bytes(b ^ key[i % 4] for i, b in enumerate(self._exactly(n)))
-        self.received.append((b0 & 0x0F, data))
-        return b0 & 0x0F, data
+        frame = read_client_frame(self.sock, masked=False)
+        self.received.append(frame)
+        return frame
 
     def recv_message(self) -> bytes:
         """The payload of the client's next data frame (our client never fragments)."""

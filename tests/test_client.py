@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import theia_frames as tf
+from raw_peer import read_client_frame
 from theia_frames.protocol.arrow import event_schema, events_to_batch, iter_batch_events
 from theia_frames.client import (
     DEFAULT_IDLE_TIMEOUT,
@@ -156,20 +157,6 @@ def server_frame(opcode, payload, *, fin=True, rsv=0, masked=False):
     else:
         head = struct.pack("!BBQ", b0, mask_bit | 127, n)
     return head + (b"\0\0\0\0" if masked else b"") + payload
-
-
-def read_client_frame(sock):
-    """One frame written by the client: (opcode, unmasked payload)."""
-    head = sock.recv(2, socket.MSG_WAITALL)
-    n = head[1] & 0x7F
-    assert head[1] & 0x80, "client frames must be masked"
-    if n == 126:
-        n = struct.unpack("!H", sock.recv(2, socket.MSG_WAITALL))[0]
-    elif n == 127:
-        n = struct.unpack("!Q", sock.recv(8, socket.MSG_WAITALL))[0]
-    key = sock.recv(4, socket.MSG_WAITALL)
-    data = sock.recv(n, socket.MSG_WAITALL) if n else b""
-    return head[0] & 0x0F, _mask(data, key)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raw_peer import read_client_frame
 from theia_frames.client.transport import SEND_GROUP, Connection
 from theia_frames.exceptions import UsageError
 from theia_frames.protocol.wsframes import NUMPY_MASK, OP_BINARY, OP_TEXT, client_frame, client_frames, mask
@@ -78,18 +79,6 @@ def test_keys_that_do_not_match_the_payloads_are_refused():
         client_frames(OP_BINARY, [b"a", b"b"], b"abcd")
 
 
-def read_frame(sock: socket.socket) -> tuple[int, bytes]:
-    head = sock.recv(2, socket.MSG_WAITALL)
-    n = head[1] & 0x7F
-    if n == 126:
-        n = struct.unpack("!H", sock.recv(2, socket.MSG_WAITALL))[0]
-    elif n == 127:
-        n = struct.unpack("!Q", sock.recv(8, socket.MSG_WAITALL))[0]
-    key = sock.recv(4, socket.MSG_WAITALL)
-    data = sock.recv(n, socket.MSG_WAITALL) if n else b""
-    return head[0] & 0x0F, mask(data, key)  # mask: checked against the reference above
-
-
 def test_send_binaries_writes_every_group_whole_and_in_order():
     # small payloads grouped past SEND_GROUP, one payload larger than a group, a last short group
     sizes = [40_000] * (SEND_GROUP // 40_000 + 2) + [SEND_GROUP + 3, 10, 0, 70_000]
@@ -97,7 +86,7 @@ def test_send_binaries_writes_every_group_whole_and_in_order():
     a, b = socket.socketpair()
     conn = Connection(types.SimpleNamespace(sock=a), "ws://test/event", True, 10.0)
     received: list[tuple[int, bytes]] = []
-    reader = threading.Thread(target=lambda: received.extend(read_frame(b) for _ in payloads))
+    reader = threading.Thread(target=lambda: received.extend(read_client_frame(b) for _ in payloads))
     reader.start()
     try:
         conn.send_binaries(payloads)
