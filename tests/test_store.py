@@ -199,7 +199,7 @@ def test_overlapping_chunks_come_out_merged_in_order(store):
     late = [ev(5000 + j, j * 12.5) for j in range(10)]  # one chunk across everything
     events += late
     store.add_many(events_to_batch(late))
-    ordered = sorted(events, key=lambda e: (e.timestamp, e.id))
+    ordered = sorted(events, key=lambda e: e.timestamp)  # stable: ties in arrival order
     assert ids(store, batch_size=7) == [e.id for e in ordered]
     assert ids(store, Filter().order_desc(), batch_size=5) == [e.id for e in reversed(ordered)]
     window = [e.id for e in ordered if 20.0 <= e.timestamp <= 60.0]
@@ -254,11 +254,11 @@ def test_a_query_keeps_its_snapshot_while_chunks_are_merged(store):
 # --------------------------------------------------------------------------- reading
 
 
-def test_order_asc_and_desc_with_ties_by_id(store):
+def test_order_asc_and_desc_with_ties_in_the_order_given(store):
     store.add_many([ev(5, 2.0), ev(2, 1.0), ev(3, 2.0), ev(4, 3.0), ev(1, 2.0)])
-    assert ids(store) == ["e2", "e1", "e3", "e5", "e4"]
-    assert ids(store, Filter().order_asc()) == ["e2", "e1", "e3", "e5", "e4"]
-    assert ids(store, Filter().order_desc()) == ["e4", "e5", "e3", "e1", "e2"]
+    assert ids(store) == ["e2", "e5", "e3", "e1", "e4"]
+    assert ids(store, Filter().order_asc()) == ["e2", "e5", "e3", "e1", "e4"]
+    assert ids(store, Filter().order_desc()) == ["e4", "e1", "e3", "e5", "e2"]
 
 
 def test_the_same_id_at_another_time_is_another_event(store):
@@ -349,9 +349,9 @@ def test_a_query_without_a_time_range_reads_every_chunk(store):
 
 def test_many_equal_timestamps_are_read_once_each(store):
     store.add_many([ev(i, 5.0) for i in range(5000)])
-    by_id = sorted(f"e{i}" for i in range(5000))
-    assert ids(store, Filter(1), batch_size=100) == by_id
-    assert ids(store, Filter(1).order_desc(), batch_size=99) == by_id[::-1]
+    given = [f"e{i}" for i in range(5000)]
+    assert ids(store, Filter(1), batch_size=100) == given
+    assert ids(store, Filter(1).order_desc(), batch_size=99) == given[::-1]
 
 
 # Property: the store returns exactly the matching events, in order.
@@ -388,15 +388,16 @@ def test_query_equals_filtering_the_sorted_events(rows, flt, chunk):
     ]
     with EventStore() as store:
         store.add_many(events)
-        # ties by id; desc is the exact reverse
-        expected = [e.id for e in sorted(events, key=lambda e: (e.timestamp, e.id)) if flt.matches(e)]
+        # ties in the order given; desc is the exact reverse
+        expected = [e.id for e in sorted(events, key=lambda e: e.timestamp) if flt.matches(e)]
         if flt.order == "desc":
             expected.reverse()
         assert ids(store, flt, batch_size=chunk) == expected
 
 
 # Property: however the events were written (many small writes, overlapping,
-# repeated), the store holds the first of each (timestamp, id) and returns them in order.
+# repeated), the store holds the first of each (timestamp, id) and returns them in order
+# (events of equal timestamps in the order they were stored).
 
 _WRITES = st.lists(
     st.lists(
@@ -423,7 +424,8 @@ def test_any_sequence_of_writes_is_stored_once_and_read_in_order(writes, start, 
                     expected_new.append(e)
             assert store.add_many(events) == len(expected_new)
         flt = EventFilter(start=None if start is None else start / 2, order="desc" if desc else None)
-        expected = [first[k] for k in sorted(first) if flt.matches(first[k])]
+        # by timestamp, ties in the order they were first stored
+        expected = [e for e in sorted(first.values(), key=lambda e: e.timestamp) if flt.matches(e)]
         if desc:
             expected.reverse()
         got = [e for cols in store.query(flt, batch_size=chunk) for e in cols.events()]
@@ -621,7 +623,7 @@ def test_a_store_of_an_earlier_format_is_upgraded_when_opened(tmp_path, version)
         assert store.add_many([ev(2, 2.0), ev(3, 3.0)]) == 1
         assert ids(store) == ["e1", "e2", "e3"]
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 4
+    assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 5
     db.close()
 
 
@@ -702,3 +704,122 @@ def test_what_goes_out_as_stored_is_matched_on_the_columns_the_filter_reads(tmp_
 
 def store_events(store: EventStore) -> list[Event]:
     return [e for b in store.query_batches(Filter()) for e in iter_batch_events(b)]
+
+
+# --------------------------------------------------------------------------- arrival order
+
+
+def test_events_of_one_instant_come_back_in_arrival_order_across_writes_and_merges(store):
+    """Ties are kept in the order events arrived: within a write in the order given, across
+    writes in the order of the writes, through merges of every tier, asc and desc."""
+    import random
+
+    rng = random.Random(7)
+    arrived: list[str] = []
+    n = 0
+    for _ in range(MERGE_FANOUT**2 + 5):  # enough small writes for merges of two tiers
+        size = rng.randint(1, 5)
+        batch = []
+        for _ in range(size):
+            # ids in no order of their own: random text, so an order by id would show
+            e = Event(id=f"{rng.getrandbits(40):x}", timestamp=rng.choice([5.0, 6.0, 6.0, 7.5]), content=str(n))
+            batch.append(e)
+            n += 1
+        arrived += [e.id for e in batch]
+        store.add_many(batch)
+        store.add_many(batch[:1])  # a resend is stored once and keeps its first place
+    stored = {i: k for k, i in enumerate(arrived)}
+    assert any(c.tier > 0 for c in store.chunks())  # merged
+    expected = sorted(arrived, key=lambda i: (store_ts(store, i), stored[i]))
+    for batch_size in (1, 7, 1000):
+        assert ids(store, batch_size=batch_size) == expected
+        assert ids(store, Filter().order_desc(), batch_size=batch_size) == expected[::-1]
+    assert ids(store, Filter(6).match_end(6)) == [i for i in expected if store_ts(store, i) == 6.0]
+
+
+def store_ts(store: EventStore, event_id: str) -> float:
+    (cols,) = store.query(Filter().match_id(event_id))
+    return cols.timestamp[0]
+
+
+def test_overlapping_writes_of_one_instant_merge_by_arrival_when_read(tmp_path):
+    """Chunks that overlap are merged while a query reads them (not by the writer): rows of
+    equal timestamps still come out in arrival order, and desc is the exact reverse."""
+    with EventStore(tmp_path / "events.db") as store:
+        arrived = []
+        for k in range(5):
+            batch = [Event(id=f"{(k * 37 + j * 11) % 97:02d}", timestamp=float(j % 3), content=str(k)) for j in range(9)]
+            store.add_batch(events_to_batch(batch), compact=False)
+            arrived += batch
+        assert len(store.chunks()) == 5
+        expected = [e.id for e in sorted(arrived, key=lambda e: e.timestamp)]
+        assert ids(store) == expected
+        assert ids(store, Filter().order_desc(), batch_size=4) == expected[::-1]
+        assert ids(store, Filter().match_content("[13]")) == [
+            e.id for e in sorted(arrived, key=lambda e: e.timestamp) if e.content in "13"
+        ]
+        got = [e.id for m in store.query_ipc(Filter(), batch_size=5) for b in ipc_to_batches(m) for e in iter_batch_events(b)]
+        assert got == expected
+        assert store.compact() >= 0
+        assert ids(store) == expected
+
+
+def test_a_store_of_format_4_is_numbered_in_its_stored_order_when_opened(tmp_path):
+    """Format 4 had no arrival numbers: its events are numbered in their stored order (chunk
+    by chunk, oldest first), events stored afterwards come after them, and merges keep that."""
+    from theia_frames.protocol.arrow import batch_to_ipc, decoded_size
+
+    path = tmp_path / "v4.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE chunks (seq INTEGER PRIMARY KEY AUTOINCREMENT, tier INTEGER NOT NULL, min_ts REAL NOT NULL, "
+        "max_ts REAL NOT NULL, rows INTEGER NOT NULL, died INTEGER, data BLOB NOT NULL, bytes INTEGER NOT NULL)"
+    )
+    db.execute("CREATE INDEX chunks_max_ts ON chunks (max_ts)")
+    db.execute("CREATE INDEX chunks_min_ts ON chunks (min_ts)")
+    db.execute("CREATE INDEX chunks_open ON chunks (tier) WHERE died IS NULL AND tier < 15")
+    # format 4 kept ties by id: each chunk sorted by (timestamp, id)
+    chunks = [
+        [ev(1, 1.0), ev(3, 2.0), ev(7, 2.0)],
+        [ev(2, 2.0), ev(5, 2.0), ev(4, 3.0)],
+    ]
+    for events in chunks:
+        blob = batch_to_ipc(events_to_batch(events), compression="zstd")
+        db.execute(
+            "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes) VALUES (0, ?, ?, ?, ?, ?)",
+            (events[0].timestamp, events[-1].timestamp, len(events), blob, decoded_size(blob)),
+        )
+    db.execute("PRAGMA application_id = 1952999026")  # "thfr"
+    db.execute("PRAGMA user_version = 4")
+    db.commit()
+    db.close()
+    with EventStore(path) as store:
+        assert ids(store) == ["e1", "e3", "e7", "e2", "e5", "e4"]
+        assert store.add_many([ev(6, 2.0), ev(5, 2.0)]) == 1
+        assert ids(store) == ["e1", "e3", "e7", "e2", "e5", "e6", "e4"]
+        for i in range(MERGE_FANOUT):
+            store.add_many([ev(100 + i, 2.0)])
+        assert len(store.chunks()) < 3 + MERGE_FANOUT  # merged
+        expected = ["e1", "e3", "e7", "e2", "e5", "e6", *(f"e{100 + i}" for i in range(MERGE_FANOUT)), "e4"]
+        assert ids(store) == expected
+        assert ids(store, Filter().order_desc()) == expected[::-1]
+    with EventStore(path) as store:  # reopened: numbering goes on after the newest
+        store.add_many([ev(200, 2.0)])
+        assert ids(store)[-2:] == ["e200", "e4"]
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 5
+    db.close()
+
+
+def test_damaged_arrival_numbers_are_a_store_error(tmp_path):
+    path = tmp_path / "events.db"
+    with EventStore(path) as store:
+        store.add_batch(events_to_batch([ev(1, 1.0), ev(2, 2.0)]), compact=False)
+        store.add_batch(events_to_batch([ev(3, 1.5), ev(4, 2.0)]), compact=False)
+    db = sqlite3.connect(path)
+    db.execute("UPDATE chunks SET arrivals = x'00112233' WHERE seq = 1")
+    db.commit()
+    db.close()
+    with EventStore(path) as store:
+        with pytest.raises(StoreError, match="arrival numbers of chunk 1"):
+            ids(store)

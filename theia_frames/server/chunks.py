@@ -1,6 +1,12 @@
-"""The event store's chunks: Arrow record batches sorted by (timestamp, id), written as
+"""The event store's chunks: Arrow record batches sorted by (timestamp, arrival), written as
 compressed Arrow IPC with the size they decode to (checked against their own headers before
 anything is decompressed), cut into pieces and tiers for merging; and what a store error means.
+
+Every stored event has an *arrival number*, given by the store in the order events reached it
+(within one batch, the order given): events of equal timestamps are kept and returned in that
+order. A chunk's arrival numbers are stored beside its Arrow data, not in it (the data goes out
+to a reader as stored), delta-encoded and compressed (:func:`encode_arrivals`): numbers that
+follow each other cost next to nothing.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ __all__ = [
     "Blob",
     "from_ipc",
     "whole",
-    "sort_indices",
+    "encode_arrivals",
+    "decode_arrivals",
+    "arrival_order",
     "sort_order",
     "first_of_equal",
     "sort_keys",
@@ -150,11 +158,13 @@ def event_batch(data: Any, validated: bool = False) -> pa.RecordBatch:
 
 
 class Blob(NamedTuple):
-    """A stored chunk as read: its number, its Arrow IPC stream, the bytes it decodes to."""
+    """A stored chunk as read: its number, its Arrow IPC stream, the bytes it decodes to, and
+    its events' arrival numbers (:func:`encode_arrivals`)."""
 
     seq: int
     data: bytes
     bytes: int
+    arrivals: bytes = b""
 
 
 def from_ipc(blob: Blob, fields: Sequence[str] | None = None) -> pa.RecordBatch:
@@ -183,43 +193,79 @@ def whole(piece: pa.RecordBatch, blob: Blob | None) -> pa.RecordBatch:
     return from_ipc(blob)
 
 
-def sort_indices(batch: pa.RecordBatch, desc: bool = False) -> pa.Array:
-    order = "descending" if desc else "ascending"
-    return pyarrow_module().compute.sort_indices(batch, sort_keys=[("timestamp", order), ("id", order)])
+def encode_arrivals(arrivals: np.ndarray) -> bytes:
+    """A chunk's arrival numbers (int64, in its row order) as stored: the differences between
+    neighbours, compressed (numbers that follow each other compress to a few bytes).
 
-
-def sort_order(batch: pa.RecordBatch, ts: np.ndarray) -> np.ndarray | None:
-    """The permutation sorting ``batch`` by (timestamp, id), stably; None when it is sorted already."""
+    >>> import numpy as np
+    >>> data = encode_arrivals(np.arange(5, 65_541))
+    >>> len(data) < 100, decode_arrivals(data, 65_536, seq=1)[[0, -1]].tolist()
+    (True, [5, 65540])
+    """
     np = numpy_module()
-    if len(ts) < 2:
+    deltas = np.diff(np.asarray(arrivals, dtype=np.int64), prepend=np.int64(0))
+    return bytes(pyarrow_module().compress(deltas.tobytes(), codec=COMPRESSION, asbytes=True))
+
+
+def decode_arrivals(data: bytes, rows: int, seq: int) -> np.ndarray:
+    """The ``rows`` arrival numbers of chunk ``seq`` (:func:`encode_arrivals`); StoreError when
+    they are damaged (they never decode to more than ``rows`` numbers)."""
+    np = numpy_module()
+    pa = pyarrow_module()
+    try:
+        raw = pa.decompress(data, decompressed_size=8 * rows, codec=COMPRESSION, asbytes=True)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise StoreError(f"the arrival numbers of chunk {seq} of the event store are damaged: {exc}") from None
+    if len(raw) != 8 * rows:
+        raise StoreError(f"the arrival numbers of chunk {seq} of the event store are damaged: {len(raw)} bytes for {rows} events")
+    return np.cumsum(np.frombuffer(raw, dtype=np.int64))
+
+
+def arrival_order(ts: np.ndarray, arrivals: np.ndarray, desc: bool = False) -> np.ndarray:
+    """The permutation putting events in the store's order: by timestamp, then arrival
+    (arrival numbers are unique, so ``desc`` is the exact reverse of ascending).
+
+    >>> import numpy as np
+    >>> arrival_order(np.array([2.0, 1.0, 2.0]), np.array([1, 9, 0])).tolist()
+    [1, 2, 0]
+    """
+    np = numpy_module()
+    order = np.lexsort((arrivals, ts))
+    return order[::-1] if desc else order
+
+
+def sort_order(ts: np.ndarray) -> np.ndarray | None:
+    """The stable permutation sorting events by timestamp (events of equal timestamps keep
+    their order); None when they are sorted already.
+
+    >>> import numpy as np
+    >>> sort_order(np.array([2.0, 1.0, 2.0, 1.0])).tolist(), sort_order(np.array([1.0, 1.0]))
+    ([1, 3, 0, 2], None)
+    """
+    np = numpy_module()
+    if len(ts) < 2 or bool((ts[1:] >= ts[:-1]).all()):
         return None
-    step = ts[1:] >= ts[:-1]
-    if step.all():
-        ties = np.nonzero(ts[1:] == ts[:-1])[0]
-        if not len(ties):
-            return None
-        ids = batch.column(0)
-        pc = pyarrow_module().compute
-        before = ids.take(ties)
-        after = ids.take(ties + 1)
-        if pc.all(pc.less_equal(before, after)).as_py():
-            return None
-    return sort_indices(batch).to_numpy()
+    return np.argsort(ts, kind="stable")
 
 
 def first_of_equal(srt: pa.RecordBatch, sts: np.ndarray) -> np.ndarray | None:
-    """In sorted events, all but the first of equal (timestamp, id) turned off; None if none repeat."""
+    """In events sorted by timestamp, all but the first of equal (timestamp, id) turned off
+    (the first in the events' order is kept); None if none repeat."""
     np = numpy_module()
     ties = np.nonzero(sts[1:] == sts[:-1])[0]
     if not len(ties):
         return None
     pc = pyarrow_module().compute
-    ids = srt.column(0)
-    same = pc.equal(ids.take(ties), ids.take(ties + 1)).to_numpy(zero_copy_only=False)
+    # only rows sharing a timestamp with a neighbour can repeat: their keys, sorted stably
+    rows = np.union1d(ties, ties + 1)
+    keys = sort_keys(sts[rows], srt.column(0).take(rows))
+    order = pc.sort_indices(keys).to_numpy()
+    ranked = keys.take(order)
+    same = pc.equal(ranked.slice(1), ranked.slice(0, len(ranked) - 1)).to_numpy(zero_copy_only=False)
     if not same.any():
         return None
     keep = np.ones(len(sts), dtype=bool)
-    keep[ties[same] + 1] = False
+    keep[rows[order[1:][same]]] = False
     return keep
 
 

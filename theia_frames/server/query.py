@@ -1,5 +1,5 @@
 """Reading the event store: a query's snapshot of the chunks its filter needs (chosen by
-the time index, held against merges while it reads), swept in (timestamp, id) order and
+the time index, held against merges while it reads), swept in (timestamp, arrival) order and
 matched, as record batches or ready Arrow IPC messages.
 """
 
@@ -19,12 +19,13 @@ from .chunks import (
     CHUNK_BYTES,
     FIELDS,
     Blob,
+    arrival_order,
+    decode_arrivals,
     from_ipc,
     whole,
     numpy_module,
     piece_spans,
     pyarrow_module,
-    sort_indices,
     translate_error,
 )
 
@@ -269,18 +270,40 @@ class OpenChunk:
     """A chunk being read: its remaining rows in output order, their sort keys ascending.
 
     A whole chunk (``blob`` given) may hold only some of its columns until it is
-    cut: its stored blob goes out with it, and has the rest.
+    cut: its stored blob goes out with it, and has the rest. The rows' arrival
+    numbers (which order rows of equal timestamps) are decoded only when rows of
+    this chunk are merged with another's (:meth:`arrivals`), from ``stored``.
     """
 
-    __slots__ = ("batch", "keys", "blob")
+    __slots__ = ("batch", "keys", "blob", "stored", "rows", "lo", "hi", "desc", "_numbers")
 
-    def __init__(self, batch: pa.RecordBatch, keys: np.ndarray, blob: Blob | None) -> None:
+    def __init__(
+        self, batch: pa.RecordBatch, keys: np.ndarray, blob: Blob | None, stored: Blob, rows: int, lo: int, desc: bool
+    ) -> None:
         self.batch = batch
         self.keys = keys
         self.blob = blob
+        self.stored = stored
+        self.rows = rows  # of the stored chunk; its rows lo <= i < hi are still open
+        self.lo = lo
+        self.hi = lo + batch.num_rows
+        self.desc = desc
+        self._numbers: np.ndarray | None = None
+
+    def arrivals(self, count: int) -> np.ndarray:
+        """The arrival numbers of the next ``count`` rows (in output order)."""
+        if self._numbers is None:
+            self._numbers = decode_arrivals(self.stored.arrivals, self.rows, self.stored.seq)
+        if self.desc:
+            return self._numbers[self.hi - count : self.hi][::-1]
+        return self._numbers[self.lo : self.lo + count]
 
     def cut(self, count: int) -> tuple[pa.RecordBatch, Blob | None]:
         """Take the first ``count`` rows off (with the stored blob when that is all of them)."""
+        if self.desc:
+            self.hi -= count
+        else:
+            self.lo += count
         if count >= self.batch.num_rows:
             head, blob = self.batch, self.blob
             self.batch = self.batch.slice(0, 0)
@@ -395,7 +418,7 @@ def sweep(snapshot: Snapshot, projection: Projection | None = None) -> Iterator[
                     keys = -ts[lo:hi][::-1]
                 else:
                     keys = ts[lo:hi]
-                opened.append(OpenChunk(part, keys, blob if is_whole else None))
+                opened.append(OpenChunk(part, keys, blob if is_whole else None, blob, len(ts), lo, desc))
             if i < len(metas):
                 nxt = metas[i]
                 boundary = -nxt.max_ts if desc else nxt.min_ts
@@ -403,17 +426,26 @@ def sweep(snapshot: Snapshot, projection: Projection | None = None) -> Iterator[
                 boundary = None
         else:
             boundary = None
+        counts = [
+            item.batch.num_rows if boundary is None else int(np.searchsorted(item.keys, boundary, side="left"))
+            for item in opened
+        ]
+        # rows of several chunks are merged by (timestamp, arrival): their numbers are read then only
+        merging = sum(1 for count in counts if count) > 1
         heads = []
-        for item in opened:
-            count = item.batch.num_rows if boundary is None else int(np.searchsorted(item.keys, boundary, side="left"))
+        arrivals = []
+        for item, count in zip(opened, counts):
             if count:
+                if merging:
+                    arrivals.append(item.arrivals(count))
                 heads.append(item.cut(count))
         opened = [item for item in opened if item.batch.num_rows]
         if len(heads) == 1:
             yield heads[0]
         elif heads:
             merged = pyarrow_module().concat_batches([whole(h, b) for h, b in heads])
-            yield merged.take(sort_indices(merged, desc)), None
+            order = arrival_order(merged.column("timestamp").to_numpy(), np.concatenate(arrivals), desc)
+            yield merged.take(order), None
 
 
 class Gather:

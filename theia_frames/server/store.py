@@ -2,9 +2,10 @@
 
 Events are kept in *chunks*: each chunk is one row of an SQLite table holding
 an Arrow IPC stream of events (:func:`~theia_frames.protocol.arrow.event_schema`:
-sources as a dictionary, tags as lists; sorted by timestamp, ties by id; its
-buffers compressed with ZSTD, about 21 bytes per sensor-like event) with its first and last timestamp, its row count
-and the bytes it decodes to. A chunk is read only when the sizes its Arrow
+sources as a dictionary, tags as lists; sorted by timestamp, then arrival; its
+buffers compressed with ZSTD, about 21 bytes per sensor-like event) with its first and last timestamp, its row count,
+the bytes it decodes to and its events' arrival numbers
+(:func:`~theia_frames.server.chunks.encode_arrivals`). A chunk is read only when the sizes its Arrow
 headers declare add up to no more than that (checked before anything is
 decompressed), so stored bytes cannot be made to decode to gigabytes. Storing a batch is one chunk insert, reading is whole chunks, and
 no SQL runs per event::
@@ -44,8 +45,15 @@ binary search on the sorted timestamps; the other criteria with
 :meth:`EventFilter.mask_batch <theia_frames.filter.EventFilter.mask_batch>`
 (Arrow kernels over whole columns), so a filter means exactly what it means
 everywhere else. A query sees the
-events stored before it was made, in timestamp order (ties by id; ``desc``
-is the exact reverse of ``asc``).
+events stored before it was made, in timestamp order, events of the same
+timestamp in the order they arrived (``desc`` is the exact reverse of ``asc``)::
+
+    >>> store = EventStore(":memory:")
+    >>> store.add_many([Event(id=i, timestamp=5.0) for i in "zax"]) + store.add_many([Event(id="b", timestamp=5.0)])
+    4
+    >>> [cols.id for cols in store.query(Filter(1))], [cols.id for cols in store.query(Filter(1).order_desc())]
+    ([['z', 'a', 'x', 'b']], [['b', 'x', 'a', 'z']])
+    >>> store.close()
 
 Threads: writes are serialized by a lock (the embedded collector writes from
 one thread only). A file store reads through connections of its own, each
@@ -74,7 +82,7 @@ from ..deprecation import renamed_arguments
 from ..event import Event
 from ..exceptions import DecodeError, StoreError, UsageError
 from ..filter import EventFilter
-from .chunks import MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, COMPRESSION, FIELDS, FINAL_TIER, event_batch, first_of_equal, from_ipc, sort_keys, numpy_module, pyarrow_module, piece_spans, sort_indices, sort_order, tier, translate_error, whole
+from .chunks import MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, COMPRESSION, FIELDS, FINAL_TIER, arrival_order, decode_arrivals, encode_arrivals, event_batch, first_of_equal, from_ipc, sort_keys, numpy_module, pyarrow_module, piece_spans, sort_order, tier, translate_error, whole
 from .query import Projection, Results, Snapshot, chunks_sql, ipc_messages, rebatch, sweep
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -93,12 +101,15 @@ __all__ = [
 
 #: Rows per batch of a query, unless asked otherwise.
 DEFAULT_CHUNK_SIZE = 10_000
-#: The layout of the database, kept in its ``user_version``. Format 4 keeps chunks
+#: The layout of the database, kept in its ``user_version``. Format 5 keeps chunks
 #: in the event schema of the extension's second version (sources as a dictionary,
-#: tags as lists), compressed (ZSTD), with the bytes they decode to. A store of
-#: format 2 (uncompressed chunks, tags as comma text) or 3 (compressed, tags as
-#: text) is upgraded when it is opened: every chunk is rewritten, in one transaction.
-FORMAT_VERSION = 4
+#: tags as lists), compressed (ZSTD), with the bytes they decode to and their
+#: events' arrival numbers (events of equal timestamps in the order they arrived).
+#: A store of format 2 (uncompressed chunks, tags as comma text), 3 (compressed,
+#: tags as text) or 4 (no arrival numbers) is upgraded when it is opened, in one
+#: transaction: chunks of formats 2 and 3 are rewritten, and the events of every
+#: chunk are numbered in their stored order (chunk by chunk, oldest chunk first).
+FORMAT_VERSION = 5
 
 # Events matched between two looks at whether the query was cancelled: a pattern
 # matched row by row takes about a tenth of a second for these; Arrow kernels
@@ -110,7 +121,7 @@ _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 # Events from an iterable of Event objects are stored in batches of this many.
 _ADD_CHUNK = 50_000
 # The formats an opened store is upgraded from.
-_UPGRADABLE = (2, 3)
+_UPGRADABLE = (2, 3, 4)
 # "thfr": marks a database as a theia_frames event store.
 _APPLICATION_ID = 0x74686672
 _PREVIOUS_LAYOUT = ["seq", *FIELDS]
@@ -120,6 +131,9 @@ def _text_tags_schema() -> pa.Schema:
     pa = pyarrow_module()
     return pa.schema([(name, pa.float64() if name == "timestamp" else pa.string()) for name in FIELDS])
 
+
+# The newest arrival number is read from this index at each write.
+_ARRIVAL_INDEX = "CREATE INDEX chunks_arrival ON chunks (last_arrival)"
 
 _SCHEMA = (
     # seq never reuses a number (AUTOINCREMENT): a query's generation is the
@@ -133,11 +147,14 @@ _SCHEMA = (
         rows INTEGER NOT NULL,
         died INTEGER,
         data BLOB NOT NULL,
-        bytes INTEGER NOT NULL
+        bytes INTEGER NOT NULL,
+        arrivals BLOB NOT NULL,
+        last_arrival INTEGER NOT NULL
     )""",
     "CREATE INDEX chunks_max_ts ON chunks (max_ts)",
     "CREATE INDEX chunks_min_ts ON chunks (min_ts)",
     f"CREATE INDEX chunks_open ON chunks (tier) WHERE died IS NULL AND tier < {FINAL_TIER}",
+    _ARRIVAL_INDEX,
 )
 
 EventsLike = Union[EventColumns, Event, Iterable[Event], "pa.RecordBatch", "pa.Table"]
@@ -222,23 +239,35 @@ class EventStore:
 
     def _upgrade(self, db: sqlite3.Connection) -> None:
         """Rewrite a store of an earlier format as :data:`FORMAT_VERSION` (inside the caller's
-        transaction): each chunk read in its old schema, stored again in the event schema."""
+        transaction): chunks of formats 2 and 3 read in their old schema and stored again in
+        the event schema; every event numbered in its stored order (oldest chunk first)."""
+        np = numpy_module()
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version == 2:
             # Format 2 chunks are uncompressed: they decode to no more than their own length.
             db.execute("ALTER TABLE chunks ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0")
             db.execute("UPDATE chunks SET bytes = length(data)")
+        db.execute("ALTER TABLE chunks ADD COLUMN arrivals BLOB NOT NULL DEFAULT x''")
+        db.execute("ALTER TABLE chunks ADD COLUMN last_arrival INTEGER NOT NULL DEFAULT 0")
+        db.execute(_ARRIVAL_INDEX)
         old = _text_tags_schema()
-        seqs = [row[0] for row in db.execute("SELECT seq FROM chunks ORDER BY seq")]
-        for seq in seqs:
-            blob = self._blob(db, seq)
-            try:
-                parts = ipc_to_batches(blob.data, max_decoded=blob.bytes, full=False, schema=old)
-            except DecodeError as exc:
-                raise StoreError(f"chunk {seq} of the event store {self.path!r} is damaged: {exc}") from None
-            batch = event_batch(pyarrow_module().Table.from_batches(parts, schema=old), validated=True)
-            data = batch_to_ipc(batch, compression=COMPRESSION)
-            db.execute("UPDATE chunks SET data = ?, bytes = ? WHERE seq = ?", (data, decoded_size(data), seq))
+        numbered = 0
+        for seq, rows in db.execute("SELECT seq, rows FROM chunks ORDER BY seq").fetchall():
+            if version < 4:
+                blob = self._blob(db, seq)
+                try:
+                    parts = ipc_to_batches(blob.data, max_decoded=blob.bytes, full=False, schema=old)
+                except DecodeError as exc:
+                    raise StoreError(f"chunk {seq} of the event store {self.path!r} is damaged: {exc}") from None
+                batch = event_batch(pyarrow_module().Table.from_batches(parts, schema=old), validated=True)
+                data = batch_to_ipc(batch, compression=COMPRESSION)
+                db.execute("UPDATE chunks SET data = ?, bytes = ? WHERE seq = ?", (data, decoded_size(data), seq))
+            arrivals = np.arange(numbered + 1, numbered + rows + 1, dtype=np.int64)
+            numbered += rows
+            db.execute(
+                "UPDATE chunks SET arrivals = ?, last_arrival = ? WHERE seq = ?",
+                (encode_arrivals(arrivals), numbered, seq),
+            )
         db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
 
     def _check_format(self, db: sqlite3.Connection) -> bool:
@@ -364,7 +393,7 @@ class EventStore:
         if not np.isfinite(ts).all():
             bad = ts[~np.isfinite(ts)][0]
             raise UsageError(f"event timestamps to store must be finite numbers, got {bad!r}")
-        order = sort_order(batch, ts)
+        order = sort_order(ts)
         srt = batch if order is None else batch.take(order)
         sts = ts if order is None else ts[order]
         keep = first_of_equal(srt, sts)
@@ -376,7 +405,10 @@ class EventStore:
                     keep = self._unseen(db, srt, sts, keep)
                     new = srt if keep is None else srt.filter(keep)
                     if new.num_rows:
-                        self._insert(db, new)
+                        # numbered in the order given, after every event stored before
+                        first = self._last_arrival(db) + 1
+                        arrivals = np.arange(first, first + n, dtype=np.int64) if order is None else order + first
+                        self._insert(db, new, arrivals if keep is None else arrivals[keep])
                     generation = self._newest(db)
                     db.execute("COMMIT")
                 except BaseException:
@@ -430,24 +462,31 @@ class EventStore:
                 keep[rows[seen]] = False
         return keep
 
-    def _insert(self, db: sqlite3.Connection, batch: pa.RecordBatch) -> None:
-        """Insert sorted events as one chunk, or several when they are too many for one."""
+    def _insert(self, db: sqlite3.Connection, batch: pa.RecordBatch, arrivals: np.ndarray) -> None:
+        """Insert events sorted by (timestamp, arrival) as one chunk, or several when they are too many for one."""
         ts = batch.column(1).to_numpy()
         for start, stop in piece_spans(batch.num_rows, batch.nbytes):
             piece = batch.slice(start, stop - start)
             data = batch_to_ipc(piece, compression=COMPRESSION)
+            numbers = arrivals[start:stop]
             db.execute(
-                "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (tier(piece.num_rows, piece.nbytes), float(ts[start]), float(ts[stop - 1]), piece.num_rows,
-                 data, decoded_size(data)),
+                 data, decoded_size(data), encode_arrivals(numbers), int(numbers.max())),
             )
 
     @staticmethod
+    def _last_arrival(db: sqlite3.Connection) -> int:
+        """The newest arrival number given (0 before the first event)."""
+        return int(db.execute("SELECT coalesce(max(last_arrival), 0) FROM chunks").fetchone()[0])
+
+    @staticmethod
     def _blob(db: sqlite3.Connection, seq: int) -> Blob:
-        row = db.execute("SELECT data, bytes FROM chunks WHERE seq = ?", (seq,)).fetchone()
+        row = db.execute("SELECT data, bytes, arrivals FROM chunks WHERE seq = ?", (seq,)).fetchone()
         if row is None:
             raise StoreError(f"chunk {seq} is missing from the event store")
-        return Blob(seq, row[0], row[1])
+        return Blob(seq, row[0], row[1], row[2])
 
     def compact(self) -> int:
         """Merge small chunks, tier by tier, while some tier holds :data:`MERGE_FANOUT` of them.
@@ -480,12 +519,18 @@ class EventStore:
                         f"AND tier < {FINAL_TIER} ORDER BY min_ts, seq",
                         (row[0],),
                     ).fetchall()
-                    merged = pa.concat_batches([from_ipc(self._blob(db, seq)) for seq, _, _ in chunks])
+                    blobs = [self._blob(db, seq) for seq, _, _ in chunks]
+                    parts = [from_ipc(blob) for blob in blobs]
+                    merged = pa.concat_batches(parts)
+                    arrivals = numpy_module().concatenate(
+                        [decode_arrivals(blob.arrivals, part.num_rows, blob.seq) for blob, part in zip(blobs, parts)]
+                    )
                     disjoint = all(a[2] < b[1] for a, b in zip(chunks, chunks[1:]))
                     if not disjoint:
-                        merged = merged.take(sort_indices(merged))
+                        order = arrival_order(merged.column(1).to_numpy(), arrivals)
+                        merged, arrivals = merged.take(order), arrivals[order]
                     # The merged chunks cannot share an event: no de-duplication here.
-                    self._insert(db, merged)
+                    self._insert(db, merged, arrivals)
                     seqs = [seq for seq, _, _ in chunks]
                     marks = ",".join("?" * len(seqs))
                     generation = self._newest(db)
