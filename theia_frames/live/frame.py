@@ -31,6 +31,7 @@ from ..deprecation import warn_deprecated
 from ..exceptions import UsageError
 from ..filter import EventFilter
 from .buffer import EventBuffer, parse_window
+from .registry import current_cell, register, unregister
 from .status import LiveStatus, Phase, State, in_words
 from ..timeparse import DurationLike
 
@@ -227,6 +228,10 @@ class LiveFrame:
         self._connecting = False
         # the current drop, as the consumer saw it: its cause, the last error seen, failed attempts
         self._drop: tuple[Any, Any, int] | None = None
+        # the periods the connection was away: [start, end or None], seconds since the epoch
+        self._outages: deque[list[float | None]] = deque(maxlen=_KEEP_ERRORS)
+        #: the notebook cell (and run of it) that made this frame, where the kernel says
+        self.cell = current_cell()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> LiveFrame:
@@ -261,6 +266,10 @@ class LiveFrame:
             if stopped:
                 stream.close()
                 self._close_client()
+                return self
+            # a later run of the cell that made a frame replaces it
+            for earlier in register(self, self.cell):
+                earlier.stop()
             return self
 
     def stop(self, timeout: float | None = 5.0) -> None:
@@ -287,7 +296,9 @@ class LiveFrame:
         with self._lock:
             if self._state in ("running", "paused"):
                 self._state = "stopped"
+            self._close_outage_locked()
             self._changed.notify_all()
+        unregister(self)
 
     def pause(self) -> None:
         """Freeze :attr:`df` and the hooks; events keep arriving into the bounded buffer."""
@@ -453,6 +464,20 @@ class LiveFrame:
         return ("paused" if state == "paused" else "live"), None, 0, None
 
     @property
+    def outages(self) -> list[tuple[float, float | None]]:
+        """The periods the connection to the collector was away, oldest first (at most 100):
+        ``(start, end)`` in seconds since the epoch, ``end`` None while it is still away.
+
+        The events stored meanwhile are fetched on return; a plot shades these periods.
+        """
+        with self._lock:
+            return [(float(start), end) for start, end in self._outages]  # type: ignore[arg-type]
+
+    def _close_outage_locked(self) -> None:
+        if self._outages and self._outages[-1][1] is None:
+            self._outages[-1][1] = time.time()
+
+    @property
     def errors(self) -> list[BaseException]:
         """The most recent errors (at most 100): undecodable events, failed hooks, the stream's end."""
         with self._lock:
@@ -515,11 +540,14 @@ class LiveFrame:
             if self._drop is not None:
                 with self._lock:
                     self._drop = None
+                    self._close_outage_locked()
             return
         error = getattr(stream, "last_error", None)
         with self._lock:
             if self._drop is None:
                 self._drop = (error, error, 0)
+                away = getattr(getattr(stream, "gap", None), "last", 0.0) or 0.0
+                self._outages.append([time.time() - float(away), None])
             elif error is not self._drop[1]:
                 cause, _, failed = self._drop
                 self._drop = (cause, error, failed + 1)
@@ -550,6 +578,10 @@ class LiveFrame:
         finally:
             with self._lock:
                 self._drain_stream_errors_locked()
+                if self._state in ("ended", "failed"):
+                    self._close_outage_locked()
+            if self._state in ("ended", "failed"):
+                unregister(self)
 
     def _ingest(self, batch: Any) -> None:
         n = batch.num_rows

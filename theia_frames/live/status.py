@@ -155,6 +155,28 @@ class LiveStatus:
             return f"failed: {self.reason or self.last_error or 'the stream broke'}"
         return phase
 
+    @property
+    def brief(self) -> str:
+        """The status in a few words, for one line: the phase (how long and which attempt while
+        reconnecting, not why), the events and the rate; ``str()`` has everything.
+
+        >>> LiveStatus(state="running", received=10, rows=10, dropped=0, rate=0.0, errors=0, last_error=None,
+        ...            newest=None, lag=None, version=1, phase="reconnecting", since=1714521600.0, gap_last=4.4,
+        ...            attempt=3, reason="the collector does not accept connections").brief
+        'reconnecting (4.4 s, attempt 3) · 10 events · 0/s'
+        """
+        phase = self.phase or {"running": "live"}.get(self.state, self.state)
+        if phase == "reconnecting":
+            head = f"reconnecting ({self.gap_last:,.1f} s, attempt {max(self.attempt, 1)})"
+        elif phase in ("failed", "ended"):
+            head = phase
+        else:
+            head = self.headline
+        text = f"{head} · {self.received:,} events · {self.rate:,.0f}/s"
+        if self.errors:
+            text += f" · {self.errors:,} error{'' if self.errors == 1 else 's'}"
+        return text
+
     def __str__(self) -> str:
         text = (
             f"{self.headline} · {self.received:,} events · {self.rate:,.0f}/s · "
