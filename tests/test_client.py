@@ -516,7 +516,7 @@ def test_a_descending_find_on_a_plain_peer_is_the_exact_reverse_of_ascending(ups
     assert got == ["e5", "e3", "e1", "e0", "e6"]
     assert all(b.num_rows <= 2 for b in batches)
     ids = [i for b in batches for i in b.column("id").to_pylist()]
-    assert ids == ["e4", "e2", "e5", "e3", "e1", "e0", "e6"]  # the tie at +5 by id, descending
+    assert ids == ["e4", "e2", "e5", "e3", "e1", "e0", "e6"]  # the tie at +5: the reverse of its arrival order
     assert all("desc" not in json.dumps(sent) for _, sent in upstream.filters)
 
 

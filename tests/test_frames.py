@@ -515,3 +515,63 @@ def test_the_progress_bar_shows_a_percentage_when_the_collector_announces_a_tota
         assert "100%" in capsys.readouterr().err
         to_dataframe(client.find(Filter(1_700_000_000).match_tag("sensor")), progress=True)
         assert "%" not in capsys.readouterr().err  # no total for a filter the index cannot count
+
+
+# --------------------------------------------------------------------------- order of events of one instant
+
+
+def test_events_of_one_instant_come_back_in_the_order_given():
+    import theia_frames as tf
+
+    for _ in range(3):
+        with tf.serve(db=":memory:", port=0) as s, tf.Client(s.url) as c:
+            c.send_many(
+                pd.DataFrame({"timestamp": [pd.Timestamp("2015-12-10 06:55:46")] * 5, "content": list("12345")}), wait=True
+            )
+            assert tf.to_dataframe(c.find(tf.Filter(0)), progress=False).content.tolist() == list("12345")
+
+
+def test_ties_come_back_in_arrival_order_on_every_client_path(collector_db):
+    """Two senders interleaving small writes of a few instants (ids random, so an order by
+    id would show): merged chunks of several tiers, read batched, plain and async, asc and
+    desc, all in arrival order (desc its exact reverse)."""
+    import asyncio
+    import random
+
+    import theia_frames as tf
+    from theia_frames.server.store import MERGE_FANOUT
+
+    rng = random.Random(5)
+    t0 = 1_700_000_000.0
+    arrived: list[Event] = []
+    with tf.Client(collector_db.url) as a, tf.Client(collector_db.url, batch=False) as b:
+        for k in range(MERGE_FANOUT**2 + 3):
+            events = [
+                Event(id=f"{rng.getrandbits(40):x}", timestamp=t0 + rng.choice([0.0, 0.5, 0.5, 1.0]), content=str(k))
+                for _ in range(rng.randint(1, 4))
+            ]
+            sender = a if k % 2 else b
+            sender.send_many(events)
+            if sender is b:
+                _stored(collector_db, len(arrived) + len(events))
+            else:
+                a.flush()
+            arrived += events
+    assert any(c.tier > 0 for c in collector_db.store.chunks())
+    want = [e.id for e in sorted(arrived, key=lambda e: e.timestamp)]
+    asc, desc = tf.Filter(t0), tf.Filter(t0).order_desc()
+    for batch in (True, False):
+        with tf.Client(collector_db.url, batch=batch, batch_size=7) as client:
+            assert [e.id for e in client.find(asc)] == want, batch
+            assert [e.id for e in client.find(desc)] == want[::-1], batch
+            assert tf.to_dataframe(client.find(desc), progress=False)["id"].tolist() == want[::-1], batch
+            chunks = tf.iter_dataframes(client.find(asc), batch_size=10, progress=False)
+            assert [i for df in chunks for i in df["id"]] == want, batch
+
+    async def read() -> tuple[list[str], list[str]]:
+        async with tf.AsyncClient(collector_db.url) as client:
+            up = [e.id async for e in client.find(asc)]
+            down = (await client.find(desc).to_dataframe(progress=False))["id"].tolist()
+            return up, down
+
+    assert asyncio.run(read()) == (want, want[::-1])

@@ -386,3 +386,37 @@ def take(stream: Any, n: int, timeout: float = 15.0) -> list[tuple[Any, ...]]:
         if len(got) >= n or time.monotonic() > deadline:
             break
     return got
+
+
+def test_events_of_one_second_come_back_in_the_order_sent_on_both_collectors(tmp_path):
+    """200 events of one timestamp (ids in no order of their own), sent one by one over the
+    plain dialect: the upstream file store and ours return them in the order sent, the
+    reverse for desc, and read_store of upstream's folder reads them in that order too."""
+    import random
+
+    rng = random.Random(22)
+    ids = [f"{rng.getrandbits(48):012x}" for _ in range(200)]
+    t = T0 + 5000.25
+    events = [Event(id=i, timestamp=t, source="/s", content=str(k)) for k, i in enumerate(ids)]
+    # (an event older than the upstream file store's newest file would start a file of its
+    # own, which its /find reads first: the events around the tie are sent in time order)
+    events.insert(0, Event(id="before", timestamp=t - 1, source="/s", content="b"))
+    events.append(Event(id="after", timestamp=t + 1, source="/s", content="a"))
+    want = ["before", *ids, "after"]
+    with UpstreamCollector(tmp_path / "files") as up, tf.serve(db=":memory:", port=0) as ours:
+        for url in (up.url, ours.url):
+            with Client(url, batch=False) as client:
+                client.send_many(events)
+        for url in (up.url, ours.url):
+            wait_until(
+                lambda: len(list(tf.find(url, Filter(T0), idle_timeout=IDLE))) == len(want), what=f"events at {url}"
+            )
+        for url in (up.url, ours.url):
+            for batch in (True, False):
+                with Client(url, batch=batch, idle_timeout=IDLE) as client:
+                    assert [e.id for e in client.find(Filter(T0))] == want, (url, batch)
+                    assert [e.id for e in client.find(Filter(T0).order_desc())] == want[::-1], (url, batch)
+                    df = tf.to_dataframe(client.find(Filter(t).match_end(t)), progress=False)
+                    assert df["id"].tolist() == ids, (url, batch)
+        up.stop()
+        assert tf.read_store(tmp_path / "files")["id"].tolist() == want

@@ -324,9 +324,9 @@ class NewestFirst:
     the default temporary folder; about the size of the result's Arrow data; a
     stream, since each batch may bring a dictionary of its own),
     so memory holds one batch, not the result; :meth:`batches` then sorts the
-    file by (timestamp, id), descending, and reads it back through a memory
-    map in batches of at most ``size`` rows: the exact reverse of the
-    collector's ascending order, whatever order the peer sent.
+    file by timestamp, stably, and reads it back newest first through a memory
+    map in batches of at most ``size`` rows: the exact reverse of the ascending
+    order (events of one timestamp in the order they arrived, reversed).
     """
 
     def __init__(self, size: int) -> None:
@@ -351,7 +351,8 @@ class NewestFirst:
                 table = pa.ipc.open_stream(source).read_all()
                 if not table.num_rows:
                     return
-                order = pa.compute.sort_indices(table, sort_keys=[("timestamp", "descending"), ("id", "descending")])
+                # ascending and stable (ties keep the peer's order, its arrival order), then reversed
+                order = pa.compute.sort_indices(table, sort_keys=[("timestamp", "ascending")])[::-1]
                 for i in range(0, len(order), self.size):
                     yield table.take(order[i : i + self.size]).combine_chunks().to_batches()[0]
         finally:
