@@ -58,7 +58,17 @@ from typing import Any
 
 from .exceptions import UsageError
 
-__all__ = ["to_epoch", "to_seconds", "parse_time", "parse_duration", "TimeLike", "DurationLike"]
+__all__ = [
+    "to_epoch",
+    "to_seconds",
+    "parse_time",
+    "parse_duration",
+    "parse_times",
+    "time_format_has_year",
+    "EPOCH_FORMATS",
+    "TimeLike",
+    "DurationLike",
+]
 
 #: What :func:`to_epoch` takes (a number, a text, a datetime, ``pandas.Timestamp``, ``numpy.datetime64``).
 TimeLike = Any
@@ -279,3 +289,258 @@ def to_epoch(value: TimeLike, *, now: float | None = None, name: str = "time") -
     if type(value).__name__ == "NaTType":
         raise UsageError(f"invalid {name} {value!r}: not a time (NaT)")
     raise UsageError(f"invalid {name} {value!r}: {_EXPECTED_TIME}")
+
+
+# --------------------------------------------------------------------------- columns of times
+
+#: The ``time_format`` values that are not strptime text: numbers of seconds, or of milliseconds, since the epoch.
+EPOCH_FORMATS = {"epoch": "s", "epoch_ms": "ms"}
+
+# strptime directives read by the vectorised parser: each becomes a regex group.
+_DIRECTIVES = {
+    "Y": r"(?P<Y>\d{4})", "y": r"(?P<y>\d{2})", "m": r"(?P<m>\d{1,2})", "d": r"(?P<d>\d{1,2})",
+    "e": r"\s?(?P<d>\d{1,2})", "j": r"(?P<j>\d{1,3})", "H": r"(?P<H>\d{1,2})", "I": r"(?P<I>\d{1,2})",
+    "M": r"(?P<M>\d{1,2})", "S": r"(?P<S>\d{1,2})", "f": r"(?P<f>\d{1,9})", "p": r"(?P<p>[AaPp][Mm])",
+    "b": r"(?P<b>[A-Za-z]{3})", "h": r"(?P<b>[A-Za-z]{3})", "B": r"(?P<B>[A-Za-z]+)",
+    "a": r"[A-Za-z]{3}", "A": r"[A-Za-z]+", "z": r"(?P<z>Z|[+-]\d\d(?::?\d\d)?)", "%": "%",
+    "T": r"(?P<H>\d{1,2}):(?P<M>\d{1,2}):(?P<S>\d{1,2})", "F": r"(?P<Y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})",
+}
+_MONTHS = ["january", "february", "march", "april", "may", "june", "july",
+           "august", "september", "october", "november", "december"]
+_ISO_COMMA = re.compile(r"(\d\d:\d\d:\d\d),(\d)")
+_HAS_OFFSET = r"(?:[zZ]|[+-]\d\d:?\d\d)$"
+
+
+def _format_regex(time_format: str) -> str | None:
+    """``time_format`` as an anchored regex of named groups, or None when it uses a directive not read here."""
+    out, i, seen = ["^\\s*"], 0, set()
+    while i < len(time_format):
+        c = time_format[i]
+        if c == "%":
+            d = time_format[i + 1 : i + 2]
+            part = _DIRECTIVES.get(d)
+            names = set(re.findall(r"\?P<(\w+)>", part or ""))
+            if part is None or names & seen:
+                return None
+            seen |= names
+            out.append(part)
+            i += 2
+        else:
+            out.append(r"\s+" if c.isspace() else re.escape(c))
+            i += 1
+            while c.isspace() and i < len(time_format) and time_format[i].isspace():
+                i += 1
+    return "".join(out) + "\\s*$"
+
+
+def time_format_has_year(time_format: str | None) -> bool:
+    """Whether times of this format name their year (ISO-8601 and epoch times do).
+
+    >>> time_format_has_year("%b %d %H:%M:%S"), time_format_has_year("%d/%b/%Y:%H:%M:%S %z")
+    (False, True)
+    """
+    if time_format is None or time_format in EPOCH_FORMATS:
+        return True
+    return bool(re.search(r"%[YyFGs]", time_format))
+
+
+def _strptime_columns(text: Any, time_format: str, regex: str, years: Any) -> Any:
+    """``strptime`` over a column with Arrow's RE2 and NumPy: UTC-naive nanoseconds and UTC offsets, or None."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    parts = pc.extract_regex(text, regex)
+    valid = pc.fill_null(pc.is_valid(parts), False).to_numpy(zero_copy_only=False)
+    n = len(text)
+
+    def field(name: str, default: int) -> Any:
+        if parts.type.get_field_index(name) < 0:
+            return np.full(n, default, dtype=np.int64)
+        values = pc.if_else(valid, parts.field(name), "0")
+        return pc.cast(values, pa.int64()).to_numpy(zero_copy_only=False)
+
+    names = {parts.type.field(k).name for k in range(parts.type.num_fields)}
+    if "Y" in names:
+        year = field("Y", 1970)
+    elif "y" in names:
+        yy = field("y", 70)
+        year = np.where(yy < 69, 2000 + yy, 1900 + yy)
+    else:
+        year = np.asarray(years, dtype=np.int64) if years is not None else np.full(n, 1970, dtype=np.int64)
+    month = field("m", 1)
+    for name, width in (("b", 3), ("B", None)):
+        if name in names:
+            words = pc.utf8_lower(pc.if_else(valid, parts.field(name), ""))
+            pool = [m[:3] for m in _MONTHS] if width else _MONTHS
+            found = pc.fill_null(pc.index_in(words, value_set=pa.array(pool)), -1).to_numpy(zero_copy_only=False)
+            valid &= found >= 0
+            month = found.astype(np.int64) + 1
+    day = field("d", 1)
+    hour = field("H", 0)
+    if "I" in names:
+        twelve = field("I", 12)
+        valid &= (twelve >= 1) & (twelve <= 12)
+        pm = pc.fill_null(pc.equal(pc.utf8_lower(parts.field("p")), "pm"), False).to_numpy(zero_copy_only=False) if "p" in names else False
+        hour = twelve % 12 + np.where(pm, 12, 0)
+    minute, second = field("M", 0), field("S", 0)
+    fraction = np.zeros(n, dtype=np.int64)
+    if "f" in names:
+        digits = pc.if_else(valid, parts.field("f"), "0")
+        padded = pc.utf8_rpad(digits, 9, "0")
+        fraction = pc.cast(padded, pa.int64()).to_numpy(zero_copy_only=False)
+    valid &= (month >= 1) & (month <= 12) & (day >= 1) & (hour < 24) & (minute < 60) & (second < 60)
+    month = np.where(valid, month, 1)
+    first = ((year - 1970) * 12 + month - 1).astype("datetime64[M]")
+    length = ((first + 1).astype("datetime64[D]") - first.astype("datetime64[D]")).astype(np.int64)
+    if "j" in names:
+        day_of_year = field("j", 1)
+        leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+        valid &= (day_of_year >= 1) & (day_of_year <= 365 + leap)
+        days = ((year - 1970).astype("datetime64[Y]").astype("datetime64[D]").astype(np.int64)) + day_of_year - 1
+    else:
+        valid &= day <= length
+        days = first.astype("datetime64[D]").astype(np.int64) + day - 1
+    ns = days * 86_400_000_000_000 + ((hour * 60 + minute) * 60 + second) * 1_000_000_000 + fraction
+    offset = None
+    if "z" in names:
+        z = pc.if_else(valid, parts.field("z"), "Z")
+        zone = pc.extract_regex(pc.replace_substring(z, ":", ""), r"^(?P<sign>[+-])(?P<hh>\d\d)(?P<mm>\d\d)?$")
+        signs = np.where(pc.fill_null(pc.equal(zone.field("sign"), "-"), False).to_numpy(zero_copy_only=False), -1, 1)
+        hh = pc.cast(pc.fill_null(pc.if_else(pc.is_valid(zone), zone.field("hh"), "0"), "0"), pa.int64()).to_numpy(zero_copy_only=False)
+        mm_text = pc.if_else(pc.is_valid(zone), zone.field("mm"), "0")
+        mm = pc.cast(pc.if_else(pc.equal(pc.fill_null(mm_text, ""), ""), "0", mm_text), pa.int64()).to_numpy(zero_copy_only=False)
+        offset = signs * (hh * 3600 + mm * 60) * 1_000_000_000
+        ns = ns - offset
+    return np.where(valid, ns, np.iinfo(np.int64).min), offset is not None
+
+
+def parse_times(
+    values: Any,
+    time_format: str | list[str] | tuple[str, ...] | None = None,
+    *,
+    tz: Any = None,
+    year: int | None = None,
+    reference: float | None = None,
+    last_month: int | None = None,
+) -> Any:
+    """A column of times as a ``pandas.Series`` of ``datetime64[ns, UTC]``, ``NaT`` where one does not parse.
+
+    ``values`` is a ``pandas.Series``, a ``pyarrow`` array or a list, of text
+    (or of numbers with ``"epoch"``/``"epoch_ms"``). ``time_format`` is
+
+    - ``None``: ISO-8601 (``2024-05-01T10:00:00.5+02:00``, ``2024-05-01 10:00:00,123``);
+    - ``"epoch"`` / ``"epoch_ms"``: seconds / milliseconds since the epoch;
+    - ``strptime`` text such as ``"%b %d %H:%M:%S"`` or ``"%d/%b/%Y:%H:%M:%S %z"``
+      (``%f`` takes 1 to 9 digits); a list of them: each time takes the first that reads it.
+
+    Times without an offset are in ``tz`` (a zone name such as ``"Europe/Berlin"``;
+    default UTC); a wall time that the zone skips or repeats ambiguously is ``NaT``.
+    For formats without a year (syslog's ``%b %d %H:%M:%S``): ``year`` is the
+    first time's year, or else the latest year in which the first time is not
+    after ``reference`` (seconds since the epoch, e.g. a file's modification
+    time); a time whose month falls back by more than six from the one before it
+    (December, then January) starts the next year. ``last_month`` is the month
+    of the time before ``values``, when they continue a column read earlier.
+
+    >>> parse_times(["Dec 31 23:59:59", "Jan  1 00:00:01"], "%b %d %H:%M:%S", year=2023).tolist()
+    [Timestamp('2023-12-31 23:59:59+0000', tz='UTC'), Timestamp('2024-01-01 00:00:01+0000', tz='UTC')]
+    >>> parse_times(["081109 203615", "bad"], "%y%m%d %H%M%S", tz="Europe/Berlin").tolist()
+    [Timestamp('2008-11-09 19:36:15+0000', tz='UTC'), NaT]
+    >>> parse_times([1714521600123], "epoch_ms").tolist()
+    [Timestamp('2024-05-01 00:00:00.123000+0000', tz='UTC')]
+    >>> parse_times(["2024-05-01 10:00:00,25"]).tolist()
+    [Timestamp('2024-05-01 10:00:00.250000+0000', tz='UTC')]
+    """
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(values, pd.Series):
+        series = values.reset_index(drop=True)
+    else:
+        series = pd.Series(values.to_pandas() if isinstance(values, (pa.Array, pa.ChunkedArray)) else list(values))
+    n = len(series)
+    formats = list(time_format) if isinstance(time_format, (list, tuple)) else [time_format]
+    if not formats:
+        raise UsageError("time_format is an empty list: give at least one format")
+    out = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    aware = np.zeros(n, dtype=bool)
+    years = None
+    for fmt in formats:
+        todo = out == np.iinfo(np.int64).min
+        if not todo.any():
+            break
+        part = series[todo] if not todo.all() else series
+        if fmt in EPOCH_FORMATS:
+            numbers = pd.to_numeric(part, errors="coerce")
+            stamps = pd.to_datetime(numbers, unit=EPOCH_FORMATS[fmt], utc=True, errors="coerce")
+            got = pd.DatetimeIndex(stamps).as_unit("ns").asi8
+            out[todo], aware[todo] = got, True
+            continue
+        if fmt is not None and not isinstance(fmt, str):
+            raise UsageError(f"invalid time_format {fmt!r}: expected strptime text, 'epoch' or 'epoch_ms'")
+        text = pa.array(part.astype(pd.StringDtype("pyarrow")).array).cast(pa.string())
+        if isinstance(text, pa.ChunkedArray):
+            text = text.combine_chunks()
+        if fmt is None:
+            text = pc.replace_substring_regex(pc.utf8_trim_whitespace(text), _ISO_COMMA.pattern, r"\1.\2")
+            stamps = pd.to_datetime(pd.Series(text.to_pandas()), format="ISO8601", utc=True, errors="coerce")
+            got = pd.DatetimeIndex(stamps).as_unit("ns").asi8
+            has_offset = pc.fill_null(pc.match_substring_regex(text, _HAS_OFFSET), False).to_numpy(zero_copy_only=False)
+        else:
+            regex = _format_regex(fmt)
+            if not time_format_has_year(fmt) and years is None:
+                years = _years(series, fmt, regex, year, reference, last_month)
+            if regex is None:
+                stamps = pd.to_datetime(pd.Series(text.to_pandas()), format=fmt, utc=True, errors="coerce")
+                got, has_offset = pd.DatetimeIndex(stamps).as_unit("ns").asi8, np.full(len(text), "%z" in fmt)
+            else:
+                got, zoned = _strptime_columns(text, fmt, regex, None if years is None else years[todo])
+                has_offset = np.full(len(text), zoned)
+        out[todo] = got
+        aware[todo] = has_offset
+    result = pd.DatetimeIndex(pd.to_datetime(out, unit="ns", utc=True))
+    local = ~aware & (out != np.iinfo(np.int64).min)
+    if tz is not None and local.any():
+        wall = result[local].tz_localize(None)
+        try:
+            moved = wall.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
+        except Exception as exc:  # an unknown zone name
+            raise UsageError(f"invalid tz {tz!r}: {exc}") from None
+        values_ns = result.asi8.copy()
+        values_ns[local] = moved.tz_convert("UTC").as_unit("ns").asi8
+        result = pd.DatetimeIndex(pd.to_datetime(values_ns, unit="ns", utc=True))
+    return pd.Series(result, name=None).dt.as_unit("ns")
+
+
+def _years(series: Any, fmt: str, regex: str | None, year: int | None, reference: float | None, last_month: int | None) -> Any:
+    """The year of each time of a format without one: see :func:`parse_times`."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    if year is None and reference is None:
+        raise UsageError(f"the times of format {fmt!r} have no year: give year= (the first time's year)")
+    if regex is None:
+        raise UsageError(f"time_format {fmt!r} has no year and a directive that cannot be placed in a year")
+    text = pa.array(series.astype(pd.StringDtype("pyarrow")).array).cast(pa.string())
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    leap = np.full(len(text), 2000, dtype=np.int64)  # a leap year: 29 February reads
+    ns, _ = _strptime_columns(text, fmt, regex, leap)
+    ok = ns != np.iinfo(np.int64).min
+    months = pd.Series(np.where(ok, pd.to_datetime(ns, unit="ns").month, np.nan))
+    before = months.ffill().shift(1)
+    if last_month is not None:
+        before = before.fillna(float(last_month))
+    rolled = (months < before - 6).to_numpy()
+    if year is None:
+        ref = _dt.datetime.fromtimestamp(float(reference or 0.0), _dt.timezone.utc)
+        year = ref.year
+        if ok.any():
+            first = pd.Timestamp(int(ns[ok][0]), unit="ns")
+            if (first.month, first.day, first.time()) > (ref.month, ref.day, ref.time().replace(tzinfo=None)):
+                year -= 1
+    return year + np.cumsum(rolled)

@@ -269,14 +269,20 @@ class AsyncClient(ClientSettings):
         *,
         wait: bool = False,
         columns: Mapping[str, str] | None = None,
+        time_format: str | Sequence[str] | None = None,
+        tz: Any = None,
     ) -> int:
         """Publish many events (as :meth:`Client.send_many <theia_frames.client.Client.send_many>`); returns how many were sent."""
         if isinstance(events, Event):
             events = [events]
-        elif columns is not None or type(events).__module__.split(".")[0] in ("pandas", "polars", "pyarrow"):
+        elif columns is not None or time_format is not None or tz is not None or type(events).__module__.split(".")[0] in (
+            "pandas",
+            "polars",
+            "pyarrow",
+        ):
             from ..frames.events_table import to_event_table
 
-            events = to_event_table(events, columns=columns)
+            events = to_event_table(events, columns=columns, time_format=time_format, tz=tz)
         lock = self._lock
         sent = 0
         async with lock:

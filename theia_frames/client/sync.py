@@ -261,6 +261,8 @@ class Client(ClientSettings):
         *,
         wait: bool = False,
         columns: Mapping[str, str] | None = None,
+        time_format: str | Sequence[str] | None = None,
+        tz: Any = None,
     ) -> int:
         """Publish many events; returns how many were sent.
 
@@ -272,7 +274,10 @@ class Client(ClientSettings):
         columns or a Polars frame, read by
         :func:`~theia_frames.frames.events_table.to_event_table` (``columns`` maps event
         fields to its columns, e.g. ``{"content": "message"}``; missing ids
-        are generated).
+        are generated; ``time_format`` reads text times, e.g.
+        ``"%d/%b/%Y:%H:%M:%S %z"``, ``"epoch_ms"``, and ``tz`` is the zone of
+        times without an offset). :func:`~theia_frames.frames.logs.read_log`
+        makes such a frame from a log file.
 
         With batched transfer, events go out as Arrow batches of up to
         ``batch_size`` events and about 8 MiB (a handful as plain
@@ -286,10 +291,14 @@ class Client(ClientSettings):
         """
         if isinstance(events, Event):
             events = [events]
-        elif columns is not None or type(events).__module__.split(".")[0] in ("pandas", "polars", "pyarrow"):
+        elif columns is not None or time_format is not None or tz is not None or type(events).__module__.split(".")[0] in (
+            "pandas",
+            "polars",
+            "pyarrow",
+        ):
             from ..frames.events_table import to_event_table
 
-            events = to_event_table(events, columns=columns)
+            events = to_event_table(events, columns=columns, time_format=time_format, tz=tz)
         with self.lock:
             self._check_open()
             sent = self._send_all(events)

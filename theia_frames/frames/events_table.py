@@ -13,8 +13,9 @@ column and the row.
 from __future__ import annotations
 
 import math
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,14 +24,38 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..protocol.arrow import event_schema, tag_lists
-from ..event import new_event_id
 from ..exceptions import InvalidEventError, MissingDependencyError, UsageError
+from ..timeparse import parse_times, time_format_has_year
 
-__all__ = ["EVENT_FIELDS", "to_event_table"]
+__all__ = ["EVENT_FIELDS", "to_event_table", "new_event_ids"]
 
 
 #: The fields of an event, which ``to_event_table(columns=...)`` maps to a frame's columns.
 EVENT_FIELDS: tuple[str, ...] = ("timestamp", "source", "tags", "content", "id")
+
+
+# where a UUID's 32 hex digits and its 4 dashes go among its 36 characters
+_UUID_DASHES = np.array([8, 13, 18, 23])
+_UUID_DIGITS = np.setdiff1d(np.arange(36), _UUID_DASHES)
+
+
+def new_event_ids(n: int) -> pa.Array:
+    """``n`` new random event ids at once: UUID4 text, as :func:`~theia_frames.event.new_event_id` makes one.
+
+    >>> ids = new_event_ids(2)
+    >>> len(ids), len(ids[0].as_py()), ids[0].as_py()[14], ids[0] != ids[1]
+    (2, 36, '4', True)
+    """
+    raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # the RFC 4122 variant
+    digits = np.frombuffer(raw.tobytes().hex().encode("ascii"), dtype=np.uint8).reshape(n, 32)
+    text = np.empty((n, 36), dtype=np.uint8)
+    text[:, _UUID_DIGITS] = digits
+    text[:, _UUID_DASHES] = ord("-")
+    data = pa.py_buffer(text.tobytes())
+    offsets = pa.py_buffer(np.arange(0, 36 * (n + 1), 36, dtype=np.int32).tobytes())
+    return pa.Array.from_buffers(pa.string(), n, [None, offsets, data])
 
 
 def _arrow_types(t: pa.DataType) -> Any:
@@ -59,13 +84,29 @@ def _as_pandas(data: Any) -> pd.DataFrame:
     )
 
 
-def _seconds_of(values: Any, what: str) -> np.ndarray:
-    """Event times (datetimes, naive = UTC; numbers = seconds; ISO text) as float seconds."""
+def _seconds_of(values: Any, what: str, time_format: Any = None, tz: Any = None) -> np.ndarray:
+    """Event times (datetimes, naive = UTC or ``tz``; numbers = seconds; ISO text; text of ``time_format``) as float seconds."""
     if isinstance(values, pd.Index):
         values = values.to_series(index=pd.RangeIndex(len(values)))
     dtype = values.dtype
     if pd.api.types.is_bool_dtype(dtype):
         raise UsageError(f"{what} holds booleans, not times")
+    if pd.api.types.is_datetime64_any_dtype(dtype) and tz is not None and getattr(dtype, "tz", None) is None:
+        try:
+            values = values.dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
+        except Exception as exc:  # an unknown zone name
+            raise UsageError(f"invalid tz {tz!r}: {exc}") from None
+    elif time_format is not None or (tz is not None and not pd.api.types.is_datetime64_any_dtype(dtype)):
+        if time_format is not None and not all(map(time_format_has_year, _formats(time_format))):
+            raise UsageError(f"time_format {time_format!r} has no year: put the year in the times, or read them with read_log(year=...)")
+        values = values.reset_index(drop=True)
+        stamps = parse_times(values, time_format, tz=tz)
+        bad = stamps.isna().to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            wanted = "ISO-8601" if time_format is None else repr(time_format)
+            raise InvalidEventError(f"{what}: row {row} holds {values.iloc[row]!r}, which does not read as {wanted} ({int(bad.sum())} such row(s))")
+        return stamps.dt.as_unit("ns").astype("int64").to_numpy() / 1e9
     if pd.api.types.is_numeric_dtype(dtype):
         seconds = values.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
@@ -73,7 +114,10 @@ def _seconds_of(values: Any, what: str) -> np.ndarray:
             try:
                 values = pd.to_datetime(values, utc=True, format="ISO8601")
             except (ValueError, TypeError) as exc:
-                raise UsageError(f"{what} must hold datetimes, seconds since the epoch or ISO-8601 text: {exc}") from exc
+                raise UsageError(
+                    f"{what} must hold datetimes, seconds since the epoch or ISO-8601 text; "
+                    f"for other text give time_format= (strptime, e.g. '%b %d %H:%M:%S %Y'): {exc}"
+                ) from exc
         stamps = pd.DatetimeIndex(values)
         if stamps.tz is None:
             stamps = stamps.tz_localize("UTC")
@@ -143,7 +187,17 @@ def _comma_text(text: pa.Array) -> pa.Array:
     return pc.replace_substring_regex(text, "^,+|,+$", "")
 
 
-def to_event_table(data: Any, *, columns: Mapping[str, str] | None = None) -> pa.Table:
+def _formats(time_format: Any) -> list[Any]:
+    return list(time_format) if isinstance(time_format, (list, tuple)) else [time_format]
+
+
+def to_event_table(
+    data: Any,
+    *,
+    columns: Mapping[str, str] | None = None,
+    time_format: str | Sequence[str] | None = None,
+    tz: Any = None,
+) -> pa.Table:
     """A frame of events as an Arrow table with :func:`~theia_frames.protocol.arrow.event_schema`,
     the form :meth:`Client.send_many <theia_frames.client.Client.send_many>` sends.
 
@@ -155,7 +209,10 @@ def to_event_table(data: Any, *, columns: Mapping[str, str] | None = None) -> pa
 
     - ``timestamp``: the frame's DatetimeIndex (required otherwise); datetimes
       (naive ones are UTC, aware ones in any zone), seconds since the epoch, or
-      ISO-8601 text;
+      ISO-8601 text; other text with ``time_format`` (strptime text such as
+      ``"%d/%b/%Y:%H:%M:%S"``, a list of them, ``"epoch"`` or ``"epoch_ms"``, as
+      :func:`~theia_frames.timeparse.parse_times` reads them); ``tz`` is the zone of
+      times without an offset (default UTC);
     - ``source``: ``""``; ``tags``: none (a column holds lists, or comma text like
       ``"a,b"``); ``content``: ``""`` (numbers become their text);
     - ``id``: a new id per event (also where the column has a missing value).
@@ -170,8 +227,12 @@ def to_event_table(data: Any, *, columns: Mapping[str, str] | None = None) -> pa
     >>> table = to_event_table(df, columns={"timestamp": "when", "content": "message"})
     >>> table.select(["timestamp", "tags", "content"]).to_pylist()[1]
     {'timestamp': 1714521601.5, 'tags': [], 'content': '22.0C'}
+    >>> logs = pd.DataFrame({"time": ["10/Oct/2000:13:55:36"], "message": ["GET /"]})
+    >>> to_event_table(logs, columns={"timestamp": "time", "content": "message"},
+    ...                time_format="%d/%b/%Y:%H:%M:%S", tz="America/Denver").column("timestamp").to_pylist()
+    [971207736.0]
     """
-    if isinstance(data, (pa.Table, pa.RecordBatch)) and not columns and data.schema.equals(event_schema()):
+    if isinstance(data, (pa.Table, pa.RecordBatch)) and not columns and data.schema.equals(event_schema()) and time_format is None and tz is None:
         return data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
     names = {name: name for name in EVENT_FIELDS}
     if columns is not None:
@@ -197,7 +258,7 @@ def to_event_table(data: Any, *, columns: Mapping[str, str] | None = None) -> pa
             f"events need a time: a {ts_name!r} column or a DatetimeIndex "
             f"(or columns={{'timestamp': ...}}); the frame has {list(df.columns)} and a {type(df.index).__name__}"
         )
-    seconds = _seconds_of(times, f"column {ts_name!r}" if ts_name in df.columns else "the index")
+    seconds = _seconds_of(times, f"column {ts_name!r}" if ts_name in df.columns else "the index", time_format, tz)
 
     def text(field_name: str) -> pa.Array | None:
         column = names[field_name]
@@ -209,12 +270,9 @@ def to_event_table(data: Any, *, columns: Mapping[str, str] | None = None) -> pa
     content = text("content")
     ids = text("id")
     if ids is None:
-        ids = pa.array([new_event_id() for _ in range(rows)], pa.string())
+        ids = new_event_ids(rows)
     elif ids.null_count:
-        missing = ids.is_null().to_numpy(zero_copy_only=False)
-        values = np.array(ids.to_pylist(), dtype=object)
-        values[missing] = [new_event_id() for _ in range(int(missing.sum()))]
-        ids = pa.array(values.tolist(), pa.string())
+        ids = pc.coalesce(ids, new_event_ids(rows))
     tags_column = names["tags"]
     tags = _tags_of(df[tags_column], f"column {tags_column!r}") if tags_column in df.columns else None
     empty = pa.array([""] * rows, pa.string()) if rows else pa.array([], pa.string())

@@ -1,0 +1,764 @@
+"""Log files as event frames, each line with its own time: :func:`read_log` and :func:`iter_log`.
+
+A log line is read by a *format*: a preset of :data:`LOG_FORMATS` (syslog,
+access logs, Python logging, JSON lines, logfmt, ...), a regex of your own with
+named groups, or a ``<Field>`` template as in logparser's ``log_format``::
+
+    >>> lines = ["Dec 31 23:59:58 gw sshd[41]: Accepted password for ann",
+    ...          "Jan  1 00:00:03 gw cron[7]: job started",
+    ...          "not a syslog line"]
+    >>> import warnings; warnings.simplefilter("ignore", UnparsedLogWarning)
+    >>> df = read_log(lines, format="syslog", year=2023)
+    >>> df[["timestamp", "source", "tags", "content", "pid"]]
+                      timestamp source     tags                      content pid
+    0 2023-12-31 23:59:58+00:00     gw  ['sshd']  Accepted password for ann  41
+    1 2024-01-01 00:00:03+00:00     gw  ['cron']                 job started   7
+    >>> print(df.attrs["theia_report"])
+    3 line(s): 2 record(s), 1 line(s) not read:
+      line 3: does not match the format: 'not a syslog line'
+
+The frame has the columns and dtypes of :func:`~theia_frames.frames.convert.to_dataframe`
+(new ids included), then one ``string[pyarrow]`` column per field of the format
+other than its time and content; it goes into a collector as it is
+(``client.send_many(df)``). Rows are in the file's line order.
+
+How a line is read, in one place for every format:
+
+- **Records.** A line's trailing whitespace (``\\r`` included) is not kept. A line that matches the format starts a record. With
+  ``multiline=True`` (the default of formats whose messages span lines, such as
+  stack traces) a line that does not match joins the record before it, after a
+  line break; otherwise it is not read. Blank lines are counted and skipped.
+- **Time.** The field ``timestamp``, or else the fields named (in any case)
+  ``date``, ``day``, ``month``, ``year``, ``time`` joined by a space in their order in the
+  line, read by ``time_format`` with ``tz`` and ``year`` as
+  :func:`~theia_frames.timeparse.parse_times` reads them (``"epoch"``, ``"epoch_ms"``,
+  strptime text, or ISO-8601 when None). A file whose times have no year takes
+  it from ``year=`` or else from the file's modification time.
+- **Content.** The field ``content`` (in any case), or else the whole line.
+- **Source and tags.** ``source=`` names the field that becomes the source
+  (without one: ``origin``, by default the file's path); ``tags=`` the fields
+  whose values become tags (empty values are left out).
+- **Nothing silent.** Every line that is not read (no match, no record to
+  continue, a time that does not read) is counted in the :class:`LogReport`
+  attached as ``df.attrs["theia_report"]``, with its line number, the reason
+  and its text (the first :data:`MAX_UNPARSED_KEPT`); :func:`read_log` warns
+  with :class:`UnparsedLogWarning`, and ``strict=True`` raises
+  :class:`~theia_frames.exceptions.DecodeError` instead.
+
+Parsing is columnar: the lines of a chunk are matched at once by Arrow's RE2
+kernels (Python's ``re`` through pandas for a pattern RE2 cannot run) and their
+times read at once. :func:`iter_log` reads a file of any size a chunk at a time.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..exceptions import DecodeError, UsageError
+from ..protocol.arrow import event_schema
+from ..timeparse import parse_times, time_format_has_year
+from .convert import EVENT_DTYPES, batches_to_dataframe
+from .events_table import new_event_ids
+from .logformats import LOG_FORMATS, LogFormat, template_regex
+
+__all__ = [
+    "read_log",
+    "iter_log",
+    "LogReport",
+    "UnparsedLine",
+    "UnparsedLogWarning",
+    "LOG_FORMATS",
+    "LogFormat",
+    "MAX_UNPARSED_KEPT",
+    "DEFAULT_BATCH_SIZE",
+]
+
+#: Unread lines kept in :attr:`LogReport.unparsed_lines`; the others are only counted.
+MAX_UNPARSED_KEPT = 1000
+#: Lines read and parsed at a time by :func:`iter_log` (and so the most rows of a frame it yields).
+DEFAULT_BATCH_SIZE = 200_000
+# Bytes read from a file at a time.
+_READ_PIECE = 8 * 1024 * 1024
+_SUMMARY_LINES = 20
+_TEXT_CHARS = 200
+_TIME_FIELDS = ("date", "day", "month", "year", "time")
+_EVENT_NAMES = frozenset(EVENT_DTYPES)
+
+
+class UnparsedLogWarning(UserWarning):
+    """Lines of a log were not read; the message says which, and why."""
+
+
+@dataclass(frozen=True)
+class UnparsedLine:
+    """A line of a log that was not read: its number (from 1), why, and its text (cut)."""
+
+    line: int
+    reason: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}: {self.text!r}"
+
+
+@dataclass
+class LogReport:
+    """What reading a log did: lines read, records made, lines joined to a record, lines not read.
+
+    ``unparsed`` counts every line not read; ``unparsed_lines`` keeps the first
+    :data:`MAX_UNPARSED_KEPT` of them. ``joined`` counts continuation lines
+    (added to the record before them), ``blank`` the empty lines skipped.
+    """
+
+    path: str = ""
+    lines: int = 0
+    records: int = 0
+    joined: int = 0
+    blank: int = 0
+    unparsed: int = 0
+    unparsed_lines: list[UnparsedLine] = field(default_factory=list)
+    bytes_read: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """Whether every line that is not blank was read."""
+        return self.unparsed == 0
+
+    def _note(self, line: int, reason: str, text: str, count: int = 1) -> None:
+        self.unparsed += count
+        if len(self.unparsed_lines) < MAX_UNPARSED_KEPT:
+            cut = text if len(text) <= _TEXT_CHARS else text[:_TEXT_CHARS] + "..."
+            self.unparsed_lines.append(UnparsedLine(line, reason, cut))
+
+    def summary(self) -> str:
+        """A few lines for people: the counts, then the first lines not read."""
+        head = f"{self.path + ': ' if self.path else ''}{self.lines} line(s): {self.records} record(s)"
+        head += f", {self.joined} continuation line(s) joined" if self.joined else ""
+        head += f", {self.blank} blank" if self.blank else ""
+        if not self.unparsed:
+            return head
+        lines = [head + f", {self.unparsed} line(s) not read:"]
+        lines.extend(f"  {u}" for u in self.unparsed_lines[:_SUMMARY_LINES])
+        if self.unparsed > _SUMMARY_LINES:
+            lines.append(f"  ... and {self.unparsed - _SUMMARY_LINES} more")
+        return "\n".join(lines)
+
+    __str__ = summary
+
+
+# --------------------------------------------------------------------------- reading lines
+
+
+def _pieces(source: Any, report: LogReport) -> Iterator[bytes | list[str]]:
+    """The input in pieces: bytes from a path or a binary file, lists of text from lines."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            handle = open(path, "rb")
+        except OSError as exc:
+            raise UsageError(f"cannot read log {str(path)!r}: {exc.strerror or exc}") from None
+        with handle:
+            yield from _file_pieces(handle, report)
+        return
+    if isinstance(source, (io.RawIOBase, io.BufferedIOBase)) or hasattr(source, "read1"):
+        yield from _file_pieces(source, report)
+        return
+    if isinstance(source, io.TextIOBase):
+        source = iter(source)
+    if isinstance(source, bytes):
+        yield source
+        return
+    chunk: list[str] = []
+    for item in source:
+        if isinstance(item, bytes):
+            item = item.decode("utf-8", "replace")
+        if not isinstance(item, str):
+            raise UsageError(f"read_log takes a path, a file or lines of text; got a line of type {type(item).__name__}")
+        chunk.extend(item.rstrip("\r\n").split("\n") if "\n" in item.rstrip("\r\n") else [item.rstrip("\r\n")])
+        if len(chunk) >= DEFAULT_BATCH_SIZE:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _file_pieces(handle: Any, report: LogReport) -> Iterator[bytes]:
+    read = getattr(handle, "read1", None) or handle.read
+    rest = b""
+    while True:
+        data = read(_READ_PIECE)
+        if not data:
+            break
+        report.bytes_read += len(data)
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            rest += data
+            continue
+        yield rest + data[: cut + 1]
+        rest = data[cut + 1 :]
+    if rest:
+        yield rest
+
+
+def _lines_of(piece: bytes | list[str]) -> pa.Array:
+    """A piece as an Arrow array of its lines (line ends and a final empty line removed)."""
+    if isinstance(piece, list):
+        lines = pa.array(piece, pa.string())
+    else:
+        text = piece.decode("utf-8", "replace")
+        if text.endswith("\n"):
+            text = text[:-1]
+        lines = pa.array(text.split("\n"), pa.string())
+    return pc.utf8_rtrim_whitespace(lines)
+
+
+def _line_batches(source: Any, report: LogReport, batch_size: int) -> Iterator[pa.Array]:
+    pending: list[pa.Array] = []
+    size = 0
+    for piece in _pieces(source, report):
+        lines = _lines_of(piece)
+        while len(lines):
+            take = min(batch_size - size, len(lines))
+            pending.append(lines.slice(0, take))
+            size += take
+            lines = lines.slice(take)
+            if size >= batch_size:
+                yield pa.concat_arrays(pending)
+                pending, size = [], 0
+    if pending:
+        yield pa.concat_arrays(pending)
+
+
+# --------------------------------------------------------------------------- matching
+
+
+def _extract(lines: pa.Array, regex: str) -> tuple[np.ndarray, dict[str, pa.Array]]:
+    """Which lines match ``regex`` (anchored at both ends) and its named groups' text, as columns."""
+    anchored = f"^(?:{regex})$"
+    try:
+        parts = pc.extract_regex(lines, anchored)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        # a pattern RE2 cannot run (a lookaround, a backreference): Python's re, through pandas
+        found = pd.Series(lines.to_pandas(), dtype=object).str.extract(anchored)
+        matched = found.notna().any(axis=1).to_numpy() if found.shape[1] else np.zeros(len(lines), bool)
+        if not found.shape[1]:
+            raise UsageError(f"the regex {regex!r} has no named group (?P<name>...)") from None
+        groups = {str(k): pa.array(found[k].where(found[k].notna(), None).tolist(), pa.string()) for k in found.columns}
+        return matched, groups
+    matched = pc.fill_null(pc.is_valid(parts), False).to_numpy(zero_copy_only=False)
+    groups = {}
+    for k in range(parts.type.num_fields):
+        column = parts.field(k)
+        groups[parts.type.field(k).name] = pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
+    return matched, groups
+
+
+def _json_records(lines: pa.Array) -> tuple[np.ndarray, dict[str, pa.Array], list[str]]:
+    """JSON objects, one per line: which lines are objects, and each key's values as text."""
+    import json
+
+    data = "\n".join(lines.to_pylist()).encode()
+    reasons: list[str] = [""] * len(lines)
+    try:
+        import pyarrow.json as pj
+
+        table = pj.read_json(io.BytesIO(data), parse_options=pj.ParseOptions(newlines_in_values=False))
+        if any(pa.types.is_timestamp(f.type) for f in table.schema):
+            # read again with times as their text: Arrow's reading drops whether a time had an offset
+            schema = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_timestamp(f.type) else f for f in table.schema])
+            options = pj.ParseOptions(newlines_in_values=False, explicit_schema=schema)
+            table = pj.read_json(io.BytesIO(data), parse_options=options)
+        if table.num_rows != len(lines):
+            raise pa.ArrowInvalid("rows do not match lines")
+        matched = np.ones(len(lines), bool)
+        columns = {name: _as_text(table.column(name)) for name in table.column_names}
+        return matched, columns, reasons
+    except pa.ArrowInvalid:
+        pass
+    # some line is not an object, or a key's values differ in type: each line on its own
+    records: list[dict[str, Any]] = []
+    matched = np.zeros(len(lines), bool)
+    for i, text in enumerate(lines.to_pylist()):
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            reasons[i] = f"not JSON ({exc.msg})"
+            records.append({})
+            continue
+        if not isinstance(value, dict):
+            reasons[i] = "not a JSON object"
+            records.append({})
+            continue
+        matched[i] = True
+        records.append({k: v if isinstance(v, str) or v is None else json.dumps(v) for k, v in value.items()})
+    keys: dict[str, None] = {}
+    for r in records:
+        keys.update(dict.fromkeys(r))
+    columns = {k: pa.array([r.get(k) for r in records], pa.string()) for k in keys}
+    return matched, columns, reasons
+
+
+def _as_text(column: pa.ChunkedArray) -> pa.Array:
+    column = column.combine_chunks()
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return column.cast(pa.string())
+    if pa.types.is_struct(column.type) or pa.types.is_list(column.type):
+        import json
+
+        return pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()], pa.string())
+    return pc.cast(column, pa.string())
+
+
+_LOGFMT_PAIR = r'(?P<key>[^\s=]+)=(?P<value>"(?:[^"\\]|\\.)*"|[^\s"]*)'
+
+
+def _logfmt_records(lines: pa.Array) -> tuple[np.ndarray, dict[str, pa.Array]]:
+    """logfmt lines (``key=value key="quoted value"``): which lines hold a pair, and each key's values."""
+    series = pd.Series(lines.to_pandas(), dtype=object)
+    pairs = series.str.extractall(_LOGFMT_PAIR)
+    matched = np.zeros(len(lines), bool)
+    if pairs.empty:
+        return matched, {}
+    pairs = pairs.reset_index(level=1, drop=True)
+    pairs = pairs[~pairs.set_index("key", append=True).index.duplicated()]  # a key twice in a line: the first
+    quoted = pairs["value"].str.startswith('"')
+    unquoted = pairs["value"].str.slice(1, -1).str.replace(r'\\(.)', r"\1", regex=True)
+    pairs["value"] = pairs["value"].where(~quoted, unquoted)
+    wide = pairs.set_index("key", append=True)["value"].unstack()
+    wide = wide.reindex(range(len(lines)))
+    matched[:] = wide.notna().any(axis=1).to_numpy()
+    keys = list(dict.fromkeys(pairs["key"]))
+    return matched, {str(k): pa.array(wide[k].where(wide[k].notna(), None).tolist(), pa.string()) for k in keys}
+
+
+# --------------------------------------------------------------------------- one chunk
+
+
+@dataclass
+class _Plan:
+    """A format resolved against the caller's options."""
+
+    fmt: LogFormat
+    regex: str | None
+    time_format: Any
+    tz: Any
+    source: tuple[str, ...]
+    tags: tuple[str, ...]
+    multiline: bool
+    origin: str
+    year: int | None
+    reference: float | None
+    strict: bool
+    last_month: int | None = None
+    carried: pa.Array | None = None
+    carried_first: int = 0
+
+
+def _pick(columns: dict[str, Any], names: Sequence[str]) -> str | None:
+    lowered = {k.lower(): k for k in columns}
+    for name in names:
+        if name.lower() in lowered:
+            return lowered[name.lower()]
+    return None
+
+
+def _first_present(fields: dict[str, pa.Array], names: Sequence[str]) -> tuple[pa.Array | None, list[str]]:
+    """Per record, the value of the first of ``names`` (in any case) it has, and the fields that were looked at."""
+    keys = [k for k in (_pick(fields, (n,)) for n in names) if k is not None]
+    if not keys:
+        return None, []
+    return (fields[keys[0]] if len(keys) == 1 else pc.coalesce(*[fields[k] for k in keys])), keys
+
+
+def _time_text(plan: _Plan, fields: dict[str, pa.Array]) -> tuple[pa.Array | None, list[str]]:
+    """The time of each record as text, and the fields it was made of."""
+    found, keys = _first_present(fields, plan.fmt.time_keys)
+    if found is not None:
+        return found, keys
+    names = [k for k in fields if k.lower() in _TIME_FIELDS]
+    if not names:
+        return None, []
+    if len(names) == 1:
+        return fields[names[0]], names
+    return pc.binary_join_element_wise(*[pc.fill_null(fields[k], "") for k in names], " "), names
+
+
+def _tag_lists(values: list[pa.Array], rows: int) -> pa.Array:
+    """Per row, the non-empty values of the given columns, as lists of tags."""
+    if not values:
+        return pa.ListArray.from_arrays(pa.array(np.zeros(rows + 1, np.int32)), pa.array([], pa.string()))
+    stacked = pa.concat_arrays([v.cast(pa.string()) for v in values])
+    present = pc.and_(pc.is_valid(stacked), pc.not_equal(pc.fill_null(stacked, ""), "")).to_numpy(zero_copy_only=False)
+    present = pc.fill_null(pa.array(present), False).to_numpy(zero_copy_only=False).reshape(len(values), rows)
+    row, col = np.nonzero(present.T)
+    items = stacked.take(pa.array(col * rows + row))
+    offsets = np.concatenate([[0], np.cumsum(present.sum(axis=0))]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), items)
+
+
+def _join_continuations(content: pa.Array, starts: np.ndarray, lines: pa.Array, group: np.ndarray) -> pa.Array:
+    """Each record's content, its continuation lines (``group`` = its record's number) added after line breaks."""
+    follow = ~starts & (group >= 0)
+    if not follow.any():
+        return content
+    extra = pd.Series(lines.filter(pa.array(follow)).to_pylist(), index=group[follow])
+    joined = extra.groupby(level=0, sort=False).agg("\n".join)
+    texts = content.to_pylist()
+    for g, more in joined.items():
+        texts[int(g)] = (texts[int(g)] or "") + "\n" + more
+    return pa.array(texts, pa.string())
+
+
+def _parse_chunk(lines: pa.Array, first_line: int, plan: _Plan, report: LogReport, final: bool) -> pd.DataFrame | None:
+    """The records of a chunk of lines as a frame (None when it holds none)."""
+    if plan.carried is not None:
+        lines = pa.concat_arrays([plan.carried, lines])
+        first_line = plan.carried_first
+        plan.carried = None
+    numbers = np.arange(first_line, first_line + len(lines))
+    blank = pc.equal(pc.utf8_trim_whitespace(lines), "").to_numpy(zero_copy_only=False)
+    if blank.any():
+        report.blank += int(blank.sum())
+        keep = pa.array(~blank)
+        lines, numbers = lines.filter(keep), numbers[~blank]
+    reasons: list[str] | None = None
+    if plan.fmt.kind == "jsonl":
+        starts, fields, reasons = _json_records(lines)
+    elif plan.fmt.kind == "logfmt":
+        starts, fields = _logfmt_records(lines)
+    else:
+        assert plan.regex is not None
+        starts, fields = _extract(lines, plan.regex)
+    group = np.cumsum(starts) - 1
+    if plan.multiline and not final and starts.any():
+        # the last record may go on in the next chunk: carried there whole
+        last = int(np.flatnonzero(starts)[-1])
+        plan.carried, plan.carried_first = lines.slice(last), int(numbers[last])
+        lines, numbers, starts, group = lines.slice(0, last), numbers[:last], starts[:last], group[:last]
+        fields = {k: v.slice(0, last) for k, v in fields.items()}
+    orphan = ~starts & (group < 0) if plan.multiline else ~starts
+    for i in np.flatnonzero(orphan)[: MAX_UNPARSED_KEPT + 1]:
+        why = reasons[i] if reasons and reasons[i] else (
+            "not the start of a record, and no record before it to continue" if plan.multiline else "does not match the format"
+        )
+        _fail(plan, report, int(numbers[i]), why, lines[int(i)].as_py())
+    if orphan.sum() > MAX_UNPARSED_KEPT + 1:
+        report.unparsed += int(orphan.sum()) - (MAX_UNPARSED_KEPT + 1)
+    if plan.multiline:
+        report.joined += int((~starts & (group >= 0)).sum())
+    idx = np.flatnonzero(starts)
+    rec_lines = numbers[idx]
+    fields = {k: v.take(pa.array(idx)) for k, v in fields.items()}
+    if not len(idx):
+        return None
+    if plan.fmt.derive is not None:
+        fields = plan.fmt.derive(fields)
+
+    found, content_keys = _first_present(fields, plan.fmt.content_keys)
+    content = found if found is not None else lines.take(pa.array(idx))
+    content = pc.fill_null(content, "")
+    if plan.multiline:
+        content = _join_continuations(content, starts, lines, group)
+    when, time_names = _time_text(plan, fields)
+    if when is None:
+        raise UsageError(
+            f"the format has no time: name a group 'timestamp' (or date/time fields); its fields are {sorted(fields)}"
+        )
+    stamps = _times(plan, when)
+    bad = stamps.isna().to_numpy()
+    if bad.any():
+        text = when.to_pylist()
+        # a record's continuation lines are not read with it
+        follow = np.bincount(group[~starts & (group >= 0)], minlength=len(idx)) if plan.multiline else np.zeros(len(idx), int)
+        for i in np.flatnonzero(bad):
+            reason = (
+                f"the time {text[i]!r} does not read as {_describe(plan.time_format)}"
+                if text[i] is not None
+                else f"no time (in {', '.join(time_names)})"
+            )
+            _fail(plan, report, int(rec_lines[i]), reason, lines[int(idx[i])].as_py(), 1 + int(follow[i]))
+        report.joined -= int(follow[bad].sum())
+        ok = pa.array(~bad)
+        fields = {k: v.filter(ok) for k, v in fields.items()}
+        content, stamps, rec_lines = content.filter(ok), stamps[~bad].reset_index(drop=True), rec_lines[~bad]
+    if not len(stamps):
+        return None
+    report.records += len(stamps)
+
+    rows = len(stamps)
+    source = _source_column(plan, fields, rows)
+    tag_names = [_pick(fields, (k,)) for k in plan.tags]
+    tags = _tag_lists([fields[k] for k in tag_names if k is not None], rows)
+    seconds = stamps.dt.as_unit("ns").astype("int64").to_numpy() / 1e9
+    batch = pa.record_batch(
+        [new_event_ids(rows), pa.array(seconds, pa.float64()), pc.dictionary_encode(source), tags, content.cast(pa.string())],
+        schema=event_schema(),
+    )
+    df = batches_to_dataframe([batch])
+    skip = set(time_names) | set(content_keys)
+    for name, values in fields.items():
+        if name in skip:
+            continue
+        column = f"{name}_field" if name in _EVENT_NAMES else name
+        df[column] = pd.Series(values.to_pandas(types_mapper=pd.ArrowDtype), dtype=pd.StringDtype("pyarrow"))
+    return df
+
+
+def _fail(plan: _Plan, report: LogReport, line: int, reason: str, text: str, count: int = 1) -> None:
+    if plan.strict:
+        raise DecodeError(f"{report.path or 'log'}: line {line}: {reason}: {text[:_TEXT_CHARS]!r}")
+    report._note(line, reason, text, count)
+
+
+def _describe(time_format: Any) -> str:
+    if time_format is None:
+        return "ISO-8601"
+    if isinstance(time_format, (list, tuple)):
+        return " or ".join(_describe(f) for f in time_format)
+    return repr(time_format)
+
+
+def _times(plan: _Plan, when: pa.Array) -> pd.Series:
+    needs_year = any(not time_format_has_year(f) for f in _formats(plan.time_format))
+    year, reference = plan.year, plan.reference
+    if needs_year and year is None and reference is None:
+        reference = time.time()
+    stamps = parse_times(when, plan.time_format, tz=plan.tz, year=year, reference=reference, last_month=plan.last_month)
+    if needs_year:
+        found = stamps.dropna()
+        if len(found):
+            wall = found.iloc[-1].tz_convert(plan.tz) if plan.tz is not None else found.iloc[-1]
+            plan.year, plan.last_month, plan.reference = wall.year, wall.month, None
+    return stamps
+
+
+def _formats(time_format: Any) -> list[Any]:
+    return list(time_format) if isinstance(time_format, (list, tuple)) else [time_format]
+
+
+def _source_column(plan: _Plan, fields: dict[str, pa.Array], rows: int) -> pa.Array:
+    found, _ = _first_present(fields, plan.source)
+    if found is not None:
+        return pc.fill_null(found, plan.origin)
+    return pa.array(np.full(rows, plan.origin, dtype=object), pa.string())
+
+
+# --------------------------------------------------------------------------- the entry points
+
+
+def _plan(
+    source: Any,
+    format: str | None,
+    regex: str | None,
+    template: str | None,
+    time_format: Any,
+    tz: Any,
+    year: int | None,
+    source_field: Any,
+    tags: Any,
+    multiline: bool | None,
+    origin: str | None,
+    strict: bool,
+) -> _Plan:
+    given = [name for name, v in (("format", format), ("regex", regex), ("template", template)) if v is not None]
+    if len(given) != 1:
+        raise UsageError(
+            f"read_log needs exactly one of format= (one of {sorted(LOG_FORMATS)}), regex= or template=; got {given or 'none'}"
+        )
+    if format is not None:
+        fmt = LOG_FORMATS.get(format.lower())
+        if fmt is None:
+            raise UsageError(f"unknown log format {format!r}; the formats are {sorted(LOG_FORMATS)}, or give regex= or template=")
+    elif regex is not None:
+        fmt = LogFormat("regex", regex=regex, multiline=True, description="your regex")
+    else:
+        assert template is not None
+        fmt = LogFormat("template", regex=template_regex(template), multiline=True, description="your template")
+    if fmt.regex is not None:
+        try:
+            names = re.compile(fmt.regex).groupindex
+        except re.error as exc:
+            raise UsageError(f"invalid regex {fmt.regex!r}: {exc}") from None
+        if not names:
+            raise UsageError(f"the regex {fmt.regex!r} has no named group (?P<name>...): name at least the time")
+        if _pick(dict(names), fmt.time_keys) is None and not any(k.lower() in _TIME_FIELDS for k in names):
+            raise UsageError(f"the format names no time: a group 'timestamp' (or date/time fields); it has {list(names)}")
+        empty = {name: pa.array([], pa.string()) for name in names}
+        known: list[str] | None = list(fmt.derive(empty) if fmt.derive else empty)
+    else:
+        known = None
+    src = fmt.source if source_field is None else ((source_field,) if source_field else ())
+    tag_fields = tuple(fmt.tags) if tags is None else ((tags,) if isinstance(tags, str) else tuple(tags))
+    if known is not None:
+        asked = (list(src) if source_field else []) + (list(tag_fields) if tags is not None else [])
+        wrong = [n for n in asked if _pick(dict.fromkeys(known), (n,)) is None]
+        if wrong:
+            raise UsageError(f"the format has no field {wrong[0]!r} (for source= or tags=); its fields are {known}")
+    if isinstance(source, (str, os.PathLike)):
+        path = str(source)
+        default_origin = path
+        try:
+            reference: float | None = os.stat(source).st_mtime
+        except OSError:
+            reference = None
+    else:
+        default_origin, reference = "", None
+    return _Plan(
+        fmt=fmt,
+        regex=fmt.regex,
+        time_format=fmt.time_format if time_format is None and fmt.time_format is not None else time_format,
+        tz=tz,
+        source=src,
+        tags=tag_fields,
+        multiline=fmt.multiline if multiline is None else bool(multiline),
+        origin=default_origin if origin is None else origin,
+        year=year,
+        reference=reference,
+        strict=strict,
+    )
+
+
+def iter_log(
+    path_or_lines: Any,
+    format: str | None = None,
+    *,
+    regex: str | None = None,
+    template: str | None = None,
+    time_format: str | Sequence[str] | None = None,
+    tz: Any = None,
+    year: int | None = None,
+    source: str | None = None,
+    tags: str | Sequence[str] | None = None,
+    multiline: bool | None = None,
+    origin: str | None = None,
+    strict: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    report: LogReport | None = None,
+) -> Iterator[pd.DataFrame]:
+    """The records of a log as frames of at most ``batch_size`` rows, in line order, read a chunk at a time.
+
+    Takes the options of :func:`read_log`; the :class:`LogReport` (``report=``,
+    also on each frame's ``attrs["theia_report"]``) grows as the chunks are read.
+
+    >>> lines = ['{"time": "2024-05-01T10:00:00Z", "level": "info", "msg": "up"}',
+    ...          '{"time": "2024-05-01T10:00:01Z", "level": "warn", "msg": "slow"}']
+    >>> [len(df) for df in iter_log(lines, "jsonl", batch_size=1)]
+    [1, 1]
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch_size must be a positive number of lines, got {batch_size!r}")
+    plan = _plan(path_or_lines, format, regex, template, time_format, tz, year, source, tags, multiline, origin, strict)
+    report = report if report is not None else LogReport()
+    if isinstance(path_or_lines, (str, os.PathLike)):
+        report.path = str(path_or_lines)
+    batches = _line_batches(path_or_lines, report, batch_size)
+    current = next(batches, None)
+    line = 1
+    while current is not None:
+        following = next(batches, None)
+        report.lines += len(current)
+        df = _parse_chunk(current, line, plan, report, final=following is None)
+        line += len(current)
+        if df is not None:
+            df.attrs["theia_report"] = report
+            yield df
+        current = following
+    if plan.carried is not None:  # pragma: no cover - the final chunk carries nothing
+        raise AssertionError("a record was left unread")
+
+
+def read_log(
+    path_or_lines: Any,
+    format: str | None = None,
+    *,
+    regex: str | None = None,
+    template: str | None = None,
+    time_format: str | Sequence[str] | None = None,
+    tz: Any = None,
+    year: int | None = None,
+    source: str | None = None,
+    tags: str | Sequence[str] | None = None,
+    multiline: bool | None = None,
+    origin: str | None = None,
+    strict: bool = False,
+    report: LogReport | None = None,
+) -> pd.DataFrame:
+    """A log as one event frame, each record with its own time, in line order.
+
+    ``path_or_lines`` is a file's path, a binary file, or an iterable of lines
+    (text). Give one of
+
+    - ``format``: a preset of :data:`LOG_FORMATS` (``"syslog"``, ``"rfc5424"``,
+      ``"access"``, ``"apache-error"``, ``"iso"``, ``"python"``, ``"jsonl"``, ``"logfmt"``);
+    - ``regex``: your regex with named groups, e.g.
+      ``r"(?P<timestamp>\\S+ \\S+) (?P<level>\\w+) (?P<content>.*)"`` (matched
+      against the whole line);
+    - ``template``: a ``<Field>`` template as logparser's ``log_format``, e.g.
+      ``"<Date> <Time> <Level> <Component>: <Content>"`` (see :func:`~theia_frames.frames.logformats.template_regex`).
+
+    ``time_format`` (strptime text, a list of them, ``"epoch"``, ``"epoch_ms"``;
+    a preset has its own), ``tz`` (the zone of times without an offset; default
+    UTC) and ``year`` (the first record's year, for formats without one; default:
+    from the file's modification time, or now) say how times read.
+    ``source`` names the field that becomes the source and ``tags`` the fields
+    that become tags (each preset has defaults, see :data:`LOG_FORMATS`);
+    ``origin`` is the source where there is no such field (default: the
+    path, or ``""``). ``multiline`` joins lines that start no record to the
+    record before them. See the module docstring for the rules.
+
+    The :class:`LogReport` is ``df.attrs["theia_report"]`` (and filled into
+    ``report``); lines not read raise an :class:`UnparsedLogWarning`, or with
+    ``strict=True`` a :class:`~theia_frames.exceptions.DecodeError`.
+
+    >>> df = read_log(["2024-05-01 10:00:00,123 ERROR app.db: lost the connection",
+    ...                "Traceback (most recent call last):",
+    ...                '  File "db.py", line 1, in connect'], format="python", tz="Europe/Berlin")
+    >>> df.loc[0, "timestamp"], df.loc[0, "level"], df.loc[0, "tags"]
+    (Timestamp('2024-05-01 08:00:00.123000+0000', tz='UTC'), 'ERROR', ['ERROR', 'app.db'])
+    >>> print(df.loc[0, "content"])
+    lost the connection
+    Traceback (most recent call last):
+      File "db.py", line 1, in connect
+    """
+    report = report if report is not None else LogReport()
+    frames = list(
+        iter_log(
+            path_or_lines,
+            format,
+            regex=regex,
+            template=template,
+            time_format=time_format,
+            tz=tz,
+            year=year,
+            source=source,
+            tags=tags,
+            multiline=multiline,
+            origin=origin,
+            strict=strict,
+            report=report,
+            batch_size=DEFAULT_BATCH_SIZE,
+        )
+    )
+    if frames:
+        df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        if len(frames) > 1:
+            df["source"] = df["source"].astype("category")
+    else:
+        df = batches_to_dataframe([])
+    if not report.ok:
+        warnings.warn(UnparsedLogWarning(report.summary()), stacklevel=2)
+    df.attrs["theia_report"] = report
+    return df
