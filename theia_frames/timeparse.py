@@ -68,12 +68,42 @@ __all__ = [
     "EPOCH_FORMATS",
     "TimeLike",
     "DurationLike",
+    "EARLIEST_EVENT_TIME",
+    "LATEST_EVENT_TIME",
+    "EVENT_TIME_RANGE",
+    "event_time_problem",
 ]
 
 #: What :func:`to_epoch` takes (a number, a text, a datetime, ``pandas.Timestamp``, ``numpy.datetime64``).
 TimeLike = Any
 #: What :func:`to_seconds` takes (a number, a text, a timedelta, ``numpy.timedelta64``, a fixed pandas offset).
 DurationLike = Any
+
+#: The accepted range of event times in seconds since the epoch (UTC): from
+#: 1678-01-01 (inclusive) to 2262-01-01 (exclusive), inside what every frame can
+#: hold (pandas ``datetime64[ns]``: 1677-09-21 to 2262-04-11). Times before 1970
+#: are accepted and found like any other; an event outside the range is refused
+#: when it is sent, by the client before sending and by the collector per event.
+EARLIEST_EVENT_TIME = -9_214_560_000.0
+#: The end of the accepted range of event times (exclusive): 2262-01-01T00:00Z.
+LATEST_EVENT_TIME = 9_214_646_400.0
+#: The accepted range of event times, in words.
+EVENT_TIME_RANGE = "from 1678-01-01T00:00Z (inclusive) to 2262-01-01T00:00Z (exclusive)"
+
+
+def event_time_problem(seconds: float) -> str | None:
+    """Why ``seconds`` cannot be an event's time (not finite, or outside the accepted range), or None.
+
+    >>> event_time_problem(-10.0) is None, event_time_problem(EARLIEST_EVENT_TIME) is None
+    (True, True)
+    >>> event_time_problem(LATEST_EVENT_TIME)
+    'timestamp 9214646400.0 is outside the accepted range of event times, from 1678-01-01T00:00Z (inclusive) to 2262-01-01T00:00Z (exclusive)'
+    """
+    if EARLIEST_EVENT_TIME <= seconds < LATEST_EVENT_TIME:
+        return None
+    if not math.isfinite(seconds):
+        return f"timestamp {seconds!r} is not a finite number"
+    return f"timestamp {seconds!r} is outside the accepted range of event times, {EVENT_TIME_RANGE}"
 
 _UNIT_SECONDS = {
     "ns": 1e-9, "nanosecond": 1e-9, "nanoseconds": 1e-9,
