@@ -77,6 +77,11 @@ _EXPORTS: dict[str, str] = {
     "SENSOR_PATTERN": "frames.analysis",
     "grep": "frames.analysis",
     "timeline": "frames.analysis",
+    "patterns": "frames.patterns",
+    "pattern_counts": "frames.patterns",
+    "compare_patterns": "frames.patterns",
+    "rare_patterns": "frames.patterns",
+    "PatternMiner": "frames.patterns",
     "read_store": "frames.storefiles",
     "StoreReport": "frames.storefiles",
     "DamagedStoreWarning": "frames.storefiles",
@@ -215,5 +220,6 @@ if _TYPE_CHECKING:  # pragma: no cover
     from .simulation import sensor_events, simulate
     from .server.store import EventStore
     from .frames.storefiles import DamagedStoreWarning, StoreReport, read_store
+    from .frames.patterns import PatternMiner, compare_patterns, pattern_counts, patterns, rare_patterns
     from .live.frame import LiveFrame
     from .live.widget import live_plot

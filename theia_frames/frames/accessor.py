@@ -27,6 +27,12 @@ def _analysis() -> Any:
     return analysis
 
 
+def _patterns() -> Any:
+    from . import patterns
+
+    return patterns
+
+
 @pd.api.extensions.register_dataframe_accessor("theia")
 class TheiaAccessor:
     """The helpers of :mod:`theia_frames.frames.analysis` as ``df.theia.<name>(...)``; each checks
@@ -68,3 +74,20 @@ class TheiaAccessor:
     def timeline(self, *, gap: Any = None) -> pd.DataFrame:
         """See :func:`~theia_frames.frames.analysis.timeline`."""
         return _analysis().timeline(self._df, gap=gap)
+
+    def patterns(self, column: str = "content", **options: Any) -> pd.DataFrame:
+        """See :func:`~theia_frames.frames.patterns.patterns`."""
+        return _patterns().patterns(self._df, column, **options)
+
+    def pattern_counts(self, every: Any = None, by: str | None = None, **options: Any) -> pd.DataFrame:
+        """See :func:`~theia_frames.frames.patterns.pattern_counts`."""
+        return _patterns().pattern_counts(self._df, every, by, **options)
+
+    def compare_patterns(self, window: Any, **options: Any) -> pd.DataFrame:
+        """See :func:`~theia_frames.frames.patterns.compare_patterns`: this frame is the baseline, and
+        ``window`` a frame or a ``(start, end)`` pair of times cut out of it."""
+        return _patterns().compare_patterns(self._df, window, **options)
+
+    def rare_patterns(self, max_count: int = 3, **options: Any) -> pd.DataFrame:
+        """See :func:`~theia_frames.frames.patterns.rare_patterns`."""
+        return _patterns().rare_patterns(self._df, max_count, **options)

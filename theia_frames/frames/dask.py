@@ -333,6 +333,9 @@ class DaskTheiaAccessor:
       two partitions is added up); ``agg`` ``"count"``, ``"sum"``, ``"min"``
       or ``"max"``, which combine exactly. Its result is one row per bucket,
       small: it is computed and returned as a pandas frame.
+    - :meth:`patterns`: the miner is trained once on the distinct masked lines of
+      all partitions (a pass that returns only them and their counts), then
+      applied per partition, lazily; the ids equal the in-memory call's.
     - Not here: ``grep`` with ``context``/``before``/``after`` (context reaches
       across partition boundaries), ``timeline`` (its runs do too),
       ``tag_matrix`` (one column per tag of the whole frame) and
@@ -424,6 +427,44 @@ class DaskTheiaAccessor:
             out.columns.name = by
         return out
 
+    def patterns(
+        self,
+        column: str = "content",
+        *,
+        miner: Any = None,
+        learn: bool = True,
+        masks: Any = None,
+        sim_th: float | None = None,
+        depth: int | None = None,
+    ) -> Any:
+        """See :func:`~theia_frames.frames.patterns.patterns`: the same ids as the call on the whole
+        frame in memory. The miner is trained once, here, on the distinct masked lines of every
+        partition with their counts summed (one pass over the data, which returns only the
+        shapes and their counts), in the order the in-memory call mines them; then every
+        partition is given its patterns by that trained miner, lazily. ``learn=False`` skips
+        the training and applies ``miner`` as it is."""
+        from .patterns import PatternMiner
+
+        given = {k: v for k, v in {"masks": masks, "sim_th": sim_th, "depth": depth}.items() if v is not None}
+        if miner is None:
+            miner = PatternMiner(**given)
+        elif not isinstance(miner, PatternMiner) or given:
+            raise UsageError("patterns(miner=...) takes a PatternMiner, and no masks, sim_th or depth beside it")
+        if column not in self._ddf.columns:
+            raise UsageError(f"patterns needs the column {column!r}; the frame has {list(self._ddf.columns)}")
+        if learn:
+            import dask
+
+            pieces = dask.compute(*[dask.delayed(_shape_counts)(p, column, miner) for p in self._ddf.to_delayed()])
+            counts = pd.concat(pieces).groupby(level=0, sort=False).sum() if pieces else pd.Series(dtype=np.int64)
+            miner.learn([str(s) for s in counts.index], counts.to_numpy(dtype=np.int64))
+        meta = miner.patterns(self._ddf._meta, column, learn=False)
+        from dask.dataframe.utils import UNKNOWN_CATEGORIES
+
+        for name in ("pattern", "pattern_id"):
+            meta[name] = pd.Categorical([], categories=[UNKNOWN_CATEGORIES])
+        return self._ddf.map_partitions(_apply_patterns, column, miner, meta=meta)
+
     def _unsupported(self, name: str, why: str) -> Any:
         raise UsageError(f"{name} on a Dask frame: {why}; compute the frame (or a .loc time slice of it) first")
 
@@ -450,6 +491,15 @@ def _typed_extract(df: pd.DataFrame, pattern: Any, column: str, names: list[str]
         else:
             out[name] = out[name].astype(pd.StringDtype("pyarrow"))
     return out
+
+
+def _shape_counts(df: pd.DataFrame, column: str, miner: Any) -> pd.Series:
+    shapes, rows = miner.shapes(df[column])
+    return pd.Series(np.bincount(rows[rows >= 0], minlength=len(shapes)).astype(np.int64), index=pd.Index(shapes, dtype=object))
+
+
+def _apply_patterns(df: pd.DataFrame, column: str, miner: Any) -> pd.DataFrame:
+    return miner.patterns(df, column, learn=False)
 
 
 def _register() -> None:
