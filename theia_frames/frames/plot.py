@@ -200,15 +200,15 @@ def downsample(x_ns: np.ndarray, y: np.ndarray, columns: int, *, method: str = "
     to that width (a day's column is a UTC day), and the first, last, lowest
     and highest point of every column are kept: the plotted minimum and
     maximum of each column equal the data's. ``method="minmaxlttb"``:
-    tsdownsample's MinMaxLTTB (about ``2 * columns`` points, the global
-    extremes kept, the shape between them chosen by LTTB), compiled and faster
+    tsdownsample's MinMaxLTTB (about ``2 * columns`` points, the shape chosen
+    by LTTB among each column's extremes, the global extremes added back), compiled and faster
     on large series; it needs ``pip install 'theia-frames[plot]'``.
 
     >>> import numpy as np
     >>> x = np.arange(10_000, dtype="int64") * 1_000_000_000
     >>> y = np.sin(np.arange(10_000) / 50.0); y[1234] = 5.0; y[4321] = -5.0
     >>> idx = downsample(x, y, 100)
-    >>> len(idx) < 500, y[idx].max(), y[idx].min(), idx[0], idx[-1]
+    >>> len(idx) < 500, float(y[idx].max()), float(y[idx].min()), int(idx[0]), int(idx[-1])
     (True, 5.0, -5.0, 0, 9999)
     """
     import numpy as np
@@ -225,9 +225,11 @@ def downsample(x_ns: np.ndarray, y: np.ndarray, columns: int, *, method: str = "
             from tsdownsample import MinMaxLTTBDownsampler
         except ImportError as exc:
             raise MissingDependencyError("tsdownsample", "plot", "downsampling with MinMaxLTTB") from exc
-        return np.asarray(MinMaxLTTBDownsampler().downsample(
-            np.ascontiguousarray(x_ns, dtype=np.int64), np.ascontiguousarray(y, dtype=np.float64), n_out=2 * columns
-        ), dtype=np.int64)
+        yv = np.ascontiguousarray(y, dtype=np.float64)
+        picked = MinMaxLTTBDownsampler().downsample(np.ascontiguousarray(x_ns, dtype=np.int64), yv,
+                                                    n_out=max(2 * columns, 4))
+        # LTTB chooses one point per bucket by area: the global extremes are added back
+        return np.unique(np.concatenate((np.asarray(picked, dtype=np.int64), [np.argmin(yv), np.argmax(yv)])))
     x = np.asarray(x_ns, dtype=np.int64)
     width = int(_column_seconds((x[-1] - x[0]) / 1e9, columns) * 1e9)
     col = x // width
@@ -744,15 +746,14 @@ class Plotter:
             x1 = np.datetime64(int(end * 1e9), "ns")
             for axis in self._axes:
                 self._spans.append(axis.axvspan(x0, x1, color=colour, alpha=0.18, linewidth=0, zorder=0))
-        for axis in self._axes:
-            if not self.user_zoomed:
-                axis.relim()
-                axis.autoscale_view()
+        if not self.user_zoomed:
+            self._rescale(keep_x=False)
         self._remember_xlim()
 
     def _rescale(self, *, keep_x: bool) -> None:
         for axis in self._axes:
             xlim = axis.get_xlim()
+            axis.set_autoscalex_on(not keep_x)  # a zoom turned it off; following the data turns it on
             axis.relim()
             axis.autoscale_view()
             if keep_x:

@@ -230,6 +230,7 @@ class LiveFrame:
         self._drop: tuple[Any, Any, int] | None = None
         # the periods the connection was away: [start, end or None], seconds since the epoch
         self._outages: deque[list[float | None]] = deque(maxlen=_KEEP_ERRORS)
+        self._reconnects_seen = 0
         #: the notebook cell (and run of it) that made this frame, where the kernel says
         self.cell = current_cell()
 
@@ -537,9 +538,16 @@ class LiveFrame:
     def _observe(self, stream: Any) -> None:
         """Follow the connection: a drop, each failed attempt to come back, the return."""
         if getattr(stream, "connected", True):
-            if self._drop is not None:
+            reconnects = getattr(stream, "reconnects", 0)
+            if self._drop is not None or reconnects != self._reconnects_seen:
                 with self._lock:
+                    if self._drop is None and reconnects != self._reconnects_seen:
+                        # away and back between two looks: the stream says for how long
+                        now = time.time()
+                        away = float(getattr(getattr(stream, "gap", None), "last", 0.0) or 0.0)
+                        self._outages.append([now - away, now])
                     self._drop = None
+                    self._reconnects_seen = reconnects
                     self._close_outage_locked()
             return
         error = getattr(stream, "last_error", None)

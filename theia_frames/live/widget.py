@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..exceptions import MissingDependencyError, UsageError
 from ..filter import EventFilter
-from ..frames.plot import GAP_INTERVALS, Theme, check_plot_options, style_figure
+from ..frames.plot import GAP_INTERVALS, Theme, check_plot_options, style_figure, time_label
 from .frame import LiveFrame, check_client_options
 from ..timeparse import DurationLike, to_seconds
 from .plotting import (
@@ -405,6 +405,8 @@ class LiveView:
                 for axis in fig.axes:
                     if has_default_date_ticks(axis):
                         format_time_axis(axis, self._plot_options["tz"])
+                        if not axis.get_xlabel():
+                            axis.set_xlabel(time_label(self._plot_options["tz"]))
             if self.title:
                 fig.suptitle(self.title)
             if self._layout is None:
