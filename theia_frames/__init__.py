@@ -90,6 +90,9 @@ _EXPORTS: dict[str, str] = {
     # live
     "LiveFrame": "live.frame",
     "live_plot": "live.widget",
+    "live_frames": "live.registry",
+    "stop_all": "live.registry",
+    "plot": "frames.plot",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -222,4 +225,6 @@ if _TYPE_CHECKING:  # pragma: no cover
     from .frames.storefiles import DamagedStoreWarning, StoreReport, read_store
     from .frames.patterns import PatternMiner, compare_patterns, pattern_counts, patterns, rare_patterns
     from .live.frame import LiveFrame
+    from .live.registry import live_frames, stop_all
     from .live.widget import live_plot
+    from .frames.plot import plot
