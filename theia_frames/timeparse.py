@@ -72,6 +72,8 @@ __all__ = [
     "LATEST_EVENT_TIME",
     "EVENT_TIME_RANGE",
     "event_time_problem",
+    "frame_micros",
+    "to_bound",
 ]
 
 #: What :func:`to_epoch` takes (a number, a text, a datetime, ``pandas.Timestamp``, ``numpy.datetime64``).
@@ -321,6 +323,103 @@ def to_epoch(value: TimeLike, *, now: float | None = None, name: str = "time") -
     raise UsageError(f"invalid {name} {value!r}: {_EXPECTED_TIME}")
 
 
+# --------------------------------------------------------------------------- times as filter bounds
+
+
+def frame_micros(seconds: float) -> int:
+    """The microsecond a frame holds for an event time of ``seconds``: ``seconds * 1e6``
+    (a float product) rounded half to even, the rule of
+    :func:`~theia_frames.frames.convert.batches_to_dataframe` (its Arrow kernels, for columns).
+
+    >>> frame_micros(1714521600.0000004), frame_micros(1714521600.0000006), frame_micros(-10.0000004)
+    (1714521600000000, 1714521600000001, -10000000)
+    >>> frame_micros(0.5e-6), frame_micros(1.5e-6), frame_micros(2.5e-6)   # halves to even
+    (0, 2, 2)
+    """
+    return round(seconds * 1e6)
+
+
+def to_bound(value: TimeLike, side: str, *, now: float | None = None, name: str = "time") -> float:
+    """A time as the float seconds of a filter's ``start`` (``side="start"``) or ``end`` bound.
+
+    Seconds (a number, numeric text) and times relative to now are the bound as
+    they are. A calendar time (a ``datetime``, ``pandas.Timestamp``,
+    ``numpy.datetime64``, ``date`` or ISO text) is taken at a frame's precision:
+    the bound takes in every event whose frame time (:func:`frame_micros`) is at
+    or after it (start) or at or before it (end). So a time read from a frame
+    (``df.timestamp[i]``, an index value) finds the event it came from, though
+    the float seconds on the wire lie up to half a microsecond from it:
+
+    >>> import pandas as pd
+    >>> t = 1714521600.0000004                     # an event's time on the wire
+    >>> shown = pd.Timestamp(frame_micros(t) * 1000, tz="UTC")   # its time in a frame
+    >>> to_bound(shown, "end") >= t >= to_bound(shown, "start")
+    True
+    >>> to_bound(1714521600, "end"), to_bound("-10s", "start", now=100.0)
+    (1714521600.0, 90.0)
+    """
+    if side not in ("start", "end"):
+        raise UsageError(f"a bound's side is 'start' or 'end', got {side!r}")
+    nanos = _calendar_nanos(value, name)
+    if nanos is None:
+        return to_epoch(value, now=now, name=name)
+    # the whole microseconds a frame can show inside the bound
+    micros = -(-nanos // 1000) if side == "start" else nanos // 1000
+    return _frame_edge(micros, side)
+
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+def _calendar_nanos(value: Any, name: str) -> int | None:
+    """A calendar time as integer nanoseconds since the epoch (naive: UTC); None for
+    seconds, relative text and anything :func:`to_epoch` refuses (which it then says why)."""
+    if isinstance(value, str):
+        s = value.strip()
+        low = s.lower()
+        if not s or low == "now" or low[:1] in "+-" or _NUMBER.fullmatch(s):
+            return None
+        iso = s[:-1] + "+00:00" if s[-1:] in "zZ" else s
+        iso = _FRACTION.sub(lambda m: f"{m.group(1)}.{m.group(2)[:6]:0<6}", iso)
+        try:
+            value = _dt.datetime.fromisoformat(iso)
+        except ValueError:
+            return None
+    if type(value).__name__ in ("NaTType", "bool", "bool_") or (type(value).__name__ == "datetime64" and value != value):
+        return None
+    if type(value).__name__ == "Timestamp":  # pandas, to the nanosecond
+        return int(value.value)
+    if type(value).__name__ == "datetime64":
+        return int(value.astype("datetime64[ns]").astype("int64"))
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        return (value - _EPOCH) // _dt.timedelta(microseconds=1) * 1000
+    if isinstance(value, _dt.date):
+        return (value - _EPOCH.date()).days * 86_400_000_000_000
+    return None
+
+
+def _frame_edge(micros: int, side: str) -> float:
+    """The float seconds at the edge of those a frame shows at ``micros`` or later (start),
+    or at ``micros`` or earlier (end): :func:`frame_micros` never decreases as seconds
+    grow, so that set is an interval and a float comparison with its edge is exact."""
+    up, down = math.inf, -math.inf
+    if side == "end":
+        f = (micros + 0.5) / 1e6
+        while frame_micros(f) > micros:
+            f = math.nextafter(f, down)
+        while frame_micros(math.nextafter(f, up)) <= micros:
+            f = math.nextafter(f, up)
+    else:
+        f = (micros - 0.5) / 1e6
+        while frame_micros(f) < micros:
+            f = math.nextafter(f, up)
+        while frame_micros(math.nextafter(f, down)) >= micros:
+            f = math.nextafter(f, down)
+    return f
+
+
 # --------------------------------------------------------------------------- columns of times
 
 #: The ``time_format`` values that are not strptime text: numbers of seconds, or of milliseconds, since the epoch.
@@ -374,7 +473,7 @@ def time_format_has_year(time_format: str | None) -> bool:
     return bool(re.search(r"%[YyFGs]", time_format))
 
 
-def _strptime_columns(text: Any, time_format: str, regex: str, years: Any) -> Any:
+def _strptime_columns(text: Any, regex: str, years: Any) -> Any:
     """``strptime`` over a column with Arrow's RE2 and NumPy: UTC-naive nanoseconds and UTC offsets, or None."""
     import numpy as np
     import pyarrow as pa
@@ -397,7 +496,7 @@ def _strptime_columns(text: Any, time_format: str, regex: str, years: Any) -> An
         yy = field("y", 70)
         year = np.where(yy < 69, 2000 + yy, 1900 + yy)
     else:
-        year = np.asarray(years, dtype=np.int64) if years is not None else np.full(n, 1970, dtype=np.int64)
+        year = None
     month = field("m", 1)
     for name, width in (("b", 3), ("B", None)):
         if name in names:
@@ -421,6 +520,8 @@ def _strptime_columns(text: Any, time_format: str, regex: str, years: Any) -> An
         fraction = pc.cast(padded, pa.int64()).to_numpy(zero_copy_only=False)
     valid &= (month >= 1) & (month <= 12) & (day >= 1) & (hour < 24) & (minute < 60) & (second < 60)
     month = np.where(valid, month, 1)
+    if year is None:
+        year = years(month, day, hour * 3600 + minute * 60 + second, valid)
     first = ((year - 1970) * 12 + month - 1).astype("datetime64[M]")
     length = ((first + 1).astype("datetime64[D]") - first.astype("datetime64[D]")).astype(np.int64)
     if "j" in names:
@@ -487,33 +588,34 @@ def parse_times(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if isinstance(values, pd.Series):
-        series = values.reset_index(drop=True)
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        column = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    elif isinstance(values, pd.Series):
+        column = pa.array(values.array) if isinstance(values.dtype, (pd.StringDtype, pd.ArrowDtype)) else pa.array(values.to_numpy(), from_pandas=True)
     else:
-        series = pd.Series(values.to_pandas() if isinstance(values, (pa.Array, pa.ChunkedArray)) else list(values))
-    n = len(series)
+        column = pa.array(list(values), from_pandas=True)
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    n = len(column)
     formats = list(time_format) if isinstance(time_format, (list, tuple)) else [time_format]
     if not formats:
         raise UsageError("time_format is an empty list: give at least one format")
     out = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
     aware = np.zeros(n, dtype=bool)
-    years = None
     for fmt in formats:
         todo = out == np.iinfo(np.int64).min
         if not todo.any():
             break
-        part = series[todo] if not todo.all() else series
+        part = column if todo.all() else column.filter(pa.array(todo))
         if fmt in EPOCH_FORMATS:
-            numbers = pd.to_numeric(part, errors="coerce")
+            numbers = pd.to_numeric(pd.Series(part.to_pandas()), errors="coerce")
             stamps = pd.to_datetime(numbers, unit=EPOCH_FORMATS[fmt], utc=True, errors="coerce")
             got = pd.DatetimeIndex(stamps).as_unit("ns").asi8
             out[todo], aware[todo] = got, True
             continue
         if fmt is not None and not isinstance(fmt, str):
             raise UsageError(f"invalid time_format {fmt!r}: expected strptime text, 'epoch' or 'epoch_ms'")
-        text = pa.array(part.astype(pd.StringDtype("pyarrow")).array).cast(pa.string())
-        if isinstance(text, pa.ChunkedArray):
-            text = text.combine_chunks()
+        text = part if pa.types.is_string(part.type) else part.cast(pa.string())
         if fmt is None:
             text = pc.replace_substring_regex(pc.utf8_trim_whitespace(text), _ISO_COMMA.pattern, r"\1.\2")
             stamps = pd.to_datetime(pd.Series(text.to_pandas()), format="ISO8601", utc=True, errors="coerce")
@@ -521,13 +623,17 @@ def parse_times(
             has_offset = pc.fill_null(pc.match_substring_regex(text, _HAS_OFFSET), False).to_numpy(zero_copy_only=False)
         else:
             regex = _format_regex(fmt)
-            if not time_format_has_year(fmt) and years is None:
-                years = _years(series, fmt, regex, year, reference, last_month)
             if regex is None:
+                if not time_format_has_year(fmt):
+                    raise UsageError(f"time_format {fmt!r} has no year and a directive that cannot be placed in a year")
                 stamps = pd.to_datetime(pd.Series(text.to_pandas()), format=fmt, utc=True, errors="coerce")
                 got, has_offset = pd.DatetimeIndex(stamps).as_unit("ns").asi8, np.full(len(text), "%z" in fmt)
             else:
-                got, zoned = _strptime_columns(text, fmt, regex, None if years is None else years[todo])
+
+                def years_of(month: Any, day: Any, second: Any, ok: Any, fmt: str = fmt) -> Any:
+                    return _years(month, day, second, ok, fmt, year, reference, last_month)
+
+                got, zoned = _strptime_columns(text, regex, years_of)
                 has_offset = np.full(len(text), zoned)
         out[todo] = got
         aware[todo] = has_offset
@@ -545,23 +651,14 @@ def parse_times(
     return pd.Series(result, name=None).dt.as_unit("ns")
 
 
-def _years(series: Any, fmt: str, regex: str | None, year: int | None, reference: float | None, last_month: int | None) -> Any:
-    """The year of each time of a format without one: see :func:`parse_times`."""
+def _years(month: Any, day: Any, second: Any, ok: Any, fmt: str, year: int | None, reference: float | None, last_month: int | None) -> Any:
+    """The year of each time of a format without one (see :func:`parse_times`), from its month, day and second of the day."""
     import numpy as np
     import pandas as pd
-    import pyarrow as pa
 
     if year is None and reference is None:
         raise UsageError(f"the times of format {fmt!r} have no year: give year= (the first time's year)")
-    if regex is None:
-        raise UsageError(f"time_format {fmt!r} has no year and a directive that cannot be placed in a year")
-    text = pa.array(series.astype(pd.StringDtype("pyarrow")).array).cast(pa.string())
-    if isinstance(text, pa.ChunkedArray):
-        text = text.combine_chunks()
-    leap = np.full(len(text), 2000, dtype=np.int64)  # a leap year: 29 February reads
-    ns, _ = _strptime_columns(text, fmt, regex, leap)
-    ok = ns != np.iinfo(np.int64).min
-    months = pd.Series(np.where(ok, pd.to_datetime(ns, unit="ns").month, np.nan))
+    months = pd.Series(np.where(ok, month, np.nan))
     before = months.ffill().shift(1)
     if last_month is not None:
         before = before.fillna(float(last_month))
@@ -570,7 +667,8 @@ def _years(series: Any, fmt: str, regex: str | None, year: int | None, reference
         ref = _dt.datetime.fromtimestamp(float(reference or 0.0), _dt.timezone.utc)
         year = ref.year
         if ok.any():
-            first = pd.Timestamp(int(ns[ok][0]), unit="ns")
-            if (first.month, first.day, first.time()) > (ref.month, ref.day, ref.time().replace(tzinfo=None)):
+            at = int(np.flatnonzero(ok)[0])
+            first = (int(month[at]), int(day[at]), int(second[at]))
+            if first > (ref.month, ref.day, ref.hour * 3600 + ref.minute * 60 + ref.second):
                 year -= 1
     return year + np.cumsum(rolled)

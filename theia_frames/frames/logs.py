@@ -58,6 +58,7 @@ import re
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,14 +215,22 @@ def _file_pieces(handle: Any, report: LogReport) -> Iterator[bytes]:
 
 
 def _lines_of(piece: bytes | list[str]) -> pa.Array:
-    """A piece as an Arrow array of its lines (line ends and a final empty line removed)."""
+    """A piece as an Arrow array of its lines, without their trailing whitespace (line ends included).
+
+    Bytes are cut at their newlines where they lie, without a Python string per
+    line; bytes that are not UTF-8 are read as U+FFFD.
+    """
     if isinstance(piece, list):
-        lines = pa.array(piece, pa.string())
-    else:
-        text = piece.decode("utf-8", "replace")
-        if text.endswith("\n"):
-            text = text[:-1]
-        lines = pa.array(text.split("\n"), pa.string())
+        return pc.utf8_rtrim_whitespace(pa.array(piece, pa.string()))
+    data = piece if piece.endswith(b"\n") else piece + b"\n"
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    offsets = np.concatenate([[0], ends + 1]).astype(np.int32)
+    lines = pa.Array.from_buffers(pa.string(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    try:
+        lines.validate(full=True)
+    except pa.ArrowInvalid:
+        text = data.decode("utf-8", "replace")
+        return pc.utf8_rtrim_whitespace(pa.array(text[:-1].split("\n"), pa.string()))
     return pc.utf8_rtrim_whitespace(lines)
 
 
@@ -245,10 +254,67 @@ def _line_batches(source: Any, report: LogReport, batch_size: int) -> Iterator[p
 # --------------------------------------------------------------------------- matching
 
 
+_POOLS: dict[str, ThreadPoolExecutor] = {}
+
+
+def _pool(name: str) -> ThreadPoolExecutor:
+    if name not in _POOLS:
+        _POOLS[name] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"theia-read-log-{name}")
+    return _POOLS[name]
+
+
+def _worker() -> ThreadPoolExecutor:
+    """A thread for an Arrow kernel that runs beside another of the same chunk (they release the GIL)."""
+    return _pool("kernel")
+
+
+def _ahead() -> ThreadPoolExecutor:
+    """A thread that matches the next chunk's lines while the caller makes this chunk's frame."""
+    return _pool("ahead")
+
+
+# A regex ending in a group that takes the rest of the line: its head, and the group's name.
+_TAIL = re.compile(r"(?s)(.+)\(\?P<(\w+)>\.\*\??\)")
+
+
+def _split_tail(regex: str) -> tuple[str, str] | None:
+    """``regex`` as its head and the name of a last group ``(?P<name>.*)``, when it ends so."""
+    m = _TAIL.fullmatch(regex)
+    if m is None:
+        return None
+    head = m.group(1)
+    try:
+        if re.compile(head).groups != re.compile(regex).groups - 1:
+            return None
+    except re.error:
+        return None
+    return head, m.group(2)
+
+
+def _extract_tail(lines: pa.Array, head: str, tail: str) -> tuple[np.ndarray, dict[str, pa.Array]]:
+    """:func:`_extract` for a regex ending in ``(?P<tail>.*)``: the head's groups are extracted
+    and the rest of the line cut off where the head ends, which RE2 finds without submatches."""
+    starts = f"^(?:{head})"
+    # the two kernels release the GIL: the rest of the lines is cut while the groups are extracted
+    cutting = _worker().submit(pc.replace_substring_regex, lines, starts, "", max_replacements=1)
+    parts = pc.extract_regex(lines, starts)
+    matched = pc.fill_null(pc.is_valid(parts), False).to_numpy(zero_copy_only=False)
+    groups = {}
+    for k in range(parts.type.num_fields):
+        column = parts.field(k)
+        groups[parts.type.field(k).name] = pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
+    rest = cutting.result()
+    groups[tail] = pc.if_else(pc.equal(rest, ""), pa.scalar(None, pa.string()), rest)
+    return matched, groups
+
+
 def _extract(lines: pa.Array, regex: str) -> tuple[np.ndarray, dict[str, pa.Array]]:
     """Which lines match ``regex`` (anchored at both ends) and its named groups' text, as columns."""
     anchored = f"^(?:{regex})$"
+    split = _split_tail(regex)
     try:
+        if split is not None:
+            return _extract_tail(lines, *split)
         parts = pc.extract_regex(lines, anchored)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         # a pattern RE2 cannot run (a lookaround, a backreference): Python's re, through pandas
@@ -363,8 +429,7 @@ class _Plan:
     reference: float | None
     strict: bool
     last_month: int | None = None
-    carried: pa.Array | None = None
-    carried_first: int = 0
+    carried: _Matched | None = None
 
 
 def _pick(columns: dict[str, Any], names: Sequence[str]) -> str | None:
@@ -422,16 +487,53 @@ def _join_continuations(content: pa.Array, starts: np.ndarray, lines: pa.Array, 
     return pa.array(texts, pa.string())
 
 
-def _parse_chunk(lines: pa.Array, first_line: int, plan: _Plan, report: LogReport, final: bool) -> pd.DataFrame | None:
-    """The records of a chunk of lines as a frame (None when it holds none)."""
-    if plan.carried is not None:
-        lines = pa.concat_arrays([plan.carried, lines])
-        first_line = plan.carried_first
-        plan.carried = None
+@dataclass
+class _Matched:
+    """A chunk's lines that are not blank, their numbers, which start a record, the fields of those."""
+
+    lines: pa.Array
+    numbers: np.ndarray
+    starts: np.ndarray
+    fields: dict[str, pa.Array]
+    reasons: list[str] | None
+    blank: int
+
+    def slice(self, start: int, stop: int | None = None) -> _Matched:
+        stop = len(self.lines) if stop is None else stop
+        return _Matched(
+            self.lines.slice(start, stop - start),
+            self.numbers[start:stop],
+            self.starts[start:stop],
+            {k: v.slice(start, stop - start) for k, v in self.fields.items()},
+            None if self.reasons is None else self.reasons[start:stop],
+            0,
+        )
+
+    def then(self, other: _Matched) -> _Matched:
+        """This chunk's lines followed by ``other``'s."""
+        names = list(dict.fromkeys([*self.fields, *other.fields]))
+
+        def column(m: _Matched, name: str) -> pa.Array:
+            return m.fields[name] if name in m.fields else pa.nulls(len(m.lines), pa.string())
+
+        reasons = None if self.reasons is None and other.reasons is None else (
+            (self.reasons or [""] * len(self.lines)) + (other.reasons or [""] * len(other.lines))
+        )
+        return _Matched(
+            pa.concat_arrays([self.lines, other.lines]),
+            np.concatenate([self.numbers, other.numbers]),
+            np.concatenate([self.starts, other.starts]),
+            {k: pa.concat_arrays([column(self, k), column(other, k)]) for k in names},
+            reasons,
+            self.blank + other.blank,
+        )
+
+
+def _match_chunk(lines: pa.Array, first_line: int, plan: _Plan) -> _Matched:
+    """Blank lines set aside, then every line matched by the format (stateless: run ahead in a thread)."""
     numbers = np.arange(first_line, first_line + len(lines))
-    blank = pc.equal(pc.utf8_trim_whitespace(lines), "").to_numpy(zero_copy_only=False)
+    blank = pc.equal(pc.binary_length(lines), 0).to_numpy(zero_copy_only=False)  # lines come right-trimmed
     if blank.any():
-        report.blank += int(blank.sum())
         keep = pa.array(~blank)
         lines, numbers = lines.filter(keep), numbers[~blank]
     reasons: list[str] | None = None
@@ -442,11 +544,21 @@ def _parse_chunk(lines: pa.Array, first_line: int, plan: _Plan, report: LogRepor
     else:
         assert plan.regex is not None
         starts, fields = _extract(lines, plan.regex)
+    return _Matched(lines, numbers, starts, fields, reasons, int(blank.sum()))
+
+
+def _parse_chunk(matched: _Matched, plan: _Plan, report: LogReport, final: bool) -> pd.DataFrame | None:
+    """The records of a chunk of matched lines as a frame (None when it holds none)."""
+    report.blank += matched.blank
+    if plan.carried is not None:
+        matched = plan.carried.then(matched)
+        plan.carried = None
+    lines, numbers, starts, fields, reasons = matched.lines, matched.numbers, matched.starts, matched.fields, matched.reasons
     group = np.cumsum(starts) - 1
     if plan.multiline and not final and starts.any():
         # the last record may go on in the next chunk: carried there whole
         last = int(np.flatnonzero(starts)[-1])
-        plan.carried, plan.carried_first = lines.slice(last), int(numbers[last])
+        plan.carried = matched.slice(last)
         lines, numbers, starts, group = lines.slice(0, last), numbers[:last], starts[:last], group[:last]
         fields = {k: v.slice(0, last) for k, v in fields.items()}
     orphan = ~starts & (group < 0) if plan.multiline else ~starts
@@ -461,14 +573,15 @@ def _parse_chunk(lines: pa.Array, first_line: int, plan: _Plan, report: LogRepor
         report.joined += int((~starts & (group >= 0)).sum())
     idx = np.flatnonzero(starts)
     rec_lines = numbers[idx]
-    fields = {k: v.take(pa.array(idx)) for k, v in fields.items()}
+    if len(idx) < len(starts):
+        fields = {k: v.take(pa.array(idx)) for k, v in fields.items()}
     if not len(idx):
         return None
     if plan.fmt.derive is not None:
         fields = plan.fmt.derive(fields)
 
     found, content_keys = _first_present(fields, plan.fmt.content_keys)
-    content = found if found is not None else lines.take(pa.array(idx))
+    content = found if found is not None else (lines if len(idx) == len(lines) else lines.take(pa.array(idx)))
     content = pc.fill_null(content, "")
     if plan.multiline:
         content = _join_continuations(content, starts, lines, group)
@@ -667,15 +780,19 @@ def iter_log(
     batches = _line_batches(path_or_lines, report, batch_size)
     current = next(batches, None)
     line = 1
-    while current is not None:
-        following = next(batches, None)
+    ahead = _ahead()
+    matching = ahead.submit(_match_chunk, current, line, plan) if current is not None else None
+    while current is not None and matching is not None:
+        matched = matching.result()
         report.lines += len(current)
-        df = _parse_chunk(current, line, plan, report, final=following is None)
         line += len(current)
+        current = next(batches, None)
+        # the next chunk is matched while this one's times and frame are made
+        matching = ahead.submit(_match_chunk, current, line, plan) if current is not None else None
+        df = _parse_chunk(matched, plan, report, final=current is None)
         if df is not None:
             df.attrs["theia_report"] = report
             yield df
-        current = following
     if plan.carried is not None:  # pragma: no cover - the final chunk carries nothing
         raise AssertionError("a record was left unread")
 
