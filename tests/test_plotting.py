@@ -411,6 +411,9 @@ def test_interactive_mode_draws_on_ipympls_canvas_and_keeps_a_zoom(collector, se
         assert live.wait_for(600 + sender.send_many(list(tf.sensor_events(60, sources=1, start=T0 + 600, rate=1))))
         view.update(force=True)
         assert ax.get_xlim() == pytest.approx(zoomed)  # new events do not undo the zoom
+        assert live.wait_for(660 + sender.send_many(list(tf.sensor_events(60, sources=1, start=T0 + 660, rate=1))))
+        view.update(force=True)
+        assert ax.get_xlim() == pytest.approx(zoomed)  # nor do the next ones
         view.show_span("all")  # choosing a span follows the newest events again
         assert ax.get_xlim()[1] > full[1]
         assert view.redraws >= 3 and view.png == b""

@@ -58,39 +58,21 @@ def _figure_class() -> Any:
 
 
 def plot_readings(readings: pd.DataFrame, path: str | os.PathLike[str], *, title: str | None = None) -> Path:
-    """A PNG of sensor readings: one panel per source, its ``value`` over time, labelled with its unit.
+    """A PNG of sensor readings with :func:`theia_frames.plot`: one panel per unit, a line per source,
+    the unit on each y axis, the time axis in UTC and named so.
 
     ``readings`` is an event frame with the columns :func:`~theia_frames.frames.analysis.extract`
     adds (``value``, ``unit``). Draws on a figure of its own (the Agg canvas): it
     neither needs nor changes a pyplot backend.
     """
-    Figure = _figure_class()
+    _figure_class()
+    from .frames.plot import plot
+
     for column in ("timestamp", "source", "value"):
         if column not in readings.columns:
             raise UsageError(f"plot_readings needs the column {column!r}; the frame has {list(readings.columns)}")
-    sources = [s for s in readings["source"].astype(str).unique()]
-    sources.sort()
-    panels = max(len(sources), 1)
-    fig = Figure(figsize=(9, 1.9 * panels + 0.8), layout="constrained")
-    axes = fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
-    for ax, source in zip(axes, sources):
-        part = readings[readings["source"].astype(str) == source]
-        unit = ""
-        if "unit" in part.columns:
-            units = part["unit"].dropna().astype(str).unique()
-            unit = units[0] if len(units) else ""
-        ts = part["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None)
-        ax.plot(ts.to_numpy(), part["value"].to_numpy(dtype=float), marker=".", markersize=3, linewidth=1)
-        ax.set_ylabel(unit)
-        ax.set_title(source, fontsize=9, loc="left")
-        ax.grid(True, alpha=0.3)
-    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
-
-    locator = AutoDateLocator()
-    axes[-1].xaxis.set_major_locator(locator)
-    axes[-1].xaxis.set_major_formatter(ConciseDateFormatter(locator))
-    axes[-1].set_xlabel("time (UTC)")
-    fig.suptitle(title or "theia sensor readings")
+    fig = plot(readings, kind="readings", theme="light", figsize=(9, 3.6), max_height=7.0,
+               title=title or "theia sensor readings")
     target = Path(path)
     fig.savefig(target, dpi=100)
     return target

@@ -504,6 +504,7 @@ class Plotter:
         self.legend_inches = 0.0
         #: the x limits each axis was last given here; other limits mean the user zoomed or panned
         self._auto_xlim: dict[int, tuple[float, float]] = {}
+        self._zoomed = False
         #: what the last drawing left out, in words ("" when nothing)
         self.left_out = ""
 
@@ -532,16 +533,20 @@ class Plotter:
 
     def follow(self) -> None:
         """Follow the data again on the next draw, wherever the user zoomed or panned."""
+        self._zoomed = False
         self._auto_xlim = {id(axis): axis.get_xlim() for axis in self._axes}
 
     @property
     def user_zoomed(self) -> bool:
-        """Whether an axis shows other x limits than this plotter gave it (zoomed or panned by hand)."""
-        for axis in self._axes:
-            expected = self._auto_xlim.get(id(axis))
-            if expected is not None and not _close(axis.get_xlim(), expected):
-                return True
-        return False
+        """Whether an axis was given other x limits than this plotter gave it (zoomed or panned by hand),
+        since the panels were laid out or :meth:`follow` was called."""
+        if not self._zoomed:
+            for axis in self._axes:
+                expected = self._auto_xlim.get(id(axis))
+                if expected is not None and not _close(axis.get_xlim(), expected):
+                    self._zoomed = True
+                    break
+        return self._zoomed
 
     def _columns(self, axis: Any) -> int:
         if self.max_points is not None:
@@ -587,6 +592,7 @@ class Plotter:
         self._fills = []
         self._spans = []
         self._auto_xlim = {}
+        self._zoomed = False
 
     def _say_left_out(self, text: str) -> None:
         self.left_out = text
@@ -760,7 +766,8 @@ class Plotter:
                 axis.set_xlim(xlim)
 
     def _remember_xlim(self) -> None:
-        self._auto_xlim = {id(axis): axis.get_xlim() for axis in self._axes}
+        if not self.user_zoomed:
+            self._auto_xlim = {id(axis): axis.get_xlim() for axis in self._axes}
 
     def _finish(self) -> None:
         style_figure(self.figure, self.theme)
