@@ -450,10 +450,14 @@ def test_find_without_start_still_works_upstream(real_upstream):
     assert list(tf.find(real_upstream.url, EventFilter(start=0), idle_timeout=IDLE)) == events
 
 
-def test_find_without_start_sends_a_positive_start(upstream):
+def test_find_without_start_sends_the_earliest_event_time_as_start(upstream):
+    # upstream refuses a missing or zero start; the earliest accepted event time means none
+    from theia_frames.timeparse import EARLIEST_EVENT_TIME
+
     list(tf.find(upstream.url, None, idle_timeout=IDLE))
     list(tf.find(upstream.url, EventFilter(start=0), idle_timeout=IDLE))
-    assert len(upstream.filters) == 2 and all(criteria["start"] > 0 for _, criteria in upstream.filters)
+    assert len(upstream.filters) == 2
+    assert all(criteria["start"] == EARLIEST_EVENT_TIME for _, criteria in upstream.filters)
 
 
 def test_every_event_is_rechecked_locally(real_upstream):

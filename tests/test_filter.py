@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from theia_frames.event import Event
 from theia_frames.exceptions import InvalidFilterError
 from theia_frames.filter import EventFilter, Filter
+from theia_frames.timeparse import EARLIEST_EVENT_TIME, frame_micros
 
 
 def ev(ts=10.0, tags=("sensor", "temp-1"), content="21.5C", id="e", source="/dev/t"):
@@ -51,11 +52,15 @@ MAY_1 = 1714521600.0
     ids=repr,
 )
 def test_times_are_taken_as_a_pandas_user_writes_them(value):
-    assert Filter(value).start == MAY_1
-    assert EventFilter(start=value, end=value) == EventFilter(start=MAY_1, end=MAY_1)
-    assert Filter().match_start(value).start == MAY_1
-    assert Filter(0).match_end(value).end == MAY_1
-    assert type(Filter(value).start) is float
+    f = EventFilter(start=value, end=value)
+    # seconds as they are; a calendar time at a frame's precision: the float seconds a frame shows as it
+    assert f.start <= MAY_1 <= f.end and f.end - f.start < 1e-6
+    assert frame_micros(f.start) == frame_micros(f.end) == int(MAY_1) * 1_000_000
+    if isinstance(value, (int, float, np.number)) or value == "1714521600":
+        assert f.start == f.end == MAY_1
+    assert Filter(value).start == Filter().match_start(value).start == f.start
+    assert Filter(0).match_end(value).end == f.end
+    assert type(f.start) is float
 
 
 def test_relative_times_resolve_when_the_filter_is_built():
@@ -124,10 +129,8 @@ def test_id_and_source_fully_match():
         ({"start": float("nan")}, "invalid filter start nan: not a finite number"),
         ({"end": pd.NaT}, "invalid filter end NaT"),
         ({"start": "2024-05-02", "end": dt.datetime(2024, 5, 1)}, "before start"),
-        ({"start": np.datetime64("1960-01-01")}, "negative"),
         ({"end": float("inf")}, "finite"),
         ({"tags": "sensor"}, "tags must be a list"),
-        ({"start": -1}, "negative"),
     ],
 )
 def test_bad_values_fail_when_built(kwargs, words):
@@ -153,8 +156,8 @@ def test_from_json_names_the_problem(text, words):
 
 
 def test_peer_forms():
-    # upstream /find rejects a missing or zero start
-    assert Filter().for_find()["start"] > 0
+    # upstream /find rejects a missing or zero start: the earliest accepted event time means none
+    assert Filter().for_find()["start"] == EARLIEST_EVENT_TIME
     assert Filter(7.5).for_find()["start"] == 7.5
     # upstream /live wants integers and no order
     live = Filter(7.9).match_end(8.1).order_desc().for_live()
@@ -273,3 +276,53 @@ def test_kernel_mask_reads_tags_as_lists_too():
     listed = b.set_column(3, "tags", pa.array([["x", "y"], [], []], pa.list_(pa.string())))
     for f in (EventFilter(tags=("y",)), EventFilter(tags=(".*",)), EventFilter(tags=("x", "z"))):
         assert f.mask_batch(listed).tolist() == f.mask_batch(b).tolist()
+
+
+# --------------------------------------------------------------------------- times before 1970
+
+
+def test_a_start_before_1970_is_a_bound_and_zero_is_none():
+    assert Filter(-10).start == -10.0
+    assert Filter(-10).matches(ev(ts=-10.0)) and not Filter(-10).matches(ev(ts=-10.5))
+    assert Filter("1958-01-01").matches(ev(ts=Filter("1958-03-01").start))
+    assert EventFilter(start=np.datetime64("1960-01-01")).start < 0
+    assert EventFilter.from_json('{"start": -20.5, "end": -1}') == EventFilter(start=-20.5, end=-1)
+    assert json.loads(Filter(-10).to_json()) == {"start": -10.0}
+    # zero is no start, as on the wire (where it is left out): events before 1970 match
+    assert Filter(0).start is None and Filter(0).matches(ev(ts=-10.0))
+    # a peer that needs a start is sent the earliest accepted event time
+    assert Filter().for_find(plain=True)["start"] == EARLIEST_EVENT_TIME
+    assert Filter(-10).for_find(plain=True)["start"] == -10.0
+    assert Filter(-10.5).for_live(plain=True)["start"] == -11
+
+
+# --------------------------------------------------------------------------- frame times as bounds
+
+_WIRE_TIMES = st.one_of(
+    st.floats(min_value=-9e9, max_value=9e9, allow_nan=False),
+    st.floats(min_value=1.6e9, max_value=1.8e9, allow_nan=False),  # today's times: the coarsest floats
+    st.floats(min_value=-1e3, max_value=1e3, allow_nan=False),
+)
+
+
+@given(t=_WIRE_TIMES)
+def test_a_time_read_from_a_frame_finds_its_event_as_start_and_as_end(t):
+    from theia_frames.frames.convert import to_dataframe
+
+    df = to_dataframe([Event(id="x", timestamp=t)], progress=False)
+    shown = df["timestamp"][0]
+    indexed = to_dataframe([Event(id="x", timestamp=t)], index="timestamp", progress=False).index[0]
+    assert frame_micros(t) * 1000 == shown.value  # the frame's rounding is the rule's
+    for bound in (shown, indexed, shown.to_datetime64(), shown.to_pydatetime(), shown.isoformat()):
+        f = Filter(bound).match_end(bound)
+        assert f.matches(ev(ts=t)), (t, bound)
+        assert f.mask_batch(_times_batch([t])).all()
+        # and nothing a frame would show at another microsecond
+        assert frame_micros(f.start) == frame_micros(f.end) == frame_micros(t)
+        assert frame_micros(np.nextafter(f.start, -np.inf)) < frame_micros(t) < frame_micros(np.nextafter(f.end, np.inf))
+
+
+def _times_batch(times):
+    from theia_frames.protocol.arrow import events_to_batch
+
+    return events_to_batch([Event(id=str(i), timestamp=t) for i, t in enumerate(times)])

@@ -2,7 +2,8 @@
 
 A filter matches an event when
 
-- ``start <= timestamp <= end`` (either bound may be absent; a start of 0 is no bound),
+- ``start <= timestamp <= end`` (either bound may be absent; a start of 0 is no bound, as
+  on the wire, where it is left out; a negative start is a time before 1970),
 - every tag pattern **fully** matches at least one of the event's tags,
 - the content pattern is **found anywhere** in the content (a regex search),
 - the id and source patterns, when given, **fully** match the id and source.
@@ -14,6 +15,12 @@ Builder methods mirror the Go client's and return a new filter::
     '{"start": 1550710745.1, "tags": ["sensor", "temp.+"], "content": "\\\\\\\\d+C", "order": "asc"}'
     >>> f.matches(Event(id="x", timestamp=1550710746.0, tags=["sensor", "temp-1"], content="21C"))
     True
+
+A bound given as a calendar time (a ``datetime``, ``pandas.Timestamp``,
+``numpy.datetime64`` or ISO text) is taken at a frame's precision, the
+microsecond (:func:`~theia_frames.timeparse.to_bound`): a time read from a frame
+finds the event it came from, as a start and as an end. Seconds are compared as
+they are.
 
 Bad values fail when the filter is built:
 
@@ -36,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .event import Event
 from .exceptions import InvalidFilterError, MissingDependencyError, UsageError
-from .timeparse import TimeLike, to_epoch
+from .timeparse import EARLIEST_EVENT_TIME, TimeLike, to_bound
 from .matching import Kernel, dictionary_indices, distinct_values, is_literal, mask_tags
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,11 +77,12 @@ _COMPILERS: dict[str, Callable[[str], Any]] = {"re": re.compile, "re2": _compile
 
 
 def _number(name: str, value: Any) -> float | None:
-    """A filter bound as float seconds since the epoch, read by :func:`~theia_frames.timeparse.to_epoch`."""
+    """A filter bound (``name`` is ``start`` or ``end``) as float seconds since the epoch,
+    read by :func:`~theia_frames.timeparse.to_bound`."""
     if value is None:
         return None
     try:
-        return to_epoch(value, name=f"filter {name}")
+        return to_bound(value, name, name=f"filter {name}")
     except UsageError as exc:
         raise InvalidFilterError(str(exc)) from None
 
@@ -129,8 +137,8 @@ class EventFilter:
     def __post_init__(self) -> None:
         start = _number("start", self.start)
         end = _number("end", self.end)
-        if start is not None and start < 0:
-            raise InvalidFilterError(f"filter start must not be negative, got {start}")
+        if start == 0:
+            start = None  # as on the wire: no start
         if start is not None and end is not None and end < start:
             raise InvalidFilterError(f"filter end {end} is before start {start}")
         tags = self.tags
@@ -413,17 +421,18 @@ class EventFilter:
 
     # ------------------------------------------------------------------ peer forms
     def for_find(self, *, plain: bool = False) -> dict[str, Any]:
-        """The object to send to ``/find``: a start is always present and positive.
+        """The object to send to ``/find``: a start is always present and not zero.
 
         The upstream collector rejects a missing or zero start, so an open start
-        is sent as a tiny positive number, which means the same. ``plain=True``
+        is sent as the earliest accepted event time
+        (:data:`~theia_frames.timeparse.EARLIEST_EVENT_TIME`), which means the same. ``plain=True``
         (a peer that did not accept the extension) sends what every such peer
         matches at least as widely as this filter (:meth:`_widened`), in
         ascending order: the caller re-checks each event and orders the result.
         """
         d = self._widened() if plain else self.to_dict()
         if not self.start:
-            d = {"start": 1e-06, **d}
+            d = {"start": EARLIEST_EVENT_TIME, **d}
         return d
 
     def for_live(self, *, plain: bool = False) -> dict[str, Any]:

@@ -570,8 +570,9 @@ def parse_times(
     For formats without a year (syslog's ``%b %d %H:%M:%S``): ``year`` is the
     first time's year, or else the latest year in which the first time is not
     after ``reference`` (seconds since the epoch, e.g. a file's modification
-    time); a time whose month falls back by more than six from the one before it
-    (December, then January) starts the next year. ``last_month`` is the month
+    time). Times are taken to be in order: a time whose month is two or more
+    before the one before it (December, then January) starts the next year, one
+    a month before (a late line at the turn of a month) does not. ``last_month`` is the month
     of the time before ``values``, when they continue a column read earlier.
 
     >>> parse_times(["Dec 31 23:59:59", "Jan  1 00:00:01"], "%b %d %H:%M:%S", year=2023).tolist()
@@ -662,7 +663,7 @@ def _years(month: Any, day: Any, second: Any, ok: Any, fmt: str, year: int | Non
     before = months.ffill().shift(1)
     if last_month is not None:
         before = before.fillna(float(last_month))
-    rolled = (months < before - 6).to_numpy()
+    rolled = (months < before - 1).to_numpy()
     if year is None:
         ref = _dt.datetime.fromtimestamp(float(reference or 0.0), _dt.timezone.utc)
         year = ref.year

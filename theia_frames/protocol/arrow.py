@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .codec import EventColumns
 from ..event import Event
 from ..exceptions import DecodeError, UsageError, shorten
+from ..timeparse import EARLIEST_EVENT_TIME, LATEST_EVENT_TIME
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -54,6 +55,7 @@ __all__ = [
     "frame_memory_pool",
     "decoded_size",
     "uncarried_rows",
+    "outside_event_times",
     "validate_events",
     "DEFAULT_MAX_DECODED",
 ]
@@ -467,13 +469,29 @@ def decoded_size(message: bytes | bytearray | memoryview) -> int:
     return total
 
 
+def outside_event_times(timestamps: pa.Array) -> Any:
+    """The rows of float seconds that are no event time (not finite, or outside the accepted
+    range :data:`~theia_frames.timeparse.EARLIEST_EVENT_TIME` to
+    :data:`~theia_frames.timeparse.LATEST_EVENT_TIME`), as a numpy bool mask, or None when
+    every one is.
+
+    >>> outside_event_times(_pa().array([-10.0, 1e11, float("nan")])).tolist()
+    [False, True, True]
+    """
+    import numpy as np
+
+    ts = np.asarray(timestamps.to_numpy(zero_copy_only=False), dtype=np.float64)
+    inside = (ts >= EARLIEST_EVENT_TIME) & (ts < LATEST_EVENT_TIME)
+    return None if inside.all() else ~inside
+
+
 def uncarried_rows(batch: pa.RecordBatch) -> Any:
     """The rows of an event-schema batch that the wire format cannot carry, as a numpy
     bool mask, or None when it carries them all (the usual case).
 
     A row cannot be carried with a line break (``\\n``, ``\\r``) in its id, source
     or a tag, a comma in a tag (it would come back as two), a missing value
-    anywhere, or a timestamp that is not finite. The bytes are looked for in one
+    anywhere, or a timestamp that is not an event time (:func:`outside_event_times`). The bytes are looked for in one
     scan of each text's data (a dictionary's entries once, a list's items once);
     only when one is found are its rows worked out (from the offsets).
 
@@ -500,9 +518,9 @@ def uncarried_rows(batch: pa.RecordBatch) -> Any:
             mark(np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool))
     ts = batch.column(1)
     if pa.types.is_floating(ts.type):
-        finite = np.isfinite(np.asarray(ts.to_numpy(zero_copy_only=False), dtype=np.float64))
-        if not finite.all():
-            mark(~finite)
+        times = outside_event_times(ts)
+        if times is not None:
+            mark(times)
     rows = _found_rows(batch.column(0), b"\n\r")
     if rows is not None:
         mark(rows)

@@ -28,6 +28,7 @@ from typing import Union
 
 from ..event import Event
 from ..exceptions import DecodeError, InvalidEventError
+from ..timeparse import event_time_problem
 
 __all__ = [
     "encode",
@@ -60,7 +61,13 @@ def encode(event: Event) -> bytes:
 
     Raises :class:`~theia_frames.exceptions.InvalidEventError` for an event the
     format cannot carry: a line break in id or source, a comma or line break in
-    a tag, a timestamp that is not a finite number, text that is not valid Unicode.
+    a tag, text that is not valid Unicode; and an event whose timestamp is not an
+    event time (not finite, or outside :data:`~theia_frames.timeparse.EVENT_TIME_RANGE`).
+
+    >>> encode(Event(id="old", timestamp=-1e11))
+    Traceback (most recent call last):
+    ...
+    theia_frames.exceptions.InvalidEventError: event 'old': timestamp -100000000000.0 is outside the accepted range of event times, from 1678-01-01T00:00Z (inclusive) to 2262-01-01T00:00Z (exclusive)
     """
     id_, source, tags = event.id, event.source, event.tags
     if not isinstance(id_, str) or not isinstance(source, str) or not isinstance(event.content, str):
@@ -76,8 +83,9 @@ def encode(event: Event) -> bytes:
         ts = float(event.timestamp)
     except (TypeError, ValueError) as exc:
         raise InvalidEventError(f"event timestamp must be a number, got {event.timestamp!r}") from exc
-    if not math.isfinite(ts):
-        raise InvalidEventError(f"event timestamp must be finite, got {ts!r}")
+    problem = event_time_problem(ts)
+    if problem is not None:
+        raise InvalidEventError(f"event {id_[:80]!r}: {problem}")
     try:
         header = f"id:{id_}\ntimestamp: {ts:.7f}\nsource:{source}\ntags:{','.join(tags)}\n".encode()
         content = event.content.encode()

@@ -19,10 +19,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .arrow import as_event_data, batch_to_ipc, decoded_event_sizes, event_schema, tag_lists, uncarried_rows
+from .arrow import as_event_data, batch_to_ipc, decoded_event_sizes, event_schema, outside_event_times, tag_lists, uncarried_rows
 from .codec import encode
 from ..event import Event
 from ..exceptions import InvalidEventError, UsageError
+from ..timeparse import event_time_problem
 from .arrow import iter_batch_events
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -142,7 +143,7 @@ def checked_event_batch(events: Sequence[Event]) -> pa.RecordBatch:
 
 def invalid_row(batch: pa.RecordBatch) -> int | None:
     """The first row the wire format cannot carry (line break in id, source or
-    tags; a missing value; a timestamp that is not finite), or None: the first of
+    tags; a missing value; a timestamp that is no event time), or None: the first of
     :func:`~theia_frames.protocol.arrow.uncarried_rows`."""
     bad = uncarried_rows(batch)
     if bad is None:
@@ -159,12 +160,19 @@ def arrow_chunks(data: Any, size: int) -> Iterator[pa.RecordBatch]:
     for batch in batches:
         for offset in range(0, batch.num_rows, size):
             chunk = batch.slice(offset, size)
+            times = outside_event_times(chunk.column(1)) if chunk.num_rows else None
+            if times is not None and (value := chunk.column(1)[int(times.argmax())].as_py()) is not None:
+                row = int(times.argmax())
+                raise InvalidEventError(
+                    f"row {offset + row} of the Arrow data cannot be sent: event {chunk.column(0)[row].as_py()!r}: "
+                    f"{event_time_problem(value)}"
+                )
             row = invalid_row(chunk)
             if row is not None:
                 values = {k: v[0] for k, v in chunk.slice(row, 1).to_pydict().items()}
                 raise InvalidEventError(
                     f"row {offset + row} of the Arrow data cannot be sent: "
-                    "a line break in id, source or a tag, a comma in a tag, a missing value, or a timestamp that is not finite: "
+                    "a line break in id, source or a tag, a comma in a tag, or a missing value: "
                     f"{ {k: (v[:40] if isinstance(v, str) else v) for k, v in values.items()} }"
                 )
             yield chunk

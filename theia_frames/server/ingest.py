@@ -19,8 +19,10 @@ from ..protocol.arrow import (
     empty_batch,
     ipc_to_batches,
     is_arrow_message,
+    outside_event_times,
     uncarried_rows,
 )
+from ..timeparse import event_time_problem
 from ..protocol.codec import EventColumns
 from .fanout import Fanout
 from .output import (
@@ -100,9 +102,23 @@ class Arrivals:
     def __len__(self) -> int:
         return self.rows + len(self.cols)
 
-    def append_raw(self, message: bytes | str) -> None:
-        self.cols.append_raw(message)
+    def append_raw(self, message: bytes | str) -> str | None:
+        """Take the events of a plain message; returns why some were left out (a timestamp
+        that is no event time), if any."""
+        cols = self.cols
+        before = len(cols)
+        cols.append_raw(message)
         self.nbytes += len(message)
+        wrong = [k for k in range(before, len(cols)) if event_time_problem(cols.timestamp[k]) is not None]
+        if not wrong:
+            return None
+        note = f"event {shorten(repr(cols.id[wrong[0]]))} not stored: {event_time_problem(cols.timestamp[wrong[0]])}"
+        for k in reversed(wrong):
+            for values in (cols.id, cols.timestamp, cols.source, cols.tags, cols.content):
+                del values[k]
+        if len(wrong) > 1:
+            note += f" (and {len(wrong) - 1} more event(s) of the message)"
+        return note
 
     def append_batch(self, batch: pa.RecordBatch) -> None:
         self._gather()
@@ -134,9 +150,24 @@ def append_arrow(arrivals: Arrivals, message: bytes, max_decoded: int, max_event
     left_out = 0
     first_bad = ""
     too_large = 0
+    wrong_time = 0
+    first_time = ""
     for batch in ipc_to_batches(message, max_decoded=max_decoded):
         if not batch.num_rows:
             continue
+        times = outside_event_times(batch.column(1))
+        if times is not None:
+            # told apart from the other problems: the event and the accepted range are named
+            row = int(times.argmax())
+            value = batch.column(1)[row].as_py()
+            if not wrong_time and value is not None:
+                first_time = f"event {shorten(repr(batch.column(0)[row].as_py()))}: {event_time_problem(value)}"
+            if value is not None:
+                times &= ~batch.column(1).is_null().to_numpy(zero_copy_only=False)
+                wrong_time += int(times.sum())
+                batch = batch.filter(pa.array(~times))
+                if not batch.num_rows:
+                    continue
         large = decoded_event_sizes(batch) > max_event
         if large.any():
             too_large += int(large.sum())
@@ -155,14 +186,17 @@ def append_arrow(arrivals: Arrivals, message: bytes, max_decoded: int, max_event
             batch = batch.filter(pa.array(~bad))
         if batch.num_rows:
             arrivals.append_batch(batch)
+    notes = []
+    if wrong_time:
+        notes.append(f"{wrong_time} event(s) of a batch not stored: {first_time}")
     if left_out:
-        why = "a line break in id, source or a tag, a comma in a tag, a missing value, or a timestamp that is not finite"
+        why = "a line break in id, source or a tag, a comma in a tag, or a missing value"
         if too_large == left_out:
             why = f"larger than {max_event} bytes (the limit per event)"
         elif too_large:
             why = f"larger than {max_event} bytes (the limit per event), or {why}"
-        return f"{left_out} event(s) of a batch not stored: {why} (first: id {shorten(repr(first_bad))})"
-    return None
+        notes.append(f"{left_out} event(s) of a batch not stored: {why} (first: id {shorten(repr(first_bad))})")
+    return "; ".join(notes) or None
 
 
 class EventSink:
@@ -414,8 +448,7 @@ class Writer(threading.Thread):
                 size = len(message.encode("utf-8", "surrogatepass"))
             if size > self.max_event:
                 return f"event of {size} bytes not stored: larger than {self.max_event} bytes (the limit per event)"
-            arrivals.append_raw(message)
-            return None
+            return arrivals.append_raw(message)
         except DecodeError as exc:
             return f"invalid event: {exc}"
         except Exception as exc:  # pragma: no cover - a bug must not stop the writer

@@ -76,7 +76,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
-from ..protocol.arrow import batch_to_columns, batch_to_ipc, columns_to_batch, decoded_size, empty_batch, ipc_to_batches
+from ..timeparse import event_time_problem
+from ..protocol.arrow import outside_event_times, batch_to_columns, batch_to_ipc, columns_to_batch, decoded_size, empty_batch, ipc_to_batches
 from ..protocol.codec import EventColumns
 from ..deprecation import renamed_arguments
 from ..event import Event
@@ -390,9 +391,10 @@ class EventStore:
         if not n:
             return batch
         ts = batch.column(1).to_numpy()
-        if not np.isfinite(ts).all():
-            bad = ts[~np.isfinite(ts)][0]
-            raise UsageError(f"event timestamps to store must be finite numbers, got {bad!r}")
+        wrong = outside_event_times(batch.column(1))
+        if wrong is not None:
+            row = int(wrong.argmax())
+            raise UsageError(f"event {batch.column(0)[row].as_py()!r} cannot be stored: {event_time_problem(float(ts[row]))}")
         order = sort_order(ts)
         srt = batch if order is None else batch.take(order)
         sts = ts if order is None else ts[order]
