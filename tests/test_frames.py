@@ -575,3 +575,58 @@ def test_ties_come_back_in_arrival_order_on_every_client_path(collector_db):
             return up, down
 
     assert asyncio.run(read()) == (want, want[::-1])
+
+
+# --------------------------------------------------------------------------- categories: the values held
+
+
+def test_a_frames_categories_are_the_sources_it_holds():
+    """A received dictionary may hold sources no row uses (a stored chunk's, of which a
+    filter kept some): they are not categories of the frame."""
+    dictionary = pa.array(["/a", "/b", "/c", "/d"])
+    batch = pa.record_batch(
+        [
+            pa.array(["e0", "e1"]),
+            pa.array([1.0, 2.0]),
+            pa.DictionaryArray.from_arrays(pa.array([2, 0], pa.int32()), dictionary),
+            pa.array([[], []], pa.list_(pa.string())),
+            pa.array(["x", "y"]),
+        ],
+        schema=event_schema(),
+    )
+    df = batches_to_dataframe([batch, batch.slice(1)])
+    assert df["source"].cat.categories.tolist() == ["/a", "/c"]
+    assert df["source"].astype(str).tolist() == ["/c", "/a", "/a"]
+    chunks = list(iter_dataframes(FakeResult([batch.slice(0, 1), batch.slice(1)]), batch_size=1, progress=False))
+    assert [c["source"].cat.categories.tolist() for c in chunks] == [["/c"], ["/a"]]
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batched", "plain"])
+def test_a_filtered_find_has_only_the_sources_it_holds_on_every_path(collector, batch):
+    import asyncio
+
+    import theia_frames as tf
+    from waiting import wait_until
+
+    f = tf.Filter(1_700_000_000).match_tag("alert")
+    live = tf.LiveFrame(collector.url, f, batch=batch)
+    live.start()
+    wait_until(lambda: live.status().phase == "live", what="the live frame subscribed")
+    events = [Event(id=f"e{i}", timestamp=1_700_000_000.0 + i, source=f"/s/{i % 9}", tags=["alert"] if i % 9 < 2 else ["x"])
+              for i in range(90)]
+    with tf.Client(collector.url) as client:
+        client.send_many(events, wait=True)
+    with tf.Client(collector.url, batch=batch) as client:
+        df = tf.to_dataframe(client.find(f), progress=False)
+        assert df["source"].cat.categories.tolist() == ["/s/0", "/s/1"] and len(df) == 20
+        for chunk in tf.iter_dataframes(client.find(f), batch_size=3, progress=False):
+            assert sorted(chunk["source"].cat.categories) == sorted(set(chunk["source"].astype(str)))
+
+    async def read():
+        async with tf.AsyncClient(collector.url, batch=batch) as client:
+            return await client.find(f).to_dataframe(progress=False)
+
+    assert asyncio.run(read())["source"].cat.categories.tolist() == ["/s/0", "/s/1"]
+    wait_until(lambda: len(live.df) == 20, what="20 events in the live frame")
+    live.stop()
+    assert live.df["source"].cat.categories.tolist() == ["/s/0", "/s/1"]

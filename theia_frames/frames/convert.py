@@ -131,8 +131,11 @@ def sorted_categories(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def _unified_categories(chunks: list[pa.DictionaryArray]) -> pa.ChunkedArray:
-    """Dictionary chunks (each with its own dictionary) re-indexed into one sorted dictionary."""
-    values = pa.concat_arrays([c.dictionary for c in chunks]) if chunks else pa.array([], pa.string())
+    """Dictionary chunks (each with its own dictionary) re-indexed into one sorted dictionary
+    of the values they hold: a received dictionary may have entries no row uses (a stored
+    chunk's sources, of which a filter kept some), which are not categories of the frame."""
+    used = [c.dictionary.take(pc.unique(c.indices).drop_null()) for c in chunks]
+    values = pa.concat_arrays(used) if used else pa.array([], pa.string())
     dictionary = pc.unique(values).drop_null()
     dictionary = dictionary.take(pc.sort_indices(dictionary))
     typ = pa.dictionary(pa.int32(), dictionary.type)
@@ -649,7 +652,11 @@ def iter_dataframes(
 
     Takes the same sources and options as :func:`to_dataframe`; every frame has
     the same dtypes and only one chunk is held at a time. No events yield no
-    frames. Each frame is indexed from 0. ``chunk_size``, the old name of
+    frames. Each frame is indexed from 0. Each frame's ``source`` categories
+    are the sources it holds, as in every frame: the frames of one query do not
+    share a category set (which would need every source before the first frame);
+    ``pd.concat`` of frames with different categories makes the column ``object``,
+    ``pandas.api.types.union_categoricals`` joins them as categories. ``chunk_size``, the old name of
     ``batch_size``, still works with a warning.
 
     >>> evs = (Event(id=str(i), timestamp=float(i)) for i in range(5))
