@@ -157,6 +157,8 @@ def test_filter_options_build_the_filter():
     )
     f = cli_client._filter_from(args)
     assert (f.start, f.end, f.tags, f.content, f.order) == (10.0, 20.0, ("a", "b.+"), r"\d", "desc")
+    assert cli_client._filter_from(parser().parse_args(["find", "--source", "/dev/.*"])).source == "/dev/.*"
+    assert cli_client._filter_from(parser().parse_args(["live", "--source", "/dev/x"])).source == "/dev/x"
 
 
 # --------------------------------------------------------------------------- commands against an upstream-like collector
@@ -372,6 +374,42 @@ def test_send_then_live_with_the_collector(collector, capsys):
     out = capsys.readouterr().out
     record = json.loads([line for line in out.splitlines() if line.startswith("{")][0])
     assert (record["source"], record["tags"], record["content"]) == ("/dev/door", ["door"], "opened")
+
+
+@pytest.mark.parametrize("batch", [[], ["--no-batch"]], ids=["batched", "plain"])
+def test_find_and_live_by_source_and_before_1970(collector, capsys, batch):
+    import theia_frames as tf
+
+    events = [
+        Event(id="a", timestamp=-378_691_200.0, source="/var/log/auth", content="Failed password"),  # 1958-01-01
+        Event(id="b", timestamp=-378_691_200.0, source="/copy/auth", content="Failed password"),
+        Event(id="c", timestamp=10.0, source="/var/log/auth", content="Accepted"),
+    ]
+    with tf.Client(collector.url) as client:
+        client.send_many(events, wait=True)
+    capsys.readouterr()
+    argv = ["find", "--url", collector.url, "--start", "1958-01-01", "--format", "jsonl", *batch]
+    assert run([*argv, "--source", "/var/log/.*"]) == 0
+    assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == ["a", "c"]
+    assert run([*argv, "--end", "1958-01-01", "--content", "Failed"]) == 0
+    assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == ["a", "b"]
+    assert run([*argv, "--source", "/var/log"]) == 0  # a full match
+    assert capsys.readouterr().out == ""
+    result = {}
+
+    def live():
+        result["code"] = run(["live", "--url", collector.url, "--source", "/dev/door", "--format", "jsonl", "--limit", "1", *batch])
+
+    t = threading.Thread(target=live)
+    t.start()
+    deadline = time.monotonic() + 30
+    while t.is_alive() and time.monotonic() < deadline:
+        run(["send", "--url", collector.url, "--source", "/dev/window", "other"])
+        run(["send", "--url", collector.url, "--source", "/dev/door", "opened"])
+        t.join(0.2)
+    assert result["code"] == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["source"] for r in records] == ["/dev/door"]
 
 
 # --------------------------------------------------------------------------- the real command: what it reports

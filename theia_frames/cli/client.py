@@ -68,6 +68,7 @@ def _add_filter_options(p: argparse.ArgumentParser, *, order: bool = True) -> No
         "--tag", action="append", default=[], metavar="REGEX", help="a tag pattern every event must have (repeatable)"
     )
     g.add_argument("--content", metavar="REGEX", help="a pattern found in the content")
+    g.add_argument("--source", metavar="REGEX", help="a pattern the source must fully match (Filter.match_source)")
     if order:
         g.add_argument("--order", choices=("asc", "desc"), help="order by timestamp")
 
@@ -78,6 +79,7 @@ def _filter_from(args: argparse.Namespace) -> EventFilter:
         end=args.end,
         tags=tuple(args.tag),
         content=args.content,
+        source=args.source,
         order=getattr(args, "order", None),
     )
 
