@@ -108,6 +108,25 @@ def _render(example: str, tokens: Sequence[str]) -> str:
     return _RUNS.sub(VARIABLE, "".join(parts))
 
 
+def _zero_digits(texts: pa.Array) -> pa.Array:
+    """``texts`` with every ASCII digit made ``0``, on the bytes at once (a digit byte is never
+    part of a longer UTF-8 character, and the lengths do not change)."""
+    if not len(texts):
+        return texts
+    validity, offsets, data = texts.buffers()
+    first = texts.offset
+    ends = np.frombuffer(offsets, dtype=np.int32, count=first + len(texts) + 1, offset=0)
+    start, stop = int(ends[first]), int(ends[-1])
+    raw = np.frombuffer(data, dtype=np.uint8, count=stop) if data is not None else np.zeros(0, np.uint8)
+    zeroed = raw.copy()
+    zeroed[start:stop][(raw[start:stop] >= 0x31) & (raw[start:stop] <= 0x39)] = 0x30
+    return pa.Array.from_buffers(pa.string(), len(texts), [validity, offsets, pa.py_buffer(zeroed)], texts.null_count, first)
+
+
+def _indices(encoded: pa.DictionaryArray) -> np.ndarray:
+    return np.asarray(pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
 class PatternMiner:
     """Masks, a drain3 miner and what it learnt: gives lines their patterns, and gives other
     frames the same ones.
@@ -145,7 +164,9 @@ class PatternMiner:
             raise UsageError(f"depth must be an integer of at least 3, got {depth!r}")
         if not isinstance(max_children, int) or isinstance(max_children, bool) or max_children < 1:
             raise UsageError(f"max_children must be a positive integer, got {max_children!r}")
-        self.masks: tuple[Mask, ...] = check_masks(masks) + (DEFAULT_MASKS if default_masks else ())
+        self._own_masks = check_masks(masks)
+        self._default_masks = bool(default_masks)
+        self.masks: tuple[Mask, ...] = self._own_masks + (DEFAULT_MASKS if default_masks else ())
         self.sim_th = float(sim_th)
         self.depth = depth
         self.max_children = max_children
@@ -175,9 +196,9 @@ class PatternMiner:
 
     def shapes(self, values: pd.Series) -> tuple[list[str], np.ndarray]:
         """The distinct masked lines of ``values`` and, per line, the index of its shape
-        (-1 for a missing line). Masks run once per distinct line."""
+        (-1 for a missing line)."""
         if isinstance(values.dtype, pd.CategoricalDtype):
-            texts = pa.array(values.cat.categories.astype(str).tolist(), pa.string())
+            column = pa.array(values.cat.categories.astype(str).tolist(), pa.string())
             codes = values.cat.codes.to_numpy().astype(np.int64)
         else:
             try:
@@ -192,13 +213,45 @@ class PatternMiner:
                 if len(column) and column.null_count < len(column):
                     raise UsageError(f"patterns need text lines; the column holds {values.dtype}")
                 column = column.cast(pa.string())
-            encoded = pc.dictionary_encode(column)
-            texts = encoded.dictionary
-            codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-        masked = pc.dictionary_encode(self.mask(texts))
-        shape_of_text = masked.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        rows = np.where(codes >= 0, shape_of_text[np.maximum(codes, 0)] if len(shape_of_text) else -1, -1)
-        return masked.dictionary.to_pylist(), rows
+            codes = np.arange(len(column), dtype=np.int64)
+            if column.null_count:
+                codes[np.asarray(column.is_null())] = -1
+        shapes, shape_of = self._shape_texts(column)
+        rows = np.full(len(codes), -1, dtype=np.int64)
+        valid = codes >= 0
+        rows[valid] = shape_of[codes[valid]]
+        return shapes, rows
+
+    def _shape_texts(self, texts: pa.Array) -> tuple[list[str], np.ndarray]:
+        """The distinct masked forms of ``texts`` and the index of each text's form.
+
+        The generic masks treat every digit alike, so they give a line the shape
+        they give it with each digit made ``0``: they run once per distinct such
+        line (real logs have few), and their output is that of every line of the
+        group unless it kept a digit (``ssh2``), which only the line's own digits
+        can write: those lines are masked one distinct line at a time.
+        """
+        texts = mask_values(texts, self._own_masks)
+        if not self._default_masks:
+            encoded = pc.dictionary_encode(texts)
+            return encoded.dictionary.to_pylist(), _indices(encoded)
+        zeroed = pc.dictionary_encode(_zero_digits(texts))
+        forms = mask_values(zeroed.dictionary, DEFAULT_MASKS)
+        form_of = _indices(zeroed)
+        kept_digit = np.asarray(pc.fill_null(pc.match_substring_regex(forms, pattern="[0-9]"), False), dtype=bool)
+        if kept_digit.any():
+            own = np.flatnonzero(kept_digit[np.maximum(form_of, 0)] & (form_of >= 0))
+            own_texts = pc.dictionary_encode(texts.take(pa.array(own)))
+            own_forms = mask_values(own_texts.dictionary, DEFAULT_MASKS)
+            form_of[own] = len(forms) + _indices(own_texts)
+            forms = pa.concat_arrays([forms, own_forms])
+            used = np.unique(form_of[form_of >= 0])  # the forms no line has any more are dropped
+            forms = forms.take(pa.array(used))
+            form_of = np.where(form_of >= 0, np.searchsorted(used, np.maximum(form_of, 0)), -1)
+        distinct = pc.dictionary_encode(forms)
+        shape_of_form = _indices(distinct)
+        shape_of = np.where(form_of >= 0, shape_of_form[np.maximum(form_of, 0)] if len(shape_of_form) else -1, -1)
+        return distinct.dictionary.to_pylist(), shape_of
 
     # ------------------------------------------------------------------ learning
 
