@@ -10,10 +10,14 @@ from types import ModuleType
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import theia_frames as tf
 from theia_frames.exceptions import MissingDependencyError, UsageError
+from theia_frames.frames.masking import mask_values
 from theia_frames.frames.patterns import PatternMiner, pattern_id
 
 pytest.importorskip("drain3")
@@ -193,6 +197,26 @@ def test_missing_lines_have_no_pattern_and_are_counted():
     assert out["pattern"].isna().tolist() == [False, True, False]
     assert out.attrs["theia_patterns"]["missing"] == 1
     assert out["pattern"].iloc[0] == "disk <*> full"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="ab SOCKS5 ssh2 0123456789 .:=,-_/()[]'\"ü€x0fF@", max_size=40), min_size=1, max_size=30))
+def test_grouping_by_zeroed_digits_gives_every_line_its_own_masked_form(lines):
+    values = pd.Series(lines, dtype="string[pyarrow]")
+    shapes, rows = PatternMiner().shapes(values)
+    expected = mask_values(pa.array(lines, pa.string())).to_pylist()
+    assert [shapes[r] for r in rows] == expected
+    assert len(set(shapes)) == len(shapes) == len(set(expected))  # every shape used, none twice
+
+
+def test_a_slice_of_a_column_has_the_shapes_of_a_copy(ssh):
+    whole = pa.array(ssh["content"].tolist(), pa.string())
+    piece = whole.slice(37, 1463)
+    assert piece.offset == 37  # the strings start 37 entries into the buffers
+    sliced, rows = PatternMiner()._shape_texts(piece)  # what shapes() runs on the column's Arrow array
+    copied, rows_copy = PatternMiner().shapes(pd.Series(ssh["content"].iloc[37:1500].tolist(), dtype="string[pyarrow]"))
+    assert [sliced[r] for r in rows] == [copied[r] for r in rows_copy]
+    assert [sliced[r] for r in rows] == mask_values(piece).to_pylist()
 
 
 def test_object_and_category_columns_give_the_same_patterns(ssh):

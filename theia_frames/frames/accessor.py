@@ -1,4 +1,5 @@
-"""The ``df.theia`` accessor: the helpers of :mod:`theia_frames.frames.analysis` on any DataFrame.
+"""The ``df.theia`` accessor: the helpers of :mod:`theia_frames.frames.analysis` and
+:mod:`theia_frames.frames.patterns` on any DataFrame.
 
 Registered with pandas when pandas and theia_frames are both imported,
 whichever comes first (``import theia_frames`` alone does not import pandas):
