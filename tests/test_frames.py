@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from theia_frames.frames import convert as frames
@@ -630,3 +630,54 @@ def test_a_filtered_find_has_only_the_sources_it_holds_on_every_path(collector, 
     wait_until(lambda: len(live.df) == 20, what="20 events in the live frame")
     live.stop()
     assert live.df["source"].cat.categories.tolist() == ["/s/0", "/s/1"]
+
+
+# --------------------------------------------------------------------------- a frame's time as a filter bound
+
+_example = iter(range(1_000_000))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    times=st.lists(
+        st.one_of(
+            st.floats(min_value=1.6e9, max_value=1.8e9, allow_nan=False),
+            st.floats(min_value=-3e9, max_value=3e9, allow_nan=False),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    batch=st.booleans(),
+)
+def test_a_time_taken_from_a_frame_finds_its_event_on_the_collector(collector, times, batch):
+    """Times read from a frame (rounded to the microsecond; the wire holds the float seconds)
+    used as start and end: the collector returns the event they came from, and only events
+    a frame shows at that microsecond."""
+    import theia_frames as tf
+    from theia_frames.timeparse import frame_micros
+
+    prefix = f"x{next(_example)}-"
+    events = [Event(id=f"{prefix}{i}", timestamp=t) for i, t in enumerate(times)]
+    with tf.Client(collector.url, batch=batch) as client:
+        client.send_many(events, wait=batch)
+        if not batch:
+            _stored_ids(collector, prefix, len(events))
+        df = tf.to_dataframe(client.find(tf.Filter().match_id(f"{prefix}.*")), index="timestamp", progress=False)
+        assert len(df) == len(events)
+        for i, (shown, event_id) in enumerate(zip(df.index, df["id"])):
+            same = tf.Filter(shown).match_end(df.index[i]).match_id(f"{prefix}.*")
+            found = [e.id for e in client.find(same)]
+            assert event_id in found
+            t = next(e.timestamp for e in events if e.id == event_id)
+            assert sorted(found) == sorted(e.id for e in events if frame_micros(e.timestamp) == frame_micros(t))
+
+
+def _stored_ids(collector, prefix, n, timeout=10.0):
+    import time
+
+    from theia_frames.filter import Filter
+
+    deadline = time.monotonic() + timeout
+    while sum(len(c) for c in collector.store.query(Filter().match_id(f"{prefix}.*"))) < n:
+        assert time.monotonic() < deadline, "the collector did not store the events"
+        time.sleep(0.01)

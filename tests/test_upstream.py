@@ -420,3 +420,34 @@ def test_events_of_one_second_come_back_in_the_order_sent_on_both_collectors(tmp
                     assert df["id"].tolist() == ids, (url, batch)
         up.stop()
         assert tf.read_store(tmp_path / "files")["id"].tolist() == want
+
+
+def test_times_before_1970_on_both_collectors(tmp_path):
+    """Times before 1970 are accepted on both dialects and found by ours; upstream's SQL
+    store finds them too, its file store stores them (files named with negative seconds)
+    but its /find never returns them, and read_store of its folder does. A time outside
+    the accepted range is refused by the client before anything is sent."""
+    from theia_frames.exceptions import InvalidEventError
+
+    events = [
+        Event(id="1958", timestamp=-378_691_200.0, source="/s", content="1958-01-01"),
+        Event(id="neg", timestamp=-10.5, source="/s", content="just before 1970"),
+        Event(id="pos", timestamp=100.0, source="/s", content="after"),
+    ]
+    with UpstreamCollector(tmp_path / "files") as up_file, UpstreamCollector(tmp_path / "sql", store="sql", sql_fix=True) as up_sql, tf.serve(db=":memory:", port=0) as ours:
+        for url in (up_file.url, up_sql.url, ours.url):
+            with Client(url) as client:
+                client.send_many(events)
+                with pytest.raises(InvalidEventError, match="'far'.*outside the accepted range of event times"):
+                    client.send(Event(id="far", timestamp=1e11))
+        wait_until(lambda: len(list(tf.find(ours.url, Filter()))) == 3, what="3 events in ours")
+        wait_until(lambda: len(list(tf.find(up_sql.url, Filter(-20), idle_timeout=IDLE))) == 2, what="2 events in upstream's SQL store")
+        for url in (ours.url, up_sql.url):
+            assert [e.id for e in tf.find(url, Filter(-20), idle_timeout=IDLE)] == ["neg", "pos"]
+            assert [e.id for e in tf.find(url, Filter("1958-01-01").match_end(0), idle_timeout=IDLE)] == ["1958", "neg"]
+            assert [e.id for e in tf.find(url, Filter(), idle_timeout=IDLE)] == ["1958", "neg", "pos"]
+        wait_until(lambda: len(list(tf.find(up_file.url, Filter(1), idle_timeout=IDLE))) == 1, what="the file store's event")
+        assert [e.id for e in tf.find(up_file.url, Filter(-20), idle_timeout=IDLE)] == ["pos"]
+        up_file.stop()
+        assert tf.read_store(tmp_path / "files")["id"].tolist() == ["1958", "neg", "pos"]
+        assert tf.read_store(tmp_path / "files", start=-20, end=0)["id"].tolist() == ["neg"]

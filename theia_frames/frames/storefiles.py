@@ -70,7 +70,7 @@ from ..event import Event  # noqa: F401  (used by the doctests)
 from ..exceptions import UsageError
 from ..filter import EventFilter
 from .convert import batches_to_dataframe, finish_frame, frame_columns, with_progress
-from ..timeparse import to_epoch
+from ..timeparse import to_bound
 
 __all__ = [
     "read_store",
@@ -96,8 +96,8 @@ _SUMMARY_DAMAGE = 20
 # A reason longer than this is cut in a Damage entry.
 _REASON_CHARS = 300
 
-# A data file's name: its time span in whole seconds.
-_NAME = re.compile(r"(\d+)-(\d+)")
+# A data file's name: its time span in whole seconds (before 1970: negative, "-10-49").
+_NAME = re.compile(r"(-?\d+)-(-?\d+)")
 
 
 class DamagedStoreWarning(UserWarning):
@@ -197,10 +197,11 @@ class StoreFile:
 
 
 def _seconds(value: Any, name: str) -> float | None:
+    """A read's ``start`` or ``end`` (``name``) as a filter's bound (a frame's time finds its event)."""
     if value is None:
         return None
     try:
-        return to_epoch(value)
+        return to_bound(value, name)
     except UsageError as exc:
         raise UsageError(f"read_store {name}: {exc}") from None
 
@@ -350,8 +351,7 @@ def _file_columns(
 
 
 def _in_range(batch: pa.RecordBatch, start: float | None, end: float | None) -> pa.RecordBatch:
-    # a start at or before the epoch bounds nothing (the filter refuses a negative one)
-    return EventFilter(start=start if start is not None and start > 0 else None, end=end).match_time(batch)
+    return EventFilter(start=start, end=end).match_time(batch)
 
 
 def iter_store_batches(
