@@ -162,9 +162,9 @@ def arrow_chunks(data: Any, size: int) -> Iterator[pa.RecordBatch]:
             chunk = batch.slice(offset, size)
             times = outside_event_times(chunk.column(1)) if chunk.num_rows else None
             if times is not None and (value := chunk.column(1)[int(times.argmax())].as_py()) is not None:
-                row = int(times.argmax())
+                at = int(times.argmax())
                 raise InvalidEventError(
-                    f"row {offset + row} of the Arrow data cannot be sent: event {chunk.column(0)[row].as_py()!r}: "
+                    f"row {offset + at} of the Arrow data cannot be sent: event {chunk.column(0)[at].as_py()!r}: "
                     f"{event_time_problem(value)}"
                 )
             row = invalid_row(chunk)

@@ -11,6 +11,7 @@ follow each other cost next to nothing.
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -162,9 +163,9 @@ class Blob(NamedTuple):
     its events' arrival numbers (:func:`encode_arrivals`)."""
 
     seq: int
-    data: bytes
+    data: builtins.bytes
     bytes: int
-    arrivals: bytes = b""
+    arrivals: builtins.bytes = b""
 
 
 def from_ipc(blob: Blob, fields: Sequence[str] | None = None) -> pa.RecordBatch:
