@@ -371,7 +371,10 @@ def patterns(
     """``df`` with the template of each line's message (``pattern``) and its stable id
     (``pattern_id``), both categories, as a new frame; ``df`` is not changed.
 
-    ``column`` holds the messages. ``masks`` adds your own ``(RE2 pattern,
+    ``column`` holds the messages: give it the message without the line's
+    header (time, host, level, component), as :func:`~theia_frames.frames.logs.read_log`
+    puts it in ``content``; words of a header that repeat on every line count
+    as shared words and make different messages look alike. ``masks`` adds your own ``(RE2 pattern,
     replacement)`` pairs before the generic ones; ``sim_th`` and ``depth`` are
     drain3's (defaults 0.6 and 5). ``miner=`` takes a :class:`PatternMiner`
     instead, which keeps what it learnt for the next frame (``learn=False``
