@@ -4,6 +4,7 @@ incident window with its baseline, stable ids, miners, Dask and the accessor."""
 from __future__ import annotations
 
 import importlib.util
+import pickle
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -269,6 +270,16 @@ def test_a_trained_miner_gives_another_frame_the_same_templates(ssh):
     # learning more keeps the miner going
     grown = tf.patterns(second, miner=miner)
     assert grown["pattern"].notna().all() and len(miner.templates()) > len(known)
+
+
+def test_a_miner_pickles_with_what_it_learnt(ssh):
+    miner = tf.PatternMiner()
+    first = tf.patterns(ssh, miner=miner)
+    restored = pickle.loads(pickle.dumps(miner))
+    again = tf.patterns(ssh, miner=restored, learn=False)
+    assert again["pattern_id"].astype(str).tolist() == first["pattern_id"].astype(str).tolist()
+    assert again.attrs["theia_patterns"]["unmatched"] == 0
+    assert repr(restored) == repr(miner)
 
 
 def test_missing_extra_names_it(monkeypatch):
