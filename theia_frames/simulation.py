@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from .event import Event
 from .exceptions import UnconfirmedError, UsageError
+from .timeparse import TimeLike, to_epoch
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import Client
@@ -65,18 +66,21 @@ def sensor_events(
     *,
     sources: int = 4,
     rate: float | None = None,
-    start: float | None = None,
+    start: TimeLike = None,
     seed: int | None = None,
 ) -> Iterator[Event]:
     """``n`` sensor-like events (endless if None), round-robin over ``sources`` sensors.
 
-    Timestamps start at ``start`` (default: now) and are ``1/rate`` seconds
+    Timestamps start at ``start`` (default: now; any time of
+    :mod:`theia_frames.timeparse`, e.g. ``"2024-05-01T09:50Z"``) and are ``1/rate`` seconds
     apart (``rate=None``: 1 ms apart). Ids are UUID4-shaped and, with a
     ``seed``, reproducible.
 
     >>> e = next(sensor_events(sources=1, start=10.0, seed=7))
     >>> e.source, e.timestamp, e.content.endswith("C"), len(e.id)
     ('/dev/sensors/temp-1', 10.0, True, 36)
+    >>> next(sensor_events(start="2024-05-01T09:50Z")).timestamp
+    1714557000.0
     """
     if n is not None and n < 0:
         raise UsageError(f"n must not be negative, got {n}")
@@ -86,7 +90,7 @@ def sensor_events(
         raise UsageError(f"rate must be a positive number of events per second, got {rate!r}")
     rng = random.Random(seed)
     step = 1.0 / rate if rate else 0.001
-    t0 = time.time() if start is None else float(start)
+    t0 = time.time() if start is None else to_epoch(start, name="start")
     specs = _sources(sources)
     values = [value + rng.uniform(-10, 10) * drift for (_, _, _, value, drift, _, _) in specs]
     # One random UUID4-shaped prefix per run and a counter in the last 48 bits:

@@ -41,6 +41,7 @@ from ..exceptions import TheiaError, UsageError
 from ..filter import EventFilter
 from . import argtypes
 from .argtypes import duration_arg, time_arg
+from .logs import add_log_options, log_options, send_log, uses_log_format
 from .remote import Confirmation, add_connection_options, client_from
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -108,11 +109,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--content", help="the event content (instead of the positional argument)")
     p.add_argument("--source", default="", help="the event source, e.g. /dev/sensors/temp-1")
     p.add_argument("--tag", action="append", default=[], help="a tag (repeatable, or comma-separated)")
-    p.add_argument("--timestamp", type=time_arg, metavar="TIME", help="event time (default: now)")
+    p.add_argument("--timestamp", type=time_arg, metavar="TIME", help="event time (default: now; not with --stdin)")
     p.add_argument("--id", help="event id (default: a new UUID4)")
     p.add_argument(
-        "--stdin", action="store_true", help="send one event per non-empty line of stdin (the line is its content)"
+        "--stdin",
+        action="store_true",
+        help="send one event per non-empty line of stdin (the line is its content, sent now), "
+        "or with --format/--regex/--template one per record, at the time written in its line",
     )
+    add_log_options(p, required=False)
     p.set_defaults(func=cmd_send)
 
     p = subparsers.add_parser(
@@ -282,8 +287,30 @@ def cmd_send(args: argparse.Namespace) -> int:
     content = args.content if args.content is not None else args.text
     if args.stdin and content is not None:
         raise UsageError("send: give either a content or --stdin, not both")
+    if args.stdin and args.timestamp is not None:
+        raise UsageError(
+            "send: --timestamp is for one event; with --stdin each line is sent now, or at the time "
+            "written in it with --format/--regex/--template (see theia-frames import-log)"
+        )
+    if uses_log_format(args) and not args.stdin:
+        raise UsageError("send: --format, --regex and --template read the lines of --stdin")
     with client_from(args) as client:
         confirmation = Confirmation(client)
+        if args.stdin and uses_log_format(args):
+            try:
+                report = send_log(
+                    client, confirmation, sys.stdin.buffer, log_options(args), origin=args.source, add_tags=tags,
+                    confirm_each=True,
+                )
+            except TheiaError as exc:
+                if isinstance(exc, UsageError):
+                    raise
+                return confirmation.failed(exc)
+            except KeyboardInterrupt:
+                return confirmation.finish() or 130
+            if not report.ok:
+                print(report.summary(), file=sys.stderr)
+            return confirmation.finish() or (0 if report.ok else 1)
         if args.stdin:
             stdin = sys.stdin.buffer
             try:

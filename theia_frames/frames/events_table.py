@@ -27,7 +27,7 @@ from ..protocol.arrow import event_schema, tag_lists
 from ..exceptions import InvalidEventError, MissingDependencyError, UsageError
 from ..timeparse import parse_times, time_format_has_year
 
-__all__ = ["EVENT_FIELDS", "to_event_table", "new_event_ids"]
+__all__ = ["EVENT_FIELDS", "to_event_table", "new_event_ids", "seconds_of_ns"]
 
 
 #: The fields of an event, which ``to_event_table(columns=...)`` maps to a frame's columns.
@@ -56,6 +56,17 @@ def new_event_ids(n: int) -> pa.Array:
     data = pa.py_buffer(text.tobytes())
     offsets = pa.py_buffer(np.arange(0, 36 * (n + 1), 36, dtype=np.int32).tobytes())
     return pa.Array.from_buffers(pa.string(), n, [None, offsets, data])
+
+
+def seconds_of_ns(ns: np.ndarray) -> np.ndarray:
+    """Nanoseconds since the epoch (int64) as float seconds, the nearest float to each
+    (whole seconds and their fraction apart: one rounding, not two).
+
+    >>> seconds_of_ns(np.array([1714521600123000000])).tolist()
+    [1714521600.123]
+    """
+    whole, part = np.divmod(ns.astype(np.int64), 1_000_000_000)
+    return whole.astype(np.float64) + part.astype(np.float64) / 1e9
 
 
 def _arrow_types(t: pa.DataType) -> Any:
@@ -106,7 +117,7 @@ def _seconds_of(values: Any, what: str, time_format: Any = None, tz: Any = None)
             row = int(np.flatnonzero(bad)[0])
             wanted = "ISO-8601" if time_format is None else repr(time_format)
             raise InvalidEventError(f"{what}: row {row} holds {values.iloc[row]!r}, which does not read as {wanted} ({int(bad.sum())} such row(s))")
-        return stamps.dt.as_unit("ns").astype("int64").to_numpy() / 1e9
+        return seconds_of_ns(stamps.dt.as_unit("ns").astype("int64").to_numpy())
     if pd.api.types.is_numeric_dtype(dtype):
         seconds = values.to_numpy(dtype=np.float64, na_value=np.nan)
     else:

@@ -72,7 +72,7 @@ from ..exceptions import DecodeError, UsageError
 from ..protocol.arrow import event_schema
 from ..timeparse import parse_times, time_format_has_year
 from .convert import EVENT_DTYPES, batches_to_dataframe
-from .events_table import new_event_ids
+from .events_table import new_event_ids, seconds_of_ns
 from .logformats import LOG_FORMATS, LogFormat, template_regex
 
 __all__ = [
@@ -235,20 +235,12 @@ def _lines_of(piece: bytes | list[str]) -> pa.Array:
 
 
 def _line_batches(source: Any, report: LogReport, batch_size: int) -> Iterator[pa.Array]:
-    pending: list[pa.Array] = []
-    size = 0
+    """The lines of each piece read, at most ``batch_size`` at a time: a stream's lines
+    (``tail -f``) go on as soon as they are read."""
     for piece in _pieces(source, report):
         lines = _lines_of(piece)
-        while len(lines):
-            take = min(batch_size - size, len(lines))
-            pending.append(lines.slice(0, take))
-            size += take
-            lines = lines.slice(take)
-            if size >= batch_size:
-                yield pa.concat_arrays(pending)
-                pending, size = [], 0
-    if pending:
-        yield pa.concat_arrays(pending)
+        for start in range(0, len(lines), batch_size):
+            yield lines.slice(start, batch_size)
 
 
 # --------------------------------------------------------------------------- matching
@@ -428,6 +420,7 @@ class _Plan:
     year: int | None
     reference: float | None
     strict: bool
+    add_tags: tuple[str, ...] = ()
     last_month: int | None = None
     carried: _Matched | None = None
 
@@ -614,8 +607,9 @@ def _parse_chunk(matched: _Matched, plan: _Plan, report: LogReport, final: bool)
     rows = len(stamps)
     source = _source_column(plan, fields, rows)
     tag_names = [_pick(fields, (k,)) for k in plan.tags]
-    tags = _tag_lists([fields[k] for k in tag_names if k is not None], rows)
-    seconds = stamps.dt.as_unit("ns").astype("int64").to_numpy() / 1e9
+    constant = [pa.array(np.full(rows, t, dtype=object), pa.string()) for t in plan.add_tags]
+    tags = _tag_lists([fields[k] for k in tag_names if k is not None] + constant, rows)
+    seconds = seconds_of_ns(stamps.dt.as_unit("ns").astype("int64").to_numpy())
     batch = pa.record_batch(
         [new_event_ids(rows), pa.array(seconds, pa.float64()), pc.dictionary_encode(source), tags, content.cast(pa.string())],
         schema=event_schema(),
@@ -757,11 +751,20 @@ def iter_log(
     tags: str | Sequence[str] | None = None,
     multiline: bool | None = None,
     origin: str | None = None,
+    add_tags: Sequence[str] = (),
     strict: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     report: LogReport | None = None,
 ) -> Iterator[pd.DataFrame]:
     """The records of a log as frames of at most ``batch_size`` rows, in line order, read a chunk at a time.
+
+    A stream (``sys.stdin.buffer``) is read as its lines arrive: a frame comes
+    as soon as they are read (with ``multiline``, a record's frame once the line
+    after it shows where it ends).
+
+    A stream (``sys.stdin.buffer``) is read as its lines arrive: a frame comes
+    as soon as they are read (with ``multiline``, a record's frame once the line
+    after it shows where it ends).
 
     Takes the options of :func:`read_log`; the :class:`LogReport` (``report=``,
     also on each frame's ``attrs["theia_report"]``) grows as the chunks are read.
@@ -774,6 +777,9 @@ def iter_log(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive number of lines, got {batch_size!r}")
     plan = _plan(path_or_lines, format, regex, template, time_format, tz, year, source, tags, multiline, origin, strict)
+    if isinstance(add_tags, str):
+        add_tags = [add_tags]
+    plan.add_tags = tuple(t for t in add_tags if t)
     report = report if report is not None else LogReport()
     if isinstance(path_or_lines, (str, os.PathLike)):
         report.path = str(path_or_lines)
@@ -810,6 +816,7 @@ def read_log(
     tags: str | Sequence[str] | None = None,
     multiline: bool | None = None,
     origin: str | None = None,
+    add_tags: Sequence[str] = (),
     strict: bool = False,
     report: LogReport | None = None,
 ) -> pd.DataFrame:
@@ -833,8 +840,8 @@ def read_log(
     ``source`` names the field that becomes the source and ``tags`` the fields
     that become tags (each preset has defaults, see :data:`LOG_FORMATS`);
     ``origin`` is the source where there is no such field (default: the
-    path, or ``""``). ``multiline`` joins lines that start no record to the
-    record before them. See the module docstring for the rules.
+    path, or ``""``); ``add_tags`` are tags every record gets besides.
+    ``multiline`` joins lines that start no record to the record before them. See the module docstring for the rules.
 
     The :class:`LogReport` is ``df.attrs["theia_report"]`` (and filled into
     ``report``); lines not read raise an :class:`UnparsedLogWarning`, or with
@@ -864,6 +871,7 @@ def read_log(
             tags=tags,
             multiline=multiline,
             origin=origin,
+            add_tags=add_tags,
             strict=strict,
             report=report,
             batch_size=DEFAULT_BATCH_SIZE,
