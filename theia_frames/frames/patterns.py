@@ -17,9 +17,12 @@ partition)::
 How (the ``patterns`` extra: ``pip install 'theia-frames[patterns]'``, which
 installs drain3):
 
-1. The obviously variable parts are masked over the whole column with Arrow's
-   RE2 kernels (:mod:`theia_frames.frames.masking`): addresses, numbers, ids,
-   paths, quoted text, quantities. Real logs repeat heavily once masked.
+1. The obviously variable parts are masked with Arrow's RE2 kernels
+   (:mod:`theia_frames.frames.masking`): addresses, numbers, ids, paths,
+   quoted text, quantities. The generic masks treat every digit alike, so
+   they run once per group of lines that are equal once every digit is ``0``
+   (a NumPy pass over the column's bytes), not once per line. Real logs
+   repeat heavily once masked.
 2. Only the **distinct masked lines** ("shapes") are mined, with drain3's Drain
    (``sim_th=0.6``, ``depth=5``; ``=``, ``:``, ``,`` and brackets split tokens),
    most frequent shape first, ties in text order: the templates do not depend
