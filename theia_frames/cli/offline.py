@@ -71,8 +71,15 @@ def register(subparsers: Any) -> None:
 
 def _import(args: argparse.Namespace) -> int:
     from ..server.store import EventStore
-    from ..frames.storefiles import StoreReport, iter_store_batches
+    from ..frames.storefiles import StoreReport, iter_store_batches, not_a_store
 
+    why = not_a_store(args.path)
+    if why is not None:
+        raise UsageError(
+            f"{args.path} is not a theia store: {why}. To send a log file's lines with their own times, use "
+            f"theia-frames import-log {args.path} --format syslog|access|apache-error|iso|python|jsonl|logfmt "
+            "(or --regex/--template; see import-log --help)"
+        )
     report = StoreReport()
     added = 0
     # The path is checked (and a bad one reported) before the database is made.

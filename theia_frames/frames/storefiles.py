@@ -76,6 +76,7 @@ __all__ = [
     "read_store",
     "iter_store_batches",
     "store_files",
+    "not_a_store",
     "StoreFile",
     "StoreReport",
     "Damage",
@@ -285,6 +286,30 @@ def store_files(
         else:
             chosen.append(f)
     return chosen
+
+
+def not_a_store(path: str | os.PathLike[str]) -> str | None:
+    """Why the file ``path`` is plainly not an upstream store file (a log file, say), or None.
+
+    It is not when its first bytes are not an event's preamble (``event:``).
+
+    >>> import tempfile
+    >>> log = Path(tempfile.mkdtemp()) / "app.log"
+    >>> _ = log.write_text("Dec 10 06:55:46 host sshd[1]: hi\\n")
+    >>> not_a_store(log)
+    "its first line is not an event ('event: ...'): 'Dec 10 06:55:46 host sshd[1]: hi'"
+    """
+    root = Path(path)
+    try:
+        if root.is_file():
+            with open(root, "rb") as f:
+                head = f.read(200)
+            if head and not head.lstrip().startswith(b"event:"):
+                first = head.split(b"\n", 1)[0].decode("utf-8", "replace").rstrip()
+                return f"its first line is not an event ('event: ...'): {first!r}"
+    except OSError:
+        return None  # said by the reading itself, with its reason
+    return None
 
 
 def _open(path: Path) -> tuple[int, int]:
