@@ -73,8 +73,11 @@ def _require(df: Any, columns: Sequence[str], what: str) -> None:
         )
 
 
-def _times(df: pd.DataFrame, what: str) -> pd.DatetimeIndex:
-    """The event times of ``df``: its ``timestamp`` column, else its DatetimeIndex."""
+def event_times(df: pd.DataFrame, what: str) -> pd.DatetimeIndex:
+    """The event times of ``df``: its ``timestamp`` column, else its DatetimeIndex.
+
+    ``what`` names the caller in the error raised for a frame without times.
+    """
     if not isinstance(df, pd.DataFrame):
         raise UsageError(f"{what} takes a DataFrame of events, got {type(df).__name__}")
     if "timestamp" in df.columns:
@@ -179,7 +182,7 @@ def bucket(
     1970-01-01 00:00:02+00:00  1  0
     """
     what = "bucket"
-    times = _in_zone(_times(df, what), tz)
+    times = _in_zone(event_times(df, what), tz)
     if value is not None:
         _require(df, [value], what)
     if not isinstance(agg, str):
@@ -481,7 +484,7 @@ def grep(
     after_d = _delta(after if after is not None else context, "after")
     keep = hit.copy()
     if (before_d > pd.Timedelta(0) or after_d > pd.Timedelta(0)) and hit.any():
-        times = _times(df, what).asi8
+        times = event_times(df, what).asi8
         if same_source:
             _require(df, ["source"], what + "(same_source=True)")
             groups = pd.Series(df["source"].to_numpy()).astype("category").cat.codes.to_numpy()
@@ -530,7 +533,7 @@ def timeline(df: pd.DataFrame, *, gap: Any = None) -> pd.DataFrame:
     """
     what = "timeline"
     _require(df, ["source"], what)
-    times = _times(df, what)
+    times = event_times(df, what)
     gap_d = None if gap is None else _delta(gap, "gap")
     frame = pd.DataFrame({"source": df["source"].to_numpy(), "t": times.asi8})
     frame = frame.sort_values(["source", "t"], kind="stable")

@@ -60,6 +60,7 @@ import pyarrow.compute as pc
 
 from ..exceptions import MissingDependencyError, UsageError
 from ..timeparse import to_epoch
+from .analysis import event_times
 from .masking import DEFAULT_MASKS, TOKEN_SEPARATORS, VARIABLE, Mask, check_masks, mask_values
 
 __all__ = [
@@ -400,20 +401,6 @@ def patterns(
 # --------------------------------------------------------------------------- counting
 
 
-def _event_times(df: pd.DataFrame, what: str) -> pd.DatetimeIndex:
-    """The times of ``df``: its ``timestamp`` column, else its DatetimeIndex (naive is UTC)."""
-    if "timestamp" in df.columns:
-        times = df["timestamp"]
-        if not pd.api.types.is_datetime64_any_dtype(times.dtype):
-            raise UsageError(f"{what} needs 'timestamp' to hold datetimes, it holds {times.dtype}")
-        index = pd.DatetimeIndex(times)
-    elif isinstance(df.index, pd.DatetimeIndex):
-        index = df.index
-    else:
-        raise UsageError(f"{what} needs a 'timestamp' column or a DatetimeIndex; the frame has {list(df.columns)}")
-    return index
-
-
 def _patterned(df: Any, what: str, column: str, miner: PatternMiner | None) -> pd.DataFrame:
     if not isinstance(df, pd.DataFrame):
         raise UsageError(f"{what} takes a DataFrame, got {type(df).__name__}")
@@ -472,7 +459,7 @@ def pattern_counts(
     1   fan failed      1
     """
     df = _patterned(df, "pattern_counts", column, miner)
-    times = _event_times(df, "pattern_counts")
+    times = event_times(df, "pattern_counts")
     keys: list[str] = []
     if by is not None:
         if by in ("pattern", "pattern_id", "bucket"):
@@ -596,8 +583,8 @@ def compare_patterns(
         if not all(c in f.columns for f in (baseline, window) for c in ("pattern", "pattern_id")):
             both = patterns(pd.concat([baseline, window], ignore_index=True), column, miner=miner)
             baseline, window = both.iloc[: len(baseline)], both.iloc[len(baseline) :]
-        base_times = _event_times(baseline, "compare_patterns")
-        win_times = _event_times(window, "compare_patterns")
+        base_times = event_times(baseline, "compare_patterns")
+        win_times = event_times(window, "compare_patterns")
         base_span, win_span = _span(base_times), _span(win_times)
         base, win = baseline, window
     elif isinstance(window, (tuple, list)) and len(window) == 2:
@@ -605,7 +592,7 @@ def compare_patterns(
         if end <= start:
             raise UsageError(f"the window must end after it starts, got {window!r}")
         whole = _patterned(baseline, "compare_patterns", column, miner)
-        times = _event_times(whole, "compare_patterns")
+        times = event_times(whole, "compare_patterns")
         stamps = (times.tz_localize("UTC") if times.tz is None else times).as_unit("ns").asi8 / 1e9
         in_window = (stamps >= start) & (stamps < end)
         before = stamps < start
