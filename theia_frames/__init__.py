@@ -85,6 +85,10 @@ _EXPORTS: dict[str, str] = {
     "read_store": "frames.storefiles",
     "StoreReport": "frames.storefiles",
     "DamagedStoreWarning": "frames.storefiles",
+    "read_log": "frames.logs",
+    "iter_log": "frames.logs",
+    "LogReport": "frames.logs",
+    "UnparsedLogWarning": "frames.logs",
     "write_events": "frames.export",
     "read_events": "frames.export",
     # live
@@ -223,6 +227,7 @@ if _TYPE_CHECKING:  # pragma: no cover
     from .simulation import sensor_events, simulate
     from .server.store import EventStore
     from .frames.storefiles import DamagedStoreWarning, StoreReport, read_store
+    from .frames.logs import LogReport, UnparsedLogWarning, iter_log, read_log
     from .frames.patterns import PatternMiner, compare_patterns, pattern_counts, patterns, rare_patterns
     from .live.frame import LiveFrame
     from .live.registry import live_frames, stop_all

@@ -442,7 +442,8 @@ _HAS_OFFSET = r"(?:[zZ]|[+-]\d\d:?\d\d)$"
 
 def _format_regex(time_format: str) -> str | None:
     """``time_format`` as an anchored regex of named groups, or None when it uses a directive not read here."""
-    out, i, seen = ["^\\s*"], 0, set()
+    out, i = ["^\\s*"], 0
+    seen: set[str] = set()
     while i < len(time_format):
         c = time_format[i]
         if c == "%":
@@ -610,7 +611,7 @@ def parse_times(
         part = column if todo.all() else column.filter(pa.array(todo))
         if fmt in EPOCH_FORMATS:
             numbers = pd.to_numeric(pd.Series(part.to_pandas()), errors="coerce")
-            stamps = pd.to_datetime(numbers, unit=EPOCH_FORMATS[fmt], utc=True, errors="coerce")
+            stamps = pd.to_datetime(numbers, unit="s" if fmt == "epoch" else "ms", utc=True, errors="coerce")
             got = pd.DatetimeIndex(stamps).as_unit("ns").asi8
             out[todo], aware[todo] = got, True
             continue

@@ -352,7 +352,7 @@ def _json_records(lines: pa.Array) -> tuple[np.ndarray, dict[str, pa.Array], lis
     for i, text in enumerate(lines.to_pylist()):
         try:
             value = json.loads(text)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             reasons[i] = f"not JSON ({exc.msg})"
             records.append({})
             continue
@@ -475,7 +475,7 @@ def _join_continuations(content: pa.Array, starts: np.ndarray, lines: pa.Array, 
     extra = pd.Series(lines.filter(pa.array(follow)).to_pylist(), index=group[follow])
     joined = extra.groupby(level=0, sort=False).agg("\n".join)
     texts = content.to_pylist()
-    for g, more in joined.items():
+    for g, more in zip(joined.index.to_numpy(), joined.to_numpy()):
         texts[int(g)] = (texts[int(g)] or "") + "\n" + more
     return pa.array(texts, pa.string())
 
