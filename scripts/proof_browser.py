@@ -123,7 +123,7 @@ def notebook(url: str) -> dict[str, Any]:
         "import theia_frames as tf\n"
         f"view = tf.live_plot({url!r}, tf.Filter().match_tag('sensor'), window='10min', every=0.5)\n"
         "view",
-        "print('running frames:', len(tf.live_frames()))",
+        "print('outages:', len(view.live.outages), 'running frames:', len(tf.live_frames()))",
         f"iview = tf.live_plot({url!r}, tf.Filter().match_tag('sensor'), window='10min', every=0.5, interactive=True)\n"
         "iview",
         "import time; time.sleep(1.0)\n"
@@ -290,7 +290,8 @@ def line_across_outage(img: np.ndarray) -> tuple[int, int]:
 # --------------------------------------------------------------------------- one frontend
 
 
-def prove(ui: str, jupyter: Jupyter, folder: Path, feed: Feed, driver: Any, outage: float) -> dict[str, Any]:
+def prove(ui: str, jupyter: Jupyter, folder: Path, feed: Feed, driver: Any, outage: float,
+          shots: Path | None) -> dict[str, Any]:
     name = f"proof-{ui}.ipynb"
     (folder / name).write_text(json.dumps(notebook(feed.url)))
     page = Page(driver, jupyter.page(ui, name))
@@ -323,6 +324,10 @@ def prove(ui: str, jupyter: Jupyter, folder: Path, feed: Feed, driver: Any, outa
                   60, "the status line to say live again")
     time.sleep(outage + 2)  # readings after the outage, as long as it lasted
     img = page.shot(page.image(0))
+    if shots is not None:
+        from PIL import Image
+
+        Image.fromarray(img.astype("uint8")).save(shots / f"{ui}-after-outage.png")
     columns, crossing = line_across_outage(img)
     figures["outage_shaded_columns"] = columns
     figures["line_pixels_across_outage"] = crossing
@@ -331,6 +336,7 @@ def prove(ui: str, jupyter: Jupyter, folder: Path, feed: Feed, driver: Any, outa
     say('text = page.run_for_text(1, "running frames")')
     text = page.run_for_text(1, "running frames")
     figures["frames_before_rerun"] = int(text.split(":")[-1])
+    figures["outages_seen_by_the_frame"] = int(text.split()[1])
     page.run(0)
     time.sleep(4)
     text = page.run_for_text(1, "running frames")
@@ -344,7 +350,7 @@ def prove(ui: str, jupyter: Jupyter, folder: Path, feed: Feed, driver: Any, outa
     time.sleep(3)
     before = page.run_for_text(3, "xlim").split()
     zoom = page.wait_for(lambda: [b for b in page.cells()[2].find_elements(page.By.CSS_SELECTOR, "button")
-                                  if "oom" in (b.get_attribute("title") or "")], 30, "the zoom tool")[0]
+                                  if (b.get_attribute("title") or "").startswith("Zoom")], 30, "the zoom tool")[0]
     page.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", canvas)
     zoom.click()
     from selenium.webdriver.common.action_chains import ActionChains
@@ -353,6 +359,8 @@ def prove(ui: str, jupyter: Jupyter, folder: Path, feed: Feed, driver: Any, outa
     (ActionChains(page.driver).move_to_element_with_offset(canvas, int(-w * 0.2), int(-h * 0.3)).click_and_hold()
      .move_by_offset(int(w * 0.15), int(h * 0.1)).move_by_offset(int(w * 0.1), int(h * 0.05)).release().perform())
     time.sleep(2)
+    if shots is not None:
+        page.driver.save_screenshot(str(shots / f"{ui}-zoomed.png"))
     after = page.run_for_text(3, "xlim").split()
     span_before = float(before[2]) - float(before[1])
     span_after = float(after[2]) - float(after[1])
@@ -367,6 +375,8 @@ def check(figures: dict[str, Any]) -> list[str]:
     failed = []
     if not figures["live_changed_5s"] > 0:
         failed.append("the plot did not change while events arrived")
+    if figures["outages_seen_by_the_frame"] != 1:
+        failed.append("the frame did not record the collector's stop as one outage")
     if figures["paused_changed_pixels"] != 0:
         failed.append("the plot changed while paused")
     if figures["outage_shaded_columns"] < 3 or figures["line_pixels_across_outage"] != 0:
@@ -382,6 +392,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ui", choices=("lab", "notebook", "both"), default="both")
     parser.add_argument("--outage", type=float, default=8.0, help="seconds the collector is stopped")
+    parser.add_argument("--shots", type=Path, default=None, help="a folder to keep screenshots in")
     args = parser.parse_args()
     for tool in ("chromium", "chromedriver"):
         if shutil.which(tool) is None:
@@ -398,7 +409,7 @@ def main() -> int:
                 (folder / ui).mkdir()
                 feed = Feed(folder / ui)
                 try:
-                    figures = prove(ui, jupyter, folder, feed, driver, args.outage)
+                    figures = prove(ui, jupyter, folder, feed, driver, args.outage, args.shots)
                 finally:
                     feed.close()
                 figures["events_sent"] = feed.sent

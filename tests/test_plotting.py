@@ -419,3 +419,22 @@ def test_interactive_mode_draws_on_ipympls_canvas_and_keeps_a_zoom(collector, se
         assert view.redraws >= 3 and view.png == b""
     finally:
         view.close()
+
+
+def test_redraws_follow_new_data_while_an_outage_is_shaded():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    times = T0 + np.arange(600.0)
+    df = readings(times, np.sin(np.arange(600) / 20))
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    plotter = Plotter(fig)
+    for end in (200, 300, 400, 600):  # the frame grows while the collector is away since T0 + 150
+        plotter.draw(df.iloc[:end], outages=[(T0 + 150, None)])
+        ax = fig.axes[0]
+        assert mdates.num2date(ax.get_xlim()[1]).timestamp() >= T0 + end - 1
+        assert not plotter.user_zoomed
+    ax.set_xlim(ax.get_xlim()[0], ax.get_xlim()[0] + 0.001)  # a zoom by hand
+    plotter.draw(df)
+    assert plotter.user_zoomed

@@ -524,11 +524,20 @@ class Plotter:
         if readings is None and self.kind == "readings":
             raise UsageError("kind='readings' needs numeric readings in the content (such as '21.5C'); "
                              "most rows have none: use kind='counts'")
+        # asked once, before anything here changes the limits (a new layout forgets the zoom)
+        zoomed = self.user_zoomed
         if readings is not None:
             self._draw_readings(readings, ax)
         else:
             self._draw_counts(df, ax)
-        self._shade(outages)
+        times = _times(df)
+        self._shade(outages, times.min().timestamp())
+        self._rescale(keep_x=zoomed and self._zoomed)
+        if self._layout and self._layout[0] == "counts":
+            for axis in self._axes:
+                axis.set_ylim(bottom=0)
+        if not self._zoomed:
+            self._auto_xlim = {id(axis): axis.get_xlim() for axis in self._axes}
         self._finish()
 
     def follow(self) -> None:
@@ -653,12 +662,9 @@ class Plotter:
             self._layout = layout
             self._place_legends()
         else:
-            keep = self.user_zoomed
             for key, rows in series.items():
                 axis = self._lines[key].axes
                 self._lines[key].set_data(*self._series(rows["timestamp"].to_numpy(), rows["value"].to_numpy(), axis))
-            self._rescale(keep_x=keep)
-        self._remember_xlim()
         parts = []
         if hidden_units:
             parts.append(f"{len(hidden_units)} unit{'s' if len(hidden_units) > 1 else ''} ({', '.join(map(unit_label, hidden_units))})")
@@ -708,10 +714,6 @@ class Plotter:
         else:
             for group in groups:
                 self._lines["", group].set_data(x, counted[group].to_numpy())
-        self._rescale(keep_x=self.user_zoomed)
-        for axis in self._axes:
-            axis.set_ylim(bottom=0)
-        self._remember_xlim()
         self._say_left_out(f"{others} quieter {noun}{'s' if others > 1 else ''}" if others else "")
 
     def _place_legends(self) -> None:
@@ -732,7 +734,8 @@ class Plotter:
             return 1.8
         return max(leg.get_window_extent(renderer).width for leg in legends) / self.figure.dpi + 0.1
 
-    def _shade(self, outages: Sequence[Outage]) -> None:
+    def _shade(self, outages: Sequence[Outage], first: float) -> None:
+        """Shade the outages, from the first time drawn on (older ones would only widen the axis)."""
         import numpy as np
 
         for span in self._spans:
@@ -748,13 +751,12 @@ class Plotter:
 
                 now = now if now is not None else time.time()
                 end = now
-            x0 = np.datetime64(int(start * 1e9), "ns")
+            if end < first:
+                continue
+            x0 = np.datetime64(int(max(start, first) * 1e9), "ns")
             x1 = np.datetime64(int(end * 1e9), "ns")
             for axis in self._axes:
                 self._spans.append(axis.axvspan(x0, x1, color=colour, alpha=0.18, linewidth=0, zorder=0))
-        if not self.user_zoomed:
-            self._rescale(keep_x=False)
-        self._remember_xlim()
 
     def _rescale(self, *, keep_x: bool) -> None:
         for axis in self._axes:
@@ -765,17 +767,14 @@ class Plotter:
             if keep_x:
                 axis.set_xlim(xlim)
 
-    def _remember_xlim(self) -> None:
-        if not self.user_zoomed:
-            self._auto_xlim = {id(axis): axis.get_xlim() for axis in self._axes}
-
     def _finish(self) -> None:
         style_figure(self.figure, self.theme)
 
 
 def _close(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    # a zoom or pan moves a limit by far more than a millionth of the range; rounding does not
     span = abs(b[1] - b[0]) or 1.0
-    return abs(a[0] - b[0]) <= 1e-9 * span + 1e-12 and abs(a[1] - b[1]) <= 1e-9 * span + 1e-12
+    return all(math.isclose(x, y, rel_tol=1e-12, abs_tol=span * 1e-6) for x, y in zip(a, b))
 
 
 def _busiest(sources: pd.Series) -> tuple[list[str], int]:
