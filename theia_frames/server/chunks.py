@@ -5,8 +5,8 @@ anything is decompressed), cut into pieces and tiers for merging; and what a sto
 Every stored event has an *arrival number*, given by the store in the order events reached it
 (within one batch, the order given): events of equal timestamps are kept and returned in that
 order. A chunk's arrival numbers are stored beside its Arrow data, not in it (the data goes out
-to a reader as stored), delta-encoded and compressed (:func:`encode_arrivals`): numbers that
-follow each other cost next to nothing.
+to a reader as stored), as runs of numbers that follow each other (:func:`encode_arrivals`):
+a chunk written in one go costs 17 bytes, however many events it holds.
 """
 
 from __future__ import annotations
@@ -195,31 +195,63 @@ def whole(piece: pa.RecordBatch, blob: Blob | None) -> pa.RecordBatch:
 
 
 def encode_arrivals(arrivals: np.ndarray) -> bytes:
-    """A chunk's arrival numbers (int64, in its row order) as stored: the differences between
-    neighbours, compressed (numbers that follow each other compress to a few bytes).
+    """A chunk's arrival numbers (int64, in its row order) as stored: runs of numbers that
+    follow each other, as pairs (the run's first number less the one before's, its length),
+    compressed when they are many.
+    A chunk written in one go is one run (17 bytes, however many events it holds).
 
     >>> import numpy as np
     >>> data = encode_arrivals(np.arange(5, 65_541))
-    >>> len(data) < 100, decode_arrivals(data, 65_536, seq=1)[[0, -1]].tolist()
-    (True, [5, 65540])
+    >>> len(data), decode_arrivals(data, 65_536, seq=1)[[0, -1]].tolist()
+    (17, [5, 65540])
+    >>> decode_arrivals(encode_arrivals(np.array([7, 3, 4, 5, 1])), 5, seq=1).tolist()
+    [7, 3, 4, 5, 1]
     """
     np = numpy_module()
-    deltas = np.diff(np.asarray(arrivals, dtype=np.int64), prepend=np.int64(0))
-    return bytes(pyarrow_module().compress(deltas.tobytes(), codec=COMPRESSION, asbytes=True))
+    numbers = np.asarray(arrivals, dtype=np.int64)
+    starts = np.flatnonzero(np.diff(numbers) != 1) + 1
+    starts = np.concatenate([np.zeros(1, dtype=np.int64), starts])
+    lengths = np.diff(np.append(starts, len(numbers)))
+    firsts = np.diff(numbers[starts], prepend=np.int64(0))  # interleaved runs repeat their steps
+    pairs = np.stack([firsts, lengths], axis=1).astype("<i8").tobytes()
+    if len(pairs) <= _RAW_RUNS_BYTES:
+        return b"R" + pairs
+    packed = pyarrow_module().compress(pairs, codec=COMPRESSION, asbytes=True)
+    return b"Z" + len(pairs).to_bytes(8, "little") + bytes(packed)
+
+
+# Runs stored as they are up to this many bytes (16 per run), compressed beyond.
+_RAW_RUNS_BYTES = 256
 
 
 def decode_arrivals(data: bytes, rows: int, seq: int) -> np.ndarray:
     """The ``rows`` arrival numbers of chunk ``seq`` (:func:`encode_arrivals`); StoreError when
-    they are damaged (they never decode to more than ``rows`` numbers)."""
+    they are damaged (checked before anything is decompressed: at most one run per row)."""
     np = numpy_module()
     pa = pyarrow_module()
-    try:
-        raw = pa.decompress(data, decompressed_size=8 * rows, codec=COMPRESSION, asbytes=True)
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise StoreError(f"the arrival numbers of chunk {seq} of the event store are damaged: {exc}") from None
-    if len(raw) != 8 * rows:
-        raise StoreError(f"the arrival numbers of chunk {seq} of the event store are damaged: {len(raw)} bytes for {rows} events")
-    return np.cumsum(np.frombuffer(raw, dtype=np.int64))
+
+    def damaged(why: str) -> StoreError:
+        return StoreError(f"the arrival numbers of chunk {seq} of the event store are damaged: {why}")
+
+    kind, body = data[:1], data[1:]
+    if kind == b"Z":
+        size = int.from_bytes(body[:8], "little")
+        if size > 16 * rows or size % 16:
+            raise damaged(f"{size} bytes of runs for {rows} events")
+        try:
+            body = pa.decompress(body[8:], decompressed_size=size, codec=COMPRESSION, asbytes=True)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise damaged(str(exc)) from None
+    elif kind != b"R":
+        raise damaged("not a known layout")
+    if len(body) % 16 or len(body) > 16 * rows:
+        raise damaged(f"{len(body)} bytes of runs for {rows} events")
+    pairs = np.frombuffer(body, dtype="<i8").reshape(-1, 2)
+    firsts, lengths = np.cumsum(pairs[:, 0]), pairs[:, 1]
+    if (lengths < 1).any() or int(lengths.sum()) != rows:
+        raise damaged(f"runs of {int(lengths.sum())} numbers for {rows} events")
+    offsets = np.cumsum(lengths) - lengths
+    return np.repeat(firsts - offsets, lengths) + np.arange(rows, dtype=np.int64)
 
 
 def arrival_order(ts: np.ndarray, arrivals: np.ndarray, desc: bool = False) -> np.ndarray:
