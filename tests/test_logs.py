@@ -447,6 +447,13 @@ def test_parse_times_agrees_with_pandas_on_random_times():
         assert (parse_times(pd.Series(text), fmt) == expected).all(), fmt
 
 
+def test_parse_times_reads_each_distinct_time_once_and_keeps_the_rows_order():
+    text = ["Dec 31 23:59:59"] * 3 + ["Jan  1 00:00:00"] * 3 + [None, "Feb 30 00:00:00"] * 2
+    got = parse_times(text, "%b %d %H:%M:%S", year=2023)
+    assert got[:6].tolist() == [pd.Timestamp("2023-12-31 23:59:59", tz="UTC")] * 3 + [pd.Timestamp("2024-01-01", tz="UTC")] * 3
+    assert got[6:].isna().all()
+
+
 def test_parse_times_marks_what_does_not_read_and_uses_the_zone():
     got = parse_times(["2024-02-30 10:00:00", "2024-03-31 02:30:00", "2024-03-31 03:30:00", "x"], "%Y-%m-%d %H:%M:%S",
                       tz="Europe/Berlin")

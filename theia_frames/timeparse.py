@@ -474,8 +474,10 @@ def time_format_has_year(time_format: str | None) -> bool:
     return bool(re.search(r"%[YyFGs]", time_format))
 
 
-def _strptime_columns(text: Any, regex: str, years: Any) -> Any:
-    """``strptime`` over a column with Arrow's RE2 and NumPy: UTC-naive nanoseconds and UTC offsets, or None."""
+def _strptime_parts(text: Any, regex: str) -> dict[str, Any]:
+    """The fields of each time of a column (``regex`` from :func:`_format_regex`) as NumPy arrays:
+    ``valid``, ``year`` (None without one), ``month``, ``day``, ``day_of_year`` (or None),
+    ``second`` (of the day), ``fraction`` (ns) and ``offset`` (ns east of UTC, or None)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -483,31 +485,28 @@ def _strptime_columns(text: Any, regex: str, years: Any) -> Any:
     parts = pc.extract_regex(text, regex)
     valid = pc.fill_null(pc.is_valid(parts), False).to_numpy(zero_copy_only=False)
     n = len(text)
+    names = {parts.type.field(k).name for k in range(parts.type.num_fields)}
 
     def field(name: str, default: int) -> Any:
-        if parts.type.get_field_index(name) < 0:
+        if name not in names:
             return np.full(n, default, dtype=np.int64)
         values = pc.if_else(valid, parts.field(name), "0")
         return pc.cast(values, pa.int64()).to_numpy(zero_copy_only=False)
 
-    names = {parts.type.field(k).name for k in range(parts.type.num_fields)}
+    year = None
     if "Y" in names:
         year = field("Y", 1970)
     elif "y" in names:
         yy = field("y", 70)
         year = np.where(yy < 69, 2000 + yy, 1900 + yy)
-    else:
-        year = None
     month = field("m", 1)
-    for name, width in (("b", 3), ("B", None)):
+    for name, pool in (("b", [m[:3] for m in _MONTHS]), ("B", _MONTHS)):
         if name in names:
             words = pc.utf8_lower(pc.if_else(valid, parts.field(name), ""))
-            pool = [m[:3] for m in _MONTHS] if width else _MONTHS
             found = pc.fill_null(pc.index_in(words, value_set=pa.array(pool)), -1).to_numpy(zero_copy_only=False)
             valid &= found >= 0
             month = found.astype(np.int64) + 1
-    day = field("d", 1)
-    hour = field("H", 0)
+    day, hour = field("d", 1), field("H", 0)
     if "I" in names:
         twelve = field("I", 12)
         valid &= (twelve >= 1) & (twelve <= 12)
@@ -516,35 +515,66 @@ def _strptime_columns(text: Any, regex: str, years: Any) -> Any:
     minute, second = field("M", 0), field("S", 0)
     fraction = np.zeros(n, dtype=np.int64)
     if "f" in names:
-        digits = pc.if_else(valid, parts.field("f"), "0")
-        padded = pc.utf8_rpad(digits, 9, "0")
-        fraction = pc.cast(padded, pa.int64()).to_numpy(zero_copy_only=False)
+        fraction = pc.cast(pc.utf8_rpad(pc.if_else(valid, parts.field("f"), "0"), 9, "0"), pa.int64()).to_numpy(zero_copy_only=False)
     valid &= (month >= 1) & (month <= 12) & (day >= 1) & (hour < 24) & (minute < 60) & (second < 60)
-    month = np.where(valid, month, 1)
-    if year is None:
-        year = years(month, day, hour * 3600 + minute * 60 + second, valid)
-    first = ((year - 1970) * 12 + month - 1).astype("datetime64[M]")
-    length = ((first + 1).astype("datetime64[D]") - first.astype("datetime64[D]")).astype(np.int64)
-    if "j" in names:
-        day_of_year = field("j", 1)
-        leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
-        valid &= (day_of_year >= 1) & (day_of_year <= 365 + leap)
-        days = ((year - 1970).astype("datetime64[Y]").astype("datetime64[D]").astype(np.int64)) + day_of_year - 1
-    else:
-        valid &= day <= length
-        days = first.astype("datetime64[D]").astype(np.int64) + day - 1
-    ns = days * 86_400_000_000_000 + ((hour * 60 + minute) * 60 + second) * 1_000_000_000 + fraction
     offset = None
     if "z" in names:
-        z = pc.if_else(valid, parts.field("z"), "Z")
-        zone = pc.extract_regex(pc.replace_substring(z, ":", ""), r"^(?P<sign>[+-])(?P<hh>\d\d)(?P<mm>\d\d)?$")
+        z = pc.replace_substring(pc.if_else(valid, parts.field("z"), "Z"), ":", "")
+        zone = pc.extract_regex(z, r"^(?P<sign>[+-])(?P<hh>\d\d)(?P<mm>\d\d)?$")
+        ok = pc.is_valid(zone)
         signs = np.where(pc.fill_null(pc.equal(zone.field("sign"), "-"), False).to_numpy(zero_copy_only=False), -1, 1)
-        hh = pc.cast(pc.fill_null(pc.if_else(pc.is_valid(zone), zone.field("hh"), "0"), "0"), pa.int64()).to_numpy(zero_copy_only=False)
-        mm_text = pc.if_else(pc.is_valid(zone), zone.field("mm"), "0")
-        mm = pc.cast(pc.if_else(pc.equal(pc.fill_null(mm_text, ""), ""), "0", mm_text), pa.int64()).to_numpy(zero_copy_only=False)
+        hh = pc.cast(pc.if_else(ok, zone.field("hh"), "0"), pa.int64()).to_numpy(zero_copy_only=False)
+        mm_text = pc.if_else(ok, zone.field("mm"), "0")
+        mm = pc.cast(pc.if_else(pc.equal(mm_text, ""), "0", mm_text), pa.int64()).to_numpy(zero_copy_only=False)
         offset = signs * (hh * 3600 + mm * 60) * 1_000_000_000
-        ns = ns - offset
-    return np.where(valid, ns, np.iinfo(np.int64).min), offset is not None
+    return {
+        "valid": valid,
+        "year": year,
+        "month": np.where(valid, month, 1),
+        "day": day,
+        "day_of_year": field("j", 1) if "j" in names else None,
+        "second": (hour * 60 + minute) * 60 + second,
+        "fraction": fraction,
+        "offset": offset,
+    }
+
+
+def _strptime_columns(text: Any, regex: str, years: Any) -> Any:
+    """``strptime`` over a column with Arrow's RE2 and NumPy: nanoseconds since the epoch
+    (the int64 minimum where a time does not read), and whether the format had an offset.
+
+    Each distinct text is read once (a log repeats its seconds); ``years(month, day,
+    second, valid)`` gives the year of each time of a format without one.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(text)
+    if len(encoded.dictionary) <= len(text) // 2:
+        rows = pc.fill_null(encoded.indices, 0).to_numpy(zero_copy_only=False)
+        parts = _strptime_parts(encoded.dictionary, regex)
+        parts = {k: None if v is None else v[rows] for k, v in parts.items()}
+        parts["valid"] = parts["valid"] & pc.is_valid(text).to_numpy(zero_copy_only=False)
+    else:
+        parts = _strptime_parts(text, regex)
+    valid, year, month, day = parts["valid"], parts["year"], parts["month"], parts["day"]
+    if year is None:
+        year = years(month, day, parts["second"], valid)
+    first = ((year - 1970) * 12 + month - 1).astype("datetime64[M]")
+    if parts["day_of_year"] is not None:
+        day_of_year = parts["day_of_year"]
+        leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+        valid = valid & (day_of_year >= 1) & (day_of_year <= 365 + leap)
+        days = (year - 1970).astype("datetime64[Y]").astype("datetime64[D]").astype(np.int64) + day_of_year - 1
+    else:
+        length = ((first + 1).astype("datetime64[D]") - first.astype("datetime64[D]")).astype(np.int64)
+        valid = valid & (day <= length)
+        days = first.astype("datetime64[D]").astype(np.int64) + day - 1
+    ns = days * 86_400_000_000_000 + parts["second"] * 1_000_000_000 + parts["fraction"]
+    if parts["offset"] is not None:
+        ns = ns - parts["offset"]
+    return np.where(valid, ns, np.iinfo(np.int64).min), parts["offset"] is not None
 
 
 def parse_times(
