@@ -536,7 +536,9 @@ def Filter(start: TimeLike = None) -> EventFilter:  # noqa: N802 - mirrors the G
 
     >>> Filter(5).start
     5.0
-    >>> Filter("2024-05-01T00:00Z").start == Filter(dt.datetime(2024, 5, 1)).start == 1714521600.0
+    >>> Filter("2024-05-01T00:00Z").start == Filter(dt.datetime(2024, 5, 1)).start  # at a frame's precision
+    True
+    >>> Filter(dt.datetime(2024, 5, 1)).matches(Event(timestamp=1714521599.9999996))  # shown as 00:00:00.000000
     True
     """
     return EventFilter(start=start)
