@@ -342,3 +342,22 @@ def test_import_command_with_a_time_range_and_errors(store, tmp_path, capsys):
     assert main(["import", str(tmp_path / "nope"), "--db", str(tmp_path / "x.db")]) == 1
     assert "no such store" in capsys.readouterr().err
     assert not (tmp_path / "x.db").exists()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(times=st.lists(st.floats(min_value=1.6e9, max_value=1.8e9, allow_nan=False), min_size=1, max_size=8))
+def test_a_time_read_from_the_frame_finds_its_event_in_read_store(tmp_path_factory, times):
+    """read_store bounds follow the filter's rule: a time taken from its own frame (rounded
+    to the microsecond; the file holds the float seconds) finds the event as start and end."""
+    folder = tmp_path_factory.mktemp("store")
+    evs = [Event(id=f"e{i}", timestamp=t) for i, t in enumerate(times)]
+    (folder / f"{int(min(times))}-{int(max(times)) + 60}").write_bytes(store_bytes(evs))
+    df = read_store(folder, progress=False)
+    for shown, event_id in zip(df["timestamp"], df["id"]):
+        assert event_id in read_store(folder, start=shown, end=shown, progress=False)["id"].tolist()
+
+
+def test_ties_in_a_store_file_keep_the_files_order(tmp_path):
+    evs = [Event(id=i, timestamp=1_700_000_000.0 + (0.5 if i in "qx" else 0.0)) for i in "zqaxm"]
+    (tmp_path / "1700000000-1700000060").write_bytes(store_bytes(evs))
+    assert read_store(tmp_path, progress=False)["id"].tolist() == ["z", "a", "m", "q", "x"]
