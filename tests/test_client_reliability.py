@@ -8,6 +8,7 @@ the reconnect tests. Deadlines only detect a hang; nothing is timed.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import json
@@ -20,7 +21,7 @@ import pytest
 
 import theia_frames as tf
 from theia_frames.protocol.arrow import ipc_to_batches, is_arrow_message
-from theia_frames.client import DEFAULT_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_RESUME_MARGIN, Client, Gap
+from theia_frames.client import DEFAULT_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_RESUME_MARGIN, AsyncClient, Client, Gap
 from theia_frames.server.collector import serve
 from theia_frames.event import Event
 from theia_frames.exceptions import (
@@ -371,11 +372,11 @@ def test_resending_after_a_restart_stores_everything_once(tmp_path):
             second.stop()
 
 
-def restart(db, port, timeout=10.0):
+def restart(db, port, timeout=10.0, **options):
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return serve(db=db, port=port)
+            return serve(db=db, port=port, **options)
         except TheiaError:
             if time.monotonic() > deadline:
                 pytest.skip(f"port {port} could not be bound again")
@@ -607,6 +608,201 @@ def test_reconnect_proof_scaled_nothing_missing_nothing_twice(tmp_path, consumer
     assert result.stored == result.confirmed == result.distinct == result.received == 2_000
     assert result.missing == result.duplicated == result.extra == 0
     assert result.reconnects == 3 and result.restarts_while_sending >= 1
+
+
+# --------------------------------------------------------------------------- reconnect under the per-address limit
+
+CAP = 3  # connections per address: a stream's /live and its resume /find need two
+
+
+class Subscriber(threading.Thread):
+    """A reconnecting stream read on its own thread, with the sync or the asyncio client."""
+
+    def __init__(self, url, kind, **options) -> None:
+        super().__init__(daemon=True)
+        self.url, self.kind, self.options = url, kind, options
+        self.ids: list[str] = []
+        self.stream = None
+        self.failure: BaseException | None = None
+        self.ready = threading.Event()
+        self.loop = None
+
+    def run(self) -> None:
+        try:
+            if self.kind == "sync":
+                with Client(self.url) as client:
+                    self.stream = client.receive(Filter(1), reconnect=True, **self.options)
+                    self.ready.set()
+                    for batch in self.stream.iter_batches():
+                        self.ids.extend(batch.column("id").to_pylist())
+            else:
+                asyncio.run(self._run_async())
+        except TheiaError as exc:
+            self.failure = exc
+        finally:
+            self.ready.set()
+
+    async def _run_async(self) -> None:
+        async with AsyncClient(self.url) as client:
+            stream = await client.receive(Filter(1), reconnect=True, **self.options)
+            self.stream, self.loop = stream, asyncio.get_running_loop()
+            self.ready.set()
+            async for batch in stream.iter_batches():
+                self.ids.extend(batch.column("id").to_pylist())
+
+    def stop(self) -> None:
+        if self.is_alive() and self.stream is not None:
+            if self.kind == "sync":
+                self.stream.close()
+            else:
+                asyncio.run_coroutine_threadsafe(self.stream.aclose(), self.loop).result(5)
+        self.join(10)
+        assert not self.is_alive()
+
+
+def open_connections(collector) -> int:
+    """Connections the collector holds open (all of them from this address)."""
+    return len(collector._connections)
+
+
+def start_subscriber(collector, kind, **options) -> Subscriber:
+    sub = Subscriber(collector.url, kind, **options)
+    sub.start()
+    assert sub.ready.wait(10) and sub.stream is not None, sub.failure
+    return sub
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_refused_resume_closes_what_it_opened_retries_and_comes_back(tmp_path, kind):
+    db = tmp_path / "events.db"
+    collector = serve(db=db, port=0, max_connections_per_address=CAP)
+    port = collector.port
+    now = time.time()
+    before, away, after = (make_events(100, start=now + k, prefix=f"{k}-") for k in range(3))
+    # the first attempt comes 0.5-1 s after the drop: the collector is back by then
+    sub = start_subscriber(collector, kind, backoff=1.0, max_backoff=1.0)
+    holders = []
+    try:
+        with Client(collector.url) as sender:
+            sender.send_many(before, wait=True)
+        assert wait_until(lambda: len(sub.ids) == 100)
+        collector.stop()
+        collector = restart(db, port, max_connections_per_address=CAP)
+        # hold all but one of the address's connections: a sender's /event and a plain /live
+        sender = Client(collector.url)
+        holders.append(sender)
+        sender.send_many(away[:50], wait=True)
+        holders.append(Client(collector.url).receive(Filter(1)))
+        # the stream's new /live takes the last connection; its resume find is refused
+        assert wait_until(lambda: "503" in str(sub.stream.last_error))
+        assert not sub.stream.connected and sub.failure is None
+        # the refused attempt closed its /live before waiting: only the holders remain
+        assert wait_until(lambda: open_connections(collector) == CAP - 1)
+        sender.send_many(away[50:], wait=True)
+        seen = set()
+        for _ in range(20):  # more refused attempts come and go, none stays open
+            seen.add(open_connections(collector))
+            time.sleep(0.05)
+        assert seen <= {CAP - 1, CAP}
+        assert sub.stream.reconnects == 0
+        holders.pop().close()  # a connection is free again: the next attempt succeeds
+        assert wait_until(lambda: sub.stream.connected and sub.stream.reconnects == 1)
+        sender.send_many(after, wait=True)
+        assert wait_until(lambda: len(sub.ids) >= 300)
+        time.sleep(0.2)
+        expected = [e.id for e in before + away + after]
+        assert sorted(sub.ids) == sorted(expected)  # nothing missing, nothing twice
+        assert sub.stream.recovered == 100 and sub.failure is None
+        sub.stop()
+        for holder in holders:
+            holder.close()
+        holders.clear()
+        assert wait_until(lambda: open_connections(collector) == 0)
+    finally:
+        sub.stop()
+        for holder in holders:
+            holder.close()
+        collector.stop()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_resume_refused_past_max_retries_fails_loudly_and_holds_nothing(tmp_path, kind):
+    db = tmp_path / "events.db"
+    collector = serve(db=db, port=0, max_connections_per_address=CAP)
+    port = collector.port
+    sub = start_subscriber(collector, kind, backoff=1.0, max_backoff=1.0, max_retries=2)
+    holders = []
+    try:
+        collector.stop()
+        collector = restart(db, port, max_connections_per_address=CAP)
+        holders = [Client(collector.url).receive(Filter(1)) for _ in range(CAP - 1)]
+        sub.join(15)
+        assert not sub.is_alive()
+        assert isinstance(sub.failure, ConnectionClosed) and "gave up reconnecting after 3 attempt" in str(sub.failure)
+        assert sub.stream.error is sub.failure and "503" in str(sub.failure)
+        assert isinstance(sub.failure.__cause__, ConnectError)
+        assert open_connections(collector) == CAP - 1  # the holders only
+        for holder in holders:
+            holder.close()
+        assert wait_until(lambda: open_connections(collector) == 0)
+    finally:
+        sub.stop()
+        for holder in holders:
+            holder.close()
+        collector.stop()
+
+
+def test_a_live_frame_whose_resume_is_refused_past_max_retries_shows_failed(tmp_path):
+    from theia_frames.live.frame import LiveFrame
+
+    db = tmp_path / "events.db"
+    collector = serve(db=db, port=0, max_connections_per_address=CAP)
+    port = collector.port
+    frame = LiveFrame(collector.url, Filter(1), receive_options={"backoff": 1.0, "max_backoff": 1.0, "max_retries": 1})
+    holders = []
+    try:
+        frame.start()
+        collector.stop()
+        collector = restart(db, port, max_connections_per_address=CAP)
+        holders = [Client(collector.url).receive(Filter(1)) for _ in range(CAP - 1)]
+        assert wait_until(lambda: frame.state == "failed", timeout=15)
+        status = str(frame.status())
+        assert "failed" in status and "gave up reconnecting" in status, status
+        assert open_connections(collector) == CAP - 1
+        frame.stop()
+        for holder in holders:
+            holder.close()
+        assert wait_until(lambda: open_connections(collector) == 0)
+    finally:
+        frame.stop()
+        for holder in holders:
+            holder.close()
+        collector.stop()
+
+
+def test_live_repeats_of_a_resume_find_are_dropped_however_late_they_come():
+    """The collector pushes commits in order: the repeats of what a resume find
+    delivered come before the first later event, however long after the find."""
+    from theia_frames.protocol.arrow import event_schema
+    from theia_frames.protocol.resume import ResumeState
+    import pyarrow as pa
+
+    def batch(ids, stamps):
+        return pa.RecordBatch.from_pydict(
+            {"id": ids, "timestamp": stamps, "source": ["/s"] * len(ids), "tags": [""] * len(ids), "content": ["x"] * len(ids)},
+            schema=event_schema(),
+        )
+
+    state = ResumeState(margin=1.0, subscribed_at=BASE)
+    found = state.fresh(batch(["a", "b", "c"], [BASE + 1, BASE + 2, BASE + 3]), check=True, now=0.0)
+    state.resumed([found.column(0)], [found.column(1)], now=0.0)
+    # the pushes of a busy collector lag far behind the find: still repeats
+    assert state.fresh(batch(["b", "c"], [BASE + 2, BASE + 3]), now=100.0).num_rows == 0
+    # the first later event: every repeat has come; the check ends after it
+    later = state.fresh(batch(["c", "d"], [BASE + 3, BASE + 4]), now=101.0)
+    assert later.column(0).to_pylist() == ["d"]
+    assert state.fresh(batch(["e"], [BASE + 5]), now=102.0).num_rows == 1
+    assert state._resumed is None
 
 
 # --------------------------------------------------------------------------- access

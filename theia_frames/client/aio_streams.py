@@ -15,11 +15,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from ..protocol.arrow import SUBPROTOCOL, empty_batch, iter_batch_events
 from ..event import Event
 from ..exceptions import (
-    AuthenticationError,
     ConnectionClosed,
     TheiaError,
     TheiaTimeoutError,
-    TransportError,
     UsageError,
 )
 from ..filter import EventFilter
@@ -333,7 +331,7 @@ class AsyncLiveStream(AsyncStream):
     it resumes after a drop exactly as :class:`~theia_frames.client.LiveStream`
     does (same backoff, same resume find, same dropping of repeats).
 
-    Status attributes: ``reconnects``, ``recovered``, ``last_error``, ``connected``.
+    Status attributes: ``reconnects``, ``recovered``, ``last_error``, ``error``, ``connected``.
     """
 
     state: LiveState
@@ -361,8 +359,11 @@ class AsyncLiveStream(AsyncStream):
         self.reconnects = 0
         self.recovered = 0
         self.last_error: TheiaError | None = None
+        #: what ended the stream when it gave up reconnecting (also raised from the iteration)
+        self.error: TheiaError | None = None
         self.resume = ResumeState(resume_margin, time.time())
         self._down = False
+        self._resume_find: AsyncFindResult | None = None
 
     @property
     def connected(self) -> bool:
@@ -453,24 +454,22 @@ class AsyncLiveStream(AsyncStream):
             try:
                 async for batch in self._catch_up():
                     yield batch
-            except (TransportError, TheiaTimeoutError) as exc:
+            except TheiaError as exc:
                 if self._closed:
                     return
-                self._down = True
-                if isinstance(exc, AuthenticationError):
-                    raise
                 self._note_failure(exc)
-                if backoff.failed():
-                    raise ConnectionClosed(
-                        f"the live stream from {self.url} gave up reconnecting after {backoff.failures} attempt(s) "
-                        f"(max_retries={self.max_retries}): {exc}",
-                        url=self.url,
-                        code=getattr(exc, "code", None),
-                    ) from exc
+                try:
+                    backoff.after_failure(exc, self.url)
+                except TheiaError as final:
+                    self.error = final
+                    raise
                 continue
             return
 
     async def _catch_up(self) -> AsyncIterator[pa.RecordBatch]:
+        """One attempt, as in the sync :class:`~theia_frames.client.LiveStream`: subscribe
+        again, then find what was stored while away; a refused or failed find closes
+        the new subscription before the error propagates."""
         import pyarrow as pa_
 
         ws, buffered = await self._subscribe()
@@ -478,27 +477,51 @@ class AsyncLiveStream(AsyncStream):
             await close(ws)
             return
         self._ws = ws
-        self._down = False
-        self.reconnects += 1
         ids: list[pa.Array] = []
         stamps: list[pa.Array] = []
-        resume_filter = self.resume.resume_filter(self.filter)
-        if resume_filter is not None:
-            result = AsyncFindResult(
-                self._client, resume_filter, strict=self.state.strict, batch_size=self.state.batch_size, idle_timeout=self._client.idle_timeout
-            )
-            async for batch in result.iter_batches():
-                fresh = self.resume.fresh(batch, check=True, now=time.monotonic())
-                if fresh.num_rows:
-                    ids.append(pa_.concat_arrays([fresh.column(0)]))
-                    stamps.append(pa_.concat_arrays([fresh.column(1)]))
-                    self.recovered += fresh.num_rows
-                    yield fresh
-            if self._closed:
-                return
+        # the last batch of the find is yielded once the stream is back, so that a
+        # consumer that has seen every recovered event also sees the stream connected
+        held: pa.RecordBatch | None = None
+        try:
+            resume_filter = self.resume.resume_filter(self.filter)
+            if resume_filter is not None:
+                result = AsyncFindResult(
+                    self._client, resume_filter, strict=self.state.strict, batch_size=self.state.batch_size, idle_timeout=self._client.idle_timeout
+                )
+                self._resume_find = result
+                try:
+                    async for batch in result.iter_batches():
+                        fresh = self.resume.fresh(batch, check=True, now=time.monotonic())
+                        if fresh.num_rows:
+                            ids.append(pa_.concat_arrays([fresh.column(0)]))
+                            stamps.append(pa_.concat_arrays([fresh.column(1)]))
+                            self.recovered += fresh.num_rows
+                            if held is not None:
+                                yield held
+                            held = fresh
+                finally:
+                    self._resume_find = None
+                    await result.aclose()
+                if self._closed:
+                    return
+        except BaseException:
+            self._ws = None
+            await close(ws)
+            raise
         self.resume.resumed(ids, stamps, time.monotonic())
         # websockets keeps reading the new subscription meanwhile (its queue pauses the socket when full)
         self._pending = buffered
+        self._down = False
+        self.reconnects += 1
+        if held is not None:
+            yield held
+
+    async def aclose(self) -> None:
+        """Close the stream, also while it waits to reconnect or reads a resume find; idempotent."""
+        find = self._resume_find
+        await super().aclose()
+        if find is not None:
+            await find.aclose()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("open" if not self._down else "reconnecting")

@@ -18,12 +18,10 @@ import websocket
 from ..protocol.arrow import empty_batch, iter_batch_events
 from ..event import Event
 from ..exceptions import (
-    AuthenticationError,
     ConnectionClosed,
     SubscriberTooSlow,
     TheiaError,
     TheiaTimeoutError,
-    TransportError,
     UsageError,
 )
 from ..filter import EventFilter
@@ -361,7 +359,11 @@ class LiveStream(Stream):
     ``errors``) is followed by attempts to reconnect. Status attributes:
     ``reconnects`` (completed reconnections), ``gap`` (a :class:`Gap`),
     ``recovered`` (events fetched by resume finds), ``connected``,
-    ``last_error`` (what ended the last connection or failed the last attempt).
+    ``last_error`` (what ended the last connection or failed the last attempt),
+    ``error`` (what ended the stream when it gave up: more than
+    ``max_retries`` failed attempts in a row, or refused credentials).
+    An attempt the collector refuses (e.g. its per-address connection limit
+    answered 503 to the resume find) closes what it opened before waiting.
     """
 
     state: LiveState
@@ -389,6 +391,8 @@ class LiveStream(Stream):
         self.reconnects = 0
         self.recovered = 0
         self.last_error: TheiaError | None = None
+        #: what ended the stream when it gave up reconnecting (also raised from the iteration)
+        self.error: TheiaError | None = None
         self._gap_last = 0.0
         self._gap_total = 0.0
         self._down_since: float | None = None
@@ -493,8 +497,9 @@ class LiveStream(Stream):
             raise ConnectionClosed(f"the live stream from {self.url} was closed", url=self.url)
 
     def _resume(self, cause: TheiaError, heartbeat: float | None) -> Iterator[pa.RecordBatch | None]:
-        """Reconnect with backoff until it works (or the caller closes), then
-        yield what was stored meanwhile; the buffered live data is left in ``_pending``."""
+        """Reconnect with backoff until it works (or the caller closes, or
+        :class:`~theia_frames.protocol.resume.Backoff` gives up), then yield what
+        was stored meanwhile; the buffered live data is left in ``_pending``."""
         self._down_since = time.monotonic()
         self._note_failure(cause)
         self._conn.close()
@@ -517,28 +522,26 @@ class LiveStream(Stream):
                 return
             try:
                 yield from self._catch_up()
-            except (TransportError, TheiaTimeoutError) as exc:
+            except TheiaError as exc:
                 if self._closed:
                     return
-                if self._down_since is None:
-                    # subscribed again, then lost during the resume find: away again from now
-                    self._down_since = time.monotonic()
-                if isinstance(exc, AuthenticationError):
-                    raise
                 self._note_failure(exc)
-                if backoff.failed():
-                    raise ConnectionClosed(
-                        f"the live stream from {self.url} gave up reconnecting after {backoff.failures} attempt(s) "
-                        f"(max_retries={self.max_retries}): {exc}",
-                        url=self.url,
-                        code=getattr(exc, "code", None),
-                    ) from exc
+                try:
+                    backoff.after_failure(exc, self.url)
+                except TheiaError as final:
+                    self.error = final
+                    raise
                 continue
             return
 
     def _catch_up(self) -> Iterator[pa.RecordBatch]:
         """One attempt: subscribe again (buffering what is pushed), then find and
-        yield what was stored while away; leaves the buffer in ``_pending``."""
+        yield what was stored while away; leaves the buffer in ``_pending``.
+
+        When the find is refused or fails, the new subscription is closed before
+        the error propagates: a failed attempt holds no connection. The stream
+        counts as back (``connected``, ``reconnects``) once the find is read.
+        """
         import pyarrow as pa_
 
         conn, buffered = self._subscribe(self._set_handshake)
@@ -548,46 +551,57 @@ class LiveStream(Stream):
                 return
             self._conn = conn
         self._pending = []
+        ids: list[pa.Array] = []
+        stamps: list[pa.Array] = []
+        # the last batch of the find is yielded once the stream is back, so that a
+        # consumer that has seen every recovered event also sees the stream connected
+        held: pa.RecordBatch | None = None
+        try:
+            resume_filter = self.resume.resume_filter(self.filter)
+            if resume_filter is not None:
+                result = FindResult(
+                    self._client,
+                    resume_filter,
+                    strict=self.strict,
+                    batch_size=self.batch_size,
+                    idle_timeout=self._client.idle_timeout,
+                )
+                with self._swap:
+                    self._resume_find = result
+                if self._closed:
+                    result.close()
+                try:
+                    for batch in result.iter_batches():
+                        # keep reading the new subscription, so the collector's queue for it never fills
+                        buffered += self.state.receive(conn.poll())
+                        fresh = self.resume.fresh(batch, check=True, now=time.monotonic())
+                        if fresh.num_rows:
+                            ids.append(pa_.concat_arrays([fresh.column(0)]))
+                            stamps.append(pa_.concat_arrays([fresh.column(1)]))
+                            self.recovered += fresh.num_rows
+                            if held is not None:
+                                yield held
+                            held = fresh
+                finally:
+                    with self._swap:
+                        self._resume_find = None
+                    result.close()
+                if self._closed:
+                    return
+            buffered += self.state.receive(conn.poll())
+        except BaseException:
+            conn.close()
+            raise
+        self.resume.resumed(ids, stamps, time.monotonic())
+        self._pending = buffered
         if self._down_since is not None:
             gap = time.monotonic() - self._down_since
             self._gap_last = gap
             self._gap_total += gap
             self._down_since = None
         self.reconnects += 1
-        ids: list[pa.Array] = []
-        stamps: list[pa.Array] = []
-        resume_filter = self.resume.resume_filter(self.filter)
-        if resume_filter is not None:
-            result = FindResult(
-                self._client,
-                resume_filter,
-                strict=self.strict,
-                batch_size=self.batch_size,
-                idle_timeout=self._client.idle_timeout,
-            )
-            with self._swap:
-                self._resume_find = result
-            if self._closed:
-                result.close()
-            try:
-                for batch in result.iter_batches():
-                    # keep reading the new subscription, so the collector's queue for it never fills
-                    buffered += self.state.receive(conn.poll())
-                    fresh = self.resume.fresh(batch, check=True, now=time.monotonic())
-                    if fresh.num_rows:
-                        ids.append(pa_.concat_arrays([fresh.column(0)]))
-                        stamps.append(pa_.concat_arrays([fresh.column(1)]))
-                        self.recovered += fresh.num_rows
-                        yield fresh
-            finally:
-                with self._swap:
-                    self._resume_find = None
-                result.close()
-            if self._closed:
-                return
-        buffered += self.state.receive(conn.poll())
-        self.resume.resumed(ids, stamps, time.monotonic())
-        self._pending = buffered
+        if held is not None:
+            yield held
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:

@@ -4,7 +4,14 @@
 timestamp, and the ids and timestamps of the recent batches) so that, after
 a reconnect, :meth:`ResumeState.resume_filter` says what to ask a ``/find``
 for and :meth:`ResumeState.fresh` drops what was already delivered.
-:class:`Backoff` is the wait between attempts.
+:class:`Backoff` is the wait between attempts and the rule of giving up,
+the same for the sync and the asyncio streams.
+
+A resume attempt is a new ``/live`` subscription (what it pushes is buffered)
+followed by a ``/find`` of what was stored while away. When either is refused
+(e.g. HTTP 503 when the collector's per-address limit is reached) the attempt
+closes everything it opened before the stream waits and tries again: a refused
+attempt never holds a connection.
 
 >>> import pyarrow as pa
 >>> from theia_frames.protocol.arrow import event_schema
@@ -22,6 +29,10 @@ for and :meth:`ResumeState.fresh` drops what was already delivered.
 >>> backoff = Backoff(0.05, 2.0, max_retries=None)
 >>> 0.025 <= backoff.next_delay(jitter=0.0) <= 0.05
 True
+>>> from theia_frames.exceptions import ConnectError
+>>> backoff.after_failure(ConnectError("ws://h/find refused the WebSocket handshake with HTTP status 503"), "ws://h/live")
+>>> backoff.failures
+1
 """
 
 from __future__ import annotations
@@ -30,13 +41,13 @@ import random
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import UsageError
+from ..exceptions import AuthenticationError, ConnectionClosed, TheiaError, TheiaTimeoutError, TransportError, UsageError
 from ..filter import EventFilter
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-__all__ = ["ResumeState", "Backoff", "check_reconnect_options"]
+__all__ = ["ResumeState", "Backoff", "check_reconnect_options", "retried"]
 
 #: entries of the recent-batches window past which out-of-order entries are pruned
 RECENT_COMPACT = 1024
@@ -62,6 +73,13 @@ def check_reconnect_options(backoff: float, max_backoff: float, resume_margin: f
         raise UsageError(f"max_retries must be None or a whole number >= 0, got {max_retries!r}")
 
 
+def retried(exc: BaseException) -> bool:
+    """Whether a reconnecting stream tries again after ``exc`` ended an attempt:
+    a failed or refused connection and a timeout are retried, refused credentials
+    and everything else (a server's error message, a protocol error) are not."""
+    return isinstance(exc, (TransportError, TheiaTimeoutError)) and not isinstance(exc, AuthenticationError)
+
+
 class Backoff:
     """Exponential backoff with equal jitter: each wait is between half the
     delay and the whole of it; the delay doubles after each failure up to
@@ -85,6 +103,21 @@ class Backoff:
         self.delay = min(self.delay * 2, self.max_backoff)
         return self.max_retries is not None and self.failures > self.max_retries
 
+    def after_failure(self, exc: TheiaError, url: str) -> None:
+        """Count the failed attempt ``exc`` ended, and return to try again; or raise:
+        ``exc`` itself when it is not :func:`retried`, a
+        :class:`~theia_frames.exceptions.ConnectionClosed` naming the attempts
+        (from ``exc``) when more than ``max_retries`` failed in a row."""
+        if not retried(exc):
+            raise exc
+        if self.failed():
+            raise ConnectionClosed(
+                f"the live stream from {url} gave up reconnecting after {self.failures} attempt(s) "
+                f"(max_retries={self.max_retries}): {exc}",
+                url=url,
+                code=getattr(exc, "code", None),
+            ) from exc
+
 
 class ResumeState:
     """What a reconnecting subscription delivered, to resume without loss or repeats.
@@ -106,6 +139,10 @@ class ResumeState:
         self._recent_kept = 0
         self._resumed: tuple[pa.Array, pa.Array] | None = None
         self._resumed_until = 0.0
+        # the largest timestamp the last resume find delivered, and whether a live
+        # event past it arrived since (then every repeat has arrived: see fresh())
+        self._resumed_max: float | None = None
+        self._passed = False
 
     @property
     def window(self) -> int:
@@ -124,31 +161,42 @@ class ResumeState:
 
     def resumed(self, ids: list[pa.Array], stamps: list[pa.Array], now: float) -> None:
         """The resume find delivered these (ids, timestamps): live events committed before
-        its snapshot may still arrive for a while, and are dropped as repeats."""
+        its snapshot may still arrive, and are dropped as repeats (see :meth:`fresh`)."""
         pa_ = _pyarrow()
         self._resumed = (
             pa_.concat_arrays(ids) if ids else pa_.array([], pa_.string()),
             pa_.concat_arrays(stamps) if stamps else pa_.array([], pa_.float64()),
         )
         self._resumed_until = now + max(self.margin, 1.0)
+        self._resumed_max = pa_.compute.max(self._resumed[1]).as_py() if len(self._resumed[1]) else None
+        self._passed = False
 
     def fresh(self, batch: pa.RecordBatch, *, check: bool = False, now: float) -> pa.RecordBatch:
         """``batch`` without the events already delivered; remembers what it returns.
 
         Outside a resume a subscription never repeats an event, so the check
-        runs only on resume finds (``check=True``) and for a while after a resume.
+        runs only on resume finds (``check=True``) and after a resume, until
+        both a while has passed and a live event later than anything the
+        resume find delivered has arrived. The collector pushes the commits
+        to a subscriber in commit order, so the events the find's snapshot
+        also held (the only possible repeats) all come before that one, however
+        far the pushes lag behind: a wall-clock window alone would let a late
+        repeat through on a busy collector or a slow consumer.
         """
         pa_ = _pyarrow()
         pc = pa_.compute
         if batch.num_rows == 0:
             return batch
-        if check or (self._resumed is not None and now < self._resumed_until):
+        hi = pc.max(batch.column(1)).as_py()
+        if check or self._resumed is not None:
+            if not check and (self._resumed_max is None or hi > self._resumed_max):
+                self._passed = True
             batch = self._drop_seen(batch)
+            if not check and self._passed and now >= self._resumed_until:
+                self._resumed = None
             if batch.num_rows == 0:
                 return batch
-        else:
-            self._resumed = None
-        hi = pc.max(batch.column(1)).as_py()
+            hi = pc.max(batch.column(1)).as_py()
         if self.seen_max is None or hi > self.seen_max:
             self.seen_max = hi
         cutoff = self.seen_max - self.margin
