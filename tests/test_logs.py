@@ -411,6 +411,8 @@ def test_usage_errors_name_the_problem(tmp_path):
         read_log(["x"], format="syslog", source="nope")
     with pytest.raises(UsageError, match="names no time"):
         read_log(["x"], regex=r"(?P<content>.*)")
+    with pytest.raises(UsageError, match="splitlines"):
+        read_log("2024-05-01T10:00:00Z a\n2024-05-01T10:00:01Z b", format="iso")
     with pytest.raises(UsageError, match="cannot read log"):
         read_log(tmp_path / "missing.log", format="iso")
     with pytest.raises(UsageError, match="no year"):
@@ -461,6 +463,11 @@ def test_parse_times_marks_what_does_not_read_and_uses_the_zone():
     assert got[2] == pd.Timestamp("2024-03-31 01:30", tz="UTC")
     with pytest.raises(UsageError, match="invalid tz"):
         parse_times(["2024-01-01"], tz="Mars/Olympus")
+    # the hour Berlin's clocks go back, twice, in a log's order
+    back = parse_times(["2024-10-27 02:30:00", "2024-10-27 02:45:00", "2024-10-27 02:15:00", "2024-10-27 03:00:00"],
+                       "%Y-%m-%d %H:%M:%S", tz="Europe/Berlin")
+    assert back.diff().dropna().dt.total_seconds().tolist() == [900.0, 1800.0, 2700.0]
+    assert parse_times(["0001-01-01 00:00:00", "9999-01-01 00:00:00"], "%Y-%m-%d %H:%M:%S").isna().all()
 
 
 # --------------------------------------------------------------------------- send_many(time_format=), sensor_events

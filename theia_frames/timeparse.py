@@ -561,6 +561,8 @@ def _strptime_columns(text: Any, regex: str, years: Any) -> Any:
     valid, year, month, day = parts["valid"], parts["year"], parts["month"], parts["day"]
     if year is None:
         year = years(month, day, parts["second"], valid)
+    valid = valid & (year >= 1678) & (year <= 2261)  # what nanoseconds since the epoch hold
+    year = np.where(valid, year, 1970)
     first = ((year - 1970) * 12 + month - 1).astype("datetime64[M]")
     if parts["day_of_year"] is not None:
         day_of_year = parts["day_of_year"]
@@ -597,7 +599,10 @@ def parse_times(
       (``%f`` takes 1 to 9 digits); a list of them: each time takes the first that reads it.
 
     Times without an offset are in ``tz`` (a zone name such as ``"Europe/Berlin"``;
-    default UTC); a wall time that the zone skips or repeats ambiguously is ``NaT``.
+    default UTC); a wall time that the zone skips is ``NaT``, one it repeats (the
+    hour the clocks go back) is placed by the order of the times around it, or
+    ``NaT`` where that cannot tell. Years outside 1678 to 2261 (what a frame's
+    nanoseconds hold) are ``NaT`` too.
     For formats without a year (syslog's ``%b %d %H:%M:%S``): ``year`` is the
     first time's year, or else the latest year in which the first time is not
     after ``reference`` (seconds since the epoch, e.g. a file's modification
@@ -674,9 +679,14 @@ def parse_times(
     if tz is not None and local.any():
         wall = result[local].tz_localize(None)
         try:
-            moved = wall.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
-        except Exception as exc:  # an unknown zone name
-            raise UsageError(f"invalid tz {tz!r}: {exc}") from None
+            # a wall time the zone repeats (the hour the clocks go back) is placed by the
+            # order of the times around it, and missing (NaT) where that cannot tell
+            moved = wall.tz_localize(tz, ambiguous="infer", nonexistent="NaT")
+        except Exception:
+            try:
+                moved = wall.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
+            except Exception as exc:  # an unknown zone name
+                raise UsageError(f"invalid tz {tz!r}: {exc}") from None
         values_ns = result.asi8.copy()
         values_ns[local] = moved.tz_convert("UTC").as_unit("ns").asi8
         result = pd.DatetimeIndex(pd.to_datetime(values_ns, unit="ns", utc=True))

@@ -165,6 +165,8 @@ class LogReport:
 
 def _pieces(source: Any, report: LogReport) -> Iterator[bytes | list[str]]:
     """The input in pieces: bytes from a path or a binary file, lists of text from lines."""
+    if isinstance(source, str) and "\n" in source:
+        raise UsageError("read_log takes a path, a binary file or lines: for text, pass text.splitlines()")
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         try:
