@@ -371,8 +371,8 @@ def _naive_utc(times: Any) -> np.ndarray:
 
 
 def _readings(df: pd.DataFrame) -> pd.DataFrame | None:
-    """timestamp (naive UTC), source, value (float) and unit of the rows whose content is a reading,
-    in time order, or None when most rows are not readings."""
+    """timestamp (naive UTC), source and unit (categories), value (float) of the rows whose content
+    is a reading, in time order, or None when most rows are not readings."""
     import numpy as np
     import pandas as pd
 
@@ -380,8 +380,7 @@ def _readings(df: pd.DataFrame) -> pd.DataFrame | None:
 
     if "value" in df.columns and pd.api.types.is_numeric_dtype(df["value"]):
         value = df["value"].to_numpy(dtype=float, na_value=np.nan)
-        unit = (df["unit"].astype("string").fillna("").to_numpy(dtype=object) if "unit" in df.columns
-                else np.full(len(df), "", dtype=object))
+        unit = pd.Categorical(df["unit"].astype("string").fillna("") if "unit" in df.columns else [""] * len(df))
     else:
         if "content" not in df.columns:
             return None
@@ -391,15 +390,21 @@ def _readings(df: pd.DataFrame) -> pd.DataFrame | None:
         if "value" not in found.columns or not len(found):
             return None
         distinct = pd.to_numeric(found["value"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-        units = (found["unit"].astype("string").fillna("").to_numpy(dtype=object) if "unit" in found.columns
-                 else np.full(len(found), "", dtype=object))
-        value = np.where(codes >= 0, distinct[codes], np.nan)
-        unit = np.where(codes >= 0, units[codes], "")
+        value = np.where(codes >= 0, distinct[np.maximum(codes, 0)], np.nan)
+        unit_codes, unit_names = pd.factorize(
+            found["unit"].astype("string").fillna("") if "unit" in found.columns else pd.Series([""] * len(found)))
+        unit = pd.Categorical.from_codes(np.where(codes >= 0, unit_codes[np.maximum(codes, 0)], 0),
+                                         categories=pd.Index(np.asarray(unit_names, dtype=object)).astype(str))
     ok = ~np.isnan(value)
     if ok.sum() * 2 < len(df) or not ok.any():  # mostly not readings: count events instead
         return None
-    source = df["source"].astype(str).to_numpy() if "source" in df.columns else np.full(len(df), "", dtype=object)
-    out = pd.DataFrame({"timestamp": _naive_utc(_times(df))[ok], "source": source[ok], "value": value[ok],
+    if "source" in df.columns:
+        source = df["source"] if isinstance(df["source"].dtype, pd.CategoricalDtype) else df["source"].astype("category")
+        source_codes, categories = source.cat.codes.to_numpy(), source.cat.categories.astype(str)
+        source = pd.Categorical.from_codes(source_codes[ok], categories=categories)
+    else:
+        source = pd.Categorical([""] * int(ok.sum()))
+    out = pd.DataFrame({"timestamp": _naive_utc(_times(df))[ok], "source": source, "value": value[ok],
                         "unit": unit[ok]})
     # late events arrive out of order; lines are drawn in time order
     if not out["timestamp"].is_monotonic_increasing:
@@ -633,18 +638,19 @@ class Plotter:
     def _draw_readings(self, readings: pd.DataFrame, ax: Any) -> None:
         # the most frequent units (ties by name), shown in name order so panels stay put
         counts = readings["unit"].value_counts()
+        counts = counts[counts > 0]
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
         units = sorted(str(u) for u, _ in ranked[:_MAX_PANELS])
         hidden_units = sorted(str(u) for u, _ in ranked[_MAX_PANELS:])
         series: dict[tuple[str, str], pd.DataFrame] = {}
         hidden_sources: list[str] = []
-        for unit, rows in readings.groupby("unit", sort=True):
+        for unit, rows in readings.groupby("unit", sort=True, observed=True):
             if str(unit) not in units:
                 continue
             shown, others = _busiest(rows["source"])
             if others:
                 hidden_sources.append(f"{others} source{'s' if others > 1 else ''} of {unit_label(str(unit))}")
-            for source, part in rows.groupby("source", sort=True):
+            for source, part in rows.groupby("source", sort=True, observed=True):
                 if source in shown:
                     series[str(unit), str(source)] = part
         layout = ("readings", tuple(units), tuple(series))
@@ -779,7 +785,10 @@ def _close(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 def _busiest(sources: pd.Series) -> tuple[list[str], int]:
     """The busiest sources (at most ten) and how many others there are."""
-    counts = sources.astype(str).value_counts()
+    counts = sources.value_counts()
+    counts = counts[counts > 0]
+    counts.index = counts.index.astype(str)
+    counts = counts.sort_values(ascending=False, kind="stable")
     return list(counts.index[:_MAX_SOURCES]), max(len(counts) - _MAX_SOURCES, 0)
 
 
