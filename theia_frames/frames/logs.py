@@ -52,15 +52,12 @@ times read at once. :func:`iter_log` reads a file of any size a chunk at a time.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,6 +71,7 @@ from ..timeparse import parse_times, time_format_has_year
 from .convert import EVENT_DTYPES, batches_to_dataframe
 from .events_table import new_event_ids, seconds_of_ns
 from .logformats import LOG_FORMATS, LogFormat, template_regex
+from .loglines import ahead, json_records, line_batches, logfmt_records, match_lines
 
 __all__ = [
     "read_log",
@@ -91,8 +89,6 @@ __all__ = [
 MAX_UNPARSED_KEPT = 1000
 #: Lines read and parsed at a time by :func:`iter_log` (and so the most rows of a frame it yields).
 DEFAULT_BATCH_SIZE = 200_000
-# Bytes read from a file at a time.
-_READ_PIECE = 8 * 1024 * 1024
 _SUMMARY_LINES = 20
 _TEXT_CHARS = 200
 _TIME_FIELDS = ("date", "day", "month", "year", "time")
@@ -138,6 +134,10 @@ class LogReport:
         """Whether every line that is not blank was read."""
         return self.unparsed == 0
 
+    def count_bytes(self, n: int) -> None:
+        """Count ``n`` more bytes read (what a progress bar shows)."""
+        self.bytes_read += n
+
     def _note(self, line: int, reason: str, text: str, count: int = 1) -> None:
         self.unparsed += count
         if len(self.unparsed_lines) < MAX_UNPARSED_KEPT:
@@ -158,250 +158,6 @@ class LogReport:
         return "\n".join(lines)
 
     __str__ = summary
-
-
-# --------------------------------------------------------------------------- reading lines
-
-
-def _pieces(source: Any, report: LogReport) -> Iterator[bytes | list[str]]:
-    """The input in pieces: bytes from a path or a binary file, lists of text from lines."""
-    if isinstance(source, str) and "\n" in source:
-        raise UsageError("read_log takes a path, a binary file or lines: for text, pass text.splitlines()")
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        try:
-            handle = open(path, "rb")
-        except OSError as exc:
-            raise UsageError(f"cannot read log {str(path)!r}: {exc.strerror or exc}") from None
-        with handle:
-            yield from _file_pieces(handle, report)
-        return
-    if isinstance(source, (io.RawIOBase, io.BufferedIOBase)) or hasattr(source, "read1"):
-        yield from _file_pieces(source, report)
-        return
-    if isinstance(source, io.TextIOBase):
-        source = iter(source)
-    if isinstance(source, bytes):
-        yield source
-        return
-    chunk: list[str] = []
-    for item in source:
-        if isinstance(item, bytes):
-            item = item.decode("utf-8", "replace")
-        if not isinstance(item, str):
-            raise UsageError(f"read_log takes a path, a file or lines of text; got a line of type {type(item).__name__}")
-        chunk.extend(item.rstrip("\r\n").split("\n") if "\n" in item.rstrip("\r\n") else [item.rstrip("\r\n")])
-        if len(chunk) >= DEFAULT_BATCH_SIZE:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _file_pieces(handle: Any, report: LogReport) -> Iterator[bytes]:
-    read = getattr(handle, "read1", None) or handle.read
-    rest = b""
-    while True:
-        data = read(_READ_PIECE)
-        if not data:
-            break
-        report.bytes_read += len(data)
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            rest += data
-            continue
-        yield rest + data[: cut + 1]
-        rest = data[cut + 1 :]
-    if rest:
-        yield rest
-
-
-def _lines_of(piece: bytes | list[str]) -> pa.Array:
-    """A piece as an Arrow array of its lines, without their trailing whitespace (line ends included).
-
-    Bytes are cut at their newlines where they lie, without a Python string per
-    line; bytes that are not UTF-8 are read as U+FFFD.
-    """
-    if isinstance(piece, list):
-        return pc.utf8_rtrim_whitespace(pa.array(piece, pa.string()))
-    data = piece if piece.endswith(b"\n") else piece + b"\n"
-    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
-    offsets = np.concatenate([[0], ends + 1]).astype(np.int32)
-    lines = pa.Array.from_buffers(pa.string(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-    try:
-        lines.validate(full=True)
-    except pa.ArrowInvalid:
-        text = data.decode("utf-8", "replace")
-        return pc.utf8_rtrim_whitespace(pa.array(text[:-1].split("\n"), pa.string()))
-    return pc.utf8_rtrim_whitespace(lines)
-
-
-def _line_batches(source: Any, report: LogReport, batch_size: int) -> Iterator[pa.Array]:
-    """The lines of each piece read, at most ``batch_size`` at a time: a stream's lines
-    (``tail -f``) go on as soon as they are read."""
-    for piece in _pieces(source, report):
-        lines = _lines_of(piece)
-        for start in range(0, len(lines), batch_size):
-            yield lines.slice(start, batch_size)
-
-
-# --------------------------------------------------------------------------- matching
-
-
-_POOLS: dict[str, ThreadPoolExecutor] = {}
-
-
-def _pool(name: str) -> ThreadPoolExecutor:
-    if name not in _POOLS:
-        _POOLS[name] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"theia-read-log-{name}")
-    return _POOLS[name]
-
-
-def _worker() -> ThreadPoolExecutor:
-    """A thread for an Arrow kernel that runs beside another of the same chunk (they release the GIL)."""
-    return _pool("kernel")
-
-
-def _ahead() -> ThreadPoolExecutor:
-    """A thread that matches the next chunk's lines while the caller makes this chunk's frame."""
-    return _pool("ahead")
-
-
-# A regex ending in a group that takes the rest of the line: its head, and the group's name.
-_TAIL = re.compile(r"(?s)(.+)\(\?P<(\w+)>\.\*\??\)")
-
-
-def _split_tail(regex: str) -> tuple[str, str] | None:
-    """``regex`` as its head and the name of a last group ``(?P<name>.*)``, when it ends so."""
-    m = _TAIL.fullmatch(regex)
-    if m is None:
-        return None
-    head = m.group(1)
-    try:
-        if re.compile(head).groups != re.compile(regex).groups - 1:
-            return None
-    except re.error:
-        return None
-    return head, m.group(2)
-
-
-def _extract_tail(lines: pa.Array, head: str, tail: str) -> tuple[np.ndarray, dict[str, pa.Array]]:
-    """:func:`_extract` for a regex ending in ``(?P<tail>.*)``: the head's groups are extracted
-    and the rest of the line cut off where the head ends, which RE2 finds without submatches."""
-    starts = f"^(?:{head})"
-    # the two kernels release the GIL: the rest of the lines is cut while the groups are extracted
-    cutting = _worker().submit(pc.replace_substring_regex, lines, starts, "", max_replacements=1)
-    parts = pc.extract_regex(lines, starts)
-    matched = pc.fill_null(pc.is_valid(parts), False).to_numpy(zero_copy_only=False)
-    groups = {}
-    for k in range(parts.type.num_fields):
-        column = parts.field(k)
-        groups[parts.type.field(k).name] = pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
-    rest = cutting.result()
-    groups[tail] = pc.if_else(pc.equal(rest, ""), pa.scalar(None, pa.string()), rest)
-    return matched, groups
-
-
-def _extract(lines: pa.Array, regex: str) -> tuple[np.ndarray, dict[str, pa.Array]]:
-    """Which lines match ``regex`` (anchored at both ends) and its named groups' text, as columns."""
-    anchored = f"^(?:{regex})$"
-    split = _split_tail(regex)
-    try:
-        if split is not None:
-            return _extract_tail(lines, *split)
-        parts = pc.extract_regex(lines, anchored)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        # a pattern RE2 cannot run (a lookaround, a backreference): Python's re, through pandas
-        found = pd.Series(lines.to_pandas(), dtype=object).str.extract(anchored)
-        matched = found.notna().any(axis=1).to_numpy() if found.shape[1] else np.zeros(len(lines), bool)
-        if not found.shape[1]:
-            raise UsageError(f"the regex {regex!r} has no named group (?P<name>...)") from None
-        groups = {str(k): pa.array(found[k].where(found[k].notna(), None).tolist(), pa.string()) for k in found.columns}
-        return matched, groups
-    matched = pc.fill_null(pc.is_valid(parts), False).to_numpy(zero_copy_only=False)
-    groups = {}
-    for k in range(parts.type.num_fields):
-        column = parts.field(k)
-        groups[parts.type.field(k).name] = pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
-    return matched, groups
-
-
-def _json_records(lines: pa.Array) -> tuple[np.ndarray, dict[str, pa.Array], list[str]]:
-    """JSON objects, one per line: which lines are objects, and each key's values as text."""
-    import json
-
-    data = "\n".join(lines.to_pylist()).encode()
-    reasons: list[str] = [""] * len(lines)
-    try:
-        import pyarrow.json as pj
-
-        table = pj.read_json(io.BytesIO(data), parse_options=pj.ParseOptions(newlines_in_values=False))
-        if any(pa.types.is_timestamp(f.type) for f in table.schema):
-            # read again with times as their text: Arrow's reading drops whether a time had an offset
-            schema = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_timestamp(f.type) else f for f in table.schema])
-            options = pj.ParseOptions(newlines_in_values=False, explicit_schema=schema)
-            table = pj.read_json(io.BytesIO(data), parse_options=options)
-        if table.num_rows != len(lines):
-            raise pa.ArrowInvalid("rows do not match lines")
-        matched = np.ones(len(lines), bool)
-        columns = {name: _as_text(table.column(name)) for name in table.column_names}
-        return matched, columns, reasons
-    except pa.ArrowInvalid:
-        pass
-    # some line is not an object, or a key's values differ in type: each line on its own
-    records: list[dict[str, Any]] = []
-    matched = np.zeros(len(lines), bool)
-    for i, text in enumerate(lines.to_pylist()):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            reasons[i] = f"not JSON ({exc.msg})"
-            records.append({})
-            continue
-        if not isinstance(value, dict):
-            reasons[i] = "not a JSON object"
-            records.append({})
-            continue
-        matched[i] = True
-        records.append({k: v if isinstance(v, str) or v is None else json.dumps(v) for k, v in value.items()})
-    keys: dict[str, None] = {}
-    for r in records:
-        keys.update(dict.fromkeys(r))
-    columns = {k: pa.array([r.get(k) for r in records], pa.string()) for k in keys}
-    return matched, columns, reasons
-
-
-def _as_text(column: pa.ChunkedArray) -> pa.Array:
-    column = column.combine_chunks()
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        return column.cast(pa.string())
-    if pa.types.is_struct(column.type) or pa.types.is_list(column.type):
-        import json
-
-        return pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()], pa.string())
-    return pc.cast(column, pa.string())
-
-
-_LOGFMT_PAIR = r'(?P<key>[^\s=]+)=(?P<value>"(?:[^"\\]|\\.)*"|[^\s"]*)'
-
-
-def _logfmt_records(lines: pa.Array) -> tuple[np.ndarray, dict[str, pa.Array]]:
-    """logfmt lines (``key=value key="quoted value"``): which lines hold a pair, and each key's values."""
-    series = pd.Series(lines.to_pandas(), dtype=object)
-    pairs = series.str.extractall(_LOGFMT_PAIR)
-    matched = np.zeros(len(lines), bool)
-    if pairs.empty:
-        return matched, {}
-    pairs = pairs.reset_index(level=1, drop=True)
-    pairs = pairs[~pairs.set_index("key", append=True).index.duplicated()]  # a key twice in a line: the first
-    quoted = pairs["value"].str.startswith('"')
-    unquoted = pairs["value"].str.slice(1, -1).str.replace(r'\\(.)', r"\1", regex=True)
-    pairs["value"] = pairs["value"].where(~quoted, unquoted)
-    wide = pairs.set_index("key", append=True)["value"].unstack()
-    wide = wide.reindex(range(len(lines)))
-    matched[:] = wide.notna().any(axis=1).to_numpy()
-    keys = list(dict.fromkeys(pairs["key"]))
-    return matched, {str(k): pa.array(wide[k].where(wide[k].notna(), None).tolist(), pa.string()) for k in keys}
 
 
 # --------------------------------------------------------------------------- one chunk
@@ -533,12 +289,12 @@ def _match_chunk(lines: pa.Array, first_line: int, plan: _Plan) -> _Matched:
         lines, numbers = lines.filter(keep), numbers[~blank]
     reasons: list[str] | None = None
     if plan.fmt.kind == "jsonl":
-        starts, fields, reasons = _json_records(lines)
+        starts, fields, reasons = json_records(lines)
     elif plan.fmt.kind == "logfmt":
-        starts, fields = _logfmt_records(lines)
+        starts, fields = logfmt_records(lines)
     else:
         assert plan.regex is not None
-        starts, fields = _extract(lines, plan.regex)
+        starts, fields = match_lines(lines, plan.regex)
     return _Matched(lines, numbers, starts, fields, reasons, int(blank.sum()))
 
 
@@ -785,18 +541,18 @@ def iter_log(
     report = report if report is not None else LogReport()
     if isinstance(path_or_lines, (str, os.PathLike)):
         report.path = str(path_or_lines)
-    batches = _line_batches(path_or_lines, report, batch_size)
+    batches = line_batches(path_or_lines, batch_size, report.count_bytes)
     current = next(batches, None)
     line = 1
-    ahead = _ahead()
-    matching = ahead.submit(_match_chunk, current, line, plan) if current is not None else None
+    pool = ahead()
+    matching = pool.submit(_match_chunk, current, line, plan) if current is not None else None
     while current is not None and matching is not None:
         matched = matching.result()
         report.lines += len(current)
         line += len(current)
         current = next(batches, None)
         # the next chunk is matched while this one's times and frame are made
-        matching = ahead.submit(_match_chunk, current, line, plan) if current is not None else None
+        matching = pool.submit(_match_chunk, current, line, plan) if current is not None else None
         df = _parse_chunk(matched, plan, report, final=current is None)
         if df is not None:
             df.attrs["theia_report"] = report
