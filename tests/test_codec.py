@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theia_frames.protocol.codec import EventColumns, StreamReport, decode, decode_columns, decode_stream, encode, encode_many
+from theia_frames.protocol.arrow import events_to_batch, uncarried_rows
+from theia_frames.protocol.codec import EventColumns, StreamReport, decode, decode_columns, decode_stream, encode, encode_many, header_problem
 from theia_frames.protocol.messages import ErrorMessage, Ok, error_text, parse_message
 from theia_frames.event import Event
 from theia_frames.exceptions import DecodeError, InvalidEventError
@@ -138,8 +139,12 @@ def test_trailing_garbage_after_single_event():
     "event",
     [
         Event(id="a\nb"),
+        Event(id="a\rb"),
+        Event(id="a\r"),
         Event(source="x\ny"),
+        Event(source="x\r"),
         Event(tags=["a,b"]),
+        Event(tags=["a\r"]),
         Event(timestamp=float("nan")),
         Event(content="\ud800"),
     ],
@@ -147,6 +152,32 @@ def test_trailing_garbage_after_single_event():
 def test_encode_refuses_what_the_format_cannot_carry(event):
     with pytest.raises(InvalidEventError):
         encode(event)
+
+
+@pytest.mark.parametrize("id_", ["a\rb", "a\r", "\ra", "a\nb", "a\r\nb"])
+def test_an_id_with_a_line_break_is_refused_by_both_dialects_by_one_rule(id_):
+    event = Event(id=id_, timestamp=1.0)
+    with pytest.raises(InvalidEventError, match="event id must not contain a line break") as plain:
+        encode(event)
+    assert str(plain.value) == header_problem(event.id, event.source, event.tags)
+    assert uncarried_rows(events_to_batch([Event(id="ok", timestamp=1.0), event])).tolist() == [False, True]
+
+
+@given(st.text(alphabet=st.sampled_from("ab\r\n,:"), max_size=6), st.text(alphabet=st.sampled_from("ab\r\n,"), min_size=1, max_size=4))
+@settings(max_examples=200, deadline=None)
+def test_the_two_dialects_refuse_the_same_header_values(id_, tag):
+    import pyarrow as pa
+
+    from theia_frames.protocol.arrow import event_schema
+
+    event = Event(id=id_, timestamp=1.0, source=id_, tags=[tag])
+    plain_refuses = header_problem(event.id, event.source, event.tags) is not None
+    batch = pa.RecordBatch.from_pydict(
+        {"id": [id_], "timestamp": [1.0], "source": [id_], "tags": [[tag]], "content": [""]}, schema=event_schema()
+    )
+    assert (uncarried_rows(batch) is not None) == plain_refuses
+    if not plain_refuses:
+        assert decode(encode(event)) == event  # what is accepted comes back the same
 
 
 def test_message_meaning():

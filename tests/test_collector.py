@@ -712,6 +712,43 @@ def test_rows_of_a_batch_the_plain_format_cannot_carry_are_left_out(collector):
 
 
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "plain"])
+def test_an_id_the_plain_dialect_cannot_carry_back_is_refused_per_event_on_both(collector, batched):
+    events = [Event(id="good1", timestamp=1.0), Event(id="cr\r", timestamp=2.0), Event(id="good2", timestamp=3.0),
+              Event(id="in\rside", timestamp=4.0), Event(id="good3", timestamp=5.0, source="/s\r")]
+    ws = connect(collector, "/event", batched=batched)
+    if batched:
+        ws.send_binary(batch_to_ipc(events_to_batch(events)))
+        texts = [json.loads(ws.recv())["error"]]
+        assert "3 event(s) of a batch not stored: a line break" in texts[0]
+    else:
+        # the client refuses such an event before sending: the bytes are written by hand here
+        for e in events:
+            header = f"id:{e.id}\ntimestamp: {e.timestamp:.7f}\nsource:{e.source}\ntags:\n".encode()
+            ws.send_binary(b"event: %d %d 0\n%s\n" % (len(header), len(header), header))
+        texts = [json.loads(ws.recv())["error"] for _ in range(3)]
+        assert "event 'cr\\r' not stored: event id must not contain a line break" in texts[0]
+        assert "event 'in\\rside' not stored" in texts[1] and "event source must not contain a line break" in texts[2]
+    wait_stored(collector, 2)
+    # a plain /find serves every stored event as an event, on both dialects
+    assert [e.id for e in find_events(collector, {"start": 0})] == ["good1", "good2"]
+    assert [e.id for e in find_events(collector, {"start": 0}, batched=True)] == ["good1", "good2"]
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["arrow", "plain"])
+def test_the_client_refuses_an_id_with_a_carriage_return_before_sending(collector, batch):
+    from theia_frames import Client
+
+    with Client(collector.url, batch=batch) as client:
+        with pytest.raises(InvalidEventError, match="line break"):
+            client.send_many([Event(id="ok", timestamp=1.0), Event(id="a\rb", timestamp=2.0)], wait=batch)
+        with pytest.raises(InvalidEventError, match="line break"):
+            client.send(Event(id="a\r", timestamp=3.0), wait=batch)
+        client.send_many([Event(id="fine", timestamp=4.0)], wait=batch)  # the plain dialect cannot confirm
+    wait_stored(collector, 1)
+    assert [e.id for e in find_events(collector, {"start": 0})] == ["fine"]
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "plain"])
 def test_an_event_outside_the_accepted_times_is_refused_by_name_and_one_before_1970_is_found(collector, batched):
     events = [
         Event(id="old", timestamp=-10.5, content="before 1970"),

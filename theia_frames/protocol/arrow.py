@@ -26,7 +26,7 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .codec import EventColumns
+from .codec import LINE_BREAKS, TAG_BREAKS, EventColumns
 from ..event import Event
 from ..exceptions import DecodeError, UsageError, shorten
 from ..timeparse import EARLIEST_EVENT_TIME, LATEST_EVENT_TIME
@@ -485,12 +485,17 @@ def outside_event_times(timestamps: pa.Array) -> Any:
     return None if inside.all() else ~inside
 
 
+_LINE_BREAKS = LINE_BREAKS.encode()
+_TAG_BREAKS = TAG_BREAKS.encode()
+
+
 def uncarried_rows(batch: pa.RecordBatch) -> Any:
     """The rows of an event-schema batch that the wire format cannot carry, as a numpy
     bool mask, or None when it carries them all (the usual case).
 
     A row cannot be carried with a line break (``\\n``, ``\\r``) in its id, source
-    or a tag, a comma in a tag (it would come back as two), a missing value
+    or a tag, a comma in a tag (it would come back as two): the rule of
+    :func:`~theia_frames.protocol.codec.header_problem`; nor with a missing value
     anywhere, or a timestamp that is not an event time (:func:`outside_event_times`). The bytes are looked for in one
     scan of each text's data (a dictionary's entries once, a list's items once);
     only when one is found are its rows worked out (from the offsets).
@@ -521,15 +526,15 @@ def uncarried_rows(batch: pa.RecordBatch) -> Any:
         times = outside_event_times(ts)
         if times is not None:
             mark(times)
-    rows = _found_rows(batch.column(0), b"\n\r")
+    rows = _found_rows(batch.column(0), _LINE_BREAKS)
     if rows is not None:
         mark(rows)
     source = batch.column(2)
-    entries = _found_rows(source.dictionary, b"\n\r", nulls=True)
+    entries = _found_rows(source.dictionary, _LINE_BREAKS, nulls=True)
     if entries is not None:
         mark(entries[np.asarray(source.indices.fill_null(0).to_numpy(zero_copy_only=False))])
     tags = batch.column(3)
-    items = _found_rows(tags.values, b"\n\r,", nulls=True)
+    items = _found_rows(tags.values, _TAG_BREAKS, nulls=True)
     if items is not None:
         offsets = np.asarray(tags.offsets.to_numpy(), dtype=np.int64)
         at = np.flatnonzero(items)

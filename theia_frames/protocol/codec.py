@@ -40,6 +40,9 @@ __all__ = [
     "decode_columns",
     "StreamReport",
     "StreamDecoder",
+    "header_problem",
+    "LINE_BREAKS",
+    "TAG_BREAKS",
 ]
 # The extension's own messages (flush_request ... failed_flush, total_message,
 # total_of, CHUNKS_PATH ... parse_chunks_reply) are wire vocabulary of this project's client, collector and mock
@@ -51,9 +54,41 @@ _KNOWN_KEYS = ("id", "timestamp", "source", "tags")
 # --------------------------------------------------------------------------- encode
 
 
-def _check_line(name: str, value: str) -> None:
-    if "\n" in value or "\r" in value:
-        raise InvalidEventError(f"event {name} must not contain a line break: {value[:40]!r}")
+#: What the plain dialect cannot carry in an id, a source or a tag: a header line
+#: ends at a line break, and a reader that takes ``\r\n`` for one line end (Go's
+#: and upstream's readers, a plain ``/find``) would give back another id.
+LINE_BREAKS = "\n\r"
+#: What a tag cannot hold: a line break, or the comma that separates tags.
+TAG_BREAKS = LINE_BREAKS + ","
+
+
+def header_problem(id_: str, source: str, tags: Iterable[str] | str) -> str | None:
+    """Why the plain dialect cannot carry an event with these header values, or None.
+
+    The one rule of what an id, a source and a tag may hold, on both dialects:
+    the client refuses such an event before sending it (:func:`encode`, and
+    :func:`~theia_frames.protocol.arrow.uncarried_rows` for a batch) and the
+    collector per event, whatever dialect brought it. ``tags`` is a list of
+    tags, or their comma-joined wire text.
+
+    >>> header_problem("a", "/s", ["x", "y"]) is None
+    True
+    >>> header_problem("a\\rb", "/s", "x,y")
+    "event id must not contain a line break: 'a\\\\rb'"
+    >>> header_problem("a", "/s", ["x,y"])
+    "an event tag must not contain a comma or line break: 'x,y'"
+    """
+    for name, value in (("id", id_), ("source", source)):
+        if "\n" in value or "\r" in value:
+            return f"event {name} must not contain a line break: {value[:40]!r}"
+    if isinstance(tags, str):
+        if "\n" in tags or "\r" in tags:
+            return f"an event tag must not contain a line break: {tags[:40]!r}"
+        return None
+    for tag in tags:
+        if "," in tag or "\n" in tag or "\r" in tag:
+            return f"an event tag must not contain a comma or line break: {tag!r}"
+    return None
 
 
 def encode(event: Event) -> bytes:
@@ -72,13 +107,12 @@ def encode(event: Event) -> bytes:
     id_, source, tags = event.id, event.source, event.tags
     if not isinstance(id_, str) or not isinstance(source, str) or not isinstance(event.content, str):
         raise InvalidEventError("event id, source and content must be strings")
-    _check_line("id", id_)
-    _check_line("source", source)
     for tag in tags:
         if not isinstance(tag, str):
             raise InvalidEventError(f"event tags must be strings, got {tag!r}")
-        if "," in tag or "\n" in tag or "\r" in tag:
-            raise InvalidEventError(f"an event tag must not contain a comma or line break: {tag!r}")
+    problem = header_problem(id_, source, tags)
+    if problem is not None:
+        raise InvalidEventError(problem)
     try:
         ts = float(event.timestamp)
     except (TypeError, ValueError) as exc:

@@ -23,7 +23,7 @@ from ..protocol.arrow import (
     uncarried_rows,
 )
 from ..timeparse import event_time_problem
-from ..protocol.codec import EventColumns
+from ..protocol.codec import EventColumns, header_problem
 from .fanout import Fanout
 from .output import (
     ThrottledLog,
@@ -104,15 +104,19 @@ class Arrivals:
 
     def append_raw(self, message: bytes | str) -> str | None:
         """Take the events of a plain message; returns why some were left out (a timestamp
-        that is no event time), if any."""
+        that is no event time, an id, source or tag the plain dialect cannot carry back), if any."""
         cols = self.cols
         before = len(cols)
         cols.append_raw(message)
         self.nbytes += len(message)
-        wrong = [k for k in range(before, len(cols)) if event_time_problem(cols.timestamp[k]) is not None]
+
+        def problem(k: int) -> str | None:
+            return event_time_problem(cols.timestamp[k]) or header_problem(cols.id[k], cols.source[k], cols.tags[k])
+
+        wrong = [k for k in range(before, len(cols)) if problem(k) is not None]
         if not wrong:
             return None
-        note = f"event {shorten(repr(cols.id[wrong[0]]))} not stored: {event_time_problem(cols.timestamp[wrong[0]])}"
+        note = f"event {shorten(repr(cols.id[wrong[0]]))} not stored: {problem(wrong[0])}"
         for k in reversed(wrong):
             for values in (cols.id, cols.timestamp, cols.source, cols.tags, cols.content):
                 del values[k]
