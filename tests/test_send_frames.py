@@ -165,3 +165,74 @@ def test_large_arrow_data_goes_out_in_messages_the_collector_takes(monkeypatch):
         with Client(collector.url) as client:
             assert client.send_many(frame, wait=True) == 400
         assert len(stored(collector.url)) == 400
+
+
+def sent_messages(monkeypatch) -> list[int]:
+    """The sizes of the binary messages the sync client sends from now on."""
+    from theia_frames.client.transport import Connection
+
+    sizes: list[int] = []
+    send = Connection.send_binaries
+
+    def counting(self, payloads):
+        sizes.extend(len(p) for p in payloads)
+        return send(self, payloads)
+
+    monkeypatch.setattr(Connection, "send_binaries", counting)
+    return sizes
+
+
+def test_each_batch_carries_only_the_sources_it_uses(monkeypatch):
+    """400,000 distinct sources in one send_many: each message holds its own rows'
+    sources, the bytes sent stay close to the data's, and everything is stored."""
+    n = 400_000
+    table = pa.table(
+        {
+            "id": pa.array([f"e{i}" for i in range(n)]),
+            "timestamp": BASE + np.arange(n) * 0.001,
+            "source": pa.array([f"/dev/sensor/{i:07d}" for i in range(n)]).dictionary_encode(),
+            "tags": pa.array([["t"]] * n, pa.list_(pa.string())),
+            "content": pa.array(["21.5C"] * n),
+        },
+        schema=event_schema(),
+    )
+    data = sum(len(f"e{i}") + 8 + len(f"/dev/sensor/{i:07d}") + 1 + 5 for i in range(n))
+    limit = 1024 * 1024  # a collector taking at most 1 MiB per message
+    monkeypatch.setattr(client_module, "SEND_BATCH_BYTES", limit // 2)
+    sizes = sent_messages(monkeypatch)
+    with serve(db=":memory:", port=0, max_message_size=limit) as collector:
+        with Client(collector.url) as client:
+            assert client.send_many(table, wait=True) == n
+        assert collector.store.count() == n
+        with Client(collector.url) as client:
+            sources = client.find(Filter(0).order_asc()).to_arrow(progress=False).column("source")
+        assert sources.to_pylist() == table.column("source").to_pylist()
+    assert len(sizes) >= n // 10_000 and max(sizes) <= limit // 2 + 4096
+    # the offsets of each value, the timestamps and the source indices besides the text
+    assert data < sum(sizes) < 2 * data
+
+
+def test_a_batch_with_every_source_of_its_table_is_sent_as_it_is():
+    table = pa.table(
+        {"id": ["a", "b"], "timestamp": [1.0, 2.0], "source": pa.array(["/s", "/t"]).dictionary_encode(),
+         "tags": [[], []], "content": ["x", "y"]},
+        schema=event_schema(),
+    )
+    batch = table.to_batches()[0]
+    assert client_module.used_sources(batch) is batch
+    piece = client_module.used_sources(batch.slice(1, 1))
+    assert piece.column("source").dictionary.to_pylist() == ["/t"] and piece.column("source").to_pylist() == ["/t"]
+
+
+def test_many_small_events_in_one_batch_stay_under_the_message_limit(monkeypatch):
+    """The offsets and indices count too: a batch of many tiny events is cut by them."""
+    n = 200_000
+    limit = 1024 * 1024
+    monkeypatch.setattr(client_module, "SEND_BATCH_BYTES", limit // 2)
+    frame = pd.DataFrame({"timestamp": BASE + np.arange(n) * 0.001, "content": ["x"] * n, "id": [str(i) for i in range(n)]})
+    sizes = sent_messages(monkeypatch)
+    with serve(db=":memory:", port=0, max_message_size=limit) as collector:
+        with Client(collector.url, batch_size=n) as client:
+            assert client.send_many(frame, wait=True) == n
+        assert collector.store.count() == n
+    assert max(sizes) <= limit // 2 + 4096

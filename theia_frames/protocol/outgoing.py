@@ -1,8 +1,10 @@
 """What to send for events, without I/O: checked Arrow batches or plain messages.
 
 Both clients send through these: :func:`arrow_pieces` cuts Arrow data into
-checked batches of at most ``size`` rows and about :data:`SEND_BATCH_BYTES`
-of text, :func:`event_messages` turns a chunk of
+checked batches of at most ``size`` rows and :data:`SEND_BATCH_BYTES` of
+message (each batch's source dictionary holds only the sources its rows use:
+a table of a million distinct sources is not sent whole with every batch),
+:func:`event_messages` turns a chunk of
 :class:`~theia_frames.event.Event` objects into the messages to send on a
 connection that did or did not negotiate the extension. Events the wire
 format cannot carry raise :class:`~theia_frames.exceptions.InvalidEventError`
@@ -31,8 +33,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "SEND_BATCH_BYTES",
+    "ROW_OVERHEAD",
+    "TAG_OVERHEAD",
     "ARROW_MIN",
     "arrow_pieces",
+    "used_sources",
+    "message_bytes",
     "event_messages",
     "batch_messages",
     "event_batches",
@@ -41,8 +47,15 @@ __all__ = [
     "arrow_chunks",
 ]
 
-#: about the most text per Arrow message sent
+#: the most bytes of events per Arrow message sent (their text, offsets and
+#: timestamps): half the collector's default message limit (16 MiB), so that
+#: a message of one batch is always well under it
 SEND_BATCH_BYTES = 8 * 1024 * 1024
+#: the bytes an event takes in an Arrow message besides its text and timestamp
+#: (the offsets of id, content and tag list, the source index and the offset
+#: of its dictionary entry), and per tag
+ROW_OVERHEAD = 20
+TAG_OVERHEAD = 4
 #: fewer events than this go out as plain messages even with the extension
 ARROW_MIN = 32
 
@@ -70,19 +83,60 @@ def event_messages(chunk: Sequence[Event], negotiated: bool) -> Iterator[tuple[l
 
 def arrow_pieces(data: Any, size: int) -> Iterator[pa.RecordBatch]:
     """Arrow data with the event schema as checked batches of at most ``size`` rows
-    and about :data:`SEND_BATCH_BYTES` of text (one row at least)."""
+    and at most :data:`SEND_BATCH_BYTES` of events (one row at least, however
+    large), each with only the sources it uses in its dictionary.
+
+    >>> import pyarrow as pa
+    >>> table = pa.table({"id": ["a", "b", "c"], "timestamp": [1.0, 2.0, 3.0],
+    ...                   "source": pa.array(["/s1", "/s2", "/s3"]).dictionary_encode(),
+    ...                   "tags": [[], [], []], "content": ["x", "y", "z"]}, schema=event_schema())
+    >>> [piece.column("source").dictionary.to_pylist() for piece in arrow_pieces(table, 2)]
+    [['/s1', '/s2'], ['/s3']]
+    """
     for chunk in arrow_chunks(data, size):
-        if chunk.nbytes <= SEND_BATCH_BYTES:
+        if chunk.nbytes + ROW_OVERHEAD * chunk.num_rows <= SEND_BATCH_BYTES:
             yield chunk
             continue
-        row_bytes = decoded_event_sizes(chunk)
+        row_bytes = message_bytes(chunk)
+        # pieces of about equal size, rather than full ones and a small rest
+        pieces = -(-int(row_bytes.sum()) // SEND_BATCH_BYTES)
+        target = min(SEND_BATCH_BYTES, -(-int(row_bytes.sum()) // pieces))
         begin, used = 0, 0
         for row, nbytes in enumerate(row_bytes.tolist()):
-            if used + nbytes > SEND_BATCH_BYTES and row > begin:
-                yield chunk.slice(begin, row - begin)
+            if used + nbytes > target and row > begin:
+                yield used_sources(chunk.slice(begin, row - begin))
                 begin, used = row, 0
             used += nbytes
-        yield chunk.slice(begin)
+        yield used_sources(chunk.slice(begin))
+
+
+def message_bytes(batch: pa.RecordBatch) -> Any:
+    """At most the bytes each event of ``batch`` adds to an Arrow message (its source
+    counted whole for every row), as a numpy int64 array."""
+    import numpy as np
+
+    tags = batch.column(3)
+    counts = np.diff(np.asarray(tags.offsets.to_numpy(), dtype=np.int64))
+    return decoded_event_sizes(batch) + ROW_OVERHEAD + TAG_OVERHEAD * counts
+
+
+def used_sources(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` with a source dictionary of only the entries its rows use (``batch``
+    itself when it uses them all): a slice of a table keeps the table's whole
+    dictionary, which an Arrow message would carry in full."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    source = batch.column(2)
+    dictionary = source.dictionary
+    if len(dictionary) <= 1:
+        return batch
+    used = pc.unique(source.indices)
+    if len(used) == len(dictionary):
+        return batch
+    indices = pc.index_in(source.indices, value_set=used).cast(source.indices.type)
+    compact = pa.DictionaryArray.from_arrays(indices, dictionary.take(used))
+    return batch.set_column(2, batch.schema.field(2), compact)
 
 
 def event_batches(events: list[Event], max_bytes: int) -> Iterator[pa.RecordBatch]:
@@ -159,7 +213,8 @@ def arrow_chunks(data: Any, size: int) -> Iterator[pa.RecordBatch]:
     batches = data.to_batches(max_chunksize=size) if hasattr(data, "to_batches") else [data]
     for batch in batches:
         for offset in range(0, batch.num_rows, size):
-            chunk = batch.slice(offset, size)
+            # checked with only its own sources: not a scan of the whole table's per chunk
+            chunk = used_sources(batch.slice(offset, size))
             times = outside_event_times(chunk.column(1)) if chunk.num_rows else None
             if times is not None and (value := chunk.column(1)[int(times.argmax())].as_py()) is not None:
                 at = int(times.argmax())
