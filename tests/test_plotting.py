@@ -438,3 +438,16 @@ def test_redraws_follow_new_data_while_an_outage_is_shaded():
     ax.set_xlim(ax.get_xlim()[0], ax.get_xlim()[0] + 0.001)  # a zoom by hand
     plotter.draw(df)
     assert plotter.user_zoomed
+
+
+def test_interactive_without_ipympl_names_the_extra_before_subscribing(collector, monkeypatch):
+    import sys
+
+    from theia_frames.live import widget
+
+    monkeypatch.setitem(sys.modules, "ipympl.backend_nbagg", None)
+    monkeypatch.setattr(widget, "_CANVAS", [])
+    with pytest.raises(MissingDependencyError, match=r"theia-frames\[widget\]") as info:
+        tf.live_plot(collector.url, SENSORS, mode="widget", interactive=True)
+    assert info.value.package == "ipympl"
+    assert tf.live_frames() == []  # nothing was left subscribed

@@ -554,6 +554,8 @@ def live_plot(
     if mode == "widget" or (mode == "auto" and in_kernel()):
         _require("ipywidgets")
         _require("matplotlib")
+        if view_options.get("interactive"):
+            _locked_canvas_class()
     live.start()
     try:
         return LiveView(live, plot=plot, every=every, mode=mode, stop_frame=True, **view_options)
