@@ -398,9 +398,10 @@ def _readings(df: pd.DataFrame) -> pd.DataFrame | None:
     ok = ~np.isnan(value)
     if ok.sum() * 2 < len(df) or not ok.any():  # mostly not readings: count events instead
         return None
+    source: Any
     if "source" in df.columns:
-        source = df["source"] if isinstance(df["source"].dtype, pd.CategoricalDtype) else df["source"].astype("category")
-        source_codes, categories = source.cat.codes.to_numpy(), source.cat.categories.astype(str)
+        given = df["source"] if isinstance(df["source"].dtype, pd.CategoricalDtype) else df["source"].astype("category")
+        source_codes, categories = given.cat.codes.to_numpy(), given.cat.categories.astype(str)
         source = pd.Categorical.from_codes(source_codes[ok], categories=categories)
     else:
         source = pd.Categorical([""] * int(ok.sum()))
