@@ -34,9 +34,6 @@ __all__ = ["EVENT_FIELDS", "to_event_table", "new_event_ids", "seconds_of_ns"]
 EVENT_FIELDS: tuple[str, ...] = ("timestamp", "source", "tags", "content", "id")
 
 
-# where a UUID's 32 hex digits and its 4 dashes go among its 36 characters
-_UUID_DASHES = np.array([8, 13, 18, 23])
-_UUID_DIGITS = np.setdiff1d(np.arange(36), _UUID_DASHES)
 
 
 def new_event_ids(n: int) -> pa.Array:
@@ -46,13 +43,16 @@ def new_event_ids(n: int) -> pa.Array:
     >>> len(ids), len(ids[0].as_py()), ids[0].as_py()[14], ids[0] != ids[1]
     (2, 36, '4', True)
     """
-    raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
+    # 122 random bits each from a generator seeded with 256 bits of the system's randomness:
+    # as unlikely to repeat as uuid4's, and faster than asking the system for every byte
+    generator = np.random.default_rng(int.from_bytes(os.urandom(32), "big"))
+    raw = generator.integers(0, np.iinfo(np.uint64).max, size=2 * n, dtype=np.uint64, endpoint=True)
+    raw = raw.view(np.uint8).reshape(n, 16)
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # the RFC 4122 variant
     digits = np.frombuffer(raw.tobytes().hex().encode("ascii"), dtype=np.uint8).reshape(n, 32)
-    text = np.empty((n, 36), dtype=np.uint8)
-    text[:, _UUID_DIGITS] = digits
-    text[:, _UUID_DASHES] = ord("-")
+    dash = np.full((n, 1), ord("-"), dtype=np.uint8)
+    text = np.concatenate([digits[:, :8], dash, digits[:, 8:12], dash, digits[:, 12:16], dash, digits[:, 16:20], dash, digits[:, 20:]], axis=1)
     data = pa.py_buffer(text.tobytes())
     offsets = pa.py_buffer(np.arange(0, 36 * (n + 1), 36, dtype=np.int32).tobytes())
     return pa.Array.from_buffers(pa.string(), n, [None, offsets, data])

@@ -298,8 +298,8 @@ def _match_chunk(lines: pa.Array, first_line: int, plan: _Plan) -> _Matched:
     return _Matched(lines, numbers, starts, fields, reasons, int(blank.sum()))
 
 
-def _parse_chunk(matched: _Matched, plan: _Plan, report: LogReport, final: bool) -> pd.DataFrame | None:
-    """The records of a chunk of matched lines as a frame (None when it holds none)."""
+def _parse_chunk(matched: _Matched, plan: _Plan, report: LogReport, final: bool) -> _Records | None:
+    """The records of a chunk of matched lines (None when it holds none)."""
     report.blank += matched.blank
     if plan.carried is not None:
         matched = plan.carried.then(matched)
@@ -372,13 +372,31 @@ def _parse_chunk(matched: _Matched, plan: _Plan, report: LogReport, final: bool)
         [new_event_ids(rows), pa.array(seconds, pa.float64()), pc.dictionary_encode(source), tags, content.cast(pa.string())],
         schema=event_schema(),
     )
-    df = batches_to_dataframe([batch])
     skip = set(time_names) | set(content_keys)
-    for name, values in fields.items():
-        if name in skip:
-            continue
-        column = f"{name}_field" if name in _EVENT_NAMES else name
-        df[column] = pd.Series(values.to_pandas(types_mapper=pd.ArrowDtype), dtype=pd.StringDtype("pyarrow"))
+    extras = {
+        f"{name}_field" if name in _EVENT_NAMES else name: values.cast(pa.string())
+        for name, values in fields.items()
+        if name not in skip
+    }
+    return _Records(batch, extras)
+
+
+@dataclass
+class _Records:
+    """A chunk's records: the event columns, and the format's other fields."""
+
+    batch: pa.RecordBatch
+    extras: dict[str, pa.Array]
+
+
+def _frame(records: list[_Records]) -> pd.DataFrame:
+    """Records as one event frame, then a ``string[pyarrow]`` column per other field (missing where a record has none)."""
+    df = batches_to_dataframe([r.batch for r in records])
+    names = list(dict.fromkeys(name for r in records for name in r.extras))
+    for name in names:
+        pieces = [r.extras.get(name, pa.nulls(r.batch.num_rows, pa.string())) for r in records]
+        column = pa.chunked_array(pieces, pa.string())
+        df[name] = pd.Series(column.to_pandas(types_mapper=pd.ArrowDtype), dtype=pd.StringDtype("pyarrow"))
     return df
 
 
@@ -437,6 +455,7 @@ def _plan(
     multiline: bool | None,
     origin: str | None,
     strict: bool,
+    add_tags: Sequence[str] = (),
 ) -> _Plan:
     given = [name for name, v in (("format", format), ("regex", regex), ("template", template)) if v is not None]
     if len(given) != 1:
@@ -493,6 +512,7 @@ def _plan(
         year=year,
         reference=reference,
         strict=strict,
+        add_tags=tuple(t for t in ([add_tags] if isinstance(add_tags, str) else add_tags) if t),
     )
 
 
@@ -520,10 +540,6 @@ def iter_log(
     as soon as they are read (with ``multiline``, a record's frame once the line
     after it shows where it ends).
 
-    A stream (``sys.stdin.buffer``) is read as its lines arrive: a frame comes
-    as soon as they are read (with ``multiline``, a record's frame once the line
-    after it shows where it ends).
-
     Takes the options of :func:`read_log`; the :class:`LogReport` (``report=``,
     also on each frame's ``attrs["theia_report"]``) grows as the chunks are read.
 
@@ -534,11 +550,16 @@ def iter_log(
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive number of lines, got {batch_size!r}")
-    plan = _plan(path_or_lines, format, regex, template, time_format, tz, year, source, tags, multiline, origin, strict)
-    if isinstance(add_tags, str):
-        add_tags = [add_tags]
-    plan.add_tags = tuple(t for t in add_tags if t)
+    plan = _plan(path_or_lines, format, regex, template, time_format, tz, year, source, tags, multiline, origin, strict, add_tags)
     report = report if report is not None else LogReport()
+    for records in _records(path_or_lines, plan, report, batch_size):
+        df = _frame([records])
+        df.attrs["theia_report"] = report
+        yield df
+
+
+def _records(path_or_lines: Any, plan: _Plan, report: LogReport, batch_size: int) -> Iterator[_Records]:
+    """The records of a log, a chunk of lines at a time."""
     if isinstance(path_or_lines, (str, os.PathLike)):
         report.path = str(path_or_lines)
     batches = line_batches(path_or_lines, batch_size, report.count_bytes)
@@ -553,10 +574,9 @@ def iter_log(
         current = next(batches, None)
         # the next chunk is matched while this one's times and frame are made
         matching = pool.submit(_match_chunk, current, line, plan) if current is not None else None
-        df = _parse_chunk(matched, plan, report, final=current is None)
-        if df is not None:
-            df.attrs["theia_report"] = report
-            yield df
+        records = _parse_chunk(matched, plan, report, final=current is None)
+        if records is not None:
+            yield records
     if plan.carried is not None:  # pragma: no cover - the final chunk carries nothing
         raise AssertionError("a record was left unread")
 
@@ -615,32 +635,10 @@ def read_log(
     Traceback (most recent call last):
       File "db.py", line 1, in connect
     """
+    plan = _plan(path_or_lines, format, regex, template, time_format, tz, year, source, tags, multiline, origin, strict, add_tags)
     report = report if report is not None else LogReport()
-    frames = list(
-        iter_log(
-            path_or_lines,
-            format,
-            regex=regex,
-            template=template,
-            time_format=time_format,
-            tz=tz,
-            year=year,
-            source=source,
-            tags=tags,
-            multiline=multiline,
-            origin=origin,
-            add_tags=add_tags,
-            strict=strict,
-            report=report,
-            batch_size=DEFAULT_BATCH_SIZE,
-        )
-    )
-    if frames:
-        df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-        if len(frames) > 1:
-            df["source"] = df["source"].astype("category")
-    else:
-        df = batches_to_dataframe([])
+    # one frame of all the chunks' Arrow columns: the sources' categories unified once
+    df = _frame(list(_records(path_or_lines, plan, report, DEFAULT_BATCH_SIZE)))
     if not report.ok:
         warnings.warn(UnparsedLogWarning(report.summary()), stacklevel=2)
     df.attrs["theia_report"] = report
