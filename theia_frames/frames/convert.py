@@ -134,7 +134,7 @@ def _unified_categories(chunks: list[pa.DictionaryArray]) -> pa.ChunkedArray:
     """Dictionary chunks (each with its own dictionary) re-indexed into one sorted dictionary
     of the values they hold: a received dictionary may have entries no row uses (a stored
     chunk's sources, of which a filter kept some), which are not categories of the frame."""
-    used = [c.dictionary.take(pc.unique(c.indices).drop_null()) for c in chunks]
+    used = [c.dictionary.filter(_held(c)) for c in chunks]
     values = pa.concat_arrays(used) if used else pa.array([], pa.string())
     dictionary = pc.unique(values).drop_null()
     dictionary = dictionary.take(pc.sort_indices(dictionary))
@@ -144,6 +144,15 @@ def _unified_categories(chunks: list[pa.DictionaryArray]) -> pa.ChunkedArray:
         mapping = pc.index_in(c.dictionary, value_set=dictionary).cast(pa.int32())
         out.append(pa.DictionaryArray.from_arrays(mapping.take(c.indices), dictionary))
     return pa.chunked_array(out, type=typ)
+
+
+def _held(column: pa.DictionaryArray) -> np.ndarray:
+    """Which entries of ``column``'s dictionary its rows use (a count per entry: one pass)."""
+    indices = column.indices
+    if indices.null_count:
+        indices = indices.drop_null()
+    counts = np.bincount(indices.to_numpy(zero_copy_only=False), minlength=len(column.dictionary))
+    return counts > 0
 
 
 # Batches from the network are small; pandas works better on few large chunks.
