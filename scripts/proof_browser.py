@@ -102,10 +102,14 @@ class Feed:
         if client is not None:
             client.close()
 
-    def outage(self, seconds: float) -> tuple[float, float]:
+    def outage(self, seconds: float, meanwhile: Any = None) -> tuple[float, float]:
+        """Stop the collector for ``seconds``, call ``meanwhile()`` halfway, start it again."""
         started = time.time()
         self.collector.stop()
-        time.sleep(seconds)
+        time.sleep(seconds / 2)
+        if meanwhile is not None:
+            meanwhile()
+        time.sleep(max(0.0, started + seconds - time.time()))
         self.collector = self.tf.serve(db=self.db, port=self.port)
         return started, time.time()
 
@@ -317,7 +321,12 @@ def prove(ui: str, jupyter: Jupyter, folder: Path, feed: Feed, driver: Any, outa
     time.sleep(3)
 
     say('started, ended = feed.outage(outage)')
-    started, ended = feed.outage(outage)
+    def while_away() -> None:
+        status = page.cells()[0].find_element(page.By.CSS_SELECTOR, ".widget-html")
+        figures["status_while_away"] = status.text
+        figures["status_height_while_away_px"] = status.size["height"]
+
+    started, ended = feed.outage(outage, while_away)
     figures["outage_s"] = round(ended - started, 1)
     page.wait_for(lambda: "live" in page.cells()[0].find_element(page.By.CSS_SELECTOR, ".widget-html").text
                   and "reconnect" not in page.cells()[0].find_element(page.By.CSS_SELECTOR, ".widget-html").text,
@@ -381,6 +390,8 @@ def check(figures: dict[str, Any]) -> list[str]:
         failed.append("the plot changed while paused")
     if figures["outage_shaded_columns"] < 3 or figures["line_pixels_across_outage"] != 0:
         failed.append("the outage is not drawn as a shaded break")
+    if "reconnecting" not in figures["status_while_away"] or figures["status_height_while_away_px"] > 40:
+        failed.append("the status line did not say reconnecting on one line while the collector was away")
     if figures["frames_after_rerun"] != figures["frames_before_rerun"]:
         failed.append("re-running the cell left another frame running")
     if not figures["zoom_span_ratio"] < 0.9:
@@ -420,7 +431,8 @@ def main() -> int:
                       f"line pixels across it; frames running {figures['frames_before_rerun']} before and "
                       f"{figures['frames_after_rerun']} after re-running the cell; zoom: visible range x"
                       f"{figures['zoom_span_ratio']}, kept while live: {figures['zoom_kept_while_live']}; status line "
-                      f"{figures['status_line_height_px']} px high", flush=True)
+                      f"{figures['status_line_height_px']} px high, {figures['status_height_while_away_px']} px while "
+                      f"away ({figures['status_while_away']!r})", flush=True)
                 failed += [f"{ui}: {f}" for f in check(figures)]
         finally:
             driver.quit()
