@@ -521,3 +521,14 @@ def test_new_ids_are_uuid4_text():
     ids = new_event_ids(1000).to_pylist()
     assert len(set(ids)) == 1000 and all(str(uuid.UUID(i)) == i and uuid.UUID(i).version == 4 for i in ids)
     assert new_event_ids(0).to_pylist() == [] and new_event_ids(1).type == pa.string()
+
+
+def test_the_log_benchmark_runs_at_a_small_size():
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parent.parent / "bench" / "logs.py"
+    done = subprocess.run([sys.executable, str(bench), "--size", "300KB", "--baseline-lines", "2000"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "(r) / (b) = " in done.stdout and "(i) / (b) = " in done.stdout
