@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..exceptions import MissingDependencyError, UsageError
 from ..timeparse import DurationLike, to_seconds
+from .analysis import SENSOR_PATTERN, bucket, event_times, extract
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -376,7 +377,6 @@ def _readings(df: pd.DataFrame) -> pd.DataFrame | None:
     import numpy as np
     import pandas as pd
 
-    from .analysis import SENSOR_PATTERN, extract
 
     if "value" in df.columns and pd.api.types.is_numeric_dtype(df["value"]):
         value = df["value"].to_numpy(dtype=float, na_value=np.nan)
@@ -405,22 +405,12 @@ def _readings(df: pd.DataFrame) -> pd.DataFrame | None:
         source = pd.Categorical.from_codes(source_codes[ok], categories=categories)
     else:
         source = pd.Categorical([""] * int(ok.sum()))
-    out = pd.DataFrame({"timestamp": _naive_utc(_times(df))[ok], "source": source, "value": value[ok],
+    out = pd.DataFrame({"timestamp": _naive_utc(event_times(df, "a plot"))[ok], "source": source, "value": value[ok],
                         "unit": unit[ok]})
     # late events arrive out of order; lines are drawn in time order
     if not out["timestamp"].is_monotonic_increasing:
         out = out.sort_values("timestamp", kind="stable", ignore_index=True)
     return out
-
-
-def _times(df: pd.DataFrame) -> Any:
-    import pandas as pd
-
-    if "timestamp" in df.columns:
-        return df["timestamp"]
-    if isinstance(df.index, pd.DatetimeIndex):
-        return df.index
-    raise UsageError(f"a plot needs a 'timestamp' column or a DatetimeIndex; the frame has {list(df.columns)}")
 
 
 # --------------------------------------------------------------------------- the plotter
@@ -536,7 +526,7 @@ class Plotter:
             self._draw_readings(readings, ax)
         else:
             self._draw_counts(df, ax)
-        times = _times(df)
+        times = event_times(df, "a plot")
         self._shade(outages, times.min().timestamp())
         self._rescale(keep_x=zoomed and self._zoomed)
         if self._layout and self._layout[0] == "counts":
@@ -680,9 +670,8 @@ class Plotter:
     def _draw_counts(self, df: pd.DataFrame, ax: Any) -> None:
         import numpy as np
 
-        from .analysis import bucket
 
-        ts = _times(df)
+        ts = event_times(df, "a plot")
         freq = choose_freq((ts.max() - ts.min()).total_seconds())
         if self.by != "tag" and self.by not in df.columns:
             raise UsageError(f"by={self.by!r} is not a column of the frame; it has {list(df.columns)} (or by='tag')")
