@@ -379,6 +379,7 @@ def test_a_time_that_does_not_read_is_reported_with_its_continuation_lines():
     report = df.attrs["theia_report"]
     assert df["content"].tolist() == ["fine"] and report.unparsed == 2 and report.joined == 0
     assert "does not read" in report.unparsed_lines[0].reason and report.unparsed_lines[0].line == 1
+    assert report.unparsed_lines[0].count == 2 and "(and its 1 continuation line(s))" in report.summary()
 
 
 def test_strict_raises_on_the_first_line_not_read():
@@ -390,7 +391,7 @@ def test_the_report_keeps_the_first_lines_and_counts_all():
     report = LogReport()
     df = quiet_read(["x"] * 1500, format="syslog", year=2024, report=report)
     assert len(df) == 0 and report.unparsed == 1500 and len(report.unparsed_lines) == 1000
-    assert "... and 1480 more" in report.summary()
+    assert "... and 1480 more line(s) not read" in report.summary()
     assert df.dtypes.to_dict() == tf.EVENT_DTYPES
 
 

@@ -7,8 +7,10 @@ named groups, or a ``<Field>`` template as in logparser's ``log_format``::
     >>> lines = ["Dec 31 23:59:58 gw sshd[41]: Accepted password for ann",
     ...          "Jan  1 00:00:03 gw cron[7]: job started",
     ...          "not a syslog line"]
-    >>> import warnings; warnings.simplefilter("ignore", UnparsedLogWarning)
-    >>> df = read_log(lines, format="syslog", year=2023)
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore", UnparsedLogWarning)   # said by the report below
+    ...     df = read_log(lines, format="syslog", year=2023)
     >>> df[["timestamp", "source", "tags", "content", "pid"]]
                       timestamp source     tags                      content pid
     0 2023-12-31 23:59:58+00:00     gw  ['sshd']  Accepted password for ann  41
@@ -24,10 +26,12 @@ other than its time and content; it goes into a collector as it is
 
 How a line is read, in one place for every format:
 
-- **Records.** A line's trailing whitespace (``\\r`` included) is not kept. A line that matches the format starts a record. With
-  ``multiline=True`` (the default of formats whose messages span lines, such as
-  stack traces) a line that does not match joins the record before it, after a
-  line break; otherwise it is not read. Blank lines are counted and skipped.
+- **Records.** A line's trailing whitespace (``\\r`` included) is not kept. A
+  line that matches the format starts a record. With ``multiline=True`` (the
+  default of formats whose messages span lines, such as stack traces, and of
+  your own regex or template) a line that does not match joins the record
+  before it, after a line break; otherwise it is not read. Blank lines are
+  counted and skipped.
 - **Time.** The field ``timestamp``, or else the fields named (in any case)
   ``date``, ``day``, ``month``, ``year``, ``time`` joined by a space in their order in the
   line, read by ``time_format`` with ``tz`` and ``year`` as
@@ -101,14 +105,17 @@ class UnparsedLogWarning(UserWarning):
 
 @dataclass(frozen=True)
 class UnparsedLine:
-    """A line of a log that was not read: its number (from 1), why, and its text (cut)."""
+    """A line of a log that was not read: its number (from 1), why, its text (cut), and how
+    many lines it stands for (a record's continuation lines are not read with it)."""
 
     line: int
     reason: str
     text: str
+    count: int = 1
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.reason}: {self.text!r}"
+        more = f" (and its {self.count - 1} continuation line(s))" if self.count > 1 else ""
+        return f"line {self.line}: {self.reason}: {self.text!r}{more}"
 
 
 @dataclass
@@ -142,7 +149,7 @@ class LogReport:
         self.unparsed += count
         if len(self.unparsed_lines) < MAX_UNPARSED_KEPT:
             cut = text if len(text) <= _TEXT_CHARS else text[:_TEXT_CHARS] + "..."
-            self.unparsed_lines.append(UnparsedLine(line, reason, cut))
+            self.unparsed_lines.append(UnparsedLine(line, reason, cut, count))
 
     def summary(self) -> str:
         """A few lines for people: the counts, then the first lines not read."""
@@ -152,9 +159,11 @@ class LogReport:
         if not self.unparsed:
             return head
         lines = [head + f", {self.unparsed} line(s) not read:"]
-        lines.extend(f"  {u}" for u in self.unparsed_lines[:_SUMMARY_LINES])
-        if self.unparsed > _SUMMARY_LINES:
-            lines.append(f"  ... and {self.unparsed - _SUMMARY_LINES} more")
+        shown = self.unparsed_lines[:_SUMMARY_LINES]
+        lines.extend(f"  {u}" for u in shown)
+        more = self.unparsed - sum(u.count for u in shown)
+        if more > 0:
+            lines.append(f"  ... and {more} more line(s) not read")
         return "\n".join(lines)
 
     __str__ = summary
