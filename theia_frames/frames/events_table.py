@@ -46,8 +46,8 @@ def new_event_ids(n: int) -> pa.Array:
     # 122 random bits each from a generator seeded with 256 bits of the system's randomness:
     # as unlikely to repeat as uuid4's, and faster than asking the system for every byte
     generator = np.random.default_rng(int.from_bytes(os.urandom(32), "big"))
-    raw = generator.integers(0, np.iinfo(np.uint64).max, size=2 * n, dtype=np.uint64, endpoint=True)
-    raw = raw.view(np.uint8).reshape(n, 16)
+    words = generator.integers(0, np.iinfo(np.uint64).max, size=2 * n, dtype=np.uint64, endpoint=True)
+    raw = words.view(np.uint8).reshape(n, 16)
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # the RFC 4122 variant
     digits = np.frombuffer(raw.tobytes().hex().encode("ascii"), dtype=np.uint8).reshape(n, 32)
