@@ -45,6 +45,11 @@ Both come back as float seconds (times since the epoch, UTC)::
 A value that is neither raises :class:`~theia_frames.exceptions.UsageError`
 naming it and what was expected. The module needs neither pandas nor NumPy:
 their values are recognised by what they offer.
+
+A whole column of times written in a format of their own (a log's
+``Dec 10 06:55:46``, ``081109 203615``, epoch milliseconds) is read at once by
+:func:`parse_times`, with Arrow and NumPy (imported when it is called); it is
+what ``read_log`` and ``send_many(time_format=...)`` call.
 """
 
 from __future__ import annotations
