@@ -60,7 +60,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -387,7 +387,7 @@ def _parse_chunk(matched: _Matched, plan: _Plan, report: LogReport, final: bool)
         for name, values in fields.items()
         if name not in skip
     }
-    return _Records(batch, extras)
+    return _Records(batch, extras, rows)
 
 
 @dataclass
@@ -396,14 +396,25 @@ class _Records:
 
     batch: pa.RecordBatch
     extras: dict[str, pa.Array]
+    rows: int = 0
 
 
-def _frame(records: list[_Records]) -> pd.DataFrame:
-    """Records as one event frame, then a ``string[pyarrow]`` column per other field (missing where a record has none)."""
-    df = batches_to_dataframe([r.batch for r in records])
-    names = list(dict.fromkeys(name for r in records for name in r.extras))
+def _frame(records: Iterable[_Records]) -> pd.DataFrame:
+    """Records as one event frame, then a ``string[pyarrow]`` column per other field (missing where a record has none).
+
+    Each chunk's event columns are converted as it comes (while the next chunk is matched).
+    """
+    seen: list[_Records] = []
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for r in records:
+            seen.append(_Records(r.batch.slice(0, 0), r.extras, r.batch.num_rows))
+            yield r.batch
+
+    df = batches_to_dataframe(batches())
+    names = list(dict.fromkeys(name for r in seen for name in r.extras))
     for name in names:
-        pieces = [r.extras.get(name, pa.nulls(r.batch.num_rows, pa.string())) for r in records]
+        pieces = [r.extras.get(name, pa.nulls(r.rows, pa.string())) for r in seen]
         column = pa.chunked_array(pieces, pa.string())
         df[name] = pd.Series(column.to_pandas(types_mapper=pd.ArrowDtype), dtype=pd.StringDtype("pyarrow"))
     return df
@@ -647,7 +658,7 @@ def read_log(
     plan = _plan(path_or_lines, format, regex, template, time_format, tz, year, source, tags, multiline, origin, strict, add_tags)
     report = report if report is not None else LogReport()
     # one frame of all the chunks' Arrow columns: the sources' categories unified once
-    df = _frame(list(_records(path_or_lines, plan, report, DEFAULT_BATCH_SIZE)))
+    df = _frame(_records(path_or_lines, plan, report, DEFAULT_BATCH_SIZE))
     if not report.ok:
         warnings.warn(UnparsedLogWarning(report.summary()), stacklevel=2)
     df.attrs["theia_report"] = report
