@@ -131,6 +131,17 @@ def test_a_log_without_a_year_keeps_its_order_across_the_year(frames):
     assert df["timestamp"].iloc[0].year == 2016 and df["timestamp"].iloc[-1].year == 2017
 
 
+def test_reading_leaves_no_thread_behind():
+    import threading
+
+    before = set(threading.enumerate())
+    read_log(log_path("OpenSSH"), **CASES["OpenSSH"]["read"])
+    chunks = iter_log(log_path("HDFS"), **CASES["HDFS"]["read"], batch_size=100)
+    next(chunks)
+    chunks.close()  # left after its first frame
+    assert set(threading.enumerate()) <= before
+
+
 def test_chunks_of_a_real_log_are_the_whole_frame(frames):
     name = "Zookeeper"
     chunks = list(iter_log(log_path(name), **CASES[name]["read"], batch_size=333))

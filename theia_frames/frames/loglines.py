@@ -6,7 +6,7 @@
   columns, with Arrow's RE2 kernels (Python's ``re`` through pandas for a pattern
   RE2 cannot run);
 - :func:`json_records` and :func:`logfmt_records`: the same for JSON lines and logfmt;
-- :func:`ahead`: the thread that matches the next chunk while the caller makes
+- :func:`ahead`: a thread that matches the next chunk while the caller makes
   this one's frame (Arrow's kernels release the GIL).
 
 >>> lines = pa.array(["2024-05-01 a: one", "junk"])
@@ -126,23 +126,10 @@ def line_batches(source: Any, batch_size: int, on_read: Callable[[int], None]) -
 # --------------------------------------------------------------------------- matching
 
 
-_POOLS: dict[str, ThreadPoolExecutor] = {}
-
-
-def _pool(name: str) -> ThreadPoolExecutor:
-    if name not in _POOLS:
-        _POOLS[name] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"theia-read-log-{name}")
-    return _POOLS[name]
-
-
-def _worker() -> ThreadPoolExecutor:
-    """A thread for an Arrow kernel that runs beside another of the same chunk (they release the GIL)."""
-    return _pool("kernel")
-
-
 def ahead() -> ThreadPoolExecutor:
-    """A thread that matches the next chunk's lines while the caller makes this chunk's frame."""
-    return _pool("ahead")
+    """A thread of its own, to match the next chunk's lines while the caller makes this
+    chunk's frame (Arrow's kernels release the GIL); shut it down when done."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="theia-read-log")
 
 
 # A regex ending in a group that takes the rest of the line: its head, and the group's name.
@@ -168,14 +155,15 @@ def _extract_tail(lines: pa.Array, head: str, tail: str) -> tuple[np.ndarray, di
     and the rest of the line cut off where the head ends, which RE2 finds without submatches."""
     starts = f"^(?:{head})"
     # the two kernels release the GIL: the rest of the lines is cut while the groups are extracted
-    cutting = _worker().submit(pc.replace_substring_regex, lines, starts, "", max_replacements=1)
-    parts = pc.extract_regex(lines, starts)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="theia-read-log-cut") as kernel:
+        cutting = kernel.submit(pc.replace_substring_regex, lines, starts, "", max_replacements=1)
+        parts = pc.extract_regex(lines, starts)
+        rest = cutting.result()
     matched = pc.fill_null(pc.is_valid(parts), False).to_numpy(zero_copy_only=False)
     groups = {}
     for k in range(parts.type.num_fields):
         column = parts.field(k)
         groups[parts.type.field(k).name] = pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
-    rest = cutting.result()
     groups[tail] = pc.if_else(pc.and_(pa.array(matched), pc.not_equal(rest, "")), rest, pa.scalar(None, pa.string()))
     return matched, groups
 

@@ -585,18 +585,18 @@ def _records(path_or_lines: Any, plan: _Plan, report: LogReport, batch_size: int
     batches = line_batches(path_or_lines, batch_size, report.count_bytes)
     current = next(batches, None)
     line = 1
-    pool = ahead()
-    matching = pool.submit(_match_chunk, current, line, plan) if current is not None else None
-    while current is not None and matching is not None:
-        matched = matching.result()
-        report.lines += len(current)
-        line += len(current)
-        current = next(batches, None)
-        # the next chunk is matched while this one's times and frame are made
+    with ahead() as pool:
         matching = pool.submit(_match_chunk, current, line, plan) if current is not None else None
-        records = _parse_chunk(matched, plan, report, final=current is None)
-        if records is not None:
-            yield records
+        while current is not None and matching is not None:
+            matched = matching.result()
+            report.lines += len(current)
+            line += len(current)
+            current = next(batches, None)
+            # the next chunk is matched while this one's times and frame are made
+            matching = pool.submit(_match_chunk, current, line, plan) if current is not None else None
+            records = _parse_chunk(matched, plan, report, final=current is None)
+            if records is not None:
+                yield records
     if plan.carried is not None:  # pragma: no cover - the final chunk carries nothing
         raise AssertionError("a record was left unread")
 
