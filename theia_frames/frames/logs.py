@@ -523,7 +523,7 @@ def _plan(
     return _Plan(
         fmt=fmt,
         regex=fmt.regex,
-        time_format=fmt.time_format if time_format is None and fmt.time_format is not None else time_format,
+        time_format=fmt.time_format if time_format is None else time_format,
         tz=tz,
         source=src,
         tags=tag_fields,
