@@ -95,6 +95,11 @@ def test_send_stdin_reads_each_lines_own_time_with_a_format(capfd, monkeypatch, 
     got = tf.to_dataframe(tf.find(collector.url, tf.Filter("2023-12-31")), progress=False)
     assert got["timestamp"].tolist() == [pd.Timestamp("2023-12-31 23:59:59", tz="UTC"), pd.Timestamp("2024-01-01 00:00:01", tz="UTC")]
     assert got["tags"].tolist() == [["sshd", "imported"], ["cron", "imported"]]
+    assert got["source"].astype(str).tolist() == ["gw", "gw"]  # the syslog host
+    code, out, err = run(capfd, "send", "--url", collector.url, "--stdin", "--format", "syslog", "--year", "2022",
+                         "--source", "/var/log/syslog", stdin=lines, monkeypatch=monkeypatch)
+    got = tf.to_dataframe(tf.find(collector.url, tf.Filter("2022-12-31").match_end("2023-01-02")), progress=False)
+    assert code == 0 and got["source"].astype(str).tolist() == ["/var/log/syslog"] * 2  # --source is what it says
 
 
 def test_send_stdin_with_a_timestamp_is_refused_never_ignored(capfd, monkeypatch, collector):

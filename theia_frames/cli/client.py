@@ -298,9 +298,11 @@ def cmd_send(args: argparse.Namespace) -> int:
         confirmation = Confirmation(client)
         if args.stdin and uses_log_format(args):
             try:
+                options = log_options(args)
+                if args.source and not args.source_from:
+                    options["source"] = ""  # --source names every event's source: no field of the format does
                 report = send_log(
-                    client, confirmation, sys.stdin.buffer, log_options(args), origin=args.source, add_tags=tags,
-                    confirm_each=True,
+                    client, confirmation, sys.stdin.buffer, options, origin=args.source, add_tags=tags, confirm_each=True
                 )
             except TheiaError as exc:
                 if isinstance(exc, UsageError):
