@@ -158,9 +158,10 @@ def random_event(rng: random.Random, index: int) -> Event:
     elif r < 0.85:
         ts = rng.uniform(0, 1)
     elif r < 0.95:
-        ts = rng.uniform(-1e6, 1e12)
+        # any accepted event time (timeparse.EARLIEST_EVENT_TIME to LATEST_EVENT_TIME), before 1970 too
+        ts = rng.uniform(-9_214_560_000.0, 9_214_646_399.0)
     else:
-        ts = rng.choice([0.0, 1e-7, 1e15, 123456789.0000001])
+        ts = rng.choice([0.0, 1e-7, -9_214_560_000.0, 9_214_646_399.9999, 123456789.0000001])
     source = _line_text(rng, rng.randrange(0, 30)) if rng.random() < 0.8 else "/var/log/a:b"
     tags = [_line_text(rng, rng.randrange(0, 12)).replace(",", ";") for _ in range(rng.choice([0, 0, 1, 2, 3, 5]))]
     r = rng.random()

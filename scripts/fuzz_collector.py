@@ -455,7 +455,7 @@ BAD_FILTERS: list[str] = [
     '"text"',
     '{"start": "yesterday"}',
     '{"start": true}',
-    '{"start": -1}',
+    '{"start": -1, "end": -2}',
     '{"start": [1]}',
     '{"start": {"$gt": 1}}',
     '{"start": 10, "end": 5}',

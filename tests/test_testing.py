@@ -214,7 +214,7 @@ def test_expect_a_filter_in_the_form_each_endpoint_gets(mock):
     live = connect(mock, "/live")
     live.send(json.dumps({"start": 10, "tags": ["sensor"]}))
     find2 = connect(mock, "/find")
-    find2.send('{"start": 1e-06}')
+    find2.send(json.dumps(Filter().for_find()))  # no start: the earliest accepted event time
     mock.verify()
     for ws in (find, live, find2):
         ws.close()
