@@ -91,7 +91,7 @@ __all__ = [
 
 #: Unread lines kept in :attr:`LogReport.unparsed_lines`; the others are only counted.
 MAX_UNPARSED_KEPT = 1000
-#: Lines read and parsed at a time by :func:`iter_log` (and so the most rows of a frame it yields).
+#: Lines read and parsed at a time by :func:`iter_log` (about the most rows of a frame it yields).
 DEFAULT_BATCH_SIZE = 200_000
 _SUMMARY_LINES = 20
 _TEXT_CHARS = 200
@@ -554,7 +554,10 @@ def iter_log(
     batch_size: int = DEFAULT_BATCH_SIZE,
     report: LogReport | None = None,
 ) -> Iterator[pd.DataFrame]:
-    """The records of a log as frames of at most ``batch_size`` rows, in line order, read a chunk at a time.
+    """The records of a log as frames, in line order, read ``batch_size`` lines at a time.
+
+    A frame holds the records that start in its chunk of lines (a record whose
+    continuation lines may go on in the next chunk goes with that one).
 
     A stream (``sys.stdin.buffer``) is read as its lines arrive: a frame comes
     as soon as they are read (with ``multiline``, a record's frame once the line
