@@ -563,7 +563,22 @@ def _bomb_chunk(tmp_path, declared_bytes: int) -> str:
     db.execute("UPDATE chunks SET bytes = ?", (declared_bytes,))
     db.commit()
     db.close()
+    _reseal(path)
     return path
+
+
+def _reseal(path) -> None:
+    """Recompute every chunk's checksum: damage done before the chunk had one (format 5),
+    which only the checks behind the checksum can see."""
+    from theia_frames.server.chunks import chunk_checksum
+
+    db = sqlite3.connect(path)
+    for seq, data, nbytes, arrivals, lo, hi, rows in db.execute(
+        "SELECT seq, data, bytes, arrivals, min_ts, max_ts, rows FROM chunks"
+    ).fetchall():
+        db.execute("UPDATE chunks SET checksum = ? WHERE seq = ?", (chunk_checksum(data, nbytes, arrivals, lo, hi, rows), seq))
+    db.commit()
+    db.close()
 
 
 def test_a_chunk_decoding_to_more_than_it_recorded_is_refused_before_decompressing(tmp_path):
@@ -623,7 +638,7 @@ def test_a_store_of_an_earlier_format_is_upgraded_when_opened(tmp_path, version)
         assert store.add_many([ev(2, 2.0), ev(3, 3.0)]) == 1
         assert ids(store) == ["e1", "e2", "e3"]
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 6
     db.close()
 
 
@@ -807,7 +822,7 @@ def test_a_store_of_format_4_is_numbered_in_its_stored_order_when_opened(tmp_pat
         store.add_many([ev(200, 2.0)])
         assert ids(store)[-2:] == ["e200", "e4"]
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 6
     db.close()
 
 
@@ -820,6 +835,10 @@ def test_damaged_arrival_numbers_are_a_store_error(tmp_path):
     db.execute("UPDATE chunks SET arrivals = x'00112233' WHERE seq = 1")
     db.commit()
     db.close()
+    with EventStore(path) as store:
+        with pytest.raises(StoreError, match="chunk 1 of the event store is damaged .its checksum does not match.: it held 2 events"):
+            ids(store)
+    _reseal(path)
     with EventStore(path) as store:
         with pytest.raises(StoreError, match="arrival numbers of chunk 1"):
             ids(store)

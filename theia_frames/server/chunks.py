@@ -7,12 +7,20 @@ Every stored event has an *arrival number*, given by the store in the order even
 order. A chunk's arrival numbers are stored beside its Arrow data, not in it (the data goes out
 to a reader as stored), as runs of numbers that follow each other (:func:`encode_arrivals`):
 a chunk written in one go costs 17 bytes, however many events it holds.
+
+Every chunk has a checksum (:func:`chunk_checksum`: CRC-32 of its Arrow data, its arrival
+numbers and its index entries) kept beside it and checked each time the chunk is read, before
+anything is decoded (:func:`checked_blob`): damaged stored bytes are reported as damage,
+naming the chunk's time range and how many events it held, and never reach a decoder.
 """
 
 from __future__ import annotations
 
 import builtins
+import datetime
 import os
+import struct
+import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -39,6 +47,9 @@ __all__ = [
     "pyarrow_module",
     "event_batch",
     "Blob",
+    "chunk_checksum",
+    "checked_blob",
+    "damaged_chunk",
     "from_ipc",
     "whole",
     "encode_arrivals",
@@ -166,6 +177,45 @@ class Blob(NamedTuple):
     data: builtins.bytes
     bytes: int
     arrivals: builtins.bytes = b""
+
+
+def chunk_checksum(data: builtins.bytes, nbytes: int, arrivals: builtins.bytes, min_ts: float, max_ts: float, rows: int) -> int:
+    """The checksum of a stored chunk: CRC-32 of its Arrow data, its arrival numbers and
+    its index entries (first and last timestamp, events, decoded bytes), so a changed byte
+    in any of them is seen. About 3 GB/s: a few milliseconds for a million events' chunks.
+
+    >>> chunk_checksum(b"data", 4, b"R", 1.0, 2.0, 1) == chunk_checksum(b"dbta", 4, b"R", 1.0, 2.0, 1)
+    False
+    """
+    crc = zlib.crc32(data)
+    crc = zlib.crc32(arrivals, crc)
+    return zlib.crc32(struct.pack("<ddqq", min_ts, max_ts, rows, nbytes), crc)
+
+
+def _time_text(seconds: float) -> str:
+    try:
+        return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return repr(seconds)
+
+
+def damaged_chunk(seq: int, min_ts: float, max_ts: float, rows: int, why: str) -> StoreError:
+    """The error of a damaged chunk: its time range and how many events it held.
+
+    >>> print(damaged_chunk(3, 0.0, 1.5, 10, "its checksum does not match"))
+    chunk 3 of the event store is damaged (its checksum does not match): it held 10 events from 1970-01-01T00:00:00Z to 1970-01-01T00:00:01.500000Z (timestamps 0.0 to 1.5), which are not served
+    """
+    return StoreError(
+        f"chunk {seq} of the event store is damaged ({why}): it held {rows} events from "
+        f"{_time_text(min_ts)} to {_time_text(max_ts)} (timestamps {min_ts!r} to {max_ts!r}), which are not served"
+    )
+
+
+def checked_blob(seq: int, data: builtins.bytes, nbytes: int, arrivals: builtins.bytes, min_ts: float, max_ts: float, rows: int, checksum: int) -> Blob:
+    """A stored chunk as read, once its checksum matches; StoreError (:func:`damaged_chunk`) when not."""
+    if chunk_checksum(data, nbytes, arrivals, min_ts, max_ts, rows) != checksum:
+        raise damaged_chunk(seq, min_ts, max_ts, rows, "its checksum does not match")
+    return Blob(seq, data, nbytes, arrivals)
 
 
 def from_ipc(blob: Blob, fields: Sequence[str] | None = None) -> pa.RecordBatch:

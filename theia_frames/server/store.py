@@ -4,8 +4,12 @@ Events are kept in *chunks*: each chunk is one row of an SQLite table holding
 an Arrow IPC stream of events (:func:`~theia_frames.protocol.arrow.event_schema`:
 sources as a dictionary, tags as lists; sorted by timestamp, then arrival; its
 buffers compressed with ZSTD, about 21 bytes per sensor-like event) with its first and last timestamp, its row count,
-the bytes it decodes to and its events' arrival numbers
-(:func:`~theia_frames.server.chunks.encode_arrivals`). A chunk is read only when the sizes its Arrow
+the bytes it decodes to, its events' arrival numbers
+(:func:`~theia_frames.server.chunks.encode_arrivals`) and a checksum of all of these
+(:func:`~theia_frames.server.chunks.chunk_checksum`), checked each time the chunk is read and
+before anything of it is decoded: a damaged chunk raises
+:class:`~theia_frames.exceptions.StoreError` naming its time range and how many events it held,
+and is never served as data. A chunk is read only when the sizes its Arrow
 headers declare add up to no more than that (checked before anything is
 decompressed), so stored bytes cannot be made to decode to gigabytes. Storing a batch is one chunk insert, reading is whole chunks, and
 no SQL runs per event::
@@ -83,7 +87,7 @@ from ..deprecation import renamed_arguments
 from ..event import Event
 from ..exceptions import DecodeError, StoreError, UsageError
 from ..filter import EventFilter
-from .chunks import MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, COMPRESSION, FIELDS, FINAL_TIER, arrival_order, decode_arrivals, encode_arrivals, event_batch, first_of_equal, from_ipc, sort_keys, numpy_module, pyarrow_module, piece_spans, sort_order, tier, translate_error, whole
+from .chunks import MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, checked_blob, chunk_checksum, COMPRESSION, FIELDS, FINAL_TIER, arrival_order, decode_arrivals, encode_arrivals, event_batch, first_of_equal, from_ipc, sort_keys, numpy_module, pyarrow_module, piece_spans, sort_order, tier, translate_error, whole
 from .query import Projection, Results, Snapshot, chunks_sql, ipc_messages, rebatch, sweep
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -106,11 +110,13 @@ DEFAULT_CHUNK_SIZE = 10_000
 #: in the event schema of the extension's second version (sources as a dictionary,
 #: tags as lists), compressed (ZSTD), with the bytes they decode to and their
 #: events' arrival numbers (events of equal timestamps in the order they arrived).
+#: Format 6 adds each chunk's checksum (:func:`~theia_frames.server.chunks.chunk_checksum`).
 #: A store of format 2 (uncompressed chunks, tags as comma text), 3 (compressed,
-#: tags as text) or 4 (no arrival numbers) is upgraded when it is opened, in one
-#: transaction: chunks of formats 2 and 3 are rewritten, and the events of every
-#: chunk are numbered in their stored order (chunk by chunk, oldest chunk first).
-FORMAT_VERSION = 5
+#: tags as text), 4 (no arrival numbers) or 5 (no checksums) is upgraded when it is opened, in one
+#: transaction: chunks of formats 2 and 3 are rewritten, the events of every
+#: chunk are numbered in their stored order (chunk by chunk, oldest chunk first), and
+#: every chunk's checksum is computed (over the bytes as they are then).
+FORMAT_VERSION = 6
 
 # Events matched between two looks at whether the query was cancelled: a pattern
 # matched row by row takes about a tenth of a second for these; Arrow kernels
@@ -122,7 +128,7 @@ _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 # Events from an iterable of Event objects are stored in batches of this many.
 _ADD_CHUNK = 50_000
 # The formats an opened store is upgraded from.
-_UPGRADABLE = (2, 3, 4)
+_UPGRADABLE = (2, 3, 4, 5)
 # "thfr": marks a database as a theia_frames event store.
 _APPLICATION_ID = 0x74686672
 _PREVIOUS_LAYOUT = ["seq", *FIELDS]
@@ -150,7 +156,8 @@ _SCHEMA = (
         data BLOB NOT NULL,
         bytes INTEGER NOT NULL,
         arrivals BLOB NOT NULL,
-        last_arrival INTEGER NOT NULL
+        last_arrival INTEGER NOT NULL,
+        checksum INTEGER NOT NULL
     )""",
     "CREATE INDEX chunks_max_ts ON chunks (max_ts)",
     "CREATE INDEX chunks_min_ts ON chunks (min_ts)",
@@ -242,8 +249,19 @@ class EventStore:
         """Rewrite a store of an earlier format as :data:`FORMAT_VERSION` (inside the caller's
         transaction): chunks of formats 2 and 3 read in their old schema and stored again in
         the event schema; every event numbered in its stored order (oldest chunk first)."""
-        np = numpy_module()
         version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version < 5:
+            self._number_arrivals(db, version)
+        db.execute("ALTER TABLE chunks ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0")
+        rows = db.execute("SELECT seq, data, bytes, arrivals, min_ts, max_ts, rows FROM chunks").fetchall()
+        for seq, data, nbytes, arrivals, min_ts, max_ts, count in rows:
+            checksum = chunk_checksum(data, nbytes, arrivals, min_ts, max_ts, count)
+            db.execute("UPDATE chunks SET checksum = ? WHERE seq = ?", (checksum, seq))
+        db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+
+    def _number_arrivals(self, db: sqlite3.Connection, version: int) -> None:
+        """Formats 2 to 4 as format 5: chunks rewritten in the event schema, events numbered."""
+        np = numpy_module()
         if version == 2:
             # Format 2 chunks are uncompressed: they decode to no more than their own length.
             db.execute("ALTER TABLE chunks ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0")
@@ -255,7 +273,7 @@ class EventStore:
         numbered = 0
         for seq, rows in db.execute("SELECT seq, rows FROM chunks ORDER BY seq").fetchall():
             if version < 4:
-                blob = self._blob(db, seq)
+                blob = self._blob(db, seq, checked=False)
                 try:
                     parts = ipc_to_batches(blob.data, max_decoded=blob.bytes, full=False, schema=old)
                 except DecodeError as exc:
@@ -269,7 +287,6 @@ class EventStore:
                 "UPDATE chunks SET arrivals = ?, last_arrival = ? WHERE seq = ?",
                 (encode_arrivals(arrivals), numbered, seq),
             )
-        db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
 
     def _check_format(self, db: sqlite3.Connection) -> bool:
         """True for one of our stores, False for an empty database; raises for anything else."""
@@ -471,11 +488,13 @@ class EventStore:
             piece = batch.slice(start, stop - start)
             data = batch_to_ipc(piece, compression=COMPRESSION)
             numbers = arrivals[start:stop]
+            nbytes, runs = decoded_size(data), encode_arrivals(numbers)
+            first, last = float(ts[start]), float(ts[stop - 1])
             db.execute(
-                "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (tier(piece.num_rows, piece.nbytes), float(ts[start]), float(ts[stop - 1]), piece.num_rows,
-                 data, decoded_size(data), encode_arrivals(numbers), int(numbers.max())),
+                "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival, checksum) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (tier(piece.num_rows, piece.nbytes), first, last, piece.num_rows,
+                 data, nbytes, runs, int(numbers.max()), chunk_checksum(data, nbytes, runs, first, last, piece.num_rows)),
             )
 
     @staticmethod
@@ -484,11 +503,20 @@ class EventStore:
         return int(db.execute("SELECT coalesce(max(last_arrival), 0) FROM chunks").fetchone()[0])
 
     @staticmethod
-    def _blob(db: sqlite3.Connection, seq: int) -> Blob:
-        row = db.execute("SELECT data, bytes, arrivals FROM chunks WHERE seq = ?", (seq,)).fetchone()
+    def _blob(db: sqlite3.Connection, seq: int, checked: bool = True) -> Blob:
+        """Chunk ``seq`` as stored, its checksum checked (unless ``checked`` is False: an
+        upgrade reading a format that had none)."""
+        if not checked:
+            row = db.execute("SELECT data, bytes, arrivals FROM chunks WHERE seq = ?", (seq,)).fetchone()
+            if row is None:
+                raise StoreError(f"chunk {seq} is missing from the event store")
+            return Blob(seq, row[0], row[1], row[2])
+        row = db.execute(
+            "SELECT data, bytes, arrivals, min_ts, max_ts, rows, checksum FROM chunks WHERE seq = ?", (seq,)
+        ).fetchone()
         if row is None:
             raise StoreError(f"chunk {seq} is missing from the event store")
-        return Blob(seq, row[0], row[1], row[2])
+        return checked_blob(seq, *row)
 
     def compact(self) -> int:
         """Merge small chunks, tier by tier, while some tier holds :data:`MERGE_FANOUT` of them.
