@@ -57,6 +57,9 @@ __all__ = [
     "arrival_order",
     "sort_order",
     "first_of_equal",
+    "identity_micros",
+    "IDENTITY_MARGIN",
+    "same_content",
     "sort_keys",
     "piece_spans",
     "tier",
@@ -331,15 +334,36 @@ def sort_order(ts: np.ndarray) -> np.ndarray | None:
     return np.argsort(ts, kind="stable")
 
 
-def first_of_equal(srt: pa.RecordBatch, sts: np.ndarray) -> np.ndarray | None:
-    """In events sorted by timestamp, all but the first of equal (timestamp, id) turned off
-    (the first in the events' order is kept); None if none repeat."""
+def identity_micros(ts: np.ndarray) -> np.ndarray:
+    """The microsecond of each event time, the timestamp an event's identity holds
+    (``seconds * 1e6`` rounded half to even: :func:`~theia_frames.timeparse.frame_micros`,
+    for columns), so the Go dialect's six decimals and the full float of the Arrow one
+    name the same event.
+
+    >>> import numpy as np
+    >>> identity_micros(np.array([1714521600.0000004, 1714521600.0, 2.5e-6])).tolist()
+    [1714521600000000, 1714521600000000, 2]
+    """
     np = numpy_module()
-    ties = np.nonzero(sts[1:] == sts[:-1])[0]
+    return np.rint(np.asarray(ts, dtype=np.float64) * 1e6).astype(np.int64)
+
+
+#: Seconds around a batch's first and last event time within which a stored event may
+#: share an event's microsecond (half a microsecond, and a float's spacing at 2262).
+IDENTITY_MARGIN = 4e-6
+
+
+def first_of_equal(srt: pa.RecordBatch, sts: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """In events sorted by timestamp, all but the first of equal identity (:func:`sort_keys`)
+    turned off: ``(keep, first)``, ``first[i]`` the row whose copy row ``i`` is (itself when
+    kept; the first in the events' order is kept); None if none repeat."""
+    np = numpy_module()
+    micros = identity_micros(sts)
+    ties = np.nonzero(micros[1:] == micros[:-1])[0]
     if not len(ties):
         return None
     pc = pyarrow_module().compute
-    # only rows sharing a timestamp with a neighbour can repeat: their keys, sorted stably
+    # only rows sharing a microsecond with a neighbour can repeat: their keys, sorted stably
     rows = np.union1d(ties, ties + 1)
     keys = sort_keys(sts[rows], srt.column(0).take(rows))
     order = pc.sort_indices(keys).to_numpy()
@@ -349,16 +373,44 @@ def first_of_equal(srt: pa.RecordBatch, sts: np.ndarray) -> np.ndarray | None:
         return None
     keep = np.ones(len(sts), dtype=bool)
     keep[rows[order[1:][same]]] = False
-    return keep
+    # each ranked position's run start: the row kept for it
+    starts = np.concatenate([[True], ~same])
+    run_start = np.maximum.accumulate(np.where(starts, np.arange(len(ranked)), 0))
+    first = np.arange(len(sts))
+    first[rows[order]] = rows[order[run_start]]
+    return keep, first
 
 
 def sort_keys(ts: np.ndarray, ids: pa.Array) -> pa.Array:
-    """One binary key per event: its timestamp's 8 bytes (-0.0 read as 0.0), then its id."""
+    """One binary key per event, its identity: the microsecond of its timestamp
+    (:func:`identity_micros`, 8 bytes), then its id."""
     np = numpy_module()
     pa = pyarrow_module()
-    raw = np.ascontiguousarray((ts + 0.0).astype(">f8")).view(np.uint8)
+    raw = np.ascontiguousarray(identity_micros(ts).astype(">i8")).view(np.uint8)
     stamps = pa.FixedSizeBinaryArray.from_buffers(pa.binary(8), len(ts), [None, pa.py_buffer(raw)])
     return pa.compute.binary_join_element_wise(stamps.cast(pa.binary()), ids.cast(pa.binary()), b"")
+
+
+def same_content(a: pa.RecordBatch, b: pa.RecordBatch) -> np.ndarray:
+    """Whether each row of ``a`` has the source, tags and content of the same row of ``b``
+    (two copies of one identity: an exact repeat, or a copy with other content)."""
+    pa = pyarrow_module()
+    pc = pa.compute
+    np = numpy_module()
+
+    def text(column: Any) -> Any:
+        return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+
+    def equal(x: Any, y: Any) -> np.ndarray:
+        return np.asarray(pc.fill_null(pc.equal(x, y), False).to_numpy(zero_copy_only=False), dtype=bool)
+
+    source = equal(text(a.column(2)), text(b.column(2)))
+    content = equal(a.column(4), b.column(4))
+    tags_a, tags_b = a.column(3), b.column(3)
+    lengths = equal(pc.list_value_length(tags_a), pc.list_value_length(tags_b))
+    # tags hold no commas (the event schema's rule): joined at commas, equal lists are equal texts
+    joined = equal(pc.binary_join(tags_a, ","), pc.binary_join(tags_b, ","))
+    return source & content & lengths & joined
 
 
 def piece_spans(rows: int, nbytes: int) -> list[tuple[int, int]]:

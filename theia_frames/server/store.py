@@ -28,9 +28,12 @@ no SQL runs per event::
     2
     >>> store.close()
 
-Identity: an event is its (timestamp, id). Storing it again (a client resending
-after a reconnect sends the same id and timestamp) never duplicates it; the
-same id at another time is another event. A new batch is checked against the
+Identity: an event is its (timestamp, id), the timestamp at the microsecond
+(:func:`~theia_frames.server.chunks.identity_micros`: the Go dialect's six decimals and the
+Arrow dialect's full float name the same event). The first stored copy wins: storing it again
+(a client resending after a reconnect) never duplicates it, and a copy with other content
+(source, tags or content) is left out too, told apart (:meth:`EventStore.store_batch`), so the
+collector can refuse it; the same id at another time is another event. A new batch is checked against the
 stored chunks whose time range overlaps its own, with vectorised Arrow
 kernels; for events arriving in time order that is the newest chunk at most.
 
@@ -87,7 +90,7 @@ from ..deprecation import renamed_arguments
 from ..event import Event
 from ..exceptions import DecodeError, StoreError, UsageError
 from ..filter import EventFilter
-from .chunks import MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, checked_blob, chunk_checksum, COMPRESSION, FIELDS, FINAL_TIER, arrival_order, decode_arrivals, encode_arrivals, event_batch, first_of_equal, from_ipc, sort_keys, numpy_module, pyarrow_module, piece_spans, sort_order, tier, translate_error, whole
+from .chunks import MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, checked_blob, chunk_checksum, COMPRESSION, FIELDS, FINAL_TIER, arrival_order, decode_arrivals, encode_arrivals, event_batch, first_of_equal, from_ipc, identity_micros, IDENTITY_MARGIN, same_content, sort_keys, numpy_module, pyarrow_module, piece_spans, sort_order, tier, translate_error, whole
 from .query import Projection, Results, Snapshot, chunks_sql, ipc_messages, rebatch, sweep
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -97,6 +100,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "EventStore",
     "ChunkInfo",
+    "Stored",
     "DEFAULT_CHUNK_SIZE",
     "CHUNK_ROWS",
     "MERGE_FANOUT",
@@ -166,6 +170,17 @@ _SCHEMA = (
 )
 
 EventsLike = Union[EventColumns, Event, Iterable[Event], "pa.RecordBatch", "pa.Table"]
+
+
+class Stored(NamedTuple):
+    """What :meth:`EventStore.store_batch` did with a batch: ``new``, the events stored (in
+    the order given); for each event given, whether it was left out as an exact ``repeated``
+    copy of an event stored (or of one before it in the batch: same identity, source, tags
+    and content) or as a ``conflicting`` one (same identity, other content)."""
+
+    new: pa.RecordBatch
+    repeated: np.ndarray
+    conflicting: np.ndarray
 
 
 class ChunkInfo(NamedTuple):
@@ -402,11 +417,33 @@ class EventStore:
         ``validate(full=True)``, as :func:`~theia_frames.protocol.arrow.ipc_to_batches`
         does), so it is not done again.
         """
+        return self.store_batch(data, compact=compact, validated=validated).new
+
+    def store_batch(
+        self, data: pa.RecordBatch | pa.Table, *, compact: bool = True, validated: bool = False
+    ) -> Stored:
+        """:meth:`add_batch`, telling what became of each event (:class:`Stored`): stored,
+        an exact repeat of a stored event (or of one before it in ``data``), or a copy of
+        one with other content (left out: the first stored is kept).
+
+        >>> from theia_frames.protocol.arrow import events_to_batch
+        >>> store = EventStore(":memory:")
+        >>> store.add_many([Event(id="a", timestamp=1.0, content="first")])
+        1
+        >>> out = store.store_batch(events_to_batch([
+        ...     Event(id="a", timestamp=1.0000001, content="first"),   # the same microsecond: a repeat
+        ...     Event(id="a", timestamp=1.0, content="other"),         # other content: left out
+        ...     Event(id="b", timestamp=1.0)]))
+        >>> out.new.column(0).to_pylist(), out.repeated.tolist(), out.conflicting.tolist()
+        (['b'], [True, False, False], [False, True, False])
+        >>> store.close()
+        """
         np = numpy_module()
         batch = event_batch(data, validated)
         n = batch.num_rows
+        none = np.zeros(n, dtype=bool)
         if not n:
-            return batch
+            return Stored(batch, none, none)
         ts = batch.column(1).to_numpy()
         wrong = outside_event_times(batch.column(1))
         if wrong is not None:
@@ -415,13 +452,21 @@ class EventStore:
         order = sort_order(ts)
         srt = batch if order is None else batch.take(order)
         sts = ts if order is None else ts[order]
-        keep = first_of_equal(srt, sts)
+        found = first_of_equal(srt, sts)
+        keep: np.ndarray | None = None
+        repeated, conflicting = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)  # in sorted order
+        if found is not None:
+            keep, first = found
+            dropped = np.flatnonzero(~keep)
+            same = same_content(srt.take(dropped), srt.take(first[dropped]))
+            repeated[dropped[same]] = True
+            conflicting[dropped[~same]] = True
         with self._lock:
             db = self._writer()
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    keep = self._unseen(db, srt, sts, keep)
+                    keep = self._unseen(db, srt, sts, keep, repeated, conflicting)
                     new = srt if keep is None else srt.filter(keep)
                     if new.num_rows:
                         # numbered in the order given, after every event stored before
@@ -439,27 +484,36 @@ class EventStore:
             self._generation = generation
         if compact and new.num_rows:
             self.compact()
+        if order is not None:
+            given = np.empty(n, dtype=np.int64)
+            given[order] = np.arange(n)
+            repeated, conflicting = repeated[given], conflicting[given]
         if keep is None:
-            return batch
-        if order is None:
-            return batch.filter(keep)
-        given = np.zeros(n, dtype=bool)
-        given[order] = keep
-        return batch.filter(given)
+            return Stored(batch, repeated, conflicting)
+        return Stored(batch.filter(~(repeated | conflicting)), repeated, conflicting)
 
     def _unseen(
-        self, db: sqlite3.Connection, srt: pa.RecordBatch, sts: np.ndarray, keep: np.ndarray | None
+        self,
+        db: sqlite3.Connection,
+        srt: pa.RecordBatch,
+        sts: np.ndarray,
+        keep: np.ndarray | None,
+        repeated: np.ndarray,
+        conflicting: np.ndarray,
     ) -> np.ndarray | None:
-        """``keep`` with the rows already stored turned off (None: keep all)."""
+        """``keep`` with the rows already stored (the same identity: :func:`~theia_frames.server.chunks.sort_keys`)
+        turned off (None: keep all); each of them marked in ``repeated`` or ``conflicting``
+        by whether the stored copy has its content."""
         np = numpy_module()
         pc = pyarrow_module().compute
-        lo, hi = float(sts[0]), float(sts[-1])
+        lo, hi = float(sts[0]) - IDENTITY_MARGIN, float(sts[-1]) + IDENTITY_MARGIN
         candidates = db.execute(
             "SELECT seq, min_ts, max_ts FROM chunks WHERE max_ts >= ? AND min_ts <= ? AND died IS NULL", (lo, hi)
         ).fetchall()
+        micros = identity_micros(sts)
         for seq, cmin, cmax in candidates:
-            b_lo = int(np.searchsorted(sts, cmin, side="left"))
-            b_hi = int(np.searchsorted(sts, cmax, side="right"))
+            b_lo = int(np.searchsorted(sts, cmin - IDENTITY_MARGIN, side="left"))
+            b_hi = int(np.searchsorted(sts, cmax + IDENTITY_MARGIN, side="right"))
             if b_lo >= b_hi:
                 continue
             chunk = from_ipc(self._blob(db, seq))
@@ -467,18 +521,23 @@ class EventStore:
             c_lo, c_hi = np.searchsorted(cts, lo, side="left"), np.searchsorted(cts, hi, side="right")
             if c_lo >= c_hi:
                 continue
-            # Equal timestamps first (cheap), then the (timestamp, id) keys of those rows only.
-            part = np.isin(sts[b_lo:b_hi], cts[c_lo:c_hi])
+            # Equal microseconds first (cheap), then the identity keys of those rows only.
+            part = np.isin(micros[b_lo:b_hi], identity_micros(cts[c_lo:c_hi]))
             if not part.any():
                 continue
             rows = np.nonzero(part)[0] + b_lo
             ours = sort_keys(sts[rows], srt.column(0).take(rows))
             theirs = sort_keys(cts[c_lo:c_hi], chunk.column(0).slice(c_lo, c_hi - c_lo))
-            seen = pc.is_in(ours, value_set=theirs).to_numpy(zero_copy_only=False)
+            at = pc.index_in(ours, value_set=theirs).to_numpy(zero_copy_only=False)
+            seen = ~np.isnan(at.astype(np.float64))
             if seen.any():
                 if keep is None:
                     keep = np.ones(len(sts), dtype=bool)
-                keep[rows[seen]] = False
+                hit = rows[seen]
+                keep[hit] = False
+                stored = chunk.slice(c_lo, c_hi - c_lo).take(at[seen].astype(np.int64))
+                same = same_content(srt.take(hit), stored)
+                repeated[hit], conflicting[hit] = same, ~same
         return keep
 
     def _insert(self, db: sqlite3.Connection, batch: pa.RecordBatch, arrivals: np.ndarray) -> None:
