@@ -127,3 +127,62 @@ def test_a_store_of_format_5_is_upgraded_with_checksums(tmp_path):
     with EventStore(path) as store:
         with pytest.raises(StoreError, match="chunk 1 of the event store is damaged"):
             list(store.query())
+
+
+def test_check_reports_each_damaged_chunk_and_salvage_copies_the_intact_ones(tmp_path, capsys):
+    path = tmp_path / "events.db"
+    parts = _store(path)
+    assert main(["check", "--db", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "3 chunks checked, 3,000 events intact" in out and "integrity_check: ok" in out
+    _flip(path, 2, "data", 700)
+    assert main(["check", "--db", str(path), "--salvage", str(tmp_path / "rescued.db")]) == 1
+    out = capsys.readouterr().out
+    assert "damaged: chunk 2 of the event store is damaged (its checksum does not match): it held 2000 events" in out
+    assert "1 of 3 chunks damaged (2,000 events)" in out
+    assert "salvaged 2 chunks (1,000 events)" in out and "left behind: chunk 2" in out
+    assert main(["check", "--db", str(tmp_path / "rescued.db")]) == 0
+    with EventStore(tmp_path / "rescued.db") as store:
+        got = [e.id for cols in store.query() for e in cols.events()]
+        assert got == [e.id for e in parts[0] + parts[2]]
+        store.add_many(_events(9_000, 3, T0 + 30))  # a store like any: it takes events
+        assert store.count() == 1_003
+    # salvage never overwrites
+    assert main(["check", "--db", str(path), "--salvage", str(tmp_path / "rescued.db")]) == 1
+    assert "exists" in capsys.readouterr().err
+
+
+def test_check_sees_damage_behind_a_matching_checksum(tmp_path, capsys):
+    """A chunk damaged while its store had no checksums (format 5), its data validated in full."""
+    path = tmp_path / "events.db"
+    _store(path)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE chunks SET rows = 7, checksum = 0 WHERE seq = 3")
+        db.execute("ALTER TABLE chunks DROP COLUMN checksum")
+        db.execute("PRAGMA user_version = 5")
+    assert main(["check", "--db", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "format 5" in out and "chunk 3 of the event store is damaged (it holds 500 events, its index says 7)" in out
+
+
+def test_check_on_a_truncated_file_reports_and_salvages_what_it_can(tmp_path, capsys):
+    path = tmp_path / "events.db"
+    parts = _store(path)
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(int(size * 0.9))
+    code = main(["check", "--db", str(path), "--salvage", str(tmp_path / "rescued.db")])
+    out = capsys.readouterr().out
+    assert code == 1 and "SQLite integrity_check: ok" not in out
+    with EventStore(tmp_path / "rescued.db") as store:
+        got = {e.id for cols in store.query() for e in cols.events()}
+    every = {e.id: e for part in parts for e in part}
+    assert got <= set(every) and "salvaged" in out
+
+
+def test_check_of_something_that_is_not_a_store(tmp_path, capsys):
+    (tmp_path / "x.db").write_bytes(b"hello")
+    assert main(["check", "--db", str(tmp_path / "x.db")]) == 1
+    assert "not an event store" in capsys.readouterr().err
+    assert main(["check", "--db", str(tmp_path / "missing.db")]) == 1
+    assert "is not a file" in capsys.readouterr().err

@@ -106,6 +106,7 @@ __all__ = [
     "MERGE_FANOUT",
     "MEMORY",
     "FORMAT_VERSION",
+    "APPLICATION_ID",
 ]
 
 #: Rows per batch of a query, unless asked otherwise.
@@ -133,8 +134,8 @@ _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 _ADD_CHUNK = 50_000
 # The formats an opened store is upgraded from.
 _UPGRADABLE = (2, 3, 4, 5)
-# "thfr": marks a database as a theia_frames event store.
-_APPLICATION_ID = 0x74686672
+#: "thfr": marks a database as a theia_frames event store (SQLite ``application_id``).
+APPLICATION_ID = 0x74686672
 _PREVIOUS_LAYOUT = ["seq", *FIELDS]
 
 def _text_tags_schema() -> pa.Schema:
@@ -246,7 +247,7 @@ class EventStore:
                 if not self._check_format(db):
                     for statement in _SCHEMA:
                         db.execute(statement)
-                    db.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
+                    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
                 elif db.execute("PRAGMA user_version").fetchone()[0] in _UPGRADABLE:
                     self._upgrade(db)
@@ -310,7 +311,7 @@ class EventStore:
             return False
         app = db.execute("PRAGMA application_id").fetchone()[0]
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if app != _APPLICATION_ID:
+        if app != APPLICATION_ID:
             if "events" in tables:
                 columns = [row[1] for row in db.execute("PRAGMA table_info(events)")]
                 if columns == _PREVIOUS_LAYOUT:
