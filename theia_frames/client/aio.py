@@ -46,7 +46,7 @@ from ..protocol.codec import encode
 from ..deprecation import renamed_arguments
 from ..event import Event
 from ..exceptions import ConnectionClosed, InvalidEventError, TheiaTimeoutError, UnconfirmedError, UsageError
-from ..protocol.ledger import SendLedger
+from ..protocol.ledger import SendLedger, Sent
 from ..protocol.messages import DATA_CLOSE_CODES
 from ..protocol.outgoing import arrow_pieces, batch_messages, event_messages
 from .aio_streams import AsyncFindResult, AsyncLiveStream, AsyncStream
@@ -271,8 +271,8 @@ class AsyncClient(ClientSettings):
         columns: Mapping[str, str] | None = None,
         time_format: str | Sequence[str] | None = None,
         tz: Any = None,
-    ) -> int:
-        """Publish many events (as :meth:`Client.send_many <theia_frames.client.Client.send_many>`); returns how many were sent."""
+    ) -> Sent:
+        """Publish many events (as :meth:`Client.send_many <theia_frames.client.Client.send_many>`); returns how many were sent (a :class:`~theia_frames.protocol.ledger.Sent`)."""
         if isinstance(events, Event):
             events = [events]
         elif columns is not None or time_format is not None or tz is not None or type(events).__module__.split(".")[0] in (
@@ -287,6 +287,7 @@ class AsyncClient(ClientSettings):
         sent = 0
         async with lock:
             self._check_open()
+            before = self.ledger.counts()
             if hasattr(events, "schema") and hasattr(events, "num_rows"):
                 for batch in arrow_pieces(events, self.batch_size):
                     ws = await self._event_connection()
@@ -304,7 +305,8 @@ class AsyncClient(ClientSettings):
                         sent += n
         if wait:
             await self.flush(self.timeout)
-        return sent
+            return Sent.confirmed(sent, self.ledger, before)
+        return Sent(sent)
 
     async def flush(self, timeout: float | None = None) -> int:
         """Wait until every event sent so far is stored (as :meth:`Client.flush <theia_frames.client.Client.flush>`)."""

@@ -21,7 +21,7 @@ from ..protocol.codec import encode
 from ..deprecation import renamed_arguments
 from ..event import Event
 from ..exceptions import ConnectionClosed, InvalidEventError, ProtocolError, TheiaTimeoutError, UnconfirmedError, UsageError
-from ..protocol.ledger import SendLedger
+from ..protocol.ledger import SendLedger, Sent
 from ..protocol.messages import DATA_CLOSE_CODES
 from ..protocol.outgoing import arrow_pieces, batch_messages, event_messages
 from .options import (
@@ -263,8 +263,10 @@ class Client(ClientSettings):
         columns: Mapping[str, str] | None = None,
         time_format: str | Sequence[str] | None = None,
         tz: Any = None,
-    ) -> int:
-        """Publish many events; returns how many were sent.
+    ) -> Sent:
+        """Publish many events; returns how many were sent (a :class:`~theia_frames.protocol.ledger.Sent`:
+        an ``int``; after ``wait=True`` with ``.stored``, the new events stored, and
+        ``.duplicates``, the exact repeats of stored events acknowledged as already stored).
 
         ``events`` is any iterable of :class:`~theia_frames.event.Event` (read
         lazily, in chunks), an Arrow batch/table with the event schema, or a
@@ -301,10 +303,12 @@ class Client(ClientSettings):
             events = to_event_table(events, columns=columns, time_format=time_format, tz=tz)
         with self.lock:
             self._check_open()
+            before = self.ledger.counts()
             sent = self._send_all(events)
             if wait:
                 self.flush(self.timeout)
-            return sent
+                return Sent.confirmed(sent, self.ledger, before)
+            return Sent(sent)
 
     def _send_all(self, events: Iterable[Event] | pa.RecordBatch | pa.Table) -> int:
         conn = self.event_connection()
@@ -335,8 +339,11 @@ class Client(ClientSettings):
         """Wait until every event sent so far is committed to the collector's store.
 
         Returns how many events of this client the collector has confirmed
-        stored (0, at once, when nothing was sent), counting an event sent
-        again as often as it was sent (the store keeps it once).
+        stored (0, at once, when nothing was sent): new events only; an exact
+        repeat of a stored event (one sent again) is acknowledged as already
+        stored and counted apart (``ledger.duplicates``), and a copy with other
+        content is refused (:class:`~theia_frames.exceptions.ServerError`: the
+        first stored is kept).
         ``timeout``: seconds to wait for the confirmation, ``None`` (the
         default) as long as the connection lives.
 

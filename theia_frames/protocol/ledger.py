@@ -30,9 +30,40 @@ from .messages import error_text, failed_flush, flush_request, parse_flush_reply
 from ..exceptions import ConnectionClosed, ServerError
 from .streams import MAX_KEPT_ERRORS
 
-__all__ = ["SendLedger", "RESEND_ADVICE"]
+__all__ = ["SendLedger", "RESEND_ADVICE", "Sent"]
 
 RESEND_ADVICE = "send them again (the collector stores an event once per (timestamp, id))"
+
+
+class Sent(int):
+    """What ``send_many`` returns: how many events it sent (an ``int``, as it always was);
+    after ``wait=True`` also what the collector's confirmation said of the events sent since
+    the flush before: ``stored``, the new events stored, and ``duplicates``, the exact repeats
+    of stored events it acknowledged as already stored (kept once). A copy of a stored event
+    with other content is refused: ``wait=True`` raises
+    :class:`~theia_frames.exceptions.ServerError` naming it. Both are None without ``wait``.
+
+    >>> sent = Sent(3, stored=2, duplicates=1)
+    >>> sent == 3, sent.stored, sent.duplicates, sent
+    (True, 2, 1, Sent(3, stored=2, duplicates=1))
+    """
+
+    stored: int | None
+    duplicates: int | None
+
+    def __new__(cls, sent: int, stored: int | None = None, duplicates: int | None = None) -> Sent:
+        self = super().__new__(cls, sent)
+        self.stored = stored
+        self.duplicates = duplicates
+        return self
+
+    def __repr__(self) -> str:
+        return f"Sent({int(self)}, stored={self.stored}, duplicates={self.duplicates})"
+
+    @classmethod
+    def confirmed(cls, sent: int, ledger: SendLedger, before: tuple[int, int]) -> Sent:
+        """``sent`` with what ``ledger`` confirmed since it read ``before`` (:meth:`SendLedger.counts`)."""
+        return cls(sent, ledger.stored - before[0], ledger.duplicates - before[1])
 
 
 class SendLedger:
@@ -53,6 +84,8 @@ class SendLedger:
         self._unreported: list[str] = []
         self._confirmed = 0
         self._conn_stored = 0
+        self._conn_duplicates = 0
+        self._duplicates = 0
         self._conn_sent = 0
         self._conn_acked = 0
         self._marks: dict[int, int] = {}
@@ -65,6 +98,16 @@ class SendLedger:
     def stored(self) -> int:
         """Events confirmed stored, as of the last flush answer."""
         return self._confirmed + self._conn_stored
+
+    def counts(self) -> tuple[int, int]:
+        """``(stored, duplicates)`` as of the last flush answer."""
+        return self.stored, self.duplicates
+
+    @property
+    def duplicates(self) -> int:
+        """Events acknowledged as already stored (exact repeats of stored events: kept
+        once, not counted in :attr:`stored`), as of the last flush answer."""
+        return self._duplicates + self._conn_duplicates
 
     @property
     def unconfirmed(self) -> int:
@@ -81,7 +124,8 @@ class SendLedger:
         if not reported:
             self.in_doubt += self.unconfirmed
         self._confirmed += self._conn_stored
-        self._conn_stored = self._conn_sent = self._conn_acked = 0
+        self._duplicates += self._conn_duplicates
+        self._conn_stored = self._conn_sent = self._conn_acked = self._conn_duplicates = 0
         self._marks.clear()
         self.answered = 0
 
@@ -109,10 +153,11 @@ class SendLedger:
         reply = parse_flush_reply(message)
         if reply is None:
             return None
-        token, stored = reply
+        token, stored, duplicates = reply
         self.answered = max(self.answered, token)
         if stored is not None:
             self._conn_stored = max(self._conn_stored, stored)
+        self._conn_duplicates = max(self._conn_duplicates, duplicates)
         # an answer covers everything sent before its flush, and so before every earlier one
         covered = [t for t in self._marks if t <= token]
         for t in covered:

@@ -144,17 +144,22 @@ def parse_flush_request(message: str) -> Any:
         raise ValueError(f"invalid flush request: {message[:80]!r}") from None
 
 
-def flush_reply(token: Any, stored: int, rejected: int) -> str:
-    """The collector's answer to a flush: ``stored`` events of the connection committed, ``rejected`` refused.
+def flush_reply(token: Any, stored: int, rejected: int, duplicates: int = 0) -> str:
+    """The collector's answer to a flush: ``stored`` events of the connection committed
+    (new events only), ``rejected`` messages refused, ``duplicates`` events acknowledged as
+    already stored (exact repeats: stored once, not counted in ``stored``).
 
-    >>> parse_flush_reply(flush_reply(7, 10, 1))
-    (7, 10)
+    >>> flush_reply(7, 10, 1, 2)
+    '{"flushed": 7, "stored": 10, "rejected": 1, "duplicates": 2}'
+    >>> parse_flush_reply(flush_reply(7, 10, 1, 2)), parse_flush_reply('{"flushed": 7, "stored": 10}')
+    ((7, 10, 2), (7, 10, 0))
     """
-    return json.dumps({"flushed": token, "stored": stored, "rejected": rejected})
+    return json.dumps({"flushed": token, "stored": stored, "rejected": rejected, "duplicates": duplicates})
 
 
-def parse_flush_reply(message: Buffer | str) -> tuple[int, int | None] | None:
-    """``(token, stored)`` of a flush answer (``stored`` None when absent), else None."""
+def parse_flush_reply(message: Buffer | str) -> tuple[int, int | None, int] | None:
+    """``(token, stored, duplicates)`` of a flush answer (``stored`` None when absent,
+    ``duplicates`` 0: a collector that does not count them), else None."""
     if not isinstance(message, str) or not message.startswith("{"):
         return None
     try:
@@ -164,8 +169,12 @@ def parse_flush_reply(message: Buffer | str) -> tuple[int, int | None] | None:
     token = answer.get("flushed") if isinstance(answer, dict) else None
     if not isinstance(token, int) or isinstance(token, bool):
         return None
-    stored = answer.get("stored")
-    return token, stored if isinstance(stored, int) and not isinstance(stored, bool) else None
+
+    def count(name: str) -> int | None:
+        value = answer.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+    return token, count("stored"), count("duplicates") or 0
 
 
 def flush_failure(token: Any, reason: str) -> str:

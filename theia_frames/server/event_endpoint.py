@@ -87,8 +87,9 @@ class EventEndpoint:
         self._published = max(self._published, upto)
         if self._room is not None:
             self._room.set()
-        for sink, seq, stored, text, failed in outcomes:
+        for sink, seq, stored, text, failed, repeats in outcomes:
             sink.accepted += stored
+            sink.duplicates += repeats
             if text is None:
                 continue
             if failed:

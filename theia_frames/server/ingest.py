@@ -32,6 +32,7 @@ from .output import (
     plain_frames,
     pyarrow_module,
 )
+from .chunks import numpy_module
 from ..exceptions import (
     DecodeError,
     shorten,
@@ -207,7 +208,7 @@ class EventSink:
     """An /event connection as the writer sees it: where its error messages go."""
 
     __slots__ = (
-        "collector", "ws", "peer", "errors", "sending", "closed", "dropped", "accepted", "rejected", "failures",
+        "collector", "ws", "peer", "errors", "sending", "closed", "dropped", "accepted", "rejected", "duplicates", "failures",
     )
 
     def __init__(self, collector: SinkOwner, ws: ServerConnection) -> None:
@@ -222,6 +223,7 @@ class EventSink:
         # refused, and the store failures (message number, reason) no flush answer told of yet
         self.accepted = 0
         self.rejected = 0
+        self.duplicates = 0  # exact repeats of stored events: acknowledged, not stored again
         self.failures: list[tuple[int, str]] = []
 
     def acknowledge(self, token: Any, seq: int) -> None:
@@ -234,7 +236,7 @@ class EventSink:
             more = f" (and {len(told) - 1} more message(s) not stored)" if len(told) > 1 else ""
             self._queue(error_message(flush_failure(token, f"{told[-1]}{more}")))
         else:
-            self._queue(flush_reply(token, self.accepted, self.rejected))
+            self._queue(flush_reply(token, self.accepted, self.rejected, self.duplicates))
 
     def report(self, text: str) -> None:
         """Queue an error message for the client (loop thread)."""
@@ -264,8 +266,23 @@ class EventSink:
 
 # What a commit did with one received message: (sink, message number, events
 # stored, error text or None, True when the text is a store failure rather
-# than a message refused as not being events).
-Outcome = tuple["EventSink", int, int, "str | None", bool]
+# than a message refused as not being events, events that were exact repeats
+# of stored ones).
+Outcome = tuple["EventSink", int, int, "str | None", bool, int]
+
+
+def conflict_note(batch: pa.RecordBatch, conflicting: Any) -> str | None:
+    """The error text of the events of ``batch`` left out as copies, with other content,
+    of an event stored under the same identity (None when there are none)."""
+    rows = conflicting.nonzero()[0]
+    if not len(rows):
+        return None
+    first = int(rows[0])
+    return (
+        f"{len(rows)} event(s) not stored: an event of the same (timestamp, id) is stored with other "
+        f"content, and the first stored is kept (first: id {shorten(repr(batch.column(0)[first].as_py()))} "
+        f"at {batch.column(1)[first].as_py()!r})"
+    )
 
 
 class Writer(threading.Thread):
@@ -366,14 +383,20 @@ class Writer(threading.Thread):
             spans.append((sink, seq, before, len(arrivals), problem))
         upto = spans[-1][1]
         batch = arrivals.batch()
-        new, failed = self._store(batch, spans)
+        new, failed, repeated, conflicting = self._store(batch, spans)
         outcomes: list[Outcome] = []
         for index, (sink, seq, first, end, problem) in enumerate(spans):
             if index in failed:
                 text = f"{end - first} event(s) not stored: {failed[index]}"
-                outcomes.append((sink, seq, 0, text, True))
+                outcomes.append((sink, seq, 0, text, True, 0))
             else:
-                outcomes.append((sink, seq, end - first, problem, False))
+                repeats = int(repeated[first:end].sum())
+                clashes = conflicting[first:end]
+                note = conflict_note(batch.slice(first, end - first), clashes)
+                if note is not None:
+                    self._warn_bad(sink, note)
+                    problem = note if problem is None else f"{problem}; {note}"
+                outcomes.append((sink, seq, end - first - repeats - int(clashes.sum()), problem, False, repeats))
         with self._stored:
             for index, reason in failed.items():
                 self._failures.append((spans[index][1], spans[index][3] - spans[index][2], reason))
@@ -389,16 +412,23 @@ class Writer(threading.Thread):
                 logger.error("merging stored chunks failed: %s", exc)
         return at
 
-    def _store(self, batch: pa.RecordBatch, spans: list[tuple[EventSink, int, int, int, str | None]]) -> tuple[pa.RecordBatch, dict[int, str]]:
-        """Commit ``batch``: the new events, and the spans that could not be stored (index: reason)."""
+    def _store(
+        self, batch: pa.RecordBatch, spans: list[tuple[EventSink, int, int, int, str | None]]
+    ) -> tuple[pa.RecordBatch, dict[int, str], Any, Any]:
+        """Commit ``batch``: the new events, the spans that could not be stored (index: reason),
+        and which rows were left out as exact repeats and as copies with other content."""
+        np = numpy_module()
+        repeated = np.zeros(batch.num_rows, dtype=bool)
+        conflicting = np.zeros(batch.num_rows, dtype=bool)
         if not batch.num_rows:
-            return batch, {}
+            return batch, {}, repeated, conflicting
         try:
             # One transaction, one chunk: no SQL per event. Merging small
             # chunks waits until the commit is published. Arrow batches were
             # validated in full when they were read, plain events were parsed:
             # the store need not validate them again.
-            return self.store.add_batch(batch, compact=False, validated=True), {}
+            done = self.store.store_batch(batch, compact=False, validated=True)
+            return done.new, {}, done.repeated, done.conflicting
         except Exception as exc:
             logger.error("%d event(s) could not be stored together (%s); storing each sender's alone", batch.num_rows, exc)
         pa = pyarrow_module()
@@ -413,7 +443,14 @@ class Writer(threading.Thread):
             parts = [batch.slice(spans[i][2], spans[i][3] - spans[i][2]) for i in indexes]
             try:
                 part = parts[0] if len(parts) == 1 else pa.concat_batches(parts)
-                stored.append(self.store.add_batch(part, compact=False, validated=True))
+                done = self.store.store_batch(part, compact=False, validated=True)
+                stored.append(done.new)
+                at = 0
+                for i in indexes:
+                    first, end = spans[i][2], spans[i][3]
+                    repeated[first:end] = done.repeated[at : at + end - first]
+                    conflicting[first:end] = done.conflicting[at : at + end - first]
+                    at += end - first
                 return None
             except Exception as exc:
                 return shorten(str(exc))
@@ -434,8 +471,8 @@ class Writer(threading.Thread):
             self._warn_bad(sink, f"{end - first} event(s) not stored: {reason}", store=True)
         stored = [b for b in stored if b.num_rows]
         if not stored:
-            return empty_batch(), failed
-        return (stored[0] if len(stored) == 1 else pa.concat_batches(stored)), failed
+            return empty_batch(), failed, repeated, conflicting
+        return (stored[0] if len(stored) == 1 else pa.concat_batches(stored)), failed, repeated, conflicting
 
     def _warn_bad(self, sink: EventSink, problem: str, store: bool = False) -> None:
         if store:
