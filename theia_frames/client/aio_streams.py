@@ -75,7 +75,12 @@ class AsyncStream(ResultView):
         ws = await self._client.open(self.state.endpoint)
         try:
             negotiated = ws.subprotocol == SUBPROTOCOL
-            await ws.send(self.state.filter_message(negotiated))
+            try:
+                await ws.send(self.state.filter_message(negotiated))
+            except websockets_module().exceptions.ConnectionClosed as exc:
+                # closed right after the handshake (a collector shutting down): an end, as when reading
+                self._check_end(ws, exc)
+                return ws, []
             try:
                 msg = await recv(ws, self._client.timeout)
             except Silence:
@@ -470,17 +475,12 @@ class AsyncLiveStream(AsyncStream):
         """One attempt, as in the sync :class:`~theia_frames.client.LiveStream`: subscribe
         again, then find what was stored while away; a refused or failed find closes
         the new subscription before the error propagates."""
-        import pyarrow as pa_
-
         ws, buffered = await self._subscribe()
         if self._closed:
             await close(ws)
             return
         self._ws = ws
-        ids: list[pa.Array] = []
-        stamps: list[pa.Array] = []
-        # the last batch of the find is yielded once the stream is back, so that a
-        # consumer that has seen every recovered event also sees the stream connected
+        # the last batch of the find is yielded once the stream is back (as in the sync stream)
         held: pa.RecordBatch | None = None
         try:
             resume_filter = self.resume.resume_filter(self.filter)
@@ -491,14 +491,11 @@ class AsyncLiveStream(AsyncStream):
                 self._resume_find = result
                 try:
                     async for batch in result.iter_batches():
-                        fresh = self.resume.fresh(batch, check=True, now=time.monotonic())
-                        if fresh.num_rows:
-                            ids.append(pa_.concat_arrays([fresh.column(0)]))
-                            stamps.append(pa_.concat_arrays([fresh.column(1)]))
-                            self.recovered += fresh.num_rows
-                            if held is not None:
-                                yield held
-                            held = fresh
+                        if held is not None:
+                            fresh = self._recovered(held)
+                            if fresh.num_rows:
+                                yield fresh
+                        held = batch
                 finally:
                     self._resume_find = None
                     await result.aclose()
@@ -508,13 +505,19 @@ class AsyncLiveStream(AsyncStream):
             self._ws = None
             await close(ws)
             raise
-        self.resume.resumed(ids, stamps, time.monotonic())
+        last = self._recovered(held) if held is not None else None
+        self.resume.resumed(time.monotonic())
         # websockets keeps reading the new subscription meanwhile (its queue pauses the socket when full)
         self._pending = buffered
         self._down = False
         self.reconnects += 1
-        if held is not None:
-            yield held
+        if last is not None and last.num_rows:
+            yield last
+
+    def _recovered(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        fresh = self.resume.recover(batch, time.monotonic())
+        self.recovered += fresh.num_rows
+        return fresh
 
     async def aclose(self) -> None:
         """Close the stream, also while it waits to reconnect or reads a resume find; idempotent."""

@@ -542,8 +542,6 @@ class LiveStream(Stream):
         the error propagates: a failed attempt holds no connection. The stream
         counts as back (``connected``, ``reconnects``) once the find is read.
         """
-        import pyarrow as pa_
-
         conn, buffered = self._subscribe(self._set_handshake)
         with self._swap:
             if self._closed:
@@ -551,10 +549,9 @@ class LiveStream(Stream):
                 return
             self._conn = conn
         self._pending = []
-        ids: list[pa.Array] = []
-        stamps: list[pa.Array] = []
         # the last batch of the find is yielded once the stream is back, so that a
-        # consumer that has seen every recovered event also sees the stream connected
+        # consumer that has seen every recovered event also sees the stream connected;
+        # a batch counts as delivered only when it is handed on (ResumeState.recover)
         held: pa.RecordBatch | None = None
         try:
             resume_filter = self.resume.resume_filter(self.filter)
@@ -574,14 +571,11 @@ class LiveStream(Stream):
                     for batch in result.iter_batches():
                         # keep reading the new subscription, so the collector's queue for it never fills
                         buffered += self.state.receive(conn.poll())
-                        fresh = self.resume.fresh(batch, check=True, now=time.monotonic())
-                        if fresh.num_rows:
-                            ids.append(pa_.concat_arrays([fresh.column(0)]))
-                            stamps.append(pa_.concat_arrays([fresh.column(1)]))
-                            self.recovered += fresh.num_rows
-                            if held is not None:
-                                yield held
-                            held = fresh
+                        if held is not None:
+                            fresh = self._recovered(held)
+                            if fresh.num_rows:
+                                yield fresh
+                        held = batch
                 finally:
                     with self._swap:
                         self._resume_find = None
@@ -592,7 +586,8 @@ class LiveStream(Stream):
         except BaseException:
             conn.close()
             raise
-        self.resume.resumed(ids, stamps, time.monotonic())
+        last = self._recovered(held) if held is not None else None
+        self.resume.resumed(time.monotonic())
         self._pending = buffered
         if self._down_since is not None:
             gap = time.monotonic() - self._down_since
@@ -600,8 +595,13 @@ class LiveStream(Stream):
             self._gap_total += gap
             self._down_since = None
         self.reconnects += 1
-        if held is not None:
-            yield held
+        if last is not None and last.num_rows:
+            yield last
+
+    def _recovered(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        fresh = self.resume.recover(batch, time.monotonic())
+        self.recovered += fresh.num_rows
+        return fresh
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:

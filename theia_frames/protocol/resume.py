@@ -24,8 +24,9 @@ attempt never holds a connection.
 2
 >>> state.resume_filter(EventFilter(0)).start
 106.0
->>> state.fresh(batch, check=True, now=0.0).num_rows      # repeats of a resume find are dropped
+>>> state.recover(batch, now=0.0).num_rows      # repeats of a resume find are dropped
 0
+>>> state.resumed(now=0.0)
 >>> backoff = Backoff(0.05, 2.0, max_retries=None)
 >>> 0.025 <= backoff.next_delay(jitter=0.0) <= 0.05
 True
@@ -143,6 +144,8 @@ class ResumeState:
         # event past it arrived since (then every repeat has arrived: see fresh())
         self._resumed_max: float | None = None
         self._passed = False
+        # (ids, timestamps) the resume find under way delivered
+        self._finding: list[tuple[pa.Array, pa.Array]] = []
 
     @property
     def window(self) -> int:
@@ -151,7 +154,9 @@ class ResumeState:
 
     def resume_filter(self, filter: EventFilter) -> EventFilter | None:
         """The ``/find`` that fetches what was stored while away, or None when the
-        filter's end is already behind."""
+        filter's end is already behind. Starts a resume: what an earlier, failed
+        find delivered is in the recent window and dropped as repeats."""
+        self._finding = []
         start = (self.subscribed_at if self.seen_max is None else self.seen_max) - self.margin
         if filter.start is not None:
             start = max(start, filter.start)
@@ -159,13 +164,25 @@ class ResumeState:
             return None
         return filter.match_start(max(start, 0.0)).order_asc()
 
-    def resumed(self, ids: list[pa.Array], stamps: list[pa.Array], now: float) -> None:
-        """The resume find delivered these (ids, timestamps): live events committed before
-        its snapshot may still arrive, and are dropped as repeats (see :meth:`fresh`)."""
+    def recover(self, batch: pa.RecordBatch, now: float) -> pa.RecordBatch:
+        """A batch of a resume find without what was delivered already. Call it when
+        the batch is handed to the consumer, not before: what it returns counts as
+        delivered (a batch held back and lost with its find is fetched again)."""
         pa_ = _pyarrow()
+        fresh = self.fresh(batch, check=True, now=now)
+        if fresh.num_rows:
+            self._finding.append((pa_.concat_arrays([fresh.column(0)]), pa_.concat_arrays([fresh.column(1)])))
+        return fresh
+
+    def resumed(self, now: float) -> None:
+        """The resume find was read to its end: live events committed before its
+        snapshot may still arrive, and are dropped as repeats (see :meth:`fresh`).
+        A find that failed is forgotten by the next one's first :meth:`recover`."""
+        pa_ = _pyarrow()
+        finding, self._finding = self._finding, []
         self._resumed = (
-            pa_.concat_arrays(ids) if ids else pa_.array([], pa_.string()),
-            pa_.concat_arrays(stamps) if stamps else pa_.array([], pa_.float64()),
+            pa_.concat_arrays([f[0] for f in finding]) if finding else pa_.array([], pa_.string()),
+            pa_.concat_arrays([f[1] for f in finding]) if finding else pa_.array([], pa_.float64()),
         )
         self._resumed_until = now + max(self.margin, 1.0)
         self._resumed_max = pa_.compute.max(self._resumed[1]).as_py() if len(self._resumed[1]) else None
@@ -218,6 +235,10 @@ class ResumeState:
         were delivered within the resume margin or by the last resume."""
         pa_ = _pyarrow()
         pc = pa_.compute
+        # a repeat has the timestamp of an event delivered, so none is past the largest:
+        # the live events that follow a resume are passed without building a set
+        if self.seen_max is None or pc.min(batch.column(1)).as_py() > self.seen_max + 1e-6:
+            return batch
         known_ids = [entry[1] for entry in self._recent]
         known_ts = [entry[2] for entry in self._recent]
         if self._resumed is not None:
