@@ -35,6 +35,7 @@ The package's modules: ``aio_transport`` (connections; the map from
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import os
 import ssl
@@ -45,7 +46,8 @@ from ..protocol.arrow import SUBPROTOCOL
 from ..protocol.codec import encode
 from ..deprecation import renamed_arguments
 from ..event import Event
-from ..exceptions import ConnectionClosed, InvalidEventError, TheiaTimeoutError, UnconfirmedError, UsageError
+from ..exceptions import AuthenticationError, ConnectError, ConnectionClosed, InvalidEventError, TheiaTimeoutError, UnconfirmedError, UsageError
+from ..protocol.count import COUNT_PATH, DEFAULT_MAX_GROUPS, Counter, CountResult, count_answer, count_request
 from ..protocol.ledger import SendLedger, Sent
 from ..protocol.messages import DATA_CLOSE_CODES
 from ..protocol.outgoing import arrow_pieces, batch_messages, event_messages
@@ -69,6 +71,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
     import pyarrow as pa
 
 __all__ = ["AsyncClient"]
@@ -391,6 +394,59 @@ class AsyncClient(ClientSettings):
         )
         self._streams.add(result)
         return result
+
+    async def count(
+        self,
+        filter: FilterLike = None,
+        every: Any = None,
+        by: str | None = None,
+        *,
+        max_groups: int = DEFAULT_MAX_GROUPS,
+    ) -> pd.DataFrame:
+        """How many events match ``filter``, in all, per time bucket of ``every``, per ``by``
+        (``"source"`` or ``"tag"``) or both: :meth:`theia_frames.client.Client.count`'s frame,
+        counted on our collector, else here while the events arrive."""
+        from ..frames.analysis import count_frame, count_grain
+
+        self._check_open()
+        grain = count_grain(every)
+        flt = as_filter(filter)
+        request = count_request(flt.to_json(), grain, by)
+        await self.flush_before_read()
+        result = await self._count_on_collector(request, grain, by) if self.batch else None
+        if result is None:
+            counter = Counter(grain, by, max_groups)
+            found = self.find(dataclasses.replace(flt, order=None))  # a count is the same in either order
+            try:
+                async for batch in found.iter_batches():
+                    counter.add(batch)
+            finally:
+                await found.aclose()
+            result = counter.result()
+        return count_frame(result, every)
+
+    async def _count_on_collector(self, request: str, grain: int, by: str | None) -> CountResult | None:
+        """The collector's count (None from a peer without the extension's ``/count``)."""
+        ws_mod = websockets_module()
+        try:
+            ws = await self.open(COUNT_PATH.lstrip("/"))
+        except AuthenticationError:
+            raise
+        except ConnectError as exc:
+            if isinstance(exc.__cause__, ws_mod.exceptions.InvalidStatus):
+                return None  # a peer without the path
+            raise
+        try:
+            if ws.subprotocol != SUBPROTOCOL:
+                return None
+            await ws.send(request)
+            try:
+                answer = await ws.recv()
+            except ws_mod.exceptions.ConnectionClosed:
+                answer = None
+        finally:
+            await close(ws)
+        return count_answer(answer, grain, by, self.url)
 
     def receive(
         self,

@@ -7,6 +7,7 @@ connection is :class:`~theia_frames.client.transport.Connection`.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import ssl
@@ -20,7 +21,8 @@ from ..protocol.arrow import SUBPROTOCOL
 from ..protocol.codec import encode
 from ..deprecation import renamed_arguments
 from ..event import Event
-from ..exceptions import ConnectionClosed, InvalidEventError, ProtocolError, TheiaTimeoutError, UnconfirmedError, UsageError
+from ..exceptions import AuthenticationError, ConnectError, ConnectionClosed, InvalidEventError, ProtocolError, TheiaTimeoutError, UnconfirmedError, UsageError
+from ..protocol.count import COUNT_PATH, DEFAULT_MAX_GROUPS, MAX_COUNT_REPLY, Counter, CountResult, count_answer, count_request
 from ..protocol.ledger import SendLedger, Sent
 from ..protocol.messages import DATA_CLOSE_CODES
 from ..protocol.outgoing import arrow_pieces, batch_messages, event_messages
@@ -45,6 +47,7 @@ from .streams import FindResult, LiveStream, Stream
 from .transport import Connection, Silence
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
     import pyarrow as pa
 
 __all__ = ["Client", "find", "send", "connect"]
@@ -462,11 +465,7 @@ class Client(ClientSettings):
         reversed here (docs/protocol.md).
         """
         self._check_open()
-        if self.ledger.unconfirmed:
-            with self.lock:
-                conn = self._event
-                if self.ledger.unconfirmed and conn is not None and conn.negotiated:
-                    self._flush(self.timeout, report=False)
+        self._read_own_writes()
         result = FindResult(
             self,
             as_filter(filter),
@@ -476,6 +475,85 @@ class Client(ClientSettings):
         )
         self._track(result)
         return result
+
+    def _read_own_writes(self) -> None:
+        """Flush this client's unconfirmed sends (within ``timeout``) where they can be confirmed,
+        so what it reads next holds them; what that flush has to report is raised later."""
+        if self.ledger.unconfirmed:
+            with self.lock:
+                conn = self._event
+                if self.ledger.unconfirmed and conn is not None and conn.negotiated:
+                    self._flush(self.timeout, report=False)
+
+    def count(
+        self,
+        filter: FilterLike = None,
+        every: Any = None,
+        by: str | None = None,
+        *,
+        max_groups: int = DEFAULT_MAX_GROUPS,
+    ) -> pd.DataFrame:
+        """How many events match ``filter``: in all, per time bucket of ``every`` (a pandas
+        frequency such as ``"1min"`` or a duration such as ``"15m"``), per ``by="source"`` or
+        per ``by="tag"``, or both: the frame ``bucket(to_dataframe(self.find(filter)), every,
+        by=by)`` returns for the same events (UTC), without ``every`` one row per group
+        (see :func:`~theia_frames.frames.analysis.count_frame`).
+
+        Our collector counts where the events are and sends the counts alone
+        (the extension's ``/count``, docs/protocol.md); a peer that cannot
+        (the upstream collector, a client with ``batch=False``) sends the
+        events and they are counted here as they arrive, in memory that does
+        not grow with them. A count past ``max_groups`` (time slot, group)
+        pairs holding events (the collector's own limit on its side) raises
+        :class:`~theia_frames.exceptions.UsageError`.
+        """
+        from ..frames.analysis import count_frame, count_grain
+
+        self._check_open()
+        grain = count_grain(every)
+        flt = as_filter(filter)
+        request = count_request(flt.to_json(), grain, by)
+        self._read_own_writes()
+        result = self._count_on_collector(request, grain, by) if self.batch else None
+        if result is None:
+            counter = Counter(grain, by, max_groups)
+            found = self.find(dataclasses.replace(flt, order=None))  # a count is the same in either order
+            try:
+                for batch in found.iter_batches():
+                    counter.add(batch)
+            finally:
+                found.close()
+            result = counter.result()
+        return count_frame(result, every)
+
+    def _count_on_collector(self, request: str, grain: int, by: str | None) -> CountResult | None:
+        """The collector's count (None from a peer without the extension's ``/count``)."""
+        import websocket
+
+        try:
+            conn = Connection.open(
+                f"{self.url}{COUNT_PATH}",
+                timeout=self.timeout,
+                headers=self.header_lines,
+                offer=True,
+                sslopt=self.sslopt,
+                max_message=min(self.max_message_size, MAX_COUNT_REPLY),
+                max_fragments=self.max_fragments,
+            )
+        except AuthenticationError:
+            raise
+        except ConnectError as exc:
+            if isinstance(exc.__cause__, websocket.WebSocketBadStatusException):
+                return None  # a peer without the path
+            raise
+        try:
+            if not conn.negotiated:
+                return None
+            conn.send_text(request)
+            messages = conn.read(None)
+        finally:
+            conn.close()
+        return count_answer(messages[0] if messages else None, grain, by, self.url)
 
     def receive(
         self,

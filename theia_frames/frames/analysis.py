@@ -29,6 +29,7 @@ as soon as pandas and theia_frames are both imported, in either order.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Any, cast
@@ -41,11 +42,14 @@ import pyarrow.compute as pc
 from .accessor import TheiaAccessor
 from ..event import Event  # noqa: F401  (used by the doctests)
 from ..exceptions import UsageError
+from ..protocol.count import CountResult
 from ..timeparse import to_seconds
 from .convert import EVENT_COLUMNS, sorted_categories, to_dataframe  # noqa: F401
 
 __all__ = [
     "bucket",
+    "count_grain",
+    "count_frame",
     "explode_tags",
     "tag_matrix",
     "tag_counts",
@@ -199,20 +203,14 @@ def bucket(
                 "(extract() turns readings like '21.5C' into numbers)"
             )
 
-    # Lay out the buckets once for all events, then place each event by time:
-    # resample knows the calendar (local midnights, DST) and the anchoring.
-    try:
-        edges = cast(pd.DatetimeIndex, pd.Series(0, index=times).resample(_frequency(freq)).size().index)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"invalid bucket frequency {freq!r}: {exc}") from exc
-    edges = edges.rename("bucket")
+    edges = _bucket_edges(times, freq)
     n = len(edges)
     slot = np.searchsorted(edges.asi8, times.asi8, side="right") - 1 if n else np.zeros(0, dtype=np.intp)
 
     if by is None:
         name = "count" if value is None else value
         if values is None:
-            return pd.DataFrame({name: np.bincount(slot, minlength=n).astype(np.int64)}, index=edges)
+            return _count_layout(edges, slot, None, None, None)
         per_slot = _aggregate(values, [slot], agg)
         per_slot = per_slot.reindex(range(n), fill_value=0) if agg == "count" else per_slot.reindex(range(n))
         return pd.DataFrame({name: per_slot.to_numpy()}, index=edges)
@@ -231,23 +229,121 @@ def bucket(
     else:
         _require(df, [by], what)
         keys = df[by].reset_index(drop=True)
-    key_name = by
-
     if values is None:
-        table = pd.Series(1, index=range(len(slot))).groupby([slot, keys], observed=True, sort=True).size()
-        wide = table.unstack(fill_value=0)
-        wide = wide.reindex(index=range(n), fill_value=0).astype(np.int64)
+        return _count_layout(edges, slot, keys, None, by)
+    table = _aggregate(values, [slot, keys], agg)
+    if agg == "count":
+        wide = table.unstack(fill_value=0).reindex(index=range(n), fill_value=0).astype(np.int64)
     else:
-        table = _aggregate(values, [slot, keys], agg)
-        if agg == "count":
-            wide = table.unstack(fill_value=0).reindex(index=range(n), fill_value=0).astype(np.int64)
-        else:
-            wide = table.unstack().reindex(index=range(n))
-    counts = values is None or agg == "count"
-    wide = _with_all_groups(wide, keys, fill=0 if counts else np.nan)
+        wide = table.unstack().reindex(index=range(n))
+    wide = _with_all_groups(wide, keys, fill=0 if agg == "count" else np.nan)
     wide.index = edges
-    wide.columns.name = key_name
+    wide.columns.name = by
     return wide
+
+
+def _bucket_edges(times: pd.DatetimeIndex, freq: Any) -> pd.DatetimeIndex:
+    """The starts of the buckets from the first of ``times`` to the last: resample knows
+    the calendar (local midnights, DST) and the anchoring, from the first and last time alone."""
+    try:
+        edges = cast(pd.DatetimeIndex, pd.Series(0, index=times).resample(_frequency(freq)).size().index)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"invalid bucket frequency {freq!r}: {exc}") from exc
+    return edges.rename("bucket")
+
+
+def _count_layout(
+    edges: pd.DatetimeIndex, slot: np.ndarray, keys: pd.Series | None, weights: np.ndarray | None, by: str | None
+) -> pd.DataFrame:
+    """The frame of counts per bucket (and group): events placed in bucket ``slot`` (and group
+    ``keys``), each counting ``weights`` (default 1). The one layout of :func:`bucket`'s counts
+    and of a collector's count (:func:`count_frame`)."""
+    n = len(edges)
+    if keys is None:
+        return pd.DataFrame({"count": np.bincount(slot, weights=weights, minlength=n).astype(np.int64)}, index=edges)
+    ones = np.ones(len(slot), dtype=np.int64) if weights is None else weights
+    table = pd.Series(ones).groupby([slot, keys], observed=True, sort=True).sum()
+    wide = table.unstack(fill_value=0)
+    wide = wide.reindex(index=range(n), fill_value=0).astype(np.int64)
+    wide = _with_all_groups(wide, keys, fill=0)
+    wide.index = edges
+    wide.columns.name = by
+    return wide
+
+
+_DAY_NS = 86_400 * 10**9
+
+
+def count_grain(freq: Any) -> int:
+    """The span in nanoseconds a count of ``freq`` buckets is counted in (see
+    :mod:`theia_frames.protocol.count`): every bucket :func:`bucket` lays out for ``freq``
+    in UTC is made of whole spans of it, so counts per span add up to counts per bucket.
+    ``None``: 0, no time buckets.
+
+    >>> count_grain("1min"), count_grain("7min"), count_grain("1D"), count_grain("MS"), count_grain(None)
+    (60000000000, 60000000000, 86400000000000, 86400000000000, 0)
+    """
+    if freq is None:
+        return 0
+    offset = _frequency(freq)
+    if isinstance(offset, pd.Timedelta):
+        step = int(offset.value)
+    elif isinstance(offset, pd.offsets.Tick):
+        step = int(offset.nanos)
+    elif isinstance(offset, (pd.offsets.BusinessHour, pd.offsets.CustomBusinessHour)):
+        step = 10**9  # its hours may start at any second
+    elif isinstance(offset, pd.offsets.BaseOffset):
+        step = _DAY_NS  # calendar offsets start at midnights (in UTC, the zone of a count)
+    else:
+        raise UsageError(f"invalid bucket frequency {freq!r}: not a pandas frequency or a duration")
+    if step <= 0:
+        raise UsageError(f"invalid bucket frequency {freq!r}: must be longer than 0")
+    return math.gcd(step, _DAY_NS)
+
+
+def count_frame(result: CountResult, freq: Any = None) -> pd.DataFrame:
+    """The frame of a count (:class:`~theia_frames.protocol.count.CountResult`): with ``freq``
+    (the frequency whose :func:`count_grain` it was counted in), the frame :func:`bucket`
+    returns for the same events in UTC, ``by`` the count's grouping; without, one row of the
+    total (``count``), or one per group (index named after the grouping), groups in order.
+
+    >>> from theia_frames.protocol.arrow import events_to_batch
+    >>> from theia_frames.protocol.count import Counter
+    >>> events = [Event(id=str(i), timestamp=t, source=s)
+    ...           for i, (t, s) in enumerate([(0.5, "a"), (0.9, "b"), (3.2, "a")])]
+    >>> counter = Counter(grain=count_grain("2s"), by="source")
+    >>> counter.add(events_to_batch(events))
+    >>> count_frame(counter.result(), "2s").equals(bucket(to_dataframe(events), "2s", by="source"))
+    True
+    >>> count_frame(counter.result())
+            count
+    source
+    a           2
+    b           1
+    """
+    slots, groups, counts = result.slots, result.groups, result.counts
+    if result.by is None:
+        keys = None
+    else:
+        order = sorted(range(len(result.names)), key=result.names.__getitem__)
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        categories = pd.Index([result.names[i] for i in order], dtype=object)
+        keys = pd.Series(pd.Categorical.from_codes(rank[groups] if len(groups) else groups, categories=categories))
+    if freq is None:
+        if keys is None:
+            return pd.DataFrame({"count": np.array([result.events], dtype=np.int64)})
+        per = pd.Series(counts).groupby(keys, observed=True, sort=True).sum().astype(np.int64)
+        per = per.reindex(keys.cat.categories, fill_value=0)
+        return pd.DataFrame({"count": per.to_numpy()}, index=pd.Index(list(per.index), dtype=object, name=result.by))
+    grain = count_grain(freq)
+    if grain != result.grain:
+        raise UsageError(f"a count in spans of {result.grain} ns cannot be laid out in {freq!r} buckets (spans of {grain} ns)")
+    bounds = [] if result.first is None else [result.first, result.last]
+    edges = _bucket_edges(pd.DatetimeIndex(np.array(bounds, dtype="datetime64[ns]")).tz_localize("UTC"), freq)
+    starts = slots * grain
+    slot = np.searchsorted(edges.asi8, starts, side="right") - 1 if len(edges) else np.zeros(0, dtype=np.intp)
+    return _count_layout(edges, slot, keys, counts, result.by)
 
 
 def _aggregate(values: pd.Series, keys: list[Any], agg: str) -> pd.Series:

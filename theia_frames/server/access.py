@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from .output import ConnectionState, close_quietly, peer_address, peer_name
 from ..protocol.messages import CHUNKS_PATH
+from ..protocol.count import COUNT_PATH
 
 if TYPE_CHECKING:  # pragma: no cover
     from websockets.asyncio.server import ServerConnection
@@ -25,8 +26,8 @@ __all__ = [
 
 
 
-#: The paths served: the protocol's three, and the extension's :data:`~theia_frames.protocol.messages.CHUNKS_PATH`.
-ENDPOINTS = ("/event", "/find", "/live", CHUNKS_PATH)
+#: The paths served: the protocol's three, and the extension's :data:`~theia_frames.protocol.messages.CHUNKS_PATH` and :data:`~theia_frames.protocol.count.COUNT_PATH`.
+ENDPOINTS = ("/event", "/find", "/live", CHUNKS_PATH, COUNT_PATH)
 
 
 class Admission:

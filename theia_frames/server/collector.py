@@ -88,6 +88,7 @@ from ..protocol.arrow import (
     SUBPROTOCOL,
 )
 from ..protocol.messages import CHUNKS_PATH
+from ..protocol.count import COUNT_PATH, DEFAULT_MAX_GROUPS
 from ..deprecation import renamed_arguments, warn_deprecated
 from ..exceptions import (
     InvalidFilterError,
@@ -103,6 +104,7 @@ from .output import ConnectionState, Stalled, ThrottledLog, peer_address, error_
 from .fanout import Fanout, Subscriber
 from .ingest import EventSink, Writer
 from .find_endpoint import FindEndpoint
+from .count_endpoint import CountEndpoint
 from .live_endpoint import LiveEndpoint
 from .event_endpoint import EventEndpoint
 from .access import ENDPOINTS, Admission
@@ -202,7 +204,7 @@ def serve(
     return Collector(db, host=host, port=port, **options).start()
 
 
-class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint):
+class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpoint):
     """A theia collector with an SQLite store, served from a background thread.
 
     Options:
@@ -249,6 +251,9 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint):
         once and never looks silent to its client: when nothing has matched
         yet, a batched ``/find`` sends a batch of no events and a plain one a
         ping.
+        ``max_groups``: most (time slot, group) pairs holding events a
+        ``/count`` may answer with (1,000,000); a count past it is refused
+        with an error message saying so.
 
     Patterns in filters that arrive over the network are compiled with RE2,
     a linear-time engine, so no pattern can make the collector hang; a pattern
@@ -281,6 +286,7 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint):
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         find_stall_timeout: float | None = DEFAULT_FIND_STALL_TIMEOUT,
         find_wait: float = DEFAULT_FIND_WAIT,
+        max_groups: int = DEFAULT_MAX_GROUPS,
     ) -> None:
         counts = {
             "max_message_size": max_message_size,
@@ -292,6 +298,7 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint):
             "max_pattern_size": max_pattern_size,
             "max_connections": max_connections,
             "max_connections_per_address": max_connections_per_address,
+            "max_groups": max_groups,
         }
         for name, value in counts.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -315,6 +322,7 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint):
         if isinstance(find_wait, bool) or not isinstance(find_wait, (int, float)) or not find_wait > 0:
             raise UsageError(f"find_wait must be a positive number of seconds, got {find_wait!r}")
         self.find_wait = float(find_wait)
+        self.max_groups = int(max_groups)
         self.ping_interval = ping_interval
         self.close_timeout = close_timeout
         if token is not None and (not isinstance(token, str) or not token):
@@ -573,6 +581,8 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint):
                 await self._on_live(ws, batched, state)
             elif path == CHUNKS_PATH:
                 await self._on_chunks(ws, batched)
+            elif path == COUNT_PATH:
+                await self._on_count(ws, batched)
         except ConnectionClosed as exc:
             if exc.sent is not None and exc.sent.code == 1009:
                 self._log.warning(

@@ -1,0 +1,236 @@
+"""Counts where the data is: ``client.count`` against ``bucket(to_dataframe(find))``.
+
+Every filter shape x every ``every``/``by`` x both dialects (our collector counts on its
+side; with ``batch=False`` the client counts while the events stream) x sync and async;
+against the real upstream collector the client-side count gives the same frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+import theia_frames as tf
+from theia_frames.client import AsyncClient, Client
+from theia_frames.event import Event
+from theia_frames.exceptions import UsageError
+from theia_frames.filter import EventFilter, Filter
+from theia_frames.frames.analysis import bucket, count_frame, count_grain
+from theia_frames.protocol.arrow import SUBPROTOCOL, events_to_batch
+from theia_frames.protocol.count import (
+    COUNT_PATH,
+    Counter,
+    count_reply,
+    count_request,
+    event_nanoseconds,
+    parse_count_reply,
+)
+from theia_frames.server.collector import serve
+from upstream import UpstreamCollector
+from waiting import wait_until
+
+T0 = 1_700_000_000.0
+SOURCES = [f"/dev/s{i}" for i in range(5)]
+TAGS = ["alpha", "beta", "gamma", "zeta"]
+
+
+def dataset(n: int = 900, seed: int = 7) -> list[Event]:
+    """Events over about 15 minutes across an hour boundary, with repeated times,
+    untagged events, several tags per event, and a few before 1970."""
+    rng = random.Random(seed)
+    events = []
+    for i in range(n):
+        t = T0 - 300 + i * 1.013 + rng.random() * 0.5
+        if i % 97 == 0:
+            t = round(t)  # equal timestamps at bucket edges
+        tags = rng.sample(TAGS, rng.randrange(0, 3))
+        events.append(
+            Event(
+                id=f"{rng.getrandbits(128):032x}",
+                timestamp=t,
+                source=rng.choice(SOURCES),
+                tags=tags,
+                content=f"reading {i} {'error' if i % 5 == 0 else 'ok'}",
+            )
+        )
+    events += [Event(id=f"old{i}", timestamp=-86_400.0 * 3 + i * 30.7, source=SOURCES[0], tags=["alpha"]) for i in range(4)]
+    return events
+
+
+EVENTS = dataset()
+
+FILTERS = {
+    "time-only": Filter(T0 - 1_000),
+    "time-range": EventFilter(start=T0, end=T0 + 300),
+    "tag": EventFilter(start=T0 - 1_000, tags=("beta",)),
+    "content": EventFilter(start=T0 - 1_000, content=r"error$"),
+    "source": EventFilter(start=T0 - 1_000, source=r"/dev/s[12]"),
+    "desc": EventFilter(start=T0 - 1_000, order="desc"),
+    "nothing": EventFilter(start=T0 - 1_000, content="no such reading"),
+    "all-times": EventFilter(start=-86_400.0 * 10),
+}
+EVERIES = [None, "1min", "7min", "1h"]
+BYS = [None, "source", "tag"]
+
+
+def expected(df: pd.DataFrame, every: Any, by: str | None) -> pd.DataFrame:
+    if every is not None:
+        return bucket(df, every, by=by)
+    if by is None:
+        return pd.DataFrame({"count": np.array([len(df)], dtype=np.int64)})
+    keys = tf.explode_tags(df)["tag"].dropna() if by == "tag" else df["source"]
+    per = keys.astype(str).value_counts().sort_index()
+    return pd.DataFrame({"count": per.to_numpy(dtype=np.int64)}, index=pd.Index(list(per.index), dtype=object, name=by))
+
+
+@pytest.fixture(scope="module")
+def ours() -> Iterator[str]:
+    with serve(db=":memory:", port=0) as collector:
+        with Client(collector.url) as client:
+            client.send_many(EVENTS)
+            client.flush()
+        yield collector.url
+
+
+@pytest.fixture(scope="module")
+def finds(ours: str) -> dict[str, pd.DataFrame]:
+    with Client(ours) as client:
+        return {name: client.find(flt).to_dataframe(progress=False) for name, flt in FILTERS.items()}
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batched", "plain"])
+@pytest.mark.parametrize("name", list(FILTERS))
+def test_count_is_the_bucket_of_the_find(ours: str, finds: dict[str, pd.DataFrame], name: str, batch: bool) -> None:
+    assert (len(finds[name]) == 0) == (name == "nothing")
+    with Client(ours, batch=batch) as client:
+        for every in EVERIES:
+            for by in BYS:
+                got = client.count(FILTERS[name], every, by)
+                pd.testing.assert_frame_equal(got, expected(finds[name], every, by), check_exact=True)
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batched", "plain"])
+def test_the_async_count_is_the_same_frame(ours: str, finds: dict[str, pd.DataFrame], batch: bool) -> None:
+    async def run() -> list[pd.DataFrame]:
+        async with AsyncClient(ours, batch=batch) as client:
+            return [await client.count(FILTERS[name], every, by) for name in FILTERS for every in EVERIES for by in BYS]
+
+    frames = asyncio.run(run())
+    want = [expected(finds[name], every, by) for name in FILTERS for every in EVERIES for by in BYS]
+    for got, exp in zip(frames, want, strict=True):
+        pd.testing.assert_frame_equal(got, exp, check_exact=True)
+
+
+def test_the_collector_answers_a_count_itself(ours: str) -> None:
+    from websockets.sync.client import connect
+
+    grain = count_grain("1min")
+    with connect(ours + COUNT_PATH, subprotocols=[SUBPROTOCOL], max_size=None) as ws:  # type: ignore[list-item]
+        ws.send(count_request(FILTERS["source"].to_json(), grain, "source"))
+        answer = ws.recv()
+    result = parse_count_reply(answer)
+    assert result is not None and result.events == sum(
+        1 for e in EVENTS if e.timestamp >= T0 - 1_000 and e.source in ("/dev/s1", "/dev/s2")
+    )
+    assert sorted(result.names) == ["/dev/s1", "/dev/s2"]
+    assert json.loads(answer)["counted"]["grain"] == grain
+
+
+def test_a_count_without_the_extension_is_refused(ours: str) -> None:
+    from websockets.sync.client import connect
+
+    with connect(ours + COUNT_PATH) as ws:
+        ws.send(count_request("{}", 0, None))
+        assert "theia-frames.v2" in json.loads(ws.recv())["error"]
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batched", "plain"])
+def test_too_many_groups_are_refused_clearly(batch: bool) -> None:
+    with serve(db=":memory:", port=0, max_groups=10) as collector:
+        with Client(collector.url, batch=batch) as client:
+            client.send_many(EVENTS[:100])
+            client.flush() if client.batched else None
+            wait_until(lambda: len(client.find(Filter(1)).to_dataframe(progress=False)) == 100, what="100 events")
+            with pytest.raises(UsageError, match=r"count refused: it makes more than 10 \(time slot, group\) pairs"):
+                client.count(Filter(1), "1s", "source", max_groups=10)
+            assert client.count(Filter(1), "1h", "source", max_groups=10)["/dev/s0"].sum() > 0
+
+
+def test_a_bad_count_request_is_refused() -> None:
+    with pytest.raises(UsageError, match="grouped by nothing, 'source' or 'tag'"):
+        count_request("{}", 0, "content")
+    with serve(db=":memory:", port=0) as collector, Client(collector.url) as client:
+        with pytest.raises(UsageError, match="grouped by"):
+            client.count(None, "1min", by="level")
+        with pytest.raises(UsageError, match="invalid bucket frequency"):
+            client.count(None, "every so often")
+
+
+def test_an_empty_store_counts_nothing() -> None:
+    with serve(db=":memory:", port=0) as collector:
+        for batch in (True, False):
+            with Client(collector.url, batch=batch) as client:
+                empty = client.find(Filter(1)).to_dataframe(progress=False)
+                for every in EVERIES:
+                    for by in BYS:
+                        pd.testing.assert_frame_equal(client.count(Filter(1), every, by), expected(empty, every, by))
+
+
+def test_times_are_rounded_as_a_frame_rounds_them() -> None:
+    seconds = np.array([0.0000005, 0.0000015, 1.0000025, -0.0000005, T0 + 0.1234565, -1e9 - 0.0000005])
+    frame = tf.to_dataframe([Event(id=str(i), timestamp=float(t)) for i, t in enumerate(seconds)])
+    assert event_nanoseconds(seconds).tolist() == frame["timestamp"].astype("int64").tolist()
+
+
+@pytest.mark.parametrize("every", ["1s", "7s", "90s", "1D", "MS", "2h", 45, "15m"])
+def test_grains_lay_out_like_bucket(every: Any) -> None:
+    rng = np.random.default_rng(3)
+    times = T0 + np.cumsum(rng.exponential(400.0, size=2_000))
+    events = [Event(id=str(i), timestamp=float(t), source=SOURCES[i % 3], tags=TAGS[: i % 3]) for i, t in enumerate(times)]
+    df = tf.to_dataframe(events)
+    for by in BYS:
+        counter = Counter(count_grain(every), by)
+        for at in range(0, len(events), 300):
+            counter.add(events_to_batch(events[at : at + 300]))
+        result = counter.result()
+        assert parse_count_reply(count_reply(result)) == result
+        pd.testing.assert_frame_equal(count_frame(result, every), bucket(df, every, by=by), check_exact=True)
+
+
+def test_the_counter_keeps_groups_not_events() -> None:
+    counter = Counter(count_grain("1min"), "source")
+    batch = events_to_batch([Event(id=str(i), timestamp=T0 + i * 0.001, source=SOURCES[i % 5]) for i in range(20_000)])
+    for k in range(30):
+        counter.add(pa.RecordBatch.from_arrays([batch.column(0), pa.compute.add(batch.column(1), 20.0 * k), *batch.columns[2:]], schema=batch.schema))
+    result = counter.result()
+    assert result.events == 600_000 and len(result.counts) <= 11 * 5
+
+
+def _load_upstream(url: str) -> None:
+    events = [e for e in EVENTS if e.timestamp > 0]  # the filters compared start after 1970
+    with Client(url) as client:
+        client.send_many(events)
+    wait_until(
+        lambda: len(tf.find(url, Filter(1), idle_timeout=1.0).to_dataframe(progress=False)) >= len(events),
+        timeout=30,
+        what="the events stored upstream",
+    )
+
+
+def test_upstream_counts_the_same(upstream_file_of_module: UpstreamCollector, ours: str, finds: dict[str, pd.DataFrame]) -> None:
+    url = upstream_file_of_module.url
+    _load_upstream(url)
+    with Client(url, idle_timeout=1.0) as client, Client(ours) as ours_client:
+        for name in ("time-only", "time-range", "tag", "content", "source", "desc"):
+            for every, by in (("1min", "source"), ("7min", "tag"), (None, None), ("1h", None)):
+                got = client.count(FILTERS[name], every, by)
+                pd.testing.assert_frame_equal(got, ours_client.count(FILTERS[name], every, by), check_exact=True)
+                pd.testing.assert_frame_equal(got, expected(finds[name], every, by), check_exact=True)

@@ -1,0 +1,401 @@
+"""Counts where the data is: the extension's ``/count`` request, its reply, and the counting.
+
+A count is a conversation of its own: on a connection to :data:`COUNT_PATH`
+that negotiated ``theia-frames.v2`` the client sends one :func:`count_request`
+(a filter, a grain and a grouping) and the collector answers one
+:func:`count_reply`, or ``{"error": ...}``, then closes normally.
+
+The **grain** is a span in nanoseconds (0: no time buckets): each event is
+counted in the grain-wide slot its time falls in, time rounded to the
+microsecond as an event frame holds it, slots counted from the epoch.
+The client picks a grain every bucket of the count's frequency is made of
+whole slots, and lays the buckets out from the slots
+(:func:`theia_frames.frames.analysis.count_frame`), so the answer has the
+layout of ``bucket()`` over the same events.
+
+:class:`Counter` is the one counting kernel: the collector runs it over the
+batches of its store that match the filter, and a client whose peer cannot
+count (the upstream collector, a client with ``batch=False``) runs it over the
+batches of a find, as they arrive, in memory that grows with the groups, not
+the events. Both stop at ``max_groups`` (slots × groups holding events).
+
+>>> import pyarrow as pa
+>>> from theia_frames.protocol.arrow import event_schema
+>>> batch = pa.RecordBatch.from_pylist(
+...     [{"id": "a", "timestamp": 0.5, "source": "x", "tags": ["t"], "content": ""},
+...      {"id": "b", "timestamp": 61.0, "source": "y", "tags": [], "content": ""}],
+...     schema=event_schema())
+>>> counter = Counter(grain=60_000_000_000, by="source")
+>>> counter.add(batch)
+>>> result = counter.result()
+>>> result.names, result.slots.tolist(), result.groups.tolist(), result.counts.tolist()
+(['x', 'y'], [0, 1], [0, 1], [1, 1])
+>>> parse_count_reply(count_reply(result)) == result
+True
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import ProtocolError, ServerError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pyarrow as pa
+
+__all__ = [
+    "COUNT_PATH",
+    "DEFAULT_MAX_GROUPS",
+    "MAX_COUNT_REPLY",
+    "GROUPINGS",
+    "CountRequest",
+    "CountResult",
+    "Counter",
+    "count_request",
+    "parse_count_request",
+    "count_reply",
+    "parse_count_reply",
+    "too_many_groups",
+    "is_too_many_groups",
+    "event_nanoseconds",
+    "count_answer",
+]
+
+#: The extension's endpoint for counts (see the module's text).
+COUNT_PATH = "/count"
+#: Most (slot, group) pairs holding events a count may have, unless the collector's ``max_groups`` says otherwise.
+DEFAULT_MAX_GROUPS = 1_000_000
+#: Most bytes of a count's reply a client reads (1,000,000 pairs of numbers, and room for the names).
+MAX_COUNT_REPLY = 256 * 1024 * 1024
+#: What a count may be grouped by, besides time: nothing, the event's source, each of its tags.
+GROUPINGS = (None, "source", "tag")
+
+_TOO_MANY = "count refused: "
+# Rows of pending (slot, group, count) triples gathered before they are summed.
+_PENDING = 1 << 20
+
+
+def _np() -> Any:
+    import numpy
+
+    return numpy
+
+
+def _pa() -> Any:
+    import pyarrow
+
+    return pyarrow
+
+
+def event_nanoseconds(seconds: Any) -> np.ndarray:
+    """Event times (float seconds, a numpy or Arrow array) as int64 nanoseconds, rounded to
+    the microsecond (half to even) as an event frame's ``timestamp`` column holds them.
+
+    >>> event_nanoseconds(_np().array([0.0000005, 0.0000015, -1.5])).tolist()
+    [0, 2000, -1500000000]
+    """
+    np = _np()
+    values = np.asarray(seconds, dtype=np.float64)
+    return np.rint(values * 1e6).astype(np.int64) * 1000
+
+
+@dataclass(frozen=True)
+class CountRequest:
+    """A count's question: the filter (its JSON text, as the collector reads filters), the grain
+    in nanoseconds (0: no time buckets) and the grouping (one of :data:`GROUPINGS`)."""
+
+    filter: str
+    grain: int
+    by: str | None
+
+
+def _check(grain: Any, by: Any) -> None:
+    if isinstance(grain, bool) or not isinstance(grain, int) or grain < 0:
+        raise UsageError(f"a count's grain must be a whole number of nanoseconds, 0 or more; got {grain!r}")
+    if by not in GROUPINGS:
+        raise UsageError(f"a count is grouped by nothing, 'source' or 'tag'; got by={by!r}")
+
+
+def count_request(filter_json: str, grain: int, by: str | None) -> str:
+    """The client's message on :data:`COUNT_PATH`.
+
+    >>> count_request('{"start": 1}', 60_000_000_000, "source")
+    '{"count": {"grain": 60000000000, "by": "source"}, "filter": {"start": 1}}'
+    >>> parse_count_request(count_request("{}", 0, None))
+    CountRequest(filter='{}', grain=0, by=None)
+    """
+    _check(grain, by)
+    return json.dumps({"count": {"grain": grain, "by": by}, "filter": json.loads(filter_json)})
+
+
+def parse_count_request(message: str | bytes) -> CountRequest:
+    """The :class:`CountRequest` of a client's message; :class:`~theia_frames.exceptions.UsageError`
+    naming what is wrong with it otherwise."""
+    try:
+        obj = json.loads(message)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise UsageError(f"a count request must be a JSON object: {exc}") from exc
+    if not isinstance(obj, dict) or set(obj) != {"count", "filter"} or not isinstance(obj["count"], dict):
+        raise UsageError('a count request is {"count": {"grain": NANOSECONDS, "by": null|"source"|"tag"}, "filter": {...}}')
+    spec = obj["count"]
+    unknown = set(spec) - {"grain", "by"}
+    if unknown:
+        raise UsageError(f"unknown count key(s): {', '.join(sorted(map(str, unknown)))}")
+    grain, by = spec.get("grain", 0), spec.get("by")
+    _check(grain, by)
+    return CountRequest(json.dumps(obj["filter"]), grain, by)
+
+
+def too_many_groups(groups: int, limit: int) -> str:
+    """The refusal of a count past ``limit`` (slot, group) pairs (the same text on either side).
+
+    >>> is_too_many_groups(too_many_groups(12, 10))
+    True
+    """
+    return (
+        f"{_TOO_MANY}it makes more than {limit:,} (time slot, group) pairs holding events (at least {groups:,}); "
+        "count with a coarser every=, a narrower time range, or without by="
+    )
+
+
+def is_too_many_groups(text: str) -> bool:
+    """Whether an error text is the refusal of :func:`too_many_groups`."""
+    return text.startswith(_TOO_MANY)
+
+
+@dataclass
+class CountResult:
+    """A count's answer: for each (slot, group) pair holding events, its slot (time // grain),
+    group (an index into ``names``) and count; and the first and last event times counted
+    (nanoseconds, None when nothing was), from which the buckets are laid out.
+    Pairs are ordered by slot, then group."""
+
+    grain: int
+    by: str | None
+    names: list[str]
+    slots: np.ndarray
+    groups: np.ndarray
+    counts: np.ndarray
+    first: int | None
+    last: int | None
+    events: int = 0
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CountResult):
+            return NotImplemented
+        np = _np()
+        return (
+            (self.grain, self.by, self.names, self.first, self.last, self.events)
+            == (other.grain, other.by, other.names, other.first, other.last, other.events)
+            and all(np.array_equal(a, b) for a, b in ((self.slots, other.slots), (self.groups, other.groups), (self.counts, other.counts)))
+        )
+
+
+def _reduce(slots: np.ndarray, groups: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Triples summed per (slot, group), ordered by slot then group."""
+    np = _np()
+    if not len(slots):
+        return slots, groups, counts
+    lo, hi = int(slots.min()), int(slots.max())
+    width = int(groups.max()) + 1
+    span = (hi - lo + 1) * width
+    if span <= max(4 * len(slots), 1 << 16):
+        # few possible pairs: one bincount over slot x group
+        code = (slots - lo) * width + groups
+        summed = np.bincount(code, weights=None if counts is None else counts, minlength=span)
+        held = np.flatnonzero(summed)
+        return held // width + lo, (held % width).astype(np.int64), summed[held].astype(np.int64)
+    order = np.lexsort((groups, slots))
+    s, g, c = slots[order], groups[order], counts[order]
+    starts = np.flatnonzero(np.concatenate(([True], (s[1:] != s[:-1]) | (g[1:] != g[:-1]))))
+    return s[starts], g[starts], np.add.reduceat(c, starts).astype(np.int64)
+
+
+@dataclass
+class Counter:
+    """Counts of event batches (:func:`~theia_frames.protocol.arrow.event_schema`) per slot and
+    group, accumulated batch by batch; :class:`~theia_frames.exceptions.UsageError` (the text of
+    :func:`too_many_groups`) once more than ``max_groups`` pairs hold events."""
+
+    grain: int
+    by: str | None = None
+    max_groups: int = DEFAULT_MAX_GROUPS
+    names: list[str] = field(default_factory=list)
+    _index: dict[str, int] = field(default_factory=dict)
+    _pending: list[tuple[Any, Any, Any]] = field(default_factory=list)
+    _pending_rows: int = 0
+    _summed: tuple[Any, Any, Any] | None = None
+    _first: int | None = None
+    _last: int | None = None
+    _events: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.grain, self.by)
+        if isinstance(self.max_groups, bool) or not isinstance(self.max_groups, int) or self.max_groups < 1:
+            raise UsageError(f"max_groups must be a positive whole number, got {self.max_groups!r}")
+
+    def _codes(self, dictionary: Any) -> np.ndarray:
+        """Global group numbers of a batch's dictionary (names numbered as first met)."""
+        np = _np()
+        out = np.empty(len(dictionary), dtype=np.int64)
+        for i, name in enumerate(dictionary.to_pylist()):
+            code = self._index.get(name)
+            if code is None:
+                code = self._index[name] = len(self.names)
+                self.names.append(name)
+            out[i] = code
+        return out
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        """Count the events of ``batch`` (its ``timestamp`` and, when grouped, ``source`` or ``tags``)."""
+        np, pa = _np(), _pa()
+        rows = batch.num_rows
+        if not rows:
+            return
+        ns = event_nanoseconds(batch.column("timestamp").to_numpy(zero_copy_only=False))
+        lo, hi = int(ns.min()), int(ns.max())
+        self._first = lo if self._first is None else min(self._first, lo)
+        self._last = hi if self._last is None else max(self._last, hi)
+        self._events += rows
+        slots = ns // self.grain if self.grain else np.zeros(rows, dtype=np.int64)
+        if self.by is None:
+            groups = np.zeros(rows, dtype=np.int64)
+            if not self.names:
+                self.names.append("count")
+                self._index["count"] = 0
+        elif self.by == "source":
+            column = batch.column("source")
+            if not isinstance(column.type, pa.DictionaryType):
+                column = column.dictionary_encode()
+            groups = self._codes(column.dictionary)[column.indices.to_numpy(zero_copy_only=False)]
+        else:
+            tags = batch.column("tags")
+            offsets = tags.offsets.to_numpy()
+            values = tags.flatten()
+            if not len(values):
+                return
+            encoded = values.dictionary_encode()
+            groups = self._codes(encoded.dictionary)[encoded.indices.to_numpy(zero_copy_only=False)]
+            slots = np.repeat(slots, np.diff(offsets))
+        s, g, c = _reduce(slots, groups, np.ones(len(slots), dtype=np.int64))
+        self._pending.append((s, g, c))
+        self._pending_rows += len(s)
+        if self._pending_rows >= _PENDING:
+            self._merge()
+
+    def _merge(self) -> None:
+        np = _np()
+        parts = list(self._pending)
+        if self._summed is not None:
+            parts.append(self._summed)
+        self._pending, self._pending_rows = [], 0
+        if not parts:
+            return
+        merged = _reduce(*(np.concatenate([p[i] for p in parts]) for i in range(3)))
+        if len(merged[0]) > self.max_groups:
+            raise UsageError(too_many_groups(len(merged[0]), self.max_groups))
+        self._summed = merged
+
+    def result(self) -> CountResult:
+        """What was counted so far (pairs ordered by slot, then group)."""
+        np = _np()
+        self._merge()
+        empty = np.zeros(0, dtype=np.int64)
+        s, g, c = self._summed if self._summed is not None else (empty, empty, empty)
+        names: list[str] = []
+        if self.by is not None:
+            # the names of the groups counted alone (a batch's dictionary may hold more)
+            used = np.unique(g)
+            names = [self.names[i] for i in used.tolist()]
+            g = np.searchsorted(used, g).astype(np.int64)
+        return CountResult(self.grain, self.by, names, s, g, c, self._first, self._last, self._events)
+
+
+def count_reply(result: CountResult) -> str:
+    """The collector's answer on :data:`COUNT_PATH` (one text message)."""
+    return json.dumps(
+        {
+            "counted": {
+                "grain": result.grain,
+                "by": result.by,
+                "names": result.names,
+                "slots": result.slots.tolist(),
+                "groups": result.groups.tolist(),
+                "counts": result.counts.tolist(),
+                "first": result.first,
+                "last": result.last,
+                "events": result.events,
+            }
+        },
+        ensure_ascii=False,
+    )
+
+
+def _ints(value: Any, what: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"{what} must be a list of whole numbers")
+    return value
+
+
+def parse_count_reply(message: str | bytes) -> CountResult | None:
+    """The :class:`CountResult` of a :func:`count_reply`, else None (anything else, or a reply whose
+    parts do not fit together: lists of different lengths, a group with no name, a count below 1)."""
+    np = _np()
+    if not isinstance(message, str) or not message.startswith('{"counted"'):
+        return None
+    try:
+        obj = json.loads(message)["counted"]
+        grain, by, names = obj["grain"], obj["by"], obj["names"]
+        _check(grain, by)
+        slots, groups, counts = (np.array(_ints(obj[k], k), dtype=np.int64) for k in ("slots", "groups", "counts"))
+        first, last, events = obj["first"], obj["last"], obj["events"]
+    except (ValueError, KeyError, TypeError, UsageError, OverflowError):
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    if not (len(slots) == len(groups) == len(counts)) or (len(counts) and (counts.min() < 1 or groups.min() < 0)):
+        return None
+    if by is not None and len(groups) and groups.max() >= len(names):
+        return None
+    if by is None and len(groups) and groups.max() > 0:
+        return None
+    if (first is None) != (last is None) or not isinstance(events, int) or events < 0:
+        return None
+    if first is not None and not (isinstance(first, int) and isinstance(last, int) and first <= last):
+        return None
+    return CountResult(grain, by, names, slots, groups, counts, first, last, events)
+
+
+def count_answer(message: Any, grain: int, by: str | None, url: str) -> CountResult:
+    """What the collector's answer to a count request means: its :class:`CountResult`, or
+    :class:`~theia_frames.exceptions.UsageError` (a count refused as too large: the same error a
+    client counting by itself raises), :class:`~theia_frames.exceptions.ServerError` (any other
+    error answer), :class:`~theia_frames.exceptions.ProtocolError` (no answer, or not a count of
+    the question asked).
+
+    >>> count_answer('{"error": "' + too_many_groups(3, 2) + '"}', 0, None, "ws://h")
+    Traceback (most recent call last):
+    ...
+    theia_frames.exceptions.UsageError: count refused: it makes more than 2 (time slot, group) pairs holding events (at least 3); count with a coarser every=, a narrower time range, or without by=
+    """
+    from .messages import error_text
+
+    if message is None:
+        raise ProtocolError(f"{url}{COUNT_PATH} closed the connection without answering the count")
+    text = error_text(message)
+    if text is not None:
+        if is_too_many_groups(text):
+            raise UsageError(text)
+        raise ServerError(text, url=url)
+    result = parse_count_reply(message)
+    if result is None:
+        raise ProtocolError(f"{url}{COUNT_PATH} answered a count with {str(message)[:80]!r}")
+    if result.grain != grain or result.by != by:
+        raise ProtocolError(
+            f"{url}{COUNT_PATH} answered a count in spans of {result.grain} ns by {result.by!r}; "
+            f"it was asked for spans of {grain} ns by {by!r}"
+        )
+    return result
