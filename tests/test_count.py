@@ -234,3 +234,29 @@ def test_upstream_counts_the_same(upstream_file_of_module: UpstreamCollector, ou
                 got = client.count(FILTERS[name], every, by)
                 pd.testing.assert_frame_equal(got, ours_client.count(FILTERS[name], every, by), check_exact=True)
                 pd.testing.assert_frame_equal(got, expected(finds[name], every, by), check_exact=True)
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "jsonl", "parquet"])
+def test_the_count_command(ours: str, finds: dict[str, pd.DataFrame], fmt: str, capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    import io
+
+    from theia_frames.cli import main
+
+    code = main(["count", "--url", ours, "--start", str(T0 - 1_000), "--source", "/dev/s[12]", "--every", "1m", "--by", "source", "--format", fmt])
+    assert code == 0
+    out = capfdbinary.readouterr().out
+    want = expected(finds["source"], "1min", "source")
+    if fmt == "csv":
+        got = pd.read_csv(io.BytesIO(out))
+        assert got.columns.tolist() == ["bucket", "/dev/s1", "/dev/s2"]
+        assert got[["/dev/s1", "/dev/s2"]].to_numpy().tolist() == want.to_numpy().tolist()
+        assert pd.to_datetime(got["bucket"]).tolist() == want.index.tolist()
+    elif fmt == "jsonl":
+        rows = [json.loads(line) for line in out.decode().splitlines()]
+        assert [[r["/dev/s1"], r["/dev/s2"]] for r in rows] == want.to_numpy().tolist()
+    elif fmt == "parquet":
+        got = pd.read_parquet(io.BytesIO(out))
+        assert got["bucket"].tolist() == want.index.tolist() and got["/dev/s1"].tolist() == want["/dev/s1"].tolist()
+    else:
+        lines = out.decode().splitlines()
+        assert lines[0].split() == ["bucket", "/dev/s1", "/dev/s2"] and len(lines) == len(want) + 1

@@ -19,7 +19,7 @@ from ..exceptions import TheiaError
 __all__ = ["main", "build_parser"]
 
 # Modules of this package that define commands, in the order they are listed.
-COMMAND_MODULES: tuple[str, ...] = ("serve", "client", "offline", "logs", "check")
+COMMAND_MODULES: tuple[str, ...] = ("serve", "client", "count", "offline", "logs", "check")
 
 
 def build_parser() -> argparse.ArgumentParser:

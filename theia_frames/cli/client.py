@@ -85,6 +85,11 @@ def _filter_from(args: argparse.Namespace) -> EventFilter:
     )
 
 
+#: The filter options of ``find`` and the filter they describe, for the other commands that take a filter.
+add_filter_options = _add_filter_options
+filter_from = _filter_from
+
+
 def _split_tags(values: Iterable[str]) -> list[str]:
     return [t for v in values for t in v.split(",") if t]
 
