@@ -147,14 +147,18 @@ def parse_flush_request(message: str) -> Any:
 def flush_reply(token: Any, stored: int, rejected: int, duplicates: int = 0) -> str:
     """The collector's answer to a flush: ``stored`` events of the connection committed
     (new events only), ``rejected`` messages refused, ``duplicates`` events acknowledged as
-    already stored (exact repeats: stored once, not counted in ``stored``).
+    already stored (exact repeats: stored once, not counted in ``stored``; the field is sent
+    only when there are some, so an answer without any reads as it always did).
 
-    >>> flush_reply(7, 10, 1, 2)
-    '{"flushed": 7, "stored": 10, "rejected": 1, "duplicates": 2}'
+    >>> flush_reply(7, 10, 1, 2), flush_reply(7, 10, 1)
+    ('{"flushed": 7, "stored": 10, "rejected": 1, "duplicates": 2}', '{"flushed": 7, "stored": 10, "rejected": 1}')
     >>> parse_flush_reply(flush_reply(7, 10, 1, 2)), parse_flush_reply('{"flushed": 7, "stored": 10}')
     ((7, 10, 2), (7, 10, 0))
     """
-    return json.dumps({"flushed": token, "stored": stored, "rejected": rejected, "duplicates": duplicates})
+    answer = {"flushed": token, "stored": stored, "rejected": rejected}
+    if duplicates:
+        answer["duplicates"] = duplicates
+    return json.dumps(answer)
 
 
 def parse_flush_reply(message: Buffer | str) -> tuple[int, int | None, int] | None:
