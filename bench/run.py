@@ -23,14 +23,25 @@ Cases:
   g      bucket and explode_tags on the frame of all events
   q      the selective queries of queries() -> DataFrame, end to end, this project
   k      the same queries with DuckDB over the same events as a local Parquet file
+  o      the same queries -> Polars, this project (to_polars)
+  l      the same queries with Polars over the Parquet file (scan_parquet, filter, collect)
   p      theia_frames.read_events() of that Parquet file (all events)
   w      seconds from a /find request to its first message after ``ok``, per query
 
     python bench/run.py --n 10000000 --cases aqkptw --repeat 2     # the 10M-event mode
 
-Workload: ``simulation.sensor_events`` (4 sources, three tags each), every
-100th event also tagged ``alarm`` with `` alarm`` after its content (the rare
-events the selective queries look for).
+Every selective query is also measured as this project -> Polars (``to_polars``,
+case ``o``) and as Polars over the Parquet file (``scan_parquet(...).filter(...)
+.collect()``, case ``l``).
+
+Workloads (``--workload``):
+  realistic  (the default) like users' events: random 32-hex-digit ids (uuid4-like),
+             20 sources, timestamps 1 ms apart plus up to 0.5 ms of jitter (whole
+             microseconds), tags ``<service>,prod``, 1% of events (at random) also
+             tagged ``alarm``, 1% (at random, apart) with an error message as content;
+             case (t) sends it as one single-chunk table with the tags as comma text
+  simple     ``simulation.sensor_events`` (4 sources, three tags each), every 100th
+             event also tagged ``alarm`` with `` alarm`` after its content
 """
 
 from __future__ import annotations
@@ -71,8 +82,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+WORKLOADS = ("realistic", "simple")
+WORKLOAD = "realistic"  # set from --workload, in the parent and every child
+CHUNK = 250_000  # rows of one generated batch of the realistic workload
+SERVICES = ("web", "api", "db", "cache", "queue")
+SOURCES = tuple(f"/srv/{SERVICES[i % 5]}-{i // 5 + 1:02d}/app.log" for i in range(20))
+
+
 def workload(n: int) -> Any:
+    """The workload's events, as Event objects (for the cases that send or write those)."""
     from theia_frames import Event
+
+    if WORKLOAD == "realistic":
+        for table in realistic_tables(n):
+            for row in table.to_pylist():
+                yield Event(row["id"], row["timestamp"], row["source"], row["tags"], row["content"])
+        return
     from theia_frames import sensor_events
 
     # a few sources, three tags, numeric content like "21.5C"; 1 ms apart; 1% "alarm"
@@ -80,6 +105,46 @@ def workload(n: int) -> Any:
         if i % 100 == 50:
             e = Event(e.id, e.timestamp, e.source, [*e.tags, "alarm"], e.content + " alarm")
         yield e
+
+
+def realistic_tables(n: int, comma_tags: bool = False) -> Any:
+    """The realistic workload as pyarrow tables of CHUNK rows (the last fewer), each made
+    from its own seed (the same events in every process), columns in the event order
+    (id, timestamp, source, tags, content); ``comma_tags`` gives tags and sources as
+    users' tables hold them (comma text, plain text)."""
+    import binascii
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for number, begin in enumerate(range(0, n, CHUNK)):
+        m = min(CHUNK, n - begin)
+        rng = np.random.default_rng([7, number])
+        raw = rng.integers(0, 256, size=16 * m, dtype=np.uint8).tobytes()
+        ids = pa.Array.from_buffers(
+            pa.string(), m, [None, pa.py_buffer(np.arange(0, 32 * (m + 1), 32, dtype=np.int32)),
+                             pa.py_buffer(binascii.hexlify(raw))])
+        micros = (np.arange(begin, begin + m, dtype=np.int64) * 1000 + rng.integers(0, 501, size=m)).astype(np.float64)
+        timestamps = pa.array(START + micros / 1e6, pa.float64())
+        which = rng.integers(0, len(SOURCES), size=m).astype(np.int32)
+        rare = rng.random(m) < 0.01
+        error = rng.random(m) < 0.01
+        service = pa.array(np.array(SERVICES, dtype=object)[which % len(SERVICES)].astype(str))
+        tag_text = pc.binary_join_element_wise(service, pa.array(np.where(rare, "prod,alarm", "prod")), ",")
+        millis = pa.array(rng.integers(1, 900, size=m)).cast(pa.string())
+        user = pa.array(rng.integers(1000, 99999, size=m)).cast(pa.string())
+        normal = pc.binary_join_element_wise("request served in ", millis, " ms for user ", user, "")
+        failed = pc.binary_join_element_wise("ERROR connection refused by db-", pa.array(which % 7).cast(pa.string()),
+                                             " after ", millis, " ms", "")
+        content = pc.if_else(pa.array(error), failed, normal)
+        if comma_tags:
+            source: Any = pa.array(np.array(SOURCES, dtype=object)[which].astype(str))
+            tags: Any = tag_text
+        else:
+            source = pa.DictionaryArray.from_arrays(pa.array(which), pa.array(SOURCES))
+            tags = pc.split_pattern(tag_text, ",")
+        yield pa.table({"id": ids, "timestamp": timestamps, "source": source, "tags": tags, "content": content})
 
 
 def arrow_module() -> Any:
@@ -96,6 +161,11 @@ def workload_batches(n: int, size: int = 250_000) -> Any:
     """The workload as Arrow record batches of the event schema."""
     import itertools
 
+    if WORKLOAD == "realistic":
+        event_schema = arrow_module().event_schema
+        for table in realistic_tables(n):
+            yield table.cast(event_schema()).combine_chunks().to_batches()[0]
+        return
     events_to_batch = arrow_module().events_to_batch
 
     events = workload(n)
@@ -103,22 +173,58 @@ def workload_batches(n: int, size: int = 250_000) -> Any:
         yield events_to_batch(batch)
 
 
-def queries(n: int) -> dict[str, tuple[dict[str, Any], str]]:
-    """Each selective query: its filter (JSON form) and the same as a DuckDB WHERE clause."""
+def query_parts(n: int) -> dict[str, tuple[float | None, float | None, str | None, str | None]]:
+    """Each selective query as (start, end, tag, content regex); None where it has none."""
     span = n / 1000.0  # seconds the workload covers
     lo = START + 0.5 * span
     hi = lo + 0.01 * span - 0.0005
-    when = f"timestamp >= to_timestamp({lo}) AND timestamp <= to_timestamp({hi})"
+    regex = r"ERROR connection refused by db-\d+" if WORKLOAD == "realistic" else r"\d[a-zA-Z%]+ alarm"
+    common = "prod" if WORKLOAD == "realistic" else "sensor"
     return {
-        "all": ({"start": START - 1}, "TRUE"),
-        "time 1%": ({"start": lo, "end": hi}, when),
-        "tag 1%": ({"start": START - 1, "tags": ["alarm"]}, "list_contains(tags, 'alarm')"),
-        "content regex 1%": (
-            {"start": START - 1, "content": r"\d[a-zA-Z%]+ alarm"}, r"regexp_matches(content, '\d[a-zA-Z%]+ alarm')"
-        ),
-        "tag + time": ({"start": lo, "end": hi, "tags": ["alarm"]}, f"list_contains(tags, 'alarm') AND {when}"),
-        "tag all carry": ({"start": START - 1, "tags": ["sensor"]}, "list_contains(tags, 'sensor')"),
+        "all": (None, None, None, None),
+        "time 1%": (lo, hi, None, None),
+        "tag 1%": (None, None, "alarm", None),
+        "content regex 1%": (None, None, None, regex),
+        "tag + time": (lo, hi, "alarm", None),
+        "tag all carry": (None, None, common, None),
     }
+
+
+def queries(n: int) -> dict[str, tuple[dict[str, Any], str]]:
+    """Each selective query: its filter (JSON form) and the same as a DuckDB WHERE clause."""
+    out: dict[str, tuple[dict[str, Any], str]] = {}
+    for name, (lo, hi, tag, regex) in query_parts(n).items():
+        flt: dict[str, Any] = {"start": START - 1 if lo is None else lo}
+        where = []
+        if tag is not None:
+            flt["tags"] = [tag]
+            where.append(f"list_contains(tags, '{tag}')")
+        if lo is not None:
+            flt["end"] = hi
+            where.append(f"timestamp >= to_timestamp({lo}) AND timestamp <= to_timestamp({hi})")
+        if regex is not None:
+            flt["content"] = regex
+            where.append(f"regexp_matches(content, '{regex}')")
+        out[name] = (flt, " AND ".join(where) or "TRUE")
+    return out
+
+
+def polars_query(n: int, name: str) -> Any:
+    """The same query as a Polars expression over the Parquet file's columns."""
+    from datetime import datetime, timezone
+
+    import polars as pl
+
+    lo, hi, tag, regex = query_parts(n)[name]
+    expr = pl.lit(True)
+    if lo is not None and hi is not None:
+        expr = expr & pl.col("timestamp").is_between(
+            datetime.fromtimestamp(lo, timezone.utc), datetime.fromtimestamp(hi, timezone.utc), closed="both")
+    if tag is not None:
+        expr = expr & pl.col("tags").list.contains(tag)
+    if regex is not None:
+        expr = expr & pl.col("content").str.contains(regex)
+    return expr
 
 
 def emit(result: dict[str, Any]) -> None:
@@ -202,7 +308,10 @@ def case_send_table(url: str, n: int) -> dict[str, Any]:
 
     from theia_frames import Client
 
-    table = pa.Table.from_batches(list(workload_batches(n)))
+    if WORKLOAD == "realistic":  # one chunk, tags as comma text, sources as plain text
+        table = pa.concat_tables(list(realistic_tables(n, comma_tags=True))).combine_chunks()
+    else:
+        table = pa.Table.from_batches(list(workload_batches(n)))
     with Client(url) as client:
         t0 = time.perf_counter()
         client.send_many(table)
@@ -236,6 +345,32 @@ def case_duckdb(path: str, n: int, name: str) -> dict[str, Any]:
     df = con.sql(f"SELECT * FROM read_parquet('{path}') WHERE {where} ORDER BY timestamp, id").df()
     seconds = time.perf_counter() - t0
     return {"case": "k", "query": name, "events": len(df), "seconds": seconds}
+
+
+def case_polars(url: str, n: int, name: str) -> dict[str, Any]:
+    """(o) one selective query -> Polars, end to end, this project (to_polars)."""
+    from theia_frames import Client, EventFilter
+    from theia_frames import to_polars
+
+    import polars  # noqa: F401  (imported before the clock starts, as in case l)
+
+    flt = EventFilter.from_dict(queries(n)[name][0])
+    with Client(url) as client:
+        t0 = time.perf_counter()
+        df = to_polars(client.find(flt), progress=False)
+        seconds = time.perf_counter() - t0
+    return {"case": "o", "query": name, "events": df.height, "seconds": seconds}
+
+
+def case_polars_parquet(path: str, n: int, name: str) -> dict[str, Any]:
+    """(l) the same query with Polars over the local Parquet file."""
+    import polars as pl
+
+    expr = polars_query(n, name)
+    t0 = time.perf_counter()
+    df = pl.scan_parquet(path).filter(expr).collect()
+    seconds = time.perf_counter() - t0
+    return {"case": "l", "query": name, "events": df.height, "seconds": seconds}
 
 
 def case_read_parquet(path: str) -> dict[str, Any]:
@@ -436,6 +571,10 @@ def run_child(args: argparse.Namespace) -> None:
         emit(case_query(args.url, args.n, args.query))
     elif kind == "k":
         emit(case_duckdb(args.path, args.n, args.query))
+    elif kind == "o":
+        emit(case_polars(args.url, args.n, args.query))
+    elif kind == "l":
+        emit(case_polars_parquet(args.path, args.n, args.query))
     elif kind == "p":
         emit(case_read_parquet(args.path))
     elif kind == "w":
@@ -453,7 +592,7 @@ def run_child(args: argparse.Namespace) -> None:
 
 
 def child(kind: str, **kw: Any) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", kind]
+    cmd = [sys.executable, __file__, "--child", kind, "--workload", WORKLOAD]
     for key, value in kw.items():
         cmd += [f"--{key}", str(value)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
@@ -507,20 +646,20 @@ def store_size(db: str, n: int) -> dict[str, Any]:
 
 
 def run_queries(args: argparse.Namespace, url: str, parquet: str) -> dict[str, Any]:
-    """Each query of QUERIES, this project then DuckDB, ``--repeat`` times interleaved; a failed
-    run (a client timing out) is recorded as such."""
+    """Each query of queries(), this project then DuckDB, this project to Polars then Polars,
+    ``--repeat`` times interleaved; a failed run (a client timing out) is recorded as such."""
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     errors: dict[tuple[str, str], str] = {}
     for _ in range(args.repeat):
         for name in queries(args.n):
-            for kind in "qk":
+            for kind in "qkol":
                 if kind not in args.cases or (kind, name) in errors:
                     continue
                 try:
-                    if kind == "q":
-                        r = child("q", url=url, n=args.n, query=name)
+                    if kind in "qo":
+                        r = child(kind, url=url, n=args.n, query=name)
                     else:
-                        r = child("k", path=parquet, n=args.n, query=name)
+                        r = child(kind, path=parquet, n=args.n, query=name)
                 except RuntimeError as exc:
                     errors[(kind, name)] = str(exc).strip().splitlines()[-1][:300]
                     continue
@@ -528,7 +667,7 @@ def run_queries(args: argparse.Namespace, url: str, parquet: str) -> dict[str, A
     out: dict[str, Any] = {}
     for name in queries(args.n):
         out[name] = {}
-        for kind in "qk":
+        for kind in "qkol":
             if (kind, name) in runs:
                 out[name][kind] = median(runs[(kind, name)])
             elif (kind, name) in errors:
@@ -542,7 +681,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="runs of each timed case (median reported)")
     p.add_argument("--live-rate", type=float, default=20_000, help="events/s sent in case f")
     p.add_argument("--live-seconds", type=float, default=10.0)
-    p.add_argument("--cases", default="abcdefghtqkpw")
+    p.add_argument("--cases", default="abcdefghtqkolpw")
+    p.add_argument("--workload", choices=WORKLOADS, default="realistic", help="the events measured (see above)")
     p.add_argument("--json", default=str(HERE / "results" / "latest.json"), help="result file")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
@@ -551,12 +691,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
     p.add_argument("--query", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    global WORKLOAD
+    WORKLOAD = args.workload
     if args.child:
         run_child(args)
         return 0
 
     results: dict[str, Any] = {
         "n": args.n,
+        "workload": args.workload,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -578,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     other.terminate()
                     other.wait(timeout=30)
-            if set("kp") & set(args.cases):
+            if set("kpl") & set(args.cases):
                 child("parquet", n=args.n, path=parquet)
                 results["parquet"] = {"bytes": os.path.getsize(parquet), "per_event": os.path.getsize(parquet) / args.n}
             runs: dict[str, list[dict[str, Any]]] = {k: [] for k in "abcdhp"}
@@ -597,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
             for k, rs in runs.items():
                 if rs:
                     results["cases"][k] = median(rs)
-            if set("qk") & set(args.cases):
+            if set("qkol") & set(args.cases):
                 results["queries"] = run_queries(args, url, parquet)
             if "w" in args.cases:
                 results["cases"]["w"] = child("w", url=url, n=args.n)
@@ -619,7 +762,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(results: dict[str, Any]) -> str:
     c = results["cases"]
-    lines = [f"theia_frames benchmarks: {results['n']:,} events, {results['machine']['cpus']} cores, {results['date']}", ""]
+    lines = [f"theia_frames benchmarks: {results['n']:,} events ({results.get('workload', 'simple')} workload),"
+             f" {results['machine']['cpus']} cores, {results['date']}", ""]
     lines.append(f"{'case':<62} {'events/s':>12} {'seconds':>8} {'peak RSS':>10} {'frame':>9}")
 
     def row(key: str, label: str) -> None:
@@ -663,17 +807,25 @@ def report(results: dict[str, Any]) -> str:
         lines.append(f"Parquet file: {results['parquet']['per_event']:.1f} bytes/event")
     if results.get("queries"):
         lines.append("")
-        lines.append(f"{'query':<20} {'rows':>10} {'project s':>10} {'DuckDB s':>10} {'project/DuckDB':>15}")
+        lines.append(f"{'query':<18} {'rows':>10} {'project s':>10} {'DuckDB s':>9} {'proj/Duck':>9}"
+                     f" {'proj->pl s':>10} {'Polars s':>9} {'proj/pl':>8}")
+
+        def secs(r: dict[str, Any]) -> str:
+            return f"{r['seconds']:.3f}" if "seconds" in r else ("failed" if r else "")
+
+        def ratio(a: dict[str, Any], b: dict[str, Any]) -> str:
+            return f"{a['seconds'] / b['seconds']:.2f}" if "seconds" in a and "seconds" in b else ""
+
         for name, r in results["queries"].items():
-            q, k = r.get("q", {}), r.get("k", {})
-            qs = f"{q['seconds']:.3f}" if "seconds" in q else "failed"
-            ks = f"{k['seconds']:.3f}" if "seconds" in k else ("failed" if k else "")
-            ratio = f"{q['seconds'] / k['seconds']:.2f}" if "seconds" in q and "seconds" in k else ""
-            rows = q.get("events", k.get("events", ""))
-            mismatch = " (rows differ: DuckDB %s)" % k.get("events") if "events" in q and "events" in k and q["events"] != k["events"] else ""
-            lines.append(f"{name:<20} {rows:>10} {qs:>10} {ks:>10} {ratio:>15}{mismatch}")
-            if "error" in q:
-                lines.append(f"    project failed: {q['error']}")
+            q, k, o, pl = (r.get(kind, {}) for kind in "qkol")
+            rows = next((x["events"] for x in (q, k, o, pl) if "events" in x), "")
+            differ = {kind: x["events"] for kind, x in zip("qkol", (q, k, o, pl)) if "events" in x and x["events"] != rows}
+            mismatch = f" (rows differ: {differ})" if differ else ""
+            lines.append(f"{name:<18} {rows:>10} {secs(q):>10} {secs(k):>9} {ratio(q, k):>9}"
+                         f" {secs(o):>10} {secs(pl):>9} {ratio(o, pl):>8}{mismatch}")
+            for kind, x in zip("qkol", (q, k, o, pl)):
+                if "error" in x:
+                    lines.append(f"    ({kind}) failed: {x['error']}")
     if "w" in c:
         w = c["w"]["first_message_seconds"]
         lines.append("(w) first message after ok: " + ", ".join(f"{k} {v:.3f} s" for k, v in w.items()))
