@@ -381,3 +381,19 @@ def test_accessor_gives_the_same_results(sensors, log):
     pd.testing.assert_frame_equal(sensors.theia.extract(), extract(sensors))
     pd.testing.assert_frame_equal(log.theia.grep("FAIL", context="2s"), grep(log, "FAIL", context="2s"))
     pd.testing.assert_frame_equal(log.theia.timeline(gap="5s"), timeline(log, gap="5s"))
+
+
+def test_bucket_refuses_far_more_buckets_than_events() -> None:
+    # one event stamped far from the rest: the README's 1,608,715 rows, scaled down
+    events = [Event(id=str(i), timestamp=1_700_000_000.0 + i, source="a") for i in range(50)]
+    events.append(Event(id="late", timestamp=1_700_000_000.0 + 400_000, source="b"))
+    df = to_dataframe(events)
+    with pytest.raises(UsageError, match=r"would make 400,001 buckets for 51 event\(s\).*max_buckets=None"):
+        bucket(df, "1s", by="source")
+    laid_out = bucket(df, "1s", by="source", max_buckets=None)
+    assert len(laid_out) == 400_001 and int(laid_out.to_numpy().sum()) == 51
+    assert len(bucket(df, "1h")) == 112  # coarser: allowed
+    with pytest.raises(UsageError, match="more than 100"):
+        bucket(df, "1h", max_buckets=100)
+    with pytest.raises(UsageError, match=r"would make \d+ buckets"):
+        bucket(df, "MS", max_buckets=0)  # a calendar frequency is checked once laid out

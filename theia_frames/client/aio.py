@@ -47,7 +47,7 @@ from ..protocol.codec import encode
 from ..deprecation import renamed_arguments
 from ..event import Event
 from ..exceptions import AuthenticationError, ConnectError, ConnectionClosed, InvalidEventError, TheiaTimeoutError, UnconfirmedError, UsageError
-from ..protocol.count import COUNT_PATH, DEFAULT_MAX_GROUPS, Counter, CountResult, count_answer, count_request
+from ..protocol.count import COUNT_PATH, DEFAULT_MAX_GROUPS, UNSET_BUCKETS, Counter, CountResult, count_answer, count_request
 from ..protocol.ledger import SendLedger, Sent
 from ..protocol.messages import DATA_CLOSE_CODES
 from ..protocol.outgoing import arrow_pieces, batch_messages, event_messages
@@ -402,6 +402,7 @@ class AsyncClient(ClientSettings):
         by: str | None = None,
         *,
         max_groups: int = DEFAULT_MAX_GROUPS,
+        max_buckets: int | None = UNSET_BUCKETS,
     ) -> pd.DataFrame:
         """How many events match ``filter``, in all, per time bucket of ``every``, per ``by``
         (``"source"`` or ``"tag"``) or both: :meth:`theia_frames.client.Client.count`'s frame,
@@ -423,7 +424,7 @@ class AsyncClient(ClientSettings):
             finally:
                 await found.aclose()
             result = counter.result()
-        return count_frame(result, every)
+        return count_frame(result, every, max_buckets=max_buckets)
 
     async def _count_on_collector(self, request: str, grain: int, by: str | None) -> CountResult | None:
         """The collector's count (None from a peer without the extension's ``/count``)."""

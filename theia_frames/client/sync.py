@@ -22,7 +22,7 @@ from ..protocol.codec import encode
 from ..deprecation import renamed_arguments
 from ..event import Event
 from ..exceptions import AuthenticationError, ConnectError, ConnectionClosed, InvalidEventError, ProtocolError, TheiaTimeoutError, UnconfirmedError, UsageError
-from ..protocol.count import COUNT_PATH, DEFAULT_MAX_GROUPS, MAX_COUNT_REPLY, Counter, CountResult, count_answer, count_request
+from ..protocol.count import COUNT_PATH, DEFAULT_MAX_GROUPS, UNSET_BUCKETS, MAX_COUNT_REPLY, Counter, CountResult, count_answer, count_request
 from ..protocol.ledger import SendLedger, Sent
 from ..protocol.messages import DATA_CLOSE_CODES
 from ..protocol.outgoing import arrow_pieces, batch_messages, event_messages
@@ -492,6 +492,7 @@ class Client(ClientSettings):
         by: str | None = None,
         *,
         max_groups: int = DEFAULT_MAX_GROUPS,
+        max_buckets: int | None = UNSET_BUCKETS,
     ) -> pd.DataFrame:
         """How many events match ``filter``: in all, per time bucket of ``every`` (a pandas
         frequency such as ``"1min"`` or a duration such as ``"15m"``), per ``by="source"`` or
@@ -505,7 +506,9 @@ class Client(ClientSettings):
         events and they are counted here as they arrive, in memory that does
         not grow with them. A count past ``max_groups`` (time slot, group)
         pairs holding events (the collector's own limit on its side) raises
-        :class:`~theia_frames.exceptions.UsageError`.
+        :class:`~theia_frames.exceptions.UsageError`, and so do more buckets than
+        ``bucket()`` lays out unasked (``max_buckets``, see
+        :func:`~theia_frames.frames.analysis.bucket`).
         """
         from ..frames.analysis import count_frame, count_grain
 
@@ -524,7 +527,7 @@ class Client(ClientSettings):
             finally:
                 found.close()
             result = counter.result()
-        return count_frame(result, every)
+        return count_frame(result, every, max_buckets=max_buckets)
 
     def _count_on_collector(self, request: str, grain: int, by: str | None) -> CountResult | None:
         """The collector's count (None from a peer without the extension's ``/count``)."""

@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 from .accessor import TheiaAccessor
 from ..event import Event  # noqa: F401  (used by the doctests)
 from ..exceptions import UsageError
-from ..protocol.count import CountResult
+from ..protocol.count import UNSET_BUCKETS, CountResult
 from ..timeparse import to_seconds
 from .convert import EVENT_COLUMNS, sorted_categories, to_dataframe  # noqa: F401
 
@@ -122,6 +122,7 @@ def _delta(value: Any, name: str) -> pd.Timedelta:
 # --------------------------------------------------------------------------- bucket
 
 
+
 def _frequency(freq: Any) -> Any:
     """``freq`` as pandas reads it, else as a duration of :mod:`theia_frames.timeparse`.
 
@@ -150,6 +151,7 @@ def bucket(
     agg: str = "count",
     *,
     tz: Any = None,
+    max_buckets: int | None = UNSET_BUCKETS,
 ) -> pd.DataFrame:
     """Events per time bucket, or an aggregate of a numeric column per bucket.
 
@@ -165,6 +167,11 @@ def bucket(
     gives one column per group instead. Every bucket from the first event's to
     the last event's is present: an empty one holds 0 for counts and NaN for
     an aggregate, so plots show the gap.
+
+    Buckets far outnumbering the events (one event stamped years away from the
+    rest) are refused: more than ``max_buckets``, by default more than
+    100,000 and more than 100 per event. The error gives the figure and the
+    first and last times; ``max_buckets=None`` lays them out all the same.
 
     ``agg`` is ``"count"`` (events, or non-missing values of ``value``) or any
     pandas aggregation of ``value``: ``"mean"``, ``"sum"``, ``"min"``, ``"max"``,
@@ -203,7 +210,7 @@ def bucket(
                 "(extract() turns readings like '21.5C' into numbers)"
             )
 
-    edges = _bucket_edges(times, freq)
+    edges = _bucket_edges(times, freq, len(times), max_buckets)
     n = len(edges)
     slot = np.searchsorted(edges.asi8, times.asi8, side="right") - 1 if n else np.zeros(0, dtype=np.intp)
 
@@ -242,14 +249,40 @@ def bucket(
     return wide
 
 
-def _bucket_edges(times: pd.DatetimeIndex, freq: Any) -> pd.DatetimeIndex:
+#: Buckets :func:`bucket` lays out without being told, at most: more than this many and
+#: more than :data:`BUCKETS_PER_EVENT` per event are refused (``max_buckets=None`` allows them).
+MAX_BUCKETS = 100_000
+#: Buckets per event past which more than :data:`MAX_BUCKETS` buckets are refused.
+BUCKETS_PER_EVENT = 100
+
+
+def _bucket_edges(times: pd.DatetimeIndex, freq: Any, events: int, max_buckets: int | None = None) -> pd.DatetimeIndex:
     """The starts of the buckets from the first of ``times`` to the last: resample knows
-    the calendar (local midnights, DST) and the anchoring, from the first and last time alone."""
+    the calendar (local midnights, DST) and the anchoring, from the first and last time alone.
+    Refused past ``max_buckets`` (:data:`UNSET_BUCKETS`: the default rule of :func:`bucket`)."""
+    limit = None
+    if len(times) and max_buckets is not None:
+        limit = max(MAX_BUCKETS, BUCKETS_PER_EVENT * events) if max_buckets is UNSET_BUCKETS else int(max_buckets)
+        offset = _frequency(freq)
+        if isinstance(offset, (pd.Timedelta, pd.offsets.Tick)) and pd.Timedelta(offset).value > 0:
+            # a fixed span: the figure before laying anything out
+            _check_buckets((times.max().value - times.min().value) // pd.Timedelta(offset).value + 1, limit, freq, events, times)
     try:
         edges = cast(pd.DatetimeIndex, pd.Series(0, index=times).resample(_frequency(freq)).size().index)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"invalid bucket frequency {freq!r}: {exc}") from exc
+    if limit is not None:
+        _check_buckets(len(edges), limit, freq, events, times)
     return edges.rename("bucket")
+
+
+def _check_buckets(buckets: int, limit: int, freq: Any, events: int, times: pd.DatetimeIndex) -> None:
+    if buckets > limit:
+        raise UsageError(
+            f"bucket({freq!r}) would make {buckets:,} buckets for {events:,} event(s), from {times.min()} to "
+            f"{times.max()}; more than {limit:,}. Narrow the frame's time range (an event far from the rest?), "
+            "choose a coarser frequency, or pass max_buckets=None to lay them all out"
+        )
 
 
 def _count_layout(
@@ -301,10 +334,10 @@ def count_grain(freq: Any) -> int:
     return math.gcd(step, _DAY_NS)
 
 
-def count_frame(result: CountResult, freq: Any = None) -> pd.DataFrame:
+def count_frame(result: CountResult, freq: Any = None, *, max_buckets: int | None = UNSET_BUCKETS) -> pd.DataFrame:
     """The frame of a count (:class:`~theia_frames.protocol.count.CountResult`): with ``freq``
     (the frequency whose :func:`count_grain` it was counted in), the frame :func:`bucket`
-    returns for the same events in UTC, ``by`` the count's grouping; without, one row of the
+    returns for the same events in UTC (and refuses as it does, see ``max_buckets``), ``by`` the count's grouping; without, one row of the
     total (``count``), or one per group (index named after the grouping), groups in order.
 
     >>> from theia_frames.protocol.arrow import events_to_batch
@@ -340,7 +373,7 @@ def count_frame(result: CountResult, freq: Any = None) -> pd.DataFrame:
     if grain != result.grain:
         raise UsageError(f"a count in spans of {result.grain} ns cannot be laid out in {freq!r} buckets (spans of {grain} ns)")
     bounds = [] if result.first is None else [result.first, result.last]
-    edges = _bucket_edges(pd.DatetimeIndex(np.array(bounds, dtype="datetime64[ns]")).tz_localize("UTC"), freq)
+    edges = _bucket_edges(pd.DatetimeIndex(np.array(bounds, dtype="datetime64[ns]")).tz_localize("UTC"), freq, result.events, max_buckets)
     starts = slots * grain
     slot = np.searchsorted(edges.asi8, starts, side="right") - 1 if len(edges) else np.zeros(0, dtype=np.intp)
     return _count_layout(edges, slot, keys, counts, result.by)

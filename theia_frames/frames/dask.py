@@ -419,7 +419,7 @@ class DaskTheiaAccessor:
         out = joined.groupby(level=0, sort=True).agg(combine[agg])
         # every bucket from the first to the last, laid out by bucket itself
         ends = pd.DataFrame({"timestamp": pd.DatetimeIndex([out.index[0], out.index[-1]])})
-        edges = bucket(ends, freq, tz=tz).index
+        edges = bucket(ends, freq, tz=tz, max_buckets=None).index  # the first and last times alone: any number
         out = out.reindex(edges, fill_value=0 if counts else np.nan)
         if counts:
             out = out.fillna(0).astype(np.int64)

@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULT_MAX_GROUPS",
     "MAX_COUNT_REPLY",
     "GROUPINGS",
+    "UNSET_BUCKETS",
     "CountRequest",
     "CountResult",
     "Counter",
@@ -70,6 +71,9 @@ COUNT_PATH = "/count"
 DEFAULT_MAX_GROUPS = 1_000_000
 #: Most bytes of a count's reply a client reads (1,000,000 pairs of numbers, and room for the names).
 MAX_COUNT_REPLY = 256 * 1024 * 1024
+#: ``max_buckets`` left out (of a count or of ``bucket()``): refuse far more buckets than events
+#: (see :func:`theia_frames.frames.analysis.bucket`).
+UNSET_BUCKETS: Any = -1
 #: What a count may be grouped by, besides time: nothing, the event's source, each of its tags.
 GROUPINGS = (None, "source", "tag")
 
