@@ -186,3 +186,29 @@ def test_check_of_something_that_is_not_a_store(tmp_path, capsys):
     assert "not an event store" in capsys.readouterr().err
     assert main(["check", "--db", str(tmp_path / "missing.db")]) == 1
     assert "is not a file" in capsys.readouterr().err
+
+
+def test_the_write_ahead_log_is_part_of_the_store_until_a_normal_stop(tmp_path, capsys):
+    """What is confirmed lives in the file and its -wal together; a normal stop folds the log
+    into the file (and removes it), so the file alone then holds every event."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "events.db"
+    # a process that commits and dies without closing (as after SIGKILL): its -wal holds the commits
+    code = (
+        "import os, sys; from theia_frames.server.store import EventStore; from theia_frames import Event\n"
+        f"s = EventStore({str(path)!r}); s.add_many([Event(id=str(i), timestamp=1.0 + i) for i in range(100)])\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    wal = Path(str(path) + "-wal")
+    assert wal.stat().st_size > 0
+    assert main(["check", "--db", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "write-ahead log" in out and "100 events intact" in out
+    with EventStore(path) as store:  # opened and closed normally: the log is folded in
+        assert store.count() == 100
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert main(["check", "--db", str(path)]) == 0
+    assert "write-ahead log" not in capsys.readouterr().out

@@ -41,6 +41,12 @@ def _check(args: argparse.Namespace) -> int:
 
     report = check_store(args.db)
     print(f"{report.path}: format {report.format}, {report.chunks:,} chunks checked, {report.events:,} events intact")
+    if report.wal_bytes is not None:
+        print(
+            f"write-ahead log: {report.path}-wal, {report.wal_bytes:,} bytes, read with the file: it holds committed "
+            f"events not yet folded into the file (the collector is running or was not stopped normally); "
+            f"it is part of the store: keep it beside the file, copy or move both"
+        )
     if report.integrity:
         for line in report.integrity[:20]:
             print(f"SQLite integrity_check: {line}")

@@ -68,6 +68,9 @@ class CheckReport:
     damaged: list[ChunkDamage] = field(default_factory=list)
     integrity: list[str] = field(default_factory=list)
     intact: list[int] = field(default_factory=list)
+    #: bytes of the write-ahead log beside the file (``PATH-wal``), None when there is none:
+    #: committed transactions not yet folded into the file, part of the store
+    wal_bytes: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -225,6 +228,9 @@ def check_store(path: str | os.PathLike[str]) -> CheckReport:
     """Verify every chunk of the store file ``path`` and SQLite's integrity (reads only)."""
     path = os.fspath(path)
     report = CheckReport(path, 0)
+    wal = path + "-wal"
+    if os.path.isfile(wal) and os.path.getsize(wal):
+        report.wal_bytes = os.path.getsize(wal)
     with _Readable(path, report) as db:
         report.format = _format(db, path)
         try:
