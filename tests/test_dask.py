@@ -330,3 +330,36 @@ def test_a_local_cluster_of_worker_processes_gives_the_same_answers(collector):
         holders = {w for workers in client.who_has(held).values() for w in workers}
         assert len(holders) == 2
         assert len(held.compute()) == len(df)
+
+
+def test_partitions_follow_the_datas_extent(collector, threads):
+    # a few minutes of data: an open filter from 1970 in 20 s partitions, and 1 h ones from far before
+    evs = events(600, step=0.5)
+    stored(collector.url, evs)
+    ddf = to_dask(collector.url, EventFilter(start=1), partition="20s")
+    assert 15 <= ddf.npartitions <= 17
+    assert ddf.divisions[0] <= pd.Timestamp(T0, unit="s", tz="UTC") < ddf.divisions[1]
+    got = ddf.compute()
+    same_frame(got, reference(collector.url, EventFilter(start=1)))
+    assert len(got) == 600
+    hourly = to_dask(collector.url, EventFilter(start=T0 - 30 * 86_400), partition="1h")
+    assert hourly.npartitions <= 2 and len(hourly.compute()) == 600
+
+
+def test_partitions_before_1970_do_not_overlap(collector, threads):
+    evs = events(400, start=-100.0, step=0.5)  # from 100 s before the epoch to 100 s after
+    stored(collector.url, evs)
+    ddf = to_dask(collector.url, EventFilter(start=-1_000.0), partition="20s")
+    assert ddf.npartitions >= 10
+    got = ddf.compute()
+    assert len(got) == 400 and got["id"].is_unique
+    assert sorted(got["id"]) == sorted(e.id for e in evs)
+
+
+def test_a_partition_before_1970_fetches_its_own_range():
+    from theia_frames.frames.dask import slice_filter
+
+    flt = slice_filter(EventFilter(content="x"), -40_000_000, -20_000_000)
+    assert flt.start == pytest.approx(-40.000001) and flt.end == pytest.approx(-19.999999)
+    at_epoch = slice_filter(EventFilter(), 1, 20_000_000)
+    assert at_epoch.start is not None and at_epoch.start < 0 and at_epoch.to_dict()["start"] < 0

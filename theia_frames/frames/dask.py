@@ -72,6 +72,7 @@ from .convert import batches_to_dataframe, empty_frame, finish_frame
 
 __all__ = [
     "to_dask",
+    "slice_filter",
     "DaskTheiaAccessor",
 ]
 
@@ -106,20 +107,37 @@ class _Slice:
     options: tuple[tuple[str, Any], ...]
 
     def fetch_filter(self) -> EventFilter:
-        flt = EventFilter.from_dict(self.filter, engine=self.engine)  # type: ignore[arg-type]
-        lo = self.lo_us * _US - _US
-        hi = self.hi_us * _US + _US
-        start = lo if flt.start is None else max(flt.start, lo)
-        end = hi if flt.end is None else min(flt.end, hi)
-        return EventFilter(
-            start=start if start > 0 else None,  # a slice from the epoch: no start (the filter takes none below 0)
-            end=max(end, start),  # the slices lie inside the filter's range: only rounding can cross them
-            tags=flt.tags,
-            content=flt.content,
-            id=flt.id,
-            source=flt.source,
-            engine=flt.engine,
-        )
+        return slice_filter(EventFilter.from_dict(self.filter, engine=self.engine), self.lo_us, self.hi_us)  # type: ignore[arg-type]
+
+
+# The least positive time: a slice's start of 0 becomes minus it (0 is no start at all).
+_NO_START_BELOW = 5e-324
+
+
+def slice_filter(flt: EventFilter, lo_us: int, hi_us: int) -> EventFilter:
+    """What a partition over ``[lo_us, hi_us]`` (microseconds) fetches of ``flt``: its patterns,
+    the time range of both, a microsecond wider on each side (the frame's rounding).
+
+    >>> slice_filter(EventFilter(content="x"), -20_000_000, 1).start  # before 1970: a start all the same
+    -20.000001
+    >>> slice_filter(EventFilter(), 1, 5_000_000).start < 0  # a start of 0 would be none: just below it
+    True
+    """
+    lo = lo_us * _US - _US
+    hi = hi_us * _US + _US
+    start = lo if flt.start is None else max(flt.start, lo)
+    end = hi if flt.end is None else min(flt.end, hi)
+    return EventFilter(
+        # a start of 0 means none, on the wire too: the greatest time below 0 instead, so that
+        # events before 1970 (event times like any other) stay in the partitions before
+        start=start if start != 0 else -_NO_START_BELOW,
+        end=max(end, start),  # the slices lie inside the filter's range: only rounding can cross them
+        tags=flt.tags,
+        content=flt.content,
+        id=flt.id,
+        source=flt.source,
+        engine=flt.engine,
+    )
 
 
 def _collector_table(url: str, flt: EventFilter, options: Mapping[str, Any]) -> pa.Table:
@@ -293,9 +311,16 @@ def to_dask(
             assert counts is not None
             counts.extend(got)
         if counts is not None:
+            # the data's own extent within the filter's range: its chunks' first and last times
             known = [c for c in counts if c[2] > 0]
-            start = flt.start if flt.start is not None else min((lo for lo, _, _ in known), default=0.0)
-            end = flt.end if flt.end is not None else max((hi for _, hi, _ in known), default=start)
+            first = min((lo for lo, _, _ in known), default=None)
+            last = max((hi for _, hi, _ in known), default=None)
+            start = flt.start if flt.start is not None else (0.0 if first is None else first)
+            if first is not None and first > start:
+                start = first
+            end = flt.end if flt.end is not None else (start if last is None else last)
+            if last is not None and last < end:
+                end = last
             end = max(end, start)
         else:
             if flt.start is None or flt.end is None:
