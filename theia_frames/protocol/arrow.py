@@ -442,10 +442,12 @@ def decoded_event_sizes(batch: pa.RecordBatch) -> Any:
     size += lengths(source.dictionary)[np.asarray(source.indices.to_numpy(zero_copy_only=False))]
     tags = batch.column(3)
     offsets = np.asarray(tags.offsets.to_numpy(), dtype=np.int64)
-    text = np.zeros(len(tags.values) + 1, dtype=np.int64)
-    np.cumsum(lengths(tags.values), out=text[1:])
+    items = _own_items(tags, offsets)
+    text = np.zeros(len(items) + 1, dtype=np.int64)
+    np.cumsum(lengths(items), out=text[1:])
     count = np.diff(offsets)
-    size += text[offsets[1:]] - text[offsets[:-1]] + np.maximum(count - 1, 0)
+    own = offsets - offsets[0]
+    size += text[own[1:]] - text[own[:-1]] + np.maximum(count - 1, 0)
     return size
 
 
@@ -534,16 +536,23 @@ def uncarried_rows(batch: pa.RecordBatch) -> Any:
     if entries is not None:
         mark(entries[np.asarray(source.indices.fill_null(0).to_numpy(zero_copy_only=False))])
     tags = batch.column(3)
-    items = _found_rows(tags.values, _TAG_BREAKS, nulls=True)
+    offsets = np.asarray(tags.offsets.to_numpy(), dtype=np.int64)
+    # only the batch's own items: a slice of a table keeps the whole table's items
+    items = _found_rows(_own_items(tags, offsets), _TAG_BREAKS, nulls=True)
     if items is not None:
-        offsets = np.asarray(tags.offsets.to_numpy(), dtype=np.int64)
-        at = np.flatnonzero(items)
-        at = at[(at >= offsets[0]) & (at < offsets[-1])]
+        at = np.flatnonzero(items) + int(offsets[0])
         if len(at):
             rows = np.zeros(n, dtype=bool)
             rows[np.searchsorted(offsets, at, side="right") - 1] = True
             mark(rows)
     return bad
+
+
+def _own_items(lists: Any, offsets: Any) -> Any:
+    """The items of a list array's own rows (``lists.values`` is every item of the
+    array it was sliced from), from its ``offsets`` as numpy."""
+    first = int(offsets[0])
+    return lists.values.slice(first, int(offsets[-1]) - first)
 
 
 def _found_rows(column: Any, sought: bytes, nulls: bool = False) -> Any:
