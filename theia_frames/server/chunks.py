@@ -401,7 +401,7 @@ def same_content(a: pa.RecordBatch, b: pa.RecordBatch) -> np.ndarray:
     def text(column: Any) -> Any:
         return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
 
-    def equal(x: Any, y: Any) -> np.ndarray:
+    def equal(x: Any, y: Any) -> Any:
         return np.asarray(pc.fill_null(pc.equal(x, y), False).to_numpy(zero_copy_only=False), dtype=bool)
 
     source = equal(text(a.column(2)), text(b.column(2)))

@@ -454,12 +454,12 @@ class EventStore:
         srt = batch if order is None else batch.take(order)
         sts = ts if order is None else ts[order]
         found = first_of_equal(srt, sts)
-        keep: np.ndarray | None = None
+        keep: Any = None
         repeated, conflicting = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)  # in sorted order
         if found is not None:
-            keep, first = found
+            keep, copy_of = found
             dropped = np.flatnonzero(~keep)
-            same = same_content(srt.take(dropped), srt.take(first[dropped]))
+            same = same_content(srt.take(dropped), srt.take(copy_of[dropped]))
             repeated[dropped[same]] = True
             conflicting[dropped[~same]] = True
         with self._lock:
