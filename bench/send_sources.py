@@ -72,6 +72,7 @@ def end_to_end(table: pa.Table) -> dict[str, Any]:
             except theia_frames.TheiaError as exc:
                 outcome = f"{type(exc).__name__}: {str(exc)[:90]}"
             seconds = time.perf_counter() - t0
+            assert collector.store is not None  # running
             stored = collector.store.count()
     finally:
         Connection.send_binaries = send  # type: ignore[method-assign]

@@ -217,7 +217,7 @@ class _AsyncSubscribers(threading.Thread):
 
 
 class _Sender(threading.Thread):
-    """About ``rate`` events/s until ``until``; resends what is unconfirmed after any failure."""
+    """About ``rate`` events/s for ``seconds``; resends what is unconfirmed after any failure."""
 
     def __init__(self, url: str, rate: float, seconds: float) -> None:
         super().__init__(daemon=True, name="sender")
@@ -312,104 +312,6 @@ class _Collector:
                 raise RuntimeError(f"the collector did not start on port {self.port}; its log ends:\n{tail}")
             time.sleep(0.2)  # it exited: the port of the last run may not be free yet
 
-    def stop(self) -> None:
-        if self.loop is not None and self.stop_requested is not None and self.is_alive():
-            self.loop.call_soon_threadsafe(self.stop_requested.set)
-        self.join(15)
-
-
-class _Sender(threading.Thread):
-    """About ``rate`` events/s until ``until``; resends what is unconfirmed after any failure."""
-
-    def __init__(self, url: str, rate: float, seconds: float) -> None:
-        super().__init__(daemon=True, name="sender")
-        self.url = url
-        self.rate = rate
-        self.seconds = seconds
-        self.sent = 0
-        self.failures = 0
-        self.unconfirmed: list[Event] = []
-        self.finished = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        client: Client | None = None
-        start = time.monotonic()
-        last_flush = start
-        made = 0
-        try:
-            while True:
-                now = time.monotonic()
-                due = min(int((now - start) * self.rate), int(self.seconds * self.rate))
-                fresh = [
-                    Event(id=f"s{i}", timestamp=time.time(), source="/proof/restart-cap", tags=[TAG], content=str(i))
-                    for i in range(made, due)
-                ]
-                made = due
-                self.unconfirmed.extend(fresh)
-                ending = made >= int(self.seconds * self.rate)
-                try:
-                    if client is None:
-                        client = Client(self.url)
-                        if self.unconfirmed:
-                            client.send_many(self.unconfirmed)
-                    elif fresh:
-                        client.send_many(fresh)
-                    if ending or now - last_flush >= 0.5:
-                        client.flush(10)
-                        self.unconfirmed = []
-                        last_flush = now
-                        if ending:
-                            break
-                except TheiaError:
-                    self.failures += 1
-                    if client is not None:
-                        client.close()
-                    client = None
-                    time.sleep(0.1)
-                    continue
-                time.sleep(0.05)
-            self.sent = made
-        except BaseException as exc:  # reported by the proof
-            self.error = exc
-        finally:
-            if client is not None:
-                client.close()
-            self.finished.set()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Collector:
-    """``theia-frames serve`` in a process of its own, started again on the same file and port."""
-
-    def __init__(self, db: str, port: int, cap: int, log: str) -> None:
-        self.db, self.port, self.cap, self.log = db, port, cap, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 30.0) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "theia_frames", "serve", "--db", self.db, "--port", str(self.port),
-                 "--max-connections-per-address", str(self.cap), "--log-level", "warning"],
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                time.sleep(0.1)  # the port of the last run is not free yet
-                return self.start(deadline - time.monotonic())
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"the collector did not start on port {self.port} (see {self.log})")
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
