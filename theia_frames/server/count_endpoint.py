@@ -2,8 +2,9 @@
 :class:`~theia_frames.server.collector.Collector`): a count request in, the counts of the
 stored events that match its filter out, as one message (see :mod:`theia_frames.protocol.count`).
 
-The events are read as ``/find`` reads them (the store's query, its checks and its
-matching), and counted where they are: only the small answer crosses the network.
+The stored chunks are read through the store's :meth:`~theia_frames.server.store.EventStore.scan`
+(its checks, ``/find``'s matching), in the columns counted and those the filter reads alone,
+and counted where they are: only the small answer crosses the network.
 """
 
 from __future__ import annotations
@@ -23,9 +24,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from websockets.asyncio.server import ServerConnection
 
 __all__ = ["CountEndpoint"]
-
-# Events read per batch of a count (a stored chunk's most).
-_COUNT_BATCH = 65_536
 
 
 class CountEndpoint:
@@ -56,7 +54,9 @@ class CountEndpoint:
             return
         store, pool = self.store, self._pool
         assert store is not None and pool is not None
-        results: Any = store.query_batches(flt, batch_size=_COUNT_BATCH)  # a Results: cancel(), close()
+        # the stored chunks in the columns counted and those the filter reads, matched as /find matches
+        fields = ["timestamp"] + ([] if request.by is None else ["source" if request.by == "source" else "tags"])
+        results: Any = store.scan(flt, fields)  # a Results: cancel(), close()
         self._queries.add(results)
 
         def count() -> str:

@@ -703,6 +703,32 @@ class EventStore:
         snapshot = self._snapshot(filter, batch_size, wait)
         return Results(snapshot, ipc_messages(self._matching(snapshot, stored=True), batch_size, wait))
 
+    def scan(self, filter: EventFilter | None = None, fields: Iterable[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """The stored events matching ``filter``, chunk by chunk in no particular order and not
+        merged, in the columns ``fields`` and those the filter reads (None: all): for reductions,
+        such as counts, that need neither order nor whole events. A snapshot taken by the call,
+        read as :meth:`query_batches` reads (its checks), with ``close()`` and ``cancel()``."""
+        snapshot = self._snapshot(filter, 1)
+        return Results(snapshot, self._scanned(snapshot, fields))
+
+    def _scanned(self, snapshot: Snapshot, fields: Iterable[str] | None) -> Iterator[pa.RecordBatch]:
+        pa, np = pyarrow_module(), numpy_module()
+        flt = snapshot.filter
+        columns = None
+        if fields is not None:
+            wanted = set(fields) | set(flt.fields) | {"timestamp"}
+            columns = [f for f in FIELDS if f in wanted]
+        start = -np.inf if flt.start is None else flt.start
+        end = np.inf if flt.end is None else flt.end
+        for meta in snapshot.metas:
+            chunk = from_ipc(snapshot.blob(meta.seq), columns)
+            if meta.min_ts < start or meta.max_ts > end:
+                ts = chunk.column("timestamp").to_numpy()
+                chunk = chunk.filter(pa.array((ts >= start) & (ts <= end), pa.bool_()))
+            if not flt.is_time_only and chunk.num_rows:
+                chunk = chunk.filter(pa.array(flt.mask_batch(chunk), pa.bool_()))
+            yield chunk
+
     def _snapshot(self, filter: EventFilter | None, rows: int, wait: float | None = None) -> Snapshot:
         flt = filter if filter is not None else EventFilter()
         if not isinstance(flt, EventFilter):
