@@ -221,3 +221,17 @@ def test_a_resume_yields_each_event_once(delivered, missed):
     seen += state.fresh(batch(found), check=True, now=0.0).column("id").to_pylist()
     assert len(seen) == len(set(seen))
     assert set(seen) == {f"e{i}" for i in set(delivered) | set(found)}
+
+
+def test_a_resume_of_events_before_1970_starts_before_1970():
+    import pyarrow as pa
+
+    from theia_frames.protocol.arrow import event_schema
+
+    state = ResumeState(margin=30.0, subscribed_at=1_700_000_000.0)
+    old = pa.RecordBatch.from_pydict(
+        {"id": ["a"], "timestamp": [-1_000.0], "source": ["/s"], "tags": [""], "content": ["c"]}, schema=event_schema()
+    )
+    state.fresh(old, now=0.0)
+    resume = state.resume_filter(Filter("1950-01-01"))
+    assert resume is not None and resume.start == -1_030.0

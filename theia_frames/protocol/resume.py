@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..exceptions import AuthenticationError, ConnectionClosed, TheiaError, TheiaTimeoutError, TransportError, UsageError
 from ..filter import EventFilter
+from ..timeparse import EARLIEST_EVENT_TIME
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -162,7 +163,7 @@ class ResumeState:
             start = max(start, filter.start)
         if filter.end is not None and start > filter.end:
             return None
-        return filter.match_start(max(start, 0.0)).order_asc()
+        return filter.match_start(max(start, EARLIEST_EVENT_TIME)).order_asc()
 
     def recover(self, batch: pa.RecordBatch, now: float) -> pa.RecordBatch:
         """A batch of a resume find without what was delivered already. Call it when
