@@ -596,6 +596,9 @@ def to_polars(
     not copied where Polars can): ``timestamp`` ``Datetime("ns", "UTC")``, ``source``
     ``Categorical``, ``tags`` ``List(String)``, ``content`` and ``id`` ``String``.
 
+    Its columns keep the chunks they were converted in, as :func:`to_dataframe`'s do
+    (one per about 65,536 events); ``frame.rechunk()`` makes each one contiguous.
+
     Needs the ``polars`` extra (else :class:`~theia_frames.exceptions.MissingDependencyError`).
 
     >>> frame = to_polars([Event(id="a", timestamp=1.5, source="/dev/t", tags=["x"])])
@@ -606,7 +609,7 @@ def to_polars(
         import polars as pl
     except ImportError as exc:
         raise MissingDependencyError("polars", "polars", "to_polars") from exc
-    return pl.from_arrow(to_arrow(source, columns=columns, progress=progress))
+    return pl.from_arrow(to_arrow(source, columns=columns, progress=progress), rechunk=False)
 
 
 def _rebatch(batches: Iterable[pa.RecordBatch | pa.Table], rows: int) -> Iterator[pa.Table]:
