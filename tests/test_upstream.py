@@ -451,3 +451,42 @@ def test_times_before_1970_on_both_collectors(tmp_path):
         up_file.stop()
         assert tf.read_store(tmp_path / "files")["id"].tolist() == ["1958", "neg", "pos"]
         assert tf.read_store(tmp_path / "files", start=-20, end=0)["id"].tolist() == ["neg"]
+
+
+def _plain_event(id: str, seconds: float, content: str) -> bytes:
+    """An event in the upstream dialect written by hand: the client refuses to encode a far time."""
+    header = f"id:{id}\ntimestamp:{seconds:.7f}\nsource:/s\ntags:\n".encode()
+    body = content.encode()
+    return b"event: %d %d %d\n" % (len(header) + len(body), len(header), len(body)) + header + body + b"\n"
+
+
+def test_a_far_time_a_peer_stored_is_reported_and_never_blanks_a_frame(tmp_path):
+    """Upstream stores any time (the selene CLI sends milliseconds as seconds): a find and a
+    LiveFrame of it skip and report that event, and hold every good one."""
+    import websocket
+
+    now = time.time()
+    far = now * 1000
+    with UpstreamCollector(tmp_path / "files") as up:
+        live = tf.LiveFrame(up.url, Filter(), window="10min", reconnect=False)
+        live.start()
+        try:
+            wait_until(lambda: live.status().phase == "live", what="the live frame subscribed")
+            ws = websocket.create_connection(up.url + "/event", timeout=10)
+            try:
+                for i, seconds in enumerate([now, now + 0.5, far, now + 1.0]):
+                    ws.send_binary(_plain_event(f"e{i}", seconds, f"reading {i}"))
+            finally:
+                ws.close()
+            wait_until(lambda: len(live.df) == 3 and live.status().errors >= 1, what="3 rows and 1 error in the live frame")
+            assert live.df["id"].tolist() == ["e0", "e1", "e3"]
+        finally:
+            live.stop()
+        # the file store writes a little after /live pushed them
+        wait_until(lambda: len(list(tf.find(up.url, Filter(now - 10), idle_timeout=IDLE))) == 3, what="3 events found")
+        result = Client(up.url).find(Filter(now - 10), idle_timeout=IDLE)
+        df = tf.to_dataframe(result)
+        assert df["id"].tolist() == ["e0", "e1", "e3"]
+        assert result.skipped == 1 and "'e2'" in str(result.errors[0]) and "outside the accepted range" in str(result.errors[0])
+        with pytest.raises(tf.DecodeError, match="'e2'.*outside the accepted range"):
+            tf.to_dataframe(Client(up.url).find(Filter(now - 10), idle_timeout=IDLE, strict=True))

@@ -30,11 +30,12 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .arrow import ARROW_MARKER, event_schema, ipc_to_batches
+from .arrow import ARROW_MARKER, event_schema, ipc_to_batches, outside_event_times
 from ..exceptions import DecodeError, TheiaError, TheiaTimeoutError, UsageError
 from ..filter import EventFilter
 from .messages import end_error, sort_messages
 from .plain import decode_plain
+from ..timeparse import event_time_problem
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -134,8 +135,24 @@ class Decoder:
         self.accumulate = accumulate
         self._plain: list[bytes] = []
 
+    def _holdable(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """``batch`` without the events whose time is no event time (outside the accepted
+        range, docs/protocol.md "Event times"): a peer that stored one (the upstream
+        collector takes any time) cannot make a frame fail to hold the rest. Each is
+        reported as a message that is not an event (:meth:`StreamState.bad`)."""
+        outside = outside_event_times(batch.column(1))
+        if outside is None:
+            return batch
+        import pyarrow as pa_
+
+        ids, stamps = batch.column(0), batch.column(1)
+        for row in outside.nonzero()[0].tolist():
+            stamp = stamps[row].as_py()
+            self.stream.bad(DecodeError(f"event {ids[row].as_py()!r}: {event_time_problem(stamp)}", repr(stamp)))
+        return batch.filter(pa_.array(~outside))
+
     def _decode_plain(self, messages: list[bytes], out: list[pa.RecordBatch]) -> None:
-        batch = self.stream.filter.match_batch(decode_plain(messages, self.stream.bad))
+        batch = self.stream.filter.match_batch(self._holdable(decode_plain(messages, self.stream.bad)))
         if batch.num_rows:
             out.append(batch)
 
@@ -148,7 +165,7 @@ class Decoder:
             return
         match_time = self.stream.filter.match_time
         for b in batches:
-            b = match_time(b)
+            b = match_time(self._holdable(b))
             if b.num_rows:
                 out.append(b)
 
