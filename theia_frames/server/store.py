@@ -184,6 +184,10 @@ class Stored(NamedTuple):
     conflicting: np.ndarray
 
 
+# Chunks EventStore.scan reads ahead of its reader, each in a thread of its own.
+_SCAN_AHEAD = 2
+
+
 class ChunkInfo(NamedTuple):
     """One stored chunk, as :meth:`EventStore.chunks` describes it."""
 
@@ -720,14 +724,38 @@ class EventStore:
             columns = [f for f in FIELDS if f in wanted]
         start = -np.inf if flt.start is None else flt.start
         end = np.inf if flt.end is None else flt.end
-        for meta in snapshot.metas:
+
+        def read(meta: Any) -> pa.RecordBatch:
             chunk = from_ipc(snapshot.blob(meta.seq), columns)
             if meta.min_ts < start or meta.max_ts > end:
                 ts = chunk.column("timestamp").to_numpy()
                 chunk = chunk.filter(pa.array((ts >= start) & (ts <= end), pa.bool_()))
             if not flt.is_time_only and chunk.num_rows:
                 chunk = chunk.filter(pa.array(flt.mask_batch(chunk), pa.bool_()))
-            yield chunk
+            return chunk
+
+        metas = snapshot.metas
+        if len(metas) < 2:
+            yield from (read(meta) for meta in metas)
+            return
+        # the next chunks are read, decompressed and matched in threads of their own (Arrow
+        # and SQLite let go of the interpreter) while the reader uses this one: two chunks ahead
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=_SCAN_AHEAD, thread_name_prefix="theia-frames-scan")
+        pending: deque[Any] = deque()
+        try:
+            for meta in metas:
+                pending.append(pool.submit(read, meta))
+                if len(pending) > _SCAN_AHEAD:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
 
     def _snapshot(self, filter: EventFilter | None, rows: int, wait: float | None = None) -> Snapshot:
         flt = filter if filter is not None else EventFilter()
