@@ -313,14 +313,14 @@ def to_dask(
         if counts is not None:
             # the data's own extent within the filter's range: its chunks' first and last times
             known = [c for c in counts if c[2] > 0]
-            first = min((lo for lo, _, _ in known), default=None)
-            last = max((hi for _, hi, _ in known), default=None)
-            start = flt.start if flt.start is not None else (0.0 if first is None else first)
-            if first is not None and first > start:
-                start = first
-            end = flt.end if flt.end is not None else (start if last is None else last)
-            if last is not None and last < end:
-                end = last
+            held_from = min((lo for lo, _, _ in known), default=None)
+            held_to = max((hi for _, hi, _ in known), default=None)
+            start = flt.start if flt.start is not None else (0.0 if held_from is None else held_from)
+            if held_from is not None and held_from > start:
+                start = held_from
+            end = flt.end if flt.end is not None else (start if held_to is None else held_to)
+            if held_to is not None and held_to < end:
+                end = held_to
             end = max(end, start)
         else:
             if flt.start is None or flt.end is None:

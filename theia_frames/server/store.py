@@ -457,7 +457,7 @@ class EventStore:
         order = sort_order(ts)
         srt = batch if order is None else batch.take(order)
         sts = ts if order is None else ts[order]
-        found = first_of_equal(srt, sts)
+        found = first_of_equal(srt, sts, order)
         keep: Any = None
         repeated, conflicting = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)  # in sorted order
         if found is not None:
@@ -725,7 +725,7 @@ class EventStore:
         start = -np.inf if flt.start is None else flt.start
         end = np.inf if flt.end is None else flt.end
 
-        def read(meta: Any) -> pa.RecordBatch:
+        def read(meta: Any) -> Any:
             chunk = from_ipc(snapshot.blob(meta.seq), columns)
             if meta.min_ts < start or meta.max_ts > end:
                 ts = chunk.column("timestamp").to_numpy()
