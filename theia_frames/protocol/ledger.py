@@ -44,8 +44,8 @@ class Sent(int):
     :class:`~theia_frames.exceptions.ServerError` naming it. Both are None without ``wait``.
 
     >>> sent = Sent(3, stored=2, duplicates=1)
-    >>> sent == 3, sent.stored, sent.duplicates, sent
-    (True, 2, 1, Sent(3, stored=2, duplicates=1))
+    >>> sent == 3, sent.stored, sent.duplicates, sent, f"{sent} sent"
+    (True, 2, 1, Sent(3, stored=2, duplicates=1), '3 sent')
     """
 
     stored: int | None
@@ -59,6 +59,9 @@ class Sent(int):
 
     def __repr__(self) -> str:
         return f"Sent({int(self)}, stored={self.stored}, duplicates={self.duplicates})"
+
+    def __str__(self) -> str:
+        return str(int(self))
 
     @classmethod
     def confirmed(cls, sent: int, ledger: SendLedger, before: tuple[int, int]) -> Sent:
