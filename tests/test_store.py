@@ -842,3 +842,43 @@ def test_damaged_arrival_numbers_are_a_store_error(tmp_path):
     with EventStore(path) as store:
         with pytest.raises(StoreError, match="arrival numbers of chunk 1"):
             ids(store)
+
+
+_COPY = st.tuples(
+    st.sampled_from(["a", "b", "c"]),
+    st.sampled_from([0.0, 0.3e-6, 1e-6, 2.2e-6]),  # 0 and 0.3 µs are one microsecond
+    st.sampled_from(["x", "y"]),
+    st.sampled_from([["t"], ["t", "u"]]),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(_COPY, min_size=1, max_size=8), min_size=1, max_size=3))
+def test_the_first_copy_of_an_identity_wins_and_each_later_one_is_a_repeat_or_a_conflict(batches):
+    """Against a model: events in the order sent, identity (microsecond, id), the first stored;
+    a later copy is a repeat when its source, tags and content are those of the first, else a conflict."""
+    t0 = 1_700_000_000.0
+    first: dict[tuple[int, str], tuple] = {}
+    stored: list[tuple] = []
+    with EventStore() as store:
+        for batch in batches:
+            events = [Event(id=i, timestamp=t0 + dt, source="s", tags=list(tags), content=c) for i, dt, c, tags in batch]
+            out = store.store_batch(events_to_batch(events))
+            want_repeat, want_conflict, want_new = [], [], []
+            for e in events:
+                key = (round((e.timestamp) * 1e6), e.id)
+                body = (e.source, tuple(e.tags), e.content)
+                if key not in first:
+                    first[key] = body
+                    stored.append((e.id, e.timestamp, *body))
+                    want_new.append(e.id)
+                    want_repeat.append(False)
+                    want_conflict.append(False)
+                else:
+                    want_repeat.append(first[key] == body)
+                    want_conflict.append(first[key] != body)
+            assert out.repeated.tolist() == want_repeat
+            assert out.conflicting.tolist() == want_conflict
+            assert out.new.column(0).to_pylist() == want_new
+        got = [(e.id, e.timestamp, e.source, tuple(e.tags), e.content) for cols in store.query() for e in cols.events()]
+    assert sorted(got, key=lambda r: (r[1], r[0])) == sorted(stored, key=lambda r: (r[1], r[0]))

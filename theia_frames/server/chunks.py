@@ -353,10 +353,15 @@ def identity_micros(ts: np.ndarray) -> np.ndarray:
 IDENTITY_MARGIN = 4e-6
 
 
-def first_of_equal(srt: pa.RecordBatch, sts: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def first_of_equal(
+    srt: pa.RecordBatch, sts: np.ndarray, given: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
     """In events sorted by timestamp, all but the first of equal identity (:func:`sort_keys`)
     turned off: ``(keep, first)``, ``first[i]`` the row whose copy row ``i`` is (itself when
-    kept; the first in the events' order is kept); None if none repeat."""
+    kept); None if none repeat. The first in the order the events were given is kept:
+    ``given[i]`` is row ``i``'s place in that order (None: the sorted order is it). Copies
+    of one identity may differ in time by less than a microsecond, so sorting by time
+    alone may have put a later one first."""
     np = numpy_module()
     micros = identity_micros(sts)
     ties = np.nonzero(micros[1:] == micros[:-1])[0]
@@ -371,10 +376,13 @@ def first_of_equal(srt: pa.RecordBatch, sts: np.ndarray) -> tuple[np.ndarray, np
     same = pc.equal(ranked.slice(1), ranked.slice(0, len(ranked) - 1)).to_numpy(zero_copy_only=False)
     if not same.any():
         return None
+    starts = np.concatenate([[True], ~same])
+    # within each run of equal keys, the rows in the order given
+    places = rows[order] if given is None else given[rows[order]]
+    order = order[np.lexsort((places, np.cumsum(starts)))]
     keep = np.ones(len(sts), dtype=bool)
     keep[rows[order[1:][same]]] = False
     # each ranked position's run start: the row kept for it
-    starts = np.concatenate([[True], ~same])
     run_start = np.maximum.accumulate(np.where(starts, np.arange(len(ranked)), 0))
     first = np.arange(len(sts))
     first[rows[order]] = rows[order[run_start]]
