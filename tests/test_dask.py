@@ -119,11 +119,16 @@ def test_a_plain_peer_has_no_layout_and_is_sliced_by_time(threads):
     mock = MockServer().on_find(evs)
     with mock:
         assert chunk_counts(mock.url) is None
-        with pytest.raises(UsageError, match="start and an end"):
+        with pytest.raises(UsageError, match="give the filter an end"):
             to_dask(mock.url)
         ddf = to_dask(mock.url, EventFilter(start=T0, end=T0 + 39), partition="10s")
         assert ddf.npartitions == 4 and ddf.known_divisions
         got = ddf.compute()
+        # from 1970 or no start: the partitions start at the first event the peer sends
+        for flt in (EventFilter(start=1, end=T0 + 39), EventFilter(end=T0 + 39)):
+            open_start = to_dask(mock.url, flt, partition="10s")
+            assert open_start.npartitions == 4 and open_start.divisions[0] == pd.Timestamp(T0, unit="s", tz="UTC")
+            assert open_start.compute()["id"].tolist() == [e.id for e in evs]
     assert got["id"].tolist() == [e.id for e in evs]
 
 
@@ -363,3 +368,17 @@ def test_a_partition_before_1970_fetches_its_own_range():
     assert flt.start == pytest.approx(-40.000001) and flt.end == pytest.approx(-19.999999)
     at_epoch = slice_filter(EventFilter(), 1, 20_000_000)
     assert at_epoch.start is not None and at_epoch.start < 0 and at_epoch.to_dict()["start"] < 0
+
+
+def test_upstream_is_sliced_from_its_first_event(upstream_file_of_module, threads):
+    evs = events(60, start=T0 + 500_000, step=1.0, prefix="up")
+    with tf.Client(upstream_file_of_module.url) as client:
+        client.send_many(evs)
+    url = upstream_file_of_module.url
+    flt = EventFilter(start=1, end=T0 + 500_059)
+    from waiting import wait_until
+
+    wait_until(lambda: len(to_dataframe(tf.find(url, flt, idle_timeout=1.0))) == 60, what="the events upstream")
+    ddf = to_dask(url, flt, partition="20s", source_options={"idle_timeout": 1.0})
+    assert ddf.npartitions == 3 and ddf.divisions[0] == pd.Timestamp(T0 + 500_000, unit="s", tz="UTC")
+    assert sorted(ddf.compute()["id"]) == sorted(e.id for e in evs)

@@ -140,6 +140,22 @@ def slice_filter(flt: EventFilter, lo_us: int, hi_us: int) -> EventFilter:
     )
 
 
+def _first_event_time(urls: Sequence[str], flt: EventFilter, options: Mapping[str, Any]) -> float | None:
+    """The earliest time of the first event each collector sends for ``flt`` (ascending), None when none has one."""
+    from ..client import Client
+
+    first: float | None = None
+    for url in urls:
+        with Client(url, **dict(options)) as client:
+            with client.find(flt.order_asc()) as result:
+                for batch in result.iter_batches():
+                    if batch.num_rows:
+                        t = float(pc.min(batch.column("timestamp")).as_py())
+                        first = t if first is None else min(first, t)
+                        break
+    return first
+
+
 def _collector_table(url: str, flt: EventFilter, options: Mapping[str, Any]) -> pa.Table:
     from ..client import Client
 
@@ -323,12 +339,17 @@ def to_dask(
                 end = held_to
             end = max(end, start)
         else:
-            if flt.start is None or flt.end is None:
+            if flt.end is None:
                 raise UsageError(
                     "a collector that cannot tell its layout (such as the upstream one) is sliced by time: "
-                    "give the filter a start and an end"
+                    "give the filter an end (it starts at the first event that matches)"
                 )
-            start, end = flt.start, flt.end
+            # the data's own start within the filter's range: the first event a find sends
+            held_from = _first_event_time(urls, flt, options)
+            start = flt.start if flt.start is not None else (flt.end if held_from is None else held_from)
+            if held_from is not None and held_from > start:
+                start = min(held_from, flt.end)
+            end = max(flt.end, start)
         divisions = time_slices(
             start, end, counts=counts, npartitions=npartitions, partition=partition, partition_events=partition_events
         )
