@@ -31,7 +31,7 @@ import websocket
 
 from theia_frames import Client, Event, EventFilter, serve
 from theia_frames.protocol.arrow import SUBPROTOCOL, batch_to_ipc, events_to_batch, ipc_to_batches
-from theia_frames.protocol.codec import encode
+from theia_frames.protocol.codec import decode, encode
 from theia_frames.server.collector import Collector
 from theia_frames.exceptions import DecodeError, ServerError, StoreError, UsageError
 from theia_frames.server.store import EventStore
@@ -557,3 +557,52 @@ def test_a_batched_find_sends_messages_of_bounded_bytes(monkeypatch):
     assert sum(b.num_rows for m in messages for b in ipc_to_batches(m)) == 1000
     assert len(messages) > 1 and max(len(m) for m in messages) < 1.2 * (1 << 20)
     store.close()
+
+
+# --------------------------------------------------------------------------- concurrent finds: a memory total
+
+
+def test_finds_wait_for_room_in_their_memory_total_and_lose_nothing(monkeypatch):
+    from theia_frames.server import find_endpoint
+
+    steps: list[int] = []
+    real_output = find_endpoint.next_find_output
+
+    def counted(results: Any, batched: bool) -> Any:
+        steps.append(1)
+        return real_output(results, batched)
+
+    monkeypatch.setattr(find_endpoint, "next_find_output", counted)
+    small = ((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),)
+    with serve(db=":memory:", port=0, max_find_memory=1) as collector:
+        assert collector.store is not None
+        collector.store.add_many(sample(30_000, size=1000))  # parts of megabytes: more than socket buffers hold
+        memory = collector._find_memory
+        with opened(collector.url + "/find", sockopt=small) as a, opened(collector.url + "/find", sockopt=small) as b:
+            for ws in (a, b):
+                ws.send(json.dumps({"start": 1}))
+                assert ws.recv() == "ok"
+            # Neither reads: each holds its first part, being sent, and reads nothing ahead.
+            wait_until(lambda: len(steps) >= 2 and memory.held > 0, what="both stalled finds to hold a part")
+            with opened(collector.url + "/find") as c:
+                c.send(json.dumps({"start": 1}))
+                assert c.recv() == "ok"
+                result: list[Any] = []
+                reader = threading.Thread(target=lambda: result.append(read_to_close(c)))
+                reader.start()
+                # Its first part comes without waiting; then, sent, it waits for the stalled ones.
+                wait_until(lambda: memory.waits >= 1, what="the third find to wait for room")
+                assert len(steps) == 3 and memory.held >= memory.limit and not result
+                a.close()
+                b.close()
+                # The stalled finds end, their bytes are given back, the third goes on to the end.
+                reader.join(60)
+        got, code = result[0]
+        assert code == 1000
+        assert [decode(m).id for m in got] == [f"e{i}" for i in range(30_000)]
+        wait_until(lambda: memory.held == 0 and not collector._queries, what="the finds to give back their bytes")
+
+
+def test_the_find_memory_bound_must_be_a_positive_count():
+    with pytest.raises(UsageError, match="max_find_memory"):
+        Collector(max_find_memory=0)

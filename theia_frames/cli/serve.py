@@ -30,6 +30,7 @@ from ..server.collector import (
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     DEFAULT_MAX_DECODED_SIZE,
     DEFAULT_MAX_EVENT_SIZE,
+    DEFAULT_MAX_FIND_MEMORY,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_PATTERN_SIZE,
     DEFAULT_MAX_PATTERNS,
@@ -61,6 +62,10 @@ _LIMITS: tuple[tuple[str, str, Any, str, str], ...] = (
     (
         "--max-connections-per-address", "max_connections_per_address", DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, "N",
         "most connections open at once from one address",
+    ),
+    (
+        "--max-find-memory", "max_find_memory", DEFAULT_MAX_FIND_MEMORY, "BYTES",
+        "most bytes the running /find queries together hold read but not yet sent; at it a find waits before reading more",
     ),
 )
 

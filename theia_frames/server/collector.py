@@ -103,7 +103,7 @@ from .store import MEMORY, EventStore
 from .output import ConnectionState, Stalled, ThrottledLog, peer_address, error_message, peer_name, select_subprotocol, send_quietly, server_ssl_context
 from .fanout import Fanout, Subscriber
 from .ingest import EventSink, Writer
-from .find_endpoint import FindEndpoint
+from .find_endpoint import FindEndpoint, FindMemory
 from .count_endpoint import CountEndpoint
 from .live_endpoint import LiveEndpoint
 from .event_endpoint import EventEndpoint
@@ -129,6 +129,7 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_FIND_STALL_TIMEOUT",
     "DEFAULT_FIND_WAIT",
+    "DEFAULT_MAX_FIND_MEMORY",
 ]
 
 logger = logging.getLogger("theia_frames.server.collector")
@@ -161,6 +162,8 @@ DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_FIND_STALL_TIMEOUT = 30.0
 #: Most seconds a ``/find`` matches before it sends what matched so far (or a sign that it is still matching).
 DEFAULT_FIND_WAIT = 0.25
+#: Most bytes the running ``/find`` queries together hold read but not yet handed to their sockets.
+DEFAULT_MAX_FIND_MEMORY = 256 * 1024 * 1024
 
 _FIND_WORKERS = 4
 # Threads that parse and compile filters (off the event loop: a large pattern takes a while).
@@ -251,6 +254,10 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpo
         once and never looks silent to its client: when nothing has matched
         yet, a batched ``/find`` sends a batch of no events and a plain one a
         ping.
+        ``max_find_memory``: most bytes the running ``/find`` queries together
+        hold read but not yet handed to their sockets (256 MiB); at the bound a
+        find waits for its parts to be sent before it reads more, and the
+        memory is given back to the system when the last find ends.
         ``max_groups``: most (time slot, group) pairs holding events a
         ``/count`` may answer with (1,000,000); a count past it is refused
         with an error message saying so.
@@ -287,6 +294,7 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpo
         find_stall_timeout: float | None = DEFAULT_FIND_STALL_TIMEOUT,
         find_wait: float = DEFAULT_FIND_WAIT,
         max_groups: int = DEFAULT_MAX_GROUPS,
+        max_find_memory: int = DEFAULT_MAX_FIND_MEMORY,
     ) -> None:
         counts = {
             "max_message_size": max_message_size,
@@ -299,6 +307,7 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpo
             "max_connections": max_connections,
             "max_connections_per_address": max_connections_per_address,
             "max_groups": max_groups,
+            "max_find_memory": max_find_memory,
         }
         for name, value in counts.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -323,6 +332,8 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpo
             raise UsageError(f"find_wait must be a positive number of seconds, got {find_wait!r}")
         self.find_wait = float(find_wait)
         self.max_groups = int(max_groups)
+        self.max_find_memory = int(max_find_memory)
+        self._find_memory = FindMemory(self.max_find_memory)
         self.ping_interval = ping_interval
         self.close_timeout = close_timeout
         if token is not None and (not isinstance(token, str) or not token):

@@ -17,6 +17,7 @@ from ..protocol.arrow import (
 )
 from .output import (
     ConnectionState,
+    release_arrow_memory,
     Stalled,
     error_message,
     next_find_output,
@@ -35,12 +36,68 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "FindEndpoint",
+    "FindMemory",
 ]
 
 
 
 # Events read and encoded per step of a plain /find (one frame each, written together).
 _PLAIN_CHUNK = 8_192
+
+
+class FindMemory:
+    """The total of the bytes the running ``/find`` queries hold read and encoded but
+    not yet handed to their sockets, and the bound on it (loop thread only).
+
+    A find charges each part it has read before sending it and gives the bytes back
+    once its socket took them; it starts reading its next part only while the total
+    is below ``limit``. Its first part is read without waiting, so a small find is
+    never held up by large ones: the finds together hold at most ``limit``, plus
+    the parts being read at that moment (one per find worker thread), plus one
+    first part per find just begun.
+
+    >>> import asyncio
+    >>> async def demo():
+    ...     memory = FindMemory(100)
+    ...     memory.charge(150)
+    ...     waiting = asyncio.ensure_future(memory.room())
+    ...     await asyncio.sleep(0)
+    ...     before = waiting.done()
+    ...     memory.release(150)
+    ...     await waiting
+    ...     return before, memory.held, memory.peak
+    >>> asyncio.run(demo())
+    (False, 0, 150)
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+        self.waits = 0  # times a find waited for room
+        self._below: asyncio.Event | None = None
+
+    def charge(self, nbytes: int) -> None:
+        """Count ``nbytes`` read and not yet sent."""
+        self.held += nbytes
+        self.peak = max(self.peak, self.held)
+
+    def release(self, nbytes: int) -> None:
+        """Give back ``nbytes`` a socket has taken; wakes the finds waiting for room."""
+        self.held -= nbytes
+        if self._below is not None and self.held < self.limit:
+            self._below.set()
+
+    async def room(self) -> None:
+        """Wait until the total is below the bound."""
+        if self.held < self.limit:
+            return
+        self.waits += 1
+        if self._below is None:
+            self._below = asyncio.Event()
+        while self.held >= self.limit:
+            self._below.clear()
+            await self._below.wait()
 
 
 class FindEndpoint:
@@ -51,6 +108,7 @@ class FindEndpoint:
     _pattern_steps: asyncio.Semaphore | None
     _pool: ThreadPoolExecutor | None
     _queries: set[Any]
+    _find_memory: FindMemory
     batch_size: Any
     find_stall_timeout: Any
     find_wait: Any
@@ -97,6 +155,8 @@ class FindEndpoint:
 
         job: asyncio.Task[bytes | memoryview | None] | None = None
         gone = loop.create_task(ws.wait_closed())
+        memory = self._find_memory
+        charged = 0
         try:
             await self._send_find(ws, OK, False)
             if batched:
@@ -118,13 +178,27 @@ class FindEndpoint:
                 job = None
                 if output is None:
                     break
-                # Read and encode the next part while this one is sent.
-                job = next_step()
+                charged = len(output)
+                memory.charge(charged)
+                # Read and encode the next part while this one is sent, when the
+                # finds together hold less than their bound; else after it is sent.
+                if memory.held < memory.limit:
+                    job = next_step()
                 if not batched and not len(output):
                     await ws.ping()  # still matching: a plain peer has no empty message
-                    continue
-                await self._send_find(ws, output, not batched)
+                else:
+                    await self._send_find(ws, output, not batched)
+                del output
+                memory.release(charged)
+                charged = 0
+                if job is None:
+                    await self._find_room(memory, gone)
+                    if gone.done():
+                        return
+                    job = next_step()
         finally:
+            if charged:
+                memory.release(charged)
             results.cancel()
             gone.cancel()
             if job is not None:
@@ -133,7 +207,21 @@ class FindEndpoint:
                 await asyncio.gather(job, return_exceptions=True)
             await loop.run_in_executor(pool, results.close)
             self._queries.discard(results)
+            if not self._queries:
+                # The last find has ended: the Arrow memory its parts took goes back to the system.
+                loop.run_in_executor(pool, release_arrow_memory)
         await ws.close(1000)
+
+    @staticmethod
+    async def _find_room(memory: FindMemory, gone: asyncio.Task[Any]) -> None:
+        """Wait for room in the finds' memory, or until the client leaves."""
+        if memory.held < memory.limit:
+            return
+        room = asyncio.ensure_future(memory.room())
+        try:
+            await asyncio.wait((room, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            room.cancel()
 
     async def _send_find(self, ws: ServerConnection, output: bytes | memoryview | str, frames: bool) -> None:
         """Send a part of a /find (a message, or ready frames when ``frames``); cut the

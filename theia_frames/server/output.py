@@ -40,6 +40,7 @@ __all__ = [
     "error_message",
     "send_quietly",
     "pyarrow_module",
+    "release_arrow_memory",
     "plain_messages",
     "BINARY_FRAME",
     "TEXT_FRAME",
@@ -108,6 +109,12 @@ def pyarrow_module() -> Any:
     import pyarrow.compute  # noqa: F401 - makes pyarrow.compute an attribute
 
     return pyarrow
+
+
+def release_arrow_memory() -> None:
+    """Give the memory Arrow's pool keeps after its buffers were freed back to the system
+    (a collector calls it when its last ``/find`` ends; a worker thread)."""
+    pyarrow_module().default_memory_pool().release_unused()
 
 
 def plain_messages(cols: EventColumns) -> list[bytes | str]:
