@@ -284,3 +284,31 @@ def test_the_count_command(ours: str, finds: dict[str, pd.DataFrame], fmt: str, 
     else:
         lines = out.decode().splitlines()
         assert lines[0].split() == ["bucket", "/dev/s1", "/dev/s2"] and len(lines) == len(want) + 1
+
+
+def test_a_time_only_count_takes_chunks_of_one_slot_from_their_index() -> None:
+    from theia_frames.server.store import EventStore
+
+    store = EventStore(":memory:")
+    try:
+        store.add_many([Event(id=f"a{i}", timestamp=T0 - 200 + i * 0.5) for i in range(100)])  # one minute
+        store.add_many([Event(id=f"b{i}", timestamp=T0 + i * 1.7) for i in range(100)])  # three minutes
+        grain = count_grain("1min")
+        taken: list[int] = []
+        counter = Counter(grain)
+
+        def take(first: float, last: float, rows: int) -> bool:
+            took = counter.add_span(first, last, rows)
+            taken.extend([rows] if took else [])
+            return took
+
+        for batch in store.scan(Filter(1), ["timestamp"], taken=take):
+            counter.add(batch)
+        reference = Counter(grain)
+        for batch in store.query_batches(Filter(1)):
+            reference.add(batch)
+        assert taken == [100] and counter.result() == reference.result()
+        by_source = Counter(grain, "source")
+        assert not by_source.add_span(T0, T0 + 1, 5)  # grouped counts need the rows
+    finally:
+        store.close()

@@ -290,6 +290,36 @@ class Counter:
         if self._pending_rows >= _PENDING:
             self._merge()
 
+    def add_span(self, first: float, last: float, rows: int) -> bool:
+        """Count ``rows`` events known only by their first and last time (seconds; a stored
+        chunk's index row) when that is enough: ungrouped, and all in one slot. Whether it was.
+
+        >>> counter = Counter(grain=60_000_000_000)
+        >>> counter.add_span(0.5, 59.0, 10), counter.add_span(30.0, 61.0, 4)
+        (True, False)
+        >>> counter.result().counts.tolist(), counter.result().events
+        ([10], 10)
+        """
+        np = _np()
+        if self.by is not None or rows < 1:
+            return False
+        lo, hi = (int(v) for v in event_nanoseconds(np.array([first, last])))
+        slot = lo // self.grain if self.grain else 0
+        if self.grain and hi // self.grain != slot:
+            return False
+        self._first = lo if self._first is None else min(self._first, lo)
+        self._last = hi if self._last is None else max(self._last, hi)
+        self._events += rows
+        if not self.names:
+            self.names.append("count")
+            self._index["count"] = 0
+        one = np.array([slot], dtype=np.int64)
+        self._pending.append((one, np.zeros(1, dtype=np.int64), np.array([rows], dtype=np.int64)))
+        self._pending_rows += 1
+        if self._pending_rows >= _PENDING:
+            self._merge()
+        return True
+
     def _merge(self) -> None:
         np = _np()
         parts = list(self._pending)

@@ -56,11 +56,12 @@ class CountEndpoint:
         assert store is not None and pool is not None
         # the stored chunks in the columns counted and those the filter reads, matched as /find matches
         fields = ["timestamp"] + ([] if request.by is None else ["source" if request.by == "source" else "tags"])
-        results: Any = store.scan(flt, fields)  # a Results: cancel(), close()
+        counter = Counter(request.grain, request.by, self.max_groups)
+        # a chunk of a time-only count whose events all fall in one slot is counted from its index row
+        results: Any = store.scan(flt, fields, taken=counter.add_span)  # a Results: cancel(), close()
         self._queries.add(results)
 
         def count() -> str:
-            counter = Counter(request.grain, request.by, self.max_groups)
             for batch in results:
                 counter.add(batch)
             reply = count_reply(counter.result())

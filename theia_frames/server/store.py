@@ -80,7 +80,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from ..timeparse import event_time_problem
@@ -707,15 +707,27 @@ class EventStore:
         snapshot = self._snapshot(filter, batch_size, wait)
         return Results(snapshot, ipc_messages(self._matching(snapshot, stored=True), batch_size, wait))
 
-    def scan(self, filter: EventFilter | None = None, fields: Iterable[str] | None = None) -> Iterator[pa.RecordBatch]:
+    def scan(
+        self,
+        filter: EventFilter | None = None,
+        fields: Iterable[str] | None = None,
+        *,
+        taken: Callable[[float, float, int], bool] | None = None,
+    ) -> Iterator[pa.RecordBatch]:
         """The stored events matching ``filter``, chunk by chunk in no particular order and not
         merged, in the columns ``fields`` and those the filter reads (None: all): for reductions,
         such as counts, that need neither order nor whole events. A snapshot taken by the call,
-        read as :meth:`query_batches` reads (its checks), with ``close()`` and ``cancel()``."""
-        snapshot = self._snapshot(filter, 1)
-        return Results(snapshot, self._scanned(snapshot, fields))
+        read as :meth:`query_batches` reads (its checks), with ``close()`` and ``cancel()``.
 
-    def _scanned(self, snapshot: Snapshot, fields: Iterable[str] | None) -> Iterator[pa.RecordBatch]:
+        ``taken``: for a filter of time alone, each chunk inside its time range is first
+        offered as its first and last timestamp and its number of events (its index row,
+        in the reader's thread); a chunk it takes (True) is not read."""
+        snapshot = self._snapshot(filter, 1)
+        return Results(snapshot, self._scanned(snapshot, fields, taken))
+
+    def _scanned(
+        self, snapshot: Snapshot, fields: Iterable[str] | None, taken: Callable[[float, float, int], bool] | None = None
+    ) -> Iterator[pa.RecordBatch]:
         pa, np = pyarrow_module(), numpy_module()
         flt = snapshot.filter
         columns = None
@@ -735,6 +747,8 @@ class EventStore:
             return chunk
 
         metas = snapshot.metas
+        if taken is not None and flt.is_time_only:
+            metas = [m for m in metas if not (m.min_ts >= start and m.max_ts <= end and taken(m.min_ts, m.max_ts, m.rows))]
         if len(metas) < 2:
             yield from (read(meta) for meta in metas)
             return
