@@ -607,3 +607,18 @@ def test_simulate_refuses_what_it_cannot_do_before_it_starts():
     assert "simulating" not in proc.stderr
     proc = cli("simulate", "--rate", "0", "--url", "ws://127.0.0.1:1")
     assert proc.returncode == 2 and "--rate: expected a positive number" in proc.stderr
+
+
+def test_an_import_run_twice_reports_the_repeats_as_already_stored_not_as_stored_again(collector, tmp_path):
+    from theia_frames.protocol.codec import encode
+
+    store = tmp_path / "upstream"
+    store.mkdir()
+    events = [Event(id=f"r{i}", timestamp=BASE + i, content="x") for i in range(3)]
+    (store / f"{int(BASE)}-{int(BASE) + 2}").write_bytes(b"".join(encode(e) + b"\n\n" for e in events))
+    first = cli("import", str(store), "--url", collector.url)
+    assert first.returncode == 0 and f"stored 3 event(s) in {collector.url} (confirmed by the collector)" in first.stderr
+    again = cli("import", str(store), "--url", collector.url)
+    assert again.returncode == 0, again.stderr
+    assert (f"stored 0 event(s) in {collector.url} (confirmed by the collector); "
+            "3 were already stored (exact repeats, not stored again)") in again.stderr

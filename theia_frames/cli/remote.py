@@ -76,6 +76,8 @@ class Confirmation:
         self.every = every
         self.count = 0
         self._last = time.monotonic()
+        # what the client's ledger held before: the line reports what this command's sends did
+        self._before = client.ledger.counts()
 
     def sent(self, n: int) -> None:
         """Count ``n`` more events sent; confirm now if it is time (raises what a flush raises)."""
@@ -109,7 +111,15 @@ class Confirmation:
         except TheiaError as exc:
             return self.failed(exc)
         if not quiet:
-            print(f"stored {self.count} event(s) in {url} (confirmed by the collector)", file=sys.stderr)
+            stored, repeats = (now - was for now, was in zip(self.client.ledger.counts(), self._before))
+            if repeats:
+                print(
+                    f"stored {stored} event(s) in {url} (confirmed by the collector); "
+                    f"{repeats} were already stored (exact repeats, not stored again)",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"stored {stored} event(s) in {url} (confirmed by the collector)", file=sys.stderr)
         return 0
 
     def failed(self, exc: TheiaError) -> int:
