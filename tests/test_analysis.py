@@ -397,3 +397,29 @@ def test_bucket_refuses_far_more_buckets_than_events() -> None:
         bucket(df, "1h", max_buckets=100)
     with pytest.raises(UsageError, match=r"would make \d+ buckets"):
         bucket(df, "MS", max_buckets=0)  # a calendar frequency is checked once laid out
+
+
+@pytest.mark.parametrize("freq", ["W", "W-MON", "MS", "ME", "QS", "YE"])
+def test_calendar_buckets_start_where_their_events_are_and_a_count_lays_out_the_same(freq):
+    from theia_frames.frames.analysis import count_frame, count_grain
+    from theia_frames.protocol.arrow import events_to_batch
+    from theia_frames.protocol.count import Counter
+
+    events = [Event(id=str(i), timestamp=1_700_000_000 + i * 86_400 * 3.3, source=f"s{i % 2}") for i in range(40)]
+    df = to_dataframe(events)
+    counts = bucket(df, freq)
+    assert counts["count"].sum() == len(events)
+    # each bucket starts at or before its first event, and the next one after its last
+    starts = counts.index
+    assert starts[0] <= df.timestamp.min() and (len(starts) == 1 or starts[1] > df.timestamp.min())
+    for by in (None, "source"):
+        counter = Counter(grain=count_grain(freq), by=by)
+        counter.add(events_to_batch(events))
+        assert count_frame(counter.result(), freq).equals(bucket(df, freq, by=by))
+
+
+def test_the_accessor_passes_bucket_options_on():
+    df = to_dataframe([Event(id="a", timestamp=1.0), Event(id="b", timestamp=1_700_000_000.0)])
+    with pytest.raises(UsageError, match="max_buckets=None"):
+        df.theia.bucket("1min")
+    assert df.theia.bucket("1min", max_buckets=None)["count"].sum() == 2

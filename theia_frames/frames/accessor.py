@@ -47,9 +47,9 @@ class TheiaAccessor:
     def __init__(self, df: pd.DataFrame) -> None:
         self._df = df
 
-    def bucket(self, freq: Any, by: str | None = None, value: str | None = None, agg: str = "count", *, tz: Any = None) -> pd.DataFrame:
-        """See :func:`~theia_frames.frames.analysis.bucket`."""
-        return _analysis().bucket(self._df, freq, by=by, value=value, agg=agg, tz=tz)
+    def bucket(self, freq: Any, by: str | None = None, value: str | None = None, agg: str = "count", **options: Any) -> pd.DataFrame:
+        """See :func:`~theia_frames.frames.analysis.bucket` (``tz=``, ``max_buckets=``)."""
+        return _analysis().bucket(self._df, freq, by=by, value=value, agg=agg, **options)
 
     def explode_tags(self) -> pd.DataFrame:
         """See :func:`~theia_frames.frames.analysis.explode_tags`."""

@@ -268,7 +268,10 @@ def _bucket_edges(times: pd.DatetimeIndex, freq: Any, events: int, max_buckets: 
             # a fixed span: the figure before laying anything out
             _check_buckets((times.max().value - times.min().value) // pd.Timedelta(offset).value + 1, limit, freq, events, times)
     try:
-        edges = cast(pd.DatetimeIndex, pd.Series(0, index=times).resample(_frequency(freq)).size().index)
+        # closed and labelled on the left for every frequency: an edge is where its bucket starts
+        # (pandas labels weeks, months' ends, quarters and years by their right end by default)
+        resampler = pd.Series(0, index=times).resample(_frequency(freq), closed="left", label="left")
+        edges = cast(pd.DatetimeIndex, resampler.size().index)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"invalid bucket frequency {freq!r}: {exc}") from exc
     if limit is not None:
