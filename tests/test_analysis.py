@@ -423,3 +423,11 @@ def test_the_accessor_passes_bucket_options_on():
     with pytest.raises(UsageError, match="max_buckets=None"):
         df.theia.bucket("1min")
     assert df.theia.bucket("1min", max_buckets=None)["count"].sum() == 2
+
+
+def test_timeline_gaps_mean_silences_on_a_log_written_to_the_second():
+    # five events in each of 20 consecutive seconds, a minute of silence, then 20 more seconds
+    seconds = [*range(20), *range(80, 100)]
+    df = to_dataframe([Event(id=f"{s}-{k}", timestamp=1_700_000_000.0 + s, source="ssh") for s in seconds for k in range(5)])
+    row = timeline(df).loc["ssh"]
+    assert row["count"] == 200 and row["gaps"] == 1 and row["max_gap"] == pd.Timedelta(seconds=61)

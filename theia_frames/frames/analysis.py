@@ -653,7 +653,9 @@ def timeline(df: pd.DataFrame, *, gap: Any = None) -> pd.DataFrame:
     ``rate`` (events per second: intervals over the span; NaN for a single
     instant), ``max_gap`` (the longest silence between two events) and ``gaps``
     (how many silences are longer than ``gap``, a duration as ``grep``'s
-    ``context`` takes it; by default ten times that source's median interval).
+    ``context`` takes it; by default ten times that source's median interval
+    between events at different times: a log written to the second has many
+    events per second, and their zero intervals are its resolution, not its pace).
 
     >>> df = to_dataframe([Event(id=str(i), timestamp=float(t), source=s) for i, (t, s) in
     ...     enumerate([(0, "a"), (1, "a"), (2, "a"), (20, "a"), (5, "b")])])
@@ -679,7 +681,8 @@ def timeline(df: pd.DataFrame, *, gap: Any = None) -> pd.DataFrame:
         if gap_d is not None:
             limit = gap_d.value
         else:
-            limit = 10 * float(np.median(d)) if len(d) else np.inf
+            apart = d[d > 0]
+            limit = 10 * float(np.median(apart)) if len(apart) else np.inf
         rows.append(
             {
                 "source": name,
