@@ -606,3 +606,38 @@ def test_finds_wait_for_room_in_their_memory_total_and_lose_nothing(monkeypatch)
 def test_the_find_memory_bound_must_be_a_positive_count():
     with pytest.raises(UsageError, match="max_find_memory"):
         Collector(max_find_memory=0)
+
+
+# --------------------------------------------------------------------------- many plain writers: backpressure
+
+
+def test_a_plain_writer_is_not_read_while_its_events_wait_and_nothing_is_lost(monkeypatch):
+    from theia_frames.server import event_endpoint
+
+    monkeypatch.setattr(event_endpoint, "_PENDING_MESSAGES", 50)
+    monkeypatch.setattr(event_endpoint, "_READ_BUDGET", 7)  # the reader also yields to the loop on its way
+    events = sample(20_000, size=1000)  # 20 MB: more than the socket buffers hold
+    with serve(db=":memory:", port=0) as collector:
+        writer = collector._writer
+        assert writer is not None
+        with opened(collector.url + "/event") as ws:
+            done: list[int] = []
+
+            def send_all() -> None:
+                for event in events:
+                    ws.send_binary(encode(event))  # one event per message, never reading, as Go watchers send
+                done.append(1)
+
+            sender = threading.Thread(target=send_all)
+            with writer_held(collector):
+                sender.start()
+                wait_until(lambda: writer.received > 50, what="the writer's queue to fill")
+                # The reads stop at the bound: TCP holds the rest back, the sender cannot finish.
+                assert not poll_until(lambda: writer.received > 51 or done, timeout=1.0), writer.received
+            sender.join(60)
+            assert done
+            wait_until(lambda: writer.received == len(events), timeout=60, what="every message to be read")
+        collector.flush(timeout=60)
+        assert collector.store is not None
+        stored = [i for cols in collector.store.query(EventFilter(start=1)) for i in cols.id]
+    assert stored == [e.id for e in events]

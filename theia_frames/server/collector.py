@@ -37,7 +37,9 @@ buffers are measured before they are decompressed), patterns per filter and
 bytes per pattern, connections in all and per address, idle time, the time a
 ``/find`` may stall. A refusal names the limit. The collector reads at most
 one message ahead per connection and stops reading ``/event`` connections
-while 64 MiB received are not yet committed, so its memory stays bounded by
+while 64 MiB or 500 messages received are not yet committed (a connection also
+lets the others go first every 32 messages), so a flood of plain writers is
+slowed by TCP rather than queued ahead of everyone else, and its memory stays bounded by
 about ``64 MiB + connections x 2 x max_message_size`` above what the store's
 caches take. Filters are compiled and matched on worker threads, never on the
 event loop; a ``/find`` ends when its client leaves, and a stop ends running

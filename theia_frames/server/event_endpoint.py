@@ -22,6 +22,13 @@ __all__ = [
 
 # Received and not yet committed bytes above which /event connections stop reading.
 _PENDING_LIMIT = 64 * 1024 * 1024
+# Received and not yet committed messages above which /event connections stop reading:
+# what waits for the writer is a fraction of a second of its work, so a sender's
+# confirmation (which waits for everything received before it) is never far behind,
+# and many plain writers (one event per message) are slowed by TCP, not queued.
+_PENDING_MESSAGES = 500
+# Messages one /event connection may take in a row before it lets the loop serve others.
+_READ_BUDGET = 32
 
 
 class EventEndpoint:
@@ -44,14 +51,20 @@ class EventEndpoint:
         loop = self._loop
         assert writer is not None and room is not None and loop is not None
         sink = EventSink(self, ws)
+        budget = _READ_BUDGET
+        last = 0  # this connection's last message: what its flush waits for, not the other senders'
         try:
             async for message in ws:
                 state.last = loop.time()
                 if batched and is_flush_request(message):
-                    self._flush_request(sink, message, writer.received)
+                    self._flush_request(sink, message, last)
                     continue
-                writer.put(sink, message, batched)
-                while writer.pending_bytes > _PENDING_LIMIT:
+                last = writer.put(sink, message, batched)
+                budget -= 1
+                if not budget:
+                    budget = _READ_BUDGET
+                    await asyncio.sleep(0)  # the others' turn: a finder's or a sender's step waits for no flood
+                while writer.pending_bytes > _PENDING_LIMIT or writer.pending_messages > _PENDING_MESSAGES:
                     # Stop reading until the writer catches up: TCP pushes back on the client
                     # (which is not idle meanwhile: we are not listening).
                     state.watched = False

@@ -315,6 +315,11 @@ class Writer(threading.Thread):
         self._closing = False
         self._done = False
 
+    @property
+    def pending_messages(self) -> int:
+        """Messages handed over and not yet committed."""
+        return self.received - self.committed
+
     def put(self, sink: EventSink, message: bytes | str, batched: bool) -> int:
         """Hand over one received message; returns its sequence number."""
         with self._work:
