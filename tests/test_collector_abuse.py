@@ -641,3 +641,18 @@ def test_a_plain_writer_is_not_read_while_its_events_wait_and_nothing_is_lost(mo
         assert collector.store is not None
         stored = [i for cols in collector.store.query(EventFilter(start=1)) for i in cols.id]
     assert stored == [e.id for e in events]
+
+
+def test_readers_of_many_concurrent_finds_are_closed_when_they_end_but_a_few(tmp_path):
+    from theia_frames.server import store as store_module
+
+    store = EventStore(str(tmp_path / "s.db"))
+    try:
+        store.add_many(sample(100))
+        readers = [store._borrow() for _ in range(10)]
+        assert all(db.execute("PRAGMA cache_size").fetchone()[0] == -store_module._READER_CACHE_KIB for db in readers)
+        for db in readers:
+            store._give_back(db)
+        assert len(store._idle) == store_module._IDLE_READERS < 10
+    finally:
+        store.close()

@@ -198,6 +198,11 @@ class ChunkInfo(NamedTuple):
     max_ts: float
 
 
+# Page cache of a connection that reads for one query (KiB), and readers kept idle for the next ones.
+_READER_CACHE_KIB = 2048
+_IDLE_READERS = 4
+
+
 class EventStore:
     """Events in SQLite: ``path`` is a file (created if missing) or ``":memory:"``.
 
@@ -359,12 +364,15 @@ class EventStore:
         if db is None:
             db = self._connect()
             db.execute("PRAGMA query_only = ON")
+            # A query reads each chunk once: a small page cache per reader, so many
+            # concurrent finds do not each keep their own copy of the file.
+            db.execute(f"PRAGMA cache_size = -{_READER_CACHE_KIB}")
         return db
 
     def _give_back(self, db: sqlite3.Connection) -> None:
         with self._pool_lock:
-            if self._closed:
-                db.close()
+            if self._closed or len(self._idle) >= _IDLE_READERS:
+                db.close()  # past a few idle readers, their memory goes back when the finds end
             else:
                 self._idle.append(db)
 
