@@ -882,3 +882,14 @@ def test_the_first_copy_of_an_identity_wins_and_each_later_one_is_a_repeat_or_a_
             assert out.new.column(0).to_pylist() == want_new
         got = [(e.id, e.timestamp, e.source, tuple(e.tags), e.content) for cols in store.query() for e in cols.events()]
     assert sorted(got, key=lambda r: (r[1], r[0])) == sorted(stored, key=lambda r: (r[1], r[0]))
+
+
+def test_a_chunk_whose_first_time_is_minus_zero_reads_back_intact():
+    from theia_frames.event import Event
+    from theia_frames.filter import Filter
+    from theia_frames.server.store import EventStore
+
+    store = EventStore(":memory:")
+    store.add_many([Event(id="z", timestamp=-0.0), Event(id="p", timestamp=5.0)])
+    assert sorted(i for cols in store.query(Filter()) for i in cols.id) == ["p", "z"]
+    store.close()

@@ -192,7 +192,8 @@ def chunk_checksum(data: builtins.bytes, nbytes: int, arrivals: builtins.bytes, 
     """
     crc = zlib.crc32(data)
     crc = zlib.crc32(arrivals, crc)
-    return zlib.crc32(struct.pack("<ddqq", min_ts, max_ts, rows, nbytes), crc)
+    # + 0.0 makes -0.0 into 0.0: SQLite stores a REAL -0.0 as 0.0, so the index reads back 0.0
+    return zlib.crc32(struct.pack("<ddqq", min_ts + 0.0, max_ts + 0.0, rows, nbytes), crc)
 
 
 def _time_text(seconds: float) -> str:
