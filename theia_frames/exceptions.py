@@ -8,11 +8,14 @@ The tree::
 
     TheiaError                      base of everything below
     ├── TransportError              the connection itself failed
-    │   ├── ConnectError            refused, DNS, handshake, TLS (names the URL)
-    │   │   └── AuthenticationError the server refused our credentials (401/403)
-    │   ├── ConnectionClosed        dropped or abnormally closed mid-stream
-    │   └── SubscriberTooSlow       the collector dropped a /live subscriber
-    │                               that did not keep up
+    │   ├── ConnectError            could not connect; ``.reason`` says why (names the URL)
+    │   │   └── HandshakeRefused    the server answered the handshake with an HTTP ``.status``
+    │   │       └── AuthenticationError  the server refused our credentials (401/403)
+    │   └── ConnectionClosed        dropped or abnormally closed mid-stream (``.code``)
+    │       ├── SubscriberTooSlow   the collector dropped a /live subscriber
+    │       │                       that did not keep up
+    │       └── GaveUp              a live stream stopped reconnecting
+    │                               (``.attempts``; the last failure is ``.cause``)
     ├── TheiaTimeoutError           also a built-in ``TimeoutError``
     ├── ServerError                 the server sent ``{"error": ...}``; carries its text
     ├── ProtocolError               the peer broke the wire protocol
@@ -31,13 +34,17 @@ Whose fault: ``ProtocolError`` and ``ServerError`` are the remote peer's,
 
 from __future__ import annotations
 
+from typing import Literal
+
 __all__ = [
     "TheiaError",
     "TransportError",
     "ConnectError",
+    "HandshakeRefused",
     "AuthenticationError",
     "ConnectionClosed",
     "SubscriberTooSlow",
+    "GaveUp",
     "TheiaTimeoutError",
     "ServerError",
     "ProtocolError",
@@ -88,12 +95,34 @@ class TransportError(TheiaError):
         self.url = url
 
 
+ConnectReason = Literal["refused", "unknown-host", "tls", "timeout", "handshake", "other"]
+
+
 class ConnectError(TransportError):
-    """Could not open a connection (refused, DNS, handshake, TLS)."""
+    """Could not open a connection.
+
+    ``.reason`` says why, as a word code reads instead of the message:
+    ``"refused"`` (nothing listens there), ``"unknown-host"`` (the name does
+    not resolve), ``"tls"``, ``"timeout"``, ``"handshake"`` (the server
+    answered the WebSocket handshake with something else: :class:`HandshakeRefused`)
+    or ``"other"``.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None, reason: ConnectReason = "other") -> None:
+        super().__init__(message, url=url)
+        self.reason: ConnectReason = reason
 
 
-class AuthenticationError(ConnectError):
-    """The server refused the connection's credentials."""
+class HandshakeRefused(ConnectError):
+    """The server answered the WebSocket handshake with HTTP ``.status`` instead of 101."""
+
+    def __init__(self, message: str, *, url: str | None = None, status: int) -> None:
+        super().__init__(message, url=url, reason="handshake")
+        self.status = status
+
+
+class AuthenticationError(HandshakeRefused):
+    """The server refused the connection's credentials (HTTP 401 or 403)."""
 
 
 class ConnectionClosed(TransportError):
@@ -106,6 +135,15 @@ class ConnectionClosed(TransportError):
 
 class SubscriberTooSlow(ConnectionClosed):
     """The collector disconnected a live subscriber that fell too far behind."""
+
+
+class GaveUp(ConnectionClosed):
+    """A live stream stopped reconnecting after ``.attempts`` failed attempts; ``.cause`` is the last failure."""
+
+    def __init__(self, message: str, *, url: str | None = None, attempts: int, cause: BaseException | None) -> None:
+        super().__init__(message, url=url, code=getattr(cause, "code", None))
+        self.attempts = attempts
+        self.cause = cause
 
 
 class TheiaTimeoutError(TheiaError, TimeoutError):

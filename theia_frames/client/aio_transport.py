@@ -67,9 +67,10 @@ def open_error(exc: BaseException, url: str, timeout: float | None) -> TheiaErro
                 f"{url} refused the WebSocket handshake with HTTP status 401: it needs credentials "
                 "(AsyncClient(..., token=...))",
                 url=url,
+                status=401,
             )
         if status == 403:
-            return AuthenticationError(f"{url} refused the WebSocket handshake with HTTP status 403: it refused the credentials", url=url)
+            return AuthenticationError(f"{url} refused the WebSocket handshake with HTTP status 403: it refused the credentials", url=url, status=403)
         return ConnectError(f"{url} refused the WebSocket handshake with HTTP status {status}", url=url)
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return TheiaTimeoutError(f"timed out after {timeout} s connecting to {url} (the handshake did not finish)")

@@ -176,11 +176,13 @@ class Connection:
                     f"{url} refused the WebSocket handshake with HTTP status 401: "
                     "it needs credentials (Client(..., token=...))",
                     url=url,
+                    status=401,
                 ) from exc
             if status == 403:
                 raise AuthenticationError(
                     f"{url} refused the WebSocket handshake with HTTP status 403: it refused the credentials",
                     url=url,
+                    status=403,
                 ) from exc
             raise ConnectError(f"{url} refused the WebSocket handshake with HTTP status {status}", url=url) from exc
         except websocket.WebSocketAddressException as exc:

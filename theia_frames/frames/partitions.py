@@ -133,7 +133,7 @@ def chunk_counts(
         if status in (401, 403):
             from ..exceptions import AuthenticationError
 
-            raise AuthenticationError(f"{target} refused the credentials (HTTP {status})", url=url) from exc
+            raise AuthenticationError(f"{target} refused the credentials (HTTP {status})", url=url, status=status) from exc
         return None  # a peer without the path
     except InvalidHandshake:
         return None
