@@ -31,6 +31,11 @@ from ..event import Event
 from ..exceptions import ConnectionClosed, ServerError, SubscriberTooSlow, TheiaError
 
 __all__ = [
+    # the paths
+    "EVENT_PATH",
+    "FIND_PATH",
+    "LIVE_PATH",
+    "PATHS",
     # the words, built and parsed
     "OK",
     "Ok",
@@ -64,6 +69,13 @@ __all__ = [
 
 # --------------------------------------------------------------------------- the words
 
+
+#: The protocol's three endpoints (both dialects); the extension adds
+#: :data:`CHUNKS_PATH` and :data:`theia_frames.protocol.count.COUNT_PATH`.
+EVENT_PATH = "/event"
+FIND_PATH = "/find"
+LIVE_PATH = "/live"
+PATHS = (EVENT_PATH, FIND_PATH, LIVE_PATH)
 
 OK = "ok"
 
