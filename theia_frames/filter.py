@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pyarrow as pa
 
-__all__ = ["EventFilter", "Filter", "Order", "ORDERS", "Engine", "ENGINES"]
+__all__ = ["EventFilter", "Filter", "Order", "ORDERS", "Engine", "ENGINES", "max_filter_length"]
 
 Order = Literal["asc", "desc"]
 ORDERS = ("asc", "desc")
@@ -410,13 +410,35 @@ class EventFilter:
         )
 
     @classmethod
-    def from_json(cls, text: str | bytes, *, engine: Engine = "re") -> EventFilter:
+    def from_json(
+        cls,
+        text: str | bytes,
+        *,
+        engine: Engine = "re",
+        max_patterns: int | None = None,
+        max_pattern_size: int | None = None,
+    ) -> EventFilter:
+        """Parse the filter a peer sent, refusing (before compiling anything) more than
+        *max_patterns* patterns or one longer than *max_pattern_size* UTF-8 bytes.
+
+        >>> EventFilter.from_json('{"start": 5, "tags": ["a", "b"]}', max_patterns=1)
+        Traceback (most recent call last):
+        ...
+        theia_frames.exceptions.InvalidFilterError: filter has 2 patterns; this collector accepts at most 1 per filter
+        """
+        if max_patterns is not None and max_pattern_size is not None and len(text) > max_filter_length(max_patterns, max_pattern_size):
+            raise InvalidFilterError(
+                f"filter of {len(text)} bytes is longer than this collector accepts "
+                f"({max_patterns} patterns of at most {max_pattern_size} bytes)"
+            )
         try:
             obj = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidFilterError(f"filter is not valid JSON: {exc}") from None
         except RecursionError:
             raise InvalidFilterError("filter is not valid JSON: nested too deep") from None
+        if isinstance(obj, dict):
+            _check_patterns(obj, max_patterns, max_pattern_size)
         return cls.from_dict(obj, engine=engine)
 
     # ------------------------------------------------------------------ peer forms
@@ -488,6 +510,30 @@ class EventFilter:
 _LEADING_FLAGS = re.compile(r"\(\?[aiLmsu]+\)")
 
 
+
+
+def max_filter_length(max_patterns: int, max_pattern_size: int) -> int:
+    """The longest JSON text a filter within these limits can take: every character
+    of every pattern escaped as ``\\uXXXX``, keys and punctuation."""
+    return max_patterns * (6 * max_pattern_size + 8) + 4096
+
+
+def _check_patterns(obj: Mapping[str, Any], max_patterns: int | None, max_pattern_size: int | None) -> None:
+    patterns: list[tuple[str, Any]] = [("content", obj.get("content")), ("id", obj.get("id")), ("source", obj.get("source"))]
+    tags = obj.get("tags")
+    if isinstance(tags, list):
+        patterns += [("tag", t) for t in tags]
+    texts = [(name, p) for name, p in patterns if isinstance(p, str)]
+    if max_patterns is not None and len(texts) > max_patterns:
+        raise InvalidFilterError(f"filter has {len(texts)} patterns; this collector accepts at most {max_patterns} per filter")
+    if max_pattern_size is not None:
+        for name, pattern in texts:
+            size = len(pattern.encode("utf-8", "surrogatepass"))
+            if size > max_pattern_size:
+                raise InvalidFilterError(
+                    f"filter {name} pattern of {size} bytes is longer than this collector accepts "
+                    f"({max_pattern_size} bytes)"
+                )
 
 
 def _compiles(pattern: str) -> bool:

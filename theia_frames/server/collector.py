@@ -622,11 +622,6 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpo
         loop = asyncio.get_running_loop()
         assert self._filter_pool is not None
         try:
-            if len(message) > self._max_filter_length():
-                raise InvalidFilterError(
-                    f"filter of {len(message)} bytes is longer than this collector accepts "
-                    f"({self.max_patterns} patterns of at most {self.max_pattern_size} bytes)"
-                )
             flt = await loop.run_in_executor(self._filter_pool, self._build_filter, message)
         except InvalidFilterError as exc:
             self._log.info("filter", "%s sent a bad filter: %s", peer_name(ws), shorten(str(exc)))
@@ -635,35 +630,11 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpo
             return None
         return flt
 
-    def _max_filter_length(self) -> int:
-        # The longest JSON text a filter within the limits can take: every
-        # character of every pattern escaped as \\uXXXX, keys and punctuation.
-        return self.max_patterns * (6 * self.max_pattern_size + 8) + 4096
-
     def _build_filter(self, message: str | bytes) -> EventFilter:
         """A filter from the network, within the limits on patterns (a worker thread)."""
-        try:
-            obj = json.loads(message)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return EventFilter.from_json(message, engine="re2")  # raises, naming the problem
-        if isinstance(obj, dict):
-            patterns: list[tuple[str, Any]] = [("content", obj.get("content")), ("id", obj.get("id")), ("source", obj.get("source"))]
-            tags = obj.get("tags")
-            if isinstance(tags, list):
-                patterns += [("tag", t) for t in tags]
-            patterns = [(name, p) for name, p in patterns if isinstance(p, str)]
-            if len(patterns) > self.max_patterns:
-                raise InvalidFilterError(
-                    f"filter has {len(patterns)} patterns; this collector accepts at most {self.max_patterns} per filter"
-                )
-            for name, pattern in patterns:
-                size = len(pattern.encode("utf-8", "surrogatepass"))
-                if size > self.max_pattern_size:
-                    raise InvalidFilterError(
-                        f"filter {name} pattern of {size} bytes is longer than this collector accepts "
-                        f"({self.max_pattern_size} bytes)"
-                    )
-        return EventFilter.from_dict(obj, engine="re2")
+        return EventFilter.from_json(
+            message, engine="re2", max_patterns=self.max_patterns, max_pattern_size=self.max_pattern_size
+        )
 
 # --------------------------------------------------------------------------- helpers
 
