@@ -71,7 +71,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import errno
-import json
 import logging
 import os
 import contextlib
