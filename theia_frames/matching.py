@@ -9,11 +9,11 @@ from __future__ import annotations
 import datetime as dt  # noqa: F401  (used by the doctests)
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-    import pyarrow as pa
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 __all__ = [
     "Kernel",
@@ -165,9 +165,8 @@ def _re_as_re2(pattern: str) -> str | None:
 
 def _kernel_works(regex: str) -> bool:
     """Whether Arrow's RE2 takes ``regex`` (it refuses some that ``re`` takes: large repeats)."""
-    pa = _pyarrow_module()
     try:
-        pa.compute.match_substring_regex(pa.array([""], pa.string()), regex)
+        pc.match_substring_regex(pa.array([""], pa.string()), regex)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return False
     return True
@@ -195,8 +194,6 @@ class Kernel:
     def mask(self, values: pa.Array, alive: np.ndarray | None = None) -> np.ndarray:
         """One bool per value: whether it matches. Rows off in ``alive`` may come out
         either way (the per-row path skips them)."""
-
-        pc = _pyarrow_module().compute
         if self.literal is not None:
             hit = pc.equal(values, self.literal) if self.full else pc.match_substring(values, self.literal)
             return _bools(hit)
@@ -212,15 +209,13 @@ class Kernel:
         return hit
 
     def _by_row(self, values: pa.Array, alive: np.ndarray | None) -> np.ndarray:
-        import numpy as np
-
         test = self.compiled.fullmatch if self.full else self.compiled.search
         if alive is None:
             return np.fromiter((test(v) is not None for v in values.to_pylist()), dtype=bool, count=len(values))
         hit = np.zeros(len(values), dtype=bool)
         rows = np.flatnonzero(alive)
         if len(rows):
-            texts = values.take(_pyarrow_module().array(rows)).to_pylist()
+            texts = values.take(pa.array(rows)).to_pylist()
             hit[rows] = np.fromiter((test(v) is not None for v in texts), dtype=bool, count=len(rows))
         return hit
 
@@ -234,14 +229,12 @@ _SAMPLE = 4096
 def distinct_values(column: Any) -> Any:
     """``column`` dictionary-encoded when its values repeat (see :data:`_SAMPLE`), else None;
     a dictionary column (the event schema's ``source``) is itself."""
-    pa = _pyarrow_module()
     if pa.types.is_dictionary(column.type):
         return column if not column.null_count else None
     if len(column) <= _SAMPLE or column.null_count or not (
         pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
     ):
         return None
-    pc = pa.compute
     if len(pc.unique(column.slice(0, _SAMPLE))) * 8 > _SAMPLE:
         return None
     encoded = pc.dictionary_encode(column)
@@ -262,10 +255,6 @@ def mask_tags(kernels: Sequence[Kernel], column: Any, keep: np.ndarray) -> np.nd
     equal to it. The other patterns are matched against the split tags of
     the rows still in question.
     """
-    import numpy as np
-
-    pa = _pyarrow_module()
-    pc = pa.compute
     listed = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
     rest = []
     for kernel in kernels:
@@ -321,10 +310,6 @@ def _tag_values(column: Any) -> tuple[Any, np.ndarray]:
 
     The empty text is no tags, as :func:`~theia_frames.protocol.codec.split_tags` reads it.
     """
-    import numpy as np
-
-    pa = _pyarrow_module()
-    pc = pa.compute
     if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
         lists = column
     else:
@@ -339,13 +324,4 @@ def _tag_values(column: Any) -> tuple[Any, np.ndarray]:
 
 def _bools(array: Any) -> np.ndarray:
     """A boolean Arrow array (no missing values) as a writable numpy array."""
-    import numpy as np
-
     return np.array(array.to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def _pyarrow_module() -> Any:
-    import pyarrow
-    import pyarrow.compute  # noqa: F401 - makes pyarrow.compute an attribute
-
-    return pyarrow

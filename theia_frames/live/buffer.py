@@ -26,22 +26,16 @@ no socket::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..protocol.arrow import event_schema
 from ..exceptions import UsageError
 from ..timeparse import DurationLike, to_seconds
 
-if TYPE_CHECKING:  # pragma: no cover
-    import pyarrow as pa
-
 __all__ = ["EventBuffer", "parse_window"]
-
-
-def _pa() -> Any:
-    import pyarrow
-
-    return pyarrow
 
 
 def parse_window(window: DurationLike | None) -> float | None:
@@ -121,7 +115,7 @@ class EventBuffer:
 
     def table(self) -> pa.Table:
         """The rows held as one Arrow table (zero-copy)."""
-        return _pa().Table.from_batches(self.batches, schema=event_schema())
+        return pa.Table.from_batches(self.batches, schema=event_schema())
 
     def __len__(self) -> int:
         return self.rows
@@ -129,7 +123,6 @@ class EventBuffer:
     # -------------------------------------------------------------- writing
     def append(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Add a batch (or table) of events, then roll off what the bounds exclude."""
-        pa = _pa()
         if isinstance(batch, pa.Table):
             batches = batch.to_batches()
         else:
@@ -160,7 +153,6 @@ class EventBuffer:
     def _merge_tail(self) -> None:
         # A binary-counter merge: while the newest chunk is at least as large as
         # the one before it, merge the two. Each row takes part in O(log n) merges.
-        pa = _pa()
         chunks = self._chunks
         while len(chunks) >= 2 and chunks[-2].batch.num_rows <= chunks[-1].batch.num_rows:
             b, a = chunks.pop(), chunks.pop()
@@ -190,7 +182,7 @@ class EventBuffer:
                 sliced = head.batch.slice(excess)
                 self._drop(excess)
                 if 2 * sliced.num_rows < head.base_rows:
-                    sliced = _pa().concat_batches([sliced])  # copy: release the rolled-off rows
+                    sliced = pa.concat_batches([sliced])  # copy: release the rolled-off rows
                     base = sliced.num_rows
                 else:
                     base = head.base_rows
@@ -198,8 +190,6 @@ class EventBuffer:
                 chunks[0] = _Chunk(sliced, base, tmin, tmax)
 
     def _filter_chunk(self, c: _Chunk, cutoff: float) -> _Chunk:
-        import pyarrow.compute as pc
-
         before = c.batch.num_rows
         kept = c.batch.filter(pc.greater_equal(c.batch.column(1), cutoff))  # filter copies
         self._drop(before - kept.num_rows)
@@ -214,8 +204,6 @@ class EventBuffer:
 
 
 def _min_max(batch: Any) -> tuple[float, float]:
-    import pyarrow.compute as pc
-
     mm = pc.min_max(batch.column(1))
     lo, hi = mm["min"].as_py(), mm["max"].as_py()
     return (float("inf"), float("-inf")) if lo is None else (lo, hi)

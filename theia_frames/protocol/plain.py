@@ -14,24 +14,16 @@ either way a message that is not an event is reported, not guessed at.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .arrow import columns_to_batch, empty_batch, event_schema, tag_lists
 from .codec import EventColumns
 from ..exceptions import DecodeError
 
-if TYPE_CHECKING:  # pragma: no cover
-    import pyarrow as pa
-
 __all__ = ["decode_plain", "slow_decode", "bulk_decode", "BULK_MIN"]
-
-
-def _pyarrow() -> Any:
-    # imported late: slow to import, and not needed to send single events
-    import pyarrow
-    import pyarrow.compute  # noqa: F401 - makes pyarrow.compute available as an attribute
-
-    return pyarrow
 
 
 # Fewer plain messages than this are decoded one by one: the bulk decoder's
@@ -52,10 +44,9 @@ def decode_plain(messages: list[bytes], bad: Any) -> pa.RecordBatch:
     if len(messages) >= BULK_MIN:
         try:
             batch, ok = bulk_decode(messages)
-        except (UnicodeError, ValueError, _pyarrow().ArrowException):
+        except (UnicodeError, ValueError, pa.ArrowException):
             pass  # e.g. a message that is not UTF-8: decode each, to report it precisely
         else:
-            pc = _pyarrow().compute
             if pc.all(ok).as_py():
                 return batch
             good = batch.filter(ok)
@@ -64,7 +55,7 @@ def decode_plain(messages: list[bytes], bad: Any) -> pa.RecordBatch:
             slow, slow_positions = slow_decode([messages[i] for i in rest], bad)
             positions = good_positions + [rest[i] for i in slow_positions]
             order = sorted(range(len(positions)), key=positions.__getitem__)
-            table = _pyarrow().Table.from_batches([good, slow]).take(order)
+            table = pa.Table.from_batches([good, slow]).take(order)
             return table.combine_chunks().to_batches()[0] if table.num_rows else empty_batch()
     return slow_decode(messages, bad)[0]
 
@@ -94,8 +85,6 @@ def bulk_decode(messages: list[bytes]) -> tuple[pa.RecordBatch, pa.Array]:
     decoded and verified (sizes, keys, timestamp); other rows hold junk.
     Raises if the messages are not all UTF-8.
     """
-    pa = _pyarrow()
-    pc = pa.compute
     text = pa.array(messages, pa.binary()).cast(pa.string())
     parts = pc.split_pattern(text, "\n", max_splits=5)
     six = pc.equal(pc.list_value_length(parts), 6)
