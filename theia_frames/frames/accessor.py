@@ -9,7 +9,8 @@ whichever comes first (``import theia_frames`` alone does not import pandas):
     >>> frame.theia.tag_counts()["count"].tolist()
     [2, 1]
 
-This module needs only pandas; the helpers are imported on first use.
+This module needs only pandas; the helpers' modules are imported on first use, so
+importing pandas does not import them.
 """
 
 from __future__ import annotations
@@ -20,18 +21,6 @@ from typing import Any
 import pandas as pd
 
 __all__ = ["TheiaAccessor"]
-
-
-def _analysis() -> Any:
-    from . import analysis
-
-    return analysis
-
-
-def _patterns() -> Any:
-    from . import patterns
-
-    return patterns
 
 
 @pd.api.extensions.register_dataframe_accessor("theia")
@@ -49,46 +38,67 @@ class TheiaAccessor:
 
     def bucket(self, freq: Any, by: str | None = None, value: str | None = None, agg: str = "count", **options: Any) -> pd.DataFrame:
         """See :func:`~theia_frames.frames.analysis.bucket` (``tz=``, ``max_buckets=``)."""
-        return _analysis().bucket(self._df, freq, by=by, value=value, agg=agg, **options)
+        from . import analysis
+
+        return analysis.bucket(self._df, freq, by=by, value=value, agg=agg, **options)
 
     def explode_tags(self) -> pd.DataFrame:
         """See :func:`~theia_frames.frames.analysis.explode_tags`."""
-        return _analysis().explode_tags(self._df)
+        from . import analysis
+
+        return analysis.explode_tags(self._df)
 
     def tag_matrix(self) -> pd.DataFrame:
         """See :func:`~theia_frames.frames.analysis.tag_matrix`."""
-        return _analysis().tag_matrix(self._df)
+        from . import analysis
+
+        return analysis.tag_matrix(self._df)
 
     def tag_counts(self) -> pd.DataFrame:
         """See :func:`~theia_frames.frames.analysis.tag_counts`."""
-        return _analysis().tag_counts(self._df)
+        from . import analysis
+
+        return analysis.tag_counts(self._df)
 
     def extract(self, pattern: str | re.Pattern[str] | None = None, *, column: str = "content") -> pd.DataFrame:
         """See :func:`~theia_frames.frames.analysis.extract` (``pattern`` defaults to its ``SENSOR_PATTERN``)."""
-        analysis = _analysis()
+        from . import analysis
+
         return analysis.extract(self._df, analysis.SENSOR_PATTERN if pattern is None else pattern, column=column)
 
     def grep(self, pattern: str, **options: Any) -> pd.DataFrame:
         """See :func:`~theia_frames.frames.analysis.grep`."""
-        return _analysis().grep(self._df, pattern, **options)
+        from . import analysis
+
+        return analysis.grep(self._df, pattern, **options)
 
     def timeline(self, *, gap: Any = None) -> pd.DataFrame:
         """See :func:`~theia_frames.frames.analysis.timeline`."""
-        return _analysis().timeline(self._df, gap=gap)
+        from . import analysis
+
+        return analysis.timeline(self._df, gap=gap)
 
     def patterns(self, column: str = "content", **options: Any) -> pd.DataFrame:
         """See :func:`~theia_frames.frames.patterns.patterns`."""
-        return _patterns().patterns(self._df, column, **options)
+        from . import patterns
+
+        return patterns.patterns(self._df, column, **options)
 
     def pattern_counts(self, every: Any = None, by: str | None = None, **options: Any) -> pd.DataFrame:
         """See :func:`~theia_frames.frames.patterns.pattern_counts`."""
-        return _patterns().pattern_counts(self._df, every, by, **options)
+        from . import patterns
+
+        return patterns.pattern_counts(self._df, every, by, **options)
 
     def compare_patterns(self, window: Any, **options: Any) -> pd.DataFrame:
         """See :func:`~theia_frames.frames.patterns.compare_patterns`: this frame is the baseline, and
         ``window`` a frame or a ``(start, end)`` pair of times cut out of it."""
-        return _patterns().compare_patterns(self._df, window, **options)
+        from . import patterns
+
+        return patterns.compare_patterns(self._df, window, **options)
 
     def rare_patterns(self, max_count: int = 3, **options: Any) -> pd.DataFrame:
         """See :func:`~theia_frames.frames.patterns.rare_patterns`."""
-        return _patterns().rare_patterns(self._df, max_count, **options)
+        from . import patterns
+
+        return patterns.rare_patterns(self._df, max_count, **options)

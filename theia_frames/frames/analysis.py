@@ -39,7 +39,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .accessor import TheiaAccessor
 from ..event import Event  # noqa: F401  (used by the doctests)
 from ..exceptions import UsageError
 from ..protocol.count import UNSET_BUCKETS, CountResult
@@ -57,7 +56,6 @@ __all__ = [
     "SENSOR_PATTERN",
     "grep",
     "timeline",
-    "TheiaAccessor",
 ]
 
 #: A reading with a unit, e.g. ``"21.5C"``, ``"45.2 %"``, ``"-3e2 hPa"``: groups ``value`` and ``unit``.

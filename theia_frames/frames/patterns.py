@@ -60,7 +60,7 @@ import pyarrow.compute as pc
 
 from ..exceptions import MissingDependencyError, UsageError
 from ..timeparse import to_epoch
-from .analysis import event_times
+from .analysis import bucket, event_times
 from .masking import DEFAULT_MASKS, TOKEN_SEPARATORS, VARIABLE, Mask, check_masks, mask_values
 
 __all__ = [
@@ -468,8 +468,6 @@ def pattern_counts(
             raise UsageError(f"pattern_counts(by={by!r}) needs that column; the frame has {list(df.columns)}")
         keys.append(by)
     if every is not None:
-        from .analysis import bucket
-
         edges = pd.DatetimeIndex(bucket(pd.DataFrame({"timestamp": times}), every).index)
         slot = np.searchsorted(np.asarray(edges.as_unit("ns").asi8), np.asarray(times.as_unit("ns").asi8), side="right") - 1
         df = df.assign(bucket=pd.Series(edges[slot] if len(edges) else times, index=df.index))
