@@ -33,24 +33,23 @@ Bad values fail when the filter is built:
 from __future__ import annotations
 
 import datetime as dt  # noqa: F401  (used by the doctests)
-import itertools
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .event import Event
 from .exceptions import InvalidFilterError, MissingDependencyError, UsageError
 from .timeparse import EARLIEST_EVENT_TIME, TimeLike, to_bound
 from .matching import Kernel, dictionary_indices, distinct_values, is_literal, mask_tags
 
-if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-    import pyarrow as pa
-
-__all__ = ["EventFilter", "Filter", "Order", "ORDERS", "Engine", "ENGINES", "max_filter_length"]
+__all__ = ["EventFilter", "Filter", "FilterLike", "as_filter", "Order", "ORDERS", "Engine", "ENGINES", "max_filter_length"]
 
 Order = Literal["asc", "desc"]
 ORDERS = ("asc", "desc")
@@ -132,7 +131,7 @@ class EventFilter:
     source: str | None = None
     engine: Engine = field(default="re", compare=False, repr=False)
     _compiled: tuple[Any, ...] = field(default=(), init=False, repr=False, compare=False)
-    _kernels: Any = field(default=None, init=False, repr=False, compare=False)
+    _kernels: tuple[Any, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         start = _number("start", self.start)
@@ -218,27 +217,6 @@ class EventFilter:
             return False
         return True
 
-    def mask(
-        self,
-        timestamps: Sequence[float],
-        tags: Iterable[Sequence[str]] | None,
-        contents: Sequence[str],
-        ids: Sequence[str],
-        sources: Sequence[str],
-    ) -> np.ndarray:
-        """:meth:`matches_fields` over columns: one bool per event (``tags`` as lists;
-        None when the filter has no tag patterns, which then never reads them)."""
-        import numpy as np
-
-        n = len(timestamps)
-        every_tags: Iterable[Sequence[str]] = itertools.repeat((), n) if tags is None else tags
-        match = self.matches_fields
-        return np.fromiter(
-            (match(t, g, c, i, s) for t, g, c, i, s in zip(timestamps, every_tags, contents, ids, sources)),  # type: ignore[arg-type]
-            dtype=bool,
-            count=n,
-        )
-
     def mask_batch(self, batch: pa.RecordBatch) -> np.ndarray:
         """:meth:`matches_fields` of every event of an event-schema batch, one bool each,
         computed with Arrow kernels over whole columns (tags as comma text or as lists).
@@ -247,8 +225,6 @@ class EventFilter:
         :meth:`matches_fields` means (see :class:`Kernel`), by its compiled
         pattern row by row otherwise, and then only on the rows still in question.
         """
-        import numpy as np
-
         n = batch.num_rows
         keep = np.ones(n, dtype=bool)
         if self.start is not None or self.end is not None:
@@ -300,8 +276,6 @@ class EventFilter:
         """The rows of an event-schema batch inside ``[start, end]`` (the batch itself when all are)."""
         if batch.num_rows == 0 or (self.start is None and self.end is None):
             return batch
-        import pyarrow.compute as pc
-
         ts = batch.column("timestamp")
         bounds = pc.min_max(ts)
         lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
@@ -331,8 +305,6 @@ class EventFilter:
         keep = self.mask_batch(batch)
         if keep.all():
             return batch
-        import pyarrow as pa
-
         return batch.filter(pa.array(keep, pa.bool_()))
 
     @property
@@ -588,3 +560,31 @@ def Filter(start: TimeLike = None) -> EventFilter:  # noqa: N802 - mirrors the G
     True
     """
     return EventFilter(start=start)
+
+
+#: What every function taking a filter accepts: an :class:`EventFilter`, its dict form, or None (all events).
+FilterLike = Union[EventFilter, Mapping[str, Any], None]
+
+
+def as_filter(value: FilterLike, *, what: str = "a filter") -> EventFilter:
+    """``value`` as an :class:`EventFilter`: the one reading of a filter argument, wherever one is taken.
+
+    None is every event, a mapping is read by :meth:`EventFilter.from_dict`; ``what``
+    names the argument in the error for anything else.
+
+    >>> as_filter({"start": 5}).start
+    5.0
+    >>> as_filter(None) == EventFilter()
+    True
+    >>> as_filter("sensor")
+    Traceback (most recent call last):
+    ...
+    theia_frames.exceptions.UsageError: a filter must be an EventFilter, a dict or None, got str
+    """
+    if value is None:
+        return EventFilter()
+    if isinstance(value, EventFilter):
+        return value
+    if isinstance(value, Mapping):
+        return EventFilter.from_dict(value)
+    raise UsageError(f"{what} must be an EventFilter, a dict or None, got {type(value).__name__}")
