@@ -15,9 +15,9 @@ from theia_frames.client import Client
 from theia_frames.server.collector import serve
 from theia_frames.exceptions import MissingDependencyError, UsageError
 from theia_frames.frames.convert import EVENT_DTYPES, to_dataframe
-from theia_frames.live.frame import LiveFrame
+from theia_frames.live.frame import LiveFrame, live_plot
 from theia_frames.simulation import sensor_events
-from theia_frames.live.widget import LiveView, choose_freq, default_plot, in_kernel, live_plot
+from theia_frames.live.widget import LiveView, choose_freq, default_plot, in_kernel
 from waiting import wait_until
 
 pytest.importorskip("ipywidgets")

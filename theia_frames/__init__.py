@@ -93,7 +93,7 @@ _EXPORTS: dict[str, str] = {
     "read_events": "frames.export",
     # live
     "LiveFrame": "live.frame",
-    "live_plot": "live.widget",
+    "live_plot": "live.frame",
     "live_frames": "live.registry",
     "stop_all": "live.registry",
     "plot": "frames.plot",
@@ -229,7 +229,6 @@ if _TYPE_CHECKING:  # pragma: no cover
     from .frames.storefiles import DamagedStoreWarning, StoreReport, read_store
     from .frames.logs import LogReport, UnparsedLogWarning, iter_log, read_log
     from .frames.patterns import PatternMiner, compare_patterns, pattern_counts, patterns, rare_patterns
-    from .live.frame import LiveFrame
+    from .live.frame import LiveFrame, live_plot
     from .live.registry import live_frames, stop_all
-    from .live.widget import live_plot
     from .frames.plot import plot

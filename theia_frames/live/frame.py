@@ -26,22 +26,23 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+import pyarrow as pa
+
 from ..protocol.arrow import event_schema
-from ..deprecation import warn_deprecated
 from ..exceptions import UsageError
 from ..filter import EventFilter
 from .buffer import EventBuffer, parse_window
 from .registry import current_cell, register, unregister
 from .status import LiveStatus, Phase, State, in_words
 from ..timeparse import DurationLike
+from .widget import LiveView, Mode, PlotFunction, require_widget, view_options
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-    import pyarrow as pa
 
 __all__ = [
-    "LiveFrame", "LiveStatus", "EventBuffer", "State", "Phase", "BatchHook", "FrameView", "parse_window", "in_words",
-    "check_client_options",
+    "LiveFrame", "LiveStatus", "EventBuffer", "State", "Phase", "BatchHook", "parse_window", "in_words",
+    "check_client_options", "live_plot",
 ]
 
 #: A hook receives each new batch as a DataFrame (on the consumer thread).
@@ -53,43 +54,7 @@ _RATE_SPAN = 5.0
 _KEEP_ERRORS = 100
 
 
-def _pa() -> Any:
-    import pyarrow
-
-    return pyarrow
-
-
 # --------------------------------------------------------------------------- the live frame
-
-
-class FrameView(Protocol):
-    """What :meth:`LiveFrame.widget` returns, as this module knows it: the
-    :class:`~theia_frames.live.widget.LiveView` of the frame.
-
-    The view is built on the frame (:mod:`theia_frames.live.widget` imports this
-    module), so the frame names only what a view of it offers.
-    """
-
-    live: LiveFrame
-    redraws: int
-    png: bytes
-    last_error: BaseException | None
-
-    @property
-    def paused(self) -> bool: ...
-
-    @property
-    def stopped(self) -> bool: ...
-
-    def pause(self) -> None: ...
-
-    def resume(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    def update(self, force: bool = False) -> bool: ...
 
 
 class _Receiver(Protocol):
@@ -100,23 +65,15 @@ def check_client_options(
     where: str,
     client_or_url: object,
     options: Mapping[str, Any],
-    deprecated: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments for the :class:`~theia_frames.client.Client` that
     ``where`` (``"LiveFrame()"``) opens, checked against the ones it takes.
 
-    ``deprecated`` is the old ``client_options=`` mapping: merged in, with a
-    ``DeprecationWarning``. A name :class:`Client` does not take, or options
-    when ``client_or_url`` is a client already open (they would be ignored),
-    raise :class:`~theia_frames.exceptions.UsageError` naming them.
+    A name :class:`Client` does not take, or options when ``client_or_url`` is
+    a client already open (they would be ignored), raise
+    :class:`~theia_frames.exceptions.UsageError` naming them.
     """
     merged = dict(options)
-    if deprecated is not None:
-        warn_deprecated(f"client_options= of {where}", f"the Client keyword arguments directly ({where[:-1]}url, filter, timeout=5))", stacklevel=3)
-        both = sorted(set(deprecated) & set(merged))
-        if both:
-            raise UsageError(f"{where} got {', '.join(both)} both in client_options= and as keyword arguments; give them only as keyword arguments")
-        merged = {**dict(deprecated), **merged}
     if not merged:
         return merged
     from ..client.options import CLIENT_OPTIONS, split_client_options
@@ -142,8 +99,7 @@ class LiveFrame:
     when the frame stops) or a URL (a client is opened with the keyword
     arguments :class:`~theia_frames.client.Client` takes, given here as they
     are to :func:`~theia_frames.client.find`: ``LiveFrame(url, filter,
-    timeout=5)``, and closed when the frame stops; ``client_options=``, a
-    mapping of them, is the deprecated older form). ``filter`` selects
+    timeout=5)``, and closed when the frame stops). ``filter`` selects
     the events (an :class:`~theia_frames.filter.EventFilter`, its dict form,
     or None for everything from now on).
 
@@ -176,7 +132,6 @@ class LiveFrame:
         on_batch: BatchHook | Iterable[BatchHook] | None = None,
         reconnect: bool = True,
         receive_options: Mapping[str, Any] | None = None,
-        client_options: Mapping[str, Any] | None = None,
         **client_kw: Any,
     ) -> None:
         if filter is None:
@@ -196,7 +151,7 @@ class LiveFrame:
         else:
             raise UsageError(f"LiveFrame needs a Client or a URL, got {type(client_or_url).__name__}")
         self.filter: EventFilter = filter
-        self._client_options = check_client_options("LiveFrame()", client_or_url, client_kw, client_options)
+        self._client_options = check_client_options("LiveFrame()", client_or_url, client_kw)
         self._receive_options = {"reconnect": bool(reconnect), **dict(receive_options or {})}
         self._buffer = EventBuffer(max_rows=max_rows, window=window)
         self._hooks: list[BatchHook] = []
@@ -380,7 +335,7 @@ class LiveFrame:
     @property
     def table(self) -> pa.Table:
         """The rows as one Arrow table (zero-copy)."""
-        return _pa().Table.from_batches(self._visible[1], schema=event_schema())
+        return pa.Table.from_batches(self._visible[1], schema=event_schema())
 
     @property
     def df(self) -> pd.DataFrame:
@@ -485,15 +440,13 @@ class LiveFrame:
             self._drain_stream_errors_locked()
             return list(self._errors)
 
-    def widget(self, plot: Callable[[Any, Any], Any] | None = None, every: DurationLike = 0.5, **options: Any) -> FrameView:
+    def widget(self, plot: PlotFunction | None = None, every: DurationLike = 0.5, **options: Any) -> LiveView:
         """A live view of this frame: a status line, pause/resume and stop buttons, and a plot.
 
         See :class:`~theia_frames.live.widget.LiveView` (``plot(df, ax)`` replaces
         the default plot; the figure is redrawn at most every ``every`` seconds,
         only when the data changed). Outside Jupyter it is a text status.
         """
-        from .widget import LiveView
-
         return LiveView(self, plot=plot, every=every, **options)
 
     def __repr__(self) -> str:
@@ -617,7 +570,7 @@ class LiveFrame:
         if new <= 0 or not self._hooks:
             return None
         batches = self._buffer.table().slice(self._buffer.rows - new).to_batches()
-        return _pa().concat_batches(batches) if batches else None
+        return pa.concat_batches(batches) if batches else None
 
     def _call_hooks(self, batch: Any, hooks: list[BatchHook] | None = None) -> None:
         hooks = self._hooks if hooks is None else hooks
@@ -648,3 +601,45 @@ class LiveFrame:
             self._errors.extend(errs[self._stream_errors_seen :])
             self._stream_errors_seen = len(errs)
         self._stream_skipped = int(getattr(stream, "skipped", 0) or 0)
+
+
+# --------------------------------------------------------------------------- the one-liner
+
+
+def live_plot(
+    client_or_url: Any,
+    filter: EventFilter | Mapping[str, Any] | None = None,
+    *,
+    plot: PlotFunction | None = None,
+    every: DurationLike = 0.5,
+    max_rows: int | None = None,
+    window: Any = None,
+    mode: Mode = "auto",
+    **options: Any,
+) -> LiveView:
+    """Subscribe to ``filter`` and return a live view of it (the one-liner).
+
+    Starts a :class:`LiveFrame` (``max_rows=100_000`` unless ``max_rows`` or
+    ``window`` is given, so memory stays bounded) and wraps it in a
+    :class:`~theia_frames.live.widget.LiveView`; the view's Stop button stops
+    the frame. The frame is ``view.live``. Show the view by making it the
+    cell's result, or ``display(view)``. Other keyword arguments are
+    :class:`~theia_frames.live.widget.LiveView`'s (``figsize``, ``title``, ...)
+    or, given a URL, the :class:`~theia_frames.client.Client`'s (``timeout``,
+    ``token``, ...), as for :class:`LiveFrame`.
+
+    >>> view = live_plot("ws://127.0.0.1:6433", {"tags": ["sensor"]}, window="10min")  # doctest: +SKIP
+    """
+    if max_rows is None and window is None:
+        max_rows = 100_000
+    view_keys = view_options()
+    view_kw = {k: v for k, v in options.items() if k in view_keys}
+    client_kw = check_client_options("live_plot()", client_or_url, {k: v for k, v in options.items() if k not in view_keys})
+    live = LiveFrame(client_or_url, filter, max_rows=max_rows, window=window, **client_kw)
+    require_widget(mode, interactive=bool(view_kw.get("interactive")))  # before anything is subscribed
+    live.start()
+    try:
+        return LiveView(live, plot=plot, every=every, mode=mode, stop_frame=True, **view_kw)
+    except BaseException:
+        live.stop()
+        raise

@@ -44,18 +44,18 @@ ipywidgets and matplotlib are imported only when a widget is made; without them
 from __future__ import annotations
 
 import html
+import inspect
 import io
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..exceptions import MissingDependencyError, UsageError
-from ..filter import EventFilter
 from ..frames.plot import GAP_INTERVALS, Theme, check_plot_options, style_figure, time_label
-from .frame import LiveFrame, check_client_options
 from ..timeparse import DurationLike, to_seconds
+from .status import LiveStatus, State
 from .plotting import (
     DefaultPlotter,
     choose_freq,
@@ -69,7 +69,10 @@ from .plotting import (
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["LiveView", "live_plot", "default_plot", "in_kernel", "choose_freq", "unit_label", "format_time_axis"]
+__all__ = [
+    "LiveView", "ViewedFrame", "view_options", "require_widget", "default_plot", "in_kernel", "choose_freq",
+    "unit_label", "format_time_axis",
+]
 
 PlotFunction = Callable[["pd.DataFrame", Any], Any]
 Mode = Literal["auto", "widget", "text"]
@@ -141,6 +144,32 @@ def _locked_canvas_class() -> Any:
 # --------------------------------------------------------------------------- the view
 
 
+class ViewedFrame(Protocol):
+    """What a :class:`LiveView` reads of the frame it shows: a
+    :class:`~theia_frames.live.frame.LiveFrame` (whose module imports this one,
+    so the frame is named here only by what it offers)."""
+
+    @property
+    def state(self) -> State: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def df(self) -> pd.DataFrame: ...
+
+    @property
+    def outages(self) -> list[tuple[float, float | None]]: ...
+
+    def status(self) -> LiveStatus: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class LiveView:
     """A live view of a :class:`~theia_frames.live.frame.LiveFrame` (see the module docs).
 
@@ -160,7 +189,7 @@ class LiveView:
 
     def __init__(
         self,
-        live: LiveFrame,
+        live: ViewedFrame,
         plot: PlotFunction | None = None,
         every: DurationLike = 0.5,
         *,
@@ -510,55 +539,24 @@ class LiveView:
         return self.status_text()
 
 
-def _view_options() -> set[str]:
-    import inspect
+def view_options() -> set[str]:
+    """The names of the keyword arguments :class:`LiveView` takes (besides the frame).
 
+    >>> {"every", "title", "interactive"} <= view_options()
+    True
+    """
     keyword = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     return {p.name for p in inspect.signature(LiveView).parameters.values() if p.kind in keyword} - {"live"}
 
 
-def live_plot(
-    client_or_url: Any,
-    filter: EventFilter | Mapping[str, Any] | None = None,
-    *,
-    plot: PlotFunction | None = None,
-    every: DurationLike = 0.5,
-    max_rows: int | None = None,
-    window: Any = None,
-    mode: Mode = "auto",
-    client_options: Mapping[str, Any] | None = None,
-    **options: Any,
-) -> LiveView:
-    """Subscribe to ``filter`` and return a live view of it (the one-liner).
+def require_widget(mode: Mode, *, interactive: bool = False) -> None:
+    """Raise :class:`~theia_frames.exceptions.MissingDependencyError` naming the extra to install
+    when a view in ``mode`` would need a package that is not installed.
 
-    Starts a :class:`~theia_frames.live.frame.LiveFrame` (``max_rows=100_000`` unless
-    ``max_rows`` or ``window`` is given, so memory stays bounded) and wraps it in
-    a :class:`LiveView`; the view's Stop button stops the frame. The frame is
-    ``view.live``. Show the view by making it the cell's result, or ``display(view)``.
-    Other keyword arguments are :class:`LiveView`'s (``figsize``, ``title``, ...)
-    or, given a URL, the :class:`~theia_frames.client.Client`'s (``timeout``,
-    ``token``, ...), as for :class:`~theia_frames.live.frame.LiveFrame`;
-    ``client_options=``, a mapping of the latter, is the deprecated older form.
-
-    >>> view = live_plot("ws://127.0.0.1:6433", {"tags": ["sensor"]}, window="10min")  # doctest: +SKIP
+    >>> require_widget("text")
     """
-    if max_rows is None and window is None:
-        max_rows = 100_000
-    view_keys = _view_options()
-    view_options = {k: v for k, v in options.items() if k in view_keys}
-    client_kw = check_client_options(
-        "live_plot()", client_or_url, {k: v for k, v in options.items() if k not in view_keys}, client_options
-    )
-    live = LiveFrame(client_or_url, filter, max_rows=max_rows, window=window, **client_kw)
-    # a missing widget dependency should fail before anything is subscribed
     if mode == "widget" or (mode == "auto" and in_kernel()):
         _require("ipywidgets")
         _require("matplotlib")
-        if view_options.get("interactive"):
+        if interactive:
             _locked_canvas_class()
-    live.start()
-    try:
-        return LiveView(live, plot=plot, every=every, mode=mode, stop_frame=True, **view_options)
-    except BaseException:
-        live.stop()
-        raise
