@@ -49,7 +49,6 @@ import pyarrow.compute as pc
 
 from ..protocol.arrow import as_event_data, columns_to_batch, event_schema, frame_memory_pool, tag_lists
 from ..protocol.codec import EventColumns
-from ..deprecation import renamed_arguments
 from ..event import Event
 from ..exceptions import MissingDependencyError, UsageError
 
@@ -632,14 +631,12 @@ def _rebatch(batches: Iterable[pa.RecordBatch | pa.Table], rows: int) -> Iterato
         yield pa.Table.from_batches(pending, schema=schema)
 
 
-@renamed_arguments(chunk_size="batch_size")
 def iter_tables(
     source: Any, batch_size: int = 100_000, *, progress: bool | None = None
 ) -> Iterator[pa.Table]:
     """The events of ``source`` as Arrow tables of at most ``batch_size`` rows (event schema).
 
-    Only one chunk is held at a time; no events yield no tables. ``chunk_size``,
-    the old name of ``batch_size``, still works with a warning.
+    Only one chunk is held at a time; no events yield no tables.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive number of events, got {batch_size!r}")
@@ -650,7 +647,6 @@ def iter_tables(
         batches.close()
 
 
-@renamed_arguments(chunk_size="batch_size")
 def iter_dataframes(
     source: Any,
     batch_size: int = 100_000,
@@ -668,8 +664,7 @@ def iter_dataframes(
     are the sources it holds, as in every frame: the frames of one query do not
     share a category set (which would need every source before the first frame);
     ``pd.concat`` of frames with different categories makes the column ``object``,
-    ``pandas.api.types.union_categoricals`` joins them as categories. ``chunk_size``, the old name of
-    ``batch_size``, still works with a warning.
+    ``pandas.api.types.union_categoricals`` joins them as categories.
 
     >>> evs = (Event(id=str(i), timestamp=float(i)) for i in range(5))
     >>> [len(f) for f in iter_dataframes(evs, batch_size=2)]

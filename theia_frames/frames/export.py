@@ -46,7 +46,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..protocol.arrow import event_schema
-from ..deprecation import renamed_arguments
 from ..event import Event  # noqa: F401  (used by the doctests)
 from ..exceptions import UsageError
 from .convert import (  # noqa: F401  (to_dataframe: the doctests)
@@ -319,7 +318,6 @@ class EventWriter:
         self.close()
 
 
-@renamed_arguments(chunk_size="batch_size")
 def write_events(
     source: Any,
     path: str | os.PathLike[str],
@@ -334,7 +332,7 @@ def write_events(
     ``source`` is anything :func:`~theia_frames.frames.convert.to_dataframe` takes, or an
     event DataFrame (its other columns, such as those :func:`~theia_frames.frames.analysis.extract`
     adds, are written too). It is read and written ``batch_size`` events at a
-    time (``chunk_size``, its old name, still works with a warning).
+    time.
     ``format`` (``"parquet"``, ``"csv"``, ``"jsonl"``) defaults to the one
     the extension names (see :data:`FORMATS`). No events still write a valid
     file (a Parquet schema, a CSV header).
