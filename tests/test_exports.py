@@ -53,49 +53,19 @@ def test_core_modules_are_reexported():
 
 
 # names of the core kept in their module on purpose
-CORE_INTERNAL = {"excerpt", "shorten", "Order", "Engine", "ENGINES"}
+CORE_INTERNAL = {
+    "excerpt", "shorten", "Order", "Engine", "ENGINES", "FilterLike", "as_filter", "max_filter_length",
+    "HandshakeRefused", "GaveUp",  # the connect failures in detail, under ConnectError in theia_frames.exceptions
+}
 
 # the wire level: every name of these modules stays there, none is top level
 WIRE_MODULES = ("protocol.codec", "protocol.messages")
-
-# wire-level names that were top level before, and their home; they still work for a release, with a warning
-MOVED_TO_CODEC = {
-    **dict.fromkeys(
-        ("encode", "encode_many", "decode", "decode_stream", "iter_decode_stream",
-         "decode_columns", "EventColumns", "StreamReport", "StreamDecoder"),
-        "protocol.codec",
-    ),
-    "parse_message": "protocol.messages",
-}
-
 
 def test_wire_level_names_are_not_top_level():
     for modname in WIRE_MODULES:
         module = importlib.import_module(f"theia_frames.{modname}")
         leaked = sorted(set(module.__all__) & set(theia_frames.__all__))
         assert not leaked, f"wire-level names of theia_frames.{modname} at the top level: {leaked}"
-
-
-@pytest.mark.parametrize("name", sorted(MOVED_TO_CODEC))
-def test_moved_wire_names_still_work_with_a_warning(name):
-    home = MOVED_TO_CODEC[name]
-    module = importlib.import_module(f"theia_frames.{home}")
-    assert name not in theia_frames.__all__ and name not in dir(theia_frames)
-    pattern = rf"theia_frames\.{name} is deprecated; use theia_frames\.{re.escape(home)}\.{name}"
-    with pytest.warns(DeprecationWarning, match=pattern) as caught:
-        value = getattr(theia_frames, name)
-    assert value is getattr(module, name)
-    assert caught[0].filename == __file__  # the warning points at the caller
-    with pytest.warns(DeprecationWarning):
-        getattr(theia_frames, name)  # every use warns, not only the first
-
-
-def test_moved_wire_names_work_in_from_imports():
-    with pytest.warns(DeprecationWarning, match=r"theia_frames\.protocol\.codec\.encode"):
-        from theia_frames import encode
-    from theia_frames.protocol.codec import encode as home
-
-    assert encode is home
 
 
 def test_unknown_top_level_name_is_an_attribute_error():

@@ -101,38 +101,18 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = ["__version__", *_EXPORTS]
 
-# Wire-level names that were top-level names; they live in theia_frames.protocol.codec.
-# Still reachable here for a release, with a DeprecationWarning naming their home.
-_MOVED: dict[str, str] = {
-    "encode": "protocol.codec",
-    "encode_many": "protocol.codec",
-    "decode": "protocol.codec",
-    "decode_stream": "protocol.codec",
-    "iter_decode_stream": "protocol.codec",
-    "decode_columns": "protocol.codec",
-    "EventColumns": "protocol.codec",
-    "StreamReport": "protocol.codec",
-    "StreamDecoder": "protocol.codec",
-    "parse_message": "protocol.messages",
-}
-
-
 def __getattr__(name: str) -> _Any:
+    """The public name ``name``, imported from its module on first use."""
     module = _EXPORTS.get(name)
     if module is None:
-        moved = _MOVED.get(name)
-        if moved is None:
-            raise AttributeError(f"module 'theia_frames' has no attribute {name!r}")
-        from .deprecation import warn_deprecated
-
-        warn_deprecated(f"theia_frames.{name}", f"theia_frames.{moved}.{name}")
-        return getattr(_importlib.import_module(f".{moved}", __name__), name)  # not cached: every use warns
+        raise AttributeError(f"module 'theia_frames' has no attribute {name!r}")
     value = getattr(_importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
+    """The public names (:data:`__all__`)."""
     return sorted(__all__)
 
 
