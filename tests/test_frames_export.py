@@ -1,3 +1,5 @@
+"""frames.export: events to Parquet, CSV and JSON Lines (and partitioned datasets) with write_events, and back with read_events."""
+
 from __future__ import annotations
 
 import json
