@@ -2,7 +2,10 @@
 
 Both are read from the source (the AST of every module), not from what happens
 to be imported at run time, so a cycle that only a rare import order would
-trip over is found all the same.
+trip over is found all the same. Every import counts: at module level, under
+``if TYPE_CHECKING`` (a cycle for the type checker is a cycle of the design)
+and inside a function (it runs when the function is called, and ties the two
+modules together as much as one at the top).
 """
 
 from __future__ import annotations
@@ -53,38 +56,17 @@ def targets(importer: str, node: ast.Import | ast.ImportFrom) -> list[tuple[str,
     return found
 
 
-def module_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
-    """The imports a module runs (or a type checker reads) when it is loaded.
-
-    Imports under ``if`` (``TYPE_CHECKING`` included: a cycle for the type
-    checker is a cycle of the design) and ``try`` at module level count; an
-    import inside a function runs only when it is called.
-    """
-    found: list[ast.Import | ast.ImportFrom] = []
-
-    def walk(body: list[ast.stmt]) -> None:
-        for node in body:
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                found.append(node)
-            elif isinstance(node, ast.If):
-                walk(node.body)
-                walk(node.orelse)
-            elif isinstance(node, ast.Try):
-                walk(node.body)
-                for handler in node.handlers:
-                    walk(handler.body)
-                walk(node.orelse)
-                walk(node.finalbody)
-
-    walk(tree.body)
-    return found
+def all_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement of a module, wherever it is: at module level, under
+    ``if``/``try``, or inside a function or a class."""
+    return [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
 
 
 def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in MODULES.items():
         edges = graph.setdefault(name, set())
-        for node in module_level_imports(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in all_imports(ast.parse(path.read_text(encoding="utf-8"))):
             for module, _ in targets(name, node):
                 if module != name:
                     edges.add(module)
@@ -130,14 +112,26 @@ def test_the_checker_sees_a_cycle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph) == [["a", "b", "c"]]
     tree = ast.parse("import os\nif TYPE_CHECKING:\n    from .frame import LiveFrame\ndef f():\n    from ..client import Client\n")
-    imports = module_level_imports(tree)
-    assert [targets("theia_frames.live.widget", n) for n in imports] == [[], [("theia_frames.live.frame", "LiveFrame")]]
+    found = [targets("theia_frames.live.widget", n) for n in all_imports(tree)]
+    assert found == [[], [("theia_frames.live.frame", "LiveFrame")], [("theia_frames.client", "Client")]]
+
+
+def test_a_function_level_import_closes_a_cycle():
+    lazy = {
+        "theia_frames.frames.accessor": "def f():\n    from . import analysis\n",
+        "theia_frames.frames.analysis": "from .accessor import TheiaAccessor\n",
+    }
+    graph = {
+        name: {m for node in all_imports(ast.parse(source)) for m, _ in targets(name, node)}
+        for name, source in lazy.items()
+    }
+    assert cycles(graph) == [["theia_frames.frames.accessor", "theia_frames.frames.analysis"]]
 
 
 def test_no_import_cycles():
     graph = import_graph()
     assert "theia_frames.frames.convert" in graph["theia_frames.frames.export"]  # the graph is read at all
-    assert cycles(graph) == [], "modules that import each other (at module level)"
+    assert cycles(graph) == [], "modules that import each other (function-level imports included)"
 
 
 def test_no_module_imports_another_modules_private_names():
