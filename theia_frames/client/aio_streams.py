@@ -1,7 +1,7 @@
 """The asyncio client's results: :class:`AsyncFindResult` and :class:`AsyncLiveStream`.
 
 The same state objects as the sync results (:mod:`theia_frames.protocol.streams`,
-:mod:`theia_frames.protocol.resume`); only the transport differs.
+:class:`~theia_frames.protocol.live.LiveSession`); only the transport differs.
 """
 
 from __future__ import annotations
@@ -10,25 +10,21 @@ import asyncio
 import queue
 import time
 from collections.abc import AsyncIterator, Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Unpack
+
+import pyarrow as pa
 
 from ..protocol.arrow import SUBPROTOCOL, empty_batch, iter_batch_events
 from ..event import Event
-from ..exceptions import (
-    ConnectionClosed,
-    TheiaError,
-    TheiaTimeoutError,
-    UsageError,
-)
+from ..exceptions import ConnectionClosed, TheiaError, TheiaTimeoutError, UsageError
 from ..filter import EventFilter
 from ..protocol.plain import BULK_MIN
-from ..protocol.resume import Backoff, ResumeState, check_reconnect_options
-from ..protocol.streams import FindState, LiveState, NewestFirst, ResultView, StreamState
+from ..protocol.streams import FindState, LiveState, StreamState
 from .aio_transport import Silence, close, closed_error, recv, recv_raising, websockets_module
+from .results import LiveView, ReconnectOptions, ResultBatches, ResultView, find_state, live_session
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-    import pyarrow as pa
 
 __all__ = ["AsyncStream", "AsyncFindResult", "AsyncLiveStream", "AsyncOwner"]
 
@@ -126,15 +122,19 @@ class AsyncStream(ResultView):
         raise NotImplementedError
 
     async def _decoded(self, accumulate: int, heartbeat: float | None = None) -> AsyncIterator[pa.RecordBatch | None]:
-        decoder = self.state.decoder(accumulate)
-        async for msgs in self._chunks(heartbeat):
-            if not msgs:
-                yield None
-                continue
-            for batch in decoder.feed(msgs):
+        """Checked record batches in the order asked; ``None`` for a heartbeat."""
+        batches = ResultBatches(self.state, accumulate, negotiated=self.batched)
+        try:
+            async for msgs in self._chunks(heartbeat):
+                if not msgs:
+                    yield None
+                    continue
+                for batch in batches.feed(msgs):
+                    yield batch
+            for batch in batches.finish():
                 yield batch
-        for batch in decoder.finish():
-            yield batch
+        finally:
+            batches.discard()
 
     def __aiter__(self) -> AsyncIterator[Event]:
         """The events, one :class:`~theia_frames.event.Event` at a time."""
@@ -228,16 +228,7 @@ class AsyncFindResult(AsyncStream):
     _event_accumulate = BULK_MIN
 
     def __init__(self, client: AsyncOwner, filter: EventFilter, *, strict: bool, batch_size: int, idle_timeout: float | None) -> None:
-        state = FindState(
-            f"{client.url}/find",
-            filter,
-            strict=strict,
-            batch_size=batch_size,
-            idle_timeout=idle_timeout,
-            timeout=client.timeout,
-            max_decoded=client.max_message_size,
-        )
-        super().__init__(client, state)
+        super().__init__(client, find_state(client, filter, strict=strict, batch_size=batch_size, idle_timeout=idle_timeout))
 
     @property
     def ended_by(self) -> str | None:
@@ -267,26 +258,12 @@ class AsyncFindResult(AsyncStream):
             if data:
                 yield data
 
-    async def _decoded(self, accumulate: int, heartbeat: float | None = None) -> AsyncIterator[pa.RecordBatch | None]:
-        if not self.state.reversing(self.batched):
-            async for batch in super()._decoded(accumulate, heartbeat):
-                yield batch
-            return
-        spill = NewestFirst(self.state.batch_size)
-        try:
-            async for batch in super()._decoded(max(accumulate, self.state.batch_size), heartbeat):
-                spill.add(batch)
-            for batch in spill.batches():
-                yield batch
-        finally:
-            spill.discard()
-
     async def to_arrow(self, *, columns: Sequence[str] | None = None, progress: bool | None = None) -> pa.Table:
         """All the events as one ``pyarrow.Table`` with the frame's Arrow types, as
         :func:`~theia_frames.frames.convert.to_arrow` makes it (converted in a worker thread while they arrive)."""
         from ..frames.convert import to_arrow
 
-        return await self._converted(lambda source: to_arrow(source, columns=columns, progress=progress))  # type: ignore[no-any-return]
+        return await self._converted(lambda source: to_arrow(source, columns=columns, progress=progress))
 
     async def to_dataframe(
         self,
@@ -330,53 +307,29 @@ class AsyncFindResult(AsyncStream):
         return f"<AsyncFindResult {self.url} {self.filter.to_json()} count={self.count} {state}>"
 
 
-class AsyncLiveStream(AsyncStream):
+class AsyncLiveStream(LiveView, AsyncStream):
     """Events collected from now on, matching a filter, until the caller stops
     (``break``, :meth:`aclose`, leaving ``async with``); with ``reconnect=True``
     it resumes after a drop exactly as :class:`~theia_frames.client.LiveStream`
-    does (same backoff, same resume find, same dropping of repeats).
+    does: the same :class:`~theia_frames.protocol.live.LiveSession` decides.
 
-    Status attributes: ``reconnects``, ``recovered``, ``last_error``, ``error``, ``connected``.
+    Status attributes: ``reconnects``, ``recovered``, ``last_error``, ``error``, ``connected``, ``gap``.
     """
 
     state: LiveState
 
-    def __init__(
-        self,
-        client: AsyncOwner,
-        filter: EventFilter,
-        *,
-        strict: bool,
-        batch_size: int,
-        reconnect: bool,
-        backoff: float,
-        max_backoff: float,
-        resume_margin: float,
-        max_retries: int | None,
-    ) -> None:
-        check_reconnect_options(backoff, max_backoff, resume_margin, max_retries)
-        state = LiveState(f"{client.url}/live", filter, strict=strict, batch_size=batch_size, max_decoded=client.max_message_size)
-        super().__init__(client, state)
-        self.reconnect = bool(reconnect)
-        self.backoff = float(backoff)
-        self.max_backoff = float(max_backoff)
-        self.max_retries = max_retries
-        self.reconnects = 0
-        self.recovered = 0
-        self.last_error: TheiaError | None = None
-        #: what ended the stream when it gave up reconnecting (also raised from the iteration)
-        self.error: TheiaError | None = None
-        self.resume = ResumeState(resume_margin, time.time())
-        self._down = False
+    def __init__(self, client: AsyncOwner, filter: EventFilter, *, strict: bool, batch_size: int, **options: Unpack[ReconnectOptions]) -> None:
+        self.session = live_session(client, filter, strict=strict, batch_size=batch_size, **options)
+        super().__init__(client, self.session.state)
         self._resume_find: AsyncFindResult | None = None
-
-    @property
-    def connected(self) -> bool:
-        return not self._closed and self._ws is not None and not self._down
 
     @property
     def _batch_accumulate(self) -> int:
         return 1  # never wait to fill a batch
+
+    async def _open(self) -> None:
+        await super()._open()
+        self.session.opened()
 
     async def _chunks(self, heartbeat: float | None = None) -> AsyncIterator[list[bytes]]:
         ws = self._ws
@@ -403,7 +356,8 @@ class AsyncLiveStream(AsyncStream):
                 yield data
 
     async def _decoded(self, accumulate: int, heartbeat: float | None = None) -> AsyncIterator[pa.RecordBatch | None]:
-        if not self.reconnect:
+        session = self.session
+        if not session.reconnect:
             async for batch in super()._decoded(accumulate, heartbeat):
                 yield batch
             return
@@ -411,79 +365,49 @@ class AsyncLiveStream(AsyncStream):
             cause: TheiaError | None = None
             try:
                 async for chunk in super()._decoded(accumulate, heartbeat):
-                    if chunk is None:
-                        yield None
-                        continue
-                    chunk = self.resume.fresh(chunk, now=time.monotonic())
-                    if chunk.num_rows:
-                        yield chunk
+                    for fresh in session.deliver(chunk, time.monotonic()):
+                        yield fresh
             except ConnectionClosed as exc:  # SubscriberTooSlow included
                 cause = exc
             if self._closed:
                 return
-            if cause is None:
-                cause = ConnectionClosed(f"{self.url} closed the live stream", url=self.url)
-            async for batch in self._resume(cause, heartbeat):
+            code = None if self._ws is None else self._ws.close_code
+            session.ended(cause, time.monotonic(), code=code, heartbeat=heartbeat)
+            async for batch in self._resume():
                 yield batch
 
-    def _note_failure(self, exc: TheiaError) -> None:
-        from ..exceptions import SubscriberTooSlow
-
-        self.last_error = exc
-        if isinstance(exc, SubscriberTooSlow):
-            self.state.note(exc)
-
-    async def _resume(self, cause: TheiaError, heartbeat: float | None) -> AsyncIterator[pa.RecordBatch | None]:
-        self._down = True
-        self._note_failure(cause)
+    async def _resume(self) -> AsyncIterator[pa.RecordBatch | None]:
+        """Do what the session says until the stream is back (or closed, or the
+        session gives up), yielding what was stored meanwhile."""
+        session = self.session
         old, self._ws = self._ws, None
         if old is not None:
             await close(old)
-        self.state.complete = False
-        backoff = Backoff(self.backoff, self.max_backoff, self.max_retries)
-        beat = time.monotonic()
-        while True:
-            deadline = time.monotonic() + backoff.next_delay()
-            while not self._closed:
-                now = time.monotonic()
-                if heartbeat is not None and now - beat >= heartbeat:
-                    beat = now
-                    yield None
-                    continue
-                remaining = deadline - now
-                if remaining <= 0:
-                    break
-                await asyncio.sleep(min(remaining, LIVE_SLICE) if heartbeat is None else min(remaining, heartbeat - (now - beat), LIVE_SLICE))
-            if self._closed:
-                return
-            try:
-                async for batch in self._catch_up():
-                    yield batch
-            except TheiaError as exc:
-                if self._closed:
-                    return
-                self._note_failure(exc)
+        while session.waiting:
+            step = session.next_step(time.monotonic())
+            if step.kind == "beat":
+                yield None
+            elif step.kind == "sleep":
+                await asyncio.sleep(min(step.seconds, LIVE_SLICE))
+            else:
                 try:
-                    backoff.after_failure(exc, self.url)
-                except TheiaError as final:
-                    self.error = final
-                    raise
-                continue
-            return
+                    async for batch in self._catch_up():
+                        yield batch
+                except TheiaError as exc:
+                    session.attempt_failed(exc, time.monotonic())
 
     async def _catch_up(self) -> AsyncIterator[pa.RecordBatch]:
         """One attempt, as in the sync :class:`~theia_frames.client.LiveStream`: subscribe
         again, then find what was stored while away; a refused or failed find closes
         the new subscription before the error propagates."""
+        session = self.session
         ws, buffered = await self._subscribe()
         if self._closed:
             await close(ws)
             return
         self._ws = ws
-        # the last batch of the find is yielded once the stream is back (as in the sync stream)
-        held: pa.RecordBatch | None = None
         try:
-            resume_filter = self.resume.resume_filter(self.filter)
+            resume_filter = session.subscribed()
             if resume_filter is not None:
                 result = AsyncFindResult(
                     self._client, resume_filter, strict=self.state.strict, batch_size=self.state.batch_size, idle_timeout=self._client.idle_timeout
@@ -491,11 +415,9 @@ class AsyncLiveStream(AsyncStream):
                 self._resume_find = result
                 try:
                     async for batch in result.iter_batches():
-                        if held is not None:
-                            fresh = self._recovered(held)
-                            if fresh.num_rows:
-                                yield fresh
-                        held = batch
+                        fresh = session.found(batch, time.monotonic())
+                        if fresh is not None:
+                            yield fresh
                 finally:
                     self._resume_find = None
                     await result.aclose()
@@ -505,27 +427,19 @@ class AsyncLiveStream(AsyncStream):
             self._ws = None
             await close(ws)
             raise
-        last = self._recovered(held) if held is not None else None
-        self.resume.resumed(time.monotonic())
         # websockets keeps reading the new subscription meanwhile (its queue pauses the socket when full)
         self._pending = buffered
-        self._down = False
-        self.reconnects += 1
-        if last is not None and last.num_rows:
+        last = session.caught_up(time.monotonic())
+        if last is not None:
             yield last
-
-    def _recovered(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        fresh = self.resume.recover(batch, time.monotonic())
-        self.recovered += fresh.num_rows
-        return fresh
 
     async def aclose(self) -> None:
         """Close the stream, also while it waits to reconnect or reads a resume find; idempotent."""
         find = self._resume_find
+        self.session.close()
         await super().aclose()
         if find is not None:
             await find.aclose()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else ("open" if not self._down else "reconnecting")
-        return f"<AsyncLiveStream {self.url} {self.filter.to_json()} count={self.count} {state}>"
+        return self._describe()

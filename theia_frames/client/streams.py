@@ -2,8 +2,9 @@
 
 Each holds one connection and a state object of :mod:`theia_frames.protocol.streams`
 (what messages and closes mean, decoding, the filter re-check); a live
-stream that reconnects also a :class:`~theia_frames.protocol.resume.ResumeState`.
-They only move messages between the two.
+stream also a :class:`~theia_frames.protocol.live.LiveSession`, which decides
+what a reconnecting stream does next. They only move messages and do what
+the core says.
 """
 
 from __future__ import annotations
@@ -11,28 +12,22 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Unpack
 
+import pyarrow as pa
 import websocket
 
 from ..protocol.arrow import empty_batch, iter_batch_events
 from ..event import Event
-from ..exceptions import (
-    ConnectionClosed,
-    SubscriberTooSlow,
-    TheiaError,
-    TheiaTimeoutError,
-    UsageError,
-)
+from ..exceptions import ConnectionClosed, TheiaError, TheiaTimeoutError, UsageError
 from ..filter import EventFilter
-from ..protocol.resume import Backoff, ResumeState, check_reconnect_options
-from ..protocol.streams import FindState, LiveState, NewestFirst, ResultView, StreamState
-from .options import DEFAULT_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_RESUME_MARGIN
+from ..protocol.live import Gap
+from ..protocol.streams import FindState, LiveState, StreamState
+from .results import LiveView, ReconnectOptions, ResultBatches, ResultView, find_state, live_session
 from .transport import Connection, Silence
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-    import pyarrow as pa
 
 __all__ = ["Stream", "FindResult", "LiveStream", "Gap", "Owner"]
 
@@ -122,14 +117,17 @@ class Stream(ResultView):
         raise NotImplementedError
 
     def _decoded(self, accumulate: int, heartbeat: float | None = None) -> Iterator[pa.RecordBatch | None]:
-        """Checked record batches in server order; ``None`` for a heartbeat."""
-        decoder = self.state.decoder(accumulate)
-        for msgs in self._data_chunks(heartbeat):
-            if not msgs:
-                yield None
-                continue
-            yield from decoder.feed(msgs)
-        yield from decoder.finish()
+        """Checked record batches in the order asked; ``None`` for a heartbeat."""
+        batches = ResultBatches(self.state, accumulate, negotiated=self._conn.negotiated)
+        try:
+            for msgs in self._data_chunks(heartbeat):
+                if not msgs:
+                    yield None
+                    continue
+                yield from batches.feed(msgs)
+            yield from batches.finish()
+        finally:
+            batches.discard()
 
     # ------------------------------------------------------------------ public iteration
 
@@ -243,15 +241,7 @@ class FindResult(Stream):
         idle_timeout: float | None,
         owns_client: bool = False,
     ) -> None:
-        state = FindState(
-            f"{client.url}/find",
-            filter,
-            strict=strict,
-            batch_size=batch_size,
-            idle_timeout=idle_timeout,
-            timeout=client.timeout,
-            max_decoded=client.max_message_size,
-        )
+        state = find_state(client, filter, strict=strict, batch_size=batch_size, idle_timeout=idle_timeout)
         super().__init__(client, state, owns_client=owns_client)
 
     @property
@@ -262,18 +252,6 @@ class FindResult(Stream):
     def ended_by(self) -> str | None:
         """``"close"`` (the server closed normally) or ``"idle"`` (silence on a peer that never closes)."""
         return self.state.ended_by
-
-    def _decoded(self, accumulate: int, heartbeat: float | None = None) -> Iterator[pa.RecordBatch | None]:
-        if not self.state.reversing(self._conn.negotiated):
-            yield from super()._decoded(accumulate, heartbeat)
-            return
-        spill = NewestFirst(self.batch_size)
-        try:
-            for batch in super()._decoded(max(accumulate, self.batch_size), heartbeat):
-                spill.add(batch)
-            yield from spill.batches()
-        finally:
-            spill.discard()
 
     def iter_messages(self) -> Iterator[bytes]:
         if self.state.reversing(self._conn.negotiated):
@@ -331,17 +309,7 @@ class FindResult(Stream):
         return f"<FindResult {self.url} {self.filter.to_json()} count={self.count} {state}>"
 
 
-class Gap(NamedTuple):
-    """Seconds a reconnecting :class:`LiveStream` was away: the last time and in total.
-
-    While it is away, ``last`` is the time since the drop, and ``total`` counts it too.
-    """
-
-    last: float
-    total: float
-
-
-class LiveStream(Stream):
+class LiveStream(LiveView, Stream):
     """Events collected from now on, matching a filter, until the caller stops.
 
     Iterate for :class:`~theia_frames.event.Event` objects, or use
@@ -369,57 +337,17 @@ class LiveStream(Stream):
     state: LiveState
 
     def __init__(
-        self,
-        client: Owner,
-        filter: EventFilter,
-        *,
-        strict: bool,
-        batch_size: int,
-        reconnect: bool = False,
-        backoff: float = DEFAULT_BACKOFF,
-        max_backoff: float = DEFAULT_MAX_BACKOFF,
-        resume_margin: float = DEFAULT_RESUME_MARGIN,
-        max_retries: int | None = None,
-        owns_client: bool = False,
+        self, client: Owner, filter: EventFilter, *, strict: bool, batch_size: int, owns_client: bool = False, **options: Unpack[ReconnectOptions]
     ) -> None:
-        check_reconnect_options(backoff, max_backoff, resume_margin, max_retries)
-        self.reconnect = bool(reconnect)
-        self.backoff = float(backoff)
-        self.max_backoff = float(max_backoff)
-        self.resume_margin = float(resume_margin)
-        self.max_retries = max_retries
-        self.reconnects = 0
-        self.recovered = 0
-        self.last_error: TheiaError | None = None
-        #: what ended the stream when it gave up reconnecting (also raised from the iteration)
-        self.error: TheiaError | None = None
-        self._gap_last = 0.0
-        self._gap_total = 0.0
-        self._down_since: float | None = None
+        self.session = live_session(client, filter, strict=strict, batch_size=batch_size, **options)
         # close() may run on another thread while the reader swaps connections or waits
         self._swap = threading.Lock()
         self._wake = threading.Event()
-        self._handshake: websocket.WebSocket | None = None
+        # aborts the handshake under way, if any
+        self._abort_handshake: Callable[[], None] | None = None
         self._resume_find: FindResult | None = None
-        # what was delivered, for dropping repeats after a reconnect (reconnect=True only)
-        self.resume = ResumeState(self.resume_margin, time.time())
-        state = LiveState(
-            f"{client.url}/live", filter, strict=strict, batch_size=batch_size, max_decoded=client.max_message_size
-        )
-        super().__init__(client, state, owns_client=owns_client)
-
-    # ------------------------------------------------------------------ status
-    @property
-    def gap(self) -> Gap:
-        """Seconds without a connection: the last gap and the total (see :class:`Gap`)."""
-        down = self._down_since
-        current = 0.0 if down is None else time.monotonic() - down
-        return Gap(current if down is not None else self._gap_last, self._gap_total + current)
-
-    @property
-    def connected(self) -> bool:
-        """Whether the stream is open and not waiting to reconnect."""
-        return not self._closed and self._down_since is None
+        super().__init__(client, self.session.state, owns_client=owns_client)
+        self.session.opened()
 
     # ------------------------------------------------------------------ reading
     def iter_batches(self, *, heartbeat: float | None = None) -> Iterator[pa.RecordBatch]:
@@ -464,84 +392,54 @@ class LiveStream(Stream):
                 yield data
 
     def _decoded(self, accumulate: int, heartbeat: float | None = None) -> Iterator[pa.RecordBatch | None]:
-        if not self.reconnect:
+        session = self.session
+        if not session.reconnect:
             yield from super()._decoded(accumulate, heartbeat)
             return
         while not self._closed:
             cause: TheiaError | None = None
             try:
                 for chunk in super()._decoded(accumulate, heartbeat):
-                    if chunk is None:
-                        yield None
-                        continue
-                    chunk = self.resume.fresh(chunk, now=time.monotonic())
-                    if chunk.num_rows:
-                        yield chunk
+                    yield from session.deliver(chunk, time.monotonic())
             except ConnectionClosed as exc:  # SubscriberTooSlow included
                 cause = exc
             if self._closed:
                 return
-            if cause is None:
-                cause = ConnectionClosed(f"{self.url} closed the live stream", url=self.url, code=self._conn.close_code)
-            yield from self._resume(cause, heartbeat)
+            session.ended(cause, time.monotonic(), code=self._conn.close_code, heartbeat=heartbeat)
+            yield from self._resume()
 
     # ------------------------------------------------------------------ reconnecting
-    def _note_failure(self, exc: TheiaError) -> None:
-        self.last_error = exc
-        if isinstance(exc, SubscriberTooSlow):
-            self.state.note(exc)
-
     def _set_handshake(self, ws: websocket.WebSocket | None) -> None:
-        self._handshake = ws
+        self._abort_handshake = None if ws is None else ws.abort
         if ws is not None and self._closed:
             raise ConnectionClosed(f"the live stream from {self.url} was closed", url=self.url)
 
-    def _resume(self, cause: TheiaError, heartbeat: float | None) -> Iterator[pa.RecordBatch | None]:
-        """Reconnect with backoff until it works (or the caller closes, or
-        :class:`~theia_frames.protocol.resume.Backoff` gives up), then yield what
-        was stored meanwhile; the buffered live data is left in ``_pending``."""
-        self._down_since = time.monotonic()
-        self._note_failure(cause)
+    def _resume(self) -> Iterator[pa.RecordBatch | None]:
+        """Do what the session says until the stream is back (or closed, or the
+        session gives up), yielding what was stored meanwhile; the buffered
+        live data is left in ``_pending``."""
+        session = self.session
         self._conn.close()
-        self.state.complete = False
-        backoff = Backoff(self.backoff, self.max_backoff, self.max_retries)
-        beat = time.monotonic()
-        while True:
-            deadline = time.monotonic() + backoff.next_delay()
-            while not self._closed:
-                now = time.monotonic()
-                if heartbeat is not None and now - beat >= heartbeat:
-                    beat = now
-                    yield None
-                    continue
-                remaining = deadline - now
-                if remaining <= 0:
-                    break
-                self._wake.wait(remaining if heartbeat is None else min(remaining, heartbeat - (now - beat)))
-            if self._closed:
-                return
-            try:
-                yield from self._catch_up()
-            except TheiaError as exc:
-                if self._closed:
-                    return
-                self._note_failure(exc)
+        while session.waiting:
+            step = session.next_step(time.monotonic())
+            if step.kind == "beat":
+                yield None
+            elif step.kind == "sleep":
+                self._wake.wait(step.seconds)
+            else:
                 try:
-                    backoff.after_failure(exc, self.url)
-                except TheiaError as final:
-                    self.error = final
-                    raise
-                continue
-            return
+                    yield from self._catch_up()
+                except TheiaError as exc:
+                    session.attempt_failed(exc, time.monotonic())
 
     def _catch_up(self) -> Iterator[pa.RecordBatch]:
         """One attempt: subscribe again (buffering what is pushed), then find and
         yield what was stored while away; leaves the buffer in ``_pending``.
 
         When the find is refused or fails, the new subscription is closed before
-        the error propagates: a failed attempt holds no connection. The stream
-        counts as back (``connected``, ``reconnects``) once the find is read.
+        the error propagates: a failed attempt holds no connection.
         """
+        session = self.session
         conn, buffered = self._subscribe(self._set_handshake)
         with self._swap:
             if self._closed:
@@ -549,12 +447,8 @@ class LiveStream(Stream):
                 return
             self._conn = conn
         self._pending = []
-        # the last batch of the find is yielded once the stream is back, so that a
-        # consumer that has seen every recovered event also sees the stream connected;
-        # a batch counts as delivered only when it is handed on (ResumeState.recover)
-        held: pa.RecordBatch | None = None
         try:
-            resume_filter = self.resume.resume_filter(self.filter)
+            resume_filter = session.subscribed()
             if resume_filter is not None:
                 result = FindResult(
                     self._client,
@@ -571,11 +465,9 @@ class LiveStream(Stream):
                     for batch in result.iter_batches():
                         # keep reading the new subscription, so the collector's queue for it never fills
                         buffered += self.state.receive(conn.poll())
-                        if held is not None:
-                            fresh = self._recovered(held)
-                            if fresh.num_rows:
-                                yield fresh
-                        held = batch
+                        fresh = session.found(batch, time.monotonic())
+                        if fresh is not None:
+                            yield fresh
                 finally:
                     with self._swap:
                         self._resume_find = None
@@ -586,22 +478,10 @@ class LiveStream(Stream):
         except BaseException:
             conn.close()
             raise
-        last = self._recovered(held) if held is not None else None
-        self.resume.resumed(time.monotonic())
         self._pending = buffered
-        if self._down_since is not None:
-            gap = time.monotonic() - self._down_since
-            self._gap_last = gap
-            self._gap_total += gap
-            self._down_since = None
-        self.reconnects += 1
-        if last is not None and last.num_rows:
+        last = session.caught_up(time.monotonic())
+        if last is not None:
             yield last
-
-    def _recovered(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        fresh = self.resume.recover(batch, time.monotonic())
-        self.recovered += fresh.num_rows
-        return fresh
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:
@@ -612,11 +492,12 @@ class LiveStream(Stream):
             self._closed = True
             conn = self._conn
             find = self._resume_find
+        self.session.close()
         self._wake.set()
-        handshake = self._handshake
-        if handshake is not None:
+        abort = self._abort_handshake
+        if abort is not None:
             try:
-                handshake.abort()
+                abort()
             except Exception:
                 pass
         if find is not None:
@@ -624,6 +505,4 @@ class LiveStream(Stream):
         self._release(conn)
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else ("open" if self._down_since is None else "reconnecting")
-        extra = f" reconnects={self.reconnects}" if self.reconnect else ""
-        return f"<LiveStream {self.url} {self.filter.to_json()} count={self.count}{extra} {state}>"
+        return self._describe()

@@ -8,6 +8,7 @@ bytes and messages, and ask the core what to send and what to yield.
 - ``plain``: the decoder of plain event messages (either dialect).
 - ``streams``: the state of a ``/find`` and of a ``/live`` subscription.
 - ``resume``: resuming a live subscription after a reconnect; the backoff.
+- ``live``: a reconnecting live subscription's session (its reconnect policy as states).
 - ``ledger``: acknowledged sends (sent / confirmed / failed / in doubt).
 - ``outgoing``: what to send for events (checked Arrow batches or plain messages).
 
@@ -19,8 +20,9 @@ The words of both dialects and of the extension are built and parsed in
 from .ledger import SendLedger
 from .messages import end_error, sort_messages
 from .plain import decode_plain
+from .live import LiveSession
 from .resume import Backoff, ResumeState
-from .streams import Decoder, FindState, LiveState, NewestFirst, StreamState
+from .streams import Decoder, FindState, LiveState, StreamState
 from .wsframes import FrameReader, client_frame
 
 __all__ = [
@@ -28,8 +30,8 @@ __all__ = [
     "FindState",
     "LiveState",
     "Decoder",
-    "NewestFirst",
     "ResumeState",
+    "LiveSession",
     "Backoff",
     "SendLedger",
     "FrameReader",

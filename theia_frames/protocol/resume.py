@@ -4,8 +4,9 @@
 timestamp, and the ids and timestamps of the recent batches) so that, after
 a reconnect, :meth:`ResumeState.resume_filter` says what to ask a ``/find``
 for and :meth:`ResumeState.fresh` drops what was already delivered.
-:class:`Backoff` is the wait between attempts and the rule of giving up,
-the same for the sync and the asyncio streams.
+:class:`Backoff` is the wait between attempts. The order of a reconnect
+(wait, subscribe, catch up) and the rule of giving up are
+:class:`~theia_frames.protocol.live.LiveSession`'s.
 
 A resume attempt is a new ``/live`` subscription (what it pushes is buffered)
 followed by a ``/find`` of what was stored while away. When either is refused
@@ -30,43 +31,33 @@ attempt never holds a connection.
 >>> backoff = Backoff(0.05, 2.0, max_retries=None)
 >>> 0.025 <= backoff.next_delay(jitter=0.0) <= 0.05
 True
->>> from theia_frames.exceptions import ConnectError
->>> backoff.after_failure(ConnectError("ws://h/find refused the WebSocket handshake with HTTP status 503"), "ws://h/live")
->>> backoff.failures
-1
+>>> backoff.failed(), backoff.failures, backoff.delay
+(False, 1, 0.1)
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from typing import TYPE_CHECKING, Any
 
-from ..exceptions import AuthenticationError, ConnectionClosed, TheiaError, TheiaTimeoutError, TransportError, UsageError
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..checks import positive_seconds
+from ..exceptions import UsageError
 from ..filter import EventFilter
 from ..timeparse import EARLIEST_EVENT_TIME
 
-if TYPE_CHECKING:  # pragma: no cover
-    import pyarrow as pa
-
-__all__ = ["ResumeState", "Backoff", "check_reconnect_options", "retried"]
+__all__ = ["ResumeState", "Backoff", "check_reconnect_options"]
 
 #: entries of the recent-batches window past which out-of-order entries are pruned
 RECENT_COMPACT = 1024
 
 
-def _pyarrow() -> Any:
-    import pyarrow
-    import pyarrow.compute  # noqa: F401 - makes pyarrow.compute available as an attribute
-
-    return pyarrow
-
-
 def check_reconnect_options(backoff: float, max_backoff: float, resume_margin: float, max_retries: int | None) -> None:
     """Raise :class:`~theia_frames.exceptions.UsageError` for a bad reconnect setting."""
-    for name, value in (("backoff", backoff), ("max_backoff", max_backoff)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise UsageError(f"{name} must be a positive number of seconds, got {value!r}")
+    positive_seconds("backoff", backoff)
+    positive_seconds("max_backoff", max_backoff)
     if max_backoff < backoff:
         raise UsageError(f"max_backoff ({max_backoff}) must not be below backoff ({backoff})")
     if isinstance(resume_margin, bool) or not isinstance(resume_margin, (int, float)) or not resume_margin >= 0:
@@ -75,17 +66,15 @@ def check_reconnect_options(backoff: float, max_backoff: float, resume_margin: f
         raise UsageError(f"max_retries must be None or a whole number >= 0, got {max_retries!r}")
 
 
-def retried(exc: BaseException) -> bool:
-    """Whether a reconnecting stream tries again after ``exc`` ended an attempt:
-    a failed or refused connection and a timeout are retried, refused credentials
-    and everything else (a server's error message, a protocol error) are not."""
-    return isinstance(exc, (TransportError, TheiaTimeoutError)) and not isinstance(exc, AuthenticationError)
-
-
 class Backoff:
     """Exponential backoff with equal jitter: each wait is between half the
     delay and the whole of it; the delay doubles after each failure up to
-    ``max_backoff``; more than ``max_retries`` failures in a row give up."""
+    ``max_backoff``; more than ``max_retries`` failures in a row give up.
+
+    >>> backoff = Backoff(1.0, 3.0, max_retries=1)
+    >>> backoff.next_delay(jitter=0.0), backoff.failed(), backoff.next_delay(jitter=1.0), backoff.failed()
+    (0.5, False, 2.0, True)
+    """
 
     def __init__(self, backoff: float, max_backoff: float, max_retries: int | None) -> None:
         self.backoff = float(backoff)
@@ -104,21 +93,6 @@ class Backoff:
         self.failures += 1
         self.delay = min(self.delay * 2, self.max_backoff)
         return self.max_retries is not None and self.failures > self.max_retries
-
-    def after_failure(self, exc: TheiaError, url: str) -> None:
-        """Count the failed attempt ``exc`` ended, and return to try again; or raise:
-        ``exc`` itself when it is not :func:`retried`, a
-        :class:`~theia_frames.exceptions.ConnectionClosed` naming the attempts
-        (from ``exc``) when more than ``max_retries`` failed in a row."""
-        if not retried(exc):
-            raise exc
-        if self.failed():
-            raise ConnectionClosed(
-                f"the live stream from {url} gave up reconnecting after {self.failures} attempt(s) "
-                f"(max_retries={self.max_retries}): {exc}",
-                url=url,
-                code=getattr(exc, "code", None),
-            ) from exc
 
 
 class ResumeState:
@@ -169,24 +143,22 @@ class ResumeState:
         """A batch of a resume find without what was delivered already. Call it when
         the batch is handed to the consumer, not before: what it returns counts as
         delivered (a batch held back and lost with its find is fetched again)."""
-        pa_ = _pyarrow()
         fresh = self.fresh(batch, check=True, now=now)
         if fresh.num_rows:
-            self._finding.append((pa_.concat_arrays([fresh.column(0)]), pa_.concat_arrays([fresh.column(1)])))
+            self._finding.append((pa.concat_arrays([fresh.column(0)]), pa.concat_arrays([fresh.column(1)])))
         return fresh
 
     def resumed(self, now: float) -> None:
         """The resume find was read to its end: live events committed before its
         snapshot may still arrive, and are dropped as repeats (see :meth:`fresh`).
         A find that failed is forgotten by the next one's first :meth:`recover`."""
-        pa_ = _pyarrow()
         finding, self._finding = self._finding, []
         self._resumed = (
-            pa_.concat_arrays([f[0] for f in finding]) if finding else pa_.array([], pa_.string()),
-            pa_.concat_arrays([f[1] for f in finding]) if finding else pa_.array([], pa_.float64()),
+            pa.concat_arrays([f[0] for f in finding]) if finding else pa.array([], pa.string()),
+            pa.concat_arrays([f[1] for f in finding]) if finding else pa.array([], pa.float64()),
         )
         self._resumed_until = now + max(self.margin, 1.0)
-        self._resumed_max = pa_.compute.max(self._resumed[1]).as_py() if len(self._resumed[1]) else None
+        self._resumed_max = pc.max(self._resumed[1]).as_py() if len(self._resumed[1]) else None
         self._passed = False
 
     def fresh(self, batch: pa.RecordBatch, *, check: bool = False, now: float) -> pa.RecordBatch:
@@ -201,8 +173,6 @@ class ResumeState:
         far the pushes lag behind: a wall-clock window alone would let a late
         repeat through on a busy collector or a slow consumer.
         """
-        pa_ = _pyarrow()
-        pc = pa_.compute
         if batch.num_rows == 0:
             return batch
         hi = pc.max(batch.column(1)).as_py()
@@ -221,7 +191,7 @@ class ResumeState:
         recent = self._recent
         if hi >= cutoff:
             # copies: a column of a received batch would keep its whole message alive
-            recent.append((hi, pa_.concat_arrays([batch.column(0)]), pa_.concat_arrays([batch.column(1)])))
+            recent.append((hi, pa.concat_arrays([batch.column(0)]), pa.concat_arrays([batch.column(1)])))
         while recent and recent[0][0] < cutoff:
             recent.popleft()
         if len(recent) > RECENT_COMPACT and len(recent) > 2 * self._recent_kept:
@@ -234,8 +204,6 @@ class ResumeState:
     def _drop_seen(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """``batch`` without events whose id and timestamp (to the microsecond)
         were delivered within the resume margin or by the last resume."""
-        pa_ = _pyarrow()
-        pc = pa_.compute
         # a repeat has the timestamp of an event delivered, so none is past the largest:
         # the live events that follow a resume are passed without building a set
         if self.seen_max is None or pc.min(batch.column(1)).as_py() > self.seen_max + 1e-6:
@@ -247,7 +215,7 @@ class ResumeState:
             known_ts.append(self._resumed[1])
         if not known_ids:
             return batch
-        all_ids = pa_.concat_arrays(known_ids)
+        all_ids = pa.concat_arrays(known_ids)
         if len(all_ids) == 0:
             return batch
         hit = pc.is_in(batch.column(0), value_set=all_ids)
@@ -257,9 +225,9 @@ class ResumeState:
         hit_ids = batch.column(0).filter(hit)
         near = pc.is_in(all_ids, value_set=hit_ids)
         seen: dict[str, list[float]] = {}
-        for i, t in zip(all_ids.filter(near).to_pylist(), pa_.concat_arrays(known_ts).filter(near).to_pylist()):
+        for i, t in zip(all_ids.filter(near).to_pylist(), pa.concat_arrays(known_ts).filter(near).to_pylist()):
             seen.setdefault(i, []).append(t)
         ids = batch.column(0).to_pylist()
         stamps = batch.column(1).to_pylist()
         keep = [not any(abs(t - k) <= 1e-6 for k in seen.get(i, ())) for i, t in zip(ids, stamps)]
-        return batch.filter(pa_.array(keep, pa_.bool_()))
+        return batch.filter(pa.array(keep, pa.bool_()))

@@ -25,22 +25,18 @@ asyncio client are two such transports.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
 
-from .arrow import ARROW_MARKER, event_schema, ipc_to_batches, outside_event_times
-from ..exceptions import DecodeError, TheiaError, TheiaTimeoutError, UsageError
+import pyarrow as pa
+
+from .arrow import ARROW_MARKER, ipc_to_batches, outside_event_times
+from ..exceptions import DecodeError, TheiaError, TheiaTimeoutError
 from ..filter import EventFilter
 from .messages import end_error, sort_messages
 from .plain import decode_plain
 from ..timeparse import event_time_problem
 
-if TYPE_CHECKING:  # pragma: no cover
-    import pyarrow as pa
-
-__all__ = ["StreamState", "FindState", "LiveState", "Decoder", "NewestFirst", "ResultView", "MAX_KEPT_ERRORS"]
+__all__ = ["StreamState", "FindState", "LiveState", "Decoder", "MAX_KEPT_ERRORS"]
 
 #: at most this many per-message errors are kept in ``errors`` (all are counted in ``skipped``)
 MAX_KEPT_ERRORS = 1000
@@ -112,6 +108,10 @@ class StreamState:
         """A :class:`Decoder` for this stream: plain messages decoded ``accumulate`` at a time."""
         return Decoder(self, accumulate)
 
+    def reversing(self, negotiated: bool) -> bool:
+        """Whether the results are reversed here, after they arrived (see :meth:`FindState.reversing`)."""
+        return False
+
     def note(self, error: TheiaError) -> None:
         """Keep an error that did not end the stream (a dropped subscription that was resumed)."""
         if len(self.errors) < MAX_KEPT_ERRORS:
@@ -143,13 +143,11 @@ class Decoder:
         outside = outside_event_times(batch.column(1))
         if outside is None:
             return batch
-        import pyarrow as pa_
-
         ids, stamps = batch.column(0), batch.column(1)
         for row in outside.nonzero()[0].tolist():
             stamp = stamps[row].as_py()
             self.stream.bad(DecodeError(f"event {ids[row].as_py()!r}: {event_time_problem(stamp)}", repr(stamp)))
-        return batch.filter(pa_.array(~outside))
+        return batch.filter(pa.array(~outside))
 
     def _decode_plain(self, messages: list[bytes], out: list[pa.RecordBatch]) -> None:
         batch = self.stream.filter.match_batch(self._holdable(decode_plain(messages, self.stream.bad)))
@@ -202,68 +200,6 @@ class Decoder:
             self._decode_plain(self._plain, out)
             self._plain = []
         return out
-
-
-class ResultView:
-    """What a result of either client shows of its :class:`StreamState`, and its
-    one rule of reading: once, one way (``claim``). Both clients' results are this."""
-
-    state: StreamState
-    _claimed: str | None
-    _closed: bool
-
-    @property
-    def url(self) -> str:
-        return self.state.url
-
-    @property
-    def filter(self) -> EventFilter:
-        return self.state.filter
-
-    @property
-    def strict(self) -> bool:
-        return self.state.strict
-
-    @property
-    def batch_size(self) -> int:
-        return self.state.batch_size
-
-    @property
-    def count(self) -> int:
-        """Events yielded so far."""
-        return self.state.count
-
-    @property
-    def total(self) -> int | None:
-        """How many events the server said it will send (our collector, when it can
-        count them from its index; None otherwise): what a progress bar shows."""
-        return self.state.total
-
-    @property
-    def skipped(self) -> int:
-        return self.state.skipped
-
-    @property
-    def errors(self) -> list[TheiaError]:
-        return self.state.errors
-
-    @property
-    def complete(self) -> bool:
-        return self.state.complete
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def _claim(self, how: str) -> None:
-        if self._claimed is not None:
-            raise UsageError(
-                f"this {type(self).__name__} was already read with {self._claimed}; "
-                "a result can be read once, one way"
-            )
-        if self._closed:
-            raise UsageError(f"this {type(self).__name__} is closed")
-        self._claimed = how
 
 
 class FindState(StreamState):
@@ -325,67 +261,3 @@ class LiveState(StreamState):
 
     def filter_message(self, negotiated: bool) -> str:
         return json.dumps(self.filter.for_live(plain=not negotiated))
-
-
-def _pyarrow() -> Any:
-    import pyarrow
-    import pyarrow.compute  # noqa: F401 - makes pyarrow.compute available as an attribute
-
-    return pyarrow
-
-
-class NewestFirst:
-    """Batches in any order in, the same events newest first out.
-
-    The batches are spilled to a temporary Arrow stream file as they are added (in
-    the default temporary folder; about the size of the result's Arrow data; a
-    stream, since each batch may bring a dictionary of its own),
-    so memory holds one batch, not the result; :meth:`batches` then sorts the
-    file by timestamp, stably, and reads it back newest first through a memory
-    map in batches of at most ``size`` rows: the exact reverse of the ascending
-    order (events of one timestamp in the order they arrived, reversed).
-    """
-
-    def __init__(self, size: int) -> None:
-        pa = _pyarrow()
-        self.size = size
-        fd, self.path = tempfile.mkstemp(prefix="theia-frames-desc-", suffix=".arrow")
-        os.close(fd)
-        self._sink = pa.OSFile(self.path, "wb")
-        self._writer = pa.ipc.new_stream(self._sink, event_schema())
-
-    def add(self, batch: pa.RecordBatch | None) -> None:
-        if batch is not None and batch.num_rows:
-            self._writer.write_batch(batch)
-
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        """The events added, newest first; the file is removed at the end (or on close)."""
-        pa = _pyarrow()
-        try:
-            self._writer.close()
-            self._sink.close()
-            with pa.memory_map(self.path) as source:
-                table = pa.ipc.open_stream(source).read_all()
-                if not table.num_rows:
-                    return
-                # ascending and stable (ties keep the peer's order, its arrival order), then reversed
-                order = pa.compute.sort_indices(table, sort_keys=[("timestamp", "ascending")])[::-1]
-                for i in range(0, len(order), self.size):
-                    yield table.take(order[i : i + self.size]).combine_chunks().to_batches()[0]
-        finally:
-            self.discard()
-
-    def discard(self) -> None:
-        """Remove the spill file (idempotent)."""
-        try:
-            self._writer.close()
-        except Exception:
-            pass
-        try:
-            self._sink.close()
-        except Exception:
-            pass
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
