@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from ..protocol.arrow import SUBPROTOCOL, empty_batch, iter_batch_events
 from ..event import Event
-from ..exceptions import ConnectionClosed, TheiaError, TheiaTimeoutError, UsageError
+from ..exceptions import ConnectionClosed, TheiaError, UsageError
 from ..filter import EventFilter
 from ..protocol.plain import BULK_MIN
 from ..protocol.streams import FindState, LiveState, StreamState
@@ -80,7 +80,7 @@ class AsyncStream(ResultView):
             try:
                 msg = await recv(ws, self._client.timeout)
             except Silence:
-                raise TheiaTimeoutError(f"{self.url} did not answer the filter within {self._client.timeout} s") from None
+                raise self.state.unanswered(self._client.timeout) from None
             if msg is None:
                 self._check_end(ws)
                 return ws, []

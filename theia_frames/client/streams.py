@@ -19,7 +19,7 @@ import websocket
 
 from ..protocol.arrow import empty_batch, iter_batch_events
 from ..event import Event
-from ..exceptions import ConnectionClosed, TheiaError, TheiaTimeoutError, UsageError
+from ..exceptions import ConnectionClosed, TheiaError, UsageError
 from ..filter import EventFilter
 from ..protocol.live import Gap
 from ..protocol.streams import FindState, LiveState, StreamState
@@ -97,7 +97,7 @@ class Stream(ResultView):
             try:
                 msgs = conn.read(client.timeout)
             except Silence:
-                raise TheiaTimeoutError(f"{self.url} did not answer the filter within {client.timeout} s") from None
+                raise self.state.unanswered(client.timeout) from None
             if not msgs:
                 self._check_end(conn)
             # classify now, so that a rejected filter raises from find()/receive()

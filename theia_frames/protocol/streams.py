@@ -82,6 +82,10 @@ class StreamState:
         """The text to send once connected (the filter, in the form the peer matches)."""
         raise NotImplementedError
 
+    def unanswered(self, timeout: float | None) -> TheiaTimeoutError:
+        """The error to raise when the filter sent got no answer within ``timeout`` seconds."""
+        return TheiaTimeoutError(f"{self.url} did not answer the filter within {timeout} s")
+
     def receive(self, msgs: Sequence[bytes | str]) -> list[bytes]:
         """The data messages among ``msgs``; ``ok`` and the total are taken in, an error raises."""
         data, total = sort_messages(msgs, self.url)
