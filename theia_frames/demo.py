@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 import pandas as pd
 
+from .checks import positive_number, positive_seconds
 from .frames.analysis import bucket, extract
 from .exceptions import MissingDependencyError, TheiaError, UsageError
 from .frames.export import write_events
@@ -109,10 +110,8 @@ def run_demo(
     ``seconds`` seconds to a fresh embedded collector, then queries them back.
     Progress and the summary go to ``stream`` (default: stdout).
     """
-    if not seconds > 0:
-        raise UsageError(f"seconds must be positive, got {seconds!r}")
-    if not rate > 0:
-        raise UsageError(f"rate must be positive, got {rate!r}")
+    seconds = positive_seconds("seconds", seconds)
+    rate = positive_number("rate", rate, unit="events per second")
     _figure_class()  # fail before starting anything when the plot cannot be drawn
     from .client import Client
     from .server.collector import serve

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from .checks import positive_int, positive_number
 from .event import Event
 from .exceptions import UnconfirmedError, UsageError
 from .timeparse import TimeLike, to_epoch
@@ -84,10 +85,8 @@ def sensor_events(
     """
     if n is not None and n < 0:
         raise UsageError(f"n must not be negative, got {n}")
-    if sources < 1:
-        raise UsageError(f"sources must be at least 1, got {sources}")
-    if rate is not None and not rate > 0:
-        raise UsageError(f"rate must be a positive number of events per second, got {rate!r}")
+    sources = positive_int("sources", sources)
+    rate = positive_number("rate", rate, unit="events per second", none_ok=True)
     rng = random.Random(seed)
     step = 1.0 / rate if rate else 0.001
     t0 = time.time() if start is None else to_epoch(start, name="start")
@@ -152,8 +151,7 @@ def simulate(
     """
     from .client import Client
 
-    if not rate or rate <= 0:
-        raise UsageError(f"rate must be a positive number of events per second, got {rate!r}")
+    rate = positive_number("rate", rate, unit="events per second")
     limit = n
     if duration is not None:
         if duration < 0:

@@ -22,6 +22,7 @@ import os
 import sys
 from typing import Any
 
+from ..checks import positive_int
 from ..exceptions import TheiaError, UsageError
 from .remote import Confirmation, add_connection_options, client_from
 
@@ -156,8 +157,7 @@ def send_log(
 
 def cmd_import_log(args: argparse.Namespace) -> int:
     options = log_options(args)
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    positive_int("--batch-size", args.batch_size, none_ok=True)
     for name in args.files:
         if name != "-" and not os.path.isfile(name):
             raise UsageError(f"import-log: {name!r} is not a file")

@@ -49,6 +49,7 @@ import pyarrow.compute as pc
 
 from ..protocol.arrow import as_event_data, columns_to_batch, event_schema, frame_memory_pool, tag_lists
 from ..protocol.codec import EventColumns
+from ..checks import positive_int
 from ..event import Event
 from ..exceptions import MissingDependencyError, UsageError
 
@@ -638,8 +639,7 @@ def iter_tables(
 
     Only one chunk is held at a time; no events yield no tables.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"batch_size must be a positive number of events, got {batch_size!r}")
+    batch_size = positive_int("batch_size", batch_size)
     batches = _source_batches(source)
     try:
         yield from _rebatch(with_progress(batches, progress, source=source), batch_size)

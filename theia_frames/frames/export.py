@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..protocol.arrow import event_schema
+from ..checks import positive_int
 from ..event import Event  # noqa: F401  (used by the doctests)
 from ..exceptions import UsageError
 from .convert import (  # noqa: F401  (to_dataframe: the doctests)
@@ -350,8 +351,7 @@ def write_events(
     if partition_by is not None:
         return _write_dataset(source, path, format=format, batch_size=batch_size, progress=progress, keys=partition_by)
     fmt = format_for(path, format)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"batch_size must be a positive number of events, got {batch_size!r}")
+    batch_size = positive_int("batch_size", batch_size)
     target = Path(path)
     if target.is_dir():
         raise UsageError(f"cannot write events to {str(target)!r}: it is a folder")
@@ -414,8 +414,7 @@ def _write_dataset(
     chosen = _partition_keys(keys)
     if format is not None and format_for("", format) != "parquet":
         raise UsageError(f"a partitioned dataset is written as Parquet, not {format!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"batch_size must be a positive number of events, got {batch_size!r}")
+    batch_size = positive_int("batch_size", batch_size)
     target = Path(path)
     if target.exists():
         raise UsageError(f"cannot write a dataset to {str(target)!r}: it exists (a dataset is written to a new folder)")

@@ -69,6 +69,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..checks import positive_int
 from ..exceptions import DecodeError, UsageError
 from ..protocol.arrow import event_schema
 from ..timeparse import parse_times, time_format_has_year
@@ -571,8 +572,7 @@ def iter_log(
     >>> [len(df) for df in iter_log(lines, "jsonl", batch_size=1)]
     [1, 1]
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"batch_size must be a positive number of lines, got {batch_size!r}")
+    batch_size = positive_int("batch_size", batch_size)
     plan = _plan(path_or_lines, format, regex, template, time_format, tz, year, source, tags, multiline, origin, strict, add_tags)
     report = report if report is not None else LogReport()
     for records in _records(path_or_lines, plan, report, batch_size):

@@ -58,6 +58,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..checks import positive_int, positive_number
 from ..exceptions import MissingDependencyError, UsageError
 from ..timeparse import to_epoch
 from .analysis import bucket, event_times
@@ -166,8 +167,7 @@ class PatternMiner:
             raise UsageError(f"sim_th must be a number from 0 to 1, got {sim_th!r}")
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 3:
             raise UsageError(f"depth must be an integer of at least 3, got {depth!r}")
-        if not isinstance(max_children, int) or isinstance(max_children, bool) or max_children < 1:
-            raise UsageError(f"max_children must be a positive integer, got {max_children!r}")
+        max_children = positive_int("max_children", max_children)
         self._own_masks = check_masks(masks)
         self._default_masks = bool(default_masks)
         self.masks: tuple[Mask, ...] = self._own_masks + (DEFAULT_MASKS if default_masks else ())
@@ -493,8 +493,7 @@ def rare_patterns(
     >>> rare_patterns(df, max_count=1)["pattern"].tolist()
     ['kernel panic']
     """
-    if not isinstance(max_count, int) or isinstance(max_count, bool) or max_count < 1:
-        raise UsageError(f"max_count must be a positive integer, got {max_count!r}")
+    max_count = positive_int("max_count", max_count)
     counts = pattern_counts(df, column=column, miner=miner)
     rare = counts[counts["count"] <= max_count]
     return rare.sort_values(["count", "first_seen", "pattern"], ignore_index=True)
@@ -571,8 +570,7 @@ def compare_patterns(
     0   disk full     new
     1  job <*> done  steady
     """
-    if not isinstance(threshold, (int, float)) or threshold <= 0:
-        raise UsageError(f"threshold must be a positive number, got {threshold!r}")
+    threshold = positive_number("threshold", threshold)
     if not isinstance(min_ratio, (int, float)) or min_ratio < 1:
         raise UsageError(f"min_ratio must be a number of at least 1, got {min_ratio!r}")
     if not isinstance(baseline, pd.DataFrame):

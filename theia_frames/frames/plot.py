@@ -40,15 +40,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+import numpy as np
+import pandas as pd
+
+from ..checks import positive_int, positive_number, positive_seconds
 from ..exceptions import MissingDependencyError, UsageError
 from ..timeparse import DurationLike, to_seconds
 from .analysis import SENSOR_PATTERN, bucket, event_times, extract
-
-if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-    import pandas as pd
 
 __all__ = [
     "plot", "Plotter", "downsample", "break_gaps", "gap_threshold", "choose_freq", "unit_label", "time_label",
@@ -173,13 +173,10 @@ def gap_threshold(x_ns: np.ndarray, gap: DurationLike | Literal["auto"] | None =
     >>> gap_threshold(x) / 1e9, gap_threshold(x, "2s") / 1e9, gap_threshold(x, None)
     (5.0, 2.0, inf)
     """
-    import numpy as np
-
     if gap is None:
         return math.inf
     if isinstance(gap, str) and gap == "auto":
-        if not factor > 0:
-            raise UsageError(f"gap_factor must be positive, got {factor!r}")
+        factor = positive_number("gap_factor", factor)
         if len(x_ns) < 3:
             return math.inf
         steps = np.diff(x_ns)
@@ -187,10 +184,7 @@ def gap_threshold(x_ns: np.ndarray, gap: DurationLike | Literal["auto"] | None =
         if not len(steps):
             return math.inf
         return float(np.median(steps)) * factor
-    seconds = to_seconds(gap, name="gap")
-    if not seconds > 0:
-        raise UsageError(f"gap must be a positive duration, 'auto' or None, got {gap!r}")
-    return seconds * 1e9
+    return positive_seconds("gap", to_seconds(gap, name="gap")) * 1e9
 
 
 def downsample(x_ns: np.ndarray, y: np.ndarray, columns: int, *, method: str = "minmax") -> np.ndarray:
@@ -212,11 +206,8 @@ def downsample(x_ns: np.ndarray, y: np.ndarray, columns: int, *, method: str = "
     >>> len(idx) < 500, float(y[idx].max()), float(y[idx].min()), int(idx[0]), int(idx[-1])
     (True, 5.0, -5.0, 0, 9999)
     """
-    import numpy as np
-
     n = len(x_ns)
-    if columns < 1:
-        raise UsageError(f"columns must be at least 1, got {columns!r}")
+    columns = positive_int("columns", columns)
     if method not in DOWNSAMPLE_METHODS:
         raise UsageError(f"method must be one of {', '.join(DOWNSAMPLE_METHODS)}, got {method!r}")
     if n <= 4 * columns:
@@ -264,8 +255,6 @@ def break_gaps(x_ns: np.ndarray, y: np.ndarray, picked: np.ndarray, threshold_ns
     >>> ys.tolist()
     [0.0, 1.0, 2.0, nan, 3.0, 4.0]
     """
-    import numpy as np
-
     x = np.asarray(x_ns, dtype=np.int64)
     xs, ys = x[picked], np.asarray(y, dtype=np.float64)[picked]
     if not math.isfinite(threshold_ns) or len(x) < 2:
@@ -362,9 +351,6 @@ def _theme(theme: str) -> dict[str, Any]:
 def _naive_utc(times: Any) -> np.ndarray:
     """Timestamps as naive UTC ``datetime64[ns]`` values: matplotlib converts those
     in one go, but tz-aware ones one Timestamp object at a time."""
-    import numpy as np
-    import pandas as pd
-
     index = pd.DatetimeIndex(times)
     if index.tz is not None:
         index = index.tz_convert("UTC").tz_localize(None)
@@ -374,9 +360,6 @@ def _naive_utc(times: Any) -> np.ndarray:
 def _readings(df: pd.DataFrame) -> pd.DataFrame | None:
     """timestamp (naive UTC), source and unit (categories), value (float) of the rows whose content
     is a reading, in time order, or None when most rows are not readings."""
-    import numpy as np
-    import pandas as pd
-
 
     if "value" in df.columns and pd.api.types.is_numeric_dtype(df["value"]):
         value = df["value"].to_numpy(dtype=float, na_value=np.nan)
@@ -434,8 +417,6 @@ def check_plot_options(
     ...
     theia_frames.exceptions.UsageError: theme must be one of 'light', 'dark', 'auto', got 'pink'
     """
-    import numpy as np
-
     if kind not in ("auto", "readings", "counts"):
         raise UsageError(f"kind must be 'auto', 'readings' or 'counts', got {kind!r}")
     if max_points is not None and (not isinstance(max_points, int) or max_points < 4):
@@ -447,8 +428,7 @@ def check_plot_options(
     _theme(theme)
     _tzinfo(tz)
     gap_threshold(np.zeros(0, dtype=np.int64), gap, gap_factor)
-    if not (isinstance(gap_factor, (int, float)) and gap_factor > 0):
-        raise UsageError(f"gap_factor must be positive, got {gap_factor!r}")
+    positive_number("gap_factor", gap_factor)
 
 
 
@@ -562,8 +542,6 @@ class Plotter:
 
     def _series(self, x: np.ndarray, y: np.ndarray, axis: Any) -> tuple[np.ndarray, np.ndarray]:
         """A series as drawn: downsampled, peaks kept, NaN at gaps; x as datetime64[ns]."""
-        import numpy as np
-
         x_ns = x.astype("datetime64[ns]").view("int64")
         picked = downsample(x_ns, y, self._columns(axis), method=self.method)
         threshold = gap_threshold(x_ns, self.gap, self.gap_factor)
@@ -668,8 +646,6 @@ class Plotter:
         self._say_left_out("; ".join(parts + hidden_sources))
 
     def _draw_counts(self, df: pd.DataFrame, ax: Any) -> None:
-        import numpy as np
-
 
         ts = event_times(df, "a plot")
         freq = choose_freq((ts.max() - ts.min()).total_seconds())
@@ -732,8 +708,6 @@ class Plotter:
 
     def _shade(self, outages: Sequence[Outage], first: float) -> None:
         """Shade the outages, from the first time drawn on (older ones would only widen the axis)."""
-        import numpy as np
-
         for span in self._spans:
             span.remove()
         self._spans = []

@@ -66,6 +66,7 @@ import pyarrow.compute as pc
 
 from ..protocol.arrow import columns_to_batch, event_schema
 from ..protocol.codec import EventColumns, StreamDecoder
+from ..checks import positive_int
 from ..event import Event  # noqa: F401  (used by the doctests)
 from ..exceptions import UsageError
 from ..filter import EventFilter
@@ -395,8 +396,7 @@ def iter_store_batches(
     ``report`` (or raises :class:`~theia_frames.exceptions.DecodeError` naming the file with ``strict=True``;
     a file that cannot be read then raises :class:`~theia_frames.exceptions.UsageError`).
     """
-    if isinstance(max_event_size, bool) or not isinstance(max_event_size, int) or max_event_size < 1:
-        raise UsageError(f"max_event_size must be a whole number of bytes >= 1, got {max_event_size!r}")
+    max_event_size = positive_int("max_event_size", max_event_size)
     report = report if report is not None else StoreReport()
     lo, hi = _seconds(start, "start"), _seconds(end, "end")
     kept, counted = len(report.damage), report.damaged

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..protocol.arrow import event_schema
+from ..checks import positive_int, positive_seconds
 from ..exceptions import UsageError
 from ..timeparse import DurationLike, to_seconds
 
@@ -52,10 +53,7 @@ def parse_window(window: DurationLike | None) -> float | None:
     """
     if window is None:
         return None
-    seconds = to_seconds(window, name="window")
-    if not seconds > 0:
-        raise UsageError(f"window must be positive, got {window!r}")
-    return seconds
+    return positive_seconds("window", to_seconds(window, name="window"))
 
 
 @dataclass
@@ -82,9 +80,7 @@ class EventBuffer:
     """
 
     def __init__(self, *, max_rows: int | None = None, window: DurationLike | None = None) -> None:
-        if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
-            raise UsageError(f"max_rows must be a positive integer, got {max_rows!r}")
-        self.max_rows = max_rows
+        self.max_rows = positive_int("max_rows", max_rows, none_ok=True)
         self.window = parse_window(window)
         self._chunks: list[_Chunk] = []
         self.rows = 0

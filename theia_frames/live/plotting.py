@@ -9,7 +9,7 @@ out (beyond eight units, or ten sources a panel) is said on the figure.
 :class:`DefaultPlotter` is that layer's :class:`~theia_frames.frames.plot.Plotter`,
 kept between redraws.
 
-matplotlib, numpy and pandas are imported only when something is drawn.
+matplotlib is imported only when something is drawn.
 """
 
 from __future__ import annotations

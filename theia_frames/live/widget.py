@@ -52,6 +52,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from ..checks import positive_seconds
 from ..exceptions import MissingDependencyError, UsageError
 from ..frames.plot import GAP_INTERVALS, Theme, check_plot_options, style_figure, time_label
 from ..timeparse import DurationLike, to_seconds
@@ -208,9 +209,7 @@ class LiveView:
         theme: Theme = "auto",
         max_height: float = 6.0,
     ) -> None:
-        every_seconds = to_seconds(every, name="every")
-        if not every_seconds > 0:
-            raise UsageError(f"every must be a positive duration, got {every!r}")
+        every_seconds = positive_seconds("every", to_seconds(every, name="every"))
         if plot is not None and not callable(plot):
             raise UsageError(f"plot must be a function plot(df, ax), got {plot!r}")
         if mode not in ("auto", "widget", "text"):
