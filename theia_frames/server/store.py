@@ -35,7 +35,12 @@ Arrow dialect's full float name the same event). The first stored copy wins: sto
 (source, tags or content) is left out too, told apart (:meth:`EventStore.store_batch`), so the
 collector can refuse it; the same id at another time is another event. A new batch is checked against the
 stored chunks whose time range overlaps its own, with vectorised Arrow
-kernels; for events arriving in time order that is the newest chunk at most.
+kernels; for events arriving in time order that is the newest chunk at most. The check
+compares identity keys: those of the newest chunks are held in memory
+(:attr:`EventStore.key_index`, at most
+:data:`~theia_frames.server.keyindex.KEY_INDEX_BYTES`), those of any other chunk are read
+from its id and timestamp columns; a chunk's content is decompressed only when one of
+its keys is the batch's, to tell an exact repeat from a copy with other content.
 
 Small writes (a few events per commit) make small chunks; chunks are merged
 by size tiers, as in a log-structured merge tree: when :data:`MERGE_FANOUT`
@@ -80,22 +85,24 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple, Union
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..timeparse import event_time_problem
 from ..protocol.arrow import outside_event_times, batch_to_columns, batch_to_ipc, columns_to_batch, decoded_size, empty_batch, ipc_to_batches
 from ..protocol.codec import EventColumns
-from ..deprecation import renamed_arguments
 from ..event import Event
 from ..exceptions import DecodeError, StoreError, UsageError
 from ..filter import EventFilter
-from .chunks import MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, checked_blob, chunk_checksum, COMPRESSION, FIELDS, FINAL_TIER, arrival_order, decode_arrivals, encode_arrivals, event_batch, first_of_equal, from_ipc, identity_micros, IDENTITY_MARGIN, same_content, sort_keys, numpy_module, pyarrow_module, piece_spans, sort_order, tier, translate_error, whole
+from .chunks import MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, checked_blob, chunk_checksum, COMPRESSION, FIELDS, FINAL_TIER, arrival_order, decode_arrivals, encode_arrivals, event_batch, first_of_equal, from_ipc, identity_micros, IDENTITY_MARGIN, same_content, sort_keys, piece_spans, sort_order, tier, translate_error, whole
+from .keyindex import KEY_INDEX_BYTES, ChunkKeys, KeyIndex
 from .query import Projection, Results, Snapshot, chunks_sql, ipc_messages, rebatch, sweep
-
-if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-    import pyarrow as pa
 
 __all__ = [
     "EventStore",
@@ -140,7 +147,6 @@ _PREVIOUS_LAYOUT = ["seq", *FIELDS]
 
 def _text_tags_schema() -> pa.Schema:
     """The chunks' schema in formats 2 and 3: sources as text, tags as comma text."""
-    pa = pyarrow_module()
     return pa.schema([(name, pa.float64() if name == "timestamp" else pa.string()) for name in FIELDS])
 
 
@@ -210,8 +216,11 @@ class EventStore:
     restart.
     """
 
-    def __init__(self, path: str | os.PathLike[str] = MEMORY) -> None:
+    def __init__(self, path: str | os.PathLike[str] = MEMORY, *, key_index_bytes: int = KEY_INDEX_BYTES) -> None:
         self.path = os.fspath(path)
+        #: The identity keys of the newest chunks (:class:`~theia_frames.server.keyindex.KeyIndex`),
+        #: at most ``key_index_bytes`` of them: the duplicate check reads the chunks of other keys.
+        self.key_index = KeyIndex(key_index_bytes)
         self.in_memory = self.path in (MEMORY, "")
         self._lock = threading.Lock()
         self._pool_lock = threading.Lock()
@@ -286,7 +295,6 @@ class EventStore:
 
     def _number_arrivals(self, db: sqlite3.Connection, version: int) -> None:
         """Formats 2 to 4 as format 5: chunks rewritten in the event schema, events numbered."""
-        np = numpy_module()
         if version == 2:
             # Format 2 chunks are uncompressed: they decode to no more than their own length.
             db.execute("ALTER TABLE chunks ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0")
@@ -303,7 +311,7 @@ class EventStore:
                     parts = ipc_to_batches(blob.data, max_decoded=blob.bytes, full=False, schema=old)
                 except DecodeError as exc:
                     raise StoreError(f"chunk {seq} of the event store {self.path!r} is damaged: {exc}") from None
-                batch = event_batch(pyarrow_module().Table.from_batches(parts, schema=old), validated=True)
+                batch = event_batch(pa.Table.from_batches(parts, schema=old), validated=True)
                 data = batch_to_ipc(batch, compression=COMPRESSION)
                 db.execute("UPDATE chunks SET data = ?, bytes = ? WHERE seq = ?", (data, decoded_size(data), seq))
             arrivals = np.arange(numbered + 1, numbered + rows + 1, dtype=np.int64)
@@ -393,7 +401,8 @@ class EventStore:
         if isinstance(events, Event):
             events = [events]
         if hasattr(events, "schema") and hasattr(events, "column"):
-            return self.add_batch(events).num_rows  # type: ignore[arg-type]
+            table: Any = events
+            return int(self.add_batch(table).num_rows)
         total = 0
         cols = EventColumns()
         for event in events:
@@ -451,7 +460,6 @@ class EventStore:
         (['b'], [True, False, False], [False, True, False])
         >>> store.close()
         """
-        np = numpy_module()
         batch = event_batch(data, validated)
         n = batch.num_rows
         none = np.zeros(n, dtype=bool)
@@ -481,20 +489,23 @@ class EventStore:
                 try:
                     keep = self._unseen(db, srt, sts, keep, repeated, conflicting)
                     new = srt if keep is None else srt.filter(keep)
+                    inserted: list[tuple[int, ChunkKeys]] = []
                     if new.num_rows:
                         # numbered in the order given, after every event stored before
                         first = self._last_arrival(db) + 1
                         arrivals = np.arange(first, first + n, dtype=np.int64) if order is None else order + first
-                        self._insert(db, new, arrivals if keep is None else arrivals[keep])
+                        inserted = self._insert(db, new, arrivals if keep is None else arrivals[keep])
                     generation = self._newest(db)
                     db.execute("COMMIT")
                 except BaseException:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
                     raise
-            except (sqlite3.Error, pyarrow_module().ArrowException) as exc:
+            except (sqlite3.Error, pa.ArrowException) as exc:
                 raise translate_error("write to", self.path, exc) from exc
             self._generation = generation
+            for seq, keys in inserted:  # committed: their numbers are theirs for good
+                self.key_index.put(seq, keys)
         if compact and new.num_rows:
             self.compact()
         if order is not None:
@@ -517,8 +528,6 @@ class EventStore:
         """``keep`` with the rows already stored (the same identity: :func:`~theia_frames.server.chunks.sort_keys`)
         turned off (None: keep all); each of them marked in ``repeated`` or ``conflicting``
         by whether the stored copy has its content."""
-        np = numpy_module()
-        pc = pyarrow_module().compute
         lo, hi = float(sts[0]) - IDENTITY_MARGIN, float(sts[-1]) + IDENTITY_MARGIN
         candidates = db.execute(
             "SELECT seq, min_ts, max_ts FROM chunks WHERE max_ts >= ? AND min_ts <= ? AND died IS NULL", (lo, hi)
@@ -529,45 +538,63 @@ class EventStore:
             b_hi = int(np.searchsorted(sts, cmax + IDENTITY_MARGIN, side="right"))
             if b_lo >= b_hi:
                 continue
-            chunk = from_ipc(self._blob(db, seq))
-            cts = chunk.column(1).to_numpy()
-            c_lo, c_hi = np.searchsorted(cts, lo, side="left"), np.searchsorted(cts, hi, side="right")
+            stored_keys = self._chunk_keys(db, seq)
+            # the chunk's rows within the batch's microseconds (both in time order)
+            c_lo = int(np.searchsorted(stored_keys.micros, micros[b_lo], side="left"))
+            c_hi = int(np.searchsorted(stored_keys.micros, micros[b_hi - 1], side="right"))
             if c_lo >= c_hi:
                 continue
             # Equal microseconds first (cheap), then the identity keys of those rows only.
-            part = np.isin(micros[b_lo:b_hi], identity_micros(cts[c_lo:c_hi]))
+            theirs_micros = stored_keys.micros[c_lo:c_hi]
+            ours_micros = micros[b_lo:b_hi]
+            at = np.minimum(np.searchsorted(theirs_micros, ours_micros), len(theirs_micros) - 1)
+            part = theirs_micros[at] == ours_micros
             if not part.any():
                 continue
             rows = np.nonzero(part)[0] + b_lo
             ours = sort_keys(sts[rows], srt.column(0).take(rows))
-            theirs = sort_keys(cts[c_lo:c_hi], chunk.column(0).slice(c_lo, c_hi - c_lo))
-            at = pc.index_in(ours, value_set=theirs).to_numpy(zero_copy_only=False)
-            seen = ~np.isnan(at.astype(np.float64))
+            found = pc.index_in(ours, value_set=stored_keys.keys.slice(c_lo, c_hi - c_lo)).to_numpy(zero_copy_only=False)
+            seen = ~np.isnan(found.astype(np.float64))
             if seen.any():
                 if keep is None:
                     keep = np.ones(len(sts), dtype=bool)
                 hit = rows[seen]
                 keep[hit] = False
-                stored = chunk.slice(c_lo, c_hi - c_lo).take(at[seen].astype(np.int64))
+                # only now is the chunk's content read: an exact repeat or a copy with other content
+                stored = from_ipc(self._blob(db, seq)).take(found[seen].astype(np.int64) + c_lo)
                 same = same_content(srt.take(hit), stored)
                 repeated[hit], conflicting[hit] = same, ~same
         return keep
 
-    def _insert(self, db: sqlite3.Connection, batch: pa.RecordBatch, arrivals: np.ndarray) -> None:
-        """Insert events sorted by (timestamp, arrival) as one chunk, or several when they are too many for one."""
+    def _chunk_keys(self, db: sqlite3.Connection, seq: int) -> ChunkKeys:
+        """The identity keys of stored chunk ``seq``: from :attr:`key_index`, or read from the
+        chunk (its id and timestamp columns alone) and held there from now on."""
+        keys = self.key_index.get(seq)
+        if keys is None:
+            chunk = from_ipc(self._blob(db, seq), ("id", "timestamp"))
+            keys = ChunkKeys.of(chunk.column("timestamp").to_numpy(), chunk.column("id"))
+            self.key_index.put(seq, keys)
+        return keys
+
+    def _insert(self, db: sqlite3.Connection, batch: pa.RecordBatch, arrivals: np.ndarray) -> list[tuple[int, ChunkKeys]]:
+        """Insert events sorted by (timestamp, arrival) as one chunk, or several when they are too
+        many for one; returns each chunk's number and keys, for :attr:`key_index` once committed."""
         ts = batch.column(1).to_numpy()
+        inserted: list[tuple[int, ChunkKeys]] = []
         for start, stop in piece_spans(batch.num_rows, batch.nbytes):
             piece = batch.slice(start, stop - start)
             data = batch_to_ipc(piece, compression=COMPRESSION)
             numbers = arrivals[start:stop]
             nbytes, runs = decoded_size(data), encode_arrivals(numbers)
             first, last = float(ts[start]), float(ts[stop - 1])
-            db.execute(
+            cursor = db.execute(
                 "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival, checksum) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (tier(piece.num_rows, piece.nbytes), first, last, piece.num_rows,
                  data, nbytes, runs, int(numbers.max()), chunk_checksum(data, nbytes, runs, first, last, piece.num_rows)),
             )
+            inserted.append((int(cursor.lastrowid or 0), ChunkKeys.of(ts[start:stop], piece.column(0))))
+        return inserted
 
     @staticmethod
     def _last_arrival(db: sqlite3.Connection) -> int:
@@ -601,7 +628,6 @@ class EventStore:
         return merges
 
     def _merge_one(self) -> bool:
-        pa = pyarrow_module()
         with self._lock:
             db = self._writer()
             self._purge()
@@ -624,7 +650,7 @@ class EventStore:
                     blobs = [self._blob(db, seq) for seq, _, _ in chunks]
                     parts = [from_ipc(blob) for blob in blobs]
                     merged = pa.concat_batches(parts)
-                    arrivals = numpy_module().concatenate(
+                    arrivals = np.concatenate(
                         [decode_arrivals(blob.arrivals, part.num_rows, blob.seq) for blob, part in zip(blobs, parts)]
                     )
                     disjoint = all(a[2] < b[1] for a, b in zip(chunks, chunks[1:]))
@@ -632,7 +658,7 @@ class EventStore:
                         order = arrival_order(merged.column(1).to_numpy(), arrivals)
                         merged, arrivals = merged.take(order), arrivals[order]
                     # The merged chunks cannot share an event: no de-duplication here.
-                    self._insert(db, merged, arrivals)
+                    inserted = self._insert(db, merged, arrivals)
                     seqs = [seq for seq, _, _ in chunks]
                     marks = ",".join("?" * len(seqs))
                     generation = self._newest(db)
@@ -650,6 +676,9 @@ class EventStore:
             except (sqlite3.Error, pa.ArrowException) as exc:
                 raise translate_error("write to", self.path, exc) from exc
             self._generation = generation
+            self.key_index.drop(seqs)
+            for seq, keys in inserted:
+                self.key_index.put(seq, keys)
         return True
 
     def _purge(self) -> None:
@@ -667,27 +696,23 @@ class EventStore:
             pass
 
     # ------------------------------------------------------------------ reading
-    @renamed_arguments(chunk_size="batch_size")
     def query(self, filter: EventFilter | None = None, *, batch_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[EventColumns]:
         """The stored events matching ``filter``, in its order, as chunks of columns.
 
         Sees the events stored before the call (a snapshot), never more. Each
         chunk holds at most ``batch_size`` events and at least one; every chunk
-        but the last holds exactly ``batch_size`` (``chunk_size``, its old
-        name, still works with a warning).
+        but the last holds exactly ``batch_size``.
         """
         batches = self.query_batches(filter, batch_size=batch_size)
         return Results(batches, (batch_to_columns(b) for b in batches))
 
-    @renamed_arguments(rows="batch_size")
     def query_batches(
         self, filter: EventFilter | None = None, *, batch_size: int = DEFAULT_CHUNK_SIZE, wait: float | None = None
     ) -> Iterator[pa.RecordBatch]:
         """The stored events matching ``filter``, in its order, as Arrow record batches.
 
         Like :meth:`query`: a snapshot taken by the call; every batch but the
-        last holds exactly ``batch_size`` events (``rows``, its old name, still
-        works with a warning). The result has a ``close()``
+        last holds exactly ``batch_size`` events. The result has a ``close()``
         method; closing it (or reading it to the end) ends the snapshot.
 
         ``wait``: most seconds the query may go on matching without yielding;
@@ -699,14 +724,12 @@ class EventStore:
         snapshot = self._snapshot(filter, batch_size, wait)
         return Results(snapshot, rebatch(self._matching(snapshot), batch_size, wait))
 
-    @renamed_arguments(rows="batch_size")
     def query_ipc(
         self, filter: EventFilter | None = None, *, batch_size: int = CHUNK_ROWS, wait: float | None = None
     ) -> Iterator[bytes]:
         """The stored events matching ``filter``, in its order, as Arrow IPC stream messages.
 
-        Each message holds at most ``batch_size`` events (``rows``, its old
-        name, still works with a warning). A stored chunk that
+        Each message holds at most ``batch_size`` events. A stored chunk that
         matches whole goes out exactly as it is stored (no decoding, no
         copying); other events are gathered into messages of ``batch_size`` events.
         ``wait`` is that of :meth:`query_batches` (a message of no events says
@@ -736,7 +759,6 @@ class EventStore:
     def _scanned(
         self, snapshot: Snapshot, fields: Iterable[str] | None, taken: Callable[[float, float, int], bool] | None = None
     ) -> Iterator[pa.RecordBatch]:
-        pa, np = pyarrow_module(), numpy_module()
         flt = snapshot.filter
         columns = None
         if fields is not None:
@@ -762,9 +784,6 @@ class EventStore:
             return
         # the next chunks are read, decompressed and matched in threads of their own (Arrow
         # and SQLite let go of the interpreter) while the reader uses this one: two chunks ahead
-        from collections import deque
-        from concurrent.futures import ThreadPoolExecutor
-
         pool = ThreadPoolExecutor(max_workers=_SCAN_AHEAD, thread_name_prefix="theia-frames-scan")
         pending: deque[Any] = deque()
         try:
@@ -806,7 +825,6 @@ class EventStore:
         if flt.is_time_only:
             yield from pieces
             return
-        pa, np = pyarrow_module(), numpy_module()
         nothing = empty_batch()
         size = _KERNEL_SLICE if flt.matched_by_kernels else _MATCH_SLICE
         for piece, blob in pieces:
