@@ -25,7 +25,7 @@ from theia_frames.cli import client as cli_client
 from theia_frames.event import Event
 from theia_frames.exceptions import UsageError
 from theia_frames.cli.argtypes import duration_arg, time_arg
-from theia_frames.timeparse import parse_duration, parse_time, to_epoch
+from theia_frames.timeparse import to_epoch, to_seconds
 from upstream_like import UpstreamLike
 
 BASE = 1_700_000_000.0
@@ -75,51 +75,51 @@ def upstream():
 
 
 def test_parse_time_forms():
-    assert parse_time("1700000000") == 1700000000.0
-    assert parse_time(" 1700000000.25 ") == 1700000000.25
-    assert parse_time("2024-05-01T12:30:00Z") == dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.timezone.utc).timestamp()
-    assert parse_time("2024-05-01T12:30:00+02:00") == dt.datetime(2024, 5, 1, 10, 30, tzinfo=dt.timezone.utc).timestamp()
-    assert parse_time("2024-05-01 12:30") == parse_time("2024-05-01T12:30:00Z")
-    assert parse_time("2024-05-01T12:30:00.5z") == parse_time("2024-05-01T12:30:00Z") + 0.5
-    assert parse_time("now", now=7.0) == 7.0
-    assert parse_time("-15m", now=1000.0) == 100.0
-    assert parse_time("-1h30m", now=10_000.0) == 10_000.0 - 5400
-    assert parse_time("+2d", now=0.0) == 172800.0
-    assert parse_time("-250ms", now=1.0) == 0.75
-    assert parse_time("-1w", now=604800.0) == 0.0
+    assert to_epoch("1700000000") == 1700000000.0
+    assert to_epoch(" 1700000000.25 ") == 1700000000.25
+    assert to_epoch("2024-05-01T12:30:00Z") == dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.timezone.utc).timestamp()
+    assert to_epoch("2024-05-01T12:30:00+02:00") == dt.datetime(2024, 5, 1, 10, 30, tzinfo=dt.timezone.utc).timestamp()
+    assert to_epoch("2024-05-01 12:30") == to_epoch("2024-05-01T12:30:00Z")
+    assert to_epoch("2024-05-01T12:30:00.5z") == to_epoch("2024-05-01T12:30:00Z") + 0.5
+    assert to_epoch("now", now=7.0) == 7.0
+    assert to_epoch("-15m", now=1000.0) == 100.0
+    assert to_epoch("-1h30m", now=10_000.0) == 10_000.0 - 5400
+    assert to_epoch("+2d", now=0.0) == 172800.0
+    assert to_epoch("-250ms", now=1.0) == 0.75
+    assert to_epoch("-1w", now=604800.0) == 0.0
 
 
 @pytest.mark.parametrize("bad", ["", "yesterday", "-15x", "2024-13-01", "nan", "inf", "--5m", "15 minutes"])
 def test_parse_time_rejects(bad):
     with pytest.raises(UsageError, match="invalid time"):
-        parse_time(bad)
+        to_epoch(bad)
 
 
 def test_relative_times_default_to_now():
     before = time.time()
-    value = parse_time("-1m")
+    value = to_epoch("-1m")
     assert before - 60 <= value <= time.time() - 60
 
 
 @given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
 def test_epoch_seconds_round_trip(seconds):
-    assert parse_time(repr(seconds)) == seconds
+    assert to_epoch(repr(seconds)) == seconds
 
 
 @given(st.datetimes(min_value=dt.datetime(1971, 1, 1), max_value=dt.datetime(2100, 1, 1)))
 def test_iso_round_trip(moment):
     aware = moment.replace(tzinfo=dt.timezone.utc)
-    assert parse_time(aware.isoformat()) == aware.timestamp()
-    assert parse_time(moment.isoformat()) == aware.timestamp()  # no offset: UTC
+    assert to_epoch(aware.isoformat()) == aware.timestamp()
+    assert to_epoch(moment.isoformat()) == aware.timestamp()  # no offset: UTC
 
 
 def test_durations():
-    assert parse_duration("90") == 90.0
-    assert parse_duration("1.5m") == 90.0
-    assert parse_duration("1h 30m") == 5400.0
+    assert to_seconds("90") == 90.0
+    assert to_seconds("1.5m") == 90.0
+    assert to_seconds("1h 30m") == 5400.0
     for bad in ("-5", "5x", "", "m"):
         with pytest.raises(UsageError, match="invalid duration"):
-            parse_duration(bad)
+            to_seconds(bad)
 
 
 def test_to_epoch_accepts_common_types():

@@ -66,8 +66,6 @@ from .exceptions import UsageError
 __all__ = [
     "to_epoch",
     "to_seconds",
-    "parse_time",
-    "parse_duration",
     "parse_times",
     "time_format_has_year",
     "EPOCH_FORMATS",
@@ -203,43 +201,7 @@ def to_seconds(value: DurationLike, *, name: str = "duration") -> float:
     return seconds
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in a duration text such as ``90``, ``1.5``, ``15m``, ``10min``, ``1h30m``, ``250ms``.
-
-    :func:`to_seconds` for text.
-
-    >>> parse_duration("250ms")
-    0.25
-    >>> parse_duration("2")
-    2.0
-    """
-    if not isinstance(text, str):
-        raise UsageError(f"invalid duration {text!r}: expected a string")
-    return to_seconds(text)
-
-
 # --------------------------------------------------------------------------- points in time
-
-
-def parse_time(text: str, *, now: float | None = None) -> float:
-    """Seconds since the epoch (UTC) for an absolute or relative time text.
-
-    ``now`` is the reference for relative times (default: the current time).
-
-    >>> parse_time("now", now=5.0)
-    5.0
-    >>> parse_time("+1m", now=5.0)
-    65.0
-    >>> parse_time("2024-05-01 02:00+02:00")
-    1714521600.0
-    >>> parse_time("yesterday")
-    Traceback (most recent call last):
-    ...
-    theia_frames.exceptions.UsageError: invalid time 'yesterday': expected seconds since the epoch (1700000000), ISO-8601 (2024-05-01T12:00:00Z), a datetime, or a time relative to now (now, -15m, -10min, +10s)
-    """
-    if not isinstance(text, str):
-        raise UsageError(f"invalid time {text!r}: expected a string")
-    return _text_time(text, now, "time")
 
 
 def _text_time(text: str, now: float | None, name: str) -> float:

@@ -11,6 +11,7 @@ bytes and messages, and ask the core what to send and what to yield.
 - ``live``: a reconnecting live subscription's session (its reconnect policy as states).
 - ``ledger``: acknowledged sends (sent / confirmed / failed / in doubt).
 - ``outgoing``: what to send for events (checked Arrow batches or plain messages).
+- ``count``: the extension's ``/count`` request, its reply, and the counting.
 
 The words of both dialects and of the extension are built and parsed in
 :mod:`theia_frames.protocol.codec` (plain dialect, ``ok``, errors, flush, total) and
