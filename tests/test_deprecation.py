@@ -56,28 +56,15 @@ def test_warn_deprecated_text():
         warn_deprecated("x", "y")
 
 
-def test_a_class_is_named_by_its_name():
-    with pytest.warns(DeprecationWarning, match=r"find_batch_rows= of Collector\(\) is deprecated; use batch_size="):
-        Collector(find_batch_rows=5)
-
-
 # --------------------------------------------------------------------------- rows per batch is batch_size
 
 
-def test_collector_and_serve_take_batch_size_and_the_old_find_batch_rows():
+def test_collector_and_serve_take_batch_size():
     assert Collector(batch_size=7).batch_size == 7
     assert Collector().batch_size == DEFAULT_FIND_BATCH
-    with pytest.warns(DeprecationWarning, match="use batch_size="):
-        old = Collector(find_batch_rows=9)
-    assert old.batch_size == 9
-    with pytest.warns(DeprecationWarning, match="Collector.find_batch_rows is deprecated; use Collector.batch_size"):
-        assert old.find_batch_rows == 9
     with pytest.raises(UsageError, match="batch_size must be a positive whole number"):
         Collector(batch_size=0)
-    with pytest.warns(DeprecationWarning, match=r"find_batch_rows= of serve\(\)") as caught:
-        running = serve(db=":memory:", port=0, find_batch_rows=11)
-    assert caught[0].filename == __file__
-    with running:
+    with serve(db=":memory:", port=0, batch_size=11) as running:
         assert running.batch_size == 11
         with tf.Client(running.url) as client:
             client.send_many(sample(30), wait=True)

@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
+from ..checks import positive_int
 from ..exceptions import ProtocolError, ServerError, UsageError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-    import pyarrow as pa
+from .messages import error_text
 
 __all__ = [
     "COUNT_PATH",
@@ -82,28 +83,16 @@ _TOO_MANY = "count refused: "
 _PENDING = 1 << 20
 
 
-def _np() -> Any:
-    import numpy
-
-    return numpy
-
-
-def _pa() -> Any:
-    import pyarrow
-
-    return pyarrow
-
-
 def event_nanoseconds(seconds: Any) -> np.ndarray:
     """Event times (float seconds, a numpy or Arrow array) as int64 nanoseconds, rounded to
     the microsecond (half to even) as an event frame's ``timestamp`` column holds them.
 
-    >>> event_nanoseconds(_np().array([0.0000005, 0.0000015, -1.5])).tolist()
+    >>> event_nanoseconds(np.array([0.0000005, 0.0000015, -1.5])).tolist()
     [0, 2000, -1500000000]
     """
-    np = _np()
     values = np.asarray(seconds, dtype=np.float64)
-    return np.rint(values * 1e6).astype(np.int64) * 1000
+    nanoseconds: np.ndarray = np.rint(values * 1e6).astype(np.int64) * 1000
+    return nanoseconds
 
 
 @dataclass(frozen=True)
@@ -190,7 +179,6 @@ class CountResult:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CountResult):
             return NotImplemented
-        np = _np()
         return (
             (self.grain, self.by, self.names, self.first, self.last, self.events)
             == (other.grain, other.by, other.names, other.first, other.last, other.events)
@@ -200,7 +188,6 @@ class CountResult:
 
 def _reduce(slots: np.ndarray, groups: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Triples summed per (slot, group), ordered by slot then group."""
-    np = _np()
     if not len(slots):
         return slots, groups, counts
     lo, hi = int(slots.min()), int(slots.max())
@@ -238,13 +225,11 @@ class Counter:
 
     def __post_init__(self) -> None:
         _check(self.grain, self.by)
-        if isinstance(self.max_groups, bool) or not isinstance(self.max_groups, int) or self.max_groups < 1:
-            raise UsageError(f"max_groups must be a positive whole number, got {self.max_groups!r}")
+        positive_int("max_groups", self.max_groups)
 
     def _codes(self, dictionary: Any) -> np.ndarray:
         """Global group numbers of a batch's dictionary (names numbered as first met)."""
-        np = _np()
-        out = np.empty(len(dictionary), dtype=np.int64)
+        out: np.ndarray = np.empty(len(dictionary), dtype=np.int64)
         for i, name in enumerate(dictionary.to_pylist()):
             code = self._index.get(name)
             if code is None:
@@ -255,7 +240,6 @@ class Counter:
 
     def add(self, batch: pa.RecordBatch) -> None:
         """Count the events of ``batch`` (its ``timestamp`` and, when grouped, ``source`` or ``tags``)."""
-        np, pa = _np(), _pa()
         rows = batch.num_rows
         if not rows:
             return
@@ -300,7 +284,6 @@ class Counter:
         >>> counter.result().counts.tolist(), counter.result().events
         ([10], 10)
         """
-        np = _np()
         if self.by is not None or rows < 1:
             return False
         lo, hi = (int(v) for v in event_nanoseconds(np.array([first, last])))
@@ -321,7 +304,6 @@ class Counter:
         return True
 
     def _merge(self) -> None:
-        np = _np()
         parts = list(self._pending)
         if self._summed is not None:
             parts.append(self._summed)
@@ -335,7 +317,6 @@ class Counter:
 
     def result(self) -> CountResult:
         """What was counted so far (pairs ordered by slot, then group)."""
-        np = _np()
         self._merge()
         empty = np.zeros(0, dtype=np.int64)
         s, g, c = self._summed if self._summed is not None else (empty, empty, empty)
@@ -377,7 +358,6 @@ def _ints(value: Any, what: str) -> list[int]:
 def parse_count_reply(message: str | bytes) -> CountResult | None:
     """The :class:`CountResult` of a :func:`count_reply`, else None (anything else, or a reply whose
     parts do not fit together: lists of different lengths, a group with no name, a count below 1)."""
-    np = _np()
     if not isinstance(message, str) or not message.startswith('{"counted"'):
         return None
     try:
@@ -415,8 +395,6 @@ def count_answer(message: Any, grain: int, by: str | None, url: str) -> CountRes
     ...
     theia_frames.exceptions.UsageError: count refused: it makes more than 2 (time slot, group) pairs holding events (at least 3); count with a coarser every=, a narrower time range, or without by=
     """
-    from .messages import error_text
-
     if message is None:
         raise ProtocolError(f"{url}{COUNT_PATH} closed the connection without answering the count")
     text = error_text(message)

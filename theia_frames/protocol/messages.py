@@ -43,6 +43,7 @@ __all__ = [
     "Message",
     "parse_message",
     "is_ok",
+    "error_message",
     "error_text",
     "flush_request",
     "is_flush_request",
@@ -58,7 +59,20 @@ __all__ = [
     "coalesce_chunks",
     "chunks_reply",
     "parse_chunks_reply",
-    # what they mean to a reader
+    # the close codes and what they mean to a reader
+    "CLOSE_NORMAL",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_NO_STATUS",
+    "CLOSE_DROPPED",
+    "CLOSE_INVALID_DATA",
+    "CLOSE_REFUSED",
+    "CLOSE_TOO_LARGE",
+    "CLOSE_SERVER_ERROR",
+    "CLOSE_RESTARTING",
+    "CLOSE_TOO_SLOW",
+    "CLOSE_WORDS",
+    "TOO_SLOW",
+    "too_slow_message",
     "NORMAL_CLOSE",
     "TOO_SLOW_CODES",
     "DATA_CLOSE_CODES",
@@ -100,6 +114,17 @@ def is_ok(message: Buffer | str) -> bool:
     if isinstance(message, str):
         return message.strip() == OK
     return bytes(message).strip() == b"ok"
+
+
+def error_message(text: str) -> str:
+    """The error a server sends in place of an answer: ``{"error": text}``.
+
+    >>> error_message("bad filter")
+    '{"error": "bad filter"}'
+    >>> error_text(error_message("bad filter"))
+    'bad filter'
+    """
+    return json.dumps({"error": text})
 
 
 def error_text(message: Buffer | str) -> str | None:
@@ -330,12 +355,61 @@ def parse_message(message: Buffer | str) -> Message:
 # --------------------------------------------------------------------------- what they mean
 
 
-#: orderly ends of a stream (1005: a close frame without a status code)
-NORMAL_CLOSE = (1000, 1005)
+#: A normal end: a stream sent in full, a connection its client or server is done with.
+CLOSE_NORMAL = 1000
+#: The server is going away: the collector was stopped.
+CLOSE_GOING_AWAY = 1001
+#: A close frame without a status code (read as a normal end).
+CLOSE_NO_STATUS = 1005
+#: No close frame at all: the connection dropped (never sent, only read).
+CLOSE_DROPPED = 1006
+#: A message that is not what the endpoint takes (text that is not UTF-8).
+CLOSE_INVALID_DATA = 1007
+#: Refused: an invalid filter or count request, an extension's path without the
+#: extension, a connection idle for too long.
+CLOSE_REFUSED = 1008
+#: A message larger than the collector accepts.
+CLOSE_TOO_LARGE = 1009
+#: The collector failed: its store, or too many of the events sent not stored.
+CLOSE_SERVER_ERROR = 1011
+#: The server is restarting.
+CLOSE_RESTARTING = 1012
+#: Try again later: a live subscriber that fell too far behind was dropped.
+CLOSE_TOO_SLOW = 1013
+
+#: What each close code means, in words a user can act on.
+CLOSE_WORDS = {
+    CLOSE_NORMAL: "the collector closed the stream",
+    CLOSE_GOING_AWAY: "the collector went away (it was stopped or is restarting)",
+    CLOSE_NO_STATUS: "the collector closed the stream",
+    CLOSE_DROPPED: "the connection dropped without a goodbye (the network, or the collector stopped abruptly)",
+    CLOSE_REFUSED: "the collector refused the subscription",
+    CLOSE_TOO_LARGE: "the collector refused a message as too large",
+    CLOSE_SERVER_ERROR: "the collector failed with an internal error",
+    CLOSE_RESTARTING: "the collector is restarting",
+    CLOSE_TOO_SLOW: "the collector is overloaded",
+}
+
+#: orderly ends of a stream
+NORMAL_CLOSE = (CLOSE_NORMAL, CLOSE_NO_STATUS)
 #: "try again later", as our collector closes a subscriber that fell behind
-TOO_SLOW_CODES = (1013,)
+TOO_SLOW_CODES = (CLOSE_TOO_SLOW,)
 #: the server closed because of what it was sent: events sent before may be lost
-DATA_CLOSE_CODES = (1007, 1008, 1009, 1011)
+DATA_CLOSE_CODES = (CLOSE_INVALID_DATA, CLOSE_REFUSED, CLOSE_TOO_LARGE, CLOSE_SERVER_ERROR)
+
+#: How the error sent to a dropped subscriber, and the reason of its close, begin.
+TOO_SLOW = "subscriber too slow"
+
+
+def too_slow_message(why: str) -> str:
+    """The error the collector sends a live subscriber it drops for falling behind.
+
+    >>> too_slow_message("10 events waiting")
+    '{"error": "subscriber too slow: 10 events waiting; reconnect, and use /find for the events missed"}'
+    >>> is_too_slow(error_text(too_slow_message("10 events waiting")) or "")
+    True
+    """
+    return error_message(f"{TOO_SLOW}: {why}; reconnect, and use {FIND_PATH} for the events missed")
 
 
 def is_too_slow(text: str) -> bool:
@@ -344,7 +418,7 @@ def is_too_slow(text: str) -> bool:
     >>> is_too_slow("subscriber too slow: 10000 events waiting")
     True
     """
-    return text.lower().lstrip().startswith("subscriber too slow")
+    return text.lower().lstrip().startswith(TOO_SLOW)
 
 
 def sort_messages(msgs: Sequence[bytes | str], url: str) -> tuple[list[bytes], int | None]:
@@ -368,7 +442,7 @@ def sort_messages(msgs: Sequence[bytes | str], url: str) -> tuple[list[bytes], i
         text = error_text(m)
         if text is not None:
             if is_too_slow(text):
-                raise SubscriberTooSlow(f"{url} dropped this subscriber: {text}", url=url, code=1013)
+                raise SubscriberTooSlow(f"{url} dropped this subscriber: {text}", url=url, code=CLOSE_TOO_SLOW)
             raise ServerError(text, url=url)
         append(m if isinstance(m, bytes) else m.encode())
     return data, total
@@ -380,7 +454,7 @@ def end_error(url: str, code: int | None, reason: str, failure: BaseException | 
     if code in NORMAL_CLOSE:
         return None
     why = f"closed with code {code}" + (f" ({reason})" if reason else "")
-    if code == 1006:
+    if code == CLOSE_DROPPED:
         why = "dropped" + (f" ({failure})" if failure else " without a close frame")
     if code in TOO_SLOW_CODES or "slow" in reason.lower():
         return SubscriberTooSlow(f"{url} dropped this subscriber ({why}): it did not keep up", url=url, code=code)

@@ -33,16 +33,17 @@ cancelled and the loop is closed, as :func:`asyncio.run` does.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import threading
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from ..exceptions import TheiaTimeoutError, UsageError
 
-__all__ = ["BackgroundLoop", "Lifespan"]
+__all__ = ["BackgroundLoop", "Lifespan", "StartStop", "Tasks"]
 
 logger = logging.getLogger("theia_frames.server.background")
 
@@ -53,7 +54,67 @@ T = TypeVar("T")
 Lifespan = Callable[[], AbstractAsyncContextManager[Any]]
 
 
-class BackgroundLoop:
+class StartStop(abc.ABC):
+    """Something started once and stopped any number of times; as a context manager,
+    started on entry (unless it already was) and stopped on exit."""
+
+    @property
+    @abc.abstractmethod
+    def started(self) -> bool:
+        """True once :meth:`start` was called."""
+
+    @abc.abstractmethod
+    def start(self) -> Self:
+        """Start; returns self."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop (idempotent)."""
+
+    def __enter__(self) -> Self:
+        if not self.started:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class Tasks:
+    """The tasks a server spawns on its loop and must end when it stops (loop thread only).
+
+    >>> async def demo():
+    ...     tasks = Tasks()
+    ...     tasks.spawn(asyncio.sleep(3600))
+    ...     await tasks.cancel_all()
+    ...     return len(tasks)
+    >>> asyncio.run(demo())
+    0
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task of the running loop, kept until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def cancel_all(self) -> None:
+        """Cancel every task still running and wait for them to end."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+
+class BackgroundLoop(StartStop):
     """Run ``lifespan`` on a new event loop in a daemon thread named ``name``.
 
     ``on_exit`` (optional) is called on that thread once the loop is closed,
@@ -90,6 +151,11 @@ class BackgroundLoop:
         return self._thread
 
     @property
+    def started(self) -> bool:
+        """True once :meth:`start` was called."""
+        return self._started
+
+    @property
     def running(self) -> bool:
         """True from the end of a successful :meth:`start` until :meth:`stop` is called."""
         return self._serving and not self._stopping
@@ -104,7 +170,7 @@ class BackgroundLoop:
         return threading.current_thread() is self._thread
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, timeout: float | None = None) -> BackgroundLoop:
+    def start(self, timeout: float | None = None) -> Self:
         """Start the thread and wait until the lifespan has entered; returns self.
 
         An exception raised while entering is re-raised here, unchanged, after
@@ -138,14 +204,6 @@ class BackgroundLoop:
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TheiaTimeoutError(f"{self._thread.name} did not stop within {timeout} s")
-
-    def __enter__(self) -> BackgroundLoop:
-        if not self._started:
-            self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.running else ("stopped" if self._stopping else "not started")

@@ -22,14 +22,15 @@ import os
 import struct
 import zlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..protocol.arrow import as_event_data, empty_batch, event_schema, ipc_to_batches, missing_values, validate_events
 from ..exceptions import DecodeError, StoreError, UsageError
 
-if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-    import pyarrow as pa
 
 __all__ = [
     "MEMORY",
@@ -129,21 +130,17 @@ def why_unopenable(path: str) -> str | None:
 
 
 def numpy_module() -> Any:
-    import numpy
-
-    return numpy
+    """numpy, for the modules that ask for it by call."""
+    return np
 
 
 def pyarrow_module() -> Any:
-    import pyarrow
-    import pyarrow.compute  # noqa: F401 - makes pyarrow.compute an attribute
-
-    return pyarrow
+    """pyarrow (with :mod:`pyarrow.compute` loaded), for the modules that ask for it by call."""
+    return pa
 
 
 def event_batch(data: Any, validated: bool = False) -> pa.RecordBatch:
     """``data`` (RecordBatch or Table) as one RecordBatch of the event schema; UsageError if it is not one."""
-    pa = pyarrow_module()
     names = list(data.schema.names)
     if names != list(FIELDS):
         raise UsageError(f"Arrow data to store needs the columns {', '.join(FIELDS)}; got {', '.join(names)}")
@@ -226,7 +223,6 @@ def from_ipc(blob: Blob, fields: Sequence[str] | None = None) -> pa.RecordBatch:
     """The events of a stored chunk (only the columns ``fields``, when given: the others
     are not decompressed); StoreError when it is damaged or would decode to more than
     it did when it was stored (checked before decompressing)."""
-    pa = pyarrow_module()
     try:
         # Validated in full when stored: the structure is what a damaged file could break.
         batches = ipc_to_batches(blob.data, max_decoded=blob.bytes, full=False, fields=fields)
@@ -261,7 +257,6 @@ def encode_arrivals(arrivals: np.ndarray) -> bytes:
     >>> decode_arrivals(encode_arrivals(np.array([7, 3, 4, 5, 1])), 5, seq=1).tolist()
     [7, 3, 4, 5, 1]
     """
-    np = numpy_module()
     numbers = np.asarray(arrivals, dtype=np.int64)
     starts = np.flatnonzero(np.diff(numbers) != 1) + 1
     starts = np.concatenate([np.zeros(1, dtype=np.int64), starts])
@@ -270,7 +265,7 @@ def encode_arrivals(arrivals: np.ndarray) -> bytes:
     pairs = np.stack([firsts, lengths], axis=1).astype("<i8").tobytes()
     if len(pairs) <= _RAW_RUNS_BYTES:
         return b"R" + pairs
-    packed = pyarrow_module().compress(pairs, codec=COMPRESSION, asbytes=True)
+    packed = pa.compress(pairs, codec=COMPRESSION, asbytes=True)
     return b"Z" + len(pairs).to_bytes(8, "little") + bytes(packed)
 
 
@@ -281,8 +276,6 @@ _RAW_RUNS_BYTES = 256
 def decode_arrivals(data: bytes, rows: int, seq: int) -> np.ndarray:
     """The ``rows`` arrival numbers of chunk ``seq`` (:func:`encode_arrivals`); StoreError when
     they are damaged (checked before anything is decompressed: at most one run per row)."""
-    np = numpy_module()
-    pa = pyarrow_module()
 
     def damaged(why: str) -> StoreError:
         return StoreError(f"the arrival numbers of chunk {seq} of the event store are damaged: {why}")
@@ -316,7 +309,6 @@ def arrival_order(ts: np.ndarray, arrivals: np.ndarray, desc: bool = False) -> n
     >>> arrival_order(np.array([2.0, 1.0, 2.0]), np.array([1, 9, 0])).tolist()
     [1, 2, 0]
     """
-    np = numpy_module()
     order = np.lexsort((arrivals, ts))
     return order[::-1] if desc else order
 
@@ -329,7 +321,6 @@ def sort_order(ts: np.ndarray) -> np.ndarray | None:
     >>> sort_order(np.array([2.0, 1.0, 2.0, 1.0])).tolist(), sort_order(np.array([1.0, 1.0]))
     ([1, 3, 0, 2], None)
     """
-    np = numpy_module()
     if len(ts) < 2 or bool((ts[1:] >= ts[:-1]).all()):
         return None
     return np.argsort(ts, kind="stable")
@@ -345,7 +336,6 @@ def identity_micros(ts: np.ndarray) -> np.ndarray:
     >>> identity_micros(np.array([1714521600.0000004, 1714521600.0, 2.5e-6])).tolist()
     [1714521600000000, 1714521600000000, 2]
     """
-    np = numpy_module()
     return np.rint(np.asarray(ts, dtype=np.float64) * 1e6).astype(np.int64)
 
 
@@ -363,12 +353,10 @@ def first_of_equal(
     ``given[i]`` is row ``i``'s place in that order (None: the sorted order is it). Copies
     of one identity may differ in time by less than a microsecond, so sorting by time
     alone may have put a later one first."""
-    np = numpy_module()
     micros = identity_micros(sts)
     ties = np.nonzero(micros[1:] == micros[:-1])[0]
     if not len(ties):
         return None
-    pc = pyarrow_module().compute
     # only rows sharing a microsecond with a neighbour can repeat: their keys, sorted stably
     rows = np.union1d(ties, ties + 1)
     keys = sort_keys(sts[rows], srt.column(0).take(rows))
@@ -393,19 +381,14 @@ def first_of_equal(
 def sort_keys(ts: np.ndarray, ids: pa.Array) -> pa.Array:
     """One binary key per event, its identity: the microsecond of its timestamp
     (:func:`identity_micros`, 8 bytes), then its id."""
-    np = numpy_module()
-    pa = pyarrow_module()
     raw = np.ascontiguousarray(identity_micros(ts).astype(">i8")).view(np.uint8)
     stamps = pa.FixedSizeBinaryArray.from_buffers(pa.binary(8), len(ts), [None, pa.py_buffer(raw)])
-    return pa.compute.binary_join_element_wise(stamps.cast(pa.binary()), ids.cast(pa.binary()), b"")
+    return pc.binary_join_element_wise(stamps.cast(pa.binary()), ids.cast(pa.binary()), b"")
 
 
 def same_content(a: pa.RecordBatch, b: pa.RecordBatch) -> np.ndarray:
     """Whether each row of ``a`` has the source, tags and content of the same row of ``b``
     (two copies of one identity: an exact repeat, or a copy with other content)."""
-    pa = pyarrow_module()
-    pc = pa.compute
-    np = numpy_module()
 
     def text(column: Any) -> Any:
         return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
@@ -419,7 +402,8 @@ def same_content(a: pa.RecordBatch, b: pa.RecordBatch) -> np.ndarray:
     lengths = equal(pc.list_value_length(tags_a), pc.list_value_length(tags_b))
     # tags hold no commas (the event schema's rule): joined at commas, equal lists are equal texts
     joined = equal(pc.binary_join(tags_a, ","), pc.binary_join(tags_b, ","))
-    return source & content & lengths & joined
+    same: np.ndarray = source & content & lengths & joined
+    return same
 
 
 def piece_spans(rows: int, nbytes: int) -> list[tuple[int, int]]:

@@ -70,10 +70,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import errno
 import logging
 import os
-import contextlib
 import threading
 import weakref
 from collections.abc import AsyncIterator
@@ -84,31 +84,41 @@ from urllib.parse import urlsplit
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 
-from .background import BackgroundLoop
-from ..protocol.arrow import (
-    SUBPROTOCOL,
-)
-from ..protocol.messages import CHUNKS_PATH
-from ..protocol.count import COUNT_PATH, DEFAULT_MAX_GROUPS
-from ..deprecation import renamed_arguments, warn_deprecated
-from ..exceptions import (
-    InvalidFilterError,
-    StoreError,
-    TheiaTimeoutError,
-    TransportError,
-    UsageError,
-    shorten,
-)
+from ..checks import positive_int, positive_seconds
+from ..exceptions import StoreError, TheiaTimeoutError, TransportError, UsageError
 from ..filter import EventFilter
-from .store import MEMORY, EventStore
-from .output import ConnectionState, Stalled, ThrottledLog, peer_address, error_message, peer_name, select_subprotocol, send_quietly, server_ssl_context
-from .fanout import Fanout, Subscriber
-from .ingest import EventSink, Writer
-from .find_endpoint import FindEndpoint, FindMemory
-from .count_endpoint import CountEndpoint
-from .live_endpoint import LiveEndpoint
-from .event_endpoint import EventEndpoint
+from ..protocol.arrow import SUBPROTOCOL
+from ..protocol.count import COUNT_PATH, DEFAULT_MAX_GROUPS
+from ..protocol.messages import (
+    CHUNKS_PATH,
+    CLOSE_SERVER_ERROR,
+    CLOSE_TOO_LARGE,
+    EVENT_PATH,
+    FIND_PATH,
+    LIVE_PATH,
+    error_message,
+)
 from .access import ENDPOINTS, Admission
+from .background import BackgroundLoop, StartStop, Tasks
+from .count_endpoint import CountEndpoint
+from .event_endpoint import EventEndpoint, Published
+from .fanout import Fanout, Subscriber
+from .filters import FilterReader
+from .find_endpoint import ChunksEndpoint, FindEndpoint, FindMemory
+from .ingest import Writer
+from .live_endpoint import LiveEndpoint
+from .output import (
+    ConnectionState,
+    Endpoint,
+    Stalled,
+    ThrottledLog,
+    peer_name,
+    select_subprotocol,
+    send_quietly,
+    server_ssl_context,
+)
+from .query import Queries
+from .store import MEMORY, EventStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from websockets.asyncio.server import Server, ServerConnection
@@ -186,7 +196,6 @@ def _stop_all() -> None:
             logger.exception("stopping the collector at %s failed", collector.url)
 
 
-@renamed_arguments(find_batch_rows="batch_size")
 def serve(
     db: str | os.PathLike[str] = MEMORY,
     host: str = "127.0.0.1",
@@ -208,7 +217,7 @@ def serve(
     return Collector(db, host=host, port=port, **options).start()
 
 
-class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpoint):
+class Collector(StartStop):
     """A theia collector with an SQLite store, served from a background thread.
 
     Options:
@@ -219,8 +228,7 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpo
         dropped as too slow.
         ``batch_size``: most events per Arrow message on a batched
         ``/find``; a stored chunk that matches whole and fits goes out as
-        stored, other events are gathered into messages of this many
-        (``find_batch_rows``, its old name, still works with a warning).
+        stored, other events are gathered into messages of this many.
         ``ping_interval``: seconds between keepalive pings, ``None`` (the
         default) for none: plain ``/event`` clients never read, so they could
         not answer them.
@@ -230,6 +238,9 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpo
         403 with a wrong one).
         ``certfile``/``keyfile``: serve ``wss://`` (TLS) with this certificate
         chain and private key (PEM files).
+        ``filter_type``: the class of the filters built from the peers' JSON,
+        :class:`~theia_frames.filter.EventFilter` or a subclass of it (one that
+        matches differently, or is instrumented).
 
     Limits on what one client can make the collector spend (each refusal is
     an error message naming the limit; the rest of the connection, and every
@@ -270,7 +281,6 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpo
     filter slows its own client, not the others.
     """
 
-    @renamed_arguments(find_batch_rows="batch_size")
     def __init__(
         self,
         db: str | os.PathLike[str] = MEMORY,
@@ -296,54 +306,49 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpo
         find_wait: float = DEFAULT_FIND_WAIT,
         max_groups: int = DEFAULT_MAX_GROUPS,
         max_find_memory: int = DEFAULT_MAX_FIND_MEMORY,
+        filter_type: type[EventFilter] = EventFilter,
     ) -> None:
-        counts = {
-            "max_message_size": max_message_size,
-            "live_queue": live_queue,
-            "batch_size": batch_size,
-            "max_decoded_size": max_decoded_size,
-            "max_event_size": max_event_size,
-            "max_patterns": max_patterns,
-            "max_pattern_size": max_pattern_size,
-            "max_connections": max_connections,
-            "max_connections_per_address": max_connections_per_address,
-            "max_groups": max_groups,
-            "max_find_memory": max_find_memory,
-        }
-        for name, value in counts.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UsageError(f"{name} must be a positive whole number, got {value!r}")
-        for name, seconds in (("idle_timeout", idle_timeout), ("find_stall_timeout", find_stall_timeout)):
-            if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0):
-                raise UsageError(f"{name} must be a positive number of seconds or None, got {seconds!r}")
         self.db = os.fspath(db)
         self.host = host
-        self.max_message_size = int(max_message_size)
-        self.live_queue = int(live_queue)
-        self.batch_size = int(batch_size)
-        self.max_decoded_size = int(max_decoded_size)
-        self.max_event_size = int(max_event_size)
-        self.max_patterns = int(max_patterns)
-        self.max_pattern_size = int(max_pattern_size)
-        self.max_connections = int(max_connections)
-        self.max_connections_per_address = int(max_connections_per_address)
-        self.idle_timeout = None if idle_timeout is None else float(idle_timeout)
-        self.find_stall_timeout = None if find_stall_timeout is None else float(find_stall_timeout)
-        if isinstance(find_wait, bool) or not isinstance(find_wait, (int, float)) or not find_wait > 0:
-            raise UsageError(f"find_wait must be a positive number of seconds, got {find_wait!r}")
-        self.find_wait = float(find_wait)
-        self.max_groups = int(max_groups)
-        self.max_find_memory = int(max_find_memory)
-        self._find_memory = FindMemory(self.max_find_memory)
+        self.max_message_size = positive_int("max_message_size", max_message_size)
+        self.live_queue = positive_int("live_queue", live_queue)
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.max_decoded_size = positive_int("max_decoded_size", max_decoded_size)
+        self.max_event_size = positive_int("max_event_size", max_event_size)
+        self.max_patterns = positive_int("max_patterns", max_patterns)
+        self.max_pattern_size = positive_int("max_pattern_size", max_pattern_size)
+        self.max_connections = positive_int("max_connections", max_connections)
+        self.max_connections_per_address = positive_int("max_connections_per_address", max_connections_per_address)
+        self.max_groups = positive_int("max_groups", max_groups)
+        self.max_find_memory = positive_int("max_find_memory", max_find_memory)
+        self.idle_timeout = positive_seconds("idle_timeout", idle_timeout, none_ok=True)
+        self.find_stall_timeout = positive_seconds("find_stall_timeout", find_stall_timeout, none_ok=True)
+        self.find_wait = positive_seconds("find_wait", find_wait)
+        if not (isinstance(filter_type, type) and issubclass(filter_type, EventFilter)):
+            raise UsageError(f"filter_type must be EventFilter or a subclass of it, got {filter_type!r}")
+        self.filter_type = filter_type
         self.ping_interval = ping_interval
         self.close_timeout = close_timeout
         if token is not None and (not isinstance(token, str) or not token):
             raise UsageError("token must be a non-empty string")
-        self._token = token
         self._ssl = server_ssl_context(certfile, keyfile)
         self._requested_port = int(port)
         self._port: int | None = None
         self.store: EventStore | None = None
+        self._log = ThrottledLog(logger)
+        self._tasks = Tasks()
+        self._queries = Queries()  # the /find and /count queries running
+        self._find_memory = FindMemory(self.max_find_memory)
+        self._admission = Admission(
+            token=token,
+            max_connections=self.max_connections,
+            max_connections_per_address=self.max_connections_per_address,
+            idle_timeout=self.idle_timeout,
+            tasks=self._tasks,
+            log=self._log,
+        )
+        self._endpoints: dict[str, Endpoint] = {}
+        self._live: LiveEndpoint | None = None
         self._writer: Writer | None = None
         self._fanout: Fanout | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -354,18 +359,6 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpo
         self._stopped = False
         self._flush_lock = threading.Lock()
         self._flushed = 0  # the last message Collector.flush() reported on
-        # loop-thread state
-        self._subscribers: set[Subscriber] = set()
-        self._live: tuple[Subscriber, ...] = ()  # the same, as the fan-out thread reads it
-        self._flushes: list[tuple[int, EventSink, Any]] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._room: asyncio.Event | None = None
-        self._published = 0  # the last message whose commit the loop has taken in
-        self._connections: dict[ServerConnection, ConnectionState] = {}
-        self._per_address: dict[str, int] = {}
-        self._queries: set[Any] = set()  # the /find queries running
-        self._pattern_steps: asyncio.Semaphore | None = None
-        self._log = ThrottledLog(logger)
 
     # ------------------------------------------------------------------ public
     @property
@@ -389,13 +382,13 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpo
         return f"{scheme}://{host}:{self.port}"
 
     @property
-    def find_batch_rows(self) -> int:
-        """Deprecated name of :attr:`batch_size`."""
-        warn_deprecated("Collector.find_batch_rows", "Collector.batch_size")
-        return self.batch_size
+    def started(self) -> bool:
+        """True once :meth:`start` was called."""
+        return self._started
 
     @property
     def running(self) -> bool:
+        """True from :meth:`start` until :meth:`stop`."""
         return self._started and not self._stopped
 
     def start(self) -> Collector:
@@ -405,23 +398,55 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpo
                 raise UsageError("a collector can be started only once")
             self._started = True
         try:
-            self.store = EventStore(self.db)
+            store = self.store = EventStore(self.db)
         except BaseException:
             self._stopped = True
             raise
-        self._fanout = Fanout(self)
-        self._fanout.start()
-        self._writer = Writer(self.store, self._committed_from_writer, self._fanout, self.max_decoded_size, self.max_event_size)
-        self._writer.start()
-        self._pool = ThreadPoolExecutor(max_workers=_FIND_WORKERS, thread_name_prefix="theia-frames-find")
+        background = self._background = BackgroundLoop(
+            self._serving, name="theia-frames-collector", on_exit=self._shutdown_threads
+        )
+        pool = self._pool = ThreadPoolExecutor(max_workers=_FIND_WORKERS, thread_name_prefix="theia-frames-find")
         self._filter_pool = ThreadPoolExecutor(max_workers=_FILTER_WORKERS, thread_name_prefix="theia-frames-filter")
-        self._background = BackgroundLoop(self._serving, name="theia-frames-collector", on_exit=self._shutdown_threads)
+        filters = FilterReader(
+            self._filter_pool,
+            self._log,
+            max_patterns=self.max_patterns,
+            max_pattern_size=self.max_pattern_size,
+            kind=self.filter_type,
+        )
+        published = Published(background.call_soon, self._tasks)
+        live = self._live = LiveEndpoint(filters, published, self._tasks, self._log, live_queue=self.live_queue)
+        self._fanout = Fanout(live, background.call_soon)
+        self._fanout.start()
+        self._writer = Writer(store, published.from_writer, self._fanout, self.max_decoded_size, self.max_event_size)
+        self._writer.start()
+        self._endpoints = {
+            EVENT_PATH: EventEndpoint(self._writer, published, self._tasks, self._log),
+            FIND_PATH: FindEndpoint(
+                store,
+                pool,
+                filters,
+                self._queries,
+                self._find_memory,
+                # steps of finds with patterns take all but one worker: one stays for time-only finds
+                asyncio.Semaphore(_FIND_WORKERS - 1),
+                lambda: background.stop_requested,
+                self._log,
+                batch_size=self.batch_size,
+                find_wait=self.find_wait,
+                stall_timeout=self.find_stall_timeout,
+            ),
+            LIVE_PATH: live,
+            CHUNKS_PATH: ChunksEndpoint(store, pool, filters),
+            COUNT_PATH: CountEndpoint(store, pool, filters, self._queries, max_groups=self.max_groups),
+        }
+        assert tuple(self._endpoints) == ENDPOINTS
         try:
-            self._background.start()
+            background.start()
         except OSError as exc:
             self._stopped = True
             hint = ""
-            if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+            if exc.errno == errno.EADDRINUSE:
                 hint = (
                     "; another program listens there: choose another port, or port 0 (--port 0) for a free"
                     " one, and point the clients at it (the URL it prints, or $THEIA_URL)"
@@ -475,28 +500,28 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpo
                 f"received since the last flush: {text}"
             )
 
-    def __enter__(self) -> Collector:
-        if not self._started:
-            self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         if self.running:
             return f"<Collector {self.url} db={self.db!r}>"
         return f"<Collector (stopped) db={self.db!r}>"
 
-    # ------------------------------------------------------------------ thread and loop
+    # ------------------------------------------------------------------ its parts, as tests look at them
     @property
     def _loop(self) -> asyncio.AbstractEventLoop | None:
         return None if self._background is None else self._background.loop
 
+    @property
+    def _connections(self) -> dict[ServerConnection, ConnectionState]:
+        return self._admission.connections
+
+    @property
+    def _subscribers(self) -> set[Subscriber]:
+        return set() if self._live is None else self._live.subscribers
+
+    # ------------------------------------------------------------------ thread and loop
     def _shutdown_threads(self) -> None:
         # Every connection is closed: store what is still queued, then close the store.
-        for results in list(self._queries):
-            results.cancel()  # a query step still running stops at its next chunk
+        self._queries.cancel_all()  # a query step still running stops at its next chunk
         # The loop has ended: no subscriber is left to match for, and the writer
         # must never wait for the fan-out while it stores what is queued.
         if self._fanout is not None:
@@ -518,15 +543,13 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpo
     async def _serving(self) -> AsyncIterator[None]:
         """The collector's life on its loop: bind and serve on entry; on exit close
         every connection and the port and end the running finds."""
-        self._room = asyncio.Event()
-        self._pattern_steps = asyncio.Semaphore(_FIND_WORKERS - 1)
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._loop_exception)
         server: Server = await ws_serve(
             self._handle,
             self.host,
             self._requested_port,
-            process_request=self._check_request,
+            process_request=self._admission.check_request,
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             select_subprotocol=select_subprotocol,
             compression=None,
@@ -541,11 +564,9 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpo
             ssl=self._ssl,
         )
         self._port = server.sockets[0].getsockname()[1]
-        if self.idle_timeout is not None:
-            self._spawn(self._close_idle())
+        self._tasks.spawn(self._admission.close_idle())
         yield
-        for results in list(self._queries):
-            results.cancel()
+        self._queries.cancel_all()
         server.close()  # closes every connection with 1001 (going away)
         try:
             await asyncio.wait_for(server.wait_closed(), _STOP_GRACE)
@@ -553,13 +574,9 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpo
             # Clients that do not read never answer the close: cut them off.
             for connection in list(getattr(server, "all_connections", server.connections)):
                 connection.transport.abort()
-            for connection in list(self._connections):
-                connection.transport.abort()
+            self._admission.abort_all()
             await server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         # Out of file descriptors, asyncio reports every failed accept with a
@@ -570,33 +587,17 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpo
             return
         loop.default_exception_handler(context)
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
     # ------------------------------------------------------------------ connections
     async def _handle(self, ws: ServerConnection) -> None:
+        """Route an admitted connection to its path's endpoint; what ends it badly is logged here."""
         path = urlsplit(ws.request.path if ws.request is not None else "").path
-        batched = ws.subprotocol == SUBPROTOCOL
-        state = self._connections.get(ws)
-        if state is None:  # pragma: no cover - admitted connections are registered
-            assert self._loop is not None
-            state = ConnectionState(peer_address(ws), path, self._loop.time())
+        endpoint = self._endpoints.get(path)
+        if endpoint is None:  # pragma: no cover - refused at the handshake
+            return
         try:
-            if path == "/event":
-                await self._on_event(ws, batched, state)
-            elif path == "/find":
-                await self._on_find(ws, batched, state)
-            elif path == "/live":
-                await self._on_live(ws, batched, state)
-            elif path == CHUNKS_PATH:
-                await self._on_chunks(ws, batched)
-            elif path == COUNT_PATH:
-                await self._on_count(ws, batched)
+            await endpoint.serve(ws, ws.subprotocol == SUBPROTOCOL, self._admission.state(ws, path))
         except ConnectionClosed as exc:
-            if exc.sent is not None and exc.sent.code == 1009:
+            if exc.sent is not None and exc.sent.code == CLOSE_TOO_LARGE:
                 self._log.warning(
                     "too-large",
                     "%s sent a message larger than %d bytes on %s: connection closed",
@@ -609,35 +610,4 @@ class Collector(Admission, EventEndpoint, LiveEndpoint, FindEndpoint, CountEndpo
         except StoreError as exc:
             logger.error("%s on %s: %s", peer_name(ws), path, exc)
             await send_quietly(ws, error_message(str(exc)))
-            await ws.close(1011, "store error")
-
-    async def _read_filter(self, ws: ServerConnection, message: str | bytes | None = None) -> EventFilter | None:
-        """The client's filter, or None after telling the client what is wrong with it.
-
-        Parsed and compiled on a worker thread, within the limits on patterns.
-        """
-        if message is None:
-            message = await ws.recv()
-        loop = asyncio.get_running_loop()
-        assert self._filter_pool is not None
-        try:
-            flt = await loop.run_in_executor(self._filter_pool, self._build_filter, message)
-        except InvalidFilterError as exc:
-            self._log.info("filter", "%s sent a bad filter: %s", peer_name(ws), shorten(str(exc)))
-            await ws.send(error_message(str(exc)))
-            await ws.close(1008, "invalid filter")
-            return None
-        return flt
-
-    def _build_filter(self, message: str | bytes) -> EventFilter:
-        """A filter from the network, within the limits on patterns (a worker thread)."""
-        return EventFilter.from_json(
-            message, engine="re2", max_patterns=self.max_patterns, max_pattern_size=self.max_pattern_size
-        )
-
-# --------------------------------------------------------------------------- helpers
-
-
-
-
-
+            await ws.close(CLOSE_SERVER_ERROR, "store error")

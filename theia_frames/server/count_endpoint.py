@@ -1,5 +1,4 @@
-"""The collector's ``/count`` endpoint (:class:`CountEndpoint`, a part of
-:class:`~theia_frames.server.collector.Collector`): a count request in, the counts of the
+"""The collector's ``/count`` endpoint (:class:`CountEndpoint`): a count request in, the counts of the
 stored events that match its filter out, as one message (see :mod:`theia_frames.protocol.count`).
 
 The stored chunks are read through the store's :meth:`~theia_frames.server.store.EventStore.scan`
@@ -10,14 +9,16 @@ and counted where they are: only the small answer crosses the network.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import UsageError
-from ..filter import EventFilter
-from ..protocol.arrow import SUBPROTOCOL
 from ..protocol.count import COUNT_PATH, MAX_COUNT_REPLY, Counter, count_reply, parse_count_request
-from .output import error_message
+from ..protocol.messages import CLOSE_NORMAL, CLOSE_REFUSED, error_message
+from .filters import FilterReader
+from .find_endpoint import refuse_unnegotiated
+from .output import ConnectionState
+from .query import Queries
 from .store import EventStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,39 +28,41 @@ __all__ = ["CountEndpoint"]
 
 
 class CountEndpoint:
-    """The ``/count`` endpoint of the collector."""
+    """The ``/count`` endpoint of the collector: the ``store`` scanned on a thread of
+    ``pool``, the scan counted among the running ``queries`` (a stop cancels it), at
+    most ``max_groups`` (time slot, group) pairs in an answer."""
 
-    _pool: ThreadPoolExecutor | None
-    _queries: set[Any]
-    max_groups: int
-    store: EventStore | None
-    if TYPE_CHECKING:  # defined by the Collector
-        async def _read_filter(self, ws: ServerConnection, message: str | bytes | None = None) -> EventFilter | None: ...
+    def __init__(
+        self, store: EventStore, pool: Executor, filters: FilterReader, queries: Queries, *, max_groups: int
+    ) -> None:
+        self.store = store
+        self.pool = pool
+        self.filters = filters
+        self.queries = queries
+        self.max_groups = max_groups
 
-    async def _on_count(self, ws: ServerConnection, batched: bool) -> None:
+    async def serve(self, ws: ServerConnection, batched: bool, state: ConnectionState) -> None:
         """A count request in, ``{"counted": ...}`` (or ``{"error": ...}``) out, then a normal close."""
         if not batched:
-            await ws.send(error_message(f"{COUNT_PATH} is part of the {SUBPROTOCOL} extension: offer that subprotocol"))
-            await ws.close(1008, "extension not negotiated")
+            await refuse_unnegotiated(ws, COUNT_PATH)
             return
         message = await ws.recv()
         try:
             request = parse_count_request(message)
         except UsageError as exc:
             await ws.send(error_message(str(exc)))
-            await ws.close(1008, "invalid count request")
+            await ws.close(CLOSE_REFUSED, "invalid count request")
             return
-        flt = await self._read_filter(ws, request.filter)
+        flt = await self.filters.read(ws, request.filter)
         if flt is None:
             return
-        store, pool = self.store, self._pool
-        assert store is not None and pool is not None
+        store, pool = self.store, self.pool
         # the stored chunks in the columns counted and those the filter reads, matched as /find matches
         fields = ["timestamp"] + ([] if request.by is None else ["source" if request.by == "source" else "tags"])
         counter = Counter(request.grain, request.by, self.max_groups)
         # a chunk of a time-only count whose events all fall in one slot is counted from its index row
         results: Any = store.scan(flt, fields, taken=counter.add_span)  # a Results: cancel(), close()
-        self._queries.add(results)
+        self.queries.add(results)
 
         def count() -> str:
             for batch in results:
@@ -82,11 +85,11 @@ class CountEndpoint:
                 reply = job.result()
             except UsageError as exc:
                 await ws.send(error_message(str(exc)))
-                await ws.close(1008, "count refused")
+                await ws.close(CLOSE_REFUSED, "count refused")
                 return
         finally:
             gone.cancel()
             await loop.run_in_executor(pool, results.close)
-            self._queries.discard(results)
+            self.queries.discard(results)
         await ws.send(reply)
-        await ws.close(1000)
+        await ws.close(CLOSE_NORMAL)

@@ -10,13 +10,15 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .output import plain_frames, pyarrow_module
+import pyarrow as pa
+
+from .output import plain_frames
 from ..filter import EventFilter
 
 if TYPE_CHECKING:  # pragma: no cover
-    import pyarrow as pa
     from websockets.asyncio.server import ServerConnection
 
 __all__ = [
@@ -24,7 +26,7 @@ __all__ = [
     "FANOUT_WAIT",
     "Commit",
     "Subscriber",
-    "FanoutOwner",
+    "FanoutTarget",
     "Fanout",
 ]
 
@@ -54,7 +56,7 @@ class Commit:
             return True
         if not keep.any():
             return False
-        return pyarrow_module().array(keep)
+        return pa.array(keep)
 
     def frames(self) -> Any:
         if self._frames is None:
@@ -86,17 +88,19 @@ class Subscriber:
 logger = logging.getLogger("theia_frames.server.collector")
 
 
-class FanoutOwner(Protocol):
-    """What the fan-out thread reads of its collector."""
-
-    _live: tuple[Subscriber, ...]
+class FanoutTarget(Protocol):
+    """Where the fan-out's matches go: the live subscribers (read from the fan-out thread),
+    and what takes their parts and drops the costly ones (called on the loop)."""
 
     @property
-    def _loop(self) -> asyncio.AbstractEventLoop | None: ...
+    def live(self) -> tuple[Subscriber, ...]:
+        """The subscribers now, as one immutable tuple."""
 
-    def _deliver(self, parts: list[tuple[Subscriber, Any]]) -> None: ...
+    def deliver(self, parts: list[tuple[Subscriber, Any]]) -> None:
+        """Hand a commit's parts to their subscribers (loop thread)."""
 
-    def _drop_slow(self, sub: Subscriber, why: str | None = None) -> None: ...
+    def drop_slow(self, sub: Subscriber, why: str | None = None) -> None:
+        """Drop a subscriber that cannot keep up, telling it ``why`` (loop thread)."""
 
 
 class Fanout(threading.Thread):
@@ -105,9 +109,12 @@ class Fanout(threading.Thread):
     thread's time, never the loop's. At most :data:`FANOUT_QUEUE` commits wait
     for it; beyond that the writer waits (and ingest slows) rather than memory grow."""
 
-    def __init__(self, collector: FanoutOwner) -> None:
+    def __init__(self, target: FanoutTarget, call_soon: Callable[..., bool]) -> None:
+        """``target`` gets the matches; ``call_soon(callback, *args)`` schedules a call on
+        the loop from this thread (False once the loop has ended)."""
         super().__init__(name="theia-frames-fanout", daemon=True)
-        self.collector = collector
+        self.target = target
+        self.call_soon = call_soon
         self._queue: deque[tuple[int, pa.RecordBatch]] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -122,7 +129,7 @@ class Fanout(threading.Thread):
         filter cost the most matching time is dropped as too slow (its client is
         told why), so one costly filter cannot hold up ingest for everyone.
         """
-        if not self.collector._live:
+        if not self.target.live:
             return  # nobody to tell (a subscriber arriving now starts after this commit)
         room = lambda: len(self._queue) < FANOUT_QUEUE or self._closing  # noqa: E731
         with self._cond:
@@ -135,19 +142,14 @@ class Fanout(threading.Thread):
                 def cost(sub: Subscriber) -> float:
                     return sub.cost + (now - started if sub is current else 0.0)
 
-                costly = [sub for sub in self.collector._live if not sub.dropped and cost(sub) > 0]
+                costly = [sub for sub in self.target.live if not sub.dropped and cost(sub) > 0]
                 if not costly:
                     continue
                 victim = max(costly, key=cost)
                 victim.dropped = True  # the fan-out skips it from now on
                 self._dropped_at = self._processed
-                loop = self.collector._loop
-                if loop is not None:
-                    why = "its filter takes more matching time than the collector can give it at this rate of events"
-                    try:
-                        loop.call_soon_threadsafe(self.collector._drop_slow, victim, why)
-                    except RuntimeError:  # the loop has ended
-                        pass
+                why = "its filter takes more matching time than the collector can give it at this rate of events"
+                self.call_soon(self.target.drop_slow, victim, why)
             if self._closing:
                 return
             self._queue.append((upto, new))
@@ -173,14 +175,9 @@ class Fanout(threading.Thread):
                 continue
             finally:
                 self._processed += 1
-            if parts:
-                loop = self.collector._loop
-                try:
-                    if loop is not None:
-                        loop.call_soon_threadsafe(self.collector._deliver, parts)
-                except RuntimeError:  # the loop has ended: nobody to deliver to
-                    self.close()
-                    return
+            if parts and not self.call_soon(self.target.deliver, parts):
+                self.close()  # the loop has ended: nobody to deliver to
+                return
 
     def _match(self, upto: int, new: pa.RecordBatch) -> list[tuple[Subscriber, Any]]:
         """Each subscriber's part of a commit. Each filter is applied once to the whole
@@ -188,7 +185,7 @@ class Fanout(threading.Thread):
         encoded once and shared by every plain subscriber."""
         commit = Commit(new)
         parts = []
-        for sub in self.collector._live:
+        for sub in self.target.live:
             if sub.dropped or sub.since >= upto:
                 continue
             started = time.perf_counter()

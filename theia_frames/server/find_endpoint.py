@@ -1,6 +1,6 @@
-"""The collector's ``/find`` and ``/chunks`` endpoints (:class:`FindEndpoint`, a part of
-:class:`~theia_frames.server.collector.Collector`): a filter in, the stored events out as ready
-frames, what matched so far sent after ``find_wait``, a stalled reader cut off.
+"""The collector's ``/find`` and ``/chunks`` endpoints (:class:`FindEndpoint`,
+:class:`ChunksEndpoint`): a filter in, the stored events out as ready frames, what matched
+so far sent after ``find_wait``, a stalled reader cut off; or the layout of the stored chunks.
 """
 
 from __future__ import annotations
@@ -8,27 +8,24 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
-from .background import BackgroundLoop
-from ..protocol.arrow import (
-    SUBPROTOCOL,
-)
+from ..exceptions import StoreError
+from ..protocol.arrow import SUBPROTOCOL
+from ..protocol.messages import CHUNKS_PATH, CLOSE_NORMAL, CLOSE_REFUSED, OK, chunks_reply, error_message, total_message
+from .filters import FilterReader
 from .output import (
     ConnectionState,
-    release_arrow_memory,
     Stalled,
-    error_message,
+    ThrottledLog,
     next_find_output,
     peer_name,
+    release_arrow_memory,
     write_frames,
 )
-from ..exceptions import (
-    StoreError,
-)
-from ..filter import EventFilter
-from ..protocol.messages import CHUNKS_PATH, OK, chunks_reply, total_message
+from .query import Queries
 from .store import EventStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,12 +34,19 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "FindEndpoint",
     "FindMemory",
+    "ChunksEndpoint",
+    "refuse_unnegotiated",
 ]
-
 
 
 # Events read and encoded per step of a plain /find (one frame each, written together).
 _PLAIN_CHUNK = 8_192
+
+
+async def refuse_unnegotiated(ws: ServerConnection, path: str) -> None:
+    """Tell a peer that did not offer the extension that ``path`` is part of it, and close."""
+    await ws.send(error_message(f"{path} is part of the {SUBPROTOCOL} extension: offer that subprotocol"))
+    await ws.close(CLOSE_REFUSED, "extension not negotiated")
 
 
 class FindMemory:
@@ -101,30 +105,50 @@ class FindMemory:
 
 
 class FindEndpoint:
-    """The ``/find`` and ``/chunks`` endpoints of the collector: a filter in, the stored events out."""
+    """The ``/find`` endpoint of the collector: a filter in, the stored events out.
 
-    _background: BackgroundLoop | None
-    _log: Any
-    _pattern_steps: asyncio.Semaphore | None
-    _pool: ThreadPoolExecutor | None
-    _queries: set[Any]
-    _find_memory: FindMemory
-    batch_size: Any
-    find_stall_timeout: Any
-    find_wait: Any
-    store: EventStore | None
-    if TYPE_CHECKING:  # defined by the Collector
-        async def _read_filter(self, ws: ServerConnection, message: str | bytes | None=None) -> EventFilter | None: ...
+    Dependencies: the ``store`` read, the ``pool`` of threads that read and encode it,
+    the ``filters`` reader, the running ``queries`` (a stop cancels them), the finds'
+    ``memory`` total, the ``pattern_steps`` places for steps of finds with patterns
+    (the costly kind), ``stopping()`` (True once the collector is stopping) and the ``log``.
+    ``batch_size``, ``find_wait`` and ``stall_timeout`` are the collector's options.
+    """
 
-    # ------------------------------------------------------------------ /find
-    async def _on_find(self, ws: ServerConnection, batched: bool, state: ConnectionState) -> None:
-        flt = await self._read_filter(ws)
+    def __init__(
+        self,
+        store: EventStore,
+        pool: Executor,
+        filters: FilterReader,
+        queries: Queries,
+        memory: FindMemory,
+        pattern_steps: asyncio.Semaphore,
+        stopping: Callable[[], bool],
+        log: ThrottledLog,
+        *,
+        batch_size: int,
+        find_wait: float,
+        stall_timeout: float | None,
+    ) -> None:
+        self.store = store
+        self.pool = pool
+        self.filters = filters
+        self.queries = queries
+        self.memory = memory
+        self.pattern_steps = pattern_steps
+        self.stopping = stopping
+        self.log = log
+        self.batch_size = batch_size
+        self.find_wait = find_wait
+        self.stall_timeout = stall_timeout
+
+    async def serve(self, ws: ServerConnection, batched: bool, state: ConnectionState) -> None:
+        """Read the filter, answer ``ok``, send what matches, close normally."""
+        flt = await self.filters.read(ws)
         if flt is None:
             return
         state.watched = False  # from now on the stall timeout watches it
         loop = asyncio.get_running_loop()
-        store, pool = self.store, self._pool
-        assert store is not None and pool is not None
+        store, pool = self.store, self.pool
         # Batched: Arrow messages, stored chunks sent as stored. Plain: many events
         # encoded at once into ready WebSocket frames, written together.
         results: Any
@@ -133,14 +157,14 @@ class FindEndpoint:
         else:
             query = functools.partial(store.query_batches, flt, batch_size=_PLAIN_CHUNK, wait=self.find_wait)
         results = await loop.run_in_executor(pool, query)
-        self._queries.add(results)
+        self.queries.add(results)
         produce = functools.partial(next_find_output, results, batched)
-        slots = None if flt.is_time_only else self._pattern_steps
+        slots = None if flt.is_time_only else self.pattern_steps
         running = [False]  # whether the current step reached a worker thread
 
         async def step() -> bytes | memoryview | None:
             # A step of a find with patterns (Python matching, the costly kind) waits
-            # for one of _FIND_WORKERS - 1 places, in turn with the other such finds:
+            # for one of the places of such steps, in turn with the other such finds:
             # each gets a step in its turn, and a worker stays free for time-only finds.
             if slots is None:
                 running[0] = True
@@ -155,15 +179,15 @@ class FindEndpoint:
 
         job: asyncio.Task[bytes | memoryview | None] | None = None
         gone = loop.create_task(ws.wait_closed())
-        memory = self._find_memory
+        memory = self.memory
         charged = 0
         try:
-            await self._send_find(ws, OK, False)
+            await self._send(ws, OK, False)
             if batched:
                 # what a progress bar needs: sent when the index can tell (a filter of time alone)
                 total = await loop.run_in_executor(pool, results.count)
                 if total is not None:
-                    await self._send_find(ws, total_message(total), False)
+                    await self._send(ws, total_message(total), False)
             job = next_step()
             while job is not None:
                 await asyncio.wait((job, gone), return_when=asyncio.FIRST_COMPLETED)
@@ -172,7 +196,7 @@ class FindEndpoint:
                 try:
                     output = job.result()
                 except StoreError:
-                    if self._background is not None and self._background.stop_requested:
+                    if self.stopping():
                         return  # cancelled by the stop: the connection is closing anyway
                     raise
                 job = None
@@ -187,12 +211,12 @@ class FindEndpoint:
                 if not batched and not len(output):
                     await ws.ping()  # still matching: a plain peer has no empty message
                 else:
-                    await self._send_find(ws, output, not batched)
+                    await self._send(ws, output, not batched)
                 del output
                 memory.release(charged)
                 charged = 0
                 if job is None:
-                    await self._find_room(memory, gone)
+                    await self._room(memory, gone)
                     if gone.done():
                         return
                     job = next_step()
@@ -206,14 +230,14 @@ class FindEndpoint:
                     job.cancel()  # still waiting for its turn: it never touched the query
                 await asyncio.gather(job, return_exceptions=True)
             await loop.run_in_executor(pool, results.close)
-            self._queries.discard(results)
-            if not self._queries:
+            self.queries.discard(results)
+            if not self.queries:
                 # The last find has ended: the Arrow memory its parts took goes back to the system.
                 loop.run_in_executor(pool, release_arrow_memory)
-        await ws.close(1000)
+        await ws.close(CLOSE_NORMAL)
 
     @staticmethod
-    async def _find_room(memory: FindMemory, gone: asyncio.Task[Any]) -> None:
+    async def _room(memory: FindMemory, gone: asyncio.Task[Any]) -> None:
         """Wait for room in the finds' memory, or until the client leaves."""
         if memory.held < memory.limit:
             return
@@ -223,11 +247,11 @@ class FindEndpoint:
         finally:
             room.cancel()
 
-    async def _send_find(self, ws: ServerConnection, output: bytes | memoryview | str, frames: bool) -> None:
+    async def _send(self, ws: ServerConnection, output: bytes | memoryview | str, frames: bool) -> None:
         """Send a part of a /find (a message, or ready frames when ``frames``); cut the
-        connection off when its client takes none of its bytes for ``find_stall_timeout``."""
+        connection off when its client takes none of its bytes for ``stall_timeout``."""
         send = write_frames(ws, output) if frames else ws.send(output)  # type: ignore[arg-type]
-        stall = self.find_stall_timeout
+        stall = self.stall_timeout
         if stall is None:
             await send
             return
@@ -244,7 +268,7 @@ class FindEndpoint:
                 if last < 0 or waiting < last:
                     last, since = waiting, loop.time()  # the client took some
                 elif loop.time() - since >= stall:
-                    self._log.warning(
+                    self.log.warning(
                         "stalled", "cutting off /find of %s: it took nothing of its results for %s s", peer_name(ws), stall
                     )
                     ws.transport.abort()
@@ -254,19 +278,25 @@ class FindEndpoint:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
-    # ------------------------------------------------------------------ /chunks
-    async def _on_chunks(self, ws: ServerConnection, batched: bool) -> None:
-        """The extension's layout request: a filter in, the stored chunks of its time range out
-        (``{"chunks": [[first, last, events], ...]}``, from the index alone), then a normal close."""
+
+class ChunksEndpoint:
+    """The extension's ``/chunks`` endpoint: a filter in, the layout of the stored chunks of
+    its time range out (from the ``store``'s index alone, on a thread of ``pool``)."""
+
+    def __init__(self, store: EventStore, pool: Executor, filters: FilterReader) -> None:
+        self.store = store
+        self.pool = pool
+        self.filters = filters
+
+    async def serve(self, ws: ServerConnection, batched: bool, state: ConnectionState) -> None:
+        """``{"chunks": [[first, last, events], ...]}``, then a normal close."""
         if not batched:
-            await ws.send(error_message(f"{CHUNKS_PATH} is part of the {SUBPROTOCOL} extension: offer that subprotocol"))
-            await ws.close(1008, "extension not negotiated")
+            await refuse_unnegotiated(ws, CHUNKS_PATH)
             return
-        flt = await self._read_filter(ws)
+        flt = await self.filters.read(ws)
         if flt is None:
             return
-        store, pool = self.store, self._pool
-        assert store is not None and pool is not None
+        store = self.store
         start = -math.inf if flt.start is None else flt.start
         end = math.inf if flt.end is None else flt.end
 
@@ -275,6 +305,6 @@ class FindEndpoint:
                 (c.min_ts, c.max_ts, c.rows) for c in store.chunks() if c.max_ts >= start and c.min_ts <= end
             )
 
-        reply = await asyncio.get_running_loop().run_in_executor(pool, layout)
+        reply = await asyncio.get_running_loop().run_in_executor(self.pool, layout)
         await ws.send(reply)
-        await ws.close(1000)
+        await ws.close(CLOSE_NORMAL)

@@ -27,17 +27,15 @@ from ..protocol.codec import EventColumns, header_problem
 from .fanout import Fanout
 from .output import (
     ThrottledLog,
-    error_message,
     peer_name,
     plain_frames,
-    pyarrow_module,
 )
-from .chunks import numpy_module
+from .chunks import numpy_module, pyarrow_module
 from ..exceptions import (
     DecodeError,
     shorten,
 )
-from ..protocol.messages import flush_failure, flush_reply
+from ..protocol.messages import error_message, flush_failure, flush_reply
 from .store import EventStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,9 +62,9 @@ logger = logging.getLogger("theia_frames.server.collector")
 class SinkOwner(Protocol):
     """What an event sink uses of its collector."""
 
-    _log: ThrottledLog
+    log: ThrottledLog
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]: ...
+    def spawn(self, coro: Any) -> asyncio.Task[Any]: ...
 
 
 def warm_up() -> None:
@@ -252,7 +250,7 @@ class EventSink:
         self.errors.append(message)
         if not self.sending:
             self.sending = True
-            self.collector._spawn(self._send())
+            self.collector.spawn(self._send())
 
     async def _send(self) -> None:
         try:
@@ -481,9 +479,9 @@ class Writer(threading.Thread):
 
     def _warn_bad(self, sink: EventSink, problem: str, store: bool = False) -> None:
         if store:
-            sink.collector._log.error("store", "events from %s on /event not stored: %s", sink.peer, problem)
+            sink.collector.log.error("store", "events from %s on /event not stored: %s", sink.peer, problem)
         else:
-            sink.collector._log.warning("bad-event", "bad event from %s on /event: %s", sink.peer, problem)
+            sink.collector.log.warning("bad-event", "bad event from %s on /event: %s", sink.peer, problem)
 
     def _decode(self, arrivals: Arrivals, message: bytes | str, batched: bool) -> str | None:
         try:

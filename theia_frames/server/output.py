@@ -1,27 +1,32 @@
 """The collector's output side: ready WebSocket frames written without copies, plain
-messages of stored events, error objects, and the small helpers every endpoint shares
-(peer names, quiet sends and closes, the throttled log, the state kept per connection).
+messages of stored events, and the small helpers every endpoint shares (peer names,
+quiet sends and closes, the throttled log, the state kept per connection, what an
+endpoint is to the collector).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import ssl
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from websockets.exceptions import ConnectionClosed
 
 from ..protocol.arrow import (
     SUBPROTOCOL,
+    batch_to_columns,
     encode_batch,
     uncarried_rows,
 )
 from ..protocol.codec import EventColumns, encode, split_tags
+from ..protocol.messages import error_message
 from ..event import Event
 from ..exceptions import (
     InvalidEventError,
@@ -29,7 +34,6 @@ from ..exceptions import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    import pyarrow as pa
     from websockets.asyncio.server import ServerConnection
 
 __all__ = [
@@ -37,9 +41,7 @@ __all__ = [
     "server_ssl_context",
     "select_subprotocol",
     "peer_name",
-    "error_message",
     "send_quietly",
-    "pyarrow_module",
     "release_arrow_memory",
     "plain_messages",
     "BINARY_FRAME",
@@ -54,6 +56,7 @@ __all__ = [
     "ThrottledLog",
     "peer_address",
     "close_quietly",
+    "Endpoint",
 ]
 
 
@@ -92,10 +95,6 @@ def peer_name(ws: ServerConnection) -> str:
     return str(address)
 
 
-def error_message(text: str) -> str:
-    return json.dumps({"error": text})
-
-
 async def send_quietly(ws: ServerConnection, message: str | bytes) -> None:
     try:
         await ws.send(message)
@@ -103,18 +102,10 @@ async def send_quietly(ws: ServerConnection, message: str | bytes) -> None:
         pass
 
 
-def pyarrow_module() -> Any:
-    # imported late, as everywhere in the package: slow to import
-    import pyarrow
-    import pyarrow.compute  # noqa: F401 - makes pyarrow.compute an attribute
-
-    return pyarrow
-
-
 def release_arrow_memory() -> None:
     """Give the memory Arrow's pool keeps after its buffers were freed back to the system
     (a collector calls it when its last ``/find`` ends; a worker thread)."""
-    pyarrow_module().default_memory_pool().release_unused()
+    pa.default_memory_pool().release_unused()
 
 
 def plain_messages(cols: EventColumns) -> list[bytes | str]:
@@ -136,15 +127,11 @@ BINARY_FRAME = 0x82
 TEXT_FRAME = 0x81
 
 
-def ws_frames(payloads: Any, opcodes: Any) -> Any:
+def ws_frames(payloads: pa.Array, opcodes: int | np.ndarray) -> pa.Array:
     """Each payload as one complete, unmasked WebSocket frame (a large_binary array).
 
     ``opcodes`` is one first byte for all, or a numpy array of one per payload.
     """
-    import numpy as np
-
-    pa = pyarrow_module()
-    pc = pa.compute
     payloads = payloads.cast(pa.large_binary())
     n = len(payloads)
     size = pc.binary_length(payloads).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -176,14 +163,9 @@ def plain_frames(batch: pa.RecordBatch) -> Any:
     format cannot carry (a line break in id, source or a tag, a comma in a tag) a text frame
     with an error, as :func:`plain_messages` says.
     """
-    pa = pyarrow_module()
     if not batch.num_rows:
         return pa.array([], pa.large_binary())
     if uncarried_rows(batch) is not None:
-        import numpy as np
-
-        from ..protocol.arrow import batch_to_columns
-
         messages = plain_messages(batch_to_columns(batch))
         opcodes = np.array([TEXT_FRAME if isinstance(m, str) else BINARY_FRAME for m in messages], dtype=np.uint8)
         payloads = pa.array([m.encode() if isinstance(m, str) else m for m in messages], pa.large_binary())
@@ -193,8 +175,6 @@ def plain_frames(batch: pa.RecordBatch) -> Any:
 
 def joined_frames(parts: list[Any]) -> memoryview:
     """The bytes of frame arrays, one after the other (no copy for a single array)."""
-    import numpy as np
-
     views = []
     for frames in parts:
         if not len(frames):
@@ -296,3 +276,10 @@ async def close_quietly(ws: ServerConnection, code: int, reason: str) -> None:
         await ws.close(code, reason)
     except Exception:  # pragma: no cover - already closed
         pass
+
+
+class Endpoint(Protocol):
+    """What the collector routes a connection to: one path's conversation."""
+
+    async def serve(self, ws: ServerConnection, batched: bool, state: ConnectionState) -> None:
+        """Serve one connection (``batched``: it negotiated the extension) until it ends."""

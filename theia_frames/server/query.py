@@ -10,7 +10,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import pyarrow as pa
 
 from ..protocol.arrow import batch_to_ipc
 from ..exceptions import StoreError
@@ -23,21 +27,16 @@ from .chunks import (
     decode_arrivals,
     from_ipc,
     whole,
-    numpy_module,
     piece_spans,
-    pyarrow_module,
     translate_error,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-    import pyarrow as pa
 
 __all__ = [
     "SnapshotSource",
     "ChunkMeta",
     "Snapshot",
     "Results",
+    "Queries",
     "chunks_sql",
     "OpenChunk",
     "sweep",
@@ -131,7 +130,6 @@ class Snapshot:
         flt = self.filter
         if not flt.is_time_only:
             return None
-        np = numpy_module()
         start = -math.inf if flt.start is None else flt.start
         end = math.inf if flt.end is None else flt.end
         n = 0
@@ -242,6 +240,34 @@ class Results(Iterator[Any]):
             self.close()
         except Exception:  # pragma: no cover - at interpreter exit
             pass
+
+
+class Queries:
+    """The queries a server is running, so that a stop can end them all at their next chunk.
+
+    >>> queries = Queries()
+    >>> len(queries), bool(queries)
+    (0, False)
+    """
+
+    def __init__(self) -> None:
+        self._running: set[Results] = set()
+
+    def add(self, results: Results) -> None:
+        """Count ``results`` as running."""
+        self._running.add(results)
+
+    def discard(self, results: Results) -> None:
+        """``results`` has ended."""
+        self._running.discard(results)
+
+    def cancel_all(self) -> None:
+        """Cancel every running query (any thread): each stops at its next chunk."""
+        for results in list(self._running):
+            results.cancel()
+
+    def __len__(self) -> int:
+        return len(self._running)
 
 
 def chunks_sql(flt: EventFilter, generation: int) -> tuple[str, list[Any]]:
@@ -365,8 +391,6 @@ def read_ahead(snapshot: Snapshot, projection: Projection | None = None) -> Iter
         for i in range(len(metas)):
             yield read(i)
         return
-    from concurrent.futures import ThreadPoolExecutor
-
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="theia-frames-read-ahead")
     try:
         pending = pool.submit(read, 0)
@@ -393,7 +417,6 @@ def sweep(snapshot: Snapshot, projection: Projection | None = None) -> Iterator[
     hold only its columns: its blob has the others, which are decompressed only
     when needed (:func:`~theia_frames.server.chunks.whole`).
     """
-    np = numpy_module()
     flt, desc, metas = snapshot.filter, snapshot.desc, snapshot.metas
     start = -math.inf if flt.start is None else flt.start
     end = math.inf if flt.end is None else flt.end
@@ -443,7 +466,7 @@ def sweep(snapshot: Snapshot, projection: Projection | None = None) -> Iterator[
         if len(heads) == 1:
             yield heads[0]
         elif heads:
-            merged = pyarrow_module().concat_batches([whole(h, b) for h, b in heads])
+            merged = pa.concat_batches([whole(h, b) for h, b in heads])
             order = arrival_order(merged.column("timestamp").to_numpy(), np.concatenate(arrivals), desc)
             yield merged.take(order), None
 
@@ -481,7 +504,7 @@ class Gather:
         return whole
 
     def _joined(self) -> pa.RecordBatch:
-        return self.waiting[0] if len(self.waiting) == 1 else pyarrow_module().concat_batches(self.waiting)
+        return self.waiting[0] if len(self.waiting) == 1 else pa.concat_batches(self.waiting)
 
 
 class Clock:

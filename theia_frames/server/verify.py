@@ -26,13 +26,17 @@ what it left behind::
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from ..exceptions import DecodeError, StoreError, UsageError
 from ..protocol.arrow import event_schema, ipc_to_batches
-from .chunks import chunk_checksum, damaged_chunk, decode_arrivals, numpy_module
+from .chunks import chunk_checksum, damaged_chunk, decode_arrivals
 from .store import APPLICATION_ID, FORMAT_VERSION, EventStore
 
 __all__ = ["ChunkDamage", "CheckReport", "SalvageReport", "check_store", "salvage_store"]
@@ -117,9 +121,6 @@ class _Readable:
         self._copy: str | None = None
         missing = _shortfall(path)
         if missing:
-            import shutil
-            import tempfile
-
             handle, self._copy = tempfile.mkstemp(suffix=".db", prefix="theia-frames-check-")
             os.close(handle)
             shutil.copyfile(path, self._copy)
@@ -178,7 +179,6 @@ def _seqs(db: sqlite3.Connection, report: CheckReport) -> list[int]:
 
 def _check_chunk(db: sqlite3.Connection, seq: int, version: int) -> tuple[int, ChunkDamage | None] | None:
     """``(events, damage or None)`` of chunk ``seq``; None when there is no such chunk."""
-    np = numpy_module()
     try:
         meta = db.execute("SELECT min_ts, max_ts, rows FROM chunks WHERE seq = ? AND died IS NULL", (seq,)).fetchone()
     except sqlite3.DatabaseError as exc:

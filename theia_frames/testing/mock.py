@@ -42,11 +42,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, NamedTuple
 
+from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosed
+
 from ..server.background import BackgroundLoop
 from ..protocol.arrow import SUBPROTOCOL
 from ..event import Event
 from ..exceptions import TheiaTimeoutError, TransportError, UsageError
-from ..protocol.messages import OK, is_flush_request
+from ..protocol.messages import EVENT_PATH, FIND_PATH, LIVE_PATH, OK, is_flush_request
 from .script import (
     TERMINAL,
     Close,
@@ -327,12 +330,12 @@ class MockServer:
         """
         return self._add_step(path, Send(tuple(outgoing(m) for m in messages)))
 
-    def on_find(self, events: Iterable[Any] = (), *, path: str = "/find") -> MockServer:
+    def on_find(self, events: Iterable[Any] = (), *, path: str = FIND_PATH) -> MockServer:
         """Answer one ``/find`` like our collector: ``ok``, the events, then a normal close (1000)."""
         self._add_step(path, Send((OK, *(outgoing(e) for e in events))), new_connection=True)
         return self._add_step(path, Close(1000, ""))
 
-    def on_live(self, events: Iterable[Any] = (), *, path: str = "/live") -> MockServer:
+    def on_live(self, events: Iterable[Any] = (), *, path: str = LIVE_PATH) -> MockServer:
         """Answer one ``/live`` with ``ok`` and the events, and keep the connection open.
 
         Send more later with :meth:`push`.
@@ -376,7 +379,7 @@ class MockServer:
             self._handlers.append((path, fn))
         return self
 
-    def push(self, *messages: Any, path: str = "/live") -> int:
+    def push(self, *messages: Any, path: str = LIVE_PATH) -> int:
         """Send messages now on every open connection to ``path`` whose first message arrived.
 
         Returns the number of connections sent to; wait for the subscription
@@ -406,8 +409,6 @@ class MockServer:
 
     @contextlib.asynccontextmanager
     async def _serving(self) -> AsyncIterator[None]:
-        from websockets.asyncio.server import serve
-
         self._stopping = asyncio.Event()
 
         def select_subprotocol(connection: Any, offered: Any) -> Any:
@@ -457,7 +458,6 @@ class MockServer:
         return None
 
     async def _serve_connection(self, ws: Any) -> None:
-        from websockets.exceptions import ConnectionClosed
 
         path = request_path(ws.request.path)
         script = self._assigned.pop(ws, ())
@@ -465,7 +465,7 @@ class MockServer:
             self._open[ws] = path
             self._connections += 1
         first = True
-        negotiated = path == "/event" and ws.subprotocol == SUBPROTOCOL
+        negotiated = path == EVENT_PATH and ws.subprotocol == SUBPROTOCOL
         events_seen = 0
         try:
             async for message in ws:
@@ -480,7 +480,7 @@ class MockServer:
                     await ws.send(answer_flush(message, events_seen))
                     self._mark_handled()
                     continue
-                if path == "/event":
+                if path == EVENT_PATH:
                     events_seen += len(units(message))
                 terminal = None
                 try:

@@ -26,7 +26,7 @@ from ..protocol.codec import decode, encode
 from ..event import Event
 from ..exceptions import DecodeError, ServerError, UsageError
 from ..filter import EventFilter
-from ..protocol.messages import OK, ErrorMessage, Ok, flush_reply, parse_flush_request
+from ..protocol.messages import FIND_PATH, LIVE_PATH, OK, ErrorMessage, Ok, error_message, flush_reply, parse_flush_request
 
 __all__ = [
     "TERMINAL", "Close", "Data", "Expectation", "Reject", "Send", "Stall", "Step", "answer_flush", "as_event",
@@ -133,9 +133,9 @@ def _filter_forms(f: EventFilter, path: str | None) -> list[dict[str, Any]]:
     """The JSON objects a client may send for ``f`` on ``path`` (with and without the extension)."""
     find = [f.for_find(), f.for_find(plain=True)]
     live = [f.for_live(), f.for_live(plain=True)]
-    if path == "/find":
+    if path == FIND_PATH:
         return find
-    if path == "/live":
+    if path == LIVE_PATH:
         return live
     return [f.to_dict(), *find, *live]
 
@@ -158,7 +158,7 @@ def matches(expected: Any, unit: Data | Event, path: str) -> bool:
     if isinstance(expected, EventFilter):
         return _as_json(unit) in _filter_forms(expected, path)
     if isinstance(expected, Mapping):
-        return _as_json(unit) == dict(expected)
+        return bool(_as_json(unit) == dict(expected))
     if isinstance(expected, str):
         return _as_bytes(unit) == expected.encode()
     if isinstance(expected, (bytes, bytearray, memoryview)):
@@ -206,7 +206,7 @@ def answer_flush(message: str, events_seen: int) -> str:
     try:
         token = parse_flush_request(message)
     except ValueError as exc:
-        return json.dumps({"error": str(exc)})
+        return error_message(str(exc))
     return flush_reply(token, events_seen, 0)
 
 
@@ -224,7 +224,7 @@ def outgoing(message: Any) -> Data:
     if isinstance(message, Ok):
         return OK
     if isinstance(message, (ErrorMessage, ServerError)):
-        return json.dumps({"error": message.text})
+        return error_message(message.text)
     if isinstance(message, Mapping):
         return json.dumps(dict(message))
     if type(message).__module__.startswith("pyarrow") and hasattr(message, "schema"):
