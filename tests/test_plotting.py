@@ -306,10 +306,10 @@ class FakeShell:
 
 
 def test_rerunning_a_cell_replaces_the_frame_it_made(collector, monkeypatch):
-    import IPython
+    import IPython.core.getipython
 
     shell = FakeShell()
-    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
+    monkeypatch.setattr(IPython.core.getipython, "get_ipython", lambda: shell)
     shell.run_cell("cell-a", "run-1")
     first = LiveFrame(collector.url, SENSORS).start()
     also_first = LiveFrame(collector.url, SENSORS).start()  # two frames of one run leave each other alone

@@ -243,7 +243,7 @@ def distinct_values(column: Any) -> Any:
 
 def dictionary_indices(encoded: Any) -> np.ndarray:
     """The dictionary indices of a dictionary array without missing values, as numpy."""
-    return encoded.indices.to_numpy(zero_copy_only=False)
+    return np.asarray(encoded.indices.to_numpy(zero_copy_only=False))
 
 
 def mask_tags(kernels: Sequence[Kernel], column: Any, keep: np.ndarray) -> np.ndarray:

@@ -361,7 +361,7 @@ def _calendar_nanos(value: Any, name: str) -> int | None:
     if isinstance(value, _dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=_dt.timezone.utc)
-        return (value - _EPOCH) // _dt.timedelta(microseconds=1) * 1000
+        return int((value - _EPOCH) // _dt.timedelta(microseconds=1)) * 1000
     if isinstance(value, _dt.date):
         return (value - _EPOCH.date()).days * 86_400_000_000_000
     return None

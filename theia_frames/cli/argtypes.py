@@ -10,7 +10,7 @@ from ..timeparse import to_epoch, to_seconds
 __all__ = ["port", "count", "positive_number", "time_arg", "duration_arg", "duration_or_none"]
 
 
-def _number(text: str, kind: type, what: str) -> int | float:
+def _number(text: str, kind: type[int] | type[float], what: str) -> int | float:
     try:
         return kind(text)
     except ValueError:

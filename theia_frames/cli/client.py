@@ -61,7 +61,7 @@ _SIGNED_VALUE = re.compile(r"^-(\d+(\.\d*)?|\.\d+)([a-z]+(\d+(\.\d*)?[a-z]+)*)?$
 
 
 def _add_filter_options(p: argparse.ArgumentParser, *, order: bool = True) -> None:
-    p._negative_number_matcher = _SIGNED_VALUE  # type: ignore[attr-defined]
+    p._negative_number_matcher = _SIGNED_VALUE
     g = p.add_argument_group("filter")
     g.add_argument("--start", type=time_arg, metavar="TIME", help="events at or after TIME (epoch, ISO-8601, -15m)")
     g.add_argument("--end", type=time_arg, metavar="TIME", help="events at or before TIME")

@@ -465,7 +465,7 @@ def explode_tags(df: pd.DataFrame) -> pd.DataFrame:
     at = list(df.columns).index("tags")
     out = df.iloc[pos["row"]].drop(columns="tags")
     out.insert(at, "tag", pos["tag"].array)
-    return out
+    return cast(pd.DataFrame, out)
 
 
 def tag_matrix(df: pd.DataFrame) -> pd.DataFrame:

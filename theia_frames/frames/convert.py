@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -261,7 +261,7 @@ def _owns_buffers(column: pa.Array) -> bool:
         return False
     wide = pa.types.is_large_string(column.type)
     used = np.frombuffer(offsets, dtype=np.int64 if wide else np.int32, count=len(column) + 1)
-    return offsets.size <= used.nbytes + 64 and data.size <= int(used[-1]) + 64
+    return bool(offsets.size <= used.nbytes + 64 and data.size <= int(used[-1]) + 64)
 
 
 def frame_table(table: pa.Table, columns: Sequence[str] = EVENT_COLUMNS) -> pa.Table:
@@ -275,7 +275,7 @@ def frame_table(table: pa.Table, columns: Sequence[str] = EVENT_COLUMNS) -> pa.T
 def table_to_frame(table: pa.Table) -> pd.DataFrame:
     """A table of the frame's Arrow types (see :func:`frame_table`) as the event frame,
     its text and list columns kept in Arrow (the dtypes of :data:`EVENT_DTYPES`)."""
-    return table.to_pandas(types_mapper=_types_mapper, memory_pool=frame_memory_pool())
+    return cast(pd.DataFrame, table.to_pandas(types_mapper=_types_mapper, memory_pool=frame_memory_pool()))
 
 
 def _convert_batches(

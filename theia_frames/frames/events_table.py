@@ -16,7 +16,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -89,7 +89,7 @@ def _as_pandas(data: Any) -> pd.DataFrame:
             data = data.collect()
         data = data.to_arrow()
     if isinstance(data, (pa.Table, pa.RecordBatch)):
-        return data.to_pandas(types_mapper=_arrow_types)
+        return cast(pd.DataFrame, data.to_pandas(types_mapper=_arrow_types))
     raise UsageError(
         f"expected a pandas DataFrame, a pyarrow Table or a Polars DataFrame, got {type(data).__name__}"
     )
@@ -139,7 +139,7 @@ def _seconds_of(values: Any, what: str, time_format: Any = None, tz: Any = None)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise InvalidEventError(f"{what} is missing or not finite in row {row}: {values.iloc[row]!r}")
-    return seconds
+    return np.asarray(seconds, dtype=np.float64)
 
 
 def _text_of(values: pd.Series, what: str) -> pa.Array:

@@ -301,7 +301,7 @@ class EventWriter:
         self.count += table.num_rows
         if self._stream is not None:
             self._stream.flush()
-        return table.num_rows
+        return int(table.num_rows)
 
     def close(self) -> None:
         """Finish the output (a Parquet footer, a CSV header when nothing was written)."""

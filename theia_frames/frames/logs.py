@@ -62,7 +62,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -446,7 +446,7 @@ def _times(plan: _Plan, when: pa.Array) -> pd.Series:
         if len(found):
             wall = found.iloc[-1].tz_convert(plan.tz) if plan.tz is not None else found.iloc[-1]
             plan.year, plan.last_month, plan.reference = wall.year, wall.month, None
-    return stamps
+    return cast(pd.Series, stamps)
 
 
 def _formats(time_format: Any) -> list[Any]:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -218,7 +218,7 @@ def downsample(x_ns: np.ndarray, y: np.ndarray, columns: int, *, method: str = "
         except ImportError as exc:
             raise MissingDependencyError("tsdownsample", "plot", "downsampling with MinMaxLTTB") from exc
         yv = np.ascontiguousarray(y, dtype=np.float64)
-        picked = MinMaxLTTBDownsampler().downsample(np.ascontiguousarray(x_ns, dtype=np.int64), yv,
+        picked = cast(Any, MinMaxLTTBDownsampler)().downsample(np.ascontiguousarray(x_ns, dtype=np.int64), yv,
                                                     n_out=max(2 * columns, 4))
         # LTTB chooses one point per bucket by area: the global extremes are added back
         return np.unique(np.concatenate((np.asarray(picked, dtype=np.int64), [np.argmin(yv), np.argmax(yv)])))
@@ -283,8 +283,9 @@ def format_time_axis(ax: Any, tz: Any = "UTC") -> None:
 
     zone = _tzinfo(tz)
     # minticks=3: a span of a few minutes is ticked in minutes, not in more seconds than fit
-    locator = mdates.AutoDateLocator(minticks=3, maxticks=8, tz=zone)
-    formatter = mdates.ConciseDateFormatter(
+    dates = cast(Any, mdates)  # its locators and formatters are untyped
+    locator = dates.AutoDateLocator(minticks=3, maxticks=8, tz=zone)
+    formatter = dates.ConciseDateFormatter(
         locator, tz=zone,
         formats=["%Y", "%b", "%d", "%H:%M", "%H:%M", "%H:%M:%S.%f"],
         zero_formats=["", "%Y", "%b", "%d %b", "%H:%M", "%H:%M:%S.%f"],
@@ -704,7 +705,7 @@ class Plotter:
         renderer = canvas.get_renderer() if hasattr(canvas, "get_renderer") else None
         if renderer is None:
             return 1.8
-        return max(leg.get_window_extent(renderer).width for leg in legends) / self.figure.dpi + 0.1
+        return float(max(leg.get_window_extent(renderer).width for leg in legends) / self.figure.dpi + 0.1)
 
     def _shade(self, outages: Sequence[Outage], first: float) -> None:
         """Shade the outages, from the first time drawn on (older ones would only widen the axis)."""

@@ -22,6 +22,7 @@ is replaced.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 __all__ = ["live_frames", "stop_all", "current_cell", "register", "unregister", "RunningFrame"]
@@ -52,10 +53,11 @@ def current_cell() -> tuple[str, str] | None:
     True
     """
     try:
-        from IPython import get_ipython
+        from IPython.core import getipython
     except ImportError:
         return None
-    shell = get_ipython()
+    find_shell: Callable[[], Any] = getipython.get_ipython  # untyped in IPython
+    shell = find_shell()
     if shell is None or getattr(shell, "kernel", None) is None:
         return None
     header: Any = getattr(shell, "parent_header", None) or {}

@@ -50,7 +50,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from ..checks import positive_seconds
 from ..exceptions import MissingDependencyError, UsageError
@@ -101,10 +101,11 @@ def in_kernel() -> bool:
     False
     """
     try:
-        from IPython import get_ipython
+        from IPython.core import getipython
     except ImportError:
         return False
-    shell = get_ipython()
+    find_shell: Callable[[], Any] = getipython.get_ipython  # untyped in IPython
+    shell = find_shell()
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
@@ -413,7 +414,7 @@ class LiveView:
         import pandas as pd
 
         cutoff = df["timestamp"].max() - pd.Timedelta(seconds=seconds)
-        return df[df["timestamp"] >= cutoff]
+        return cast("pd.DataFrame", df[df["timestamp"] >= cutoff])
 
     def _draw_locked(self) -> None:
         fig = self._figure
@@ -497,7 +498,7 @@ class LiveView:
         pointer to the details, which are in its tooltip: :meth:`status_text`)."""
         return self._status_brief(self.live.status())
 
-    def _status_brief(self, status: Any) -> str:
+    def _status_brief(self, status: LiveStatus) -> str:
         text = status.brief
         if self._paused and status.state == "running":
             text = "paused (view) · " + text
@@ -528,7 +529,7 @@ class LiveView:
     # ------------------------------------------------------------------ display
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         if self.box is not None:
-            return self.box._repr_mimebundle_(include=include, exclude=exclude)
+            return cast(dict[str, Any], self.box._repr_mimebundle_(include=include, exclude=exclude))
         return {"text/plain": self.status_text()}
 
     def __repr__(self) -> str:
