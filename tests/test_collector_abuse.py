@@ -222,20 +222,45 @@ def test_filters_over_the_pattern_limits_are_refused_naming_the_limit(path):
             assert ws.recv() == "ok"
 
 
-def test_a_filter_being_compiled_or_matched_does_not_hold_up_anyone(monkeypatch):
-    release = threading.Event()
-    entered = threading.Event()
-    real_from_dict = EventFilter.from_dict.__func__
-    real_mask = None
+class _HeldFilter(EventFilter):
+    """A filter whose compiling or matching waits where a test says: the collector's
+    ``filter_type`` seam. ``compile_hold[content]`` / ``match_hold[content]`` is an
+    (entered, release) pair of events, or a number of seconds to take."""
 
-    def slow_from_dict(cls: Any, obj: Any, **kw: Any) -> EventFilter:
-        if isinstance(obj, dict) and obj.get("content") == "slow":
+    compile_hold: dict[str, Any] = {}
+    match_hold: dict[str, Any] = {}
+
+    @staticmethod
+    def _hold(how: Any) -> None:
+        if isinstance(how, tuple):
+            entered, release = how
             entered.set()
             release.wait(30)
-        return real_from_dict(cls, obj, **kw)
+        elif how is not None:
+            time.sleep(how)
 
-    monkeypatch.setattr(EventFilter, "from_dict", classmethod(slow_from_dict))
-    with serve(db=":memory:", port=0) as collector, Client(collector.url) as client:
+    @classmethod
+    def from_dict(cls, obj: Any, **kw: Any) -> EventFilter:
+        if isinstance(obj, dict):
+            cls._hold(cls.compile_hold.get(obj.get("content")))
+        return super().from_dict(obj, **kw)
+
+    def mask_batch(self, batch: Any) -> Any:
+        self._hold(self.match_hold.get(self.content))
+        return super().mask_batch(batch)
+
+
+def held_filter(*, compiling: dict[str, Any] | None = None, matching: dict[str, Any] | None = None) -> type[EventFilter]:
+    """A :class:`_HeldFilter` class of its own, holding as told."""
+    return type("Held", (_HeldFilter,), {"compile_hold": compiling or {}, "match_hold": matching or {}})
+
+
+def test_a_filter_being_compiled_or_matched_does_not_hold_up_anyone():
+    release = threading.Event()
+    entered = threading.Event()
+    matching = threading.Event()
+    held = held_filter(compiling={"slow": (entered, release)}, matching={"slow to match": (matching, release)})
+    with serve(db=":memory:", port=0, filter_type=held) as collector, Client(collector.url) as client:
         with opened(collector.url + "/live") as slow:
             slow.send(json.dumps({"start": 1, "content": "slow"}))
             assert entered.wait(10)
@@ -246,19 +271,7 @@ def test_a_filter_being_compiled_or_matched_does_not_hold_up_anyone(monkeypatch)
 
         # Matching: a live filter whose evaluation takes long (made so here) runs
         # off the event loop; ingest and confirmations go on meanwhile.
-        from theia_frames.server import fanout as collector_module
-
-        real_mask = collector_module.Commit.mask
-        matching = threading.Event()
         release.clear()
-
-        def slow_mask(self: Any, flt: EventFilter) -> Any:
-            if flt.content == "slow to match":
-                matching.set()
-                release.wait(30)
-            return real_mask(self, flt)
-
-        monkeypatch.setattr(collector_module.Commit, "mask", slow_mask)
         with opened(collector.url + "/live") as slow:
             slow.send(json.dumps({"start": 1, "content": "slow to match"}))
             assert slow.recv() == "ok"
@@ -269,19 +282,12 @@ def test_a_filter_being_compiled_or_matched_does_not_hold_up_anyone(monkeypatch)
 
 
 def test_a_live_filter_too_costly_for_the_rate_of_events_is_dropped_not_waited_for(monkeypatch):
-    from theia_frames.server import fanout as collector_module
+    from theia_frames.server import fanout
 
-    real_mask = collector_module.Commit.mask
-
-    def costly_mask(self: Any, flt: EventFilter) -> Any:
-        if flt.content == "costly":
-            time.sleep(0.3)  # as a filter of many patterns over a large commit
-        return real_mask(self, flt)
-
-    monkeypatch.setattr(collector_module.Commit, "mask", costly_mask)
-    monkeypatch.setattr(collector_module, "FANOUT_QUEUE", 1)
-    monkeypatch.setattr(collector_module, "FANOUT_WAIT", 0.05)
-    with serve(db=":memory:", port=0) as collector, Client(collector.url) as client:
+    monkeypatch.setattr(fanout, "FANOUT_QUEUE", 1)
+    monkeypatch.setattr(fanout, "FANOUT_WAIT", 0.05)
+    costly_filter = held_filter(matching={"costly": 0.3})  # as a filter of many patterns over a large commit
+    with serve(db=":memory:", port=0, filter_type=costly_filter) as collector, Client(collector.url) as client:
         with opened(collector.url + "/live") as costly, opened(collector.url + "/live") as cheap:
             costly.send(json.dumps({"start": 1, "content": "costly"}))
             cheap.send(json.dumps({"start": 1}))
@@ -298,26 +304,23 @@ def test_a_live_filter_too_costly_for_the_rate_of_events_is_dropped_not_waited_f
 
 
 def test_a_stop_while_ingest_waits_for_the_live_fanout_returns(monkeypatch):
-    from theia_frames.server import fanout as collector_module
+    from theia_frames.server import fanout
 
-    real_mask = collector_module.Commit.mask
     release = threading.Event()
-
-    def stuck_mask(self: Any, flt: EventFilter) -> Any:
-        if flt.content == "stuck":
-            release.wait(30)
-        return real_mask(self, flt)
-
-    monkeypatch.setattr(collector_module.Commit, "mask", stuck_mask)
-    monkeypatch.setattr(collector_module, "FANOUT_QUEUE", 1)
-    monkeypatch.setattr(collector_module, "FANOUT_WAIT", 60.0)  # nobody is dropped meanwhile
-    collector = serve(db=":memory:", port=0)
+    stuck = threading.Event()
+    monkeypatch.setattr(fanout, "FANOUT_QUEUE", 1)
+    monkeypatch.setattr(fanout, "FANOUT_WAIT", 60.0)  # nobody is dropped meanwhile
+    collector = serve(db=":memory:", port=0, filter_type=held_filter(matching={"stuck": (stuck, release)}))
     with opened(collector.url + "/live") as live, opened(collector.url + "/event") as sender:
         live.send(json.dumps({"start": 1, "content": "stuck"}))
         assert live.recv() == "ok"
+        writer = collector._writer
+        assert writer is not None
         for k in range(5):  # one commit in the fan-out, one waiting, the writer waiting with the next
             sender.send_binary(encode(Event(id=f"w{k}", timestamp=T0 + k, content="stuck")))
-            time.sleep(0.05)
+            wait_until(lambda: writer.received > k, what="the message to arrive")
+            if k == 0:
+                assert stuck.wait(10)
         stopper = threading.Thread(target=collector.stop)
         stopper.start()
         wait_until(lambda: collector._loop is not None and collector._loop.is_closed(), what="the event loop to end")
@@ -333,20 +336,29 @@ def _many_chunks(collector: Collector, chunks: int) -> None:
         collector.store.add_many(sample(4096, prefix=f"c{c}-", start=T0 + c * 10_000))
 
 
-def test_a_find_stops_working_when_its_client_leaves(monkeypatch):
-    from theia_frames.server import query as store_module
+class _ChunkReads(_HeldFilter):
+    """A filter that takes ``seconds`` to match each stored chunk (of 4096 events: one
+    match each) and counts them in ``reads``."""
 
-    reads = []
-    real_blob = store_module.Snapshot.blob
+    reads: list[int] = []
+    seconds = 0.0
 
-    def slow_blob(self: Any, seq: int) -> bytes:
-        reads.append(seq)
-        time.sleep(0.05)
-        return real_blob(self, seq)
+    def mask_batch(self, batch: Any) -> Any:
+        type(self).reads.append(batch.num_rows)
+        time.sleep(self.seconds)
+        return super().mask_batch(batch)
 
-    with serve(db=":memory:", port=0) as collector:
+
+def chunk_reads(seconds: float) -> type[_ChunkReads]:
+    """A :class:`_ChunkReads` class of its own."""
+    return type("ChunkReads", (_ChunkReads,), {"reads": [], "seconds": seconds})
+
+
+def test_a_find_stops_working_when_its_client_leaves():
+    slow = chunk_reads(0.05)
+    reads = slow.reads
+    with serve(db=":memory:", port=0, filter_type=slow) as collector:
         _many_chunks(collector, 30)
-        monkeypatch.setattr(store_module.Snapshot, "blob", slow_blob)
         with opened(collector.url + "/find") as ws:
             ws.send(json.dumps({"start": 1, "content": "matches nothing"}))
             assert ws.recv() == "ok"
@@ -356,20 +368,11 @@ def test_a_find_stops_working_when_its_client_leaves(monkeypatch):
         collector.stop()  # and a stop does not wait for it either
 
 
-def test_a_stop_ends_a_running_find_at_its_next_chunk(monkeypatch):
-    from theia_frames.server import query as store_module
-
-    reads = []
-    real_blob = store_module.Snapshot.blob
-
-    def slow_blob(self: Any, seq: int) -> bytes:
-        reads.append(seq)
-        time.sleep(0.1)
-        return real_blob(self, seq)
-
-    collector = serve(db=":memory:", port=0)
+def test_a_stop_ends_a_running_find_at_its_next_chunk():
+    slow = chunk_reads(0.1)
+    reads = slow.reads
+    collector = serve(db=":memory:", port=0, filter_type=slow)
     _many_chunks(collector, 30)
-    monkeypatch.setattr(store_module.Snapshot, "blob", slow_blob)
     with opened(collector.url + "/find") as ws:
         ws.send(json.dumps({"start": 1, "content": "matches nothing"}))
         assert ws.recv() == "ok"
@@ -397,15 +400,20 @@ def test_a_stalled_find_is_cut_off_and_its_query_ends():
 
 
 def test_pending_bytes_bound_memory_one_message_per_connection_waits(monkeypatch):
-    from theia_frames.server import event_endpoint as collector_event
+    from theia_frames.server import event_endpoint
 
-    monkeypatch.setattr(collector_event, "_PENDING_LIMIT", 1 << 20)
+    monkeypatch.setattr(event_endpoint, "_PENDING_LIMIT", 1 << 20)
     message = encode(Event(id="m", timestamp=T0, content="x" * (2 << 20)))
     with serve(db=":memory:", port=0) as collector:
         with writer_held(collector):
             sock = socket.create_connection(("127.0.0.1", collector.port))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
             with opened(collector.url + "/event", socket=sock) as ws:
+                # The collector's side of the connection gets a fixed small receive buffer too
+                # (the kernel's autotuning could otherwise hold many messages of its own).
+                wait_until(lambda: len(collector._connections) == 1, what="the connection to be admitted")
+                (server_side,) = list(collector._connections)
+                server_side.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
                 ws.sock.settimeout(1.0)
                 sent = 0
                 try:
