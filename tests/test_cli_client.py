@@ -27,6 +27,7 @@ from theia_frames.exceptions import UsageError
 from theia_frames.cli.argtypes import duration_arg, time_arg
 from theia_frames.timeparse import to_epoch, to_seconds
 from upstream_like import UpstreamLike
+from waiting import poll_until, wait_until
 
 BASE = 1_700_000_000.0
 IDLE = ["--idle-timeout", "0.3"]
@@ -246,9 +247,7 @@ def test_find_bad_filter_is_reported():
 def test_live_prints_events_as_they_come(upstream, capsys):
     def sender():
         assert upstream.wait_for_events(0)
-        deadline = time.monotonic() + 10
-        while upstream.live_subscribers == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        poll_until(lambda: upstream.live_subscribers > 0, 10)
         from theia_frames.client import send
 
         send(upstream.url, [Event(id="x", timestamp=BASE, tags=["k"], content="skip me"),
@@ -298,9 +297,7 @@ def test_live_ctrl_c_exits_cleanly_with_a_count(upstream):
         env=env,
     )
     try:
-        deadline = time.monotonic() + 30
-        while upstream.live_subscribers == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        poll_until(lambda: upstream.live_subscribers > 0, 30)
         assert upstream.live_subscribers == 1
         # said before the first event, on stderr
         assert proc.stderr.readline() == f"listening on {upstream.url} for tags sensor, content /^2/; Ctrl-C to stop\n"
@@ -339,10 +336,7 @@ def _count(url):
 
 
 def _wait_for(url, n, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while _count(url) < n:
-        assert time.monotonic() < deadline, f"the collector did not store {n} events"
-        time.sleep(0.05)
+    wait_until(lambda: _count(url) >= n, timeout, what=f"the collector to store {n} events")
 
 
 @pytest.mark.parametrize("batch", [[], ["--no-batch"]], ids=["batched", "plain"])
@@ -364,12 +358,14 @@ def test_send_then_live_with_the_collector(collector, capsys):
     def live():
         result["code"] = run(["live", "--url", collector.url, "--tag", "door", "--format", "jsonl", "--limit", "1"])
 
-    t = threading.Thread(target=live)
-    t.start()
-    deadline = time.monotonic() + 30
-    while t.is_alive() and time.monotonic() < deadline:
+    def sent_and_seen() -> bool:
         run(["send", "--url", collector.url, "--tag", "door", "--source", "/dev/door", "opened"])
         t.join(0.2)
+        return not t.is_alive()
+
+    t = threading.Thread(target=live)
+    t.start()
+    poll_until(sent_and_seen, 30, interval=0)
     assert result["code"] == 0
     out = capsys.readouterr().out
     record = json.loads([line for line in out.splitlines() if line.startswith("{")][0])
@@ -400,13 +396,15 @@ def test_find_and_live_by_source_and_before_1970(collector, capsys, batch):
     def live():
         result["code"] = run(["live", "--url", collector.url, "--source", "/dev/door", "--format", "jsonl", "--limit", "1", *batch])
 
-    t = threading.Thread(target=live)
-    t.start()
-    deadline = time.monotonic() + 30
-    while t.is_alive() and time.monotonic() < deadline:
+    def sent_and_seen() -> bool:
         run(["send", "--url", collector.url, "--source", "/dev/window", "other"])
         run(["send", "--url", collector.url, "--source", "/dev/door", "opened"])
         t.join(0.2)
+        return not t.is_alive()
+
+    t = threading.Thread(target=live)
+    t.start()
+    poll_until(sent_and_seen, 30, interval=0)
     assert result["code"] == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [r["source"] for r in records] == ["/dev/door"]

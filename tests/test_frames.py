@@ -24,6 +24,7 @@ from theia_frames.frames.convert import (
     show_progress_default,
     to_dataframe,
 )
+from waiting import wait_until
 
 
 def sample(n=6):
@@ -472,12 +473,7 @@ def test_frames_module_registers_the_accessor():
 
 
 def _stored(collector, n, timeout=10.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while collector.store.count() < n:
-        assert time.monotonic() < deadline, f"the collector stored {collector.store.count()} of {n} events"
-        time.sleep(0.01)
+    wait_until(lambda: collector.store.count() >= n, timeout, what=f"the collector to store {n} events")
 
 
 @pytest.mark.parametrize("batch", [True, False], ids=["batched", "plain"])
@@ -606,7 +602,6 @@ def test_a_filtered_find_has_only_the_sources_it_holds_on_every_path(collector, 
     import asyncio
 
     import theia_frames as tf
-    from waiting import wait_until
 
     f = tf.Filter(1_700_000_000).match_tag("alert")
     live = tf.LiveFrame(collector.url, f, batch=batch)
@@ -673,11 +668,9 @@ def test_a_time_taken_from_a_frame_finds_its_event_on_the_collector(collector, t
 
 
 def _stored_ids(collector, prefix, n, timeout=10.0):
-    import time
-
     from theia_frames.filter import Filter
 
-    deadline = time.monotonic() + timeout
-    while sum(len(c) for c in collector.store.query(Filter().match_id(f"{prefix}.*"))) < n:
-        assert time.monotonic() < deadline, "the collector did not store the events"
-        time.sleep(0.01)
+    def stored() -> bool:
+        return sum(len(c) for c in collector.store.query(Filter().match_id(f"{prefix}.*"))) >= n
+
+    wait_until(stored, timeout, what=f"the collector to store the events {prefix}*")
