@@ -1,9 +1,10 @@
 """The identity keys of an event store's newest chunks, kept in memory, so that the
 duplicate check of a commit compares keys without decompressing stored chunks.
 
-A chunk's keys (:class:`ChunkKeys`) are the microseconds of its events' timestamps
+A chunk's keys (:class:`ChunkKeys`) are its events' timestamps, their microseconds
 (:func:`~theia_frames.server.chunks.identity_micros`, in the chunk's row order, which is
-time order) and their identity keys (:func:`~theia_frames.server.chunks.sort_keys`).
+time order) and their ids: events of equal microseconds alone are compared by identity key
+(:func:`~theia_frames.server.chunks.sort_keys`), so a chunk stored costs no key building.
 :class:`KeyIndex` holds them by chunk number for at most :data:`KEY_INDEX_BYTES`
 bytes: when a chunk's keys would go past that, the chunks of the lowest numbers (the
 oldest) leave first. Chunk numbers are never reused and a stored chunk never changes,
@@ -35,27 +36,31 @@ from .chunks import identity_micros, sort_keys
 __all__ = ["ChunkKeys", "KeyIndex", "KEY_INDEX_BYTES"]
 
 #: Most bytes of keys an event store keeps in memory (about a million events of ids of
-#: ten characters: 8 bytes of microseconds, 8 + 10 bytes of key and 4 of offset each).
+#: ten characters: 8 bytes of timestamp, 8 of microseconds, 10 of id and 4 of offset each).
 KEY_INDEX_BYTES = 32 * 1024 * 1024
 
 
 class ChunkKeys(NamedTuple):
-    """The identities of one stored chunk's events, in its row order: ``micros``, the
-    microsecond of each timestamp (int64, never decreasing), and ``keys``, each event's
-    identity key (:func:`~theia_frames.server.chunks.sort_keys`)."""
+    """The identities of one stored chunk's events, in its row order: their timestamps
+    ``ts``, the microsecond of each (``micros``, int64, never decreasing) and their ``ids``."""
 
+    ts: np.ndarray
     micros: np.ndarray
-    keys: pa.Array
+    ids: pa.Array
 
     @classmethod
     def of(cls, ts: np.ndarray, ids: pa.Array) -> ChunkKeys:
         """The keys of a chunk of timestamps ``ts`` (sorted) and ids ``ids``."""
-        return cls(identity_micros(ts), sort_keys(ts, ids))
+        return cls(ts, identity_micros(ts), ids)
+
+    def keys(self, rows: np.ndarray) -> pa.Array:
+        """The identity keys (:func:`~theia_frames.server.chunks.sort_keys`) of the events ``rows``."""
+        return sort_keys(self.ts[rows], self.ids.take(rows))
 
     @property
     def nbytes(self) -> int:
         """The memory the keys hold."""
-        return int(self.micros.nbytes) + int(self.keys.nbytes)
+        return int(self.ts.nbytes) + int(self.micros.nbytes) + int(self.ids.nbytes)
 
 
 class KeyIndex:

@@ -190,6 +190,12 @@ class Stored(NamedTuple):
     conflicting: np.ndarray
 
 
+def _among(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Whether each of ``values`` is in ``sorted_set`` (a sorted, non-empty array)."""
+    at = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return np.asarray(sorted_set[at] == values)
+
+
 # Chunks EventStore.scan reads ahead of its reader, each in a thread of its own.
 _SCAN_AHEAD = 2
 
@@ -547,21 +553,21 @@ class EventStore:
             # Equal microseconds first (cheap), then the identity keys of those rows only.
             theirs_micros = stored_keys.micros[c_lo:c_hi]
             ours_micros = micros[b_lo:b_hi]
-            at = np.minimum(np.searchsorted(theirs_micros, ours_micros), len(theirs_micros) - 1)
-            part = theirs_micros[at] == ours_micros
+            part = _among(ours_micros, theirs_micros)
             if not part.any():
                 continue
             rows = np.nonzero(part)[0] + b_lo
             ours = sort_keys(sts[rows], srt.column(0).take(rows))
-            found = pc.index_in(ours, value_set=stored_keys.keys.slice(c_lo, c_hi - c_lo)).to_numpy(zero_copy_only=False)
-            seen = ~np.isnan(found.astype(np.float64))
+            theirs_rows = np.nonzero(_among(theirs_micros, ours_micros))[0] + c_lo
+            at = pc.index_in(ours, value_set=stored_keys.keys(theirs_rows)).to_numpy(zero_copy_only=False)
+            seen = ~np.isnan(at.astype(np.float64))
             if seen.any():
                 if keep is None:
                     keep = np.ones(len(sts), dtype=bool)
                 hit = rows[seen]
                 keep[hit] = False
                 # only now is the chunk's content read: an exact repeat or a copy with other content
-                stored = from_ipc(self._blob(db, seq)).take(found[seen].astype(np.int64) + c_lo)
+                stored = from_ipc(self._blob(db, seq)).take(theirs_rows[at[seen].astype(np.int64)])
                 same = same_content(srt.take(hit), stored)
                 repeated[hit], conflicting[hit] = same, ~same
         return keep
