@@ -13,6 +13,7 @@ Every limit on what one client can make the collector spend has a flag (see
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import signal
@@ -142,7 +143,7 @@ def register(subparsers: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..server.collector import serve
+    from ..server.collector import serve  # looked up when the command runs: tests replace it
 
     trim = _memory_trimmer()
     logging.basicConfig(
@@ -198,8 +199,6 @@ def _memory_trimmer() -> Any:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        import ctypes
-
         trim = ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc
         return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -29,6 +30,7 @@ __all__ = [
 ENDPOINTS = (*PATHS, CHUNKS_PATH, COUNT_PATH)
 
 
+@dataclass(kw_only=True, eq=False)
 class Admission:
     """Who may connect to the collector: credentials, connection limits, idle connections.
 
@@ -37,24 +39,14 @@ class Admission:
     It keeps the open connections (:attr:`connections`, on the loop thread).
     """
 
-    def __init__(
-        self,
-        *,
-        token: str | None,
-        max_connections: int,
-        max_connections_per_address: int,
-        idle_timeout: float | None,
-        tasks: Tasks,
-        log: ThrottledLog,
-    ) -> None:
-        self.token = token
-        self.max_connections = max_connections
-        self.max_connections_per_address = max_connections_per_address
-        self.idle_timeout = idle_timeout
-        self.tasks = tasks
-        self.log = log
-        self.connections: dict[ServerConnection, ConnectionState] = {}
-        self._per_address: dict[str, int] = {}
+    token: str | None
+    max_connections: int
+    max_connections_per_address: int
+    idle_timeout: float | None
+    tasks: Tasks
+    log: ThrottledLog
+    connections: dict[ServerConnection, ConnectionState] = field(default_factory=dict, init=False)
+    _per_address: dict[str, int] = field(default_factory=dict, init=False)
 
     def state(self, connection: ServerConnection, path: str) -> ConnectionState:
         """What is known of an admitted connection (registered at its handshake)."""

@@ -408,8 +408,8 @@ class Collector(StartStop):
         pool = self._pool = ThreadPoolExecutor(max_workers=_FIND_WORKERS, thread_name_prefix="theia-frames-find")
         self._filter_pool = ThreadPoolExecutor(max_workers=_FILTER_WORKERS, thread_name_prefix="theia-frames-filter")
         filters = FilterReader(
-            self._filter_pool,
-            self._log,
+            pool=self._filter_pool,
+            log=self._log,
             max_patterns=self.max_patterns,
             max_pattern_size=self.max_pattern_size,
             kind=self.filter_type,
@@ -423,22 +423,24 @@ class Collector(StartStop):
         self._endpoints = {
             EVENT_PATH: EventEndpoint(self._writer, published, self._tasks, self._log),
             FIND_PATH: FindEndpoint(
-                store,
-                pool,
-                filters,
-                self._queries,
-                self._find_memory,
+                store=store,
+                pool=pool,
+                filters=filters,
+                queries=self._queries,
+                memory=self._find_memory,
                 # steps of finds with patterns take all but one worker: one stays for time-only finds
-                asyncio.Semaphore(_FIND_WORKERS - 1),
-                lambda: background.stop_requested,
-                self._log,
+                pattern_steps=asyncio.Semaphore(_FIND_WORKERS - 1),
+                stopping=lambda: background.stop_requested,
+                log=self._log,
                 batch_size=self.batch_size,
                 find_wait=self.find_wait,
                 stall_timeout=self.find_stall_timeout,
             ),
             LIVE_PATH: live,
-            CHUNKS_PATH: ChunksEndpoint(store, pool, filters),
-            COUNT_PATH: CountEndpoint(store, pool, filters, self._queries, max_groups=self.max_groups),
+            CHUNKS_PATH: ChunksEndpoint(store=store, pool=pool, filters=filters),
+            COUNT_PATH: CountEndpoint(
+                store=store, pool=pool, filters=filters, queries=self._queries, max_groups=self.max_groups
+            ),
         }
         assert tuple(self._endpoints) == ENDPOINTS
         try:

@@ -9,17 +9,14 @@ and counted where they are: only the small answer crosses the network.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import UsageError
 from ..protocol.count import COUNT_PATH, MAX_COUNT_REPLY, Counter, count_reply, parse_count_request
 from ..protocol.messages import CLOSE_NORMAL, CLOSE_REFUSED, error_message
-from .filters import FilterReader
-from .find_endpoint import refuse_unnegotiated
-from .output import ConnectionState
+from .find_endpoint import ExtensionEndpoint
 from .query import Queries
-from .store import EventStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from websockets.asyncio.server import ServerConnection
@@ -27,25 +24,18 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["CountEndpoint"]
 
 
-class CountEndpoint:
-    """The ``/count`` endpoint of the collector: the ``store`` scanned on a thread of
-    ``pool``, the scan counted among the running ``queries`` (a stop cancels it), at
-    most ``max_groups`` (time slot, group) pairs in an answer."""
+@dataclass(kw_only=True, eq=False)
+class CountEndpoint(ExtensionEndpoint):
+    """The ``/count`` endpoint of the collector: the store scanned, the scan counted among
+    the running ``queries`` (a stop cancels it), at most ``max_groups`` (time slot, group)
+    pairs in an answer."""
 
-    def __init__(
-        self, store: EventStore, pool: Executor, filters: FilterReader, queries: Queries, *, max_groups: int
-    ) -> None:
-        self.store = store
-        self.pool = pool
-        self.filters = filters
-        self.queries = queries
-        self.max_groups = max_groups
+    path = COUNT_PATH
+    queries: Queries
+    max_groups: int
 
-    async def serve(self, ws: ServerConnection, batched: bool, state: ConnectionState) -> None:
+    async def answer(self, ws: ServerConnection) -> None:
         """A count request in, ``{"counted": ...}`` (or ``{"error": ...}``) out, then a normal close."""
-        if not batched:
-            await refuse_unnegotiated(ws, COUNT_PATH)
-            return
         message = await ws.recv()
         try:
             request = parse_count_request(message)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..exceptions import InvalidFilterError, shorten
@@ -20,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["FilterReader"]
 
 
+@dataclass(kw_only=True, eq=False)
 class FilterReader:
     """How the collector's endpoints read a peer's filter.
 
@@ -29,20 +31,11 @@ class FilterReader:
     threads, never on the event loop: a large pattern takes a while.
     """
 
-    def __init__(
-        self,
-        pool: Executor,
-        log: ThrottledLog,
-        *,
-        max_patterns: int,
-        max_pattern_size: int,
-        kind: type[EventFilter] = EventFilter,
-    ) -> None:
-        self.pool = pool
-        self.log = log
-        self.max_patterns = max_patterns
-        self.max_pattern_size = max_pattern_size
-        self.kind = kind
+    pool: Executor
+    log: ThrottledLog
+    max_patterns: int
+    max_pattern_size: int
+    kind: type[EventFilter] = EventFilter
 
     def build(self, message: str | bytes) -> EventFilter:
         """A filter from the network, within the limits on patterns (a worker thread)."""

@@ -10,7 +10,8 @@ import functools
 import math
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..exceptions import StoreError
 from ..protocol.arrow import SUBPROTOCOL
@@ -34,19 +35,13 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "FindEndpoint",
     "FindMemory",
+    "ExtensionEndpoint",
     "ChunksEndpoint",
-    "refuse_unnegotiated",
 ]
 
 
 # Events read and encoded per step of a plain /find (one frame each, written together).
 _PLAIN_CHUNK = 8_192
-
-
-async def refuse_unnegotiated(ws: ServerConnection, path: str) -> None:
-    """Tell a peer that did not offer the extension that ``path`` is part of it, and close."""
-    await ws.send(error_message(f"{path} is part of the {SUBPROTOCOL} extension: offer that subprotocol"))
-    await ws.close(CLOSE_REFUSED, "extension not negotiated")
 
 
 class FindMemory:
@@ -104,6 +99,7 @@ class FindMemory:
             await self._below.wait()
 
 
+@dataclass(kw_only=True, eq=False)
 class FindEndpoint:
     """The ``/find`` endpoint of the collector: a filter in, the stored events out.
 
@@ -114,32 +110,17 @@ class FindEndpoint:
     ``batch_size``, ``find_wait`` and ``stall_timeout`` are the collector's options.
     """
 
-    def __init__(
-        self,
-        store: EventStore,
-        pool: Executor,
-        filters: FilterReader,
-        queries: Queries,
-        memory: FindMemory,
-        pattern_steps: asyncio.Semaphore,
-        stopping: Callable[[], bool],
-        log: ThrottledLog,
-        *,
-        batch_size: int,
-        find_wait: float,
-        stall_timeout: float | None,
-    ) -> None:
-        self.store = store
-        self.pool = pool
-        self.filters = filters
-        self.queries = queries
-        self.memory = memory
-        self.pattern_steps = pattern_steps
-        self.stopping = stopping
-        self.log = log
-        self.batch_size = batch_size
-        self.find_wait = find_wait
-        self.stall_timeout = stall_timeout
+    store: EventStore
+    pool: Executor
+    filters: FilterReader
+    queries: Queries
+    memory: FindMemory
+    pattern_steps: asyncio.Semaphore
+    stopping: Callable[[], bool]
+    log: ThrottledLog
+    batch_size: int
+    find_wait: float
+    stall_timeout: float | None
 
     async def serve(self, ws: ServerConnection, batched: bool, state: ConnectionState) -> None:
         """Read the filter, answer ``ok``, send what matches, close normally."""
@@ -279,20 +260,38 @@ class FindEndpoint:
                 await asyncio.gather(task, return_exceptions=True)
 
 
-class ChunksEndpoint:
-    """The extension's ``/chunks`` endpoint: a filter in, the layout of the stored chunks of
-    its time range out (from the ``store``'s index alone, on a thread of ``pool``)."""
+@dataclass(kw_only=True, eq=False)
+class ExtensionEndpoint:
+    """An endpoint of the extension (its ``path``), served only to a peer that negotiated
+    it: the ``store`` read on threads of ``pool``, filters read by ``filters``."""
 
-    def __init__(self, store: EventStore, pool: Executor, filters: FilterReader) -> None:
-        self.store = store
-        self.pool = pool
-        self.filters = filters
+    path: ClassVar[str]
+    store: EventStore
+    pool: Executor
+    filters: FilterReader
 
     async def serve(self, ws: ServerConnection, batched: bool, state: ConnectionState) -> None:
-        """``{"chunks": [[first, last, events], ...]}``, then a normal close."""
+        """:meth:`answer`, or tell a peer that did not offer the extension that this path is part of it, and close."""
         if not batched:
-            await refuse_unnegotiated(ws, CHUNKS_PATH)
+            await ws.send(error_message(f"{self.path} is part of the {SUBPROTOCOL} extension: offer that subprotocol"))
+            await ws.close(CLOSE_REFUSED, "extension not negotiated")
             return
+        await self.answer(ws)
+
+    async def answer(self, ws: ServerConnection) -> None:
+        """Serve a peer that negotiated the extension."""
+        raise NotImplementedError
+
+
+@dataclass(kw_only=True, eq=False)
+class ChunksEndpoint(ExtensionEndpoint):
+    """The extension's ``/chunks`` endpoint: a filter in, the layout of the stored chunks of
+    its time range out (from the store's index alone)."""
+
+    path = CHUNKS_PATH
+
+    async def answer(self, ws: ServerConnection) -> None:
+        """``{"chunks": [[first, last, events], ...]}``, then a normal close."""
         flt = await self.filters.read(ws)
         if flt is None:
             return
