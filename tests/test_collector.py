@@ -14,8 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -31,6 +29,7 @@ from theia_frames.protocol.messages import total_of
 from theia_frames.server.collector import Collector, serve
 from theia_frames.exceptions import DecodeError, InvalidEventError, TransportError, UsageError
 from theia_frames.server.store import EventStore
+from waiting import wait_until
 
 OFFER = [f"Sec-WebSocket-Protocol: {SUBPROTOCOL}"]
 T0 = 1_700_000_000.0
@@ -110,14 +109,6 @@ def subscribe(collector: Collector, flt: dict[str, Any], *, batched: bool = Fals
     ws.send(json.dumps(flt))
     assert ws.recv() == "ok"
     return ws
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "the condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def wait_stored(collector: Collector, n: int) -> None:
