@@ -156,18 +156,13 @@ class Fanout(threading.Thread):
             self._cond.notify_all()
 
     def close(self) -> None:
+        """End the thread: the commits still waiting are dropped, and a writer waiting for room goes on."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
 
     def run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._closing)
-                if self._closing:
-                    return
-                upto, new = self._queue.popleft()
-                self._cond.notify_all()
+        for upto, new in iter(self._next, None):
             try:
                 parts = self._match(upto, new)
             except Exception:  # pragma: no cover - a bug must not stop the live fan-out
@@ -178,6 +173,16 @@ class Fanout(threading.Thread):
             if parts and not self.call_soon(self.target.deliver, parts):
                 self.close()  # the loop has ended: nobody to deliver to
                 return
+
+    def _next(self) -> tuple[int, pa.RecordBatch] | None:
+        """The next commit to match, once there is one; None once closed."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._queue or self._closing)
+            if self._closing:
+                return None
+            item = self._queue.popleft()
+            self._cond.notify_all()  # room for the writer
+            return item
 
     def _match(self, upto: int, new: pa.RecordBatch) -> list[tuple[Subscriber, Any]]:
         """Each subscriber's part of a commit. Each filter is applied once to the whole
