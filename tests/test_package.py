@@ -153,7 +153,7 @@ def test_frames_and_analysis_do_not_import_each_other_at_import_time():
     def imports(module):
         tree = ast.parse(Path(ROOT, "theia_frames", "frames", f"{module}.py").read_text())
         found = set()
-        for node in tree.body:  # module level only: a lazy import inside a function is no cycle
+        for node in tree.body:  # module level only: what importing the module runs
             if isinstance(node, ast.ImportFrom) and node.level == 1:
                 found.add(node.module or "")
                 found.update(a.name for a in node.names if not node.module)
