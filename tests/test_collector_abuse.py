@@ -34,6 +34,7 @@ from theia_frames.protocol.arrow import SUBPROTOCOL, batch_to_ipc, events_to_bat
 from theia_frames.protocol.codec import decode, encode
 from theia_frames.server.collector import Collector
 from theia_frames.exceptions import DecodeError, ServerError, StoreError, UsageError
+from theia_frames.server.query import Results
 from theia_frames.server.store import EventStore
 from waiting import poll_until, wait_until
 
@@ -570,19 +571,30 @@ def test_a_batched_find_sends_messages_of_bounded_bytes(monkeypatch):
 # --------------------------------------------------------------------------- concurrent finds: a memory total
 
 
-def test_finds_wait_for_room_in_their_memory_total_and_lose_nothing(monkeypatch):
-    from theia_frames.server import find_endpoint
+class _StepsCounted(EventStore):
+    """A store that counts the parts its queries hand out (each a step of a /find): the
+    collector's store is one of its dependencies."""
 
-    steps: list[int] = []
-    real_output = find_endpoint.next_find_output
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.steps: list[int] = []
 
-    def counted(results: Any, batched: bool) -> Any:
-        steps.append(1)
-        return real_output(results, batched)
+    def query_batches(self, *args: Any, **kwargs: Any) -> Any:
+        results = super().query_batches(*args, **kwargs)
 
-    monkeypatch.setattr(find_endpoint, "next_find_output", counted)
+        def counted() -> Iterator[Any]:
+            for part in results:
+                self.steps.append(1)
+                yield part
+
+        return Results(results, counted())
+
+
+def test_finds_wait_for_room_in_their_memory_total_and_lose_nothing():
+    counting = _StepsCounted(":memory:")
+    steps = counting.steps
     small = ((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),)
-    with serve(db=":memory:", port=0, max_find_memory=1) as collector:
+    with serve(db=counting, port=0, max_find_memory=1) as collector:
         assert collector.store is not None
         collector.store.add_many(sample(30_000, size=1000))  # parts of megabytes: more than socket buffers hold
         memory = collector._find_memory

@@ -197,15 +197,16 @@ def _stop_all() -> None:
 
 
 def serve(
-    db: str | os.PathLike[str] = MEMORY,
+    db: str | os.PathLike[str] | EventStore = MEMORY,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
     **options: Any,
 ) -> Collector:
     """Start a collector in a background thread and return it, running.
 
-    ``db`` is the SQLite file of the store (created if missing) or
-    ``":memory:"``; ``port`` defaults to the theia port (6433, ``DEFAULT_PORT``)
+    ``db`` is the SQLite file of the store (created if missing),
+    ``":memory:"``, or an open :class:`~theia_frames.server.store.EventStore`
+    (served as it is, and closed when the collector stops); ``port`` defaults to the theia port (6433, ``DEFAULT_PORT``)
     and ``port=0`` picks a free one (see ``.url``). Use it as a
     context manager, or call :meth:`Collector.stop`. ``options`` are those of
     :class:`Collector`.
@@ -219,6 +220,8 @@ def serve(
 
 class Collector(StartStop):
     """A theia collector with an SQLite store, served from a background thread.
+
+    ``db``: as :func:`serve` takes it (a file, ``":memory:"`` or an open store).
 
     Options:
         ``host``: the address to bind, loopback unless told otherwise.
@@ -283,7 +286,7 @@ class Collector(StartStop):
 
     def __init__(
         self,
-        db: str | os.PathLike[str] = MEMORY,
+        db: str | os.PathLike[str] | EventStore = MEMORY,
         *,
         host: str = "127.0.0.1",
         port: int = DEFAULT_PORT,
@@ -308,7 +311,8 @@ class Collector(StartStop):
         max_find_memory: int = DEFAULT_MAX_FIND_MEMORY,
         filter_type: type[EventFilter] = EventFilter,
     ) -> None:
-        self.db = os.fspath(db)
+        self._given_store = db if isinstance(db, EventStore) else None
+        self.db = db.path if isinstance(db, EventStore) else os.fspath(db)
         self.host = host
         self.max_message_size = positive_int("max_message_size", max_message_size)
         self.live_queue = positive_int("live_queue", live_queue)
@@ -398,7 +402,7 @@ class Collector(StartStop):
                 raise UsageError("a collector can be started only once")
             self._started = True
         try:
-            store = self.store = EventStore(self.db)
+            store = self.store = self._given_store if self._given_store is not None else EventStore(self.db)
         except BaseException:
             self._stopped = True
             raise
