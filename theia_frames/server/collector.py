@@ -573,7 +573,7 @@ class Collector(StartStop):
         self._tasks.spawn(self._admission.close_idle())
         yield
         self._queries.cancel_all()
-        server.close()  # closes every connection with 1001 (going away)
+        server.close()  # closes every connection with CLOSE_GOING_AWAY
         try:
             await asyncio.wait_for(server.wait_closed(), _STOP_GRACE)
         except asyncio.TimeoutError:

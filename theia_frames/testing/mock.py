@@ -49,7 +49,16 @@ from ..server.background import BackgroundLoop
 from ..protocol.arrow import SUBPROTOCOL
 from ..event import Event
 from ..exceptions import TheiaTimeoutError, TransportError, UsageError
-from ..protocol.messages import EVENT_PATH, FIND_PATH, LIVE_PATH, OK, is_flush_request
+from ..protocol.messages import (
+    CLOSE_DROPPED,
+    CLOSE_NO_STATUS,
+    CLOSE_NORMAL,
+    EVENT_PATH,
+    FIND_PATH,
+    LIVE_PATH,
+    OK,
+    is_flush_request,
+)
 from .script import (
     TERMINAL,
     Close,
@@ -75,7 +84,7 @@ from .script import (
 __all__ = ["MockServer", "MockExpectationError", "Received", "event_like"]
 
 # websockets refuses to send these close codes; they only describe closes.
-_UNSENDABLE_CODES = {1004, 1005, 1006, 1015}
+_UNSENDABLE_CODES = {1004, CLOSE_NO_STATUS, CLOSE_DROPPED, 1015}
 
 
 class MockExpectationError(AssertionError):
@@ -333,7 +342,7 @@ class MockServer:
     def on_find(self, events: Iterable[Any] = (), *, path: str = FIND_PATH) -> MockServer:
         """Answer one ``/find`` like our collector: ``ok``, the events, then a normal close (1000)."""
         self._add_step(path, Send((OK, *(outgoing(e) for e in events))), new_connection=True)
-        return self._add_step(path, Close(1000, ""))
+        return self._add_step(path, Close(CLOSE_NORMAL, ""))
 
     def on_live(self, events: Iterable[Any] = (), *, path: str = LIVE_PATH) -> MockServer:
         """Answer one ``/live`` with ``ok`` and the events, and keep the connection open.
