@@ -35,48 +35,50 @@ The package's modules: ``aio_transport`` (connections; the map from
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import inspect
 import itertools
-import os
-import ssl
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import Any
 
+import pandas as pd
+import pyarrow as pa
+import websockets.asyncio.client
+import websockets.exceptions
+
+from ..checks import positive_seconds
+from ..event import Event
+from ..exceptions import ConnectError, ConnectionClosed, InvalidEventError, TheiaTimeoutError
+from ..filter import FilterLike, as_filter
+from ..frames.analysis import count_frame, count_grain
 from ..protocol.arrow import SUBPROTOCOL
 from ..protocol.codec import encode
-from ..deprecation import renamed_arguments
-from ..event import Event
-from ..exceptions import AuthenticationError, ConnectError, ConnectionClosed, InvalidEventError, TheiaTimeoutError, UnconfirmedError, UsageError
-from ..protocol.count import COUNT_PATH, DEFAULT_MAX_GROUPS, UNSET_BUCKETS, Counter, CountResult, count_answer, count_request
+from ..protocol.count import COUNT_PATH, DEFAULT_MAX_GROUPS, MAX_COUNT_REPLY, UNSET_BUCKETS, Counter, CountResult, count_answer, count_request
 from ..protocol.ledger import SendLedger, Sent
-from ..protocol.messages import DATA_CLOSE_CODES
+from ..protocol.messages import CHUNKS_PATH, DATA_CLOSE_CODES, EVENT_PATH
 from ..protocol.outgoing import arrow_pieces, batch_messages, event_messages
 from .aio_streams import AsyncFindResult, AsyncLiveStream, AsyncStream
-from .aio_transport import CLOSE_WAIT, close, connection_class, ended_code, open_error, websockets_module, within
+from .aio_transport import CLOSE_WAIT, close, closed_error, connection_class, ended_code, open_error, within
 from .options import (
     DEFAULT_BACKOFF,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BACKOFF,
-    DEFAULT_MAX_FRAGMENTS,
-    DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_RESUME_MARGIN,
-    DEFAULT_TIMEOUT,
-    DEFAULT_URL,
+    MAX_CHUNKS_REPLY,
     UNSET,
-    FilterLike,
-    as_filter,
     ClientSettings,
-    tls_options,
+    chunks_answer,
+    closed_client_error,
+    data_close_error,
+    events_to_send,
+    flush_timeout_error,
+    lacks_endpoint,
+    unconfirmed_error,
 )
 
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
-    import pyarrow as pa
-
-__all__ = ["AsyncClient"]
+__all__ = ["AsyncClient", "AsyncFindResult", "AsyncLiveStream"]
 
 
+@dataclass(eq=False, repr=False)
 class AsyncClient(ClientSettings):
     """An asyncio client of one theia collector; an async context manager.
 
@@ -88,38 +90,9 @@ class AsyncClient(ClientSettings):
     <AsyncClient ws://127.0.0.1:6433>
     """
 
-    @renamed_arguments(send_batch_size="batch_size")
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
-        headers: Mapping[str, str] | Sequence[str] | None = None,
-        token: str | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-        cafile: str | os.PathLike[str] | None = None,
-        batch: bool = True,
-        strict: bool = False,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        max_fragments: int = DEFAULT_MAX_FRAGMENTS,
-    ) -> None:
-        super().__init__(
-            url,
-            timeout=timeout,
-            idle_timeout=idle_timeout,
-            headers=headers,
-            token=token,
-            batch=batch,
-            strict=strict,
-            batch_size=batch_size,
-            max_message_size=max_message_size,
-            max_fragments=max_fragments,
-        )
-        options = tls_options(self.url, ssl_context, cafile, None)
-        self._ssl: ssl.SSLContext | None = None if options is None else options.get("context")
-        self.ledger = SendLedger(f"{self.url}/event")
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.ledger = SendLedger(f"{self.url}{EVENT_PATH}")
         self._event: Any = None
         self._event_reader: asyncio.Task[None] | None = None
         # held while the /event connection is used; notified when a message arrives there
@@ -139,7 +112,7 @@ class AsyncClient(ClientSettings):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise UsageError(f"this client of {self.url} is closed")
+            raise closed_client_error(self.url)
 
     @property
     def stored(self) -> int:
@@ -159,24 +132,24 @@ class AsyncClient(ClientSettings):
         return None if ws is None else ws.subprotocol == SUBPROTOCOL
 
     # ------------------------------------------------------------------ connections
-    async def open(self, endpoint: str) -> Any:
-        """A new connection to ``endpoint`` (``event``, ``find``, ``live``)."""
-        ws_mod = websockets_module()
-        url = f"{self.url}/{endpoint}"
-        headers = [tuple(line.split(":", 1)) for line in self.header_lines]
+    async def open(self, endpoint: str, *, max_message: int | None = None) -> Any:
+        """A new connection to ``endpoint`` (``event``, ``find``, ``live``, or a path such as ``/chunks``);
+        ``max_message`` bounds each message received (default: ``max_message_size``)."""
+        url = f"{self.url}/{endpoint.lstrip('/')}"
+        headers = [line.split(":", 1) for line in self.header_lines]
         try:
-            return await ws_mod.asyncio.client.connect(
+            return await websockets.asyncio.client.connect(
                 url,
                 additional_headers=[(k.strip(), v.strip()) for k, v in headers],
-                subprotocols=[SUBPROTOCOL] if self.batch else None,
+                subprotocols=[SUBPROTOCOL] if self.batch else None,  # type: ignore[list-item]
                 compression=None,
-                max_size=self.max_message_size,
+                max_size=self.max_message_size if max_message is None else max_message,
                 open_timeout=self.timeout,
                 ping_interval=None,
                 close_timeout=CLOSE_WAIT,
-                ssl=self._ssl if url.startswith("wss://") and self._ssl is not None else None,
+                ssl=self.tls if url.startswith("wss://") else None,
                 create_connection=connection_class(),
-                **_no_proxy(ws_mod.asyncio.client.connect),
+                **_NO_PROXY,
             )
         except Exception as exc:
             raise open_error(exc, url, self.timeout) from exc
@@ -202,17 +175,13 @@ class AsyncClient(ClientSettings):
                 raise error
             code = ws.close_code
             if code in DATA_CLOSE_CODES:
-                raise ConnectionClosed(
-                    f"{self.url}/event closed the connection with code {code}; events sent before may not have been stored",
-                    url=f"{self.url}/event",
-                    code=code,
-                )
+                raise data_close_error(f"{self.url}{EVENT_PATH}", code, "")
             ws = None
         error = self.ledger.refusals()
         if error is not None:
             raise error
         if ws is None:
-            ws = await self.open("event")
+            ws = await self.open(EVENT_PATH)
             self._event = ws
             self._event_reader = asyncio.get_running_loop().create_task(self._read_event(ws))
         return ws
@@ -243,9 +212,10 @@ class AsyncClient(ClientSettings):
         try:
             for payload in payloads:
                 await ws.send(payload)
-        except websockets_module().exceptions.ConnectionClosed as exc:
+        except websockets.exceptions.ConnectionClosed as exc:
             code, _ = ended_code(exc)
-            error = ConnectionClosed(f"the connection to {self.url}/event was lost while sending: {exc}", url=f"{self.url}/event", code=code)
+            url = f"{self.url}{EVENT_PATH}"
+            error = ConnectionClosed(f"the connection to {url} was lost while sending: {exc}", url=url, code=code)
             failed = self.ledger.send_failed(error, sent, self._negotiated(ws))
             self._dropped(reported=True)
             raise failed from exc
@@ -276,16 +246,7 @@ class AsyncClient(ClientSettings):
         tz: Any = None,
     ) -> Sent:
         """Publish many events (as :meth:`Client.send_many <theia_frames.client.Client.send_many>`); returns how many were sent (a :class:`~theia_frames.protocol.ledger.Sent`)."""
-        if isinstance(events, Event):
-            events = [events]
-        elif columns is not None or time_format is not None or tz is not None or type(events).__module__.split(".")[0] in (
-            "pandas",
-            "polars",
-            "pyarrow",
-        ):
-            from ..frames.events_table import to_event_table
-
-            events = to_event_table(events, columns=columns, time_format=time_format, tz=tz)
+        events = events_to_send(events, columns, time_format, tz)
         lock = self._lock
         sent = 0
         async with lock:
@@ -313,8 +274,7 @@ class AsyncClient(ClientSettings):
 
     async def flush(self, timeout: float | None = None) -> int:
         """Wait until every event sent so far is stored (as :meth:`Client.flush <theia_frames.client.Client.flush>`)."""
-        if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
-            raise UsageError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        positive_seconds("timeout", timeout, none_ok=True)
         lock = self._lock
         async with lock:
             self._check_open()
@@ -329,11 +289,7 @@ class AsyncClient(ClientSettings):
         ws = self._event
         answers = self._answers
         if ws is not None and not self._negotiated(ws):
-            raise UnconfirmedError(
-                f"{self.url} cannot confirm that events were stored: the /event connection did not "
-                f"negotiate {SUBPROTOCOL} (a plain or upstream collector{', or batch=False' if not self.batch else ''}), "
-                "and the plain protocol has no acknowledgement"
-            )
+            raise unconfirmed_error(self.url, self.batch)
         if report:
             doubt = ledger.doubt_error()
             if doubt is not None:
@@ -348,7 +304,7 @@ class AsyncClient(ClientSettings):
         token, request = ledger.flush_request()
         try:
             await ws.send(request)
-        except websockets_module().exceptions.ConnectionClosed:
+        except websockets.exceptions.ConnectionClosed:
             pass
         else:
 
@@ -359,10 +315,7 @@ class AsyncClient(ClientSettings):
             try:
                 await within(answered(), timeout)
             except (TimeoutError, asyncio.TimeoutError):
-                raise TheiaTimeoutError(
-                    f"{self.url}/event did not confirm the flush within {timeout} s "
-                    f"({ledger.unconfirmed} event(s) not confirmed yet; flush again to keep waiting)"
-                ) from None
+                raise flush_timeout_error(self.url, timeout, ledger.unconfirmed) from None
             if ledger.answered >= token:
                 return ledger.stored
         lost = ledger.lost_error(ws.close_code, "")
@@ -407,8 +360,6 @@ class AsyncClient(ClientSettings):
         """How many events match ``filter``, in all, per time bucket of ``every``, per ``by``
         (``"source"`` or ``"tag"``) or both: :meth:`theia_frames.client.Client.count`'s frame,
         counted on our collector, else here while the events arrive."""
-        from ..frames.analysis import count_frame, count_grain
-
         self._check_open()
         grain = count_grain(every)
         flt = as_filter(filter)
@@ -417,7 +368,7 @@ class AsyncClient(ClientSettings):
         result = await self._count_on_collector(request, grain, by) if self.batch else None
         if result is None:
             counter = Counter(grain, by, max_groups)
-            found = self.find(dataclasses.replace(flt, order=None))  # a count is the same in either order
+            found = self.find(replace(flt, order=None))  # a count is the same in either order
             try:
                 async for batch in found.iter_batches():
                     counter.add(batch)
@@ -428,26 +379,41 @@ class AsyncClient(ClientSettings):
 
     async def _count_on_collector(self, request: str, grain: int, by: str | None) -> CountResult | None:
         """The collector's count (None from a peer without the extension's ``/count``)."""
-        ws_mod = websockets_module()
+        answered, answer = await self._ask(COUNT_PATH, request, MAX_COUNT_REPLY, None)  # a count takes what it takes
+        return count_answer(answer, grain, by, self.url) if answered else None
+
+    async def chunks(self, filter: FilterLike = None) -> list[tuple[float, float, int]] | None:
+        """The collector's layout over ``filter``'s time range (as :meth:`Client.chunks
+        <theia_frames.client.Client.chunks>`); None from a peer without the extension's ``/chunks``."""
+        self._check_open()
+        answered, answer = await self._ask(CHUNKS_PATH, as_filter(filter).to_json(), MAX_CHUNKS_REPLY, self.timeout)
+        return chunks_answer(answer, f"{self.url}{CHUNKS_PATH}") if answered else None
+
+    async def _ask(self, path: str, request: str, max_reply: int, wait: float | None) -> tuple[bool, bytes | str | None]:
+        """One request to an extension's ``path`` on a connection of its own, and its one answer
+        (as :meth:`Client._ask <theia_frames.client.Client._ask>`)."""
         try:
-            ws = await self.open(COUNT_PATH.lstrip("/"))
-        except AuthenticationError:
-            raise
+            ws = await self.open(path, max_message=min(self.max_message_size, max_reply))
         except ConnectError as exc:
-            if isinstance(exc.__cause__, ws_mod.exceptions.InvalidStatus):
-                return None  # a peer without the path
+            if lacks_endpoint(exc):
+                return False, None
             raise
         try:
             if ws.subprotocol != SUBPROTOCOL:
-                return None
+                return False, None
             await ws.send(request)
             try:
-                answer = await ws.recv()
-            except ws_mod.exceptions.ConnectionClosed:
+                answer: bytes | str | None = await within(ws.recv(), wait)
+            except (TimeoutError, asyncio.TimeoutError):
+                raise TheiaTimeoutError(f"{self.url}{path} did not answer within {wait} s") from None
+            except websockets.exceptions.ConnectionClosed as exc:
+                error = closed_error(exc, f"{self.url}{path}", max_reply)
+                if error is not None:
+                    raise error from exc
                 answer = None
         finally:
             await close(ws)
-        return count_answer(answer, grain, by, self.url)
+        return True, answer
 
     def receive(
         self,
@@ -497,9 +463,5 @@ class AsyncClient(ClientSettings):
         return self._closed
 
 
-def _no_proxy(connect: Any) -> dict[str, Any]:
-    """``proxy=None`` where ``websockets`` has proxies (15.0 on): a collector is reached directly,
-    as the sync client does."""
-    import inspect
-
-    return {"proxy": None} if "proxy" in inspect.signature(connect).parameters else {}
+# ``proxy=None`` where ``websockets`` has proxies (15.0 on): a collector is reached directly, as the sync client does
+_NO_PROXY: dict[str, Any] = {"proxy": None} if "proxy" in inspect.signature(websockets.asyncio.client.connect).parameters else {}

@@ -13,12 +13,14 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..exceptions import AuthenticationError, ConnectError, ProtocolError, TheiaError, TheiaTimeoutError
+from ..exceptions import ProtocolError, TheiaError
+from .options import connect_error, handshake_error
 
-if TYPE_CHECKING:  # pragma: no cover
-    from websockets.asyncio.client import ClientConnection
+import websockets.asyncio.client
+import websockets.exceptions
+from websockets.asyncio.client import ClientConnection
 
 __all__ = [
     "Silence",
@@ -39,10 +41,7 @@ CLOSE_WAIT = 2.0
 
 
 def websockets_module() -> Any:
-    # imported on first use: ``import theia_frames`` does not pay for it
-    import websockets.asyncio.client
-    import websockets.exceptions  # noqa: F401
-
+    """The ``websockets`` package."""
     return websockets
 
 
@@ -61,26 +60,16 @@ def open_error(exc: BaseException, url: str, timeout: float | None) -> TheiaErro
     """
     ws = websockets_module()
     if isinstance(exc, ws.exceptions.InvalidStatus):
-        status = exc.response.status_code
-        if status == 401:
-            return AuthenticationError(
-                f"{url} refused the WebSocket handshake with HTTP status 401: it needs credentials "
-                "(AsyncClient(..., token=...))",
-                url=url,
-                status=401,
-            )
-        if status == 403:
-            return AuthenticationError(f"{url} refused the WebSocket handshake with HTTP status 403: it refused the credentials", url=url, status=403)
-        return ConnectError(f"{url} refused the WebSocket handshake with HTTP status {status}", url=url)
+        return handshake_error(url, exc.response.status_code, "AsyncClient")
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-        return TheiaTimeoutError(f"timed out after {timeout} s connecting to {url} (the handshake did not finish)")
+        return connect_error(url, "timeout", timeout=timeout)
     if isinstance(exc, ConnectionRefusedError):
-        return ConnectError(f"connection refused by {url} (is a collector running there?)", url=url)
+        return connect_error(url, "refused")
     if isinstance(exc, ssl.SSLError):
-        return ConnectError(f"TLS handshake with {url} failed: {exc}", url=url)
+        return connect_error(url, "tls", exc)
     if isinstance(exc, socket.gaierror):
-        return ConnectError(f"cannot resolve the host of {url}: {exc}", url=url)
-    return ConnectError(f"cannot connect to {url}: {exc}", url=url)
+        return connect_error(url, "unknown-host", exc)
+    return connect_error(url, "other", exc)
 
 
 def closed_error(exc: BaseException, url: str, max_message_size: int) -> ProtocolError | None:
@@ -109,24 +98,19 @@ def ended_code(exc: BaseException) -> tuple[int, str]:
     return rcvd.code, rcvd.reason
 
 
-def connection_class() -> type[ClientConnection]:
+class TimedConnection(websockets.asyncio.client.ClientConnection):
     """``websockets``' client connection, noting when the last byte arrived."""
-    global _CONNECTION
-    if _CONNECTION is None:
-        base = websockets_module().asyncio.client.ClientConnection
 
-        class TimedConnection(base):  # type: ignore[misc, valid-type]
-            last_bytes = 0.0
+    last_bytes = 0.0
 
-            def data_received(self, data: bytes) -> None:
-                self.last_bytes = time.monotonic()
-                super().data_received(data)
-
-        _CONNECTION = TimedConnection
-    return _CONNECTION
+    def data_received(self, data: bytes) -> None:
+        self.last_bytes = time.monotonic()
+        super().data_received(data)
 
 
-_CONNECTION: Any = None
+def connection_class() -> type[ClientConnection]:
+    """The connection class the client connects with (:class:`TimedConnection`)."""
+    return TimedConnection
 
 
 async def within(awaitable: Awaitable[Any], seconds: float | None) -> Any:

@@ -9,46 +9,45 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
-import ssl
 import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-from ..protocol.arrow import SUBPROTOCOL
-from ..protocol.codec import encode
-from ..deprecation import renamed_arguments
+import pandas as pd
+import pyarrow as pa
+
+from ..checks import positive_seconds
 from ..event import Event
-from ..exceptions import AuthenticationError, ConnectError, ConnectionClosed, InvalidEventError, ProtocolError, TheiaTimeoutError, UnconfirmedError, UsageError
-from ..protocol.count import COUNT_PATH, DEFAULT_MAX_GROUPS, UNSET_BUCKETS, MAX_COUNT_REPLY, Counter, CountResult, count_answer, count_request
+from ..exceptions import ConnectError, ConnectionClosed, InvalidEventError, ProtocolError, TheiaTimeoutError, UsageError
+from ..filter import EventFilter, FilterLike, as_filter
+from ..frames.analysis import count_frame, count_grain
+from ..protocol.codec import encode
+from ..protocol.count import COUNT_PATH, DEFAULT_MAX_GROUPS, MAX_COUNT_REPLY, UNSET_BUCKETS, Counter, CountResult, count_answer, count_request
 from ..protocol.ledger import SendLedger, Sent
-from ..protocol.messages import DATA_CLOSE_CODES
+from ..protocol.messages import CHUNKS_PATH, DATA_CLOSE_CODES, EVENT_PATH
 from ..protocol.outgoing import arrow_pieces, batch_messages, event_messages
 from .options import (
     DEFAULT_BACKOFF,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BACKOFF,
-    DEFAULT_MAX_FRAGMENTS,
-    DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_RESUME_MARGIN,
-    DEFAULT_TIMEOUT,
     DEFAULT_URL,
+    MAX_CHUNKS_REPLY,
     UNSET,
-    FilterLike,
-    as_filter,
-    ClientSettings,
+    SyncSettings,
+    chunks_answer,
+    closed_client_error,
+    data_close_error,
+    events_to_send,
+    flush_timeout_error,
+    lacks_endpoint,
     split_client_options,
-    tls_options,
+    unconfirmed_error,
 )
 from .streams import FindResult, LiveStream, Stream
 from .transport import Connection, Silence
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
-    import pyarrow as pa
 
 __all__ = ["Client", "find", "send", "connect"]
 
@@ -56,7 +55,8 @@ __all__ = ["Client", "find", "send", "connect"]
 CLOSE_WAIT = 2.0
 
 
-class Client(ClientSettings):
+@dataclass(eq=False, repr=False)
+class Client(SyncSettings):
     """A client of one theia collector; a context manager, safe to share between threads.
 
     ``url`` is the collector's base URL (``ws://host:6433``, or ``wss://`` for
@@ -77,8 +77,7 @@ class Client(ClientSettings):
     on the first undecodable message instead of skipping it (default:
     lenient, see the module documentation); ``batch_size`` is the most
     events per record batch, both ways: per batch built from plain messages
-    received and per Arrow message sent (``send_batch_size``, the old name
-    for sends, still works with a warning); ``max_message_size`` (bytes,
+    received and per Arrow message sent; ``max_message_size`` (bytes,
     default 256 MiB, also the most an Arrow message may decode to) and
     ``max_fragments`` (default 10,000) bound each message received (a larger one raises
     :class:`~theia_frames.exceptions.ProtocolError` naming the bound; see
@@ -96,45 +95,15 @@ class Client(ClientSettings):
     0
     """
 
-    @renamed_arguments(send_batch_size="batch_size")
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
-        headers: Mapping[str, str] | Sequence[str] | None = None,
-        token: str | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-        cafile: str | os.PathLike[str] | None = None,
-        batch: bool = True,
-        strict: bool = False,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        sslopt: Mapping[str, Any] | None = None,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        max_fragments: int = DEFAULT_MAX_FRAGMENTS,
-    ) -> None:
-        super().__init__(
-            url,
-            timeout=timeout,
-            idle_timeout=idle_timeout,
-            headers=headers,
-            token=token,
-            batch=batch,
-            strict=strict,
-            batch_size=batch_size,
-            max_message_size=max_message_size,
-            max_fragments=max_fragments,
-        )
-        #: websocket-client's TLS options
-        self.sslopt = tls_options(self.url, ssl_context, cafile, sslopt)
+    def __post_init__(self) -> None:
+        super().__post_init__()
         #: held while the /event connection is used (sends, flushes)
         self.lock = threading.RLock()
         self._event: Connection | None = None
         self._streams: weakref.WeakSet[Stream] = weakref.WeakSet()
         self._streams_lock = threading.Lock()
         self._closed = False
-        self.ledger = SendLedger(f"{self.url}/event")
+        self.ledger = SendLedger(f"{self.url}{EVENT_PATH}")
 
     def __repr__(self) -> str:
         return f"<Client {self.url}{' closed' if self._closed else ''}>"
@@ -147,7 +116,7 @@ class Client(ClientSettings):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise UsageError(f"this client of {self.url} is closed")
+            raise closed_client_error(self.url)
 
     # ------------------------------------------------------------------ /event
     @property
@@ -178,26 +147,26 @@ class Client(ClientSettings):
                 code = conn.close_code
                 if code in DATA_CLOSE_CODES:
                     # the server closed because of what we sent: events may be lost, say so
-                    reason = f" ({conn.close_reason})" if conn.close_reason else ""
-                    raise ConnectionClosed(
-                        f"{conn.url} closed the connection with code {code}{reason}; "
-                        "events sent before may not have been stored",
-                        url=conn.url,
-                        code=code,
-                    )
+                    raise data_close_error(conn.url, code, conn.close_reason)
                 conn = None
         if conn is None:
-            conn = Connection.open(
-                f"{self.url}/event",
-                timeout=self.timeout,
-                headers=self.header_lines,
-                offer=self.batch,
-                sslopt=self.sslopt,
-                max_message=self.max_message_size,
-                max_fragments=self.max_fragments,
-            )
+            conn = self.open(EVENT_PATH)
             self._event = conn
         return conn
+
+    def open(self, path: str, *, offer: bool | None = None, max_message: int | None = None) -> Connection:
+        """A new connection to the endpoint ``path`` (``EVENT_PATH``, ...) with this client's settings;
+        ``offer`` the batched-transfer extension (default: ``batch``), ``max_message`` bounds each
+        message received (default: ``max_message_size``)."""
+        return Connection.open(
+            f"{self.url}{path}",
+            timeout=self.timeout,
+            headers=self.header_lines,
+            offer=self.batch if offer is None else offer,
+            sslopt=self.sslopt,
+            max_message=self.max_message_size if max_message is None else max_message,
+            max_fragments=self.max_fragments,
+        )
 
     @property
     def batched(self) -> bool | None:
@@ -294,16 +263,7 @@ class Client(ClientSettings):
         >>> client.send_many(df)                                    # doctest: +SKIP
         >>> client.send_many(logs, columns={"timestamp": "time", "content": "message", "source": "host"})  # doctest: +SKIP
         """
-        if isinstance(events, Event):
-            events = [events]
-        elif columns is not None or time_format is not None or tz is not None or type(events).__module__.split(".")[0] in (
-            "pandas",
-            "polars",
-            "pyarrow",
-        ):
-            from ..frames.events_table import to_event_table
-
-            events = to_event_table(events, columns=columns, time_format=time_format, tz=tz)
+        events = events_to_send(events, columns, time_format, tz)
         with self.lock:
             self._check_open()
             before = self.ledger.counts()
@@ -365,8 +325,7 @@ class Client(ClientSettings):
         >>> Client("ws://127.0.0.1:6433").flush()
         0
         """
-        if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
-            raise UsageError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        positive_seconds("timeout", timeout, none_ok=True)
         with self.lock:
             self._check_open()
             stored = self._flush(timeout, report=True)
@@ -379,11 +338,7 @@ class Client(ClientSettings):
         conn = self._event
         ledger = self.ledger
         if conn is not None and not conn.negotiated:
-            raise UnconfirmedError(
-                f"{self.url} cannot confirm that events were stored: the /event connection did not "
-                f"negotiate {SUBPROTOCOL} (a plain or upstream collector{', or batch=False' if not self.batch else ''}), "
-                "and the plain protocol has no acknowledgement"
-            )
+            raise unconfirmed_error(self.url, self.batch)
         if report:
             doubt = ledger.doubt_error()
             if doubt is not None:
@@ -417,10 +372,7 @@ class Client(ClientSettings):
                         # confirmed, or refused with the collector's reason (raised by the caller)
                         return ledger.stored
         except Silence:
-            raise TheiaTimeoutError(
-                f"{self.url}/event did not confirm the flush within {timeout} s "
-                f"({ledger.unconfirmed} event(s) not confirmed yet; flush again to keep waiting)"
-            ) from None
+            raise flush_timeout_error(self.url, timeout, ledger.unconfirmed) from None
         except ConnectionClosed:
             pass
         except ProtocolError:
@@ -510,8 +462,6 @@ class Client(ClientSettings):
         ``bucket()`` lays out unasked (``max_buckets``, see
         :func:`~theia_frames.frames.analysis.bucket`).
         """
-        from ..frames.analysis import count_frame, count_grain
-
         self._check_open()
         grain = count_grain(every)
         flt = as_filter(filter)
@@ -531,32 +481,44 @@ class Client(ClientSettings):
 
     def _count_on_collector(self, request: str, grain: int, by: str | None) -> CountResult | None:
         """The collector's count (None from a peer without the extension's ``/count``)."""
-        import websocket
+        answered, answer = self._ask(COUNT_PATH, request, MAX_COUNT_REPLY, None)  # a count takes what it takes
+        return count_answer(answer, grain, by, self.url) if answered else None
 
+    def chunks(self, filter: FilterLike = None) -> list[tuple[float, float, int]] | None:
+        """How many events the collector holds over ``filter``'s time range, from its index:
+        ``(first timestamp, last timestamp, events)`` of its stored chunks (or of runs of
+        neighbouring chunks, at most :data:`~theia_frames.protocol.messages.MAX_CHUNK_ENTRIES`),
+        in time order; None from a peer without the extension's ``/chunks`` (the upstream collector).
+
+        Only the time range of ``filter`` is used: the counts are of every event in a chunk, an
+        upper bound for a filter with patterns, and a chunk at the edge of the range is counted
+        whole. An error answer raises :class:`~theia_frames.exceptions.ServerError`, an answer
+        that is not a layout (or longer than one can be) :class:`~theia_frames.exceptions.ProtocolError`.
+        """
+        self._check_open()
+        answered, answer = self._ask(CHUNKS_PATH, as_filter(filter).to_json(), MAX_CHUNKS_REPLY, self.timeout)
+        return chunks_answer(answer, f"{self.url}{CHUNKS_PATH}") if answered else None
+
+    def _ask(self, path: str, request: str, max_reply: int, wait: float | None) -> tuple[bool, bytes | str | None]:
+        """Send one request on a connection of its own to an extension's ``path`` and read the one answer
+        (within ``wait`` seconds): (False, None) from a peer without the path or the extension, else
+        (True, the answer, or None when the connection ended without one)."""
         try:
-            conn = Connection.open(
-                f"{self.url}{COUNT_PATH}",
-                timeout=self.timeout,
-                headers=self.header_lines,
-                offer=True,
-                sslopt=self.sslopt,
-                max_message=min(self.max_message_size, MAX_COUNT_REPLY),
-                max_fragments=self.max_fragments,
-            )
-        except AuthenticationError:
-            raise
+            conn = self.open(path, offer=True, max_message=min(self.max_message_size, max_reply))
         except ConnectError as exc:
-            if isinstance(exc.__cause__, websocket.WebSocketBadStatusException):
-                return None  # a peer without the path
+            if lacks_endpoint(exc):
+                return False, None
             raise
         try:
             if not conn.negotiated:
-                return None
+                return False, None
             conn.send_text(request)
-            messages = conn.read(None)
+            messages = conn.read(wait, idle=False)
+        except Silence:
+            raise TheiaTimeoutError(f"{conn.url} did not answer within {wait} s") from None
         finally:
             conn.close()
-        return count_answer(messages[0] if messages else None, grain, by, self.url)
+        return True, messages[0] if messages else None
 
     def receive(
         self,

@@ -21,15 +21,9 @@ from typing import Any, cast
 import websocket
 
 from ..protocol.arrow import SUBPROTOCOL
-from ..exceptions import (
-    AuthenticationError,
-    ConnectError,
-    ConnectionClosed,
-    ProtocolError,
-    TheiaTimeoutError,
-)
+from ..exceptions import ConnectionClosed, ProtocolError, TheiaTimeoutError
 from ..protocol.wsframes import OP_BINARY, OP_CLOSE, OP_TEXT, FrameReader, MessageTooBig, client_frame, client_frames, close_payload
-from .options import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_MESSAGE_SIZE, UNSET
+from .options import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_MESSAGE_SIZE, UNSET, connect_error, handshake_error
 
 __all__ = ["Connection", "Silence", "connect_within", "HandshakeDeadline"]
 
@@ -89,18 +83,18 @@ class HandshakeDeadline:
 def connect_within(ws: websocket.WebSocket, url: str, timeout: float | None, header: list[str]) -> None:
     """``ws.connect``, raising :class:`TimeoutError` when it took longer than ``timeout`` in all."""
     if timeout is None:
-        ws.connect(url, timeout=None, header=header)
+        ws.connect(url, timeout=None, header=header)  # type: ignore[no-untyped-call]
         return
     deadline = HandshakeDeadline(ws, timeout)
     try:
-        ws.connect(url, timeout=timeout, header=header)
+        ws.connect(url, timeout=timeout, header=header)  # type: ignore[no-untyped-call]
     except Exception as exc:
         if deadline.stop():
             raise TimeoutError(f"the handshake with {url} took longer than {timeout} s") from exc
         raise
     if deadline.stop():
         # finished just as the deadline shut the socket: the connection is not usable
-        ws.shutdown()
+        ws.shutdown()  # type: ignore[no-untyped-call]
         raise TimeoutError(f"the handshake with {url} took longer than {timeout} s")
 
 
@@ -170,31 +164,17 @@ class Connection:
         try:
             connect_within(ws, url, timeout, header)
         except websocket.WebSocketBadStatusException as exc:
-            status = getattr(exc, "status_code", None)
-            if status == 401:
-                raise AuthenticationError(
-                    f"{url} refused the WebSocket handshake with HTTP status 401: "
-                    "it needs credentials (Client(..., token=...))",
-                    url=url,
-                    status=401,
-                ) from exc
-            if status == 403:
-                raise AuthenticationError(
-                    f"{url} refused the WebSocket handshake with HTTP status 403: it refused the credentials",
-                    url=url,
-                    status=403,
-                ) from exc
-            raise ConnectError(f"{url} refused the WebSocket handshake with HTTP status {status}", url=url) from exc
+            raise handshake_error(url, exc.status_code, "Client") from exc
         except websocket.WebSocketAddressException as exc:
-            raise ConnectError(f"cannot resolve the host of {url}: {exc}", url=url) from exc
+            raise connect_error(url, "unknown-host", exc) from exc
         except (TimeoutError, websocket.WebSocketTimeoutException) as exc:
-            raise TheiaTimeoutError(f"timed out after {timeout} s connecting to {url} (the handshake did not finish)") from exc
+            raise connect_error(url, "timeout", timeout=timeout) from exc
         except ConnectionRefusedError as exc:
-            raise ConnectError(f"connection refused by {url} (is a collector running there?)", url=url) from exc
+            raise connect_error(url, "refused") from exc
         except ssl.SSLError as exc:
-            raise ConnectError(f"TLS handshake with {url} failed: {exc}", url=url) from exc
+            raise connect_error(url, "tls", exc) from exc
         except (websocket.WebSocketException, OSError, ValueError) as exc:
-            raise ConnectError(f"cannot connect to {url}: {exc}", url=url) from exc
+            raise connect_error(url, "other", exc) from exc
         finally:
             if on_handshake is not None:
                 on_handshake(None)
