@@ -10,7 +10,6 @@ import warnings
 
 import pytest
 
-import theia_frames as tf
 from theia_frames.deprecation import renamed_arguments, take_renamed, warn_deprecated
 from theia_frames.exceptions import UsageError
 
@@ -47,13 +46,3 @@ def test_warn_deprecated_text():
     with pytest.warns(DeprecationWarning, match=r"^x is deprecated; use y \(the old name will be removed"):
         warn_deprecated("x", "y")
 
-
-@pytest.mark.parametrize("make", [tf.Client, tf.AsyncClient])
-def test_the_clients_send_batch_size_is_batch_size_now(make):
-    with pytest.warns(DeprecationWarning, match=r"send_batch_size.*batch_size") as caught:
-        client = make("ws://127.0.0.1:1", send_batch_size=500)
-    assert client.batch_size == 500
-    assert caught[0].filename == __file__
-    assert make("ws://127.0.0.1:1").batch_size == 10_000
-    with pytest.raises(UsageError):
-        make("ws://127.0.0.1:1", batch_size=10, send_batch_size=20)
