@@ -57,6 +57,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..protocol.arrow import event_schema
+from ..checks import positive_int
+from ..client.options import split_client_options
+from ..client.sync import Client
 from .partitions import (
     DEFAULT_PARTITION_EVENTS,
     MAX_PARTITIONS,
@@ -67,7 +70,7 @@ from .partitions import (
     time_slices,
 )
 from ..exceptions import MissingDependencyError, UsageError
-from ..filter import EventFilter
+from ..filter import EventFilter, FilterLike, as_filter
 from .convert import batches_to_dataframe, empty_frame, finish_frame
 
 __all__ = [
@@ -142,8 +145,6 @@ def slice_filter(flt: EventFilter, lo_us: int, hi_us: int) -> EventFilter:
 
 def _first_event_time(urls: Sequence[str], flt: EventFilter, options: Mapping[str, Any]) -> float | None:
     """The earliest time of the first event each collector sends for ``flt`` (ascending), None when none has one."""
-    from ..client import Client
-
     first: float | None = None
     for url in urls:
         with Client(url, **dict(options)) as client:
@@ -157,8 +158,6 @@ def _first_event_time(urls: Sequence[str], flt: EventFilter, options: Mapping[st
 
 
 def _collector_table(url: str, flt: EventFilter, options: Mapping[str, Any]) -> pa.Table:
-    from ..client import Client
-
     with Client(url, **dict(options)) as client:
         result = client.find(flt)
         batches = list(result.iter_batches())
@@ -236,7 +235,7 @@ def _is_url(value: Any) -> bool:
 
 def to_dask(
     source: str | os.PathLike[str] | Sequence[str],
-    filter: EventFilter | None = None,
+    filter: FilterLike = None,
     *,
     partition: Any = None,
     npartitions: int | None = None,
@@ -267,19 +266,15 @@ def to_dask(
     :class:`~theia_frames.exceptions.MissingDependencyError`.
     """
     dd = _dask()
-    flt = filter if filter is not None else EventFilter()
-    if not isinstance(flt, EventFilter):
-        raise UsageError(f"to_dask takes an EventFilter (or None), got {type(flt).__name__}")
+    flt = as_filter(filter)
     if flt.order == "desc":
         raise UsageError("a Dask frame is sorted by time: to_dask takes no descending filter")
-    if npartitions is not None and (isinstance(npartitions, bool) or not isinstance(npartitions, int) or npartitions < 1):
-        raise UsageError(f"npartitions must be a whole number >= 1, got {npartitions!r}")
+    npartitions = positive_int("npartitions", npartitions, none_ok=True)
     if npartitions is not None and npartitions > MAX_PARTITIONS:
         raise UsageError(f"npartitions={npartitions} is more than {MAX_PARTITIONS}")
     if partition is not None and npartitions is not None:
         raise UsageError("give partition= or npartitions=, not both")
-    if isinstance(partition_events, bool) or not isinstance(partition_events, int) or partition_events < 1:
-        raise UsageError(f"partition_events must be a whole number >= 1, got {partition_events!r}")
+    partition_events = positive_int("partition_events", partition_events)
     cols = None if columns is None else tuple(c for c in (columns if not isinstance(columns, str) else [columns]) if c != "timestamp")
     empty_frame(cols)  # checks the names
     options = dict(source_options or {})
@@ -317,10 +312,7 @@ def to_dask(
             )
         counts: list[tuple[float, float, float]] | None = []
         for url in urls:
-            got = chunk_counts(
-                url, flt, timeout=timeout, token=options.get("token"), cafile=options.get("cafile"),
-                ssl_context=options.get("ssl_context"),
-            )
+            got = chunk_counts(url, flt, **{**split_client_options(options)[0], "timeout": timeout})
             if got is None:
                 counts = None
                 break
@@ -453,16 +445,14 @@ class DaskTheiaAccessor:
                 "compute the frame first for others"
             )
         bucket(self._ddf._meta, freq, by=by, value=value, agg=agg, tz=tz)  # checks the arguments here
-        parts = self._ddf.to_delayed()
-        import dask
-
-        pieces = dask.compute(*[dask.delayed(bucket)(p, freq, by=by, value=value, agg=agg, tz=tz) for p in parts])
-        pieces = [p for p in pieces if len(p)]
+        pieces: list[pd.DataFrame] = [
+            p for p in _each_partition(self._ddf, bucket, freq, by=by, value=value, agg=agg, tz=tz) if len(p)
+        ]
         if not pieces:
             return bucket(self._ddf._meta, freq, by=by, value=value, agg=agg, tz=tz)
         joined = pd.concat(pieces)
         counts = agg == "count"
-        out = joined.groupby(level=0, sort=True).agg(combine[agg])
+        out: pd.DataFrame = joined.groupby(level=0, sort=True).agg(combine[agg])
         # every bucket from the first to the last, laid out by bucket itself
         ends = pd.DataFrame({"timestamp": pd.DatetimeIndex([out.index[0], out.index[-1]])})
         edges = bucket(ends, freq, tz=tz, max_buckets=None).index  # the first and last times alone: any number
@@ -499,9 +489,7 @@ class DaskTheiaAccessor:
         if column not in self._ddf.columns:
             raise UsageError(f"patterns needs the column {column!r}; the frame has {list(self._ddf.columns)}")
         if learn:
-            import dask
-
-            pieces = dask.compute(*[dask.delayed(_shape_counts)(p, column, miner) for p in self._ddf.to_delayed()])
+            pieces = _each_partition(self._ddf, _shape_counts, column, miner)
             counts = pd.concat(pieces).groupby(level=0, sort=False).sum() if pieces else pd.Series(dtype=np.int64)
             miner.learn([str(s) for s in counts.index], counts.to_numpy(dtype=np.int64))
         meta = miner.patterns(self._ddf._meta, column, learn=False)
@@ -545,7 +533,16 @@ def _shape_counts(df: pd.DataFrame, column: str, miner: Any) -> pd.Series:
 
 
 def _apply_patterns(df: pd.DataFrame, column: str, miner: Any) -> pd.DataFrame:
-    return miner.patterns(df, column, learn=False)
+    frame: pd.DataFrame = miner.patterns(df, column, learn=False)
+    return frame
+
+
+def _each_partition(ddf: Any, func: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
+    """``func(partition, *args, **kwargs)`` of every partition of ``ddf``, computed by the workers."""
+    from dask.base import compute
+    from dask.delayed import delayed
+
+    return list(compute(*[delayed(func)(p, *args, **kwargs) for p in ddf.to_delayed()]))  # type: ignore[no-untyped-call]
 
 
 def _register() -> None:
@@ -553,7 +550,7 @@ def _register() -> None:
         from dask.dataframe.extensions import register_dataframe_accessor
     except ImportError:  # pragma: no cover - no dask: nothing to register on
         return
-    register_dataframe_accessor("theia")(DaskTheiaAccessor)
+    register_dataframe_accessor("theia")(DaskTheiaAccessor)  # type: ignore[no-untyped-call]
 
 
 _register()

@@ -4,7 +4,7 @@ Three ways, as the source allows:
 
 - by chunk counts: :func:`chunk_counts` asks a collector of this project how
   many events its stored chunks hold over time (the extension's ``/chunks``
-  request, on a connection of its own), and :func:`time_slices` cuts so that
+  request, made by a :class:`~theia_frames.client.Client`), and :func:`time_slices` cuts so that
   each slice holds about as many events;
 - by time: a peer that cannot tell (the upstream collector) is cut into
   slices of a fixed length (:data:`DEFAULT_PARTITION`, or ``partition=``);
@@ -23,24 +23,16 @@ from __future__ import annotations
 
 import math
 import os
-import ssl
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..protocol.arrow import SUBPROTOCOL
-from ..exceptions import (
-    ConnectError,
-    ConnectionClosed,
-    ProtocolError,
-    ServerError,
-    TheiaTimeoutError,
-    UsageError,
-)
-from ..filter import EventFilter
-from ..protocol.messages import CHUNKS_PATH, MAX_CHUNK_ENTRIES, error_text, parse_chunks_reply
+from ..client.sync import Client
+from ..exceptions import UsageError
+from ..filter import EventFilter, FilterLike
+from .storefiles import store_files
 
 __all__ = [
     "chunk_counts",
@@ -59,8 +51,6 @@ DEFAULT_PARTITION_EVENTS = 500_000
 DEFAULT_PARTITION = "1h"
 #: Most partitions one frame may have (a graph of more would cost the driver more than the data).
 MAX_PARTITIONS = 100_000
-# Bytes of the answer to a /chunks request read at most (MAX_CHUNK_ENTRIES entries of three numbers).
-_MAX_CHUNKS_REPLY = MAX_CHUNK_ENTRIES * 80 + 64
 #: Bytes of the upstream store's text an event takes, about (store slices are weighed by file size).
 STORE_EVENT_BYTES = 200
 
@@ -68,102 +58,17 @@ STORE_EVENT_BYTES = 200
 # --------------------------------------------------------------------------- the layout request
 
 
-def _endpoint(url: str, path: str) -> str:
-    from ..client import Client
-
-    client = Client(url)  # the client's reading of a collector URL (it connects only when used)
-    try:
-        return client.url + path
-    finally:
-        client.close()
-
-
-def _ssl_for(url: str, ssl_context: ssl.SSLContext | None, cafile: str | os.PathLike[str] | None) -> Any:
-    if not url.lower().startswith("wss://"):
-        return None
-    if ssl_context is not None:
-        return ssl_context
-    return ssl.create_default_context(cafile=os.fspath(cafile) if cafile is not None else None)
-
-
-def chunk_counts(
-    url: str,
-    filter: EventFilter | None = None,
-    *,
-    timeout: float | None = 10.0,
-    token: str | None = None,
-    cafile: str | os.PathLike[str] | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-) -> list[tuple[float, float, int]] | None:
+def chunk_counts(url: str, filter: FilterLike = None, **client_options: Any) -> list[tuple[float, float, int]] | None:
     """How many events the collector at ``url`` holds over ``filter``'s time range, from its index:
-    ``(first timestamp, last timestamp, events)`` of its stored chunks (or of runs of neighbouring
-    chunks, at most :data:`~theia_frames.protocol.messages.MAX_CHUNK_ENTRIES`), in time order.
+    ``(first timestamp, last timestamp, events)`` of its stored chunks, in time order; None when the
+    peer does not speak the extension (the upstream collector).
 
-    The extension's ``/chunks`` request on a connection of its own. Only the
-    time range of ``filter`` is used: the counts are of every event in a
-    chunk, an upper bound for a filter with patterns, and a chunk at the edge
-    of the range is counted whole. None when the peer does not speak the
-    extension (the upstream collector; one that refuses the path or the
-    subprotocol). A refused connection raises
-    :class:`~theia_frames.exceptions.ConnectError`, an error answer
-    :class:`~theia_frames.exceptions.ServerError`, an answer that is not a
-    layout (or longer than such an answer can be)
-    :class:`~theia_frames.exceptions.ProtocolError`.
+    :meth:`Client.chunks <theia_frames.client.Client.chunks>` on a client of ``url`` made with
+    ``client_options`` (``timeout``, ``token``, ``cafile``, ...): its settings, credentials, TLS and
+    errors.
     """
-    from websockets.exceptions import ConnectionClosed as WsClosed
-    from websockets.exceptions import InvalidHandshake, InvalidStatus, PayloadTooBig
-    from websockets.sync.client import connect
-
-    flt = filter if filter is not None else EventFilter()
-    target = _endpoint(url, CHUNKS_PATH)
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else None
-    try:
-        ws = connect(
-            target,
-            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-            additional_headers=headers,
-            ssl=_ssl_for(target, ssl_context, cafile),
-            open_timeout=timeout,
-            close_timeout=timeout,
-            max_size=_MAX_CHUNKS_REPLY,
-            compression=None,
-        )
-    except InvalidStatus as exc:
-        status = exc.response.status_code
-        if status in (401, 403):
-            from ..exceptions import AuthenticationError
-
-            raise AuthenticationError(f"{target} refused the credentials (HTTP {status})", url=url, status=status) from exc
-        return None  # a peer without the path
-    except InvalidHandshake:
-        return None
-    except TimeoutError as exc:
-        raise TheiaTimeoutError(f"no handshake from {target} within {timeout} s") from exc
-    except OSError as exc:
-        raise ConnectError(f"cannot connect to {target}: {exc}", url=url) from exc
-    with ws:
-        if ws.subprotocol != SUBPROTOCOL:
-            return None
-        try:
-            ws.send(flt.to_json())
-            answer = ws.recv(timeout=timeout)
-        except TimeoutError as exc:
-            raise TheiaTimeoutError(f"{target} did not answer its layout request within {timeout} s") from exc
-        except PayloadTooBig as exc:
-            raise ProtocolError(f"{target} answered its layout request with more than {_MAX_CHUNKS_REPLY} bytes") from exc
-        except WsClosed as exc:
-            if exc.sent is not None and exc.sent.code == 1009:
-                raise ProtocolError(
-                    f"{target} answered its layout request with more than {_MAX_CHUNKS_REPLY} bytes"
-                ) from exc
-            raise ConnectionClosed(f"{target} closed the connection before answering: {exc}", url=url) from exc
-    text = error_text(answer)
-    if text is not None:
-        raise ServerError(text, url=url)
-    entries = parse_chunks_reply(answer)
-    if entries is None:
-        raise ProtocolError(f"{target} answered its layout request with {str(answer)[:80]!r}")
-    return entries
+    with Client(url, **client_options) as client:
+        return client.chunks(filter)
 
 
 # --------------------------------------------------------------------------- cutting slices
@@ -273,8 +178,6 @@ def store_layout(
 ) -> tuple[list[tuple[Any, float, float]], list[tuple[float, float, float]]]:
     """The store's data files that may hold events of ``flt`` (with their name's span), and their
     spans weighed by size (what a file holds, as far as its name and size tell)."""
-    from .storefiles import store_files
-
     files = store_files(folder, start=flt.start, end=flt.end)
     named = [(f, float(f.first), float(f.last + 1)) for f in files if f.first is not None and f.last is not None]
     if len(named) != len(files):
