@@ -520,3 +520,20 @@ def test_the_words_for_a_stream_error():
     assert in_words(ConnectionClosed("dropped", code=None)).startswith("the connection dropped without a goodbye")
     assert in_words(SubscriberTooSlow("too slow", code=1013)).startswith("the collector dropped this subscription")
     assert "code" not in in_words(ConnectionClosed("closed with code 1011", code=1011))
+
+
+def test_the_words_come_from_the_errors_kind_and_attributes_not_their_text():
+    from theia_frames.exceptions import ConnectError, ConnectionClosed, GaveUp, HandshakeRefused
+    from theia_frames.live.frame import in_words
+
+    refused = ConnectError("no words to match here", reason="refused")
+    assert in_words(refused) == "the collector does not accept connections (it is not running, or not at this address)"
+    assert in_words(ConnectError("refused TLS resolve", reason="unknown-host")) == "the collector's host name is unknown"
+    assert in_words(ConnectError("x", reason="tls")) == "the secure connection to the collector failed (TLS)"
+    assert in_words(ConnectError("x", reason="timeout")) == "the collector does not answer (connecting timed out)"
+    assert in_words(ConnectError("boom", reason="other")) == "the collector cannot be reached: boom"
+    assert in_words(HandshakeRefused("x", status=503)) == (
+        "the server refused the subscription (HTTP status 503): is it a theia collector?")
+    assert in_words(GaveUp("x", attempts=4, cause=refused)) == f"gave up reconnecting after 4 attempts: {in_words(refused)}"
+    assert in_words(GaveUp("x", attempts=2, cause=None)) == "gave up reconnecting after 2 attempts"
+    assert in_words(ConnectionClosed("x", code=4000)) == "the connection closed (code 4000)"

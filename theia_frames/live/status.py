@@ -8,7 +8,6 @@ what an error of a live stream means, in words a user can act on.
 from __future__ import annotations
 
 import datetime as _dt
-import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,11 +15,14 @@ from ..exceptions import (
     AuthenticationError,
     ConnectError,
     ConnectionClosed,
+    GaveUp,
+    HandshakeRefused,
     ProtocolError,
     ServerError,
     SubscriberTooSlow,
     TheiaTimeoutError,
 )
+from ..protocol.messages import CLOSE_DROPPED, CLOSE_WORDS
 
 __all__ = ["LiveStatus", "Phase", "State", "in_words"]
 
@@ -30,61 +32,53 @@ State = Literal["new", "running", "paused", "stopped", "ended", "failed"]
 #: ``live`` while connected and ``reconnecting`` while the collector is away.
 Phase = Literal["new", "connecting", "live", "reconnecting", "paused", "stopped", "ended", "failed"]
 
-
-_CLOSE_WORDS = {
-    1000: "the collector closed the stream",
-    1001: "the collector went away (it was stopped or is restarting)",
-    1005: "the collector closed the stream",
-    1006: "the connection dropped without a goodbye (the network, or the collector stopped abruptly)",
-    1008: "the collector refused the subscription",
-    1009: "the collector refused a message as too large",
-    1011: "the collector failed with an internal error",
-    1012: "the collector is restarting",
-    1013: "the collector is overloaded",
+#: What each :attr:`~theia_frames.exceptions.ConnectError.reason` means (``handshake``
+#: is a :class:`~theia_frames.exceptions.HandshakeRefused`, said with its status).
+_CONNECT_WORDS = {
+    "refused": "the collector does not accept connections (it is not running, or not at this address)",
+    "unknown-host": "the collector's host name is unknown",
+    "tls": "the secure connection to the collector failed (TLS)",
+    "timeout": "the collector does not answer (connecting timed out)",
 }
 
 
 def in_words(exc: BaseException | None) -> str:
     """What an error of a live stream means, in words a user can act on.
 
+    It reads the error's kind and attributes (``GaveUp.attempts`` and ``.cause``,
+    ``ConnectError.reason``, ``HandshakeRefused.status``, ``ConnectionClosed.code``),
+    never its message.
+
     >>> in_words(ConnectionClosed("the connection to ws://h:1 closed with code 1001", code=1001))
     'the collector went away (it was stopped or is restarting)'
-    >>> in_words(ConnectError("connection refused by ws://h:1 (is a collector running there?)"))
+    >>> in_words(ConnectError("connection refused by ws://h:1 (is a collector running there?)", reason="refused"))
     'the collector does not accept connections (it is not running, or not at this address)'
+    >>> in_words(HandshakeRefused("ws://h:1/live refused the WebSocket handshake with HTTP status 503", status=503))
+    'the server refused the subscription (HTTP status 503): is it a theia collector?'
     """
     if exc is None:
         return ""
-    text = str(exc)
     if isinstance(exc, SubscriberTooSlow):
         return "the collector dropped this subscription: it fell too far behind the events"
     if isinstance(exc, AuthenticationError):
         return "the collector refused the credentials"
-    if isinstance(exc, ConnectionClosed) and "gave up reconnecting" in text:
-        attempts = re.search(r"after (\d+) attempt", text)
-        cause = exc.__cause__
-        why = f": {in_words(cause)}" if cause is not None else ""
-        return f"gave up reconnecting after {attempts.group(1) if attempts else 'several'} attempts{why}"
+    if isinstance(exc, GaveUp):
+        why = f": {in_words(exc.cause)}" if exc.cause is not None else ""
+        return f"gave up reconnecting after {exc.attempts} attempts{why}"
+    if isinstance(exc, HandshakeRefused):
+        return f"the server refused the subscription (HTTP status {exc.status}): is it a theia collector?"
     if isinstance(exc, ConnectError):
-        if "refused the WebSocket handshake" in text:
-            return f"the server refused the subscription ({text.rsplit('with ', 1)[-1]}): is it a theia collector?"
-        if "refused" in text:
-            return "the collector does not accept connections (it is not running, or not at this address)"
-        if "resolve" in text:
-            return "the collector's host name is unknown"
-        if "TLS" in text:
-            return "the secure connection to the collector failed (TLS)"
-        if "timed out" in text.lower():
-            return "the collector does not answer (connecting timed out)"
-        return f"the collector cannot be reached: {text}"
+        return _CONNECT_WORDS.get(exc.reason, f"the collector cannot be reached: {exc}")
     if isinstance(exc, ConnectionClosed):
-        return _CLOSE_WORDS.get(exc.code if exc.code is not None else 1006, f"the connection closed (code {exc.code})")
+        code = CLOSE_DROPPED if exc.code is None else exc.code
+        return CLOSE_WORDS.get(code, f"the connection closed (code {code})")
     if isinstance(exc, TheiaTimeoutError):
         return "the collector did not answer in time"
     if isinstance(exc, ServerError):
         return f"the collector reported an error: {exc.text}"
     if isinstance(exc, ProtocolError):
-        return f"the collector sent something that is not the theia protocol: {text}"
-    return f"{type(exc).__name__}: {text}"
+        return f"the collector sent something that is not the theia protocol: {exc}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _clock(seconds: float) -> str:
