@@ -566,11 +566,12 @@ def Filter(start: TimeLike = None) -> EventFilter:  # noqa: N802 - mirrors the G
 FilterLike = Union[EventFilter, Mapping[str, Any], None]
 
 
-def as_filter(value: FilterLike, *, what: str = "a filter") -> EventFilter:
+def as_filter(value: FilterLike, *, what: str = "a filter", dict_ok: bool = True) -> EventFilter:
     """``value`` as an :class:`EventFilter`: the one reading of a filter argument, wherever one is taken.
 
-    None is every event, a mapping is read by :meth:`EventFilter.from_dict`; ``what``
-    names the argument in the error for anything else.
+    None is every event, a mapping is read by :meth:`EventFilter.from_dict` (unless
+    ``dict_ok`` is false: an API of built filters only); ``what`` names the argument in
+    the error for anything else.
 
     >>> as_filter({"start": 5}).start
     5.0
@@ -585,6 +586,6 @@ def as_filter(value: FilterLike, *, what: str = "a filter") -> EventFilter:
         return EventFilter()
     if isinstance(value, EventFilter):
         return value
-    if isinstance(value, Mapping):
+    if isinstance(value, Mapping) and dict_ok:
         return EventFilter.from_dict(value)
-    raise UsageError(f"{what} must be an EventFilter, a dict or None, got {type(value).__name__}")
+    raise UsageError(f"{what} must be an EventFilter{', a dict' if dict_ok else ''} or None, got {type(value).__name__}")

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from ..protocol.arrow import event_schema
 from ..exceptions import UsageError
-from ..filter import EventFilter
+from ..filter import EventFilter, as_filter
 from .buffer import EventBuffer, parse_window
 from .registry import current_cell, register, unregister
 from .status import LiveStatus, Phase, State, in_words
@@ -134,12 +134,7 @@ class LiveFrame:
         receive_options: Mapping[str, Any] | None = None,
         **client_kw: Any,
     ) -> None:
-        if filter is None:
-            filter = EventFilter()
-        elif isinstance(filter, Mapping):
-            filter = EventFilter.from_dict(filter)
-        elif not isinstance(filter, EventFilter):
-            raise UsageError(f"filter must be an EventFilter or a dict, got {type(filter).__name__}")
+        filter = as_filter(filter)
         if isinstance(client_or_url, str):
             self.url: str | None = client_or_url
             self._client: Any = None

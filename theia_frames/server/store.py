@@ -99,7 +99,7 @@ from ..protocol.arrow import outside_event_times, batch_to_columns, batch_to_ipc
 from ..protocol.codec import EventColumns
 from ..event import Event
 from ..exceptions import DecodeError, StoreError, UsageError
-from ..filter import EventFilter
+from ..filter import EventFilter, as_filter
 from .chunks import MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, checked_blob, chunk_checksum, COMPRESSION, FIELDS, FINAL_TIER, arrival_order, decode_arrivals, encode_arrivals, event_batch, first_of_equal, from_ipc, identity_micros, IDENTITY_MARGIN, same_content, sort_keys, piece_spans, sort_order, tier, translate_error, whole
 from .keyindex import KEY_INDEX_BYTES, ChunkKeys, KeyIndex
 from .query import Projection, Results, Snapshot, chunks_sql, ipc_messages, rebatch, sweep
@@ -805,9 +805,7 @@ class EventStore:
             pool.shutdown(wait=True)
 
     def _snapshot(self, filter: EventFilter | None, rows: int, wait: float | None = None) -> Snapshot:
-        flt = filter if filter is not None else EventFilter()
-        if not isinstance(flt, EventFilter):
-            raise UsageError(f"a store query needs an EventFilter, got {type(flt).__name__}")
+        flt = as_filter(filter, what="a store query's filter", dict_ok=False)
         if rows < 1:
             raise UsageError(f"a query's batch_size must be at least 1, got {rows}")
         if wait is not None and not wait > 0:
