@@ -1,4 +1,4 @@
-"""The client: framing, message meaning, errors, and both peers of the protocol.
+"""The sync client over sockets: the transport's framing, message meaning, errors, and both peers of the protocol.
 
 Against a server that behaves like the upstream collector (``upstream_like``)
 here; against the embedded collector in ``test_client_collector``-style tests
@@ -16,12 +16,10 @@ import time
 import types
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import theia_frames as tf
 from raw_peer import read_client_frame
-from theia_frames.protocol.arrow import event_schema, events_to_batch, iter_batch_events
+from theia_frames.protocol.arrow import event_schema, events_to_batch
 from theia_frames.client import (
     DEFAULT_IDLE_TIMEOUT,
     Client,
@@ -30,9 +28,6 @@ from theia_frames.client import (
 )
 from theia_frames.client.options import base_url as _base_url
 from theia_frames.client.transport import Connection as _Connection
-from theia_frames.protocol.outgoing import checked_event_batch as _checked_event_batch
-from theia_frames.protocol.wsframes import FrameReader
-from theia_frames.protocol.wsframes import mask as _mask
 from theia_frames.protocol.codec import encode
 from theia_frames.event import Event
 from theia_frames.exceptions import (
@@ -168,10 +163,6 @@ def pair():
     b.close()
 
 
-@given(st.binary(max_size=300), st.binary(min_size=4, max_size=4))
-def test_mask_is_an_involution(data, key):
-    assert _mask(_mask(data, key), key) == data
-
 
 @pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 200_000])
 def test_client_frames_carry_every_length(pair, size):
@@ -188,35 +179,6 @@ def test_client_frames_carry_every_length(pair, size):
     t.join(10)
     assert received == [(2, payload)]
 
-
-@settings(max_examples=60, deadline=None)
-@given(
-    messages=st.lists(
-        st.one_of(st.binary(max_size=70_000).map(lambda b: (2, b)), st.text(max_size=200).map(lambda t: (1, t))),
-        max_size=6,
-    ),
-    cuts=st.lists(st.integers(min_value=0, max_value=300_000), max_size=8),
-    fragment=st.booleans(),
-)
-def test_frames_are_reassembled_however_the_bytes_arrive(messages, cuts, fragment):
-    wire = b""
-    for opcode, data in messages:
-        payload = data if opcode == 2 else data.encode()
-        if fragment and len(payload) > 1:
-            half = len(payload) // 2
-            wire += server_frame(opcode, payload[:half], fin=False) + server_frame(0, payload[half:])
-        else:
-            wire += server_frame(opcode, payload)
-    reader = FrameReader("ws://test/find", max_message=1 << 30, max_fragments=10)
-    out = []
-    points = sorted({c % (len(wire) + 1) for c in cuts}) + [len(wire)]
-    last = 0
-    for p in points:
-        reader.feed(wire[last:p])
-        last = p
-        reader.messages(out)
-    assert out == [data for _, data in messages]
-    assert not reader.buf
 
 
 def test_ping_is_answered_and_close_code_recorded(pair):
@@ -261,41 +223,6 @@ def test_protocol_violations_raise(pair, frame, message):
     with pytest.raises(ProtocolError, match=message):
         conn.read(5)
 
-
-# --------------------------------------------------------------------------- batches to send (pure)
-
-
-def test_checked_event_batch_keeps_events_exactly():
-    events = make_events(5) + [Event(id="ü", timestamp=BASE, source="/ü:1", tags=[], content="a\nb")]
-    batch = _checked_event_batch(events)
-    assert batch.schema.equals(event_schema())
-    assert batch.equals(events_to_batch(events))
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        Event(id="a\nb"),
-        Event(source="x\r"),
-        Event(tags=["a,b"]),
-        Event(tags=["a\n"]),
-        Event(timestamp=float("nan")),
-        Event(timestamp="soon"),
-        Event(content="\ud800"),
-        Event(tags=[1]),
-    ],
-)
-def test_checked_event_batch_refuses_what_encode_refuses(bad):
-    with pytest.raises(InvalidEventError) as from_encode:
-        encode(bad)
-    with pytest.raises(InvalidEventError) as from_batch:
-        _checked_event_batch(make_events(3) + [bad])
-    assert str(from_batch.value) == str(from_encode.value)
-
-
-def test_checked_event_batch_refuses_non_events():
-    with pytest.raises(InvalidEventError, match="expects Events"):
-        _checked_event_batch([{"id": "x"}])
 
 
 # --------------------------------------------------------------------------- connection errors
@@ -853,89 +780,6 @@ def test_result_repr_and_context_manager(upstream):
     with pytest.raises(UsageError, match="closed"):
         list(result)
 
-
-# --------------------------------------------------------------------------- bulk decoding of plain messages (pure)
-
-
-def go_dialect(e: Event) -> bytes:
-    header = f"id:{e.id}\ntimestamp:{e.timestamp:.6f}\nsource:{e.source}\n"
-    if e.tags:
-        header += f"tags:{','.join(e.tags)}\n"
-    h, c = header.encode(), e.content.encode()
-    return b"event:%d %d %d\n%s%s" % (len(h) + len(c), len(h), len(c), h, c)
-
-
-line_text = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=20)
-tag_text = st.text(st.characters(blacklist_characters="\r\n,", blacklist_categories=("Cs",)), min_size=1, max_size=8)
-events_strategy = st.builds(
-    Event,
-    id=line_text,
-    timestamp=st.one_of(
-        st.floats(min_value=0, max_value=4e9, allow_nan=False),
-        st.floats(min_value=1.5e9, max_value=1.9e9, allow_nan=False),
-    ),
-    source=line_text,
-    tags=st.lists(tag_text, max_size=3),
-    content=st.text(st.characters(blacklist_categories=("Cs",)), max_size=40),
-)
-
-
-def reference(messages):
-    """What decoding each message on its own gives: events, or None for a DecodeError."""
-    from theia_frames.protocol.codec import decode_stream
-
-    out = []
-    for m in messages:
-        try:
-            if not m.strip(b"\r\n"):
-                raise DecodeError("an empty message is not an event")
-            out.append(decode_stream(m))
-        except DecodeError:
-            out.append(None)
-    return out
-
-
-@settings(max_examples=80, deadline=None)
-@given(
-    st.lists(
-        st.one_of(
-            events_strategy.map(encode),
-            events_strategy.map(go_dialect),
-            st.sampled_from([b"garbage", b"event: 1 2 3\n", b"\xff\xfe not utf-8", encode(Event(id="x")) + b"junk"]),
-            st.binary(max_size=60),
-        ),
-        min_size=0,
-        max_size=150,
-    )
-)
-def test_bulk_decoding_equals_decoding_each_message(messages):
-    from theia_frames.protocol.plain import decode_plain as _decode_plain
-
-    # around enough well-formed messages that the bulk decoder is used
-    usual = [encode(e) for e in make_events(64)]
-    messages = usual[:32] + messages + usual[32:]
-    errors = []
-    batch = _decode_plain(messages, errors.append)
-    expected = reference(messages)
-    assert len(errors) == sum(1 for r in expected if r is None)
-    want = [e for r in expected if r for e in r]
-    from theia_frames.protocol.arrow import iter_batch_events as batch_events
-
-    got = list(batch_events(batch))
-    assert got == want
-    assert batch.schema.equals(event_schema())
-
-
-def test_bulk_decoding_is_used_for_many_messages(monkeypatch):
-    from theia_frames.protocol import plain as client_module
-
-    calls = []
-    real = client_module.slow_decode
-    monkeypatch.setattr(client_module, "slow_decode", lambda m, bad: calls.append(len(m)) or real(m, bad))
-    events = make_events(1000)
-    batch = client_module.decode_plain([encode(e) for e in events] + [b"bad"], lambda exc: None)
-    assert batch.num_rows == 1000 and calls == [1]
-    assert list(iter_batch_events(batch)) == events
 
 
 # --------------------------------------------------------------------------- edge cases, scripted (MockServer)

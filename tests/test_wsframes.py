@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from raw_peer import read_client_frame
 from theia_frames.client.transport import SEND_GROUP, Connection
 from theia_frames.exceptions import UsageError
-from theia_frames.protocol.wsframes import NUMPY_MASK, OP_BINARY, OP_TEXT, client_frame, client_frames, mask
+from theia_frames.protocol.wsframes import NUMPY_MASK, OP_BINARY, OP_TEXT, FrameReader, client_frame, client_frames, mask
 
 # every length class of the header (7, 16 and 64 bits) and both sides of the numpy threshold,
 # with tails of every length after the last whole word
@@ -95,3 +95,52 @@ def test_send_binaries_writes_every_group_whole_and_in_order():
         conn.close()
         b.close()
     assert received == [(OP_BINARY, p) for p in payloads]
+
+
+def server_frame(opcode, payload, *, fin=True, rsv=0, masked=False):
+    """A frame as a server writes it (unmasked unless ``masked``)."""
+    b0 = (0x80 if fin else 0) | rsv | opcode
+    n = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if n < 126:
+        head = bytes([b0, mask_bit | n])
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, mask_bit | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, mask_bit | 127, n)
+    return head + (b"\0\0\0\0" if masked else b"") + payload
+
+
+@given(st.binary(max_size=300), st.binary(min_size=4, max_size=4))
+def test_mask_is_an_involution(data, key):
+    assert mask(mask(data, key), key) == data
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    messages=st.lists(
+        st.one_of(st.binary(max_size=70_000).map(lambda b: (2, b)), st.text(max_size=200).map(lambda t: (1, t))),
+        max_size=6,
+    ),
+    cuts=st.lists(st.integers(min_value=0, max_value=300_000), max_size=8),
+    fragment=st.booleans(),
+)
+def test_frames_are_reassembled_however_the_bytes_arrive(messages, cuts, fragment):
+    wire = b""
+    for opcode, data in messages:
+        payload = data if opcode == 2 else data.encode()
+        if fragment and len(payload) > 1:
+            half = len(payload) // 2
+            wire += server_frame(opcode, payload[:half], fin=False) + server_frame(0, payload[half:])
+        else:
+            wire += server_frame(opcode, payload)
+    reader = FrameReader("ws://test/find", max_message=1 << 30, max_fragments=10)
+    out = []
+    points = sorted({c % (len(wire) + 1) for c in cuts}) + [len(wire)]
+    last = 0
+    for p in points:
+        reader.feed(wire[last:p])
+        last = p
+        reader.messages(out)
+    assert out == [data for _, data in messages]
+    assert not reader.buf
