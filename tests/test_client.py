@@ -31,6 +31,7 @@ from theia_frames.client.transport import Connection as _Connection
 from theia_frames.protocol.codec import encode
 from theia_frames.event import Event
 from theia_frames.exceptions import (
+    HandshakeRefused,
     AuthenticationError,
     ConnectError,
     ConnectionClosed,
@@ -304,6 +305,27 @@ def test_handshake_refusal(status, error):
         assert status[:3].decode() in str(info.value)
     finally:
         halt()
+
+
+def test_connect_errors_carry_their_reason(refused_url, monkeypatch):
+    with pytest.raises(ConnectError) as refused:
+        tf.connect(refused_url)
+    assert refused.value.reason == "refused"
+    url, halt = _http_server(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+    try:
+        with pytest.raises(HandshakeRefused) as handshake:
+            tf.connect(url)
+    finally:
+        halt()
+    assert handshake.value.reason == "handshake" and handshake.value.status == 404
+
+    def no_such_host(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    with pytest.raises(ConnectError) as unknown:
+        tf.connect("ws://no-such-host.invalid:6433")
+    assert unknown.value.reason == "unknown-host"
 
 
 def test_not_websocket_is_a_connect_error():
