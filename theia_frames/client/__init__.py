@@ -14,9 +14,12 @@ transports over one protocol core (:mod:`theia_frames.protocol`)::
     ...             break
     21.5C
 
-The package: ``options`` (settings both clients share), ``transport`` (the
-sync connection), ``streams`` (:class:`FindResult`, :class:`LiveStream`),
-``sync`` (:class:`Client` and the one-liners), ``aio`` (:class:`AsyncClient`).
+The package: ``options`` (the option table both clients take, and the rules
+around a connection that are not I/O: what a failed connection means, what is
+sent, how one-question replies are read), ``sync`` (:class:`Client` and the
+one-liners) over ``transport`` (its connection) with ``streams``
+(:class:`FindResult`, :class:`LiveStream`), ``aio`` (:class:`AsyncClient`)
+over ``aio_transport`` with ``aio_streams``.
 
 It works with both peers of the protocol (``docs/protocol.md``): this project's
 collector and the upstream Python collector.
