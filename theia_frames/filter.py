@@ -532,17 +532,6 @@ def _as_search(pattern: str) -> str | None:
     return wrapped if _compiles(wrapped) else None
 
 
-# --------------------------------------------------------------------------- matching with Arrow kernels
-#
-# Arrow's regex kernels run RE2 over UTF-8. An RE2-engine pattern means there
-# exactly what it means to the ``re2`` module (the same engine, the same default
-# options); a full match is the pattern between ``\A(?:`` and ``)\z``. A pattern
-# of Python's ``re`` is rewritten for RE2 only when it uses a subset whose meaning
-# both engines share on ASCII text (:func:`re_as_re2`); rows holding other text
-# are then matched by ``re`` itself, and a pattern outside the subset is matched
-# by ``re`` on every row it must decide. A literal pattern (no regex syntax) is
-# compared as text in either engine.
-
 def Filter(start: TimeLike = None) -> EventFilter:  # noqa: N802 - mirrors the Go API
     """A new filter with a start time, like the Go ``comm.Filter(start)``.
 

@@ -24,6 +24,18 @@ __all__ = [
 ]
 
 
+# --------------------------------------------------------------------------- matching with Arrow kernels
+#
+# Arrow's regex kernels run RE2 over UTF-8. An RE2-engine pattern means there
+# exactly what it means to the ``re2`` module (the same engine, the same default
+# options); a full match is the pattern between ``\A(?:`` and ``)\z``. A pattern
+# of Python's ``re`` is rewritten for RE2 only when it uses a subset whose meaning
+# both engines share on ASCII text (:func:`_re_as_re2`); rows holding other text
+# are then matched by ``re`` itself, and a pattern outside the subset is matched
+# by ``re`` on every row it must decide. A literal pattern (no regex syntax) is
+# compared as text in either engine.
+
+
 _REGEX_SYNTAX = frozenset(".^$*+?{}[]\\|()")
 
 

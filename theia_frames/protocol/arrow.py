@@ -273,7 +273,8 @@ def batch_to_ipc(batch: pa.RecordBatch | pa.Table, *, compression: str | None = 
     options = None if compression is None else pa.ipc.IpcWriteOptions(compression=compression)
     with pa.ipc.new_stream(sink, batch.schema, options=options) as writer:
         writer.write(batch)
-    return sink.getvalue().to_pybytes()
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
 
 
 def ipc_to_batches(
@@ -647,7 +648,8 @@ def _decoded_size(message: Any) -> int:
 # A minimal flatbuffer reader, for the few fields of the Arrow message header
 # read above; every offset is checked against the buffer (struct.error if outside).
 def _u32(buf: bytes, at: int) -> int:
-    return struct.unpack_from("<I", buf, at)[0]
+    value: int = struct.unpack_from("<I", buf, at)[0]
+    return value
 
 
 def _fb_table(buf: bytes, at: int) -> tuple[int, int, int]:

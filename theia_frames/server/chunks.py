@@ -44,8 +44,6 @@ __all__ = [
     "FIELDS",
     "translate_error",
     "why_unopenable",
-    "numpy_module",
-    "pyarrow_module",
     "event_batch",
     "Blob",
     "chunk_checksum",
@@ -127,16 +125,6 @@ def why_unopenable(path: str) -> str | None:
     if head and head != b"SQLite format 3\x00":
         return "the file is not an event store (not an SQLite database)"
     return None
-
-
-def numpy_module() -> Any:
-    """numpy, for the modules that ask for it by call."""
-    return np
-
-
-def pyarrow_module() -> Any:
-    """pyarrow (with :mod:`pyarrow.compute` loaded), for the modules that ask for it by call."""
-    return pa
 
 
 def event_batch(data: Any, validated: bool = False) -> pa.RecordBatch:

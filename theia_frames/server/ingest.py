@@ -11,6 +11,8 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+import pyarrow as pa
 from websockets.exceptions import ConnectionClosed
 
 from ..protocol.arrow import (
@@ -30,7 +32,6 @@ from .output import (
     peer_name,
     plain_frames,
 )
-from .chunks import numpy_module, pyarrow_module
 from ..exceptions import (
     DecodeError,
     shorten,
@@ -139,7 +140,7 @@ class Arrivals:
         self._gather()
         if not self.batches:
             return empty_batch()
-        return self.batches[0] if len(self.batches) == 1 else pyarrow_module().concat_batches(self.batches)
+        return self.batches[0] if len(self.batches) == 1 else pa.concat_batches(self.batches)
 
 
 def append_arrow(arrivals: Arrivals, message: bytes, max_decoded: int, max_event: int) -> str | None:
@@ -149,7 +150,6 @@ def append_arrow(arrivals: Arrivals, message: bytes, max_decoded: int, max_event
     (DecodeError, before anything is decompressed); events of more than
     ``max_event`` bytes are left out.
     """
-    pa = pyarrow_module()
     left_out = 0
     first_bad = ""
     too_large = 0
@@ -420,7 +420,6 @@ class Writer(threading.Thread):
     ) -> tuple[pa.RecordBatch, dict[int, str], Any, Any]:
         """Commit ``batch``: the new events, the spans that could not be stored (index: reason),
         and which rows were left out as exact repeats and as copies with other content."""
-        np = numpy_module()
         repeated = np.zeros(batch.num_rows, dtype=bool)
         conflicting = np.zeros(batch.num_rows, dtype=bool)
         if not batch.num_rows:
@@ -434,8 +433,7 @@ class Writer(threading.Thread):
             return done.new, {}, done.repeated, done.conflicting
         except Exception as exc:
             logger.error("%d event(s) could not be stored together (%s); storing each sender's alone", batch.num_rows, exc)
-        pa = pyarrow_module()
-        by_sink: dict[int, list[int]] = {}
+            by_sink: dict[int, list[int]] = {}
         for index, (sink, _, first, end, _) in enumerate(spans):
             if end > first:
                 by_sink.setdefault(id(sink), []).append(index)
