@@ -86,6 +86,7 @@ import os
 import sqlite3
 import threading
 from collections import deque
+from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, Union
@@ -265,8 +266,7 @@ class EventStore:
                 # A write-ahead log that grew (while a long query held its snapshot)
                 # is cut back to this size at the next checkpoint, not kept.
                 db.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_transaction(db):
                 # Checked again under the write lock: another process may have created it.
                 if not self._check_format(db):
                     for statement in _SCHEMA:
@@ -275,11 +275,6 @@ class EventStore:
                     db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
                 elif db.execute("PRAGMA user_version").fetchone()[0] in _UPGRADABLE:
                     self._upgrade(db)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
             self._generation = self._newest(db)
         except BaseException:
             db.close()
@@ -491,8 +486,7 @@ class EventStore:
         with self._lock:
             db = self._writer()
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
+                with _write_transaction(db):
                     keep = self._unseen(db, srt, sts, keep, repeated, conflicting)
                     new = srt if keep is None else srt.filter(keep)
                     inserted: list[tuple[int, ChunkKeys]] = []
@@ -502,11 +496,6 @@ class EventStore:
                         arrivals = np.arange(first, first + n, dtype=np.int64) if order is None else order + first
                         inserted = self._insert(db, new, arrivals if keep is None else arrivals[keep])
                     generation = self._newest(db)
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
             except (sqlite3.Error, pa.ArrowException) as exc:
                 raise translate_error("write to", self.path, exc) from exc
             self._generation = generation
@@ -638,15 +627,13 @@ class EventStore:
             db = self._writer()
             self._purge()
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
+                with _write_transaction(db):
                     row = db.execute(
                         f"SELECT tier FROM chunks WHERE died IS NULL AND tier < {FINAL_TIER} "
                         "GROUP BY tier HAVING count(*) >= ? ORDER BY tier LIMIT 1",
                         (MERGE_FANOUT,),
                     ).fetchone()
                     if row is None:
-                        db.execute("COMMIT")
                         return False
                     chunks = db.execute(
                         "SELECT seq, min_ts, max_ts FROM chunks WHERE died IS NULL AND tier = ? "
@@ -674,11 +661,6 @@ class EventStore:
                         self._dead = True
                     else:
                         db.execute(f"DELETE FROM chunks WHERE seq IN ({marks})", seqs)
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
             except (sqlite3.Error, pa.ArrowException) as exc:
                 raise translate_error("write to", self.path, exc) from exc
             self._generation = generation
@@ -912,7 +894,18 @@ class EventStore:
         return f"EventStore({self.path!r}, {state})"
 
 
-# --------------------------------------------------------------------------- queries
+@contextmanager
+def _write_transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction that holds the write lock from its start: committed when the
+    block ends (returns included), rolled back when it raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 # --------------------------------------------------------------------------- Arrow helpers
