@@ -53,6 +53,7 @@ __all__ = [
     "MAX_COUNT_REPLY",
     "GROUPINGS",
     "UNSET_BUCKETS",
+    "SECOND",
     "CountRequest",
     "CountResult",
     "Counter",
@@ -77,6 +78,9 @@ MAX_COUNT_REPLY = 256 * 1024 * 1024
 UNSET_BUCKETS: Any = -1
 #: What a count may be grouped by, besides time: nothing, the event's source, each of its tags.
 GROUPINGS = (None, "source", "tag")
+#: The grain of one second (nanoseconds): a stored chunk's summary counts its events per second
+#: (:meth:`Counter.add_counts`).
+SECOND = 1_000_000_000
 
 _TOO_MANY = "count refused: "
 # Rows of pending (slot, group, count) triples gathered before they are summed.
@@ -164,7 +168,11 @@ class CountResult:
     """A count's answer: for each (slot, group) pair holding events, its slot (time // grain),
     group (an index into ``names``) and count; and the first and last event times counted
     (nanoseconds, None when nothing was), from which the buckets are laid out.
-    Pairs are ordered by slot, then group."""
+    Pairs are ordered by slot, then group.
+
+    ``firsts`` and ``lasts`` (a count of :class:`Counter` with ``spans``; None otherwise): the
+    first and last event time (nanoseconds) of each group, in the order of ``names`` (of an
+    ungrouped count: of its one group 0, when anything was counted)."""
 
     grain: int
     by: str | None
@@ -175,14 +183,21 @@ class CountResult:
     first: int | None
     last: int | None
     events: int = 0
+    firsts: np.ndarray | None = None
+    lasts: np.ndarray | None = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CountResult):
             return NotImplemented
+
+        def same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+            return a is b if a is None or b is None else bool(np.array_equal(a, b))
+
         return (
             (self.grain, self.by, self.names, self.first, self.last, self.events)
             == (other.grain, other.by, other.names, other.first, other.last, other.events)
-            and all(np.array_equal(a, b) for a, b in ((self.slots, other.slots), (self.groups, other.groups), (self.counts, other.counts)))
+            and all(same(a, b) for a, b in ((self.slots, other.slots), (self.groups, other.groups), (self.counts, other.counts),
+                                            (self.firsts, other.firsts), (self.lasts, other.lasts)))
         )
 
 
@@ -205,15 +220,39 @@ def _reduce(slots: np.ndarray, groups: np.ndarray, counts: np.ndarray) -> tuple[
     return s[starts], g[starts], np.add.reduceat(c, starts).astype(np.int64)
 
 
+# A group's first and last time before any event of it is counted.
+_NO_FIRST = np.iinfo(np.int64).max
+_NO_LAST = np.iinfo(np.int64).min
+
+
+def _no_times() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
 @dataclass
 class Counter:
     """Counts of event batches (:func:`~theia_frames.protocol.arrow.event_schema`) per slot and
     group, accumulated batch by batch; :class:`~theia_frames.exceptions.UsageError` (the text of
-    :func:`too_many_groups`) once more than ``max_groups`` pairs hold events."""
+    :func:`too_many_groups`) once more than ``max_groups`` pairs hold events.
+
+    ``spans``: each group's first and last event time is kept too
+    (:attr:`CountResult.firsts`, :attr:`CountResult.lasts`).
+
+    >>> from theia_frames.protocol.arrow import event_schema
+    >>> batch = pa.RecordBatch.from_pylist(
+    ...     [{"id": "a", "timestamp": 1.5, "source": "x", "tags": [], "content": ""},
+    ...      {"id": "b", "timestamp": 2.0, "source": "x", "tags": [], "content": ""}],
+    ...     schema=event_schema())
+    >>> counter = Counter(grain=SECOND, by="source", spans=True)
+    >>> counter.add(batch)
+    >>> counter.result().firsts.tolist(), counter.result().lasts.tolist()
+    ([1500000000], [2000000000])
+    """
 
     grain: int
     by: str | None = None
     max_groups: int = DEFAULT_MAX_GROUPS
+    spans: bool = False
     names: list[str] = field(default_factory=list)
     _index: dict[str, int] = field(default_factory=dict)
     _pending: list[tuple[Any, Any, Any]] = field(default_factory=list)
@@ -222,15 +261,17 @@ class Counter:
     _first: int | None = None
     _last: int | None = None
     _events: int = 0
+    _firsts: np.ndarray = field(default_factory=_no_times)
+    _lasts: np.ndarray = field(default_factory=_no_times)
 
     def __post_init__(self) -> None:
         _check(self.grain, self.by)
         positive_int("max_groups", self.max_groups)
 
-    def _codes(self, dictionary: Any) -> np.ndarray:
-        """Global group numbers of a batch's dictionary (names numbered as first met)."""
-        out: np.ndarray = np.empty(len(dictionary), dtype=np.int64)
-        for i, name in enumerate(dictionary.to_pylist()):
+    def _codes_of(self, names: list[str]) -> np.ndarray:
+        """Global group numbers of ``names`` (names numbered as first met)."""
+        out: np.ndarray = np.empty(len(names), dtype=np.int64)
+        for i, name in enumerate(names):
             code = self._index.get(name)
             if code is None:
                 code = self._index[name] = len(self.names)
@@ -238,22 +279,40 @@ class Counter:
             out[i] = code
         return out
 
+    def _codes(self, dictionary: Any) -> np.ndarray:
+        """Global group numbers of a batch's dictionary."""
+        return self._codes_of(dictionary.to_pylist())
+
+    def _take(self, first: int, last: int, events: int, triples: tuple[Any, Any, Any]) -> None:
+        """Count ``events`` from ``first`` to ``last`` (nanoseconds), as (slot, group, count) ``triples``."""
+        self._first = first if self._first is None else min(self._first, first)
+        self._last = last if self._last is None else max(self._last, last)
+        self._events += events
+        self._pending.append(triples)
+        self._pending_rows += len(triples[0])
+        if self._pending_rows >= _PENDING:
+            self._merge()
+
+    def _spread(self, groups: np.ndarray, firsts: np.ndarray, lasts: np.ndarray) -> None:
+        """Widen the first and last times of ``groups`` to take in ``firsts`` and ``lasts``."""
+        grow = len(self.names) - len(self._firsts)
+        if grow > 0:
+            self._firsts = np.concatenate([self._firsts, np.full(grow, _NO_FIRST, dtype=np.int64)])
+            self._lasts = np.concatenate([self._lasts, np.full(grow, _NO_LAST, dtype=np.int64)])
+        np.minimum.at(self._firsts, groups, firsts)
+        np.maximum.at(self._lasts, groups, lasts)
+
     def add(self, batch: pa.RecordBatch) -> None:
         """Count the events of ``batch`` (its ``timestamp`` and, when grouped, ``source`` or ``tags``)."""
         rows = batch.num_rows
         if not rows:
             return
         ns = event_nanoseconds(batch.column("timestamp").to_numpy(zero_copy_only=False))
-        lo, hi = int(ns.min()), int(ns.max())
-        self._first = lo if self._first is None else min(self._first, lo)
-        self._last = hi if self._last is None else max(self._last, hi)
-        self._events += rows
+        times = ns
         slots = ns // self.grain if self.grain else np.zeros(rows, dtype=np.int64)
         if self.by is None:
             groups = np.zeros(rows, dtype=np.int64)
-            if not self.names:
-                self.names.append("count")
-                self._index["count"] = 0
+            self._codes_of(["count"])
         elif self.by == "source":
             column = batch.column("source")
             if not isinstance(column.type, pa.DictionaryType):
@@ -261,18 +320,14 @@ class Counter:
             groups = self._codes(column.dictionary)[column.indices.to_numpy(zero_copy_only=False)]
         else:
             tags = batch.column("tags")
-            offsets = tags.offsets.to_numpy()
+            per_event = np.diff(tags.offsets.to_numpy())
             values = tags.flatten()
-            if not len(values):
-                return
             encoded = values.dictionary_encode()
             groups = self._codes(encoded.dictionary)[encoded.indices.to_numpy(zero_copy_only=False)]
-            slots = np.repeat(slots, np.diff(offsets))
-        s, g, c = _reduce(slots, groups, np.ones(len(slots), dtype=np.int64))
-        self._pending.append((s, g, c))
-        self._pending_rows += len(s)
-        if self._pending_rows >= _PENDING:
-            self._merge()
+            slots, times = np.repeat(slots, per_event), np.repeat(ns, per_event)
+        self._take(int(ns.min()), int(ns.max()), rows, _reduce(slots, groups, np.ones(len(slots), dtype=np.int64)))
+        if self.spans and self.by is not None and len(groups):
+            self._spread(groups, times, times)
 
     def add_span(self, first: float, last: float, rows: int) -> bool:
         """Count ``rows`` events known only by their first and last time (seconds; a stored
@@ -290,17 +345,59 @@ class Counter:
         slot = lo // self.grain if self.grain else 0
         if self.grain and hi // self.grain != slot:
             return False
-        self._first = lo if self._first is None else min(self._first, lo)
-        self._last = hi if self._last is None else max(self._last, hi)
-        self._events += rows
-        if not self.names:
-            self.names.append("count")
-            self._index["count"] = 0
-        one = np.array([slot], dtype=np.int64)
-        self._pending.append((one, np.zeros(1, dtype=np.int64), np.array([rows], dtype=np.int64)))
-        self._pending_rows += 1
-        if self._pending_rows >= _PENDING:
-            self._merge()
+        self._codes_of(["count"])
+        self._take(lo, hi, rows, (np.array([slot], dtype=np.int64), np.zeros(1, dtype=np.int64), np.array([rows], dtype=np.int64)))
+        return True
+
+    def takes(self, grain: int, by: str | None, spans: bool) -> bool:
+        """Whether :meth:`add_counts` takes a count of ``grain``, grouped ``by``, with ``spans`` or not.
+
+        >>> Counter(60 * SECOND).takes(SECOND, "source", False), Counter(SECOND // 2).takes(SECOND, "source", True)
+        (True, False)
+        """
+        if by != self.by and not (self.by is None and by == "source"):
+            return False
+        if not (self.grain % grain == 0 if grain else self.grain == 0):
+            return False
+        return spans or not self.spans or self.by is None
+
+    def add_counts(self, counted: CountResult) -> bool:
+        """Count events already counted in slots of a finer grain (a stored chunk's summary:
+        counted per :data:`SECOND` by source and by tag, with spans) when that is enough: its
+        grain divides this count's (any grain does for a count of grain 0), it is grouped as
+        this count is (an ungrouped count takes a count by source: each event has one source),
+        and it kept its groups' spans if this count keeps them. Whether it was.
+
+        The same events counted from their rows (:meth:`add`) and from a count of them give
+        the same result.
+
+        >>> from theia_frames.protocol.arrow import event_schema
+        >>> batch = pa.RecordBatch.from_pylist(
+        ...     [{"id": str(i), "timestamp": 58.0 + i, "source": "xy"[i % 2], "tags": [], "content": ""}
+        ...      for i in range(4)], schema=event_schema())
+        >>> per_second = Counter(SECOND, "source", spans=True)
+        >>> per_second.add(batch)
+        >>> per_minute, reference = Counter(60 * SECOND), Counter(60 * SECOND)
+        >>> per_minute.add_counts(per_second.result()), per_minute.add_counts(Counter(7).result())
+        (True, False)
+        >>> reference.add(batch)
+        >>> per_minute.result() == reference.result(), per_minute.result().counts.tolist()
+        (True, [2, 2])
+        """
+        if not self.takes(counted.grain, counted.by, counted.firsts is not None):
+            return False
+        if counted.first is None or counted.last is None or not counted.events:
+            return True
+        slots = counted.slots // (self.grain // counted.grain) if self.grain else np.zeros(len(counted.slots), dtype=np.int64)
+        if self.by is None:
+            codes = self._codes_of(["count"])
+            groups = np.zeros(len(slots), dtype=np.int64)
+        else:
+            codes = self._codes_of(counted.names)
+            groups = codes[counted.groups]
+        self._take(counted.first, counted.last, counted.events, _reduce(slots, groups, counted.counts))
+        if self.spans and self.by is not None and counted.firsts is not None and counted.lasts is not None:
+            self._spread(codes, counted.firsts, counted.lasts)
         return True
 
     def _merge(self) -> None:
@@ -321,32 +418,36 @@ class Counter:
         empty = np.zeros(0, dtype=np.int64)
         s, g, c = self._summed if self._summed is not None else (empty, empty, empty)
         names: list[str] = []
+        firsts = lasts = None
         if self.by is not None:
             # the names of the groups counted alone (a batch's dictionary may hold more)
             used = np.unique(g)
             names = [self.names[i] for i in used.tolist()]
             g = np.searchsorted(used, g).astype(np.int64)
-        return CountResult(self.grain, self.by, names, s, g, c, self._first, self._last, self._events)
+            if self.spans:
+                firsts, lasts = self._firsts[used], self._lasts[used]
+        elif self.spans:
+            held = [] if self._first is None else [self._first]
+            firsts, lasts = np.array(held, dtype=np.int64), np.array([self._last] if held else [], dtype=np.int64)
+        return CountResult(self.grain, self.by, names, s, g, c, self._first, self._last, self._events, firsts, lasts)
 
 
 def count_reply(result: CountResult) -> str:
     """The collector's answer on :data:`COUNT_PATH` (one text message)."""
-    return json.dumps(
-        {
-            "counted": {
-                "grain": result.grain,
-                "by": result.by,
-                "names": result.names,
-                "slots": result.slots.tolist(),
-                "groups": result.groups.tolist(),
-                "counts": result.counts.tolist(),
-                "first": result.first,
-                "last": result.last,
-                "events": result.events,
-            }
-        },
-        ensure_ascii=False,
-    )
+    counted = {
+        "grain": result.grain,
+        "by": result.by,
+        "names": result.names,
+        "slots": result.slots.tolist(),
+        "groups": result.groups.tolist(),
+        "counts": result.counts.tolist(),
+        "first": result.first,
+        "last": result.last,
+        "events": result.events,
+    }
+    if result.firsts is not None and result.lasts is not None:
+        counted["firsts"], counted["lasts"] = result.firsts.tolist(), result.lasts.tolist()
+    return json.dumps({"counted": counted}, ensure_ascii=False)
 
 
 def _ints(value: Any, what: str) -> list[int]:
@@ -357,7 +458,13 @@ def _ints(value: Any, what: str) -> list[int]:
 
 def parse_count_reply(message: str | bytes) -> CountResult | None:
     """The :class:`CountResult` of a :func:`count_reply`, else None (anything else, or a reply whose
-    parts do not fit together: lists of different lengths, a group with no name, a count below 1)."""
+    parts do not fit together: lists of different lengths, a group with no name, a count below 1,
+    a group's first time after its last).
+
+    >>> counter = Counter(SECOND, "source", spans=True)
+    >>> parse_count_reply(count_reply(counter.result())) == counter.result()
+    True
+    """
     if not isinstance(message, str) or not message.startswith('{"counted"'):
         return None
     try:
@@ -366,6 +473,7 @@ def parse_count_reply(message: str | bytes) -> CountResult | None:
         _check(grain, by)
         slots, groups, counts = (np.array(_ints(obj[k], k), dtype=np.int64) for k in ("slots", "groups", "counts"))
         first, last, events = obj["first"], obj["last"], obj["events"]
+        spans = [np.array(_ints(obj[k], k), dtype=np.int64) for k in ("firsts", "lasts") if k in obj]
     except (ValueError, KeyError, TypeError, UsageError, OverflowError):
         return None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -380,7 +488,15 @@ def parse_count_reply(message: str | bytes) -> CountResult | None:
         return None
     if first is not None and not (isinstance(first, int) and isinstance(last, int) and first <= last):
         return None
-    return CountResult(grain, by, names, slots, groups, counts, first, last, events)
+    if not spans:
+        return CountResult(grain, by, names, slots, groups, counts, first, last, events)
+    if len(spans) != 2:
+        return None
+    firsts, lasts = spans
+    groups_held = len(names) if by is not None else (0 if first is None else 1)
+    if not (len(firsts) == len(lasts) == groups_held) or (firsts > lasts).any():
+        return None
+    return CountResult(grain, by, names, slots, groups, counts, first, last, events, firsts, lasts)
 
 
 def count_answer(message: Any, grain: int, by: str | None, url: str) -> CountResult:

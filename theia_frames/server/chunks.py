@@ -9,7 +9,7 @@ to a reader as stored), as runs of numbers that follow each other (:func:`encode
 a chunk written in one go costs 17 bytes, however many events it holds.
 
 Every chunk has a checksum (:func:`chunk_checksum`: CRC-32 of its Arrow data, its arrival
-numbers and its index entries) kept beside it and checked each time the chunk is read, before
+numbers, its index entries and its summary, :mod:`theia_frames.server.summaries`) kept beside it and checked each time the chunk is read, before
 anything is decoded (:func:`checked_blob`): damaged stored bytes are reported as damage,
 naming the chunk's time range and how many events it held, and never reach a decoder.
 """
@@ -167,18 +167,26 @@ class Blob(NamedTuple):
     arrivals: builtins.bytes = b""
 
 
-def chunk_checksum(data: builtins.bytes, nbytes: int, arrivals: builtins.bytes, min_ts: float, max_ts: float, rows: int) -> int:
-    """The checksum of a stored chunk: CRC-32 of its Arrow data, its arrival numbers and
-    its index entries (first and last timestamp, events, decoded bytes), so a changed byte
-    in any of them is seen. About 3 GB/s: a few milliseconds for a million events' chunks.
+def chunk_checksum(
+    data: builtins.bytes, nbytes: int, arrivals: builtins.bytes, min_ts: float, max_ts: float, rows: int,
+    summary: builtins.bytes | None = None,
+) -> int:
+    """The checksum of a stored chunk: CRC-32 of its Arrow data, its arrival numbers, its
+    index entries (first and last timestamp, events, decoded bytes) and its summary (None:
+    it has none; the checksum is then the one of a chunk stored before summaries were kept),
+    so a changed byte in any of them is seen. About 3 GB/s: a few milliseconds for a million
+    events' chunks.
 
     >>> chunk_checksum(b"data", 4, b"R", 1.0, 2.0, 1) == chunk_checksum(b"dbta", 4, b"R", 1.0, 2.0, 1)
+    False
+    >>> chunk_checksum(b"data", 4, b"R", 1.0, 2.0, 1) == chunk_checksum(b"data", 4, b"R", 1.0, 2.0, 1, b"S")
     False
     """
     crc = zlib.crc32(data)
     crc = zlib.crc32(arrivals, crc)
     # + 0.0 makes -0.0 into 0.0: SQLite stores a REAL -0.0 as 0.0, so the index reads back 0.0
-    return zlib.crc32(struct.pack("<ddqq", min_ts + 0.0, max_ts + 0.0, rows, nbytes), crc)
+    crc = zlib.crc32(struct.pack("<ddqq", min_ts + 0.0, max_ts + 0.0, rows, nbytes), crc)
+    return zlib.crc32(summary or b"", crc)
 
 
 def _time_text(seconds: float) -> str:
@@ -200,9 +208,12 @@ def damaged_chunk(seq: int, min_ts: float, max_ts: float, rows: int, why: str) -
     )
 
 
-def checked_blob(seq: int, data: builtins.bytes, nbytes: int, arrivals: builtins.bytes, min_ts: float, max_ts: float, rows: int, checksum: int) -> Blob:
+def checked_blob(
+    seq: int, data: builtins.bytes, nbytes: int, arrivals: builtins.bytes, min_ts: float, max_ts: float, rows: int,
+    checksum: int, summary: builtins.bytes | None = None,
+) -> Blob:
     """A stored chunk as read, once its checksum matches; StoreError (:func:`damaged_chunk`) when not."""
-    if chunk_checksum(data, nbytes, arrivals, min_ts, max_ts, rows) != checksum:
+    if chunk_checksum(data, nbytes, arrivals, min_ts, max_ts, rows, summary) != checksum:
         raise damaged_chunk(seq, min_ts, max_ts, rows, "its checksum does not match")
     return Blob(seq, data, nbytes, arrivals)
 

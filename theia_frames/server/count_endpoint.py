@@ -3,7 +3,10 @@ stored events that match its filter out, as one message (see :mod:`theia_frames.
 
 The stored chunks are read through the store's :meth:`~theia_frames.server.store.EventStore.scan`
 (its checks, ``/find``'s matching), in the columns counted and those the filter reads alone,
-and counted where they are: only the small answer crosses the network.
+and counted where they are: only the small answer crosses the network. For a count of time
+alone, a chunk inside the time range is counted without reading it when its index row is
+enough (ungrouped, its events in one slot) or from its summary (a grain of whole seconds, or
+none: :mod:`~theia_frames.server.summaries`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from ..protocol.count import COUNT_PATH, MAX_COUNT_REPLY, Counter, count_reply, 
 from ..protocol.messages import CLOSE_NORMAL, CLOSE_REFUSED, error_message
 from .find_endpoint import ExtensionEndpoint
 from .query import Queries
+from .summaries import summary_counting
 
 if TYPE_CHECKING:  # pragma: no cover
     from websockets.asyncio.server import ServerConnection
@@ -50,8 +54,9 @@ class CountEndpoint(ExtensionEndpoint):
         # the stored chunks in the columns counted and those the filter reads, matched as /find matches
         fields = ["timestamp"] + ([] if request.by is None else ["source" if request.by == "source" else "tags"])
         counter = Counter(request.grain, request.by, self.max_groups)
-        # a chunk of a time-only count whose events all fall in one slot is counted from its index row
-        results: Any = store.scan(flt, fields, taken=counter.add_span)  # a Results: cancel(), close()
+        # a chunk inside the range of a time-only count is counted from its index row (its events all
+        # in one slot, ungrouped) or its summary (a grain of whole seconds), else read
+        results: Any = store.scan(flt, fields, taken=counter.add_span, summarized=summary_counting(counter))  # a Results: cancel(), close()
         self.queries.add(results)
 
         def count() -> str:

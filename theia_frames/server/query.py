@@ -9,9 +9,9 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +30,7 @@ from .chunks import (
     piece_spans,
     translate_error,
 )
+from .summaries import ChunkSummary
 
 __all__ = [
     "SnapshotSource",
@@ -48,6 +49,8 @@ __all__ = [
     "Projection",
 ]
 
+
+_Read = TypeVar("_Read")
 
 # A generation newer than any: a file store's queries see their transaction's snapshot.
 _EVERY_GENERATION = 1 << 62
@@ -73,6 +76,8 @@ class SnapshotSource(Protocol):
     def _purge(self) -> None: ...
 
     def _blob(self, db: sqlite3.Connection, seq: int) -> Blob: ...
+
+    def _summary(self, db: sqlite3.Connection, seq: int) -> ChunkSummary | None: ...
 
 
 class ChunkMeta(NamedTuple):
@@ -155,17 +160,25 @@ class Snapshot:
             raise StoreError(f"a query of the event store {self.store.path!r} was cancelled")
 
     def blob(self, seq: int) -> Blob:
+        """Chunk ``seq`` as stored, checked."""
+        return self._read(seq, self.store._blob)
+
+    def summary(self, seq: int) -> ChunkSummary | None:
+        """The summary of chunk ``seq``, checked (None: it has none)."""
+        return self._read(seq, self.store._summary)
+
+    def _read(self, seq: int, how: Callable[[sqlite3.Connection, int], _Read]) -> _Read:
         store = self.store
         self.check()
         if self._done or store._closed:
             raise StoreError(f"the event store {store.path!r} was closed during a query")
         try:
             if self._db is not None:
-                return store._blob(self._db, seq)
+                return how(self._db, seq)
             with store._lock:
                 if store._closed:
                     raise StoreError(f"the event store {store.path!r} was closed during a query")
-                return store._blob(store._db, seq)
+                return how(store._db, seq)
         except sqlite3.Error as exc:
             raise translate_error("read", store.path, exc) from exc
 

@@ -103,6 +103,7 @@ from ..exceptions import DecodeError, StoreError, UsageError
 from ..filter import EventFilter, as_filter
 from .chunks import MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, checked_blob, chunk_checksum, COMPRESSION, FIELDS, FINAL_TIER, arrival_order, decode_arrivals, encode_arrivals, event_batch, first_of_equal, from_ipc, identity_micros, IDENTITY_MARGIN, same_content, sort_keys, piece_spans, sort_order, tier, translate_error, whole
 from .keyindex import KEY_INDEX_BYTES, ChunkKeys, KeyIndex
+from .summaries import ChunkSummary, chunk_summary, read_summary
 from .query import Projection, Results, Snapshot, chunks_sql, ipc_messages, rebatch, sweep
 
 __all__ = [
@@ -124,12 +125,15 @@ DEFAULT_CHUNK_SIZE = 10_000
 #: tags as lists), compressed (ZSTD), with the bytes they decode to and their
 #: events' arrival numbers (events of equal timestamps in the order they arrived).
 #: Format 6 adds each chunk's checksum (:func:`~theia_frames.server.chunks.chunk_checksum`).
+#: Format 7 adds each chunk's summary (:mod:`~theia_frames.server.summaries`; NULL: none).
 #: A store of format 2 (uncompressed chunks, tags as comma text), 3 (compressed,
-#: tags as text), 4 (no arrival numbers) or 5 (no checksums) is upgraded when it is opened, in one
-#: transaction: chunks of formats 2 and 3 are rewritten, the events of every
+#: tags as text), 4 (no arrival numbers), 5 (no checksums) or 6 (no summaries) is upgraded when it
+#: is opened, in one transaction: chunks of formats 2 and 3 are rewritten, the events of every
 #: chunk are numbered in their stored order (chunk by chunk, oldest chunk first), and
-#: every chunk's checksum is computed (over the bytes as they are then).
-FORMAT_VERSION = 6
+#: every chunk's checksum is computed (over the bytes as they are then). No chunk is rewritten
+#: for its summary: the chunks stored before have none (a count reads them, as it did), and
+#: a chunk without one has the checksum it had.
+FORMAT_VERSION = 7
 
 # Events matched between two looks at whether the query was cancelled: a pattern
 # matched row by row takes about a tenth of a second for these; Arrow kernels
@@ -141,7 +145,7 @@ _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 # Events from an iterable of Event objects are stored in batches of this many.
 _ADD_CHUNK = 50_000
 # The formats an opened store is upgraded from.
-_UPGRADABLE = (2, 3, 4, 5)
+_UPGRADABLE = (2, 3, 4, 5, 6)
 #: "thfr": marks a database as a theia_frames event store (SQLite ``application_id``).
 APPLICATION_ID = 0x74686672
 _PREVIOUS_LAYOUT = ["seq", *FIELDS]
@@ -169,7 +173,8 @@ _SCHEMA = (
         bytes INTEGER NOT NULL,
         arrivals BLOB NOT NULL,
         last_arrival INTEGER NOT NULL,
-        checksum INTEGER NOT NULL
+        checksum INTEGER NOT NULL,
+        summary BLOB
     )""",
     "CREATE INDEX chunks_max_ts ON chunks (max_ts)",
     "CREATE INDEX chunks_min_ts ON chunks (min_ts)",
@@ -287,11 +292,14 @@ class EventStore:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version < 5:
             self._number_arrivals(db, version)
-        db.execute("ALTER TABLE chunks ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0")
-        rows = db.execute("SELECT seq, data, bytes, arrivals, min_ts, max_ts, rows FROM chunks").fetchall()
-        for seq, data, nbytes, arrivals, min_ts, max_ts, count in rows:
-            checksum = chunk_checksum(data, nbytes, arrivals, min_ts, max_ts, count)
-            db.execute("UPDATE chunks SET checksum = ? WHERE seq = ?", (checksum, seq))
+        if version < 6:
+            db.execute("ALTER TABLE chunks ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0")
+            rows = db.execute("SELECT seq, data, bytes, arrivals, min_ts, max_ts, rows FROM chunks").fetchall()
+            for seq, data, nbytes, arrivals, min_ts, max_ts, count in rows:
+                checksum = chunk_checksum(data, nbytes, arrivals, min_ts, max_ts, count)
+                db.execute("UPDATE chunks SET checksum = ? WHERE seq = ?", (checksum, seq))
+        # no summaries for the chunks stored before: NULL, their checksums as they are
+        db.execute("ALTER TABLE chunks ADD COLUMN summary BLOB")
         db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
 
     def _number_arrivals(self, db: sqlite3.Connection, version: int) -> None:
@@ -582,11 +590,12 @@ class EventStore:
             numbers = arrivals[start:stop]
             nbytes, runs = decoded_size(data), encode_arrivals(numbers)
             first, last = float(ts[start]), float(ts[stop - 1])
+            summary = chunk_summary(piece, first, last)
             cursor = db.execute(
-                "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival, checksum) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (tier(piece.num_rows, piece.nbytes), first, last, piece.num_rows,
-                 data, nbytes, runs, int(numbers.max()), chunk_checksum(data, nbytes, runs, first, last, piece.num_rows)),
+                "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival, checksum, summary) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (tier(piece.num_rows, piece.nbytes), first, last, piece.num_rows, data, nbytes, runs, int(numbers.max()),
+                 chunk_checksum(data, nbytes, runs, first, last, piece.num_rows, summary), summary),
             )
             inserted.append((int(cursor.lastrowid or 0), ChunkKeys.of(ts[start:stop], piece.column(0))))
         return inserted
@@ -606,11 +615,19 @@ class EventStore:
                 raise StoreError(f"chunk {seq} is missing from the event store")
             return Blob(seq, row[0], row[1], row[2])
         row = db.execute(
-            "SELECT data, bytes, arrivals, min_ts, max_ts, rows, checksum FROM chunks WHERE seq = ?", (seq,)
+            "SELECT data, bytes, arrivals, min_ts, max_ts, rows, checksum, summary FROM chunks WHERE seq = ?", (seq,)
         ).fetchone()
         if row is None:
             raise StoreError(f"chunk {seq} is missing from the event store")
         return checked_blob(seq, *row)
+
+    @staticmethod
+    def _summary(db: sqlite3.Connection, seq: int) -> ChunkSummary | None:
+        """The summary of chunk ``seq``, checked (None: it has none)."""
+        row = db.execute("SELECT summary, min_ts, max_ts, rows FROM chunks WHERE seq = ?", (seq,)).fetchone()
+        if row is None:
+            raise StoreError(f"chunk {seq} is missing from the event store")
+        return None if row[0] is None else read_summary(row[0], seq, row[1], row[2], row[3])
 
     def compact(self) -> int:
         """Merge small chunks, tier by tier, while some tier holds :data:`MERGE_FANOUT` of them.
@@ -732,20 +749,27 @@ class EventStore:
         fields: Iterable[str] | None = None,
         *,
         taken: Callable[[float, float, int], bool] | None = None,
+        summarized: Callable[[ChunkSummary], bool] | None = None,
     ) -> Iterator[pa.RecordBatch]:
         """The stored events matching ``filter``, chunk by chunk in no particular order and not
         merged, in the columns ``fields`` and those the filter reads (None: all): for reductions,
         such as counts, that need neither order nor whole events. A snapshot taken by the call,
         read as :meth:`query_batches` reads (its checks), with ``close()`` and ``cancel()``.
 
-        ``taken``: for a filter of time alone, each chunk inside its time range is first
-        offered as its first and last timestamp and its number of events (its index row,
-        in the reader's thread); a chunk it takes (True) is not read."""
+        For a filter of time alone, each chunk inside its time range is first offered, in the
+        reader's thread, to ``taken`` as its first and last timestamp and its number of events
+        (its index row), then (not taken) to ``summarized`` as its summary, checked
+        (:mod:`~theia_frames.server.summaries`; a chunk without one is not offered); a chunk
+        either takes (True) is not read."""
         snapshot = self._snapshot(filter, 1)
-        return Results(snapshot, self._scanned(snapshot, fields, taken))
+        return Results(snapshot, self._scanned(snapshot, fields, taken, summarized))
 
     def _scanned(
-        self, snapshot: Snapshot, fields: Iterable[str] | None, taken: Callable[[float, float, int], bool] | None = None
+        self,
+        snapshot: Snapshot,
+        fields: Iterable[str] | None,
+        taken: Callable[[float, float, int], bool] | None = None,
+        summarized: Callable[[ChunkSummary], bool] | None = None,
     ) -> Iterator[pa.RecordBatch]:
         flt = snapshot.filter
         columns = None
@@ -764,9 +788,18 @@ class EventStore:
                 chunk = chunk.filter(pa.array(flt.mask_batch(chunk), pa.bool_()))
             return chunk
 
+        def counted(meta: Any) -> bool:
+            """Whether a chunk inside the time range was taken without reading it."""
+            if taken is not None and taken(meta.min_ts, meta.max_ts, meta.rows):
+                return True
+            if summarized is None:
+                return False
+            summary = snapshot.summary(meta.seq)
+            return summary is not None and summarized(summary)
+
         metas = snapshot.metas
-        if taken is not None and flt.is_time_only:
-            metas = [m for m in metas if not (m.min_ts >= start and m.max_ts <= end and taken(m.min_ts, m.max_ts, m.rows))]
+        if (taken is not None or summarized is not None) and flt.is_time_only:
+            metas = [m for m in metas if not (m.min_ts >= start and m.max_ts <= end and counted(m))]
         if len(metas) < 2:
             yield from (read(meta) for meta in metas)
             return

@@ -1,9 +1,10 @@
 """Checking an event store file and salvaging what is intact (``theia-frames check``).
 
-:func:`check_store` reads every chunk of a store file of format 5 or 6 without changing it:
+:func:`check_store` reads every chunk of a store file of format 5, 6 or 7 without changing it:
 SQLite's own ``PRAGMA integrity_check`` (pages, and every index against its table), then each
-chunk: its checksum (format 6), its Arrow data validated in full, its row count and first and
-last timestamps against its index entries, its timestamps in order, its arrival numbers. A
+chunk: its checksum (format 6 on), its Arrow data validated in full, its row count and first and
+last timestamps against its index entries, its timestamps in order, its arrival numbers, its
+summary (format 7, when it has one) against its events counted again. A
 chunk that fails any of these is reported with its time range and how many events it held.
 :func:`salvage_store` copies every intact chunk, as stored, into a new store file and tells
 what it left behind::
@@ -33,16 +34,18 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
+import pyarrow as pa
 
 from ..exceptions import DecodeError, StoreError, UsageError
 from ..protocol.arrow import event_schema, ipc_to_batches
 from .chunks import chunk_checksum, damaged_chunk, decode_arrivals
+from .summaries import chunk_summary, read_summary
 from .store import APPLICATION_ID, FORMAT_VERSION, EventStore
 
 __all__ = ["ChunkDamage", "CheckReport", "SalvageReport", "check_store", "salvage_store"]
 
 # The formats whose chunks this module reads (older ones are upgraded by opening them).
-_READABLE = (5, 6)
+_READABLE = (5, 6, 7)
 
 
 class ChunkDamage(NamedTuple):
@@ -153,7 +156,7 @@ def _format(db: sqlite3.Connection, path: str) -> int:
         raise StoreError(f"{path!r} is an SQLite database but not a theia_frames event store")
     if version not in _READABLE:
         raise StoreError(
-            f"{path!r} is an event store of format {version}; check reads formats 5 and 6 "
+            f"{path!r} is an event store of format {version}; check reads formats 5 to 7 "
             f"(open it once with this version, e.g. theia-frames serve, to upgrade it to {FORMAT_VERSION})"
         )
     return version
@@ -192,12 +195,13 @@ def _check_chunk(db: sqlite3.Connection, seq: int, version: int) -> tuple[int, C
 
     try:
         checksum = "checksum" if version >= 6 else "0"
-        data, nbytes, arrivals, last_arrival, stored_sum = db.execute(
-            f"SELECT data, bytes, arrivals, last_arrival, {checksum} FROM chunks WHERE seq = ?", (seq,)
+        summary_column = "summary" if version >= 7 else "NULL"
+        data, nbytes, arrivals, last_arrival, stored_sum, summary = db.execute(
+            f"SELECT data, bytes, arrivals, last_arrival, {checksum}, {summary_column} FROM chunks WHERE seq = ?", (seq,)
         ).fetchone()
     except sqlite3.DatabaseError as exc:
         return damage(f"SQLite cannot read it: {exc}")
-    if version >= 6 and chunk_checksum(data, nbytes, arrivals, min_ts, max_ts, rows) != stored_sum:
+    if version >= 6 and chunk_checksum(data, nbytes, arrivals, min_ts, max_ts, rows, summary) != stored_sum:
         return damage("its checksum does not match")
     try:
         batches = ipc_to_batches(data, max_decoded=nbytes, full=True)
@@ -221,6 +225,14 @@ def _check_chunk(db: sqlite3.Connection, seq: int, version: int) -> tuple[int, C
         return damage(str(exc))
     if int(numbers.max()) != last_arrival:
         return damage(f"its newest arrival number is {int(numbers.max())}, its index says {last_arrival}")
+    if summary is not None:
+        try:
+            stored = read_summary(summary, seq, min_ts, max_ts, rows)
+        except StoreError as exc:
+            return damage(str(exc))
+        again = chunk_summary(pa.concat_batches(batches), min_ts, max_ts)
+        if again is None or read_summary(again, seq, min_ts, max_ts, rows) != stored:
+            return damage("its summary does not count its events")
     return rows, None
 
 
@@ -261,6 +273,7 @@ def salvage_store(path: str | os.PathLike[str], new: str | os.PathLike[str]) -> 
     if os.path.abspath(new) == os.path.abspath(path):
         raise UsageError("the salvaged store must be a new file, not the checked one")
     report = check_store(path)
+    summary_column = "summary" if report.format >= 7 else "NULL"
     EventStore(new).close()
     events = 0
     left = list(report.damaged)
@@ -271,18 +284,19 @@ def salvage_store(path: str | os.PathLike[str], new: str | os.PathLike[str]) -> 
             for seq in report.intact:
                 try:
                     row: Any = source.execute(
-                        "SELECT tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival FROM chunks WHERE seq = ?",
+                        f"SELECT tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival, {summary_column} "
+                        "FROM chunks WHERE seq = ?",
                         (seq,),
                     ).fetchone()
                 except sqlite3.DatabaseError as exc:
                     left.append(ChunkDamage(seq, None, None, None, f"SQLite cannot read it: {exc}"))
                     continue
-                tier, min_ts, max_ts, rows, data, nbytes, arrivals, last_arrival = row
+                tier, min_ts, max_ts, rows, data, nbytes, arrivals, last_arrival, summary = row
                 target.execute(
-                    "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival, checksum) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival, checksum, summary) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (tier, min_ts, max_ts, rows, data, nbytes, arrivals, last_arrival,
-                     chunk_checksum(data, nbytes, arrivals, min_ts, max_ts, rows)),
+                     chunk_checksum(data, nbytes, arrivals, min_ts, max_ts, rows, summary), summary),
                 )
                 events += rows
             target.execute("COMMIT")
