@@ -14,6 +14,7 @@ import types
 import pytest
 from raw_peer import OP_BINARY, OP_CONT, OP_TEXT, RawConn, RawPeer, server_frame
 from upstream_like import UpstreamLike
+from waiting import poll_until
 
 import theia_frames as tf
 from theia_frames.protocol.arrow import SUBPROTOCOL, batch_to_ipc, events_to_batch
@@ -150,9 +151,7 @@ def test_a_frame_announcing_more_than_the_bound_is_refused_before_its_payload_ar
             with pytest.raises(ProtocolError, match=f"more than {DEFAULT_MAX_MESSAGE_SIZE} bytes.*max_message_size"):
                 list(client.find(Filter(T0)))
             assert time.monotonic() - began < 4  # refused on the header, not after a timeout
-        deadline = time.monotonic() + 5
-        while not any(op == 8 for op, _ in peer.conns[0].received) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        poll_until(lambda: any(op == 8 for op, _ in peer.conns[0].received), timeout=5)
         closes = [data for op, data in peer.conns[0].received if op == 8]
         assert closes and struct.unpack("!H", closes[0][:2])[0] == 1009
 
@@ -245,13 +244,15 @@ def test_the_bounds_hold_on_the_event_connection_too():
     with RawPeer(script) as peer:
         with Client(peer.url) as client:
             client.send(Event(id="a", timestamp=T0))
-            deadline = time.monotonic() + 5
-            while not any(op == 8 for op, _ in peer.conns[0].received) and time.monotonic() < deadline:
-                time.sleep(0.05)
+
+            def closed_after_another_send() -> bool:
                 try:
                     client.send(Event(id="b", timestamp=T0))
                 except tf.TheiaError:
                     pass
+                return any(op == 8 for op, _ in peer.conns[0].received)
+
+            poll_until(closed_after_another_send, timeout=5, interval=0.05)
     codes = [struct.unpack("!H", data[:2])[0] for op, data in peer.conns[0].received if op == 8]
     assert codes[:1] == [1009]
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from waiting import wait_until
 
 import theia_frames as tf
 from theia_frames.protocol.arrow import events_to_batch
@@ -196,11 +197,8 @@ class Peer:
         if not self.confirms:
             # the upstream collector acknowledges nothing and writes its files about once a second
             source = Filter(1).match_source(events[0].source.rsplit("/", 1)[0] + "/.*")
-            deadline = time.monotonic() + 20
             with Client(self.url, idle_timeout=IDLE) as probe:
-                while len(list(probe.find(source))) < len(events):
-                    assert time.monotonic() < deadline, "the upstream collector did not store the events"
-                    time.sleep(0.2)
+                wait_until(lambda: len(list(probe.find(source))) >= len(events), 20, "the upstream collector to store the events")
 
 
 @pytest.fixture(params=["ours", "upstream"])
