@@ -201,19 +201,21 @@ class CountResult:
         )
 
 
-def _reduce(slots: np.ndarray, groups: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Triples summed per (slot, group), ordered by slot then group."""
+def _reduce(slots: np.ndarray, groups: np.ndarray, counts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Triples summed per (slot, group), ordered by slot then group (``counts`` None: one each)."""
     if not len(slots):
-        return slots, groups, counts
+        return slots, groups, np.zeros(0, dtype=np.int64) if counts is None else counts
     lo, hi = int(slots.min()), int(slots.max())
     width = int(groups.max()) + 1
     span = (hi - lo + 1) * width
     if span <= max(4 * len(slots), 1 << 16):
         # few possible pairs: one bincount over slot x group
         code = (slots - lo) * width + groups
-        summed = np.bincount(code, weights=None if counts is None else counts, minlength=span)
+        summed = np.bincount(code, weights=counts, minlength=span)
         held = np.flatnonzero(summed)
         return held // width + lo, (held % width).astype(np.int64), summed[held].astype(np.int64)
+    if counts is None:
+        counts = np.ones(len(slots), dtype=np.int64)
     order = np.lexsort((groups, slots))
     s, g, c = slots[order], groups[order], counts[order]
     starts = np.flatnonzero(np.concatenate(([True], (s[1:] != s[:-1]) | (g[1:] != g[:-1]))))
@@ -324,8 +326,10 @@ class Counter:
             values = tags.flatten()
             encoded = values.dictionary_encode()
             groups = self._codes(encoded.dictionary)[encoded.indices.to_numpy(zero_copy_only=False)]
-            slots, times = np.repeat(slots, per_event), np.repeat(ns, per_event)
-        self._take(int(ns.min()), int(ns.max()), rows, _reduce(slots, groups, np.ones(len(slots), dtype=np.int64)))
+            slots = np.repeat(slots, per_event)
+            if self.spans:
+                times = np.repeat(ns, per_event)
+        self._take(int(ns.min()), int(ns.max()), rows, _reduce(slots, groups, None))
         if self.spans and self.by is not None and len(groups):
             self._spread(groups, times, times)
 

@@ -125,7 +125,8 @@ DEFAULT_CHUNK_SIZE = 10_000
 #: tags as lists), compressed (ZSTD), with the bytes they decode to and their
 #: events' arrival numbers (events of equal timestamps in the order they arrived).
 #: Format 6 adds each chunk's checksum (:func:`~theia_frames.server.chunks.chunk_checksum`).
-#: Format 7 adds each chunk's summary (:mod:`~theia_frames.server.summaries`; NULL: none).
+#: Format 7 adds each chunk's summary (:mod:`~theia_frames.server.summaries`; NULL: none, as for
+#: a chunk still to be merged: only chunks of the final tier are summarized).
 #: A store of format 2 (uncompressed chunks, tags as comma text), 3 (compressed,
 #: tags as text), 4 (no arrival numbers), 5 (no checksums) or 6 (no summaries) is upgraded when it
 #: is opened, in one transaction: chunks of formats 2 and 3 are rewritten, the events of every
@@ -590,11 +591,13 @@ class EventStore:
             numbers = arrivals[start:stop]
             nbytes, runs = decoded_size(data), encode_arrivals(numbers)
             first, last = float(ts[start]), float(ts[stop - 1])
-            summary = chunk_summary(piece, first, last)
+            level = tier(piece.num_rows, piece.nbytes)
+            # a chunk still to be merged (small, soon gone) is not summarized: its merge is
+            summary = chunk_summary(piece, first, last) if level == FINAL_TIER else None
             cursor = db.execute(
                 "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival, checksum, summary) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (tier(piece.num_rows, piece.nbytes), first, last, piece.num_rows, data, nbytes, runs, int(numbers.max()),
+                (level, first, last, piece.num_rows, data, nbytes, runs, int(numbers.max()),
                  chunk_checksum(data, nbytes, runs, first, last, piece.num_rows, summary), summary),
             )
             inserted.append((int(cursor.lastrowid or 0), ChunkKeys.of(ts[start:stop], piece.column(0))))

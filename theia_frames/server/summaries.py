@@ -9,6 +9,8 @@ grain is a whole number of seconds (or 0) takes a chunk lying wholly inside its 
 range from these (:meth:`~theia_frames.protocol.count.Counter.add_counts`), with the result it
 would have had from the events.
 
+The store summarizes the chunks it will not merge again (the final tier: thousands of events,
+see :func:`~theia_frames.server.chunks.tier`); smaller ones are merged soon, and read meanwhile.
 A summary is kept only when it is much smaller than the chunk: at most one (second, group)
 pair per :data:`SUMMARY_SHARE` events and :data:`SUMMARY_BYTES` bytes per event before
 compression (a chunk of a few events per second, or of many sources or tags, has none and is
