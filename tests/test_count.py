@@ -237,7 +237,10 @@ def test_the_counter_keeps_groups_not_events() -> None:
     assert result.events == 600_000 and len(result.counts) <= 11 * 5
 
 
-def _load_upstream(url: str) -> None:
+@pytest.fixture(scope="module")
+def upstream_url(upstream_file_of_module: UpstreamCollector) -> str:
+    """The module's upstream collector, holding the events (once: it keeps every copy sent)."""
+    url = upstream_file_of_module.url
     events = [e for e in EVENTS if e.timestamp > 0]  # the filters compared start after 1970
     with Client(url) as client:
         client.send_many(events)
@@ -246,11 +249,11 @@ def _load_upstream(url: str) -> None:
         timeout=30,
         what="the events stored upstream",
     )
+    return url
 
 
-def test_upstream_counts_the_same(upstream_file_of_module: UpstreamCollector, ours: str, finds: dict[str, pd.DataFrame]) -> None:
-    url = upstream_file_of_module.url
-    _load_upstream(url)
+def test_upstream_counts_the_same(upstream_url: str, ours: str, finds: dict[str, pd.DataFrame]) -> None:
+    url = upstream_url
     with Client(url, idle_timeout=1.0) as client, Client(ours) as ours_client:
         # each count waits out the upstream find's silence (it never closes one): two shapes per filter
         for name in ("time-only", "time-range", "tag", "content", "source", "desc"):
@@ -312,3 +315,96 @@ def test_a_time_only_count_takes_chunks_of_one_slot_from_their_index() -> None:
         assert not by_source.add_span(T0, T0 + 1, 5)  # grouped counts need the rows
     finally:
         store.close()
+
+
+# --------------------------------------------------------------------------- timeline
+
+GAPS = ["3s", "10s", "2min"]
+
+
+def assert_timeline_relates(got: pd.DataFrame, df: pd.DataFrame, gap: Any = None) -> None:
+    """``client.timeline``'s frame against ``timeline`` of the find's frame: first, last, count,
+    span and rate equal; max_gap within a second; gaps between those of gap + 2 s and of gap."""
+    want = tf.timeline(df, gap=gap)
+    exact = ["first", "last", "count", "span", "rate"]
+    pd.testing.assert_frame_equal(got[exact], want[exact], check_exact=True)
+    assert got.columns.tolist() == want.columns.tolist()
+    assert (got["max_gap"].isna() == want["max_gap"].isna()).all()
+    apart = (got["max_gap"] - want["max_gap"]).dropna().abs()
+    assert (apart < pd.Timedelta(seconds=1)).all(), apart.max()
+    if gap is not None:
+        wider = tf.timeline(df, gap=pd.Timedelta(gap) + pd.Timedelta(seconds=2))
+        assert (wider["gaps"] <= got["gaps"]).all() and (got["gaps"] <= want["gaps"]).all()
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batched", "plain"])
+@pytest.mark.parametrize("name", list(FILTERS))
+def test_the_timeline_is_the_timeline_of_the_find(ours: str, finds: dict[str, pd.DataFrame], name: str, batch: bool) -> None:
+    with Client(ours, batch=batch) as client, Client(ours, batch=not batch) as other:
+        for gap in [None, *GAPS]:
+            got = client.timeline(FILTERS[name], gap=gap)
+            assert_timeline_relates(got, finds[name], gap)
+            pd.testing.assert_frame_equal(got, other.timeline(FILTERS[name], gap=gap), check_exact=True)
+
+
+def test_the_timeline_at_one_second_resolution() -> None:
+    """Silences are runs of seconds without events: 3.0 then 9.9 is a step of 6 seconds
+    (5 empty ones), 9.9 then 10.1 a step of one (none empty)."""
+    events = [Event(id=str(i), timestamp=T0 + t, source="/s") for i, t in enumerate([3.0, 9.9, 10.1, 10.5, 30.2])]
+    with serve(db=":memory:", port=0) as collector, Client(collector.url) as client:
+        client.send_many(events)
+        client.flush()
+        got = client.timeline(Filter(1), gap="4s")
+        five = client.timeline(Filter(1), gap="5s")
+        df = client.find(Filter(1)).to_dataframe(progress=False)
+    assert got.loc["/s", "max_gap"] == pd.Timedelta(seconds=20)  # 10 -> 30
+    assert tf.timeline(df).loc["/s", "max_gap"] == pd.Timedelta(seconds=19.7)
+    assert got.loc["/s", "gaps"] == 2  # 5 and 19 empty seconds
+    assert five.loc["/s", "gaps"] == 1  # 19 empty seconds
+    assert_timeline_relates(got, df, "4s")
+
+
+def test_the_async_timeline_is_the_same_frame(ours: str) -> None:
+    async def run() -> list[pd.DataFrame]:
+        async with AsyncClient(ours) as client, AsyncClient(ours, batch=False) as plain:
+            return [await client.timeline(FILTERS["time-range"], gap="10s"), await plain.timeline(FILTERS["time-range"], gap="10s")]
+
+    on_collector, client_side = asyncio.run(run())
+    with Client(ours) as client:
+        want = client.timeline(FILTERS["time-range"], gap="10s")
+    pd.testing.assert_frame_equal(on_collector, want, check_exact=True)
+    pd.testing.assert_frame_equal(client_side, want, check_exact=True)
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batched", "plain"])
+def test_a_timeline_of_too_many_seconds_is_refused_clearly(batch: bool) -> None:
+    with serve(db=":memory:", port=0, max_groups=10) as collector, Client(collector.url, batch=batch) as client:
+        client.send_many(EVENTS[:100])
+        client.flush() if client.batched else None
+        wait_until(lambda: len(client.find(Filter(1)).to_dataframe(progress=False)) == 100, what="100 events")
+        with pytest.raises(UsageError, match=r"timeline refused: its sources are heard in more than 10 \(second, source\) pairs \(at least \d+\)"):
+            client.timeline(Filter(1), max_groups=10)
+        with pytest.raises(UsageError, match="invalid gap"):
+            client.timeline(Filter(1), gap="soon")
+        assert client.timeline(EventFilter(start=T0 - 300, end=T0 - 297), max_groups=10)["count"].sum() == 3
+
+
+def test_a_count_reply_with_spans_that_do_not_fit_is_not_a_count() -> None:
+    counter = Counter(1_000_000_000, "source", spans=True)
+    counter.add(events_to_batch(EVENTS[:50]))
+    reply = json.loads(count_reply(counter.result()))
+    assert parse_count_reply(json.dumps(reply)) == counter.result()
+    first_after_last = [reply["counted"]["lasts"][0] + 1, *reply["counted"]["firsts"][1:]]
+    for key, value in (("firsts", first_after_last), ("lasts", []), ("lasts", None)):
+        broken = json.loads(json.dumps(reply))
+        broken["counted"][key] = value
+        assert parse_count_reply(json.dumps(broken)) is None
+
+
+def test_upstream_timelines_the_same(upstream_url: str, ours: str, finds: dict[str, pd.DataFrame]) -> None:
+    url = upstream_url
+    with Client(url, idle_timeout=1.0) as client, Client(ours) as ours_client:
+        for name in ("time-only", "source"):
+            got = client.timeline(FILTERS[name], gap="10s")
+            pd.testing.assert_frame_equal(got, ours_client.timeline(FILTERS[name], gap="10s"), check_exact=True)
+            assert_timeline_relates(got, finds[name], "10s")

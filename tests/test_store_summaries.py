@@ -221,11 +221,9 @@ def store_file(tmp_path: Path) -> tuple[Path, list[Event]]:
     return path, events
 
 
-@pytest.mark.parametrize("batch", [True, False], ids=["on the collector", "client-side"])
-def test_the_collector_counts_from_summaries_what_bucket_counts(
-    store_file: tuple[Path, list[Event]], batch: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path, _ = store_file
+@pytest.fixture
+def used(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each summary the collector's counts were offered was taken."""
     used: list[bool] = []
     real = count_endpoint.summary_counting
 
@@ -241,6 +239,12 @@ def test_the_collector_counts_from_summaries_what_bucket_counts(
         return count
 
     monkeypatch.setattr(count_endpoint, "summary_counting", recording)
+    return used
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["on the collector", "client-side"])
+def test_the_collector_counts_from_summaries_what_bucket_counts(store_file: tuple[Path, list[Event]], batch: bool, used: list[bool]) -> None:
+    path, _ = store_file
     with serve(db=str(path), port=0) as collector, Client(collector.url, batch=batch) as client:
         for flt in FILTERS.values():
             df = client.find(flt).to_dataframe(progress=False)
@@ -248,6 +252,21 @@ def test_the_collector_counts_from_summaries_what_bucket_counts(
                 for by in BYS:
                     pd.testing.assert_frame_equal(client.count(flt, every, by, max_buckets=None), bucket(df, every, by=by, max_buckets=None), check_exact=True)
     assert any(used) == batch
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["on the collector", "client-side"])
+def test_the_collector_makes_timelines_from_summaries(store_file: tuple[Path, list[Event]], batch: bool, used: list[bool]) -> None:
+    path, _ = store_file
+    exact = ["first", "last", "count", "span", "rate"]
+    with serve(db=str(path), port=0) as collector, Client(collector.url, batch=batch) as client:
+        for flt in FILTERS.values():
+            got = client.timeline(flt, gap="5s")
+            want = tf.timeline(client.find(flt).to_dataframe(progress=False), gap="5s")
+            pd.testing.assert_frame_equal(got[exact], want[exact], check_exact=True)
+            assert ((got["max_gap"] - want["max_gap"]).dropna().abs() < pd.Timedelta(seconds=1)).all()
+            with Client(collector.url, batch=not batch) as other:
+                pd.testing.assert_frame_equal(got, other.timeline(flt, gap="5s"), check_exact=True)
+    assert any(used)  # the collector's timelines (here or in the other client) took summaries
 
 
 def _summary_of(path: Path, column: str = "seq") -> int:

@@ -48,12 +48,12 @@ import websockets.exceptions
 
 from ..checks import positive_seconds
 from ..event import Event
-from ..exceptions import ConnectError, ConnectionClosed, InvalidEventError, TheiaTimeoutError
+from ..exceptions import ConnectError, ConnectionClosed, InvalidEventError, TheiaTimeoutError, UsageError
 from ..filter import FilterLike, as_filter
-from ..frames.analysis import count_frame, count_grain
+from ..frames.analysis import count_frame, count_grain, timeline_frame, timeline_gap, timeline_refused
 from ..protocol.arrow import SUBPROTOCOL
 from ..protocol.codec import encode
-from ..protocol.count import COUNT_PATH, DEFAULT_MAX_GROUPS, MAX_COUNT_REPLY, UNSET_BUCKETS, Counter, CountResult, count_answer, count_request
+from ..protocol.count import COUNT_PATH, DEFAULT_MAX_GROUPS, MAX_COUNT_REPLY, SECOND, UNSET_BUCKETS, Counter, CountResult, count_answer, count_request
 from ..protocol.ledger import SendLedger, Sent
 from ..protocol.messages import CHUNKS_PATH, DATA_CLOSE_CODES, EVENT_PATH
 from ..protocol.outgoing import arrow_pieces, batch_messages, event_messages
@@ -362,12 +362,28 @@ class AsyncClient(ClientSettings):
         counted on our collector, else here while the events arrive."""
         self._check_open()
         grain = count_grain(every)
+        result = await self._counted(filter, grain, by, max_groups)
+        return count_frame(result, every, max_buckets=max_buckets)
+
+    async def timeline(self, filter: FilterLike = None, *, gap: Any = None, max_groups: int = DEFAULT_MAX_GROUPS) -> pd.DataFrame:
+        """A summary per source of the events matching ``filter``: :meth:`theia_frames.client.Client.timeline`'s
+        frame, counted on our collector, else here while the events arrive."""
+        self._check_open()
+        timeline_gap(gap)
+        try:
+            result = await self._counted(filter, SECOND, "source", max_groups, spans=True)
+        except UsageError as exc:
+            raise timeline_refused(exc) from None
+        return timeline_frame(result, gap=gap)
+
+    async def _counted(self, filter: FilterLike, grain: int, by: str | None, max_groups: int, spans: bool = False) -> CountResult:
+        """The count of ``filter`` (as :meth:`Client._counted <theia_frames.client.Client._counted>`)."""
         flt = as_filter(filter)
-        request = count_request(flt.to_json(), grain, by)
+        request = count_request(flt.to_json(), grain, by, spans)
         await self.flush_before_read()
-        result = await self._count_on_collector(request, grain, by) if self.batch else None
+        result = await self._count_on_collector(request, grain, by, spans) if self.batch else None
         if result is None:
-            counter = Counter(grain, by, max_groups)
+            counter = Counter(grain, by, max_groups, spans=spans)
             found = self.find(replace(flt, order=None))  # a count is the same in either order
             try:
                 async for batch in found.iter_batches():
@@ -375,12 +391,12 @@ class AsyncClient(ClientSettings):
             finally:
                 await found.aclose()
             result = counter.result()
-        return count_frame(result, every, max_buckets=max_buckets)
+        return result
 
-    async def _count_on_collector(self, request: str, grain: int, by: str | None) -> CountResult | None:
+    async def _count_on_collector(self, request: str, grain: int, by: str | None, spans: bool) -> CountResult | None:
         """The collector's count (None from a peer without the extension's ``/count``)."""
         answered, answer = await self._ask(COUNT_PATH, request, MAX_COUNT_REPLY, None)  # a count takes what it takes
-        return count_answer(answer, grain, by, self.url) if answered else None
+        return count_answer(answer, grain, by, self.url, spans) if answered else None
 
     async def chunks(self, filter: FilterLike = None) -> list[tuple[float, float, int]] | None:
         """The collector's layout over ``filter``'s time range (as :meth:`Client.chunks

@@ -23,9 +23,9 @@ from ..checks import positive_seconds
 from ..event import Event
 from ..exceptions import ConnectError, ConnectionClosed, InvalidEventError, ProtocolError, TheiaTimeoutError, UsageError
 from ..filter import EventFilter, FilterLike, as_filter
-from ..frames.analysis import count_frame, count_grain
+from ..frames.analysis import count_frame, count_grain, timeline_frame, timeline_gap, timeline_refused
 from ..protocol.codec import encode
-from ..protocol.count import COUNT_PATH, DEFAULT_MAX_GROUPS, MAX_COUNT_REPLY, UNSET_BUCKETS, Counter, CountResult, count_answer, count_request
+from ..protocol.count import COUNT_PATH, DEFAULT_MAX_GROUPS, MAX_COUNT_REPLY, SECOND, UNSET_BUCKETS, Counter, CountResult, count_answer, count_request
 from ..protocol.ledger import SendLedger, Sent
 from ..protocol.messages import CHUNKS_PATH, DATA_CLOSE_CODES, EVENT_PATH
 from ..protocol.outgoing import arrow_pieces, batch_messages, event_messages
@@ -464,12 +464,35 @@ class Client(SyncSettings):
         """
         self._check_open()
         grain = count_grain(every)
+        result = self._counted(filter, grain, by, max_groups)
+        return count_frame(result, every, max_buckets=max_buckets)
+
+    def timeline(self, filter: FilterLike = None, *, gap: Any = None, max_groups: int = DEFAULT_MAX_GROUPS) -> pd.DataFrame:
+        """A summary per source of the events matching ``filter``, as
+        ``timeline(to_dataframe(self.find(filter)), gap=gap)``, counted where the events are
+        (as :meth:`count`: a count per second by source, with each source's first and last
+        event time): ``first``, ``last``, ``count``, ``span`` and ``rate`` are equal to
+        :func:`~theia_frames.frames.analysis.timeline`'s, ``max_gap`` and ``gaps`` are measured
+        at one-second resolution (see :func:`~theia_frames.frames.analysis.timeline_frame`
+        for how they relate). ``max_groups`` bounds the (second, source) pairs holding events.
+        """
+        self._check_open()
+        timeline_gap(gap)
+        try:
+            result = self._counted(filter, SECOND, "source", max_groups, spans=True)
+        except UsageError as exc:
+            raise timeline_refused(exc) from None
+        return timeline_frame(result, gap=gap)
+
+    def _counted(self, filter: FilterLike, grain: int, by: str | None, max_groups: int, spans: bool = False) -> CountResult:
+        """The count of ``filter`` in ``grain`` by ``by``: the collector's, else counted here
+        while the events of a find arrive (a peer without the extension's ``/count``)."""
         flt = as_filter(filter)
-        request = count_request(flt.to_json(), grain, by)
+        request = count_request(flt.to_json(), grain, by, spans)
         self._read_own_writes()
-        result = self._count_on_collector(request, grain, by) if self.batch else None
+        result = self._count_on_collector(request, grain, by, spans) if self.batch else None
         if result is None:
-            counter = Counter(grain, by, max_groups)
+            counter = Counter(grain, by, max_groups, spans=spans)
             found = self.find(dataclasses.replace(flt, order=None))  # a count is the same in either order
             try:
                 for batch in found.iter_batches():
@@ -477,12 +500,12 @@ class Client(SyncSettings):
             finally:
                 found.close()
             result = counter.result()
-        return count_frame(result, every, max_buckets=max_buckets)
+        return result
 
-    def _count_on_collector(self, request: str, grain: int, by: str | None) -> CountResult | None:
+    def _count_on_collector(self, request: str, grain: int, by: str | None, spans: bool) -> CountResult | None:
         """The collector's count (None from a peer without the extension's ``/count``)."""
         answered, answer = self._ask(COUNT_PATH, request, MAX_COUNT_REPLY, None)  # a count takes what it takes
-        return count_answer(answer, grain, by, self.url) if answered else None
+        return count_answer(answer, grain, by, self.url, spans) if answered else None
 
     def chunks(self, filter: FilterLike = None) -> list[tuple[float, float, int]] | None:
         """How many events the collector holds over ``filter``'s time range, from its index:

@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 
 from ..event import Event  # noqa: F401  (used by the doctests)
 from ..exceptions import UsageError
-from ..protocol.count import UNSET_BUCKETS, CountResult
+from ..protocol.count import SECOND, UNSET_BUCKETS, CountResult, too_many_groups_sizes
 from ..timeparse import to_seconds
 from .convert import EVENT_COLUMNS, sorted_categories, to_dataframe  # noqa: F401
 
@@ -56,6 +56,9 @@ __all__ = [
     "SENSOR_PATTERN",
     "grep",
     "timeline",
+    "timeline_frame",
+    "timeline_gap",
+    "timeline_refused",
 ]
 
 #: A reading with a unit, e.g. ``"21.5C"``, ``"45.2 %"``, ``"-3e2 hPa"``: groups ``value`` and ``unit``.
@@ -666,7 +669,7 @@ def timeline(df: pd.DataFrame, *, gap: Any = None) -> pd.DataFrame:
     what = "timeline"
     _require(df, ["source"], what)
     times = event_times(df, what)
-    gap_d = None if gap is None else _delta(gap, "gap")
+    gap_d = timeline_gap(gap)
     frame = pd.DataFrame({"source": df["source"].to_numpy(), "t": times.asi8})
     frame = frame.sort_values(["source", "t"], kind="stable")
     frame["d"] = frame.groupby("source", observed=True, sort=False)["t"].diff()
@@ -674,27 +677,26 @@ def timeline(df: pd.DataFrame, *, gap: Any = None) -> pd.DataFrame:
     for name, part in frame.groupby("source", observed=True, sort=True):
         t = part["t"].to_numpy()
         d = part["d"].dropna().to_numpy()
-        span = int(t[-1] - t[0])
         limit: float
         if gap_d is not None:
             limit = gap_d.value
         else:
             apart = d[d > 0]
             limit = 10 * float(np.median(apart)) if len(apart) else np.inf
-        rows.append(
-            {
-                "source": name,
-                "first": t[0],
-                "last": t[-1],
-                "count": len(t),
-                "span": span,
-                "rate": (len(t) - 1) / (span / 1e9) if span > 0 else np.nan,
-                "max_gap": d.max() if len(d) else None,
-                "gaps": int((d > limit).sum()) if len(d) else 0,
-            }
-        )
+        rows.append(_timeline_row(str(name), int(t[0]), int(t[-1]), len(t), d.max() if len(d) else None, int((d > limit).sum()) if len(d) else 0))
+    return _timeline_table(rows, times.tz)
+
+
+def _timeline_row(source: str, first: int, last: int, count: int, max_gap: Any, gaps: int) -> dict[str, Any]:
+    """One source's row of a timeline (times in nanoseconds): its span and rate from the rest."""
+    span = last - first
+    rate = (count - 1) / (span / 1e9) if span > 0 else np.nan
+    return {"source": source, "first": first, "last": last, "count": count, "span": span, "rate": rate, "max_gap": max_gap, "gaps": gaps}
+
+
+def _timeline_table(rows: list[dict[str, Any]], tz: Any) -> pd.DataFrame:
+    """The frame of a timeline's rows (:func:`_timeline_row`), times in zone ``tz`` (None: naive UTC)."""
     out = pd.DataFrame(rows, columns=["source", "first", "last", "count", "span", "rate", "max_gap", "gaps"])
-    tz = times.tz
     for col in ("first", "last"):
         stamps = pd.to_datetime(out[col].astype("int64"), unit="ns", utc=True).astype("datetime64[ns, UTC]")
         out[col] = stamps.dt.tz_convert(tz) if tz is not None else stamps.dt.tz_localize(None)
@@ -704,3 +706,84 @@ def timeline(df: pd.DataFrame, *, gap: Any = None) -> pd.DataFrame:
     out["gaps"] = out["gaps"].astype(np.int64)
     out["rate"] = out["rate"].astype(np.float64)
     return out.set_index("source")
+
+
+def timeline_gap(gap: Any) -> pd.Timedelta | None:
+    """``gap`` of :func:`timeline` or :func:`timeline_frame` as a duration (None: each source's own).
+
+    >>> timeline_gap("90s"), timeline_gap(None)
+    (Timedelta('0 days 00:01:30'), None)
+    """
+    return None if gap is None else _delta(gap, "gap")
+
+
+def timeline_refused(exc: UsageError) -> UsageError:
+    """The error of a timeline whose count was refused as too large (others as they are).
+
+    >>> from theia_frames.protocol.count import too_many_groups
+    >>> print(timeline_refused(UsageError(too_many_groups(12, 10))))
+    timeline refused: its sources are heard in more than 10 (second, source) pairs (at least 12); take a narrower time range, or raise max_groups
+    """
+    sizes = too_many_groups_sizes(str(exc))
+    if sizes is None:
+        return exc
+    return UsageError(
+        f"timeline refused: its sources are heard in more than {sizes[1]:,} (second, source) pairs (at least {sizes[0]:,}); "
+        "take a narrower time range, or raise max_groups"
+    )
+
+
+def timeline_frame(result: CountResult, *, gap: Any = None) -> pd.DataFrame:
+    """The timeline of a count per second by source with each source's first and last time
+    (:class:`~theia_frames.protocol.count.Counter` ``(SECOND, "source", spans=True)``): what
+    ``client.timeline(filter)`` returns, counted where the events are. Its columns, against
+    :func:`timeline` of the same events (``timeline(to_dataframe(find(filter)), gap=gap)``):
+
+    - ``first``, ``last``, ``count``, ``span``, ``rate``: equal (times at the microsecond, UTC);
+    - ``max_gap``, at one-second resolution: the longest step between two consecutive seconds
+      holding the source's events (whole seconds; 0 for events all in one second, NaT for a
+      single event): less than one second from :func:`timeline`'s;
+    - ``gaps``, at one-second resolution: how many runs of seconds without the source's events
+      are longer than ``gap`` (by default ten times the source's median step between seconds
+      holding events: 10 s for a source heard every second; none for one heard in one second
+      only). Each such run is a silence longer than ``gap``, and every silence longer than
+      ``gap`` + 2 s holds one: with the same ``gap``, :func:`timeline`'s ``gaps`` for
+      ``gap`` + 2 s ≤ this ``gaps`` ≤ :func:`timeline`'s for ``gap``.
+
+    >>> from theia_frames.protocol.arrow import events_to_batch
+    >>> from theia_frames.protocol.count import SECOND, Counter
+    >>> events = [Event(id=str(i), timestamp=t, source=s) for i, (t, s) in
+    ...           enumerate([(0.5, "a"), (1.2, "a"), (2.9, "a"), (20.1, "a"), (5.0, "b")])]
+    >>> counter = Counter(SECOND, "source", spans=True)
+    >>> counter.add(events_to_batch(events))
+    >>> timeline_frame(counter.result(), gap="5s")[["count", "rate", "max_gap", "gaps"]]
+            count      rate         max_gap  gaps
+    source
+    a           4  0.153061 0 days 00:00:18     1
+    b           1       NaN             NaT     0
+    >>> timeline(to_dataframe(events), gap="5s")[["count", "rate", "max_gap", "gaps"]]
+            count      rate                max_gap  gaps
+    source
+    a           4  0.153061 0 days 00:00:17.200000     1
+    b           1       NaN                    NaT     0
+    """
+    if result.grain != SECOND or result.by != "source" or result.firsts is None or result.lasts is None:
+        raise UsageError("a timeline is laid out from a count per second by source with each source's first and last time")
+    gap_d = timeline_gap(gap)
+    order = np.lexsort((result.slots, result.groups))
+    groups, slots, counts = result.groups[order], result.slots[order], result.counts[order]
+    bounds = np.searchsorted(groups, np.arange(len(result.names) + 1))
+    rows = []
+    for name, g in sorted((name, g) for g, name in enumerate(result.names)):
+        held = slots[bounds[g] : bounds[g + 1]]
+        steps = np.diff(held)
+        count = int(counts[bounds[g] : bounds[g + 1]].sum())
+        limit: float
+        if gap_d is not None:
+            limit = gap_d.value
+        else:
+            limit = 10 * float(np.median(steps)) * SECOND if len(steps) else np.inf
+        max_gap = int(steps.max()) * SECOND if len(steps) else (0 if count > 1 else None)
+        gaps = int(((steps - 1) * SECOND > limit).sum())
+        rows.append(_timeline_row(name, int(result.firsts[g]), int(result.lasts[g]), count, max_gap, gaps))
+    return _timeline_table(rows, "UTC")

@@ -2,8 +2,11 @@
 
 A count is a conversation of its own: on a connection to :data:`COUNT_PATH`
 that negotiated ``theia-frames.v2`` the client sends one :func:`count_request`
-(a filter, a grain and a grouping) and the collector answers one
-:func:`count_reply`, or ``{"error": ...}``, then closes normally.
+(a filter, a grain, a grouping and, asked for or not, each group's first and last
+event time: ``spans``) and the collector answers one :func:`count_reply`, or
+``{"error": ...}``, then closes normally. A timeline
+(:func:`theia_frames.frames.analysis.timeline_frame`) is a count per second by
+source with spans.
 
 The **grain** is a span in nanoseconds (0: no time buckets): each event is
 counted in the grain-wide slot its time falls in, time rounded to the
@@ -37,6 +40,7 @@ True
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +67,7 @@ __all__ = [
     "parse_count_reply",
     "too_many_groups",
     "is_too_many_groups",
+    "too_many_groups_sizes",
     "event_nanoseconds",
     "count_answer",
 ]
@@ -102,30 +107,39 @@ def event_nanoseconds(seconds: Any) -> np.ndarray:
 @dataclass(frozen=True)
 class CountRequest:
     """A count's question: the filter (its JSON text, as the collector reads filters), the grain
-    in nanoseconds (0: no time buckets) and the grouping (one of :data:`GROUPINGS`)."""
+    in nanoseconds (0: no time buckets), the grouping (one of :data:`GROUPINGS`) and whether
+    each group's first and last event time is asked for too (``spans``)."""
 
     filter: str
     grain: int
     by: str | None
+    spans: bool = False
 
 
-def _check(grain: Any, by: Any) -> None:
+def _check(grain: Any, by: Any, spans: Any = False) -> None:
     if isinstance(grain, bool) or not isinstance(grain, int) or grain < 0:
         raise UsageError(f"a count's grain must be a whole number of nanoseconds, 0 or more; got {grain!r}")
     if by not in GROUPINGS:
         raise UsageError(f"a count is grouped by nothing, 'source' or 'tag'; got by={by!r}")
+    if not isinstance(spans, bool):
+        raise UsageError(f"a count's spans is true or false; got {spans!r}")
 
 
-def count_request(filter_json: str, grain: int, by: str | None) -> str:
-    """The client's message on :data:`COUNT_PATH`.
+def count_request(filter_json: str, grain: int, by: str | None, spans: bool = False) -> str:
+    """The client's message on :data:`COUNT_PATH` (``"spans"`` only when asked for).
 
     >>> count_request('{"start": 1}', 60_000_000_000, "source")
     '{"count": {"grain": 60000000000, "by": "source"}, "filter": {"start": 1}}'
     >>> parse_count_request(count_request("{}", 0, None))
-    CountRequest(filter='{}', grain=0, by=None)
+    CountRequest(filter='{}', grain=0, by=None, spans=False)
+    >>> parse_count_request(count_request("{}", SECOND, "source", spans=True)).spans
+    True
     """
-    _check(grain, by)
-    return json.dumps({"count": {"grain": grain, "by": by}, "filter": json.loads(filter_json)})
+    _check(grain, by, spans)
+    spec: dict[str, Any] = {"grain": grain, "by": by}
+    if spans:
+        spec["spans"] = True
+    return json.dumps({"count": spec, "filter": json.loads(filter_json)})
 
 
 def parse_count_request(message: str | bytes) -> CountRequest:
@@ -136,14 +150,16 @@ def parse_count_request(message: str | bytes) -> CountRequest:
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise UsageError(f"a count request must be a JSON object: {exc}") from exc
     if not isinstance(obj, dict) or set(obj) != {"count", "filter"} or not isinstance(obj["count"], dict):
-        raise UsageError('a count request is {"count": {"grain": NANOSECONDS, "by": null|"source"|"tag"}, "filter": {...}}')
+        raise UsageError(
+            'a count request is {"count": {"grain": NANOSECONDS, "by": null|"source"|"tag", "spans": false|true}, "filter": {...}}'
+        )
     spec = obj["count"]
-    unknown = set(spec) - {"grain", "by"}
+    unknown = set(spec) - {"grain", "by", "spans"}
     if unknown:
         raise UsageError(f"unknown count key(s): {', '.join(sorted(map(str, unknown)))}")
-    grain, by = spec.get("grain", 0), spec.get("by")
-    _check(grain, by)
-    return CountRequest(json.dumps(obj["filter"]), grain, by)
+    grain, by, spans = spec.get("grain", 0), spec.get("by"), spec.get("spans", False)
+    _check(grain, by, spans)
+    return CountRequest(json.dumps(obj["filter"]), grain, by, spans)
 
 
 def too_many_groups(groups: int, limit: int) -> str:
@@ -161,6 +177,18 @@ def too_many_groups(groups: int, limit: int) -> str:
 def is_too_many_groups(text: str) -> bool:
     """Whether an error text is the refusal of :func:`too_many_groups`."""
     return text.startswith(_TOO_MANY)
+
+
+def too_many_groups_sizes(text: str) -> tuple[int, int] | None:
+    """The (pairs found at least, limit) of a refusal of :func:`too_many_groups`; None for another text.
+
+    >>> too_many_groups_sizes(too_many_groups(1_200, 1_000)), too_many_groups_sizes("no")
+    ((1200, 1000), None)
+    """
+    found = re.match(_TOO_MANY + r"it makes more than ([\d,]+) .*\(at least ([\d,]+)\)", text)
+    if found is None:
+        return None
+    return int(found[2].replace(",", "")), int(found[1].replace(",", ""))
 
 
 @dataclass
@@ -503,8 +531,9 @@ def parse_count_reply(message: str | bytes) -> CountResult | None:
     return CountResult(grain, by, names, slots, groups, counts, first, last, events, firsts, lasts)
 
 
-def count_answer(message: Any, grain: int, by: str | None, url: str) -> CountResult:
-    """What the collector's answer to a count request means: its :class:`CountResult`, or
+def count_answer(message: Any, grain: int, by: str | None, url: str, spans: bool = False) -> CountResult:
+    """What the collector's answer to a count request means: its :class:`CountResult` (with
+    each group's first and last time when ``spans`` were asked for), or
     :class:`~theia_frames.exceptions.UsageError` (a count refused as too large: the same error a
     client counting by itself raises), :class:`~theia_frames.exceptions.ServerError` (any other
     error answer), :class:`~theia_frames.exceptions.ProtocolError` (no answer, or not a count of
@@ -530,4 +559,6 @@ def count_answer(message: Any, grain: int, by: str | None, url: str) -> CountRes
             f"{url}{COUNT_PATH} answered a count in spans of {result.grain} ns by {result.by!r}; "
             f"it was asked for spans of {grain} ns by {by!r}"
         )
+    if spans and result.firsts is None:
+        raise ProtocolError(f"{url}{COUNT_PATH} answered a count without its groups' first and last times, which were asked for")
     return result

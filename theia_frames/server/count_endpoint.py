@@ -53,7 +53,7 @@ class CountEndpoint(ExtensionEndpoint):
         store, pool = self.store, self.pool
         # the stored chunks in the columns counted and those the filter reads, matched as /find matches
         fields = ["timestamp"] + ([] if request.by is None else ["source" if request.by == "source" else "tags"])
-        counter = Counter(request.grain, request.by, self.max_groups)
+        counter = Counter(request.grain, request.by, self.max_groups, spans=request.spans)
         # a chunk inside the range of a time-only count is counted from its index row (its events all
         # in one slot, ungrouped) or its summary (a grain of whole seconds), else read
         results: Any = store.scan(flt, fields, taken=counter.add_span, summarized=summary_counting(counter))  # a Results: cancel(), close()
