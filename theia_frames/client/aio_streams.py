@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Unpack
 
 import pyarrow as pa
+from websockets.exceptions import ConnectionClosed as WebSocketClosed
 
 from ..protocol.arrow import SUBPROTOCOL, empty_batch, iter_batch_events
 from ..event import Event
@@ -20,7 +21,7 @@ from ..exceptions import ConnectionClosed, TheiaError, UsageError
 from ..filter import EventFilter
 from ..protocol.plain import BULK_MIN
 from ..protocol.streams import FindState, LiveState, StreamState
-from .aio_transport import Silence, close, closed_error, recv, recv_raising, websockets_module
+from .aio_transport import Silence, close, closed_error, recv, recv_raising
 from .results import LiveView, ReconnectOptions, ResultBatches, ResultView, find_state, live_session
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,7 +74,7 @@ class AsyncStream(ResultView):
             negotiated = ws.subprotocol == SUBPROTOCOL
             try:
                 await ws.send(self.state.filter_message(negotiated))
-            except websockets_module().exceptions.ConnectionClosed as exc:
+            except WebSocketClosed as exc:
                 # closed right after the handshake (a collector shutting down): an end, as when reading
                 self._check_end(ws, exc)
                 return ws, []
@@ -242,16 +243,15 @@ class AsyncFindResult(AsyncStream):
         pending, self._pending = self._pending, []
         if pending:
             yield pending
-        ws_exc = websockets_module().exceptions.ConnectionClosed
         while True:
             try:
-                msg = await recv_raising(ws, wait, ws_exc)
+                msg = await recv_raising(ws, wait)
             except Silence:
                 if self._closed:
                     return
                 state.silence(negotiated)
                 return
-            except ws_exc as exc:
+            except WebSocketClosed as exc:
                 self._check_end(ws, exc)
                 return
             data = state.receive([msg])
@@ -338,16 +338,15 @@ class AsyncLiveStream(LiveView, AsyncStream):
             yield pending
         last = time.monotonic()
         wait = LIVE_SLICE if heartbeat is None else min(LIVE_SLICE, heartbeat)
-        ws_exc = websockets_module().exceptions.ConnectionClosed
         while not self._closed:
             try:
-                msg = await recv_raising(ws, wait, ws_exc)
+                msg = await recv_raising(ws, wait)
             except Silence:
                 if heartbeat is not None and time.monotonic() - last >= heartbeat:
                     last = time.monotonic()
                     yield []
                 continue
-            except ws_exc as exc:
+            except WebSocketClosed as exc:
                 self._check_end(ws, exc)
                 return
             data = self.state.receive([msg])

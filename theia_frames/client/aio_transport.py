@@ -32,17 +32,11 @@ __all__ = [
     "recv",
     "recv_raising",
     "close",
-    "websockets_module",
     "CLOSE_WAIT",
 ]
 
 # seconds a close waits for the server's close frame
 CLOSE_WAIT = 2.0
-
-
-def websockets_module() -> Any:
-    """The ``websockets`` package."""
-    return websockets
 
 
 class Silence(Exception):
@@ -58,7 +52,7 @@ def open_error(exc: BaseException, url: str, timeout: float | None) -> TheiaErro
     >>> open_error(ConnectionRefusedError(), "ws://h/find", 10)
     ConnectError('connection refused by ws://h/find (is a collector running there?)')
     """
-    ws = websockets_module()
+    ws = websockets
     if isinstance(exc, ws.exceptions.InvalidStatus):
         return handshake_error(url, exc.response.status_code, "AsyncClient")
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
@@ -75,7 +69,7 @@ def open_error(exc: BaseException, url: str, timeout: float | None) -> TheiaErro
 def closed_error(exc: BaseException, url: str, max_message_size: int) -> ProtocolError | None:
     """The error to raise for a connection ``websockets`` closed on our side because
     of what the server sent (a message over the bound, a protocol violation); None otherwise."""
-    ws = websockets_module()
+    ws = websockets
     if not isinstance(exc, ws.exceptions.ConnectionClosed):
         return None
     sent = exc.sent
@@ -125,12 +119,16 @@ async def within(awaitable: Awaitable[Any], seconds: float | None) -> Any:
 async def recv(ws: Any, wait: float | None, *, idle: bool = True) -> bytes | str | None:
     """The next message; None once the connection ended; :class:`Silence` after
     ``wait`` seconds without a byte (``idle=False``: in all)."""
-    ws_exc = websockets_module().exceptions.ConnectionClosed
+    try:
+        return await recv_raising(ws, wait, idle=idle)
+    except websockets.exceptions.ConnectionClosed:
+        return None
+
+
+async def recv_raising(ws: Any, wait: float | None, *, idle: bool = True) -> bytes | str:
+    """As :func:`recv`, raising ``websockets``' ConnectionClosed at the end (its ``rcvd`` tells the close)."""
     if wait is None:
-        try:
-            return await ws.recv()  # type: ignore[no-any-return]
-        except ws_exc:
-            return None
+        return await ws.recv()  # type: ignore[no-any-return]
     start = time.monotonic()
     remaining = wait
     while True:
@@ -138,24 +136,6 @@ async def recv(ws: Any, wait: float | None, *, idle: bool = True) -> bytes | str
             return await within(ws.recv(), remaining)  # type: ignore[no-any-return]  # cancelling recv() loses nothing
         except (TimeoutError, asyncio.TimeoutError):
             last = max(ws.last_bytes, start) if idle else start
-            remaining = last + wait - time.monotonic()
-            if remaining <= 0:
-                raise Silence() from None
-        except ws_exc:
-            return None
-
-
-async def recv_raising(ws: Any, wait: float | None, ws_exc: Any) -> bytes | str:
-    """As :func:`_recv`, raising ``websockets``' ConnectionClosed at the end (its ``rcvd`` tells the close)."""
-    if wait is None:
-        return await ws.recv()  # type: ignore[no-any-return]
-    start = time.monotonic()
-    remaining = wait
-    while True:
-        try:
-            return await within(ws.recv(), remaining)  # type: ignore[no-any-return]
-        except (TimeoutError, asyncio.TimeoutError):
-            last = max(ws.last_bytes, start)
             remaining = last + wait - time.monotonic()
             if remaining <= 0:
                 raise Silence() from None
