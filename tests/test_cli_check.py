@@ -120,7 +120,8 @@ def test_a_store_of_format_5_is_upgraded_with_checksums(tmp_path):
     parts = _store(path)
     with sqlite3.connect(path) as db:  # format 5 had no checksums (nor summaries)
         db.execute("ALTER TABLE chunks DROP COLUMN checksum")
-        db.execute("ALTER TABLE chunks DROP COLUMN summary")
+        db.execute("DROP TRIGGER chunks_summaries")
+        db.execute("DROP TABLE summaries")
         db.execute("PRAGMA user_version = 5")
     with EventStore(path) as store:
         assert [e.id for cols in store.query() for e in cols.events()] == [e.id for part in parts for e in part]
@@ -160,7 +161,8 @@ def test_check_sees_damage_behind_a_matching_checksum(tmp_path, capsys):
     with sqlite3.connect(path) as db:
         db.execute("UPDATE chunks SET rows = 7, checksum = 0 WHERE seq = 3")
         db.execute("ALTER TABLE chunks DROP COLUMN checksum")
-        db.execute("ALTER TABLE chunks DROP COLUMN summary")
+        db.execute("DROP TRIGGER chunks_summaries")
+        db.execute("DROP TABLE summaries")
         db.execute("PRAGMA user_version = 5")
     assert main(["check", "--db", str(path)]) == 1
     out = capsys.readouterr().out

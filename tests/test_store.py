@@ -574,7 +574,7 @@ def _reseal(path) -> None:
 
     db = sqlite3.connect(path)
     for seq, data, nbytes, arrivals, lo, hi, rows, summary in db.execute(
-        "SELECT seq, data, bytes, arrivals, min_ts, max_ts, rows, summary FROM chunks"
+        "SELECT seq, data, bytes, arrivals, min_ts, max_ts, rows, (SELECT summary FROM summaries WHERE summaries.seq = chunks.seq) FROM chunks"
     ).fetchall():
         db.execute(
             "UPDATE chunks SET checksum = ? WHERE seq = ?", (chunk_checksum(data, nbytes, arrivals, lo, hi, rows, summary), seq)

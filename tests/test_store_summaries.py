@@ -32,6 +32,8 @@ T0 = 1_700_000_000.0
 SOURCES = [f"/dev/s{i}" for i in range(5)]
 TAGS = ["alpha", "beta", "gamma", "zeta"]
 BYS = [None, "source", "tag"]
+# a chunk's summary, in SQL over the chunks table
+SUMMARY = "(SELECT summary FROM summaries WHERE summaries.seq = chunks.seq)"
 WHOLE_SECONDS = ["1s", "1min", "1h", None]
 
 
@@ -87,7 +89,7 @@ def filled() -> Iterator[EventStore]:
 
 def summarized_chunks(store: EventStore) -> tuple[int, int]:
     """(chunks, chunks with a summary)."""
-    row = store._db.execute("SELECT count(*), count(summary) FROM chunks WHERE died IS NULL").fetchone()
+    row = store._db.execute(f"SELECT count(*), count({SUMMARY}) FROM chunks WHERE died IS NULL").fetchone()
     return int(row[0]), int(row[1])
 
 
@@ -123,7 +125,7 @@ def summarized_inside(store: EventStore, flt: EventFilter) -> int:
     """How many chunks with a summary lie wholly inside ``flt``'s time range."""
     start = -np.inf if flt.start is None else flt.start
     end = np.inf if flt.end is None else flt.end
-    rows = store._db.execute("SELECT min_ts, max_ts FROM chunks WHERE summary IS NOT NULL AND died IS NULL").fetchall()
+    rows = store._db.execute(f"SELECT min_ts, max_ts FROM chunks WHERE {SUMMARY} IS NOT NULL AND died IS NULL").fetchall()
     return sum(1 for lo, hi in rows if lo >= start and hi <= end)
 
 
@@ -142,16 +144,18 @@ def assert_same_result(got: Any, want: Any, every: Any) -> None:
 def test_the_store_keeps_summaries_where_they_are_much_smaller(filled: EventStore) -> None:
     chunks, summarized = summarized_chunks(filled)
     assert 0 < summarized < chunks
+    # the summaries of chunks merged away went with them
+    assert filled._db.execute("SELECT count(*) FROM summaries").fetchone()[0] == summarized
     rows = {seq: rows for seq, _, rows, _, _ in filled.chunks()}
-    for seq, data, lo, hi in filled._db.execute("SELECT seq, summary, min_ts, max_ts FROM chunks WHERE summary IS NOT NULL"):
+    for seq, data, lo, hi in filled._db.execute("SELECT seq, summary, min_ts, max_ts FROM summaries JOIN chunks USING (seq)"):
         summary = read_summary(data, seq, lo, hi, rows[seq])
         pairs = len(summary.by_source.counts) + len(summary.by_tag.counts)
         assert pairs * SUMMARY_SHARE <= rows[seq] and summary.by_source.events == rows[seq]
     # the chunk of many sources, the one of an event a second and the small one have none
-    assert [lo for (lo,) in filled._db.execute("SELECT min_ts FROM chunks WHERE summary IS NULL ORDER BY min_ts")] == [
+    assert [lo for (lo,) in filled._db.execute(f"SELECT min_ts FROM chunks WHERE {SUMMARY} IS NULL ORDER BY min_ts")] == [
         pytest.approx(T0 + 1_400.0, abs=1.0), T0 + 1_500.0, pytest.approx(T0 + 7_000.0, abs=1.0)
     ]
-    assert [t for (t,) in filled._db.execute("SELECT tier FROM chunks WHERE summary IS NOT NULL")] == [FINAL_TIER] * (chunks - 3)
+    assert [t for (t,) in filled._db.execute("SELECT tier FROM summaries JOIN chunks USING (seq)")] == [FINAL_TIER] * (chunks - 3)
 
 
 FILTERS = {
@@ -269,19 +273,20 @@ def test_the_collector_makes_timelines_from_summaries(store_file: tuple[Path, li
     assert any(used)  # the collector's timelines (here or in the other client) took summaries
 
 
-def _summary_of(path: Path, column: str = "seq") -> int:
+def _summary_of(path: Path) -> int:
+    """The first chunk with a summary."""
     with sqlite3.connect(path) as db:
-        return int(db.execute(f"SELECT {column} FROM chunks WHERE summary IS NOT NULL ORDER BY seq LIMIT 1").fetchone()[0])
+        return int(db.execute("SELECT min(seq) FROM summaries").fetchone()[0])
 
 
 def test_a_damaged_summary_is_damage(store_file: tuple[Path, list[Event]]) -> None:
     path, _ = store_file
     seq = _summary_of(path)
     with sqlite3.connect(path) as db:
-        (old,) = db.execute("SELECT summary FROM chunks WHERE seq = ?", (seq,)).fetchone()
+        (old,) = db.execute("SELECT summary FROM summaries WHERE seq = ?", (seq,)).fetchone()
         damaged = bytearray(old)
         damaged[len(damaged) // 2] ^= 0x5A
-        db.execute("UPDATE chunks SET summary = ? WHERE seq = ?", (bytes(damaged), seq))
+        db.execute("UPDATE summaries SET summary = ? WHERE seq = ?", (bytes(damaged), seq))
     with EventStore(path) as store:
         # counted from the summary: its own checksum
         with pytest.raises(StoreError, match=rf"chunk {seq} of the event store is damaged \(its summary does not match its checksum\): it held \d+ events"):
@@ -298,7 +303,7 @@ def test_a_summary_taken_away_is_damage(store_file: tuple[Path, list[Event]]) ->
     path, _ = store_file
     seq = _summary_of(path)
     with sqlite3.connect(path) as db:
-        db.execute("UPDATE chunks SET summary = NULL WHERE seq = ?", (seq,))
+        db.execute("DELETE FROM summaries WHERE seq = ?", (seq,))
     with EventStore(path) as store:
         with pytest.raises(StoreError, match=rf"chunk {seq} of the event store is damaged \(its checksum does not match\)"):
             scan_count(store, Filter(1), count_grain("1min"), "source")
@@ -316,9 +321,9 @@ def test_a_summary_of_other_events_is_damage(store_file: tuple[Path, list[Event]
         summary = chunk_summary(events_to_batch(other), lo, hi)
         assert summary is not None
         db.execute(
-            "UPDATE chunks SET summary = ?, checksum = ? WHERE seq = ?",
-            (summary, chunk_checksum(data, nbytes, arrivals, lo, hi, rows, summary), seq),
+            "UPDATE chunks SET checksum = ? WHERE seq = ?", (chunk_checksum(data, nbytes, arrivals, lo, hi, rows, summary), seq)
         )
+        db.execute("UPDATE summaries SET summary = ? WHERE seq = ?", (summary, seq))
     from theia_frames.server.verify import check_store
 
     report = check_store(path)
@@ -332,7 +337,8 @@ def test_a_store_of_format_6_opens_and_counts_and_summarizes_new_chunks(store_fi
             "SELECT seq, data, bytes, arrivals, min_ts, max_ts, rows FROM chunks"
         ).fetchall():
             db.execute("UPDATE chunks SET checksum = ? WHERE seq = ?", (chunk_checksum(data, nbytes, arrivals, lo, hi, rows), seq))
-        db.execute("ALTER TABLE chunks DROP COLUMN summary")
+        db.execute("DROP TRIGGER chunks_summaries")
+        db.execute("DROP TABLE summaries")
         db.execute("PRAGMA user_version = 6")
     with EventStore(path) as store:
         assert summarized_chunks(store)[1] == 0

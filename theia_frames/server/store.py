@@ -125,8 +125,9 @@ DEFAULT_CHUNK_SIZE = 10_000
 #: tags as lists), compressed (ZSTD), with the bytes they decode to and their
 #: events' arrival numbers (events of equal timestamps in the order they arrived).
 #: Format 6 adds each chunk's checksum (:func:`~theia_frames.server.chunks.chunk_checksum`).
-#: Format 7 adds each chunk's summary (:mod:`~theia_frames.server.summaries`; NULL: none, as for
-#: a chunk still to be merged: only chunks of the final tier are summarized).
+#: Format 7 adds chunks' summaries (:mod:`~theia_frames.server.summaries`), in a table of their
+#: own (a chunk without one, as a chunk still to be merged, has no row there: only chunks of the
+#: final tier are summarized).
 #: A store of format 2 (uncompressed chunks, tags as comma text), 3 (compressed,
 #: tags as text), 4 (no arrival numbers), 5 (no checksums) or 6 (no summaries) is upgraded when it
 #: is opened, in one transaction: chunks of formats 2 and 3 are rewritten, the events of every
@@ -159,6 +160,13 @@ def _text_tags_schema() -> pa.Schema:
 # The newest arrival number is read from this index at each write.
 _ARRIVAL_INDEX = "CREATE INDEX chunks_arrival ON chunks (last_arrival)"
 
+# Chunk summaries, in a table of their own: read without walking the pages of the chunk's data
+# (a column after a large blob is reached through all of its pages). Gone with their chunk.
+_SUMMARIES = (
+    "CREATE TABLE summaries (seq INTEGER PRIMARY KEY, summary BLOB NOT NULL)",
+    "CREATE TRIGGER chunks_summaries AFTER DELETE ON chunks BEGIN DELETE FROM summaries WHERE seq = old.seq; END",
+)
+
 _SCHEMA = (
     # seq never reuses a number (AUTOINCREMENT): a query's generation is the
     # last seq it may see. died is the generation that merged the chunk away
@@ -174,13 +182,13 @@ _SCHEMA = (
         bytes INTEGER NOT NULL,
         arrivals BLOB NOT NULL,
         last_arrival INTEGER NOT NULL,
-        checksum INTEGER NOT NULL,
-        summary BLOB
+        checksum INTEGER NOT NULL
     )""",
     "CREATE INDEX chunks_max_ts ON chunks (max_ts)",
     "CREATE INDEX chunks_min_ts ON chunks (min_ts)",
     f"CREATE INDEX chunks_open ON chunks (tier) WHERE died IS NULL AND tier < {FINAL_TIER}",
     _ARRIVAL_INDEX,
+    *_SUMMARIES,
 )
 
 EventsLike = Union[EventColumns, Event, Iterable[Event], "pa.RecordBatch", "pa.Table"]
@@ -299,8 +307,9 @@ class EventStore:
             for seq, data, nbytes, arrivals, min_ts, max_ts, count in rows:
                 checksum = chunk_checksum(data, nbytes, arrivals, min_ts, max_ts, count)
                 db.execute("UPDATE chunks SET checksum = ? WHERE seq = ?", (checksum, seq))
-        # no summaries for the chunks stored before: NULL, their checksums as they are
-        db.execute("ALTER TABLE chunks ADD COLUMN summary BLOB")
+        # no summaries for the chunks stored before: their checksums as they are
+        for statement in _SUMMARIES:
+            db.execute(statement)
         db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
 
     def _number_arrivals(self, db: sqlite3.Connection, version: int) -> None:
@@ -595,12 +604,15 @@ class EventStore:
             # a chunk still to be merged (small, soon gone) is not summarized: its merge is
             summary = chunk_summary(piece, first, last) if level == FINAL_TIER else None
             cursor = db.execute(
-                "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival, checksum, summary) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival, checksum) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (level, first, last, piece.num_rows, data, nbytes, runs, int(numbers.max()),
-                 chunk_checksum(data, nbytes, runs, first, last, piece.num_rows, summary), summary),
+                 chunk_checksum(data, nbytes, runs, first, last, piece.num_rows, summary)),
             )
-            inserted.append((int(cursor.lastrowid or 0), ChunkKeys.of(ts[start:stop], piece.column(0))))
+            seq = int(cursor.lastrowid or 0)
+            if summary is not None:
+                db.execute("INSERT INTO summaries (seq, summary) VALUES (?, ?)", (seq, summary))
+            inserted.append((seq, ChunkKeys.of(ts[start:stop], piece.column(0))))
         return inserted
 
     @staticmethod
@@ -618,7 +630,9 @@ class EventStore:
                 raise StoreError(f"chunk {seq} is missing from the event store")
             return Blob(seq, row[0], row[1], row[2])
         row = db.execute(
-            "SELECT data, bytes, arrivals, min_ts, max_ts, rows, checksum, summary FROM chunks WHERE seq = ?", (seq,)
+            "SELECT data, bytes, arrivals, min_ts, max_ts, rows, checksum, "
+            "(SELECT summary FROM summaries WHERE summaries.seq = chunks.seq) FROM chunks WHERE seq = ?",
+            (seq,),
         ).fetchone()
         if row is None:
             raise StoreError(f"chunk {seq} is missing from the event store")
@@ -627,10 +641,10 @@ class EventStore:
     @staticmethod
     def _summary(db: sqlite3.Connection, seq: int) -> ChunkSummary | None:
         """The summary of chunk ``seq``, checked (None: it has none)."""
-        row = db.execute("SELECT summary, min_ts, max_ts, rows FROM chunks WHERE seq = ?", (seq,)).fetchone()
-        if row is None:
-            raise StoreError(f"chunk {seq} is missing from the event store")
-        return None if row[0] is None else read_summary(row[0], seq, row[1], row[2], row[3])
+        row = db.execute(
+            "SELECT summary, min_ts, max_ts, rows FROM summaries JOIN chunks USING (seq) WHERE seq = ?", (seq,)
+        ).fetchone()
+        return None if row is None else read_summary(row[0], seq, row[1], row[2], row[3])
 
     def compact(self) -> int:
         """Merge small chunks, tier by tier, while some tier holds :data:`MERGE_FANOUT` of them.

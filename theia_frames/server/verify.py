@@ -180,6 +180,14 @@ def _seqs(db: sqlite3.Connection, report: CheckReport) -> list[int]:
     return list(range(1, int(top[0]) + 1)) if top else []
 
 
+def _summary(db: sqlite3.Connection, seq: int, version: int) -> bytes | None:
+    """The stored summary of chunk ``seq`` (format 7), None when it has none."""
+    if version < 7:
+        return None
+    row = db.execute("SELECT summary FROM summaries WHERE seq = ?", (seq,)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
 def _check_chunk(db: sqlite3.Connection, seq: int, version: int) -> tuple[int, ChunkDamage | None] | None:
     """``(events, damage or None)`` of chunk ``seq``; None when there is no such chunk."""
     try:
@@ -195,10 +203,10 @@ def _check_chunk(db: sqlite3.Connection, seq: int, version: int) -> tuple[int, C
 
     try:
         checksum = "checksum" if version >= 6 else "0"
-        summary_column = "summary" if version >= 7 else "NULL"
-        data, nbytes, arrivals, last_arrival, stored_sum, summary = db.execute(
-            f"SELECT data, bytes, arrivals, last_arrival, {checksum}, {summary_column} FROM chunks WHERE seq = ?", (seq,)
+        data, nbytes, arrivals, last_arrival, stored_sum = db.execute(
+            f"SELECT data, bytes, arrivals, last_arrival, {checksum} FROM chunks WHERE seq = ?", (seq,)
         ).fetchone()
+        summary = _summary(db, seq, version)
     except sqlite3.DatabaseError as exc:
         return damage(f"SQLite cannot read it: {exc}")
     if version >= 6 and chunk_checksum(data, nbytes, arrivals, min_ts, max_ts, rows, summary) != stored_sum:
@@ -273,7 +281,6 @@ def salvage_store(path: str | os.PathLike[str], new: str | os.PathLike[str]) -> 
     if os.path.abspath(new) == os.path.abspath(path):
         raise UsageError("the salvaged store must be a new file, not the checked one")
     report = check_store(path)
-    summary_column = "summary" if report.format >= 7 else "NULL"
     EventStore(new).close()
     events = 0
     left = list(report.damaged)
@@ -284,20 +291,22 @@ def salvage_store(path: str | os.PathLike[str], new: str | os.PathLike[str]) -> 
             for seq in report.intact:
                 try:
                     row: Any = source.execute(
-                        f"SELECT tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival, {summary_column} "
-                        "FROM chunks WHERE seq = ?",
+                        "SELECT tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival FROM chunks WHERE seq = ?",
                         (seq,),
                     ).fetchone()
+                    summary = _summary(source, seq, report.format)
                 except sqlite3.DatabaseError as exc:
                     left.append(ChunkDamage(seq, None, None, None, f"SQLite cannot read it: {exc}"))
                     continue
-                tier, min_ts, max_ts, rows, data, nbytes, arrivals, last_arrival, summary = row
-                target.execute(
-                    "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival, checksum, summary) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                tier, min_ts, max_ts, rows, data, nbytes, arrivals, last_arrival = row
+                cursor = target.execute(
+                    "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival, checksum) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (tier, min_ts, max_ts, rows, data, nbytes, arrivals, last_arrival,
-                     chunk_checksum(data, nbytes, arrivals, min_ts, max_ts, rows, summary), summary),
+                     chunk_checksum(data, nbytes, arrivals, min_ts, max_ts, rows, summary)),
                 )
+                if summary is not None:
+                    target.execute("INSERT INTO summaries (seq, summary) VALUES (?, ?)", (cursor.lastrowid, summary))
                 events += rows
             target.execute("COMMIT")
         except BaseException:
