@@ -49,6 +49,11 @@ chunks of one tier exist they become one chunk of a higher tier, up to
 keeping the chunks few stays logarithmic. A batch of many events is stored as
 a chunk that is never merged again.
 
+A chunk that will not be merged again (the final tier) is stored with its summary
+(:mod:`~theia_frames.server.summaries`: its events counted per second by source and by
+tag, a few kilobytes in a table of their own, under the chunk's checksum), from which
+:meth:`EventStore.scan` lets a count of time alone take the chunk without reading it.
+
 Queries select the chunks overlapping the time range with an index (see
 :meth:`EventStore.query_plan`) and stream them in order with bounded memory:
 chunks whose time ranges overlap are merged as they are read, everything else
