@@ -1,5 +1,6 @@
-"""A stored chunk's summary: its events counted per second by source and by tag, kept beside it,
-so that a count of time alone reads a few kilobytes of a chunk instead of its columns.
+"""A stored chunk's summary: its events counted per second by source and by tag, kept beside it
+(the store's ``summaries`` table), so that a count of time alone reads a few kilobytes of a
+chunk instead of its columns.
 
 The summary is two counts of the chunk's events made by the counting kernel
 (:class:`~theia_frames.protocol.count.Counter`, grain :data:`~theia_frames.protocol.count.SECOND`,
