@@ -75,3 +75,23 @@ def test_realistic_workload_is_like_users_events():
     assert pa.concat_tables(run.realistic_tables(300_000)).equals(table)
     comma = next(run.realistic_tables(10, comma_tags=True))
     assert all(isinstance(t, str) and "," in t for t in comma.column("tags").to_pylist())
+
+
+def test_count_and_timeline_benches_run_at_a_small_size(tmp_path):
+    bench = BENCH.parent
+    count = subprocess.run(
+        [sys.executable, str(bench / "count.py"), "--events", "20000", "--repeat", "1", "--dir", str(tmp_path),
+         "--json", str(tmp_path / "count.json")],
+        capture_output=True, text=True, timeout=280,
+    )
+    assert count.returncode == 0, count.stdout + count.stderr
+    db = tmp_path / "count-20000.db"
+    assert db.exists(), sorted(p.name for p in tmp_path.iterdir())
+    timeline = subprocess.run(
+        [sys.executable, str(bench / "timeline.py"), str(db), "--repeat", "1", "--baseline"],
+        capture_output=True, text=True, timeout=280,
+    )
+    assert timeline.returncode == 0, timeline.stdout + timeline.stderr
+    result = json.loads(timeline.stdout.strip().splitlines()[-1])
+    assert result["events"] == 20000 and result["sources"] == 20
+    assert result["exact_columns_equal"] and result["max_gap_within_1s"]
