@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 __all__ = [
     "Kernel",
+    "contains",
     "is_literal",
     "distinct_values",
     "dictionary_indices",
@@ -207,8 +208,9 @@ class Kernel:
         """One bool per value: whether it matches. Rows off in ``alive`` may come out
         either way (the per-row path skips them)."""
         if self.literal is not None:
-            hit = pc.equal(values, self.literal) if self.full else pc.match_substring(values, self.literal)
-            return _bools(hit)
+            if not self.full:
+                return contains(values, self.literal)
+            return _bools(pc.equal(values, self.literal))
         if self.regex is None:
             return self._by_row(values, alive)
         hit = _bools(pc.match_substring_regex(values, self.regex))
@@ -332,6 +334,63 @@ def _tag_values(column: Any) -> tuple[Any, np.ndarray]:
     first = int(offsets[0]) if len(offsets) else 0
     values = lists.values.slice(first, int(offsets[-1]) - first if len(offsets) else 0)
     return values, offsets - first
+
+
+# A literal is searched for in a string column's bytes at once (Python's ``re``, which skips
+# to the literal's first byte) while it occurs in at most one row in this many; beyond
+# that, Arrow's kernel, which tests every row, is faster.
+_DENSE = 16
+
+
+def contains(values: Any, literal: str) -> np.ndarray:
+    """One bool per string of ``values`` (an Arrow string array; a missing one: False):
+    whether it holds ``literal``, as ``pyarrow.compute.match_substring`` tells.
+
+    Where the literal is rare, its occurrences are found in the column's UTF-8 bytes in one
+    search (a UTF-8 literal occurs only at character boundaries) and each is given to the row
+    that holds it whole; a row right after an occurrence that crosses into it is tested on its
+    own (the search resumes after an occurrence, so one starting inside that one could be
+    passed over). Once occurrences pass one row in :data:`_DENSE`, Arrow's kernel decides.
+
+    >>> contains(pa.array(["an error", "ok", None, "errors", "er", "ror"]), "error").tolist()
+    [True, False, False, True, False, False]
+    >>> contains(pa.array(["xa", "ab"]), "aa").tolist()  # across two rows is in neither
+    [False, False]
+    """
+    needle = literal.encode("utf-8")
+    kind = values.type
+    if not needle or not (pa.types.is_string(kind) or pa.types.is_large_string(kind)) or not len(values):
+        return _bools(pc.fill_null(pc.match_substring(values, literal), False))
+    width = np.int64 if pa.types.is_large_string(kind) else np.int32
+    offsets = np.frombuffer(values.buffers()[1], dtype=width)[values.offset : values.offset + len(values) + 1].astype(np.int64)
+    first, last = int(offsets[0]), int(offsets[-1])
+    data = values.buffers()[2]
+    if data is None or last == first:
+        return np.zeros(len(values), dtype=bool)
+    text = memoryview(data)[first:last]
+    limit = len(values) // _DENSE + 1
+    found = []
+    for match in re.finditer(re.escape(needle), text):
+        found.append(match.start())
+        if len(found) > limit:
+            return _bools(pc.fill_null(pc.match_substring(values, literal), False))
+    starts = np.array(found, dtype=np.int64)
+    ends = offsets - first
+    rows = np.searchsorted(ends, starts, side="right") - 1
+    whole = starts + len(needle) <= ends[rows + 1]
+    hit = np.zeros(len(values), dtype=bool)
+    hit[rows[whole]] = True
+    # rows an occurrence crossed into: tested alone
+    crossed = rows[~whole]
+    if len(crossed):
+        last_rows = np.searchsorted(ends, starts[~whole] + len(needle) - 1, side="right") - 1
+        suspects = np.unique(np.concatenate([np.arange(a + 1, b + 1) for a, b in zip(crossed.tolist(), last_rows.tolist())]))
+        suspects = suspects[suspects < len(values)]
+        if len(suspects):
+            hit[suspects] = _bools(pc.fill_null(pc.match_substring(values.take(pa.array(suspects)), literal), False))
+    if values.null_count:
+        hit &= _bools(values.is_valid())
+    return hit
 
 
 def _bools(array: Any) -> np.ndarray:
