@@ -31,17 +31,21 @@ OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE = 0, 1, 2, 8
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-def server_frame(opcode: int, payload: bytes, *, fin: bool = True, length: int | None = None) -> bytes:
-    """An unmasked server-to-client frame; ``length`` overrides the announced payload length."""
+def server_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, masked: bool = False, length: int | None = None
+) -> bytes:
+    """A server-to-client frame (unmasked unless ``masked``: a zero mask); ``rsv``: reserved
+    bits set; ``length`` overrides the announced payload length."""
     n = len(payload) if length is None else length
-    first = (0x80 if fin else 0) | opcode
+    first = (0x80 if fin else 0) | rsv | opcode
+    mask_bit = 0x80 if masked else 0
     if n < 126:
-        head = bytes((first, n))
+        head = bytes((first, mask_bit | n))
     elif n < 65536:
-        head = struct.pack("!BBH", first, 126, n)
+        head = struct.pack("!BBH", first, mask_bit | 126, n)
     else:
-        head = struct.pack("!BBQ", first, 127, n)
-    return head + payload
+        head = struct.pack("!BBQ", first, mask_bit | 127, n)
+    return head + (b"\0\0\0\0" if masked else b"") + payload
 
 
 def _exactly(sock: socket.socket, n: int) -> bytes:

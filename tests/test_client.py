@@ -18,7 +18,8 @@ import types
 import pytest
 
 import theia_frames as tf
-from raw_peer import read_client_frame
+from raw_peer import read_client_frame, server_frame
+from sample import BASE, make_events
 from theia_frames.protocol.arrow import event_schema, events_to_batch
 from theia_frames.client import (
     DEFAULT_IDLE_TIMEOUT,
@@ -49,21 +50,9 @@ from upstream import UpstreamCollector
 from waiting import poll_until
 from waiting import poll_until as wait_until
 
-BASE = 1_700_000_000.0
 IDLE = 0.3  # idle timeout for servers that never close a /find; keeps tests quick
 
 
-def make_events(n, *, start=BASE, step=0.001, prefix="e"):
-    return [
-        Event(
-            id=f"{prefix}{i}",
-            timestamp=start + i * step,
-            source=f"/dev/sensors/s-{i % 3}",
-            tags=["sensor", f"k{i % 2}"],
-            content=f"{i}.5C",
-        )
-        for i in range(n)
-    ]
 
 
 @pytest.fixture
@@ -140,19 +129,6 @@ def test_idle_timeout_default_is_documented():
 
 
 # --------------------------------------------------------------------------- framing (pure)
-
-
-def server_frame(opcode, payload, *, fin=True, rsv=0, masked=False):
-    b0 = (0x80 if fin else 0) | rsv | opcode
-    n = len(payload)
-    mask_bit = 0x80 if masked else 0
-    if n < 126:
-        head = bytes([b0, mask_bit | n])
-    elif n < 65536:
-        head = struct.pack("!BBH", b0, mask_bit | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, mask_bit | 127, n)
-    return head + (b"\0\0\0\0" if masked else b"") + payload
 
 
 @pytest.fixture

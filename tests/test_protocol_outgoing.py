@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from sample import BASE, make_events
 from theia_frames.event import Event
 from theia_frames.exceptions import InvalidEventError
 from theia_frames.protocol.arrow import event_schema, events_to_batch
 from theia_frames.protocol.codec import encode
 from theia_frames.protocol.outgoing import checked_event_batch as _checked_event_batch
 
-BASE = 1_700_000_000.0
 
 
-def make_events(n, *, start=BASE, step=0.001, prefix="e"):
-    return [
-        Event(
-            id=f"{prefix}{i}",
-            timestamp=start + i * step,
-            source=f"/dev/sensors/s-{i % 3}",
-            tags=["sensor", f"k{i % 2}"],
-            content=f"{i}.5C",
-        )
-        for i in range(n)
-    ]
 
 
 def test_checked_event_batch_keeps_events_exactly():

@@ -5,26 +5,15 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sample import BASE, make_events
 from theia_frames.event import Event
 from theia_frames.exceptions import DecodeError
 from theia_frames.protocol import plain
 from theia_frames.protocol.arrow import event_schema, iter_batch_events
 from theia_frames.protocol.codec import encode
 
-BASE = 1_700_000_000.0
 
 
-def make_events(n, *, start=BASE, step=0.001, prefix="e"):
-    return [
-        Event(
-            id=f"{prefix}{i}",
-            timestamp=start + i * step,
-            source=f"/dev/sensors/s-{i % 3}",
-            tags=["sensor", f"k{i % 2}"],
-            content=f"{i}.5C",
-        )
-        for i in range(n)
-    ]
 
 
 def go_dialect(e: Event) -> bytes:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raw_peer import read_client_frame
+from raw_peer import read_client_frame, server_frame
 from theia_frames.client.transport import SEND_GROUP, Connection
 from theia_frames.exceptions import UsageError
 from theia_frames.protocol.wsframes import NUMPY_MASK, OP_BINARY, OP_TEXT, FrameReader, client_frame, client_frames, mask
@@ -95,20 +95,6 @@ def test_send_binaries_writes_every_group_whole_and_in_order():
         conn.close()
         b.close()
     assert received == [(OP_BINARY, p) for p in payloads]
-
-
-def server_frame(opcode, payload, *, fin=True, rsv=0, masked=False):
-    """A frame as a server writes it (unmasked unless ``masked``)."""
-    b0 = (0x80 if fin else 0) | rsv | opcode
-    n = len(payload)
-    mask_bit = 0x80 if masked else 0
-    if n < 126:
-        head = bytes([b0, mask_bit | n])
-    elif n < 65536:
-        head = struct.pack("!BBH", b0, mask_bit | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, mask_bit | 127, n)
-    return head + (b"\0\0\0\0" if masked else b"") + payload
 
 
 @given(st.binary(max_size=300), st.binary(min_size=4, max_size=4))
