@@ -16,6 +16,8 @@ from theia_frames.protocol.arrow import events_to_batch
 from theia_frames.server.collector import serve
 from theia_frames.server.store import EventStore
 
+from old_formats import join_parts
+
 T0 = 1_700_000_000.0
 
 
@@ -118,7 +120,8 @@ def test_a_changed_index_entry_is_damage_too(tmp_path):
 def test_a_store_of_format_5_is_upgraded_with_checksums(tmp_path):
     path = tmp_path / "events.db"
     parts = _store(path)
-    with sqlite3.connect(path) as db:  # format 5 had no checksums (nor summaries)
+    with sqlite3.connect(path) as db:  # format 5 had no checksums (nor summaries, nor parts)
+        join_parts(db)
         db.execute("ALTER TABLE chunks DROP COLUMN checksum")
         db.execute("DROP TRIGGER chunks_summaries")
         db.execute("DROP TABLE summaries")

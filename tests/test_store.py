@@ -640,7 +640,7 @@ def test_a_store_of_an_earlier_format_is_upgraded_when_opened(tmp_path, version)
         assert store.add_many([ev(2, 2.0), ev(3, 3.0)]) == 1
         assert ids(store) == ["e1", "e2", "e3"]
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 7
+    assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 8
     db.close()
 
 
@@ -824,7 +824,7 @@ def test_a_store_of_format_4_is_numbered_in_its_stored_order_when_opened(tmp_pat
         store.add_many([ev(200, 2.0)])
         assert ids(store)[-2:] == ["e200", "e4"]
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 7
+    assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 8
     db.close()
 
 

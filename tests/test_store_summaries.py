@@ -23,10 +23,12 @@ from theia_frames.frames.analysis import bucket, count_frame, count_grain
 from theia_frames.protocol.arrow import events_to_batch
 from theia_frames.protocol.count import Counter
 from theia_frames.server import count_endpoint
-from theia_frames.server.chunks import FINAL_TIER, MERGE_FANOUT, chunk_checksum
+from theia_frames.server.chunks import FINAL_TIER, MERGE_FANOUT, chunk_checksum, read_stream
 from theia_frames.server.collector import serve
 from theia_frames.server.store import FORMAT_VERSION, EventStore
 from theia_frames.server.summaries import SUMMARY_SHARE, ChunkSummary, chunk_summary, read_summary, summary_counting
+
+from old_formats import join_parts
 
 T0 = 1_700_000_000.0
 SOURCES = [f"/dev/s{i}" for i in range(5)]
@@ -302,11 +304,20 @@ def test_a_damaged_summary_is_damage(store_file: tuple[Path, list[Event]]) -> No
 def test_a_summary_taken_away_is_damage(store_file: tuple[Path, list[Event]]) -> None:
     path, _ = store_file
     seq = _summary_of(path)
+    with EventStore(path) as store:
+        expected = reference(store, Filter(1), count_grain("1min"), "source")
     with sqlite3.connect(path) as db:
         db.execute("DELETE FROM summaries WHERE seq = ?", (seq,))
     with EventStore(path) as store:
+        # a count then reads the chunk's columns, checked by their own checksums: the same answer
+        got, _ = scan_count(store, Filter(1), count_grain("1min"), "source")
+        assert_same_result(got, expected, "1min")
+        # read whole: the chunk's checksum covers its summary
         with pytest.raises(StoreError, match=rf"chunk {seq} of the event store is damaged \(its checksum does not match\)"):
-            scan_count(store, Filter(1), count_grain("1min"), "source")
+            list(store.query_batches(Filter(1)))
+    from theia_frames.server.verify import check_store
+
+    assert [(d.seq, d.reason) for d in check_store(path).damaged] == [(seq, "its checksum does not match")]
 
 
 def test_a_summary_of_other_events_is_damage(store_file: tuple[Path, list[Event]]) -> None:
@@ -314,9 +325,10 @@ def test_a_summary_of_other_events_is_damage(store_file: tuple[Path, list[Event]
     path, _ = store_file
     seq = _summary_of(path)
     with sqlite3.connect(path) as db:
-        data, nbytes, arrivals, lo, hi, rows = db.execute(
-            "SELECT data, bytes, arrivals, min_ts, max_ts, rows FROM chunks WHERE seq = ?", (seq,)
+        head, parts, nbytes, arrivals, lo, hi, rows = db.execute(
+            "SELECT data, parts, bytes, arrivals, min_ts, max_ts, rows FROM chunks WHERE seq = ?", (seq,)
         ).fetchone()
+        data = read_stream(db, seq, head, parts)
         other = dense(rows, lo, 200.0, seed=999)
         summary = chunk_summary(events_to_batch(other), lo, hi)
         assert summary is not None
@@ -332,7 +344,8 @@ def test_a_summary_of_other_events_is_damage(store_file: tuple[Path, list[Event]
 
 def test_a_store_of_format_6_opens_and_counts_and_summarizes_new_chunks(store_file: tuple[Path, list[Event]]) -> None:
     path, events = store_file
-    with sqlite3.connect(path) as db:  # as format 6 stored it: no summaries, checksums without them
+    with sqlite3.connect(path) as db:  # as format 6 stored it: no summaries, checksums without them, no parts
+        join_parts(db)
         for seq, data, nbytes, arrivals, lo, hi, rows in db.execute(
             "SELECT seq, data, bytes, arrivals, min_ts, max_ts, rows FROM chunks"
         ).fetchall():
@@ -352,7 +365,7 @@ def test_a_store_of_format_6_opens_and_counts_and_summarizes_new_chunks(store_fi
         assert used == 1
         assert_same_result(got, reference(store, Filter(1), count_grain("1min"), "source"), "1min")
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 7
+        assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 8
     from theia_frames.server.verify import check_store
 
     assert check_store(path).ok

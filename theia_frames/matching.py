@@ -347,10 +347,12 @@ def contains(values: Any, literal: str) -> np.ndarray:
     whether it holds ``literal``, as ``pyarrow.compute.match_substring`` tells.
 
     Where the literal is rare, its occurrences are found in the column's UTF-8 bytes in one
-    search (a UTF-8 literal occurs only at character boundaries) and each is given to the row
-    that holds it whole; a row right after an occurrence that crosses into it is tested on its
-    own (the search resumes after an occurrence, so one starting inside that one could be
-    passed over). Once occurrences pass one row in :data:`_DENSE`, Arrow's kernel decides.
+    search (Arrow's ``split_pattern`` over the bytes as one value, the interpreter let go
+    meanwhile; a UTF-8 literal occurs only at character boundaries) and each is given to the
+    row that holds it whole; a row right after an occurrence that crosses into it is tested
+    on its own (the search resumes after an occurrence, so one starting inside that one could
+    be passed over). Once occurrences pass one row in :data:`_DENSE`, the search stops and
+    Arrow's kernel decides.
 
     >>> contains(pa.array(["an error", "ok", None, "errors", "er", "ror"]), "error").tolist()
     [True, False, False, True, False, False]
@@ -367,14 +369,17 @@ def contains(values: Any, literal: str) -> np.ndarray:
     data = values.buffers()[2]
     if data is None or last == first:
         return np.zeros(len(values), dtype=bool)
-    text = memoryview(data)[first:last]
+    text = pa.Array.from_buffers(
+        pa.large_binary(), 1, [None, pa.py_buffer(np.array([0, last - first], dtype=np.int64)), data.slice(first, last - first)]
+    )
     limit = len(values) // _DENSE + 1
-    found = []
-    for match in re.finditer(re.escape(needle), text):
-        found.append(match.start())
-        if len(found) > limit:
-            return _bools(pc.fill_null(pc.match_substring(values, literal), False))
-    starts = np.array(found, dtype=np.int64)
+    pieces = pc.split_pattern(text, pattern=needle, max_splits=limit + 1).values
+    if len(pieces) > limit + 1:
+        return _bools(pc.fill_null(pc.match_substring(values, literal), False))
+    # occurrence k starts where piece k ends, in the text less the k occurrences before it
+    ends_of_pieces = np.frombuffer(pieces.buffers()[1], dtype=np.int64)[pieces.offset + 1 : pieces.offset + len(pieces)]
+    found = ends_of_pieces + np.arange(len(ends_of_pieces), dtype=np.int64) * len(needle)
+    starts = found
     ends = offsets - first
     rows = np.searchsorted(ends, starts, side="right") - 1
     whole = starts + len(needle) <= ends[rows + 1]

@@ -54,6 +54,7 @@ __all__ = [
     "missing_values",
     "frame_memory_pool",
     "decoded_size",
+    "column_cuts",
     "uncarried_rows",
     "outside_event_times",
     "validate_events",
@@ -284,9 +285,12 @@ def ipc_to_batches(
     full: bool = True,
     schema: pa.Schema | None = None,
     fields: Sequence[str] | None = None,
+    threads: bool = True,
 ) -> list[pa.RecordBatch]:
     """The record batches of one Arrow IPC stream message, checked against the event schema
-    (or ``schema``); with ``fields``, only those columns, the others not decompressed.
+    (or ``schema``); with ``fields``, only those columns, the others not decompressed;
+    its buffers decompressed in Arrow's threads (``threads=False``: in the caller's, for a
+    caller that decodes several messages at once in threads of its own).
 
     ``max_decoded`` bounds the bytes the message's buffers decode to (``None``:
     no bound), its dictionaries included. Compressed buffers (LZ4, ZSTD) declare
@@ -323,9 +327,10 @@ def ipc_to_batches(
                     message,
                     0,
                 )
-        options = None
-        if fields is not None:
-            options = pa.ipc.IpcReadOptions(included_fields=[expected.get_field_index(name) for name in fields])
+        options = pa.ipc.IpcReadOptions(
+            included_fields=None if fields is None else [expected.get_field_index(name) for name in fields],
+            use_threads=threads,
+        )
         for batch in pa.ipc.open_stream(buffer, options=options, memory_pool=frame_memory_pool()):
             # A peer's bytes are not trusted: offsets inside the data, strings valid UTF-8.
             if full:
@@ -643,6 +648,90 @@ def _decoded_size(message: Any) -> int:
         else:
             total += declared
     return total
+
+
+def column_cuts(stream: bytes | bytearray | memoryview, schema: pa.Schema | None = None) -> list[int] | None:
+    """Where an Arrow IPC stream of one record batch splits by column: ``[0, h, c1, ...,
+    len(stream)]``, so that ``stream[0:h]`` holds every message header (the schema, the
+    dictionaries, the batch's metadata) and ``stream[h:c1]``, ``stream[c1:c2]``, ... the
+    buffers of the schema's top-level fields in order (the end-of-stream marker goes with
+    the last). None when the stream is not one record batch of ``schema`` (the event schema
+    when not given) whose buffers follow each other field after field.
+
+    Read from the messages' metadata alone (nothing is decompressed): a reader of some
+    columns can be given the header and their parts only, the rest of the body left as
+    zeros (:func:`ipc_to_batches` with ``fields`` does not read another field's buffers).
+
+    >>> data = batch_to_ipc(events_to_batch([Event("a", 1.0, "s", ["t"], "c")]), compression="zstd")
+    >>> cuts = column_cuts(data)
+    >>> len(cuts), cuts[0], cuts[-1] == len(data), cuts == sorted(cuts)
+    (7, 0, True, True)
+    """
+    expected = event_schema() if schema is None else schema
+    counts = [_buffer_count(field.type) for field in expected]
+    if any(count is None for count in counts):
+        return None
+    buf = bytes(stream)
+    at = 0
+    firsts: list[int] | None = None
+    try:
+        while True:
+            (marker,) = struct.unpack_from("<I", buf, at)
+            if marker == 0xFFFFFFFF:
+                (length,) = struct.unpack_from("<i", buf, at + 4)
+                at += 8
+            else:
+                length, at = marker, at + 4
+            if length == 0:
+                break
+            meta = buf[at : at + length]
+            if len(meta) != length or length < 0:
+                return None
+            root = _fb_table(meta, _u32(meta, 0))
+            kind = _fb_scalar(meta, root, 1, "<B", 0)
+            body_length = _fb_scalar(meta, root, 3, "<q", 0)
+            body = at + length
+            if kind == 3:
+                if firsts is not None:
+                    return None  # a second record batch
+                header = _fb_table(meta, _fb_indirect(meta, root, 2) or 0)
+                vector = _fb_indirect(meta, header, 2)
+                if vector is None:
+                    return None
+                number = _u32(meta, vector)
+                if number != sum(c for c in counts if c is not None):
+                    return None
+                offsets = struct.unpack_from(f"<{2 * number}q", meta, vector + 4)[0::2]
+                firsts, k = [], 0
+                for count in counts:
+                    firsts.append(body + offsets[k])
+                    k += count or 0
+            elif firsts is not None:
+                return None  # a message after the record batch
+            at = body + body_length
+    except struct.error:
+        return None
+    if firsts is None or at > len(buf):
+        return None
+    cuts = [0, *firsts, len(buf)]
+    if any(b < a for a, b in zip(cuts, cuts[1:])):
+        return None
+    return cuts
+
+
+def _buffer_count(kind: Any) -> int | None:
+    """The buffers an array of Arrow type ``kind`` has in an IPC body (None: a type not counted here)."""
+    pa = _pa()
+    if pa.types.is_dictionary(kind):
+        return 2
+    if pa.types.is_string(kind) or pa.types.is_binary(kind) or pa.types.is_large_string(kind) or pa.types.is_large_binary(kind):
+        return 3
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        child = _buffer_count(kind.value_type)
+        return None if child is None else 2 + child
+    if pa.types.is_primitive(kind) and not pa.types.is_boolean(kind):
+        return 2
+    return None
 
 
 # A minimal flatbuffer reader, for the few fields of the Arrow message header

@@ -8,6 +8,12 @@ order. A chunk's arrival numbers are stored beside its Arrow data, not in it (th
 to a reader as stored), as runs of numbers that follow each other (:func:`encode_arrivals`):
 a chunk written in one go costs 17 bytes, however many events it holds.
 
+A chunk of the final tier (format 8 on) is stored in parts (:func:`insert_chunk`): the
+stream's message headers in ``chunks.data`` and each column's buffers in a row of
+``chunk_columns`` of their own, each part with its length and CRC-32 (``chunks.parts``), so a
+reader of some columns reads and checks theirs alone (:func:`read_columns`). The parts joined
+are the stream as it was written (:func:`read_stream`).
+
 Every chunk has a checksum (:func:`chunk_checksum`: CRC-32 of its Arrow data, its arrival
 numbers, its index entries and its summary, :mod:`theia_frames.server.summaries`) kept beside it and checked each time the chunk is read, before
 anything is decoded (:func:`checked_blob`): damaged stored bytes are reported as damage,
@@ -24,11 +30,13 @@ import zlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import sqlite3
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..protocol.arrow import as_event_data, empty_batch, event_schema, ipc_to_batches, missing_values, validate_events
+from ..protocol.arrow import as_event_data, column_cuts, empty_batch, event_schema, ipc_to_batches, missing_values, validate_events
 from ..exceptions import DecodeError, StoreError, UsageError
 
 
@@ -51,6 +59,10 @@ __all__ = [
     "damaged_chunk",
     "from_ipc",
     "whole",
+    "insert_chunk",
+    "read_stream",
+    "read_columns",
+    "parts_problem",
     "encode_arrivals",
     "decode_arrivals",
     "arrival_order",
@@ -218,21 +230,140 @@ def checked_blob(
     return Blob(seq, data, nbytes, arrivals)
 
 
-def from_ipc(blob: Blob, fields: Sequence[str] | None = None) -> pa.RecordBatch:
+def from_ipc(blob: Blob, fields: Sequence[str] | None = None, threads: bool = True) -> pa.RecordBatch:
     """The events of a stored chunk (only the columns ``fields``, when given: the others
     are not decompressed); StoreError when it is damaged or would decode to more than
-    it did when it was stored (checked before decompressing)."""
+    it did when it was stored (checked before decompressing). ``threads``: as
+    :func:`~theia_frames.protocol.arrow.ipc_to_batches`."""
+    return _decoded(blob.seq, blob.data, blob.bytes, fields, threads)
+
+
+def _decoded(
+    seq: int, data: builtins.bytes | memoryview, nbytes: int, fields: Sequence[str] | None, threads: bool = True
+) -> pa.RecordBatch:
     try:
         # Validated in full when stored: the structure is what a damaged file could break.
-        batches = ipc_to_batches(blob.data, max_decoded=blob.bytes, full=False, fields=fields)
+        batches = ipc_to_batches(data, max_decoded=nbytes, full=False, fields=fields, threads=threads)
     except DecodeError as exc:
-        raise StoreError(f"chunk {blob.seq} of the event store is damaged: {exc}") from None
+        raise StoreError(f"chunk {seq} of the event store is damaged: {exc}") from None
     if len(batches) == 1:
         return batches[0]
     if not batches:
         empty = empty_batch()
         return empty if fields is None else empty.select(list(fields))
     return pa.concat_batches(batches)
+
+
+# A chunk's column part i (FIELDS order) is row seq * _PART_KEYS + i of chunk_columns.
+_PART_KEYS = 8
+
+
+def insert_chunk(
+    db: sqlite3.Connection, *, tier: int, min_ts: float, max_ts: float, rows: int, data: builtins.bytes, nbytes: int,
+    arrivals: builtins.bytes, last_arrival: int, summary: builtins.bytes | None, parts: bool,
+) -> int:
+    """Store a chunk (its Arrow stream ``data`` and index entries); returns its number.
+
+    With ``parts`` (a chunk of the final tier), the stream is stored cut by column
+    (:func:`~theia_frames.protocol.arrow.column_cuts`): its headers in ``chunks.data``, each
+    column's buffers in a row of ``chunk_columns``, and every part's length and CRC-32 in
+    ``chunks.parts``; else (or when the stream cannot be cut) whole in ``chunks.data``. The
+    chunk's checksum is the one of the whole stream either way."""
+    checksum = chunk_checksum(data, nbytes, arrivals, min_ts, max_ts, rows, summary)
+    cuts = column_cuts(data) if parts else None
+    pieces = [data] if cuts is None else [data[a:b] for a, b in zip(cuts, cuts[1:])]
+    layout = None if cuts is None else _pack_parts(pieces)
+    cursor = db.execute(
+        "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival, checksum, parts) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (tier, min_ts, max_ts, rows, pieces[0], nbytes, arrivals, last_arrival, checksum, layout),
+    )
+    seq = int(cursor.lastrowid or 0)
+    if len(pieces) > 1:
+        db.executemany(
+            "INSERT INTO chunk_columns (key, data) VALUES (?, ?)",
+            [(seq * _PART_KEYS + i, piece) for i, piece in enumerate(pieces[1:])],
+        )
+    if summary is not None:
+        db.execute("INSERT INTO summaries (seq, summary) VALUES (?, ?)", (seq, summary))
+    return seq
+
+
+def _pack_parts(pieces: Sequence[builtins.bytes]) -> builtins.bytes:
+    """``chunks.parts``: each part's length and CRC-32, headers first."""
+    return struct.pack(f"<{2 * len(pieces)}I", *(v for piece in pieces for v in (len(piece), zlib.crc32(piece))))
+
+
+def read_stream(db: sqlite3.Connection, seq: int, head: builtins.bytes, parts: builtins.bytes | None) -> builtins.bytes:
+    """The whole Arrow stream of chunk ``seq`` whose ``chunks.data`` is ``head`` and
+    ``chunks.parts`` is ``parts``: its parts joined (unchecked: the chunk's checksum is)."""
+    if parts is None:
+        return head
+    pieces = db.execute(
+        "SELECT data FROM chunk_columns WHERE key >= ? AND key < ? ORDER BY key",
+        (seq * _PART_KEYS, (seq + 1) * _PART_KEYS),
+    ).fetchall()
+    return b"".join([head, *(row[0] for row in pieces)])
+
+
+def read_columns(db: sqlite3.Connection, seq: int, fields: Sequence[str], threads: bool = True) -> pa.RecordBatch | None:
+    """The events of chunk ``seq`` in the columns ``fields`` alone, read from its headers and
+    those columns' parts (each checked against its length and CRC-32 first; the other
+    columns are neither read nor decoded). None when the chunk is stored whole (read it
+    with its checksum). StoreError (:func:`damaged_chunk`) when a part read does not match.
+    ``threads``: as :func:`~theia_frames.protocol.arrow.ipc_to_batches`."""
+    row = db.execute("SELECT data, parts, bytes, min_ts, max_ts, rows FROM chunks WHERE seq = ?", (seq,)).fetchone()
+    if row is None:
+        raise StoreError(f"chunk {seq} is missing from the event store")
+    head, layout, nbytes, min_ts, max_ts, rows = row
+    if layout is None:
+        return None
+    wanted = sorted({FIELDS.index(name) for name in fields})
+    found = dict(
+        db.execute(
+            f"SELECT key - ?, data FROM chunk_columns WHERE key IN ({','.join('?' * len(wanted))})",
+            (seq * _PART_KEYS, *(seq * _PART_KEYS + i for i in wanted)),
+        ).fetchall()
+    )
+    pieces = {0: head, **{i + 1: found.get(i) for i in wanted}}
+    why = _parts_problem(layout, pieces)
+    if why is not None:
+        raise damaged_chunk(seq, min_ts, max_ts, rows, why)
+    lengths = struct.unpack(f"<{len(layout) // 4}I", layout)[0::2]
+    starts = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+    # zeros (pages the system gives zeroed when first touched) where the other columns were:
+    # only the columns ``fields`` are decoded
+    view = np.zeros(starts[-1], dtype=np.uint8).data
+    for part, data in pieces.items():
+        view[starts[part] : starts[part + 1]] = data
+    return _decoded(seq, view, nbytes, fields, threads)
+
+
+def parts_problem(db: sqlite3.Connection, seq: int, head: builtins.bytes, layout: builtins.bytes) -> str | None:
+    """What is wrong with the parts of chunk ``seq`` stored in parts (``chunks.data`` ``head``,
+    ``chunks.parts`` ``layout``), in words; None when every part matches its length and CRC-32."""
+    rows = db.execute(
+        "SELECT key - ?, data FROM chunk_columns WHERE key >= ? AND key < ?",
+        (seq * _PART_KEYS, seq * _PART_KEYS, (seq + 1) * _PART_KEYS),
+    ).fetchall()
+    return _parts_problem(layout, {0: head, **{key + 1: data for key, data in rows}}, whole=True)
+
+
+def _parts_problem(layout: builtins.bytes, pieces: dict[int, builtins.bytes | None], whole: bool = False) -> str | None:
+    """Whether ``pieces`` (part number: bytes; 0 the headers) match ``chunks.parts``; with
+    ``whole``, whether they are all of them."""
+    values = struct.unpack(f"<{len(layout) // 4}I", layout) if len(layout) % 8 == 0 else ()
+    lengths, crcs = values[0::2], values[1::2]
+    if len(lengths) != len(FIELDS) + 1:
+        return "its list of parts is damaged"
+    if whole and sorted(pieces) != list(range(len(lengths))):
+        return "a part of it is missing"
+    for part, data in pieces.items():
+        if data is None or part >= len(lengths):
+            return "a part of it is missing"
+        if len(data) != lengths[part] or zlib.crc32(data) != crcs[part]:
+            return "its checksum does not match"
+    return None
 
 
 def whole(piece: pa.RecordBatch, blob: Blob | None) -> pa.RecordBatch:

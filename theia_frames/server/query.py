@@ -77,6 +77,8 @@ class SnapshotSource(Protocol):
 
     def _blob(self, db: sqlite3.Connection, seq: int) -> Blob: ...
 
+    def _columns(self, db: sqlite3.Connection, seq: int, fields: Sequence[str], threads: bool = True) -> pa.RecordBatch: ...
+
     def _summary(self, db: sqlite3.Connection, seq: int) -> ChunkSummary | None: ...
 
 
@@ -142,7 +144,7 @@ class Snapshot:
             if meta.min_ts >= start and meta.max_ts <= end:
                 n += meta.rows
                 continue
-            ts = from_ipc(self.blob(meta.seq), ("timestamp",)).column(0).to_numpy()
+            ts = self.columns(meta.seq, ("timestamp",)).column(0).to_numpy()
             n += max(0, int(np.searchsorted(ts, end, side="right")) - int(np.searchsorted(ts, start, side="left")))
         return n
 
@@ -162,6 +164,11 @@ class Snapshot:
     def blob(self, seq: int) -> Blob:
         """Chunk ``seq`` as stored, checked."""
         return self._read(seq, self.store._blob)
+
+    def columns(self, seq: int, fields: Sequence[str], threads: bool = True) -> pa.RecordBatch:
+        """The events of chunk ``seq`` in the columns ``fields`` alone, checked (``threads``: as
+        :func:`~theia_frames.protocol.arrow.ipc_to_batches`)."""
+        return self._read(seq, lambda db, seq: self.store._columns(db, seq, fields, threads))
 
     def summary(self, seq: int) -> ChunkSummary | None:
         """The summary of chunk ``seq``, checked (None: it has none)."""

@@ -92,7 +92,7 @@ import sqlite3
 import threading
 from collections import deque
 from contextlib import contextmanager
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, Union
 
@@ -106,7 +106,7 @@ from ..protocol.codec import EventColumns
 from ..event import Event
 from ..exceptions import DecodeError, StoreError, UsageError
 from ..filter import EventFilter, as_filter
-from .chunks import MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, checked_blob, chunk_checksum, COMPRESSION, FIELDS, FINAL_TIER, arrival_order, decode_arrivals, encode_arrivals, event_batch, first_of_equal, from_ipc, identity_micros, IDENTITY_MARGIN, same_content, sort_keys, piece_spans, sort_order, tier, translate_error, whole
+from .chunks import insert_chunk, read_columns, read_stream, MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, checked_blob, chunk_checksum, COMPRESSION, FIELDS, FINAL_TIER, arrival_order, decode_arrivals, encode_arrivals, event_batch, first_of_equal, from_ipc, identity_micros, IDENTITY_MARGIN, same_content, sort_keys, piece_spans, sort_order, tier, translate_error, whole
 from .keyindex import KEY_INDEX_BYTES, ChunkKeys, KeyIndex
 from .summaries import ChunkSummary, chunk_summary, read_summary
 from .query import Projection, Results, Snapshot, chunks_sql, ipc_messages, rebatch, sweep
@@ -140,7 +140,11 @@ DEFAULT_CHUNK_SIZE = 10_000
 #: every chunk's checksum is computed (over the bytes as they are then). No chunk is rewritten
 #: for its summary: the chunks stored before have none (a count reads them, as it did), and
 #: a chunk without one has the checksum it had.
-FORMAT_VERSION = 7
+#: Format 8 stores chunks of the final tier in parts, a column in each
+#: (:func:`~theia_frames.server.chunks.insert_chunk`), so a count or a filter reads only the
+#: columns it needs; a store of format 7 opens without a rewrite (its chunks stay whole, a
+#: merge stores in parts what it writes).
+FORMAT_VERSION = 8
 
 # Events matched between two looks at whether the query was cancelled: a pattern
 # matched row by row takes about a tenth of a second for these; Arrow kernels
@@ -152,7 +156,7 @@ _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 # Events from an iterable of Event objects are stored in batches of this many.
 _ADD_CHUNK = 50_000
 # The formats an opened store is upgraded from.
-_UPGRADABLE = (2, 3, 4, 5, 6)
+_UPGRADABLE = (2, 3, 4, 5, 6, 7)
 #: "thfr": marks a database as a theia_frames event store (SQLite ``application_id``).
 APPLICATION_ID = 0x74686672
 _PREVIOUS_LAYOUT = ["seq", *FIELDS]
@@ -170,6 +174,15 @@ _ARRIVAL_INDEX = "CREATE INDEX chunks_arrival ON chunks (last_arrival)"
 _SUMMARIES = (
     "CREATE TABLE summaries (seq INTEGER PRIMARY KEY, summary BLOB NOT NULL)",
     "CREATE TRIGGER chunks_summaries AFTER DELETE ON chunks BEGIN DELETE FROM summaries WHERE seq = old.seq; END",
+)
+
+# The columns of chunks stored in parts (row seq * 8 + the column's place), and where each part
+# ends and its CRC-32 (chunks.parts; NULL: the chunk is whole in chunks.data). Gone with their chunk.
+_PARTS = (
+    "ALTER TABLE chunks ADD COLUMN parts BLOB",
+    "CREATE TABLE chunk_columns (key INTEGER PRIMARY KEY, data BLOB NOT NULL)",
+    "CREATE TRIGGER chunks_columns AFTER DELETE ON chunks BEGIN "
+    "DELETE FROM chunk_columns WHERE key >= old.seq * 8 AND key < old.seq * 8 + 8; END",
 )
 
 _SCHEMA = (
@@ -194,6 +207,7 @@ _SCHEMA = (
     f"CREATE INDEX chunks_open ON chunks (tier) WHERE died IS NULL AND tier < {FINAL_TIER}",
     _ARRIVAL_INDEX,
     *_SUMMARIES,
+    *_PARTS,
 )
 
 EventsLike = Union[EventColumns, Event, Iterable[Event], "pa.RecordBatch", "pa.Table"]
@@ -312,8 +326,12 @@ class EventStore:
             for seq, data, nbytes, arrivals, min_ts, max_ts, count in rows:
                 checksum = chunk_checksum(data, nbytes, arrivals, min_ts, max_ts, count)
                 db.execute("UPDATE chunks SET checksum = ? WHERE seq = ?", (checksum, seq))
-        # no summaries for the chunks stored before: their checksums as they are
-        for statement in _SUMMARIES:
+        if version < 7:
+            # no summaries for the chunks stored before: their checksums as they are
+            for statement in _SUMMARIES:
+                db.execute(statement)
+        # the chunks stored before stay whole
+        for statement in _PARTS:
             db.execute(statement)
         db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
 
@@ -589,7 +607,7 @@ class EventStore:
         chunk (its id and timestamp columns alone) and held there from now on."""
         keys = self.key_index.get(seq)
         if keys is None:
-            chunk = from_ipc(self._blob(db, seq), ("id", "timestamp"))
+            chunk = self._columns(db, seq, ("id", "timestamp"))
             keys = ChunkKeys.of(chunk.column("timestamp").to_numpy(), chunk.column("id"))
             self.key_index.put(seq, keys)
         return keys
@@ -608,15 +626,11 @@ class EventStore:
             level = tier(piece.num_rows, piece.nbytes)
             # a chunk still to be merged (small, soon gone) is not summarized: its merge is
             summary = chunk_summary(piece, first, last) if level == FINAL_TIER else None
-            cursor = db.execute(
-                "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival, checksum) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (level, first, last, piece.num_rows, data, nbytes, runs, int(numbers.max()),
-                 chunk_checksum(data, nbytes, runs, first, last, piece.num_rows, summary)),
+            # and is stored whole: it is read whole by that merge
+            seq = insert_chunk(
+                db, tier=level, min_ts=first, max_ts=last, rows=piece.num_rows, data=data, nbytes=nbytes,
+                arrivals=runs, last_arrival=int(numbers.max()), summary=summary, parts=level == FINAL_TIER,
             )
-            seq = int(cursor.lastrowid or 0)
-            if summary is not None:
-                db.execute("INSERT INTO summaries (seq, summary) VALUES (?, ?)", (seq, summary))
             inserted.append((seq, ChunkKeys.of(ts[start:stop], piece.column(0))))
         return inserted
 
@@ -635,13 +649,21 @@ class EventStore:
                 raise StoreError(f"chunk {seq} is missing from the event store")
             return Blob(seq, row[0], row[1], row[2])
         row = db.execute(
-            "SELECT data, bytes, arrivals, min_ts, max_ts, rows, checksum, "
+            "SELECT data, parts, bytes, arrivals, min_ts, max_ts, rows, checksum, "
             "(SELECT summary FROM summaries WHERE summaries.seq = chunks.seq) FROM chunks WHERE seq = ?",
             (seq,),
         ).fetchone()
         if row is None:
             raise StoreError(f"chunk {seq} is missing from the event store")
-        return checked_blob(seq, *row)
+        return checked_blob(seq, read_stream(db, seq, row[0], row[1]), *row[2:])
+
+    @staticmethod
+    def _columns(db: sqlite3.Connection, seq: int, fields: Sequence[str], threads: bool = True) -> pa.RecordBatch:
+        """The events of chunk ``seq`` in the columns ``fields`` alone, checked: from their parts
+        alone when it is stored in parts, else from the whole chunk (``threads``: as
+        :func:`~theia_frames.protocol.arrow.ipc_to_batches`)."""
+        batch = read_columns(db, seq, fields, threads)
+        return from_ipc(EventStore._blob(db, seq), fields, threads) if batch is None else batch
 
     @staticmethod
     def _summary(db: sqlite3.Connection, seq: int) -> ChunkSummary | None:
@@ -802,7 +824,11 @@ class EventStore:
         end = np.inf if flt.end is None else flt.end
 
         def read(meta: Any) -> Any:
-            chunk = from_ipc(snapshot.blob(meta.seq), columns)
+            # decoded in this thread: the chunks ahead are decoded in threads of their own
+            if columns is None:
+                chunk = from_ipc(snapshot.blob(meta.seq), threads=False)
+            else:
+                chunk = snapshot.columns(meta.seq, columns, threads=False)
             if meta.min_ts < start or meta.max_ts > end:
                 ts = chunk.column("timestamp").to_numpy()
                 chunk = chunk.filter(pa.array((ts >= start) & (ts <= end), pa.bool_()))

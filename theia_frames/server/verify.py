@@ -1,10 +1,11 @@
 """Checking an event store file and salvaging what is intact (``theia-frames check``).
 
-:func:`check_store` reads every chunk of a store file of format 5, 6 or 7 without changing it:
+:func:`check_store` reads every chunk of a store file of format 5 to 8 without changing it:
 SQLite's own ``PRAGMA integrity_check`` (pages, and every index against its table), then each
 chunk: its checksum (format 6 on), its Arrow data validated in full, its row count and first and
 last timestamps against its index entries, its timestamps in order, its arrival numbers, its
-summary (format 7, when it has one) against its events counted again. A
+summary (format 7, when it has one) against its events counted again, each of its parts
+against its length and checksum (format 8, a chunk stored in parts). A
 chunk that fails any of these is reported with its time range and how many events it held.
 :func:`salvage_store` copies every intact chunk, as stored, into a new store file and tells
 what it left behind::
@@ -38,14 +39,14 @@ import pyarrow as pa
 
 from ..exceptions import DecodeError, StoreError, UsageError
 from ..protocol.arrow import event_schema, ipc_to_batches
-from .chunks import chunk_checksum, damaged_chunk, decode_arrivals
+from .chunks import chunk_checksum, damaged_chunk, decode_arrivals, insert_chunk, parts_problem, read_stream
 from .summaries import chunk_summary, read_summary
 from .store import APPLICATION_ID, FORMAT_VERSION, EventStore
 
 __all__ = ["ChunkDamage", "CheckReport", "SalvageReport", "check_store", "salvage_store"]
 
 # The formats whose chunks this module reads (older ones are upgraded by opening them).
-_READABLE = (5, 6, 7)
+_READABLE = (5, 6, 7, 8)
 
 
 class ChunkDamage(NamedTuple):
@@ -156,7 +157,7 @@ def _format(db: sqlite3.Connection, path: str) -> int:
         raise StoreError(f"{path!r} is an SQLite database but not a theia_frames event store")
     if version not in _READABLE:
         raise StoreError(
-            f"{path!r} is an event store of format {version}; check reads formats 5 to 7 "
+            f"{path!r} is an event store of format {version}; check reads formats 5 to 8 "
             f"(open it once with this version, e.g. theia-frames serve, to upgrade it to {FORMAT_VERSION})"
         )
     return version
@@ -203,14 +204,19 @@ def _check_chunk(db: sqlite3.Connection, seq: int, version: int) -> tuple[int, C
 
     try:
         checksum = "checksum" if version >= 6 else "0"
-        data, nbytes, arrivals, last_arrival, stored_sum = db.execute(
-            f"SELECT data, bytes, arrivals, last_arrival, {checksum} FROM chunks WHERE seq = ?", (seq,)
+        layout = "parts" if version >= 8 else "NULL"
+        head, parts, nbytes, arrivals, last_arrival, stored_sum = db.execute(
+            f"SELECT data, {layout}, bytes, arrivals, last_arrival, {checksum} FROM chunks WHERE seq = ?", (seq,)
         ).fetchone()
+        data = read_stream(db, seq, head, parts)
         summary = _summary(db, seq, version)
+        why = None if parts is None else parts_problem(db, seq, head, parts)
     except sqlite3.DatabaseError as exc:
         return damage(f"SQLite cannot read it: {exc}")
     if version >= 6 and chunk_checksum(data, nbytes, arrivals, min_ts, max_ts, rows, summary) != stored_sum:
         return damage("its checksum does not match")
+    if why is not None:
+        return damage(f"a part of it read alone does not match: {why}")
     try:
         batches = ipc_to_batches(data, max_decoded=nbytes, full=True)
     except DecodeError as exc:
@@ -290,23 +296,21 @@ def salvage_store(path: str | os.PathLike[str], new: str | os.PathLike[str]) -> 
             target.execute("BEGIN IMMEDIATE")
             for seq in report.intact:
                 try:
+                    layout = "parts" if report.format >= 8 else "NULL"
                     row: Any = source.execute(
-                        "SELECT tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival FROM chunks WHERE seq = ?",
+                        f"SELECT tier, min_ts, max_ts, rows, data, {layout}, bytes, arrivals, last_arrival FROM chunks WHERE seq = ?",
                         (seq,),
                     ).fetchone()
+                    data = read_stream(source, seq, row[4], row[5])
                     summary = _summary(source, seq, report.format)
                 except sqlite3.DatabaseError as exc:
                     left.append(ChunkDamage(seq, None, None, None, f"SQLite cannot read it: {exc}"))
                     continue
-                tier, min_ts, max_ts, rows, data, nbytes, arrivals, last_arrival = row
-                cursor = target.execute(
-                    "INSERT INTO chunks (tier, min_ts, max_ts, rows, data, bytes, arrivals, last_arrival, checksum) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (tier, min_ts, max_ts, rows, data, nbytes, arrivals, last_arrival,
-                     chunk_checksum(data, nbytes, arrivals, min_ts, max_ts, rows, summary)),
+                tier, min_ts, max_ts, rows, _, parts, nbytes, arrivals, last_arrival = row
+                insert_chunk(
+                    target, tier=tier, min_ts=min_ts, max_ts=max_ts, rows=rows, data=data, nbytes=nbytes,
+                    arrivals=arrivals, last_arrival=last_arrival, summary=summary, parts=parts is not None,
                 )
-                if summary is not None:
-                    target.execute("INSERT INTO summaries (seq, summary) VALUES (?, ?)", (cursor.lastrowid, summary))
                 events += rows
             target.execute("COMMIT")
         except BaseException:
