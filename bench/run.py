@@ -633,12 +633,16 @@ def median(rs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def store_size(db: str, n: int) -> dict[str, Any]:
-    """Bytes of the collector's store: its chunks' data and its files (database and WAL)."""
+    """Bytes of the collector's store: its chunks' data (their parts included) and its files
+    (database and WAL)."""
     import sqlite3
 
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         data = con.execute("SELECT coalesce(sum(length(data)), 0), count(*) FROM chunks").fetchone()
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "chunk_columns" in tables:
+            data = (data[0] + con.execute("SELECT coalesce(sum(length(data)), 0) FROM chunk_columns").fetchone()[0], data[1])
     finally:
         con.close()
     files = sum(os.path.getsize(p) for p in (db, db + "-wal") if os.path.exists(p))

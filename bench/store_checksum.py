@@ -17,7 +17,8 @@ with EventStore(p) as s:
     for i in range(0, len(evs), 100_000):
         s.add_batch(events_to_batch(evs[i:i+100_000]))
 db = sqlite3.connect(p)
-blobs = db.execute("SELECT data, bytes, arrivals, min_ts, max_ts, rows FROM chunks").fetchall()
+blobs = [(chunks.read_stream(db, seq, head, parts), *rest) for seq, head, parts, *rest in
+         db.execute("SELECT seq, data, parts, bytes, arrivals, min_ts, max_ts, rows FROM chunks").fetchall()]
 print("chunks", len(blobs), "bytes", sum(len(b[0]) for b in blobs))
 def crc():
     t = time.perf_counter()

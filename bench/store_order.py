@@ -70,6 +70,9 @@ def store_bytes(path: str, n: int) -> str:
     try:
         columns = [row[1] for row in con.execute("PRAGMA table_info(chunks)")]
         data, chunks = con.execute("SELECT sum(length(data)), count(*) FROM chunks").fetchone()
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "chunk_columns" in tables:  # format 8: the columns of chunks stored in parts
+            data += con.execute("SELECT coalesce(sum(length(data)), 0) FROM chunk_columns").fetchone()[0]
         arrivals = con.execute("SELECT sum(length(arrivals)) FROM chunks").fetchone()[0] if "arrivals" in columns else 0
     finally:
         con.close()

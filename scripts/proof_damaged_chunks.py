@@ -7,7 +7,7 @@
 A store file holds three chunks (10,000 events, ``--events`` events, 10,000 events). The
 collector runs in its own process (``theia-frames serve``) on it, so a crash is seen as one.
 For each try one byte of the middle chunk is flipped in the SQLite file (its Arrow data at a
-random offset, every offset of its arrival numbers, each of its index entries), then the
+random offset, in whichever part holds it when the chunk is stored in parts, every offset of its arrival numbers, each of its index entries), then the
 client's default batched find and a plain find (``Client(url, batch=False)``) of all events
 run, and the byte is put back. Each find is classed:
 
@@ -71,21 +71,52 @@ def _build(path: Path, middle: int) -> list[tuple[Any, ...]]:
     return [_key(e) for part in parts for e in part]
 
 
-def _set(path: Path, column: str, value: Any) -> None:
+# A cell of the store file: (table, key column, key, column).
+Cell = tuple[str, str, int, str]
+
+
+def _set(path: Path, cell: Cell, value: Any) -> None:
+    table, key_column, key, column = cell
     db = sqlite3.connect(path)
     try:
-        db.execute(f"UPDATE chunks SET {column} = ? WHERE seq = 2", (value,))
+        db.execute(f"UPDATE {table} SET {column} = ? WHERE {key_column} = ?", (value, key))
         db.commit()
     finally:
         db.close()
 
 
-def _get(path: Path, column: str) -> Any:
+def _get(path: Path, cell: Cell) -> Any:
+    table, key_column, key, column = cell
     db = sqlite3.connect(path)
     try:
-        return db.execute(f"SELECT {column} FROM chunks WHERE seq = 2").fetchone()[0]
+        return db.execute(f"SELECT {column} FROM {table} WHERE {key_column} = ?", (key,)).fetchone()[0]
     finally:
         db.close()
+
+
+def _data_cells(path: Path) -> list[tuple[Cell, int]]:
+    """Where the middle chunk's Arrow data is stored, in stream order, and how many bytes each holds:
+    ``chunks.data`` alone, or its headers and a row of ``chunk_columns`` per column (format 8)."""
+    db = sqlite3.connect(path)
+    try:
+        columns = [row[1] for row in db.execute("PRAGMA table_info(chunks)")]
+        parts = "parts" in columns and db.execute("SELECT parts FROM chunks WHERE seq = 2").fetchone()[0] is not None
+        cells: list[tuple[Cell, int]] = [(("chunks", "seq", 2, "data"), len(db.execute("SELECT data FROM chunks WHERE seq = 2").fetchone()[0]))]
+        if parts:
+            for key, length in db.execute("SELECT key, length(data) FROM chunk_columns WHERE key >= 16 AND key < 24 ORDER BY key"):
+                cells.append((("chunk_columns", "key", key, "data"), length))
+    finally:
+        db.close()
+    return cells
+
+
+def _at(cells: list[tuple[Cell, int]], offset: int) -> tuple[Cell, int]:
+    """The cell and offset in it of byte ``offset`` of the chunk's Arrow data."""
+    for cell, length in cells:
+        if offset < length:
+            return cell, offset
+        offset -= length
+    raise IndexError(offset)
 
 
 def _flipped(value: Any, offset: int) -> Any:
@@ -127,22 +158,26 @@ def run(*, events: int = 65_536, tries: int = 400, every: bool = False, seed: in
     work = Path(tempfile.mkdtemp(prefix="proof-damaged-"))
     path = work / "events.db"
     expected = _build(path, events)
-    size = len(_get(path, "data"))
-    runs = len(_get(path, "arrivals"))
+    cells = _data_cells(path)
+    size = sum(length for _, length in cells)
+    runs = len(_get(path, ("chunks", "seq", 2, "arrivals")))
     offsets = list(range(size)) if every else sorted(random.Random(seed).sample(range(size), min(tries, size)))
-    plan: list[tuple[str, int]] = [("data", o) for o in offsets]
-    plan += [("arrivals", o) for o in range(runs)]
-    plan += [(column, 1) for column in ("min_ts", "max_ts", "rows", "bytes")]
-    log(f"store: 3 chunks, {len(expected):,} events; the middle chunk: {events:,} events, {size:,} bytes of Arrow data, "
-        f"{runs} bytes of arrival numbers; {len(plan)} tries, each a batched and a plain find")
+    plan: list[tuple[Cell, int]] = [_at(cells, o) for o in offsets]
+    plan += [(("chunks", "seq", 2, "arrivals"), o) for o in range(runs)]
+    plan += [(("chunks", "seq", 2, column), 1) for column in ("min_ts", "max_ts", "rows", "bytes")]
+    if len(cells) > 1:
+        plan += [(("chunks", "seq", 2, "parts"), o) for o in range(0, 8 * len(cells), 3)]
+    log(f"store: 3 chunks, {len(expected):,} events; the middle chunk: {events:,} events, {size:,} bytes of Arrow data "
+        f"in {len(cells)} part(s), {runs} bytes of arrival numbers; {len(plan)} tries, each a batched and a plain find")
     counts: dict[str, Counter[str]] = {"batched": Counter(), "plain": Counter()}
     examples: dict[str, str] = {}
     started = time.monotonic()
     collector = CollectorProcess(path, log=work / "collector.log").start()
     try:
-        for i, (column, offset) in enumerate(plan, 1):
-            old = _get(path, column)
-            _set(path, column, _flipped(old, offset))
+        for i, (cell, offset) in enumerate(plan, 1):
+            column = f"{cell[0]}.{cell[3]} {cell[2]}"
+            old = _get(path, cell)
+            _set(path, cell, _flipped(old, offset))
             try:
                 for name, batched in (("batched", True), ("plain", False)):
                     kind, why = _find(collector.url, batched, expected, collector)
@@ -151,7 +186,7 @@ def run(*, events: int = 65_536, tries: int = 400, every: bool = False, seed: in
                     if kind == "crash":
                         collector = CollectorProcess(path, log=work / "collector.log").start()
             finally:
-                _set(path, column, old)
+                _set(path, cell, old)
             if i % 100 == 0:
                 log(f"  {i:,} of {len(plan):,} tries, {time.monotonic() - started:.0f} s")
         for name, batched in (("batched", True), ("plain", False)):
@@ -163,8 +198,8 @@ def run(*, events: int = 65_536, tries: int = 400, every: bool = False, seed: in
     # check and salvage on a copy with the middle chunk damaged
     damaged = work / "damaged.db"
     shutil.copyfile(path, damaged)
-    data = _get(damaged, "data")
-    _set(damaged, "data", _flipped(data, len(data) // 3))
+    cell, offset = _at(cells, size // 3)
+    _set(damaged, cell, _flipped(_get(damaged, cell), offset))
     clean = cli(["check", "--db", str(path)])
     found = cli(["check", "--db", str(damaged), "--salvage", str(work / "salvaged.db")])
     from theia_frames.server.store import EventStore
