@@ -9,9 +9,11 @@ collector runs in its own process (``theia-frames serve``) on it, so a crash is 
 For each try one byte of the middle chunk is flipped in the SQLite file (its Arrow data at a
 random offset, in whichever part holds it when the chunk is stored in parts, every offset of its arrival numbers, each of its index entries), then the
 client's default batched find and a plain find (``Client(url, batch=False)``) of all events
-run, and the byte is put back. Each find is classed:
+run, and a count of the events whose content holds ``5`` by source (``client.count``: on our
+collector it reads the chunks' timestamp, source and content columns, from their parts when the
+chunk is stored in parts), and the byte is put back. Each find and count is classed:
 
-- ``exact``: every stored event, unchanged, in order;
+- ``exact``: every stored event, unchanged, in order (a count: the right count per source);
 - ``refused``: an error naming the damaged chunk (its time range and its events);
 - ``altered``: events that differ from those stored, no error;
 - ``short``: fewer events than stored, no error;
@@ -152,6 +154,29 @@ def _find(url: str, batched: bool, expected: list[tuple[Any, ...]], collector: C
     return "altered", f"{len(got)} events, {sum(1 for a, b in zip(got, expected) if a != b)} differ"
 
 
+def _count(url: str, expected: list[tuple[Any, ...]], collector: CollectorProcess) -> tuple[str, str]:
+    from theia_frames import Client, EventFilter
+    from theia_frames.exceptions import TheiaError
+
+    want: Counter[str] = Counter(k[2] for k in expected if "5" in k[4])
+    try:
+        with Client(url, timeout=60) as client:
+            frame = client.count(EventFilter(start=1, content="5"), by="source")
+    except TheiaError as exc:
+        if not collector.alive:
+            return "crash", f"exit status {collector.returncode}"
+        text = str(exc)
+        if "chunk 2 of the event store is damaged" in text and "events from" in text:
+            return "refused", text
+        return "other", text
+    if not collector.alive:
+        return "crash", f"exit status {collector.returncode}"
+    got = {str(k): int(v) for k, v in frame["count"].items() if int(v)}
+    if got == dict(want):
+        return "exact", ""
+    return ("short" if sum(got.values()) < sum(want.values()) else "altered"), f"{got} against {dict(want)}"
+
+
 def run(*, events: int = 65_536, tries: int = 400, every: bool = False, seed: int = 7, log: Any = print) -> dict[str, Any]:
     from theia_frames.cli import main as cli
 
@@ -169,7 +194,7 @@ def run(*, events: int = 65_536, tries: int = 400, every: bool = False, seed: in
         plan += [(("chunks", "seq", 2, "parts"), o) for o in range(0, 8 * len(cells), 3)]
     log(f"store: 3 chunks, {len(expected):,} events; the middle chunk: {events:,} events, {size:,} bytes of Arrow data "
         f"in {len(cells)} part(s), {runs} bytes of arrival numbers; {len(plan)} tries, each a batched and a plain find")
-    counts: dict[str, Counter[str]] = {"batched": Counter(), "plain": Counter()}
+    counts: dict[str, Counter[str]] = {"batched": Counter(), "plain": Counter(), "count": Counter()}
     examples: dict[str, str] = {}
     started = time.monotonic()
     collector = CollectorProcess(path, log=work / "collector.log").start()
@@ -185,6 +210,11 @@ def run(*, events: int = 65_536, tries: int = 400, every: bool = False, seed: in
                     examples.setdefault(f"{name} {kind}", f"{column}@{offset}: {why}"[:300])
                     if kind == "crash":
                         collector = CollectorProcess(path, log=work / "collector.log").start()
+                kind, why = _count(collector.url, expected, collector)
+                counts["count"][kind] += 1
+                examples.setdefault(f"count {kind}", f"{column}@{offset}: {why}"[:300])
+                if kind == "crash":
+                    collector = CollectorProcess(path, log=work / "collector.log").start()
             finally:
                 _set(path, cell, old)
             if i % 100 == 0:
@@ -227,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(events=args.events, tries=args.tries, every=args.every, seed=args.seed)
     bad = 0
     for name, counts in result["counts"].items():
-        print(f"{name} find: " + ", ".join(f"{kind} {counts[kind]}" for kind in KINDS))
+        print(f"{name}{'' if name == 'count' else ' find'}: " + ", ".join(f"{kind} {counts[kind]}" for kind in KINDS))
         bad += counts["altered"] + counts["short"] + counts["crash"]
     for key, text in sorted(result["examples"].items()):
         print(f"  e.g. {key}: {text}")

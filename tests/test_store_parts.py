@@ -157,16 +157,22 @@ def test_a_damaged_list_of_parts_is_damage_even_when_the_data_is_intact(stored: 
     seq = _parted(stored)[0]
     with sqlite3.connect(stored) as db:
         (layout,) = db.execute("SELECT parts FROM chunks WHERE seq = ?", (seq,)).fetchone()
-        layout = bytearray(layout)
-        layout[-1] ^= 0x01  # the content part's CRC
-        db.execute("UPDATE chunks SET parts = ? WHERE seq = ?", (bytes(layout), seq))
-    with EventStore(stored) as store:
-        with pytest.raises(StoreError, match=rf"chunk {seq} of the event store is damaged"):
-            _scan_rows(store, EventFilter(start=1, content="error"), ["timestamp"])
-    report = check_store(stored)
-    assert [(d.seq, d.reason) for d in report.damaged] == [
-        (seq, "a part of it read alone does not match: its checksum does not match")
-    ]
+    for at in (0, 4, len(layout) - 5, len(layout) - 1):  # the headers' length, their CRC, the content's CRC, the list's
+        damaged = bytearray(layout)
+        damaged[at] ^= 0x01
+        with sqlite3.connect(stored) as db:
+            db.execute("UPDATE chunks SET parts = ? WHERE seq = ?", (bytes(damaged), seq))
+        with EventStore(stored) as store:
+            # whoever reads the chunk's columns alone: whichever they are
+            for flt, fields in ((EventFilter(start=1, content="error"), ["timestamp"]), (EventFilter(start=1, source="/s1"), ["timestamp"])):
+                with pytest.raises(StoreError, match=rf"chunk {seq} of the event store is damaged \(its list of parts is damaged\): it held"):
+                    _scan_rows(store, flt, fields)
+            # a find reads it whole, its data intact: served
+            assert _all(store).num_rows == 2 * FINAL_ROWS + 100 + 8 * 600
+        report = check_store(stored)
+        assert [(d.seq, d.reason) for d in report.damaged] == [
+            (seq, "a part of it read alone does not match: its list of parts is damaged")
+        ]
 
 
 def test_a_missing_part_is_damage(stored: Path) -> None:

@@ -10,7 +10,7 @@ a chunk written in one go costs 17 bytes, however many events it holds.
 
 A chunk of the final tier (format 8 on) is stored in parts (:func:`insert_chunk`): the
 stream's message headers in ``chunks.data`` and each column's buffers in a row of
-``chunk_columns`` of their own, each part with its length and CRC-32 (``chunks.parts``), so a
+``chunk_columns`` of their own, each part with its length and CRC-32 (``chunks.parts``, behind a CRC-32 of its own), so a
 reader of some columns reads and checks theirs alone (:func:`read_columns`). The parts joined
 are the stream as it was written (:func:`read_stream`).
 
@@ -290,8 +290,19 @@ def insert_chunk(
 
 
 def _pack_parts(pieces: Sequence[builtins.bytes]) -> builtins.bytes:
-    """``chunks.parts``: each part's length and CRC-32, headers first."""
-    return struct.pack(f"<{2 * len(pieces)}I", *(v for piece in pieces for v in (len(piece), zlib.crc32(piece))))
+    """``chunks.parts``: each part's length and CRC-32, headers first, then a CRC-32 of these
+    (a damaged length would move the parts read after it)."""
+    packed = struct.pack(f"<{2 * len(pieces)}I", *(v for piece in pieces for v in (len(piece), zlib.crc32(piece))))
+    return packed + struct.pack("<I", zlib.crc32(packed))
+
+
+def _unpack_parts(layout: builtins.bytes) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The lengths and CRC-32s of ``chunks.parts``; None when it does not match its own CRC-32."""
+    packed, tail = layout[:-4], layout[-4:]
+    if len(layout) % 8 != 4 or struct.unpack("<I", tail)[0] != zlib.crc32(packed):
+        return None
+    values = struct.unpack(f"<{len(packed) // 4}I", packed)
+    return values[0::2], values[1::2]
 
 
 def read_stream(db: sqlite3.Connection, seq: int, head: builtins.bytes, parts: builtins.bytes | None) -> builtins.bytes:
@@ -329,7 +340,7 @@ def read_columns(db: sqlite3.Connection, seq: int, fields: Sequence[str], thread
     why = _parts_problem(layout, pieces)
     if why is not None:
         raise damaged_chunk(seq, min_ts, max_ts, rows, why)
-    lengths = struct.unpack(f"<{len(layout) // 4}I", layout)[0::2]
+    lengths, _ = _unpack_parts(layout) or ((), ())
     starts = np.concatenate([[0], np.cumsum(lengths)]).tolist()
     # zeros (pages the system gives zeroed when first touched) where the other columns were:
     # only the columns ``fields`` are decoded
@@ -352,10 +363,10 @@ def parts_problem(db: sqlite3.Connection, seq: int, head: builtins.bytes, layout
 def _parts_problem(layout: builtins.bytes, pieces: dict[int, builtins.bytes | None], whole: bool = False) -> str | None:
     """Whether ``pieces`` (part number: bytes; 0 the headers) match ``chunks.parts``; with
     ``whole``, whether they are all of them."""
-    values = struct.unpack(f"<{len(layout) // 4}I", layout) if len(layout) % 8 == 0 else ()
-    lengths, crcs = values[0::2], values[1::2]
-    if len(lengths) != len(FIELDS) + 1:
+    unpacked = _unpack_parts(layout)
+    if unpacked is None or len(unpacked[0]) != len(FIELDS) + 1:
         return "its list of parts is damaged"
+    lengths, crcs = unpacked
     if whole and sorted(pieces) != list(range(len(lengths))):
         return "a part of it is missing"
     for part, data in pieces.items():
