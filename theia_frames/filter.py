@@ -272,6 +272,24 @@ class EventFilter:
             object.__setattr__(self, "_kernels", kernels)
         return kernels
 
+    def may_match(self, sources: Iterable[str], tags: Iterable[str]) -> bool:
+        """Whether an event whose source is one of ``sources`` and whose tags are all among
+        ``tags`` may match (a stored chunk's summary lists both): False when the source
+        pattern fully matches none of ``sources``, or a tag pattern none of ``tags``, with
+        the kernels :meth:`mask_batch` uses; the other criteria are not looked at.
+
+        >>> f = EventFilter(tags=("alarm",), source="/dev/s.*")
+        >>> f.may_match(["/dev/s1", "/var/x"], ["alarm", "prod"]), f.may_match(["/dev/s1"], ["prod"])
+        (True, False)
+        >>> f.may_match(["/var/x"], ["alarm"]), EventFilter(content="x").may_match([], [])
+        (False, True)
+        """
+        tag_kernels, _, _, source_kernel = self._batch_kernels()
+        if source_kernel is not None and not source_kernel.mask(pa.array(list(sources), pa.string())).any():
+            return False
+        names = pa.array(list(tags), pa.string()) if tag_kernels else None
+        return all(kernel.mask(names).any() for kernel in tag_kernels)
+
     def match_time(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """The rows of an event-schema batch inside ``[start, end]`` (the batch itself when all are)."""
         if batch.num_rows == 0 or (self.start is None and self.end is None):

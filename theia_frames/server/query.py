@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import numpy as np
 import pyarrow as pa
 
-from ..protocol.arrow import batch_to_ipc
+from ..protocol.arrow import batch_to_ipc, empty_batch
 from ..exceptions import StoreError
 from ..filter import EventFilter
 from .chunks import (
@@ -101,6 +101,8 @@ class Snapshot:
         self.store = store
         self.filter = flt
         self.desc = flt.order == "desc"
+        # a filter of sources or tags may rule a chunk out by its summary's names
+        self._by_names = bool(flt.tags) or flt.source is not None
         self._db: sqlite3.Connection | None = None
         self._registered = False
         self._done = False
@@ -160,6 +162,16 @@ class Snapshot:
         """Raise StoreError when the query was cancelled."""
         if self._cancelled:
             raise StoreError(f"a query of the event store {self.store.path!r} was cancelled")
+
+    def excludes(self, seq: int) -> bool:
+        """Whether chunk ``seq``'s summary shows that none of its events can match the filter:
+        its sources or its tags are none that the filter's patterns match
+        (:meth:`~theia_frames.filter.EventFilter.may_match`). False for a chunk without a
+        summary and for a filter of neither; the chunk is then read."""
+        if not self._by_names:
+            return False
+        summary = self.summary(seq)
+        return summary is not None and not self.filter.may_match(summary.by_source.names, summary.by_tag.names)
 
     def blob(self, seq: int) -> Blob:
         """Chunk ``seq`` as stored, checked."""
@@ -392,8 +404,9 @@ class Projection:
         return None
 
 
-def read_ahead(snapshot: Snapshot, projection: Projection | None = None) -> Iterator[tuple[Blob, pa.RecordBatch]]:
-    """The snapshot's chunks in order, each read and decoded while the one before is used.
+def read_ahead(snapshot: Snapshot, projection: Projection | None = None) -> Iterator[tuple[Blob | None, pa.RecordBatch]]:
+    """The snapshot's chunks in order, each read and decoded while the one before is used;
+    a chunk that its summary rules out (:meth:`Snapshot.excludes`) as no events, unread.
 
     The next chunk is read and decompressed in a thread of its own (Arrow and
     SQLite let go of the interpreter meanwhile), so a query's decoding overlaps
@@ -403,7 +416,9 @@ def read_ahead(snapshot: Snapshot, projection: Projection | None = None) -> Iter
     """
     metas = snapshot.metas
 
-    def read(i: int) -> tuple[Blob, pa.RecordBatch]:
+    def read(i: int) -> tuple[Blob | None, pa.RecordBatch]:
+        if snapshot.excludes(metas[i].seq):
+            return None, empty_batch()
         blob = snapshot.blob(metas[i].seq)
         return blob, from_ipc(blob, None if projection is None else projection.fields_for(metas, i))
 
@@ -451,7 +466,7 @@ def sweep(snapshot: Snapshot, projection: Projection | None = None) -> Iterator[
             ts = chunk.column("timestamp").to_numpy()
             lo = 0 if meta.min_ts >= start else int(np.searchsorted(ts, start, side="left"))
             hi = len(ts) if meta.max_ts <= end else int(np.searchsorted(ts, end, side="right"))
-            if lo < hi:
+            if lo < hi and blob is not None:  # (None: a chunk ruled out, read as no events)
                 is_whole = lo == 0 and hi == len(ts) and not desc
                 if not is_whole:
                     chunk = whole(chunk, blob)

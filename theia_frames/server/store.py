@@ -824,6 +824,10 @@ class EventStore:
         end = np.inf if flt.end is None else flt.end
 
         def read(meta: Any) -> Any:
+            if snapshot.excludes(meta.seq):
+                # its summary rules it out: no event of it can match
+                batch = empty_batch()
+                return batch if columns is None else batch.select(columns)
             # decoded in this thread: the chunks ahead are decoded in threads of their own
             if columns is None:
                 chunk = from_ipc(snapshot.blob(meta.seq), threads=False)
