@@ -359,16 +359,16 @@ def test_a_big_batched_find_comes_in_a_few_arrow_messages():
         assert [sum(b.num_rows for b in ipc_to_batches(m)) for m in messages] == [1000, 500]
 
 
-def _rare_tag_store(collector: Collector, n: int) -> None:
-    """``n`` events in one stored batch, the last of them alone tagged ``rare``."""
+def _rare_store(collector: Collector, n: int) -> None:
+    """``n`` events in one stored batch, the last of them alone saying ``rare`` (in its content:
+    every chunk is read and matched; a rare tag would rule chunks out by their summaries)."""
     import pyarrow as pa
 
     assert collector.store is not None
-    tags = ["sensor,temp"] * (n - 1) + ["sensor,rare"]
     collector.store.add_batch(
         pa.table({
             "id": [f"e{i}" for i in range(n)], "timestamp": [T0 + i / 1000 for i in range(n)],
-            "source": ["/dev/t"] * n, "tags": tags, "content": ["21.5C"] * n,
+            "source": ["/dev/t"] * n, "tags": ["sensor,temp"] * n, "content": ["21.5C"] * (n - 1) + ["a rare 21.5C"],
         })
     )
 
@@ -377,8 +377,8 @@ def test_a_selective_batched_find_sends_what_it_has_after_find_wait():
     # Matching 300,000 events takes longer than find_wait (1 ms here, 0.25 s by
     # default): the collector says it is still matching before the one match.
     with serve(db=":memory:", port=0, find_wait=0.001) as collector:
-        _rare_tag_store(collector, 300_000)
-        messages, code = find(collector, {"start": 1, "tags": ["ra.e"]}, batched=True)
+        _rare_store(collector, 300_000)
+        messages, code = find(collector, {"start": 1, "content": "ra.e"}, batched=True)
     assert code == 1000 and len(messages) >= 2
     rows = [sum(b.num_rows for b in ipc_to_batches(m)) for m in messages]
     assert rows[0] == 0 and sum(rows) == 1
@@ -387,9 +387,9 @@ def test_a_selective_batched_find_sends_what_it_has_after_find_wait():
 
 def test_a_selective_plain_find_pings_after_find_wait():
     with serve(db=":memory:", port=0, find_wait=0.001) as collector:
-        _rare_tag_store(collector, 300_000)
+        _rare_store(collector, 300_000)
         ws = connect(collector, "/find")
-        ws.send(json.dumps({"start": 1, "tags": ["ra.e"]}))
+        ws.send(json.dumps({"start": 1, "content": "ra.e"}))
         assert ws.recv() == "ok"
         opcodes = []
         while True:
