@@ -95,3 +95,14 @@ def test_count_and_timeline_benches_run_at_a_small_size(tmp_path):
     result = json.loads(timeline.stdout.strip().splitlines()[-1])
     assert result["events"] == 20000 and result["sources"] == 20
     assert result["exact_columns_equal"] and result["max_gap_within_1s"]
+
+
+def test_the_rare_tag_burst_bench_runs_at_a_small_size(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(BENCH.parent / "skip.py"), "--events", "20000", "--repeat", "1", "--dir", str(tmp_path),
+         "--json", str(tmp_path / "skip.json")],
+        capture_output=True, text=True, timeout=280,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = json.loads((tmp_path / "skip.json").read_text())["rows"]
+    assert [row["case"] for row in rows] == ["find -> frame", "count by source"]
