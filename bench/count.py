@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -51,30 +52,39 @@ def events(n: int, at: int, seed: int) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([ids, pa.array(ts), source, tags, content], schema=event_schema())
 
 
-def build(directory: str, n: int) -> tuple[str, str, dict[str, float]]:
+def build(
+    directory: str, n: int, *, name: str = "count", more: Sequence[pa.RecordBatch] = ()
+) -> tuple[str, str, dict[str, float]]:
+    """The store (``{name}-{n}.db``) and the Parquet file of ``n`` events of :func:`events` and
+    the batches ``more`` after them, each made once and reused while it holds them."""
     os.makedirs(directory, exist_ok=True)
-    db = os.path.join(directory, f"count-{n}.db")
-    parquet = os.path.join(directory, f"count-{n}.parquet")
+    db = os.path.join(directory, f"{name}-{n}.db")
+    parquet = os.path.join(directory, f"{name}-{n}.parquet")
     info: dict[str, float] = {}
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for at in range(0, n, BATCH):
+            yield events(min(BATCH, n - at), at, at)
+        yield from more
+
     store = EventStore(db)
     try:
-        if store.count() != n:
+        if store.count() != n + sum(b.num_rows for b in more):
             store.close()
             for suffix in ("", "-wal", "-shm"):
                 if os.path.exists(db + suffix):
                     os.remove(db + suffix)
             store = EventStore(db)
             began = time.perf_counter()
-            for at in range(0, n, BATCH):
-                store.add_many(events(min(BATCH, n - at), at, at))
+            for b in batches():
+                store.add_many(b)
             info["ingest_s"] = time.perf_counter() - began
     finally:
         store.close()
     info["db_bytes"] = float(os.path.getsize(db))
     if not os.path.exists(parquet):
         writer = None
-        for at in range(0, n, BATCH):
-            b = events(min(BATCH, n - at), at, at)
+        for b in batches():
             ts = pa.array((np.asarray(b.column("timestamp")) * 1e6).round().astype("int64"), pa.timestamp("us", tz="UTC"))
             table = pa.table({"ts": ts, "source": b.column("source").cast(pa.string()), "tags": b.column("tags"),
                               "content": b.column("content"), "id": b.column("id")})

@@ -19,19 +19,15 @@ import argparse
 import json
 import os
 import sys
-import time
-from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 import theia_frames as tf
 from theia_frames.protocol.arrow import event_schema
-from theia_frames.server.store import EventStore
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from count import BATCH, T0, events  # noqa: E402
+from count import T0, best, build  # noqa: E402
 
 BURST = 1_000
 
@@ -47,47 +43,6 @@ def burst(n: int) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([ids, pa.array(ts), source, tags, content], schema=event_schema())
 
 
-def build(directory: str, n: int) -> tuple[str, str]:
-    os.makedirs(directory, exist_ok=True)
-    db = os.path.join(directory, f"skip-{n}.db")
-    parquet = os.path.join(directory, f"skip-{n}.parquet")
-    store = EventStore(db)
-    try:
-        if store.count() != n + BURST:
-            store.close()
-            for suffix in ("", "-wal", "-shm"):
-                if os.path.exists(db + suffix):
-                    os.remove(db + suffix)
-            store = EventStore(db)
-            for at in range(0, n, BATCH):
-                store.add_many(events(min(BATCH, n - at), at, at))
-            store.add_many(burst(n))
-    finally:
-        store.close()
-    if not os.path.exists(parquet):
-        writer = None
-        parts = [(at, None) for at in range(0, n, BATCH)] + [(None, burst(n))]
-        for at, b in parts:
-            b = events(min(BATCH, n - at), at, at) if b is None else b
-            ts = pa.array((np.asarray(b.column("timestamp")) * 1e6).round().astype("int64"), pa.timestamp("us", tz="UTC"))
-            table = pa.table({"ts": ts, "source": b.column("source").cast(pa.string()), "tags": b.column("tags"),
-                              "content": b.column("content"), "id": b.column("id")})
-            writer = writer or pq.ParquetWriter(parquet, table.schema)
-            writer.write_table(table)
-        assert writer is not None
-        writer.close()
-    return db, parquet
-
-
-def best(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    times, out = [], None
-    for _ in range(repeat):
-        began = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - began)
-    return min(times), out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=10_000_000)
@@ -99,7 +54,7 @@ def main() -> None:
     import duckdb
     import polars as pl
 
-    db, parquet = build(args.dir, args.events)
+    db, parquet, _ = build(args.dir, args.events, name="skip", more=[burst(args.events)])
     con = duckdb.connect()
     pq_sql = parquet.replace("'", "''")
     scan = pl.scan_parquet(parquet)

@@ -131,22 +131,34 @@ def _flipped(value: Any, offset: int) -> Any:
     return value + (1 if offset % 2 else -1)
 
 
-def _find(url: str, batched: bool, expected: list[tuple[Any, ...]], collector: CollectorProcess) -> tuple[str, str]:
-    from theia_frames import Client, EventFilter
+def _asked(ask: Any, collector: CollectorProcess) -> tuple[str, str, Any]:
+    """``ask()``'s answer, or how it failed: ("crash" | "refused" | "other", why, None); ("", "", answer) when it answered."""
     from theia_frames.exceptions import TheiaError
 
     try:
-        with Client(url, batch=batched, timeout=60) as client:
-            got = [_key(e) for e in client.find(EventFilter())]
+        answer = ask()
     except TheiaError as exc:
         if not collector.alive:
-            return "crash", f"exit status {collector.returncode}"
+            return "crash", f"exit status {collector.returncode}", None
         text = str(exc)
         if "chunk 2 of the event store is damaged" in text and "events from" in text:
-            return "refused", text
-        return "other", text
+            return "refused", text, None
+        return "other", text, None
     if not collector.alive:
-        return "crash", f"exit status {collector.returncode}"
+        return "crash", f"exit status {collector.returncode}", None
+    return "", "", answer
+
+
+def _find(url: str, batched: bool, expected: list[tuple[Any, ...]], collector: CollectorProcess) -> tuple[str, str]:
+    from theia_frames import Client, EventFilter
+
+    def ask() -> list[tuple[Any, ...]]:
+        with Client(url, batch=batched, timeout=60) as client:
+            return [_key(e) for e in client.find(EventFilter())]
+
+    kind, why, got = _asked(ask, collector)
+    if kind:
+        return kind, why
     if got == expected:
         return "exact", ""
     if len(got) < len(expected) and all(k in set(expected) for k in got):
@@ -156,22 +168,17 @@ def _find(url: str, batched: bool, expected: list[tuple[Any, ...]], collector: C
 
 def _count(url: str, expected: list[tuple[Any, ...]], collector: CollectorProcess) -> tuple[str, str]:
     from theia_frames import Client, EventFilter
-    from theia_frames.exceptions import TheiaError
 
     want: Counter[str] = Counter(k[2] for k in expected if "5" in k[4])
-    try:
+
+    def ask() -> dict[str, int]:
         with Client(url, timeout=60) as client:
             frame = client.count(EventFilter(start=1, content="5"), by="source")
-    except TheiaError as exc:
-        if not collector.alive:
-            return "crash", f"exit status {collector.returncode}"
-        text = str(exc)
-        if "chunk 2 of the event store is damaged" in text and "events from" in text:
-            return "refused", text
-        return "other", text
-    if not collector.alive:
-        return "crash", f"exit status {collector.returncode}"
-    got = {str(k): int(v) for k, v in frame["count"].items() if int(v)}
+        return {str(k): int(v) for k, v in frame["count"].items() if int(v)}
+
+    kind, why, got = _asked(ask, collector)
+    if kind:
+        return kind, why
     if got == dict(want):
         return "exact", ""
     return ("short" if sum(got.values()) < sum(want.values()) else "altered"), f"{got} against {dict(want)}"
