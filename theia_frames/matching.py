@@ -378,8 +378,7 @@ def contains(values: Any, literal: str) -> np.ndarray:
         return _bools(pc.fill_null(pc.match_substring(values, literal), False))
     # occurrence k starts where piece k ends, in the text less the k occurrences before it
     ends_of_pieces = np.frombuffer(pieces.buffers()[1], dtype=np.int64)[pieces.offset + 1 : pieces.offset + len(pieces)]
-    found = ends_of_pieces + np.arange(len(ends_of_pieces), dtype=np.int64) * len(needle)
-    starts = found
+    starts = ends_of_pieces + np.arange(len(ends_of_pieces), dtype=np.int64) * len(needle)
     ends = offsets - first
     rows = np.searchsorted(ends, starts, side="right") - 1
     whole = starts + len(needle) <= ends[rows + 1]

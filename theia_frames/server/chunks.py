@@ -25,12 +25,11 @@ from __future__ import annotations
 import builtins
 import datetime
 import os
+import sqlite3
 import struct
 import zlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
-
-import sqlite3
 
 import numpy as np
 import pyarrow as pa
@@ -63,6 +62,7 @@ __all__ = [
     "read_stream",
     "read_columns",
     "parts_problem",
+    "PART_KEYS",
     "encode_arrivals",
     "decode_arrivals",
     "arrival_order",
@@ -254,8 +254,8 @@ def _decoded(
     return pa.concat_batches(batches)
 
 
-# A chunk's column part i (FIELDS order) is row seq * _PART_KEYS + i of chunk_columns.
-_PART_KEYS = 8
+#: A chunk's column part i (FIELDS order) is row ``seq * PART_KEYS + i`` of chunk_columns.
+PART_KEYS = 8
 
 
 def insert_chunk(
@@ -282,7 +282,7 @@ def insert_chunk(
     if len(pieces) > 1:
         db.executemany(
             "INSERT INTO chunk_columns (key, data) VALUES (?, ?)",
-            [(seq * _PART_KEYS + i, piece) for i, piece in enumerate(pieces[1:])],
+            [(seq * PART_KEYS + i, piece) for i, piece in enumerate(pieces[1:])],
         )
     if summary is not None:
         db.execute("INSERT INTO summaries (seq, summary) VALUES (?, ?)", (seq, summary))
@@ -312,7 +312,7 @@ def read_stream(db: sqlite3.Connection, seq: int, head: builtins.bytes, parts: b
         return head
     pieces = db.execute(
         "SELECT data FROM chunk_columns WHERE key >= ? AND key < ? ORDER BY key",
-        (seq * _PART_KEYS, (seq + 1) * _PART_KEYS),
+        (seq * PART_KEYS, (seq + 1) * PART_KEYS),
     ).fetchall()
     return b"".join([head, *(row[0] for row in pieces)])
 
@@ -333,14 +333,13 @@ def read_columns(db: sqlite3.Connection, seq: int, fields: Sequence[str], thread
     found = dict(
         db.execute(
             f"SELECT key - ?, data FROM chunk_columns WHERE key IN ({','.join('?' * len(wanted))})",
-            (seq * _PART_KEYS, *(seq * _PART_KEYS + i for i in wanted)),
+            (seq * PART_KEYS, *(seq * PART_KEYS + i for i in wanted)),
         ).fetchall()
     )
     pieces = {0: head, **{i + 1: found.get(i) for i in wanted}}
-    why = _parts_problem(layout, pieces)
-    if why is not None:
-        raise damaged_chunk(seq, min_ts, max_ts, rows, why)
-    lengths, _ = _unpack_parts(layout) or ((), ())
+    lengths = _checked_parts(layout, pieces)
+    if isinstance(lengths, str):
+        raise damaged_chunk(seq, min_ts, max_ts, rows, lengths)
     starts = np.concatenate([[0], np.cumsum(lengths)]).tolist()
     # zeros (pages the system gives zeroed when first touched) where the other columns were:
     # only the columns ``fields`` are decoded
@@ -355,14 +354,17 @@ def parts_problem(db: sqlite3.Connection, seq: int, head: builtins.bytes, layout
     ``chunks.parts`` ``layout``), in words; None when every part matches its length and CRC-32."""
     rows = db.execute(
         "SELECT key - ?, data FROM chunk_columns WHERE key >= ? AND key < ?",
-        (seq * _PART_KEYS, seq * _PART_KEYS, (seq + 1) * _PART_KEYS),
+        (seq * PART_KEYS, seq * PART_KEYS, (seq + 1) * PART_KEYS),
     ).fetchall()
-    return _parts_problem(layout, {0: head, **{key + 1: data for key, data in rows}}, whole=True)
+    why = _checked_parts(layout, {0: head, **{key + 1: data for key, data in rows}}, whole=True)
+    return why if isinstance(why, str) else None
 
 
-def _parts_problem(layout: builtins.bytes, pieces: dict[int, builtins.bytes | None], whole: bool = False) -> str | None:
-    """Whether ``pieces`` (part number: bytes; 0 the headers) match ``chunks.parts``; with
-    ``whole``, whether they are all of them."""
+def _checked_parts(
+    layout: builtins.bytes, pieces: dict[int, builtins.bytes | None], whole: bool = False
+) -> tuple[int, ...] | str:
+    """Every part's length when ``pieces`` (part number: bytes; 0 the headers) match
+    ``chunks.parts`` (with ``whole``: and are all of them); else what is wrong, in words."""
     unpacked = _unpack_parts(layout)
     if unpacked is None or len(unpacked[0]) != len(FIELDS) + 1:
         return "its list of parts is damaged"
@@ -374,7 +376,7 @@ def _parts_problem(layout: builtins.bytes, pieces: dict[int, builtins.bytes | No
             return "a part of it is missing"
         if len(data) != lengths[part] or zlib.crc32(data) != crcs[part]:
             return "its checksum does not match"
-    return None
+    return lengths
 
 
 def whole(piece: pa.RecordBatch, blob: Blob | None) -> pa.RecordBatch:

@@ -106,7 +106,7 @@ from ..protocol.codec import EventColumns
 from ..event import Event
 from ..exceptions import DecodeError, StoreError, UsageError
 from ..filter import EventFilter, as_filter
-from .chunks import insert_chunk, read_columns, read_stream, MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, checked_blob, chunk_checksum, COMPRESSION, FIELDS, FINAL_TIER, arrival_order, decode_arrivals, encode_arrivals, event_batch, first_of_equal, from_ipc, identity_micros, IDENTITY_MARGIN, same_content, sort_keys, piece_spans, sort_order, tier, translate_error, whole
+from .chunks import PART_KEYS, insert_chunk, read_columns, read_stream, MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, checked_blob, chunk_checksum, COMPRESSION, FIELDS, FINAL_TIER, arrival_order, decode_arrivals, encode_arrivals, event_batch, first_of_equal, from_ipc, identity_micros, IDENTITY_MARGIN, same_content, sort_keys, piece_spans, sort_order, tier, translate_error, whole
 from .keyindex import KEY_INDEX_BYTES, ChunkKeys, KeyIndex
 from .summaries import ChunkSummary, chunk_summary, read_summary
 from .query import Projection, Results, Snapshot, chunks_sql, ipc_messages, rebatch, sweep
@@ -176,13 +176,13 @@ _SUMMARIES = (
     "CREATE TRIGGER chunks_summaries AFTER DELETE ON chunks BEGIN DELETE FROM summaries WHERE seq = old.seq; END",
 )
 
-# The columns of chunks stored in parts (row seq * 8 + the column's place), and where each part
-# ends and its CRC-32 (chunks.parts; NULL: the chunk is whole in chunks.data). Gone with their chunk.
+# The columns of chunks stored in parts (row seq * PART_KEYS + the column's place), and each
+# part's length and CRC-32 (chunks.parts; NULL: the chunk is whole in chunks.data). Gone with their chunk.
 _PARTS = (
     "ALTER TABLE chunks ADD COLUMN parts BLOB",
     "CREATE TABLE chunk_columns (key INTEGER PRIMARY KEY, data BLOB NOT NULL)",
     "CREATE TRIGGER chunks_columns AFTER DELETE ON chunks BEGIN "
-    "DELETE FROM chunk_columns WHERE key >= old.seq * 8 AND key < old.seq * 8 + 8; END",
+    f"DELETE FROM chunk_columns WHERE key >= old.seq * {PART_KEYS} AND key < (old.seq + 1) * {PART_KEYS}; END",
 )
 
 _SCHEMA = (
