@@ -433,6 +433,58 @@ def test_any_sequence_of_writes_is_stored_once_and_read_in_order(writes, start, 
         assert store.count() == len(first)
 
 
+# Property: chunks matched in the reader's threads (those that overlap no other) and chunks
+# merged and matched by the query's thread give the events of filtering them one by one,
+# in order, through both readers (batches, and the collector's stored messages).
+
+_CHUNKS = st.lists(
+    st.tuples(
+        st.integers(0, 40),  # where the chunk starts (half seconds)
+        st.integers(1, 12),  # its events
+        st.integers(1, 3),  # half seconds between them (overlapping chunks and equal times)
+    ),
+    min_size=1,
+    max_size=9,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    chunks=_CHUNKS,
+    start=st.one_of(st.none(), st.integers(0, 40)),
+    span=st.one_of(st.none(), st.integers(0, 30)),
+    content=st.sampled_from([None, "[02468]$", "^c1", "nothing", "."]),
+    tags=st.sampled_from([(), ("even",), ("t.*",)]),
+    desc=st.booleans(),
+)
+def test_chunks_matched_where_they_are_read_give_the_events_of_the_filter(chunks, start, span, content, tags, desc):
+    events = []
+    with EventStore() as store:
+        for k, (first, count, step) in enumerate(chunks):
+            batch = [
+                Event(
+                    id=f"e{k}-{i}", timestamp=(first + i * step) / 2, source="/s",
+                    tags=["even" if i % 2 == 0 else "odd"], content=f"c{k}{i}",
+                )
+                for i in range(count)
+            ]
+            store.add_batch(events_to_batch(batch), compact=False)
+            events += batch
+        end = None if start is None or span is None else (start + span) / 2
+        flt = EventFilter(
+            start=None if start is None else start / 2, end=end, content=content, tags=tags,
+            order="desc" if desc else None,
+        )
+        # by timestamp, ties in the order stored; desc is the exact reverse
+        expected = [e.id for e in sorted(events, key=lambda e: e.timestamp) if flt.matches(e)]
+        if desc:
+            expected.reverse()
+        assert ids(store, flt, batch_size=5) == expected
+        sent = [b for m in store.query_ipc(flt, batch_size=5) for b in ipc_to_batches(m)]
+        assert [i for b in sent for i in b.column("id").to_pylist()] == expected
+        assert all(b.schema.equals(event_schema()) for b in sent if b.num_rows)
+
+
 # --------------------------------------------------------------------------- threads
 
 
@@ -645,10 +697,10 @@ def test_a_store_of_an_earlier_format_is_upgraded_when_opened(tmp_path, version)
 
 
 def test_a_query_reads_its_chunks_one_ahead_in_order_and_leaves_no_thread(tmp_path):
-    """Chunks are read and decoded in a thread of their own while the one before is used:
-    the same events in the same order, and the thread ends with the query, read to its end
-    or abandoned."""
-    from theia_frames.server.query import read_ahead
+    """Chunks are read and decoded in a thread of their own while the one before is used
+    (in two threads, two chunks ahead, when they are matched there): the same events in
+    the same order, and the threads end with the query, read to its end or abandoned."""
+    from theia_frames.server.query import Matcher, read_ahead
 
     def readers():
         return [t for t in threading.enumerate() if t.name.startswith("theia-frames-read-ahead")]
@@ -658,17 +710,25 @@ def test_a_query_reads_its_chunks_one_ahead_in_order_and_leaves_no_thread(tmp_pa
             store.add_batch(events_to_batch([ev(10 * k + i, float(10 * k + i)) for i in range(10)]), compact=False)
         assert len(store.chunks()) == 8
         assert ids(store) == [f"e{i}" for i in range(80)]
-        snapshot = store._snapshot(Filter(), 100)
-        try:
-            chunks = read_ahead(snapshot)
-            first = next(chunks)
-            assert readers(), "the next chunk is read in a thread of its own"
-            assert first[1].column("id").to_pylist() == [f"e{i}" for i in range(10)]
-            chunks.close()  # abandoned after one chunk
+        for matcher, threads in [(None, 1), (Matcher(EventFilter(content="[02468]$"), False), 2)]:
+            snapshot = store._snapshot(Filter() if matcher is None else matcher.filter, 100)
+            try:
+                chunks = read_ahead(snapshot, matcher)
+                first = next(chunks)
+                assert 1 <= len(readers()) <= threads, "the next chunks are read in threads of their own"
+                assert first.matched == (matcher is not None)
+                expected = [f"e{i}" for i in range(10) if matcher is None or i % 2 == 0]
+                assert first.chunk.column("id").to_pylist() == expected
+                if matcher is not None:
+                    rest = [read.chunk for read in chunks]
+                    assert [e for c in rest for e in c.column("id").to_pylist()] == [f"e{i}" for i in range(10, 80, 2)]
+                    assert not readers()
+                    continue
+                chunks.close()  # abandoned after one chunk
+                assert not readers()
+            finally:
+                snapshot.close()
             assert not readers()
-        finally:
-            snapshot.close()
-        assert not readers()
 
 
 @pytest.mark.parametrize(

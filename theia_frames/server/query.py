@@ -9,6 +9,7 @@ import math
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -46,7 +47,8 @@ __all__ = [
     "rebatch",
     "ipc_messages",
     "read_ahead",
-    "Projection",
+    "Matcher",
+    "Read",
 ]
 
 
@@ -333,10 +335,18 @@ class OpenChunk:
     this chunk are merged with another's (:meth:`arrivals`), from ``stored``.
     """
 
-    __slots__ = ("batch", "keys", "blob", "stored", "rows", "lo", "hi", "desc", "_numbers")
+    __slots__ = ("batch", "keys", "blob", "stored", "rows", "lo", "hi", "desc", "matched", "_numbers")
 
     def __init__(
-        self, batch: pa.RecordBatch, keys: np.ndarray, blob: Blob | None, stored: Blob, rows: int, lo: int, desc: bool
+        self,
+        batch: pa.RecordBatch,
+        keys: np.ndarray,
+        blob: Blob | None,
+        stored: Blob | None,
+        rows: int,
+        lo: int,
+        desc: bool,
+        matched: bool = False,
     ) -> None:
         self.batch = batch
         self.keys = keys
@@ -346,11 +356,14 @@ class OpenChunk:
         self.lo = lo
         self.hi = lo + batch.num_rows
         self.desc = desc
+        self.matched = matched  # its rows are those of the query's filter already
         self._numbers: np.ndarray | None = None
 
     def arrivals(self, count: int) -> np.ndarray:
         """The arrival numbers of the next ``count`` rows (in output order)."""
         if self._numbers is None:
+            if self.stored is None:
+                raise StoreError("a matched chunk was merged with another (a chunk read alone overlaps one)")
             self._numbers = decode_arrivals(self.stored.arrivals, self.rows, self.stored.seq)
         if self.desc:
             return self._numbers[self.hi - count : self.hi][::-1]
@@ -380,67 +393,119 @@ class OpenChunk:
 _INLINE_CHUNKS = 3
 
 
-class Projection:
-    """The columns a query decompresses a chunk in first (the timestamp and the filter's),
-    for a chunk that can come out whole: inside the time range, overlapping no other,
-    while chunks match whole. ``active`` is turned off by a reader that had to decode a
-    chunk in full, and back on when one matches whole (each decision is for the chunk
-    read next)."""
+class Matcher:
+    """How a query's reader threads match a chunk that comes out alone: one that lies inside
+    the filter's time range and overlaps no other chunk of the snapshot, so that its rows are
+    never merged with another's (the common case: events stored in time order).
 
-    __slots__ = ("fields", "active", "start", "end")
+    Such a chunk is decompressed in the timestamp and the filter's columns first and matched
+    there, in the reader's thread; its other columns are decompressed only when some of its
+    events match, and only those events go on. A chunk that matches whole goes on as stored
+    (``stored``: for a reader that sends a chunk's stored blob; its other columns are then not
+    decompressed at all). Other chunks are read in full and matched by the query's thread.
+    """
 
-    def __init__(self, fields: Sequence[str], flt: EventFilter) -> None:
-        self.fields = ["timestamp", *(f for f in FIELDS if f in fields and f != "timestamp")]
-        self.active = True
-        self.start = -math.inf if flt.start is None else flt.start
-        self.end = math.inf if flt.end is None else flt.end
+    __slots__ = ("filter", "stored", "fields", "rest")
 
-    def fields_for(self, metas: list[ChunkMeta], i: int) -> list[str] | None:
-        """The columns to read chunk ``i`` of ``metas`` (ascending) in first; None: all."""
-        meta = metas[i]
-        alone = (i == 0 or metas[i - 1].max_ts < meta.min_ts) and (i + 1 == len(metas) or metas[i + 1].min_ts > meta.max_ts)
-        if self.active and alone and meta.min_ts >= self.start and meta.max_ts <= self.end:
-            return self.fields
-        return None
+    def __init__(self, flt: EventFilter, stored: bool) -> None:
+        self.filter = flt
+        self.stored = stored
+        self.fields = ["timestamp", *(f for f in FIELDS if f in flt.fields and f != "timestamp")]
+        self.rest = [f for f in FIELDS if f not in self.fields]
+
+    def alone(self, metas: list[ChunkMeta]) -> list[bool]:
+        """For each chunk of ``metas`` (ascending), whether it is matched by :meth:`read`."""
+        start = -math.inf if self.filter.start is None else self.filter.start
+        end = math.inf if self.filter.end is None else self.filter.end
+        before = -math.inf  # the last event time of the chunks before
+        found = []
+        for i, meta in enumerate(metas):
+            after = i + 1 == len(metas) or metas[i + 1].min_ts > meta.max_ts
+            found.append(before < meta.min_ts and after and meta.min_ts >= start and meta.max_ts <= end)
+            before = max(before, meta.max_ts)
+        return found
+
+    def read(self, snapshot: Snapshot, seq: int) -> Read:
+        """Chunk ``seq`` matched: its events that match (all its columns), or the whole chunk
+        in the filter's columns with its stored blob (``stored``, all of it matched)."""
+        blob = snapshot.blob(seq)
+        part = from_ipc(blob, self.fields, threads=False)
+        mask = self.filter.mask_batch(part)
+        if self.stored and mask.all():
+            return Read(part, blob, None, True)
+        if not mask.any():
+            return Read(part.slice(0, 0), None, None, True)
+        others = from_ipc(blob, self.rest, threads=False)
+        if not mask.all():
+            keep = pa.array(mask, pa.bool_())
+            part, others = part.filter(keep), others.filter(keep)
+        columns = [(part if name in self.fields else others).column(name) for name in FIELDS]
+        schema = pa.schema([(part if name in self.fields else others).schema.field(name) for name in FIELDS])
+        return Read(pa.RecordBatch.from_arrays(columns, schema=schema), None, None, True)
 
 
-def read_ahead(snapshot: Snapshot, projection: Projection | None = None) -> Iterator[tuple[Blob | None, pa.RecordBatch]]:
+class Read(NamedTuple):
+    """A chunk as :func:`read_ahead` gives it: its events (``chunk``), its stored blob when it
+    goes on whole (``whole``) and the blob its arrival numbers are read from (``stored``;
+    None for a chunk :class:`Matcher` matched, which is never merged), and whether its
+    events are matched already (``matched``: they are those of the filter)."""
+
+    chunk: pa.RecordBatch
+    whole: Blob | None
+    stored: Blob | None
+    matched: bool
+
+
+# Chunks a query's reader threads decode ahead of the one in use, when it matches in them.
+_MATCH_AHEAD = 2
+
+
+def read_ahead(snapshot: Snapshot, matcher: Matcher | None = None) -> Iterator[Read | None]:
     """The snapshot's chunks in order, each read and decoded while the one before is used;
-    a chunk that its summary rules out (:meth:`Snapshot.excludes`) as no events, unread.
+    None for a chunk that its summary rules out (:meth:`Snapshot.excludes`), unread.
 
-    The next chunk is read and decompressed in a thread of its own (Arrow and
-    SQLite let go of the interpreter meanwhile), so a query's decoding overlaps
-    its matching and sending (in the columns of ``projection`` while it is active): at most one decoded chunk ahead
-    (:data:`~theia_frames.server.chunks.CHUNK_BYTES`), and one thread per
-    query of more than three chunks while it runs.
+    The next chunk is read and decompressed in a thread of its own (Arrow and SQLite let go
+    of the interpreter meanwhile), so a query's decoding overlaps its matching and sending:
+    at most one decoded chunk ahead (:data:`~theia_frames.server.chunks.CHUNK_BYTES`), and
+    one thread per query of more than three chunks while it runs. With a ``matcher``, the
+    chunks it takes (:meth:`Matcher.alone`) are matched in those threads: two of them, two
+    chunks ahead.
     """
     metas = snapshot.metas
+    alone = [False] * len(metas) if matcher is None else matcher.alone(metas)
 
-    def read(i: int) -> tuple[Blob | None, pa.RecordBatch]:
-        if snapshot.excludes(metas[i].seq):
-            return None, empty_batch()
-        blob = snapshot.blob(metas[i].seq)
-        return blob, from_ipc(blob, None if projection is None else projection.fields_for(metas, i))
+    def read(i: int) -> Read | None:
+        seq = metas[i].seq
+        if snapshot.excludes(seq):
+            return None
+        if matcher is not None and alone[i]:
+            return matcher.read(snapshot, seq)
+        blob = snapshot.blob(seq)
+        return Read(from_ipc(blob), blob, blob, False)
 
     if len(metas) <= _INLINE_CHUNKS:
         for i in range(len(metas)):
             yield read(i)
         return
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="theia-frames-read-ahead")
+    ahead = _MATCH_AHEAD if any(alone) else 1
+    pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="theia-frames-read-ahead")
+    pending: deque[Any] = deque()
     try:
-        pending = pool.submit(read, 0)
-        for i in range(1, len(metas)):
-            current = pending.result()
-            pending = pool.submit(read, i)
-            yield current
-        yield pending.result()
+        for i in range(len(metas)):
+            pending.append(pool.submit(read, i))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
     finally:
-        pending.cancel()
+        for future in pending:
+            future.cancel()
         pool.shutdown(wait=True)
 
 
-def sweep(snapshot: Snapshot, projection: Projection | None = None) -> Iterator[tuple[pa.RecordBatch, Blob | None]]:
-    """The snapshot's events in the time range, in order, as pieces (batch, stored blob or None).
+def sweep(snapshot: Snapshot, matcher: Matcher | None = None) -> Iterator[tuple[pa.RecordBatch, Blob | None, bool]]:
+    """The snapshot's events in the time range, in order, as pieces (batch, stored blob or
+    None, whether its events are matched already).
 
     Chunks are opened in the order of their first event (last, for ``desc``);
     before the next one is opened, every open row that comes before its first
@@ -448,35 +513,37 @@ def sweep(snapshot: Snapshot, projection: Projection | None = None) -> Iterator[
     of overlapping chunks are merged, so memory holds only the chunks that
     overlap the current position.
 
-    With a :class:`Projection` (not for ``desc``), a chunk that comes out whole may
-    hold only its columns: its blob has the others, which are decompressed only
-    when needed (:func:`~theia_frames.server.chunks.whole`).
+    With a :class:`Matcher` (not for ``desc``), the chunks it takes come out matched;
+    one that matches whole may hold only the filter's columns: its blob has the
+    others, which are decompressed only when needed (:func:`~theia_frames.server.chunks.whole`).
     """
     flt, desc, metas = snapshot.filter, snapshot.desc, snapshot.metas
     start = -math.inf if flt.start is None else flt.start
     end = math.inf if flt.end is None else flt.end
     opened: list[OpenChunk] = []
-    chunks = read_ahead(snapshot, None if desc else projection)
+    chunks = read_ahead(snapshot, None if desc else matcher)
     i = 0
     while i < len(metas) or opened:
         if i < len(metas):
             meta = metas[i]
             i += 1
-            blob, chunk = next(chunks)
-            ts = chunk.column("timestamp").to_numpy()
-            lo = 0 if meta.min_ts >= start else int(np.searchsorted(ts, start, side="left"))
-            hi = len(ts) if meta.max_ts <= end else int(np.searchsorted(ts, end, side="right"))
-            if lo < hi and blob is not None:  # (None: a chunk ruled out, read as no events)
-                is_whole = lo == 0 and hi == len(ts) and not desc
-                if not is_whole:
-                    chunk = whole(chunk, blob)
-                part = chunk.slice(lo, hi - lo)
-                if desc:
-                    part = part.take(np.arange(hi - lo - 1, -1, -1))
-                    keys = -ts[lo:hi][::-1]
-                else:
-                    keys = ts[lo:hi]
-                opened.append(OpenChunk(part, keys, blob if is_whole else None, blob, len(ts), lo, desc))
+            read = next(chunks)
+            if read is not None:  # (None: a chunk ruled out, read as no events)
+                ts = read.chunk.column("timestamp").to_numpy()
+                lo = 0 if meta.min_ts >= start else int(np.searchsorted(ts, start, side="left"))
+                hi = len(ts) if meta.max_ts <= end else int(np.searchsorted(ts, end, side="right"))
+                if lo < hi:
+                    is_whole = read.whole is not None and lo == 0 and hi == len(ts) and not desc
+                    chunk = read.chunk if is_whole else whole(read.chunk, read.whole)
+                    part = chunk.slice(lo, hi - lo)
+                    if desc:
+                        part = part.take(np.arange(hi - lo - 1, -1, -1))
+                        keys = -ts[lo:hi][::-1]
+                    else:
+                        keys = ts[lo:hi]
+                    opened.append(
+                        OpenChunk(part, keys, read.whole if is_whole else None, read.stored, len(ts), lo, desc, read.matched)
+                    )
             if i < len(metas):
                 nxt = metas[i]
                 boundary = -nxt.max_ts if desc else nxt.min_ts
@@ -492,18 +559,20 @@ def sweep(snapshot: Snapshot, projection: Projection | None = None) -> Iterator[
         merging = sum(1 for count in counts if count) > 1
         heads = []
         arrivals = []
+        matched = True
         for item, count in zip(opened, counts):
             if count:
                 if merging:
                     arrivals.append(item.arrivals(count))
                 heads.append(item.cut(count))
+                matched = matched and item.matched
         opened = [item for item in opened if item.batch.num_rows]
         if len(heads) == 1:
-            yield heads[0]
+            yield heads[0][0], heads[0][1], matched
         elif heads:
             merged = pa.concat_batches([whole(h, b) for h, b in heads])
             order = arrival_order(merged.column("timestamp").to_numpy(), np.concatenate(arrivals), desc)
-            yield merged.take(order), None
+            yield merged.take(order), None, matched
 
 
 class Gather:

@@ -109,7 +109,7 @@ from ..filter import EventFilter, as_filter
 from .chunks import PART_KEYS, insert_chunk, read_columns, read_stream, MEMORY, CHUNK_ROWS, MERGE_FANOUT, Blob, checked_blob, chunk_checksum, COMPRESSION, FIELDS, FINAL_TIER, arrival_order, decode_arrivals, encode_arrivals, event_batch, first_of_equal, from_ipc, identity_micros, IDENTITY_MARGIN, same_content, sort_keys, piece_spans, sort_order, tier, translate_error, whole
 from .keyindex import KEY_INDEX_BYTES, ChunkKeys, KeyIndex
 from .summaries import ChunkSummary, chunk_summary, read_summary
-from .query import Projection, Results, Snapshot, chunks_sql, ipc_messages, rebatch, sweep
+from .query import Matcher, Results, Snapshot, chunks_sql, ipc_messages, rebatch, sweep
 
 __all__ = [
     "EventStore",
@@ -884,21 +884,24 @@ class EventStore:
     ) -> Iterator[tuple[pa.RecordBatch, Blob | None]]:
         """The snapshot's events in order, the criteria other than time applied.
 
-        A piece of no events now and then (after each slice matched) lets a
-        reader look at the clock while nothing matches. With ``stored`` (a reader
-        that sends a whole chunk's stored blob), a chunk is first decompressed
-        in the columns the filter reads alone, and in full only when it does
-        not match whole (:func:`~theia_frames.server.chunks.whole`).
+        A piece of no events now and then (after each slice matched, and for each
+        chunk matched in the reader's threads) lets a reader look at the clock while
+        nothing matches. A chunk that comes out alone is matched where it is read, in
+        the filter's columns first (:class:`~theia_frames.server.query.Matcher`); with
+        ``stored`` (a reader that sends a whole chunk's stored blob), one that matches
+        whole goes on as stored (:func:`~theia_frames.server.chunks.whole`).
         """
         flt = snapshot.filter
-        projection = Projection(flt.fields, flt) if stored else None
-        pieces = sweep(snapshot, projection)
+        pieces = sweep(snapshot, Matcher(flt, stored) if stored or not flt.is_time_only else None)
         if flt.is_time_only:
-            yield from pieces
+            yield from ((piece, blob) for piece, blob, _ in pieces)
             return
         nothing = empty_batch()
         size = _KERNEL_SLICE if flt.matched_by_kernels else _MATCH_SLICE
-        for piece, blob in pieces:
+        for piece, blob, matched in pieces:
+            if matched:
+                yield piece, blob
+                continue
             # In slices, so that a cancelled query stops within one slice's matching.
             parts: list[Any] = []
             for at in range(0, piece.num_rows, size):
@@ -907,9 +910,6 @@ class EventStore:
                 snapshot.check()
                 parts.append(flt.mask_batch(piece.slice(at, size)))
             mask = np.concatenate(parts) if parts else np.ones(0, dtype=bool)
-            if projection is not None and blob is not None:
-                # the next chunk is read in the filter's columns alone while chunks match whole
-                projection.active = bool(mask.all())
             if mask.all():
                 yield piece, blob
             elif mask.any():
