@@ -430,6 +430,8 @@ class Matcher:
         in the filter's columns with its stored blob (``stored``, all of it matched)."""
         blob = snapshot.blob(seq)
         part = from_ipc(blob, self.fields, threads=False)
+        if self.stored and self.filter.is_time_only:  # (the chunk lies inside the time range)
+            return Read(part, blob, None, True)
         mask = self.filter.mask_batch(part)
         if self.stored and mask.all():
             return Read(part, blob, None, True)
@@ -487,7 +489,8 @@ def read_ahead(snapshot: Snapshot, matcher: Matcher | None = None) -> Iterator[R
         for i in range(len(metas)):
             yield read(i)
         return
-    ahead = _MATCH_AHEAD if any(alone) else 1
+    # matching takes a thread of its own; reading alone (a filter of time) does not
+    ahead = _MATCH_AHEAD if any(alone) and matcher is not None and not matcher.filter.is_time_only else 1
     pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="theia-frames-read-ahead")
     pending: deque[Any] = deque()
     try:
