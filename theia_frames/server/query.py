@@ -11,7 +11,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
@@ -405,11 +406,12 @@ class Matcher:
     decompressed at all). Other chunks are read in full and matched by the query's thread.
     """
 
-    __slots__ = ("filter", "stored", "fields", "rest")
+    __slots__ = ("filter", "stored", "slice", "fields", "rest")
 
-    def __init__(self, flt: EventFilter, stored: bool) -> None:
+    def __init__(self, flt: EventFilter, stored: bool, slice: int) -> None:
         self.filter = flt
         self.stored = stored
+        self.slice = slice  # events matched between two looks at whether the query was cancelled
         self.fields = ["timestamp", *(f for f in FIELDS if f in flt.fields and f != "timestamp")]
         self.rest = [f for f in FIELDS if f not in self.fields]
 
@@ -432,7 +434,11 @@ class Matcher:
         part = from_ipc(blob, self.fields, threads=False)
         if self.stored and self.filter.is_time_only:  # (the chunk lies inside the time range)
             return Read(part, blob, None, True)
-        mask = self.filter.mask_batch(part)
+        masks = []
+        for at in range(0, part.num_rows, self.slice):
+            snapshot.check()
+            masks.append(self.filter.mask_batch(part.slice(at, self.slice)))
+        mask = np.concatenate(masks) if masks else np.ones(0, dtype=bool)
         if self.stored and mask.all():
             return Read(part, blob, None, True)
         if not mask.any():
@@ -461,45 +467,58 @@ class Read(NamedTuple):
 # Chunks a query's reader threads decode ahead of the one in use, when it matches in them.
 _MATCH_AHEAD = 2
 
+# Seconds a query's thread waits for the chunk read next before it may look at the clock
+# (a chunk matched row by row in a reader thread takes longer: see :func:`read_ahead`).
+_POLL = 0.05
+
 
 def read_ahead(snapshot: Snapshot, matcher: Matcher | None = None) -> Iterator[Read | None]:
     """The snapshot's chunks in order, each read and decoded while the one before is used;
-    None for a chunk that its summary rules out (:meth:`Snapshot.excludes`), unread.
+    a chunk that its summary rules out (:meth:`Snapshot.excludes`) as no events, unread.
 
     The next chunk is read and decompressed in a thread of its own (Arrow and SQLite let go
     of the interpreter meanwhile), so a query's decoding overlaps its matching and sending:
     at most one decoded chunk ahead (:data:`~theia_frames.server.chunks.CHUNK_BYTES`), and
     one thread per query of more than three chunks while it runs. With a ``matcher``, the
     chunks it takes (:meth:`Matcher.alone`) are matched in those threads: two of them, two
-    chunks ahead.
+    chunks ahead (one for a filter of time alone, which matches nothing there). While the
+    chunk next in order is still being read, None comes every :data:`_POLL` seconds, so
+    that the query's thread can look at the clock (a reader with a ``wait``).
     """
     metas = snapshot.metas
-    alone = [False] * len(metas) if matcher is None else matcher.alone(metas)
+    threaded = len(metas) > _INLINE_CHUNKS
+    alone = matcher.alone(metas) if matcher is not None and threaded else [False] * len(metas)
 
-    def read(i: int) -> Read | None:
+    def read(i: int) -> Read:
         seq = metas[i].seq
         if snapshot.excludes(seq):
-            return None
+            return Read(empty_batch(), None, None, True)
         if matcher is not None and alone[i]:
             return matcher.read(snapshot, seq)
         blob = snapshot.blob(seq)
         return Read(from_ipc(blob), blob, blob, False)
 
-    if len(metas) <= _INLINE_CHUNKS:
+    if not threaded:
         for i in range(len(metas)):
             yield read(i)
         return
+
+    def done(future: Future[Read]) -> Iterator[Read | None]:
+        while not wait_for([future], timeout=_POLL).done:
+            yield None
+        yield future.result()
+
     # matching takes a thread of its own; reading alone (a filter of time) does not
     ahead = _MATCH_AHEAD if any(alone) and matcher is not None and not matcher.filter.is_time_only else 1
     pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="theia-frames-read-ahead")
-    pending: deque[Any] = deque()
+    pending: deque[Future[Read]] = deque()
     try:
         for i in range(len(metas)):
             pending.append(pool.submit(read, i))
             if len(pending) > ahead:
-                yield pending.popleft().result()
+                yield from done(pending.popleft())
         while pending:
-            yield pending.popleft().result()
+            yield from done(pending.popleft())
     finally:
         for future in pending:
             future.cancel()
@@ -524,6 +543,7 @@ def sweep(snapshot: Snapshot, matcher: Matcher | None = None) -> Iterator[tuple[
     start = -math.inf if flt.start is None else flt.start
     end = math.inf if flt.end is None else flt.end
     opened: list[OpenChunk] = []
+    nothing = empty_batch()
     chunks = read_ahead(snapshot, None if desc else matcher)
     i = 0
     while i < len(metas) or opened:
@@ -531,7 +551,10 @@ def sweep(snapshot: Snapshot, matcher: Matcher | None = None) -> Iterator[tuple[
             meta = metas[i]
             i += 1
             read = next(chunks)
-            if read is not None:  # (None: a chunk ruled out, read as no events)
+            while read is None:  # still being read: the reader may look at the clock
+                yield nothing, None, True
+                read = next(chunks)
+            if read.chunk.num_rows:
                 ts = read.chunk.column("timestamp").to_numpy()
                 lo = 0 if meta.min_ts >= start else int(np.searchsorted(ts, start, side="left"))
                 hi = len(ts) if meta.max_ts <= end else int(np.searchsorted(ts, end, side="right"))

@@ -892,12 +892,12 @@ class EventStore:
         whole goes on as stored (:func:`~theia_frames.server.chunks.whole`).
         """
         flt = snapshot.filter
-        pieces = sweep(snapshot, Matcher(flt, stored) if stored or not flt.is_time_only else None)
+        size = _KERNEL_SLICE if flt.matched_by_kernels else _MATCH_SLICE
+        pieces = sweep(snapshot, Matcher(flt, stored, size) if stored or not flt.is_time_only else None)
         if flt.is_time_only:
             yield from ((piece, blob) for piece, blob, _ in pieces)
             return
         nothing = empty_batch()
-        size = _KERNEL_SLICE if flt.matched_by_kernels else _MATCH_SLICE
         for piece, blob, matched in pieces:
             if matched:
                 yield piece, blob
