@@ -554,7 +554,9 @@ def sweep(snapshot: Snapshot, matcher: Matcher | None = None) -> Iterator[tuple[
             while read is None:  # still being read: the reader may look at the clock
                 yield nothing, None, True
                 read = next(chunks)
-            if read.chunk.num_rows:
+            if not read.chunk.num_rows:  # none of its events match: the reader may look at the clock
+                yield nothing, None, True
+            else:
                 ts = read.chunk.column("timestamp").to_numpy()
                 lo = 0 if meta.min_ts >= start else int(np.searchsorted(ts, start, side="left"))
                 hi = len(ts) if meta.max_ts <= end else int(np.searchsorted(ts, end, side="right"))
