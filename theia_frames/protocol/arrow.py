@@ -22,6 +22,7 @@ when first needed.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -261,8 +262,9 @@ def events_to_batch(events: Iterable[Event]) -> pa.RecordBatch:
     return columns_to_batch(cols)
 
 
+@functools.cache
 def empty_batch() -> pa.RecordBatch:
-    """A batch with no rows and the event schema."""
+    """A batch with no rows and the event schema (one, made once: Arrow batches do not change)."""
     return columns_to_batch(EventColumns())
 
 

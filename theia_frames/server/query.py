@@ -481,13 +481,17 @@ def read_ahead(snapshot: Snapshot, matcher: Matcher | None = None) -> Iterator[R
     at most one decoded chunk ahead (:data:`~theia_frames.server.chunks.CHUNK_BYTES`), and
     one thread per query of more than three chunks while it runs. With a ``matcher``, the
     chunks it takes (:meth:`Matcher.alone`) are matched in those threads: two of them, two
-    chunks ahead (one for a filter of time alone, which matches nothing there). While the
+    chunks ahead (one for a filter of time alone, which matches nothing there; a query of
+    three chunks or fewer is read in its own thread, and takes the matcher only for a
+    filter of time alone, so that its matching stays in slices between looks at the clock). While the
     chunk next in order is still being read, None comes every :data:`_POLL` seconds, so
     that the query's thread can look at the clock (a reader with a ``wait``).
     """
     metas = snapshot.metas
     threaded = len(metas) > _INLINE_CHUNKS
-    alone = matcher.alone(metas) if matcher is not None and threaded else [False] * len(metas)
+    # in the query's own thread, only what takes no matching (a find of time alone)
+    taken = matcher is not None and (threaded or matcher.filter.is_time_only)
+    alone = matcher.alone(metas) if matcher is not None and taken else [False] * len(metas)
 
     def read(i: int) -> Read:
         seq = metas[i].seq
