@@ -106,3 +106,15 @@ def test_the_rare_tag_burst_bench_runs_at_a_small_size(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     rows = json.loads((tmp_path / "skip.json").read_text())["rows"]
     assert [row["case"] for row in rows] == ["find -> frame", "count by source"]
+
+
+def test_the_find_bench_runs_at_a_small_size(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(BENCH.parent / "find.py"), "--n", "20000", "--repeat", "1", "--dir", str(tmp_path),
+         "--json", str(tmp_path / "find.json")],
+        capture_output=True, text=True, timeout=280,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = {row["query"]: row for row in json.loads((tmp_path / "find.json").read_text())["rows"]}
+    assert rows["all"]["found"] == rows["tag all carry"]["found"] == 20000
+    assert 0 < rows["tag 1%"]["found"] < 1000 and 0 < rows["time 1%"]["found"] <= 200
