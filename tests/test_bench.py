@@ -97,24 +97,23 @@ def test_count_and_timeline_benches_run_at_a_small_size(tmp_path):
     assert result["exact_columns_equal"] and result["max_gap_within_1s"]
 
 
-def test_the_rare_tag_burst_bench_runs_at_a_small_size(tmp_path):
+def _bench_rows(tmp_path, script: str, *args: str) -> list[dict]:
+    """The rows a bench script writes with ``--json``, run at a small size in ``tmp_path``."""
+    out = tmp_path / f"{script}.json"
     run = subprocess.run(
-        [sys.executable, str(BENCH.parent / "skip.py"), "--events", "20000", "--repeat", "1", "--dir", str(tmp_path),
-         "--json", str(tmp_path / "skip.json")],
+        [sys.executable, str(BENCH.parent / script), *args, "--repeat", "1", "--dir", str(tmp_path), "--json", str(out)],
         capture_output=True, text=True, timeout=280,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    rows = json.loads((tmp_path / "skip.json").read_text())["rows"]
+    return json.loads(out.read_text())["rows"]
+
+
+def test_the_rare_tag_burst_bench_runs_at_a_small_size(tmp_path):
+    rows = _bench_rows(tmp_path, "skip.py", "--events", "20000")
     assert [row["case"] for row in rows] == ["find -> frame", "count by source"]
 
 
 def test_the_find_bench_runs_at_a_small_size(tmp_path):
-    run = subprocess.run(
-        [sys.executable, str(BENCH.parent / "find.py"), "--n", "20000", "--repeat", "1", "--dir", str(tmp_path),
-         "--json", str(tmp_path / "find.json")],
-        capture_output=True, text=True, timeout=280,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    rows = {row["query"]: row for row in json.loads((tmp_path / "find.json").read_text())["rows"]}
+    rows = {row["query"]: row for row in _bench_rows(tmp_path, "find.py", "--n", "20000")}
     assert rows["all"]["found"] == rows["tag all carry"]["found"] == 20000
     assert 0 < rows["tag 1%"]["found"] < 1000 and 0 < rows["time 1%"]["found"] <= 200

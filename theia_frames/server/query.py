@@ -489,9 +489,10 @@ def read_ahead(snapshot: Snapshot, matcher: Matcher | None = None) -> Iterator[R
     """
     metas = snapshot.metas
     threaded = len(metas) > _INLINE_CHUNKS
+    alone = [False] * len(metas)
     # in the query's own thread, only what takes no matching (a find of time alone)
-    taken = matcher is not None and (threaded or matcher.filter.is_time_only)
-    alone = matcher.alone(metas) if matcher is not None and taken else [False] * len(metas)
+    if matcher is not None and (threaded or matcher.filter.is_time_only):
+        alone = matcher.alone(metas)
 
     def read(i: int) -> Read:
         seq = metas[i].seq
