@@ -33,6 +33,8 @@ __all__ = ["EVENT_FIELDS", "to_event_table", "new_event_ids", "seconds_of_ns"]
 #: The fields of an event, which ``to_event_table(columns=...)`` maps to a frame's columns.
 EVENT_FIELDS: tuple[str, ...] = ("timestamp", "source", "tags", "content", "id")
 
+# Bytes of text looked at per step where a check scans a column's bytes.
+_SCAN_SLICE = 1 << 20
 
 
 
@@ -217,10 +219,11 @@ def _plain_comma_text(text: pa.Array) -> bool:
         return True
     offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[text.offset : text.offset + len(text) + 1]
     values = np.frombuffer(data, dtype=np.uint8)[int(offsets[0]) : int(offsets[-1])]
-    if not len(values):
-        return True
-    if bool(((values <= 32) | (values >= 128)).any()):
-        return False
+    # a byte b <= 32 or >= 128 is one whose b - 33 (mod 256) is >= 95; a slice at a time
+    # keeps the temporary array in cache
+    for at in range(0, len(values), _SCAN_SLICE):
+        if bool((values[at : at + _SCAN_SLICE] - np.uint8(33) >= 95).any()):
+            return False
     return not (pc.any(pc.starts_with(text, ",")).as_py() or pc.any(pc.ends_with(text, ",")).as_py())
 
 
@@ -312,7 +315,7 @@ def to_event_table(
         ids = pc.coalesce(ids, new_event_ids(rows))
     tags_column = names["tags"]
     tags = _tags_of(df[tags_column], f"column {tags_column!r}") if tags_column in df.columns else None
-    empty = pa.array([""] * rows, pa.string()) if rows else pa.array([], pa.string())
+    empty = pa.repeat("", rows) if source is None or content is None or tags is None else None
     arrays = [
         ids,
         pa.array(seconds, pa.float64()),
