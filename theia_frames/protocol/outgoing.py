@@ -93,21 +93,23 @@ def arrow_pieces(data: Any, size: int) -> Iterator[pa.RecordBatch]:
     >>> [piece.column("source").dictionary.to_pylist() for piece in arrow_pieces(table, 2)]
     [['/s1', '/s2'], ['/s3']]
     """
+    import numpy as np
+
     for chunk in arrow_chunks(data, size):
         if chunk.nbytes + ROW_OVERHEAD * chunk.num_rows <= SEND_BATCH_BYTES:
             yield chunk
             continue
-        row_bytes = message_bytes(chunk)
+        # the bytes before each row (every row adds some: the sums rise strictly)
+        before = np.concatenate([[0], np.cumsum(message_bytes(chunk))])
         # pieces of about equal size, rather than full ones and a small rest
-        pieces = -(-int(row_bytes.sum()) // SEND_BATCH_BYTES)
-        target = min(SEND_BATCH_BYTES, -(-int(row_bytes.sum()) // pieces))
-        begin, used = 0, 0
-        for row, nbytes in enumerate(row_bytes.tolist()):
-            if used + nbytes > target and row > begin:
-                yield used_sources(chunk.slice(begin, row - begin))
-                begin, used = row, 0
-            used += nbytes
-        yield used_sources(chunk.slice(begin))
+        pieces = -(-int(before[-1]) // SEND_BATCH_BYTES)
+        target = min(SEND_BATCH_BYTES, -(-int(before[-1]) // pieces))
+        begin, rows = 0, chunk.num_rows
+        while begin < rows:
+            # the most rows from ``begin`` whose bytes add up to ``target`` at most (one at least)
+            end = max(begin + 1, int(np.searchsorted(before, before[begin] + target, side="right")) - 1)
+            yield used_sources(chunk.slice(begin, end - begin))
+            begin = end
 
 
 def message_bytes(batch: pa.RecordBatch) -> Any:
