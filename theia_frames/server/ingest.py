@@ -1,7 +1,6 @@
 """The collector's ingest: received ``/event`` messages decoded and checked
-(:class:`Arrivals`, :func:`append_arrow`) on a decoder thread, committed in groups by
-the writer thread (:class:`Writer`, the next group decoded while one commits), and the
-answers each sender is owed (:class:`EventSink`).
+(:class:`Arrivals`, :func:`append_arrow`), committed in groups by the writer thread
+(:class:`Writer`), and the answers each sender is owed (:class:`EventSink`).
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -284,27 +283,15 @@ def conflict_note(batch: pa.RecordBatch, conflicting: Any) -> str | None:
     )
 
 
-class _Group(NamedTuple):
-    """Messages decoded for one commit: their events in arrival order, each message's span
-    of them (sink, message number, first row, end row, problem) and their bytes as received."""
-
-    batch: pa.RecordBatch
-    spans: list[tuple[EventSink, int, int, int, str | None]]
-    nbytes: int
-
-
 class Writer(threading.Thread):
-    """The one thread that writes to the store: commits what arrived in groups, while a
-    thread of its own (``theia-frames-decoder``) decodes the next group.
+    """The one thread that writes to the store: decodes what arrived, commits it in one go.
 
     Every message handed over gets a sequence number (``received``); after
     each commit ``committed`` is the number of the last message stored, so a
     caller can wait for "everything received so far". What arrived is
-    decoded in groups of at most about :data:`COMMIT_BYTES` decoded bytes, and
-    each group committed in one go; one group is decoded ahead while the one
-    before it commits (two groups decoded at most). When a group cannot be
-    stored, each sender's events are stored alone, then each message alone: a
-    message the store refuses fails by itself.
+    committed in groups of at most about :data:`COMMIT_BYTES` decoded bytes.
+    When a group cannot be stored, each sender's events are stored alone,
+    then each message alone: a message the store refuses fails by itself.
     """
 
     def __init__(self, store: EventStore, on_commit: Any, fanout: Fanout, max_decoded: int, max_event: int) -> None:
@@ -318,17 +305,13 @@ class Writer(threading.Thread):
         self.committed = 0
         self.pending_bytes = 0
         lock = threading.Lock()
-        self._work = threading.Condition(lock)  # the decoder waits here for messages and for room
-        self._decoded = threading.Condition(lock)  # the writer waits here for a decoded group
+        self._work = threading.Condition(lock)  # the writer waits here for messages
         self._stored = threading.Condition(lock)  # callers wait here for commits
         self._queue: list[tuple[int, EventSink, bytes | str, bool]] = []
-        # the group decoded ahead; None after the last one, when closing
-        self._groups: deque[_Group | None] = deque()
         # store failures: (message number, events, reason), the newest kept
         self._failures: deque[tuple[int, int, str]] = deque(maxlen=MAX_FAILURES_KEPT)
         self._closing = False
         self._done = False
-        self._decoder = threading.Thread(target=self._decode_all, name="theia-frames-decoder", daemon=True)
 
     @property
     def pending_messages(self) -> int:
@@ -366,54 +349,27 @@ class Writer(threading.Thread):
 
     def run(self) -> None:
         try:
-            self._decoder.start()
             warm_up()
-            self._commit_all()
+            self._loop()
         finally:
             with self._stored:
                 self._done = True
                 self._stored.notify_all()
-                self._work.notify()  # a decoder waiting for room does not wait for a writer that ended
 
-    def _decode_all(self) -> None:
-        """The decoder: received messages decoded in groups, each while the group before it
-        commits (it waits for that group to be taken first: two groups decoded at most)."""
-        items: list[tuple[int, EventSink, bytes | str, bool]] = []
-        at = 0
-        try:
-            while True:
-                with self._work:
-                    self._work.wait_for(
-                        lambda: self._done or (not self._groups and (at < len(items) or bool(self._queue) or self._closing))
-                    )
-                    if self._done:
-                        return
-                    if at >= len(items):
-                        if not self._queue:
-                            return  # closing, and everything received is decoded
-                        items, at, self._queue = self._queue, 0, []
-                group, at = self._decode_group(items, at)
-                with self._decoded:
-                    self._groups.append(group)
-                    self._decoded.notify()
-        finally:
-            with self._decoded:
-                self._groups.append(None)
-                self._decoded.notify()
-
-    def _commit_all(self) -> None:
-        """The writer: each decoded group committed, in order, until the decoder ends."""
+    def _loop(self) -> None:
         while True:
-            with self._decoded:
-                self._decoded.wait_for(lambda: bool(self._groups))
-                group = self._groups.popleft()
-                self._work.notify()  # room for the decoder
-            if group is None:
-                return
-            self._commit(group)
+            with self._work:
+                while not self._queue and not self._closing:
+                    self._work.wait()
+                if not self._queue:
+                    return
+                items, self._queue = self._queue, []
+            at = 0
+            while at < len(items):
+                at = self._commit_from(items, at)
 
-    def _decode_group(self, items: list[tuple[int, EventSink, bytes | str, bool]], at: int) -> tuple[_Group, int]:
-        """Decode ``items[at:]`` up to the bytes of one commit; returns them and where it stopped."""
+    def _commit_from(self, items: list[tuple[int, EventSink, bytes | str, bool]], at: int) -> int:
+        """Decode and commit ``items[at:]`` up to the bytes of one commit; returns where it stopped."""
         nbytes = 0
         decoded = 0
         arrivals = Arrivals()
@@ -428,12 +384,8 @@ class Writer(threading.Thread):
             if problem is not None:
                 self._warn_bad(sink, problem)
             spans.append((sink, seq, before, len(arrivals), problem))
-        return _Group(arrivals.batch(), spans, nbytes), at
-
-    def _commit(self, group: _Group) -> None:
-        """Store a decoded group in one commit, and tell its senders and subscribers."""
-        batch, spans = group.batch, group.spans
         upto = spans[-1][1]
+        batch = arrivals.batch()
         new, failed, repeated, conflicting = self._store(batch, spans)
         outcomes: list[Outcome] = []
         for index, (sink, seq, first, end, problem) in enumerate(spans):
@@ -452,7 +404,7 @@ class Writer(threading.Thread):
             for index, reason in failed.items():
                 self._failures.append((spans[index][1], spans[index][3] - spans[index][2], reason))
             self.committed = upto
-            self.pending_bytes -= group.nbytes
+            self.pending_bytes -= nbytes
             self._stored.notify_all()
         self.on_commit(upto, outcomes)
         if new.num_rows:
@@ -461,6 +413,7 @@ class Writer(threading.Thread):
                 self.store.compact()
             except Exception as exc:  # the events are stored; merging is retried after the next commit
                 logger.error("merging stored chunks failed: %s", exc)
+        return at
 
     def _store(
         self, batch: pa.RecordBatch, spans: list[tuple[EventSink, int, int, int, str | None]]
