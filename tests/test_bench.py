@@ -97,11 +97,13 @@ def test_count_and_timeline_benches_run_at_a_small_size(tmp_path):
     assert result["exact_columns_equal"] and result["max_gap_within_1s"]
 
 
-def _bench_rows(tmp_path, script: str, *args: str) -> list[dict]:
-    """The rows a bench script writes with ``--json``, run at a small size in ``tmp_path``."""
+def _bench_rows(tmp_path, script: str, *args: str, store: bool = True) -> list[dict]:
+    """The rows a bench script writes with ``--json``, run at a small size (its store, if
+    it keeps one, in ``tmp_path``)."""
     out = tmp_path / f"{script}.json"
+    where = ["--dir", str(tmp_path)] if store else []
     run = subprocess.run(
-        [sys.executable, str(BENCH.parent / script), *args, "--repeat", "1", "--dir", str(tmp_path), "--json", str(out)],
+        [sys.executable, str(BENCH.parent / script), *args, "--repeat", "1", *where, "--json", str(out)],
         capture_output=True, text=True, timeout=280,
     )
     assert run.returncode == 0, run.stdout + run.stderr
@@ -117,3 +119,10 @@ def test_the_find_bench_runs_at_a_small_size(tmp_path):
     rows = {row["query"]: row for row in _bench_rows(tmp_path, "find.py", "--n", "20000")}
     assert rows["all"]["found"] == rows["tag all carry"]["found"] == 20000
     assert 0 < rows["tag 1%"]["found"] < 1000 and 0 < rows["time 1%"]["found"] <= 200
+
+
+def test_the_send_table_bench_runs_at_a_small_size(tmp_path):
+    rows = {row["step"]: row for row in _bench_rows(tmp_path, "send_table.py", "--n", "30000", "--batch-size", "20000",
+                                                    store=False)}
+    assert set(rows) == {"prepare", "messages"}
+    assert rows["messages"]["messages"] >= 2 and rows["messages"]["bytes"] > 30000 * 50
